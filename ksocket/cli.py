@@ -1,0 +1,137 @@
+"""The ``ksocket`` command line: one parser, one handler per command, errors as one line.
+
+Handlers return the process's exit status. A :class:`~ksocket.errors.KsocketError` escaping a
+handler is printed as ``ksocket: error: …`` (secrets masked) with status 2 for configuration
+errors and 1 otherwise; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ksocket import __version__, config, paths, redact
+from ksocket import log as ksocket_log
+from ksocket.errors import ConfigError, KsocketError
+
+logger = logging.getLogger("ksocket.cli")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def load_settings(args: argparse.Namespace, *, echo_warnings: bool = True) -> config.Settings:
+    """Reads the config file and sets up logging with the command line's overrides."""
+    path = paths.config_path()
+    settings = config.load(path)
+    ksocket_log.configure(settings, logfile=args.logfile, loglevel=args.loglevel, echo_warnings=echo_warnings)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        logger.warning("%s: YAML config files are deprecated; convert it to ksocket.toml", path)
+    return settings
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(__version__)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.value is not None:
+        config.check_name(args.name)
+        config.load(paths.config_path())  # a broken file is reported, not rewritten
+        config.set_value(args.name, args.value)
+        return 0
+    settings = load_settings(args)
+    if args.name is not None:
+        print(config.display(settings, args.name, reveal=True))
+        return 0
+    for name in config.NAMES:
+        print(f"{name}={config.display(settings, name)}")
+    return 0
+
+
+def cmd_credentials(args: argparse.Namespace) -> int:
+    from ksocket.credentials import search
+
+    settings = load_settings(args)
+    for kind in args.kind or ["ssh", "winrm", "snmp"]:
+        print(f"[{kind}]")
+        considered = search.explain(kind, args.address, settings.credentials_path)
+        for item in considered:
+            print(f"  {item.verdict:8} {item.path}  ({item.reason})")
+        if not any(item.verdict == "match" for item in considered):
+            print(f"  none: no {kind} credential file matches {args.address}")
+    return 0
+
+
+def cmd_encrypt(args: argparse.Namespace) -> int:
+    from ksocket.credentials import crypto
+
+    crypto.encrypt_file(args.file)
+    return 0
+
+
+def cmd_decrypt(args: argparse.Namespace) -> int:
+    from ksocket.credentials import crypto
+
+    crypto.decrypt_file(args.file)
+    return 0
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--logfile", metavar="FILE", help="log to FILE ('-' is standard output)")
+    common.add_argument(
+        "--loglevel",
+        type=str.upper,
+        choices=config.LOG_LEVELS,
+        metavar="LEVEL",
+        help="one of " + ", ".join(config.LOG_LEVELS),
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options()
+    parser = argparse.ArgumentParser(prog="ksocket", parents=[common], description="The ksocket agent.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[common], help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command("version", cmd_version, "print the version")
+    sub = command("config", cmd_config, "list, read or change settings")
+    sub.add_argument("name", nargs="?", help="a setting's name, e.g. connect.host")
+    sub.add_argument("value", nargs="?", help="the new value to store in ksocket.toml")
+
+    sub = command("credentials", cmd_credentials, "explain which credential files apply to an address")
+    sub.add_argument("action", choices=["explain"])
+    sub.add_argument("address")
+    sub.add_argument("--kind", choices=["ssh", "winrm", "snmp"], action="append")
+    for name, handler, verb in [("encrypt", cmd_encrypt, "encrypt"), ("decrypt", cmd_decrypt, "decrypt")]:
+        sub = command(name, handler, f"{verb} a credential file in place")
+        sub.add_argument("file", type=Path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"ksocket: error: {redact.redact(str(exc))}", file=sys.stderr)
+        return 2
+    except KsocketError as exc:
+        print(f"ksocket: error: {redact.redact(str(exc))}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

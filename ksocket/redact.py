@@ -1,0 +1,36 @@
+"""Keeps secrets out of everything a person can read: log lines, error messages, printed settings.
+
+Every place that learns a secret (the token, a password, a passphrase, an SNMP key or community)
+registers it here; the log formatter and the CLI's error printer pass their text through
+:func:`redact`. Matching the values themselves, rather than guessing at field names in text,
+also catches a secret that a library quotes back in its own exception.
+"""
+
+from __future__ import annotations
+
+import threading
+
+MASK = "********"
+_MIN_LENGTH = 3  # shorter values would mask innocent text everywhere ("a", "0")
+
+_lock = threading.Lock()
+_secrets: set[str] = set()
+
+
+def register(*values: object) -> None:
+    with _lock:
+        _secrets.update(v for v in values if isinstance(v, str) and len(v) >= _MIN_LENGTH)
+
+
+def redact(text: str) -> str:
+    with _lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def mask(value: str) -> str:
+    """The printed form of a secret setting: nothing when unset, the mask otherwise."""
+    return MASK if value else ""

@@ -1,0 +1,64 @@
+"""Developer commands (invoke): ``inv check``, ``inv test``, ``inv lab.up``, ``inv bench`` …
+
+Invoke registers this file as the module ``tasks``, which hides the project's ``tasks/`` package:
+nothing here imports ``tasks``, ``ksocket`` or ``statemachine``; everything runs in subprocesses.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from invoke import Collection, Context, task
+
+ROOT = Path(__file__).resolve().parent
+PY = sys.executable
+PACKAGES = "ksocket statemachine tasks"
+
+
+@task
+def check(c: Context) -> None:
+    """ruff, then mypy --strict on the three packages."""
+    with c.cd(str(ROOT)):
+        c.run(f"{PY} -m ruff check .", pty=False)
+        c.run(f"{PY} -m mypy --strict {PACKAGES}", pty=False)
+
+
+@task(help={"k": "only tests matching this expression", "args": "more pytest arguments"})
+def test(c: Context, k: str = "", args: str = "") -> None:
+    """The whole test suite (the lab's namespaces are built and removed by the tests' fixtures)."""
+    select = f"-k '{k}'" if k else ""
+    with c.cd(str(ROOT)):
+        c.run(f"{PY} -m pytest {select} {args}", pty=False)
+
+
+@task
+def demo(c: Context) -> None:
+    """The main job that ``./dev install`` ends with."""
+    with c.cd(str(ROOT)):
+        c.run(f"{PY} -m ksocket.cli version", pty=False)
+        c.run(f"{PY} -m ksocket.cli config", pty=False)
+
+
+@task
+def bench(c: Context) -> None:
+    """Benchmarks against the reference tools; each prints its table."""
+    with c.cd(str(ROOT)):
+        c.run(f"{PY} -m tests.bench", pty=False)
+
+
+@task(name="up")
+def lab_up(c: Context) -> None:
+    """Build the network lab (namespaces in 198.18.0.0/15)."""
+    with c.cd(str(ROOT)):
+        c.run(f"{PY} -m tests.lab up", pty=False)
+
+
+@task(name="down")
+def lab_down(c: Context) -> None:
+    """Remove every namespace, link and process of the lab."""
+    with c.cd(str(ROOT)):
+        c.run(f"{PY} -m tests.lab down", pty=False)
+
+
+namespace = Collection(check, test, demo, bench, Collection("lab", lab_up, lab_down))

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh KSOCKET_HOME for one test, for this process and the ksocket processes it starts."""
+    root = tmp_path / "home"
+    root.mkdir()
+    monkeypatch.setenv("KSOCKET_HOME", str(root))
+    monkeypatch.delenv("KSOCKET_CONFIG", raising=False)
+    yield root
+
+
+def run_ksocket(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``ksocket ARGS`` in a subprocess, as a person would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "ksocket.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )

@@ -1,0 +1,225 @@
+"""``ksocket version`` and ``ksocket config``, the settings table and the config file (issue 2)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from ksocket import config, log, redact
+from ksocket.errors import ConfigError
+from tests.conftest import run_ksocket
+
+# The listing of manual 2.2.1 with the defaults of 3.1, and the project's own settings after it.
+MANUAL_LISTING = """\
+logfile=$KSOCKET_HOME/var/log/ksocket/ksocket.log
+loglevel=INFO
+logformat=%(asctime)s %(levelname)s %(name)s:%(funcName)s:%(lineno)d %(message)s
+logfilters=ksocket
+connect.token=
+connect.name=ksocket
+connect.protocol=wss
+connect.host=
+connect.port=443
+connect.endpoint=%(protocol)s://%(host)s:%(port)d/api/ksocket/connect
+connect.heartbeatTimeout=30.0
+connect.heartbeatInterval=60.0
+connect.resumeTimeout=60.0
+connect.resumeRetries=120
+connect.resumePlateau=10
+connect.resumeThreshold=120.0
+connect.requestTimeout=60.0
+connect.requestRetries=10
+connect.maxOperations=100
+connect.maxRunningOperations=5
+operations.networksScanMode=intranet
+directories.credentials=${KSOCKET_HOME}/etc/ksocket/credentials
+broker.url=redislite://$KSOCKET_HOME/var/lib/ksocket/broker.db
+"""
+
+
+def config_file(home: Path) -> Path:
+    return home / "etc" / "ksocket" / "ksocket.toml"
+
+
+def test_version_prints_the_version_alone(home: Path) -> None:
+    result = run_ksocket("version")
+    assert result.returncode == 0
+    assert result.stdout == "2.1.1\n"
+
+
+def test_listing_follows_the_manual_order_and_defaults(home: Path) -> None:
+    result = run_ksocket("config")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == MANUAL_LISTING
+
+
+def test_set_keeps_comments_order_and_is_private(home: Path) -> None:
+    assert run_ksocket("config", "connect.host", "hub.example.net").returncode == 0
+    path = config_file(home)
+    template = config.default_document()
+    text = path.read_text()
+    assert text == template.replace('host = ""', 'host = "hub.example.net"')
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert run_ksocket("config", "connect.heartbeatTimeout", "12").returncode == 0
+    assert run_ksocket("config", "logformat", "%(message)s").returncode == 0
+    document = tomllib.loads(path.read_text())
+    assert document["connect"]["heartbeatTimeout"] == 12.0
+    assert document["logformat"] == "%(message)s"  # stays a top-level key, not part of a table
+    comments = [line for line in template.splitlines() if line.startswith("#")]
+    assert [line for line in path.read_text().splitlines() if line.startswith("#")] == comments
+    assert run_ksocket("config", "connect.host").stdout == "hub.example.net\n"
+    assert run_ksocket("config", "connect.heartbeatTimeout").stdout == "12.0\n"
+
+
+def test_token_is_masked_in_the_listing_and_shown_by_name(home: Path) -> None:
+    assert run_ksocket("config", "connect.token", "tok-very-secret").returncode == 0
+    listing = run_ksocket("config").stdout
+    assert "connect.token=********" in listing
+    assert "tok-very-secret" not in listing
+    assert run_ksocket("config", "connect.token").stdout == "tok-very-secret\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("connect.port", "0", "connect.port: must be an integer from 1 to 65535, got 0"),
+        ("connect.port", "65536", "connect.port: must be an integer from 1 to 65535"),
+        ("connect.port", "https", "connect.port: must be an integer from 1 to 65535, got 'https'"),
+        ("connect.protocol", "http", "connect.protocol: must be one of wss, ws, got 'http'"),
+        ("operations.networksScanMode", "gcp", "must be one of intranet, azure, aws"),
+        ("loglevel", "LOUD", "loglevel: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+        ("connect.heartbeatTimeout", "-1", "connect.heartbeatTimeout: must be a number of at least"),
+        ("connect.heartbeatTimeout", "nan", "connect.heartbeatTimeout: must be a number"),
+        ("connect.resumeRetries", "0", "connect.resumeRetries: must be an integer of at least 1"),
+        ("connect.maxOperations", "1.5", "connect.maxOperations: must be an integer"),
+        ("connect.endpoint", "%(nope)s", "connect.endpoint: must be a URL template"),
+        ("broker.url", "http://x", "broker.url: must be a redislite://FILE"),
+        ("connect.hots", "x", "unknown setting 'connect.hots'"),
+        ("connect.heartbeat_timeout", "3", "Ksocket v1 setting; use connect.heartbeatTimeout instead"),
+        ("connect.max_running_operations", "3", "use connect.maxRunningOperations instead"),
+        ("connect.insecure", "true", "use the KSOCKET_INSECURE environment variable instead"),
+    ],
+)
+def test_bad_values_are_refused_and_leave_the_file_alone(home: Path, name: str, value: str, expected: str) -> None:
+    assert run_ksocket("config", "connect.host", "keep.example.net").returncode == 0
+    before = config_file(home).read_bytes()
+    result = run_ksocket("config", name, value)
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("ksocket: error: ")
+    assert config_file(home).read_bytes() == before
+
+
+def test_home_expands_and_endpoint_interpolates(home: Path) -> None:
+    settings = config.Settings(host="hub.example.net", port=8443, protocol="ws", credentials_dir="$KSOCKET_HOME/creds")
+    assert settings.endpoint_url == "ws://hub.example.net:8443/api/ksocket/connect"
+    assert settings.credentials_path == home / "creds"
+    assert config.Settings().logfile_path == f"{home}/var/log/ksocket/ksocket.log"
+    assert config.Settings().credentials_path == home / "etc" / "ksocket" / "credentials"
+    assert config.Settings().broker == f"redislite://{home}/var/lib/ksocket/broker.db"
+
+
+def test_ksocket_config_variable_names_the_file(home: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.toml"
+    other.write_text('[connect]\nhost = "elsewhere.example.net"\n')
+    result = run_ksocket("config", "connect.host", env={"KSOCKET_CONFIG": str(other)})
+    assert result.stdout == "elsewhere.example.net\n"
+
+
+def test_legacy_yaml_is_read_with_a_warning(home: Path) -> None:
+    path = home / "etc" / "ksocket" / "ksocket.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text("connect:\n  host: yaml.example.net\n  port: 8443\n")
+    result = run_ksocket("config", "connect.port")
+    assert result.returncode == 0
+    assert result.stdout == "8443\n"
+    assert "deprecated" in result.stderr and "ksocket.yaml" in result.stderr
+
+
+BROKEN_FILES = [
+    ("bytes.toml", b'[connect]\nhost = "\xff\xfe"\n', "bytes.toml:2: not UTF-8"),
+    ("syntax.toml", b"[connect\nhost = 1\n", "syntax.toml: not TOML"),
+    ("unclosed.toml", b'logfile = "abc\n', "unclosed.toml: not TOML"),
+    ("port.toml", b'[connect]\nport = "443"\n', "connect.port: must be an integer from 1 to 65535, got '443'"),
+    ("bool.toml", b"[connect]\nport = true\n", "connect.port: must be an integer"),
+    ("float.toml", b"[connect]\nmaxOperations = 2.5\n", "connect.maxOperations: must be an integer"),
+    ("proto.toml", b'[connect]\nprotocol = "https"\n', "connect.protocol: must be one of wss, ws"),
+    ("host.toml", b"[connect]\nhost = 5\n", "connect.host: must be a string, got 5"),
+    ("table.toml", b"connect = 5\n", "unknown setting 'connect'"),
+    ("unknown.toml", b"[connect]\nhots = 'x'\n", "unknown setting 'connect.hots'"),
+    ("v1.toml", b"[connect]\nheartbeat_timeout = 3\n", "use connect.heartbeatTimeout instead"),
+    ("level.toml", b'loglevel = "verbose"\n', "loglevel: must be one of DEBUG"),
+    ("mode.toml", b'[operations]\nnetworksScanMode = "gcp"\n', "operations.networksScanMode"),
+    ("yaml.yaml", b"connect: [1, 2\n", "yaml.yaml:2: not YAML"),
+    ("list.yaml", b"- a\n- b\n", "list.yaml: not a YAML mapping of settings"),
+    ("yamltype.yaml", b"connect:\n  port: many\n", "connect.port: must be an integer"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "expected"), BROKEN_FILES, ids=[b[0] for b in BROKEN_FILES])
+def test_broken_config_files_give_one_line_naming_the_file(
+    home: Path, tmp_path: Path, name: str, content: bytes, expected: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    result = run_ksocket("config", env={"KSOCKET_CONFIG": str(path)})
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"ksocket: error: {path}")
+    assert expected in result.stderr
+    assert result.stderr.count("\n") == 1, "one line, no traceback"
+    refused = run_ksocket("config", "connect.host", "x.example.net", env={"KSOCKET_CONFIG": str(path)})
+    assert refused.returncode == 2
+    assert path.read_bytes() == content
+
+
+def test_unreadable_config_is_named(home: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=f"{tmp_path}: cannot read"):
+        config.load(tmp_path)  # a folder, not a file
+
+
+def test_loglevel_and_logfile_options_override_the_file(home: Path) -> None:
+    assert run_ksocket("config", "connect.token", "tok-hidden-123").returncode == 0
+    yaml_path = home / "etc" / "ksocket" / "ksocket.yaml"
+    # A warning is logged on every command while a YAML file is in use; it goes where --logfile says.
+    result = run_ksocket("--logfile=-", "config", "connect.port", env={"KSOCKET_CONFIG": str(yaml_path)})
+    assert result.returncode == 0
+    assert run_ksocket("config", "--loglevel=LOUD").returncode == 2
+
+
+def test_log_lines_mask_the_token(home: Path, tmp_path: Path) -> None:
+    settings = config.Settings(token="tok-in-a-log-line", logfile=str(tmp_path / "k.log"), loglevel="DEBUG")
+    log.configure(settings, echo_warnings=False)
+    try:
+        logging.getLogger("ksocket.test").info("connecting with %s", settings.token)
+        logging.getLogger("other.library").info("not passed by logfilters")
+        try:
+            raise RuntimeError(f"library error quoting {settings.token}")
+        except RuntimeError:
+            logging.getLogger("ksocket.test").exception("failed")
+    finally:
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+    text = (tmp_path / "k.log").read_text()
+    assert "connecting with ********" in text
+    assert "library error quoting ********" in text
+    assert "tok-in-a-log-line" not in text
+    assert "not passed by logfilters" not in text
+    assert "tok-in-a-log-line" not in repr(settings)
+    assert redact.redact("x tok-in-a-log-line y") == "x ******** y"
+
+
+def test_written_file_is_atomic_and_private(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "secret.toml"
+    config.write_private(path, "token = 'x'\n")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert [p.name for p in path.parent.iterdir()] == ["secret.toml"]
+    os.chmod(path, 0o644)
+    config.write_private(path, "token = 'y'\n")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
