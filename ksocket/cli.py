@@ -53,9 +53,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_credentials(args: argparse.Namespace) -> int:
-    from ksocket.credentials import search
+    from ksocket.credentials import models, search
 
     settings = load_settings(args)
+    models.parse_address(args.address)
     for kind in args.kind or ["ssh", "winrm", "snmp"]:
         print(f"[{kind}]")
         considered = search.explain(kind, args.address, settings.credentials_path)
