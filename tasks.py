@@ -40,11 +40,11 @@ def demo(c: Context) -> None:
         c.run(f"{PY} -m ksocket.cli config", pty=False)
 
 
-@task
-def bench(c: Context) -> None:
+@task(help={"only": "comma-separated benchmark names (link, pipeline, discovery, inspect)"})
+def bench(c: Context, only: str = "") -> None:
     """Benchmarks against the reference tools; each prints its table."""
     with c.cd(str(ROOT)):
-        c.run(f"{PY} -m tests.bench", pty=False)
+        c.run(f"{PY} -m tests.bench {only.replace(',', ' ')}", pty=False)
 
 
 @task(name="up")

@@ -1,14 +1,28 @@
-"""``inv bench``: every benchmark of the project, each printing its table against a reference tool."""
+"""``inv bench``: every benchmark of the project, each printing its table against a reference tool.
+
+``python -m tests.bench [NAME…]`` runs the named ones (link, pipeline, discovery, inspect); all by default.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
 
+BENCHMARKS = ["link"]
 
-def main() -> int:
-    print("no benchmark is defined yet: the link, pipeline and discovery issues add theirs")
-    return 0
+
+def main(argv: list[str]) -> int:
+    names = argv or BENCHMARKS
+    unknown = [name for name in names if name not in BENCHMARKS]
+    if unknown:
+        print(f"no benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    status = 0
+    for name in names:
+        module = importlib.import_module(f"tests.bench_{name}")
+        status |= module.main()
+    return status
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
