@@ -13,7 +13,9 @@ import dataclasses
 import importlib
 import os
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ksocket import __version__, config, paths
@@ -141,18 +143,20 @@ async def _websocket(endpoint: object, timeout: float) -> str:
 
 
 async def authenticate(report: Report, settings: config.Settings) -> None:
-    from statemachine.link import Link
+    from statemachine.link import Identity, Link
     from statemachine.runner import InlineRunner
 
     print()
     print("State: authenticating")
     once = dataclasses.replace(settings, resume_retries=1)
-    try:
-        link = Link(once, InlineRunner(), stop_after="connected")
-    except KsocketError as exc:
-        report.line("Complete authentication", False, str(exc))
-        return
-    await link.run()
+    # A throw-away identity: presenting the service's own session would take over its connection.
+    with tempfile.TemporaryDirectory(prefix="ksocket-diagnostics-") as folder:
+        try:
+            link = Link(once, InlineRunner(), identity=Identity(Path(folder)), stop_after="connected")
+        except KsocketError as exc:
+            report.line("Complete authentication", False, str(exc))
+            return
+        await link.run()
     ok = link.state == "stopped" and "connected" in link.history
     report.line("Complete authentication", ok, "" if ok else link.last_reason)
 

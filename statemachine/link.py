@@ -23,7 +23,7 @@ from transitions.extensions.asyncio import AsyncMachine
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from ksocket import __version__, paths, protocol
+from ksocket import __version__, config, paths, protocol
 from ksocket.config import Settings
 from ksocket.errors import LinkError, ProtocolError
 from ksocket.protocol import (
@@ -60,15 +60,30 @@ class LinkLost(Exception):
         self.close_code = close_code
 
 
-def agent_id(state_dir: Path | None = None) -> str:
-    """A UUID stable for one installation, kept under ``var/lib/ksocket``."""
-    path = (state_dir or paths.state_dir()) / "agent-id"
-    with contextlib.suppress(FileNotFoundError):
-        return path.read_text().strip()
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    value = str(uuid.uuid4())
-    path.write_text(value + "\n")
-    return value
+class Identity:
+    """Who this installation is to the hub: a stable agent id and its last session, under ``var/lib/ksocket``.
+
+    The session outlives a restart so that an agent restarted while the hub still holds its old,
+    half-open connection resumes that session instead of being refused as ``slot-in-use``.
+    """
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = folder or paths.state_dir()
+        self.agent = self._read("agent-id") or self._write("agent-id", str(uuid.uuid4()))
+        self.session = self._read("session")
+
+    def remember(self, session: str) -> None:
+        if session != self.session:
+            self.session = self._write("session", session)
+
+    def _read(self, name: str) -> str | None:
+        with contextlib.suppress(FileNotFoundError):
+            return (self.folder / name).read_text().strip() or None
+        return None
+
+    def _write(self, name: str, value: str) -> str:
+        config.write_private(self.folder / name, value + "\n")
+        return value
 
 
 @dataclass
@@ -90,17 +105,16 @@ class Link:
         runner: OperationRunner,
         *,
         clock: Clock | None = None,
-        agent: str | None = None,
+        identity: Identity | None = None,
         stop_after: str | None = None,
     ) -> None:
         self.settings = settings
         self.runner = runner
         self.clock = clock or Clock()
-        self.agent = agent or agent_id()
+        self.identity = identity or Identity()
         self.endpoint = dial.Endpoint.from_settings(settings)
         self.stop_after = stop_after  # diagnostics: stop cleanly on reaching this state
         self.failures = 0
-        self.session: str | None = None
         self.last_reason = ""
         self.history: list[str] = []
         self.delays: list[float] = []
@@ -222,8 +236,8 @@ class Link:
             token=self.settings.token,
             name=self.settings.name,
             version=__version__,
-            agent=self.agent,
-            session=self.session,
+            agent=self.identity.agent,
+            session=self.identity.session,
         )
         try:
             async with self.clock.deadline(self._remaining()):
@@ -236,8 +250,8 @@ class Link:
         except ProtocolError as exc:
             return Outcome("lost", f"hub answered authenticate with a bad frame: {exc}")
         if isinstance(answer, Authenticated):
-            resumed = self.session == answer.session and answer.resumed
-            self.session = answer.session
+            resumed = self.identity.session == answer.session and answer.resumed
+            self.identity.remember(answer.session)
             return Outcome("accepted", f"session resumed {answer.session}" if resumed else "new session")
         if isinstance(answer, Rejected):
             return Outcome("lost", f"rejected by the hub: {answer.reason}: {answer.message}")

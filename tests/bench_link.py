@@ -64,14 +64,16 @@ async def echo_case() -> tuple[float, list[float]]:
 async def hub_case(folder: Path) -> tuple[float, list[float]]:
     with Store(folder / "hub.db") as store:
         token = store.add_slot("bench")
-    async with Hub(folder / "hub.db") as hub:
-        async with connect(
+    async with (
+        Hub(folder / "hub.db") as hub,
+        connect(
             hub.url, subprotocols=[Subprotocol(protocol.SUBPROTOCOL)], ping_interval=None, compression=None
-        ) as websocket:
-            hello = protocol.Authenticate(token=token, name="bench", version="bench", agent="bench-agent")
-            await websocket.send(protocol.serialize(hello))
-            assert isinstance(protocol.parse(await websocket.recv()), protocol.Authenticated)
-            return await throughput(websocket, HEARTBEAT), await round_trips(websocket, HEARTBEAT)
+        ) as websocket,
+    ):
+        hello = protocol.Authenticate(token=token, name="bench", version="bench", agent="bench-agent")
+        await websocket.send(protocol.serialize(hello))
+        assert isinstance(protocol.parse(await websocket.recv()), protocol.Authenticated)
+        return await throughput(websocket, HEARTBEAT), await round_trips(websocket, HEARTBEAT)
 
 
 def percentile(values: list[float], fraction: float) -> float:

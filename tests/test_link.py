@@ -20,7 +20,7 @@ from ksocket.config import Settings
 from ksocket.hub.server import Hub
 from ksocket.hub.store import Store
 from ksocket.protocol import ErrorMessage, Result
-from statemachine.link import Link
+from statemachine.link import Identity, Link
 from statemachine.policy import Clock
 from statemachine.runner import InlineRunner
 from tests.tlstools import CertificateAuthority
@@ -76,7 +76,9 @@ async def finish(link: Link, task: asyncio.Task[int]) -> int:
 def test_authenticates_runs_an_operation_and_stops_cleanly(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_hub(tmp_path) as (hub, token):
-            link = Link(agent_settings(hub, token), InlineRunner(), clock=FixedClock(), agent="agent-1")
+            link = Link(
+                agent_settings(hub, token), InlineRunner(), clock=FixedClock(), identity=Identity(tmp_path / "agent-1")
+            )
             task = await start(link)
             await hub.wait_connected(SLOT)
             await link.wait_for("connected")
@@ -98,7 +100,7 @@ def test_bad_token_gives_up_after_resume_retries_with_the_protocols_delays(
         async with running_hub(tmp_path) as (hub, _token):
             settings = agent_settings(hub, "not-the-token", resume_retries=5, resume_plateau=3, resume_threshold=3.0)
             clock = FixedClock(scale=0.001, factor=0.75)
-            link = Link(settings, InlineRunner(), clock=clock, agent="agent-1")
+            link = Link(settings, InlineRunner(), clock=clock, identity=Identity(tmp_path / "agent-1"))
             with caplog.at_level(logging.INFO, logger="ksocket"):
                 assert await asyncio.wait_for(link.run(), 20) == 1
             # attempt k waits min(threshold, 2**(min(k, plateau) - 1)) * factor
@@ -118,10 +120,12 @@ def test_bad_token_gives_up_after_resume_retries_with_the_protocols_delays(
 def test_a_second_agent_on_a_held_slot_is_refused(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_hub(tmp_path) as (hub, token):
-            first = Link(agent_settings(hub, token), InlineRunner(), agent="agent-1")
+            first = Link(agent_settings(hub, token), InlineRunner(), identity=Identity(tmp_path / "agent-1"))
             first_task = await start(first)
             await hub.wait_connected(SLOT)
-            second = Link(agent_settings(hub, token, resume_retries=1), InlineRunner(), agent="agent-2")
+            second = Link(
+                agent_settings(hub, token, resume_retries=1), InlineRunner(), identity=Identity(tmp_path / "agent-2")
+            )
             assert await asyncio.wait_for(second.run(), 10) == 1
             assert "slot-in-use" in second.last_reason
             assert first.state == "connected"
@@ -133,7 +137,12 @@ def test_a_second_agent_on_a_held_slot_is_refused(tmp_path: Path) -> None:
 def test_lost_connection_resumes_the_same_session(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_hub(tmp_path) as (hub, token):
-            link = Link(agent_settings(hub, token), InlineRunner(), clock=FixedClock(scale=0.01), agent="agent-1")
+            link = Link(
+                agent_settings(hub, token),
+                InlineRunner(),
+                clock=FixedClock(scale=0.01),
+                identity=Identity(tmp_path / "agent-1"),
+            )
             task = await start(link)
             session = await hub.wait_connected(SLOT)
             await hub.drop(SLOT)  # the TCP connection dies without a close frame
@@ -141,7 +150,7 @@ def test_lost_connection_resumes_the_same_session(tmp_path: Path) -> None:
             await link.wait_for("resuming")
             assert await hub.wait_connected(SLOT) == session
             await link.wait_for("connected")
-            assert link.session == session
+            assert link.identity.session == session
             assert link.history[:5] == ["connecting", "authenticating", "connected", "resuming", "connecting"]
             assert await finish(link, task) == 0
 
@@ -152,7 +161,7 @@ def test_heartbeat_loss_closes_4408_and_resumes(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_hub(tmp_path) as (hub, token):
             settings = agent_settings(hub, token, heartbeat_interval=5, heartbeat_timeout=10)  # 50 ms, 100 ms
-            link = Link(settings, InlineRunner(), clock=FixedClock(scale=0.01), agent="agent-1")
+            link = Link(settings, InlineRunner(), clock=FixedClock(scale=0.01), identity=Identity(tmp_path / "agent-1"))
             task = await start(link)
             session = await hub.wait_connected(SLOT)
             hub.answer_heartbeats = False
@@ -174,7 +183,12 @@ def test_hub_restart_while_the_agent_runs(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_hub(tmp_path) as (hub, token):
             port = hub.port
-            link = Link(agent_settings(hub, token), InlineRunner(), clock=FixedClock(scale=0.01), agent="agent-1")
+            link = Link(
+                agent_settings(hub, token),
+                InlineRunner(),
+                clock=FixedClock(scale=0.01),
+                identity=Identity(tmp_path / "agent-1"),
+            )
             task = await start(link)
             await hub.wait_connected(SLOT)
         async with Hub(tmp_path / "hub.db", port=port) as second:
@@ -189,7 +203,7 @@ def test_hub_restart_while_the_agent_runs(tmp_path: Path) -> None:
 def test_bad_frames_from_the_hub_are_answered_and_the_link_kept(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_hub(tmp_path) as (hub, token):
-            link = Link(agent_settings(hub, token), InlineRunner(), agent="agent-1")
+            link = Link(agent_settings(hub, token), InlineRunner(), identity=Identity(tmp_path / "agent-1"))
             task = await start(link)
             await hub.wait_connected(SLOT)
             await hub.send_raw(SLOT, "this is not json")
@@ -216,7 +230,7 @@ def test_unacked_results_are_sent_again_then_the_link_counts_as_lost(tmp_path: P
         async with running_hub(tmp_path) as (hub, token):
             settings = agent_settings(hub, token, request_timeout=0.1, request_retries=2)
             runner = InlineRunner()
-            link = Link(settings, runner, clock=FixedClock(scale=0.01), agent="agent-1")
+            link = Link(settings, runner, clock=FixedClock(scale=0.01), identity=Identity(tmp_path / "agent-1"))
             task = await start(link)
             await hub.wait_connected(SLOT)
             hub.ack_results = False
@@ -253,18 +267,20 @@ def test_tls_with_a_test_ca_verifies_and_refuses_a_wrong_certificate(
 
     async def scenario() -> None:
         async with running_hub(tmp_path, ssl_context=ca.server_context("hub", ["127.0.0.1"])) as (hub, token):
-            link = Link(agent_settings(hub, token), InlineRunner(), agent="agent-1")
+            link = Link(agent_settings(hub, token), InlineRunner(), identity=Identity(tmp_path / "agent-1"))
             task = await start(link)
             await hub.wait_connected(SLOT)
             assert await finish(link, task) == 0
         (tmp_path / "hub.db").unlink()
         wrong = stranger.server_context("hub", ["127.0.0.1"])
         async with running_hub(tmp_path, ssl_context=wrong) as (hub, token):
-            link = Link(agent_settings(hub, token, resume_retries=1), InlineRunner(), agent="agent-1")
+            link = Link(
+                agent_settings(hub, token, resume_retries=1), InlineRunner(), identity=Identity(tmp_path / "agent-1")
+            )
             assert await asyncio.wait_for(link.run(), 10) == 1
             assert "certificate verify failed" in link.last_reason or "unable to get local issuer" in link.last_reason
             monkeypatch.setenv("KSOCKET_INSECURE", "1")
-            link = Link(agent_settings(hub, token), InlineRunner(), agent="agent-1")
+            link = Link(agent_settings(hub, token), InlineRunner(), identity=Identity(tmp_path / "agent-1"))
             task = await start(link)
             await hub.wait_connected(SLOT)
             assert await finish(link, task) == 0

@@ -1,0 +1,300 @@
+"""``ksocket hub …``: run the reference hub and work its database.
+
+    ksocket hub serve [--listen HOST:PORT] [--tls-cert FILE --tls-key FILE] [--db FILE]
+                      [--heartbeat-interval S] [--heartbeat-timeout S] [--auth-timeout S] [--poll-interval S]
+    ksocket hub token add NAME          prints the new slot's token, alone, once
+    ksocket hub token list              name, created, revoked (never a token)
+    ksocket hub token revoke NAME
+    ksocket hub run SLOT OPERATION [--params JSON] [--id ID] [--wait] [--timeout S]
+    ksocket hub cancel ID
+    ksocket hub agents                  slot, state, agent id, version, last heartbeat, session
+    ksocket hub operations [SLOT]       id, slot, name, state, created, detail
+
+Every command takes ``--db FILE`` (default ``$KSOCKET_HOME/var/lib/ksocket/hub.db``). The
+commands other than ``serve`` only touch the database, so they work beside a running server:
+``run`` queues an operation that the server sends within its poll interval.
+
+This module stays light: the server and the store are imported by the handlers that use them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ksocket.errors import KsocketError
+
+if TYPE_CHECKING:
+    from ksocket.hub.store import ResultRecord, Store
+
+DEFAULT_LISTEN = "127.0.0.1:8765"
+POLL_SECONDS = 0.1
+"""How often ``hub run --wait`` looks for the result."""
+
+
+class HubCommandError(KsocketError):
+    """A hub command cannot do what was asked; the text is one line."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _open(args: argparse.Namespace) -> Store:
+    from ksocket.hub.store import Store, default_path
+
+    return Store(args.db or default_path())
+
+
+def _when(stamp: float | None) -> str:
+    if stamp is None:
+        return "-"
+    return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    for row in (header, *rows):
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def _params(text: str) -> dict[str, object]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"--params is not JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--params must be a JSON object")
+    return value
+
+
+def result_document(record: ResultRecord) -> dict[str, object]:
+    """What ``hub run --wait`` prints: {"id", "seq", "ok", "data" | "error"}."""
+    document: dict[str, object] = {"id": record.operation_id, "seq": record.seq, "ok": record.ok}
+    if record.ok:
+        document["data"] = record.data
+    else:
+        assert record.error is not None
+        document["error"] = {"code": record.error.code, "message": record.error.message}
+    return document
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+    import ssl
+
+    from ksocket import config
+    from ksocket import log as ksocket_log
+    from ksocket.hub.server import Hub
+    from ksocket.hub.store import default_path
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise HubCommandError("--tls-cert and --tls-key go together")
+    ksocket_log.configure(config.Settings(), logfile=args.logfile or "-", loglevel=args.loglevel)
+    context = None
+    if args.tls_cert is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(args.tls_cert, args.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise HubCommandError(f"cannot load the TLS certificate or key: {exc}") from None
+    host, port = args.listen
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        hub = Hub(
+            args.db or default_path(),
+            host=host,
+            port=port,
+            ssl_context=context,
+            heartbeat_interval=args.heartbeat_interval,
+            heartbeat_timeout=args.heartbeat_timeout,
+            auth_timeout=args.auth_timeout,
+            poll_interval=args.poll_interval,
+        )
+        async with hub:
+            await stop.wait()
+
+    asyncio.run(serve())
+    return 0
+
+
+def cmd_token_add(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        print(store.add_slot(args.name))
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        rows = [(slot.name, _when(slot.created), _when(slot.revoked)) for slot in store.slots()]
+    _table(("NAME", "CREATED", "REVOKED"), rows)
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        if not store.revoke(args.name):
+            print(f"slot {args.name} was already revoked")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ksocket.hub import store as hub_store
+
+    with _open(args) as store:
+        op_id = store.add_operation(args.slot, args.operation, args.params, args.id)
+        print(op_id, flush=True)
+        if not args.wait:
+            return 0
+        deadline = time.monotonic() + args.timeout
+        while True:
+            record = store.result_for(op_id)
+            if record is not None:
+                print(json.dumps(result_document(record), ensure_ascii=False))
+                return 0 if record.ok else 1
+            operation = store.operation(op_id)
+            if operation is not None and operation.state == hub_store.REFUSED:
+                raise HubCommandError(f"operation {op_id} was refused: {operation.reason}: {operation.message}")
+            if operation is not None and operation.state == hub_store.CANCELLED:
+                raise HubCommandError(f"operation {op_id} was cancelled before it was sent")
+            if time.monotonic() >= deadline:
+                state = operation.state if operation is not None else "gone"
+                raise HubCommandError(f"no result for operation {op_id} within {args.timeout:g} s (it is {state})")
+            time.sleep(POLL_SECONDS)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        print(store.request_cancel(args.id))
+    return 0
+
+
+def cmd_agents(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        agents = store.agents()
+    rows = []
+    for slot, agent in agents:
+        if agent is None:
+            rows.append((slot.name, "revoked" if slot.revoked else "never", "-", "-", "-", "-"))
+            continue
+        state = "revoked" if slot.revoked else agent.state
+        rows.append((slot.name, state, agent.agent, agent.version, _when(agent.last_heartbeat), agent.session))
+    _table(("SLOT", "STATE", "AGENT", "VERSION", "LAST HEARTBEAT", "SESSION"), rows)
+    return 0
+
+
+def cmd_operations(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        operations = store.operations(args.slot)
+    rows = []
+    for op in operations:
+        detail = ""
+        if op.reason is not None:
+            detail = f"{op.reason}: {op.message}"
+        elif op.total is not None:
+            detail = f"{op.done}/{op.total}"
+        if op.cancel_requested is not None and op.state not in ("done", "cancelled"):
+            detail = (detail + " cancel requested").strip()
+        rows.append((op.id, op.slot, op.name, op.state, _when(op.created), detail))
+    _table(("ID", "SLOT", "NAME", "STATE", "CREATED", "DETAIL"), rows)
+    return 0
+
+
+# --------------------------------------------------------------------------- the parser
+
+
+def configure(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    """Adds the hub's sub-commands to the ``ksocket hub`` parser."""
+    database = argparse.ArgumentParser(add_help=False)
+    database.add_argument(
+        "--db", type=Path, metavar="FILE", help="the hub's database (default $KSOCKET_HOME/var/lib/ksocket/hub.db)"
+    )
+    parents = [common, database]
+    commands = parser.add_subparsers(dest="hub_command", required=True, metavar="COMMAND")
+
+    def command(
+        group: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        handler: Callable[[argparse.Namespace], int],
+        help_text: str,
+    ) -> argparse.ArgumentParser:
+        sub = group.add_parser(name, parents=parents, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    sub = command(commands, "serve", cmd_serve, "run the hub until SIGINT or SIGTERM (logs to stdout)")
+    sub.add_argument(
+        "--listen", type=parse_listen, default=parse_listen(DEFAULT_LISTEN), metavar="HOST:PORT", help=DEFAULT_LISTEN
+    )
+    sub.add_argument("--tls-cert", metavar="FILE", help="serve wss with this certificate chain (PEM)")
+    sub.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    sub.add_argument("--heartbeat-interval", type=_positive, default=60.0, metavar="S", help="default 60")
+    sub.add_argument(
+        "--heartbeat-timeout",
+        type=_positive,
+        default=30.0,
+        metavar="S",
+        help="an agent silent for interval + timeout is dropped (default 30)",
+    )
+    sub.add_argument("--auth-timeout", type=_positive, default=60.0, metavar="S", help="default 60")
+    sub.add_argument(
+        "--poll-interval", type=_positive, default=0.5, metavar="S", help="how often to look for new operations"
+    )
+
+    token = commands.add_parser(
+        "token", parents=[common], help="add, list or revoke slot tokens", description="add, list or revoke slot tokens"
+    )
+    tokens = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    sub = command(tokens, "add", cmd_token_add, "add a slot and print its token (shown only this once)")
+    sub.add_argument("name")
+    command(tokens, "list", cmd_token_list, "list the slots (never their tokens)")
+    sub = command(tokens, "revoke", cmd_token_revoke, "revoke a slot's token (a connected agent is disconnected)")
+    sub.add_argument("name")
+
+    sub = command(commands, "run", cmd_run, "queue an operation for a slot and print its id")
+    sub.add_argument("slot")
+    sub.add_argument("operation", help="e.g. system.info, networks.scan, hosts.inspect")
+    sub.add_argument("--params", type=_params, default={}, metavar="JSON", help="a JSON object (default {})")
+    sub.add_argument("--id", help="the operation's id (default: a new UUID)")
+    sub.add_argument("--wait", action="store_true", help="wait for the result and print it as JSON")
+    sub.add_argument("--timeout", type=_positive, default=60.0, metavar="S", help="with --wait (default 60)")
+
+    sub = command(commands, "cancel", cmd_cancel, "ask for an operation to be cancelled; prints its state")
+    sub.add_argument("id")
+
+    command(commands, "agents", cmd_agents, "list the slots and the agent last seen on each")
+
+    sub = command(commands, "operations", cmd_operations, "list operations and their states")
+    sub.add_argument("slot", nargs="?")

@@ -1,0 +1,28 @@
+"""The hub's errors, under the one root of ksocket (the text of each is one line for a person).
+
+KsocketError
+└── HubError              a hub command or call cannot do what was asked
+    ├── UnknownSlot       no slot of that name
+    ├── UnknownOperation  no operation with that id
+    └── NotConnected      the slot has no connected agent (test knobs that need one)
+"""
+
+from __future__ import annotations
+
+from ksocket.errors import KsocketError
+
+
+class HubError(KsocketError):
+    pass
+
+
+class UnknownSlot(HubError):
+    pass
+
+
+class UnknownOperation(HubError):
+    pass
+
+
+class NotConnected(HubError):
+    pass

@@ -1,0 +1,654 @@
+"""Tests of the reference hub (ksocket.hub): its store, its server on a real socket, its commands.
+
+Every server test runs a ``Hub`` in-process on 127.0.0.1 port 0 and talks to it with the raw
+client of ``tests.hubtools``; the commands run in-process through ``ksocket.cli.main`` or, where
+the point is another process sharing the database, as ``python -m ksocket.cli``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+import ssl
+import stat
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from ksocket import cli
+from ksocket.hub.errors import HubError, NotConnected, UnknownSlot
+from ksocket.hub.server import Hub
+from ksocket.hub.store import Store
+from ksocket.protocol import (
+    CLOSE_AUTH_FAILED,
+    CLOSE_HEARTBEAT_LOST,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_SLOT_IN_USE,
+    Accepted,
+    Ack,
+    Authenticate,
+    Authenticated,
+    Cancel,
+    ErrorMessage,
+    Heartbeat,
+    HeartbeatAck,
+    Operation,
+    Progress,
+    Refused,
+    Rejected,
+    Result,
+)
+from tests.hubtools import RawClient, authenticated, hub_with_slot, ksocket, self_signed, until
+
+pytestmark = pytest.mark.timeout(60)
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "hub.db"
+
+
+def add_slot(db: Path, name: str = "s1") -> str:
+    with Store(db) as store:
+        return store.add_slot(name)
+
+
+def with_hub(db: Path, test: Callable[[Hub], Awaitable[None]], **options: Any) -> None:
+    async def main() -> None:
+        async with Hub(db, **options) as hub:
+            await test(hub)
+
+    run(main())
+
+
+# --------------------------------------------------------------------------- tokens and the store
+
+
+def test_token_commands_show_the_token_once_and_store_only_its_hash(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["hub", "token", "add", "office"]) == 0
+    token = capsys.readouterr().out.strip()
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", token)
+
+    db = home / "var" / "lib" / "ksocket" / "hub.db"
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+    for file in db.parent.iterdir():  # the database and any WAL / shared-memory files
+        assert token.encode() not in file.read_bytes(), file
+
+    with Store(db) as store:
+        assert store.slot_for_token(token) == "office"
+        assert store.slot_for_token(token[:-1] + ("A" if token[-1] != "A" else "B")) is None
+
+    assert cli.main(["hub", "token", "add", "office"]) == 1
+    assert "already exists" in capsys.readouterr().err
+
+    assert cli.main(["hub", "token", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert token not in listing
+    assert re.search(r"^office\s+\d{4}-\d\d-\d\dT[\d:]+Z\s+-$", listing, re.M), listing
+
+    assert cli.main(["hub", "token", "revoke", "office"]) == 0
+    assert cli.main(["hub", "token", "list"]) == 0
+    assert re.search(r"^office\s+\S+Z\s+\S+Z$", capsys.readouterr().out, re.M)
+    with Store(db) as store:
+        assert store.slot_for_token(token) is None
+
+    assert cli.main(["hub", "token", "revoke", "nobody"]) == 1
+    assert "no slot named 'nobody'" in capsys.readouterr().err
+
+
+def test_slot_names_are_checked(db: Path) -> None:
+    with Store(db) as store, pytest.raises(HubError, match="invalid slot name"):
+        store.add_slot("no spaces")
+    with Store(db) as store, pytest.raises(UnknownSlot):
+        store.add_operation("missing", "system.info")
+
+
+# --------------------------------------------------------------------------- authentication
+
+
+def test_authenticate_records_the_agent_and_its_disconnection(db: Path) -> None:
+    token = add_slot(db)
+
+    async def test(hub: Hub) -> None:
+        client = await RawClient.open(hub.url)
+        assert client.ws.subprotocol == "ksocket.v1"
+        reply = await client.authenticate(token, agent="a-1")
+        assert isinstance(reply, Authenticated) and not reply.resumed and reply.session
+        assert await hub.wait_connected("s1") == reply.session
+        agent = hub.store.agent("s1")
+        assert agent is not None
+        assert (agent.agent, agent.version, agent.state, agent.session) == ("a-1", "2.1.1", "connected", reply.session)
+        assert isinstance(hub.received("s1")[0], Authenticate)
+        await client.close()
+        await hub.wait_disconnected("s1")
+        agent = hub.store.agent("s1")
+        assert agent is not None and agent.state == "disconnected"
+        assert hub.close_codes("s1") == [1000]
+
+    with_hub(db, test)
+
+
+def test_a_bad_token_is_rejected_with_4401(db: Path) -> None:
+    add_slot(db)
+
+    async def test(hub: Hub) -> None:
+        client = await RawClient.open(hub.url)
+        reply = await client.authenticate("not-the-token")
+        assert isinstance(reply, Rejected) and reply.reason == "invalid-token"
+        assert await client.closed() == CLOSE_AUTH_FAILED
+        assert not hub.connected("s1")
+
+    with_hub(db, test)
+
+
+def test_a_revoked_token_is_rejected_and_its_agent_disconnected(db: Path) -> None:
+    token = add_slot(db)
+
+    async def test(hub: Hub) -> None:
+        client, _ = await authenticated(hub.url, token)
+        with Store(db) as other:  # as `ksocket hub token revoke` does, from another process
+            assert other.revoke("s1")
+        assert await client.closed() == CLOSE_AUTH_FAILED
+        assert not hub.connected("s1")
+        client = await RawClient.open(hub.url)
+        reply = await client.authenticate(token)
+        assert isinstance(reply, Rejected) and reply.reason == "invalid-token"
+        assert await client.closed() == CLOSE_AUTH_FAILED
+
+    with_hub(db, test)
+
+
+def test_another_protocol_version_is_rejected_with_4400(db: Path) -> None:
+    token = add_slot(db)
+
+    async def test(hub: Hub) -> None:
+        client = await RawClient.open(hub.url)
+        reply = await client.authenticate(token, protocol=2)
+        assert isinstance(reply, Rejected) and reply.reason == "unsupported-protocol"
+        assert await client.closed() == CLOSE_PROTOCOL_ERROR
+
+    with_hub(db, test)
+
+
+def test_a_held_slot_is_refused_unless_the_newcomer_resumes_the_holders_session(db: Path) -> None:
+    token = add_slot(db)
+
+    async def test(hub: Hub) -> None:
+        holder, session = await authenticated(hub.url, token, agent="a-1")
+
+        stranger = await RawClient.open(hub.url)
+        reply = await stranger.authenticate(token, agent="a-2")
+        assert isinstance(reply, Rejected) and reply.reason == "slot-in-use"
+        assert await stranger.closed() == CLOSE_SLOT_IN_USE
+
+        impostor = await RawClient.open(hub.url)  # the right session, but another installation
+        reply = await impostor.authenticate(token, agent="a-2", session=session)
+        assert isinstance(reply, Rejected) and reply.reason == "slot-in-use"
+
+        newcomer = await RawClient.open(hub.url)
+        reply = await newcomer.authenticate(token, agent="a-1", session=session)
+        assert reply == Authenticated(session=session, resumed=True)
+        assert await holder.closed() == CLOSE_SLOT_IN_USE
+        await until(lambda: hub.close_codes("s1") == [CLOSE_SLOT_IN_USE])  # the old connection's handler ended
+        assert hub.session("s1") == session
+        agent = hub.store.agent("s1")
+        assert agent is not None and agent.state == "connected"
+
+        await newcomer.heartbeat(7)
+        assert await newcomer.expect(HeartbeatAck) == HeartbeatAck(n=7)
+
+    with_hub(db, test)
+
+
+def test_a_lost_session_is_resumed_and_a_new_installation_gets_a_new_one(db: Path) -> None:
+    token = add_slot(db)
+
+    async def test(hub: Hub) -> None:
+        client, session = await authenticated(hub.url, token, agent="a-1")
+        await hub.drop("s1")
+        assert await client.closed() is None  # no close frame: the link was simply lost
+        assert not hub.connected("s1")
+
+        client = await RawClient.open(hub.url)
+        assert await client.authenticate(token, agent="a-1", session=session) == Authenticated(
+            session=session, resumed=True
+        )
+        await client.close()
+        await hub.wait_disconnected("s1")
+
+        client = await RawClient.open(hub.url)
+        reply = await client.authenticate(token, agent="a-2", session=session)
+        assert isinstance(reply, Authenticated) and not reply.resumed and reply.session != session
+        await client.close()
+        await hub.wait_disconnected("s1")
+
+        client = await RawClient.open(hub.url)
+        reply = await client.authenticate(token, agent="a-2", session="made-up")
+        assert isinstance(reply, Authenticated) and not reply.resumed
+
+    with_hub(db, test)
+
+
+def test_a_session_survives_a_hub_restart(db: Path) -> None:
+    token = add_slot(db)
+
+    async def main() -> None:
+        async with Hub(db) as hub:
+            _, session = await authenticated(hub.url, token)
+        async with Hub(db) as hub:
+            assert hub.store.agent("s1").state == "disconnected"  # type: ignore[union-attr]
+            client = await RawClient.open(hub.url)
+            assert await client.authenticate(token, session=session) == Authenticated(session=session, resumed=True)
+
+    run(main())
+
+
+def test_a_client_without_the_subprotocol_is_refused(db: Path) -> None:
+    async def test(hub: Hub) -> None:
+        for offered in ([], ["chat"]):
+            with pytest.raises(InvalidStatus) as caught:
+                await RawClient.open(hub.url, subprotocols=offered)
+            assert caught.value.response.status_code == 400
+            assert b"ksocket.v1" in caught.value.response.body
+
+    with_hub(db, test)
+
+
+def test_a_client_that_never_authenticates_is_closed_with_4400(db: Path) -> None:
+    token = add_slot(db)
+
+    async def test(hub: Hub) -> None:
+        silent = await RawClient.open(hub.url)
+        assert await silent.closed(timeout=3) == CLOSE_PROTOCOL_ERROR
+
+        eager = await RawClient.open(hub.url)  # a first frame that is not authenticate
+        await eager.heartbeat(1)
+        error = await eager.expect(ErrorMessage)
+        assert error.code == "bad-message" and "authenticate" in error.message
+        assert await eager.closed() == CLOSE_PROTOCOL_ERROR
+
+        late = await RawClient.open(hub.url)  # in time, for contrast
+        assert isinstance(await late.authenticate(token), Authenticated)
+
+    with_hub(db, test, auth_timeout=0.3)
+
+
+def test_tokens_are_never_logged(db: Path, caplog: pytest.LogCaptureFixture) -> None:
+    token = add_slot(db)
+    caplog.set_level(logging.DEBUG)
+
+    async def test(hub: Hub) -> None:
+        client = await RawClient.open(hub.url)
+        assert isinstance(await client.authenticate(token + "x"), Rejected)
+        client, _ = await authenticated(hub.url, token)
+        await client.send(Authenticate(token=token, name="ksocket", version="2.1.1", agent="agent-1"))
+        assert "already authenticated" in (await client.expect(ErrorMessage)).message
+
+    with_hub(db, test)
+    assert "rejected: invalid-token" in caplog.text
+    assert "connected from 127.0.0.1" in caplog.text
+    assert token not in caplog.text
+    hub_lines = [record.getMessage() for record in caplog.records if record.name.startswith("ksocket")]
+    assert any("> TEXT" in line for line in hub_lines)  # websockets' frame log is on ...
+    assert not any('"token"' in line for line in hub_lines)  # ... but not for frames with a token
+
+
+# --------------------------------------------------------------------------- heartbeats and bad frames
+
+
+def test_heartbeats_are_answered_unless_the_hub_is_told_not_to(db: Path) -> None:
+    token = add_slot(db)
+
+    async def test(hub: Hub) -> None:
+        client, _ = await authenticated(hub.url, token)
+        await client.heartbeat(1)
+        assert await client.expect(HeartbeatAck) == HeartbeatAck(n=1)
+        assert hub.store.agent("s1").last_heartbeat is not None  # type: ignore[union-attr]
+
+        hub.answer_heartbeats = False
+        await client.heartbeat(2)
+        await client.nothing()
+        assert Heartbeat(n=2) in hub.received("s1")
+
+        hub.answer_heartbeats = True
+        await client.heartbeat(3)
+        assert await client.expect(HeartbeatAck) == HeartbeatAck(n=3)
+
+    with_hub(db, test)
+
+
+def test_a_silent_agent_is_dropped_with_4408(db: Path) -> None:
+    token = add_slot(db)
+
+    async def test(hub: Hub) -> None:
+        client, _ = await authenticated(hub.url, token)
+        for n in range(4):  # heard from: kept past interval + timeout
+            await asyncio.sleep(0.15)
+            await client.heartbeat(n)
+            await client.expect(HeartbeatAck)
+        assert hub.connected("s1")
+        assert await client.closed(timeout=3) == CLOSE_HEARTBEAT_LOST
+        assert not hub.connected("s1")
+
+    with_hub(db, test, heartbeat_interval=0.2, heartbeat_timeout=0.2)
+
+
+def test_bad_frames_get_an_error_and_the_link_stays(db: Path) -> None:
+    token = add_slot(db)
+
+    async def test(hub: Hub) -> None:
+        client, _ = await authenticated(hub.url, token)
+        await client.send_text("this is not JSON")
+        error = await client.expect(ErrorMessage)
+        assert error.code == "bad-message"
+        await client.send_text('{"type": "teleport"}')
+        error = await client.expect(ErrorMessage)
+        assert error.code == "unknown-type"
+        await client.send_text('{"type": "result", "id": "x", "seq": -1, "ok": true, "data": {}}')
+        error = await client.expect(ErrorMessage)
+        assert error.code == "bad-message" and "seq" in error.message
+        await client.ws.send(b'{"type": "heartbeat", "n": 1}')  # a binary frame
+        assert (await client.expect(ErrorMessage)).code == "bad-message"
+        await client.send(Ack(seq=1))  # well-formed, but the hub's to send
+        assert (await client.expect(ErrorMessage)).code == "bad-message"
+
+        await client.heartbeat(5)
+        assert await client.expect(HeartbeatAck) == HeartbeatAck(n=5)
+        assert [bad.error.code for bad in hub.errors("s1")] == [
+            "bad-message",
+            "unknown-type",
+            "bad-message",
+            "bad-message",
+            "bad-message",
+        ]
+        assert hub.errors("s1")[0].frame == "this is not JSON"
+
+    with_hub(db, test)
+
+
+# --------------------------------------------------------------------------- results and operations
+
+
+def test_results_are_stored_once_and_acked(db: Path) -> None:
+    token = add_slot(db)
+
+    async def test(hub: Hub) -> None:
+        op_id = await hub.submit("s1", "system.info")
+        client, _ = await authenticated(hub.url, token, agent="a-1")
+        assert await client.expect(Operation) == Operation(id=op_id, name="system.info", params={})
+
+        result = Result.success(id=op_id, seq=1, data={"hostname": "h"})
+        await client.send(result)
+        assert await client.expect(Ack) == Ack(seq=1)
+        await client.send(result)  # sent again, e.g. after a resume: already received
+        assert await client.expect(Ack) == Ack(seq=1)
+        assert hub.results("s1") == [result]
+        assert await hub.wait_result(op_id) == result
+        assert hub.operation(op_id).state == "done"
+
+        await client.send(Result.failure(id="elsewhere", seq=2, code="internal", message="boom"))
+        assert await client.expect(Ack) == Ack(seq=2)
+        assert len(hub.results("s1")) == 2
+
+        # a new installation on the slot counts its seq afresh
+        await client.close()
+        await hub.wait_disconnected("s1")
+        client, _ = await authenticated(hub.url, token, agent="a-2")
+        await client.send(Result.success(id="other", seq=1, data={}))
+        assert await client.expect(Ack) == Ack(seq=1)
+        assert [(r.agent, r.seq) for r in hub.store.results("s1")] == [("a-1", 1), ("a-1", 2), ("a-2", 1)]
+
+        hub.ack_results = False
+        await client.send(Result.success(id="other", seq=2, data={}))
+        await client.nothing()
+        assert len(hub.results("s1")) == 4
+
+    with_hub(db, test)
+
+
+def test_accepted_refused_progress_and_cancel(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    token = add_slot(db)
+
+    async def test(hub: Hub) -> None:
+        client, _ = await authenticated(hub.url, token)
+        first = await hub.submit("s1", "networks.scan", {"targets": ["10.0.0.0/24"]}, id="op-1")
+        second = await hub.submit("s1", "hosts.inspect", {"address": "10.0.0.1"})
+        assert await client.expect(Operation) == Operation(
+            id="op-1", name="networks.scan", params={"targets": ["10.0.0.0/24"]}
+        )
+        assert (await client.expect(Operation)).id == second
+
+        await client.send(Accepted(id=first))
+        await client.send(Progress(id=first, done=12, total=256))
+        await client.send(Refused(id=second, reason="quota", message="too many"))
+        await hub.wait_received("s1", Refused)
+        record = hub.operation(first)
+        assert (record.state, record.done, record.total) == ("accepted", 12, 256)
+        record = hub.operation(second)
+        assert (record.state, record.reason, record.message) == ("refused", "quota", "too many")
+
+        assert cli.main(["hub", "cancel", first, "--db", str(db)]) == 0  # as from another process
+        assert await client.expect(Cancel) == Cancel(id=first)
+        assert hub.operation(first).cancel_sent is not None
+        await client.send(Result.failure(id=first, seq=1, code="cancelled", message="cancelled by the hub"))
+        await client.expect(Ack)
+        assert hub.operation(first).state == "cancelled"
+
+        await client.close()
+        await hub.wait_disconnected("s1")
+        queued = await hub.submit("s1", "system.info")
+        assert await hub.cancel(queued) == "cancelled"  # never sent, so never will be
+        assert capsys.readouterr().out == "accepted\n"  # what `hub cancel` printed: the state it left
+        client, _ = await authenticated(hub.url, token)
+        await client.nothing()  # done, refused and cancelled operations are not sent again
+
+    with_hub(db, test)
+
+
+def test_operations_queued_by_another_process_are_sent_and_sent_again_after_a_reconnect(db: Path) -> None:
+    token = add_slot(db)
+
+    async def test(hub: Hub) -> None:
+        client, session = await authenticated(hub.url, token)
+        code, out, err = await ksocket(
+            "hub", "run", "s1", "system.info", "--params", '{"verbose": true}', "--db", str(db)
+        )
+        assert code == 0, err
+        op_id = out.strip()
+        operation = await client.expect(Operation)
+        assert operation == Operation(id=op_id, name="system.info", params={"verbose": True})
+        assert hub.operation(op_id).state == "sent"
+
+        await client.close()  # gone without answering
+        await hub.wait_disconnected("s1")
+        client = await RawClient.open(hub.url)
+        assert await client.authenticate(token, session=session) == Authenticated(session=session, resumed=True)
+        assert await client.expect(Operation) == operation
+
+        await client.send(Accepted(id=op_id))
+        await hub.wait_received("s1", Accepted)
+        await hub.drop("s1")  # accepted is not a result: it is sent again
+        client = await RawClient.open(hub.url)
+        await client.authenticate(token, session=session)
+        assert await client.expect(Operation) == operation
+
+        await client.send(Result.success(id=op_id, seq=1, data={}))
+        await client.expect(Ack)
+        await client.close()
+        await hub.wait_disconnected("s1")
+        client = await RawClient.open(hub.url)
+        await client.authenticate(token, session=session)
+        await client.nothing()
+
+    with_hub(db, test)
+
+
+def test_hub_run_wait_prints_the_result(db: Path) -> None:
+    token = add_slot(db)
+
+    async def answer(client: RawClient, seq: int, ok: bool) -> None:
+        operation = await client.expect(Operation, timeout=20)
+        await client.send(Accepted(id=operation.id))
+        if ok:
+            await client.send(Result.success(id=operation.id, seq=seq, data={"hostname": "h1"}))
+        else:
+            await client.send(Result.failure(id=operation.id, seq=seq, code="timeout", message="too slow"))
+        await client.expect(Ack)
+
+    async def test(hub: Hub) -> None:
+        client, _ = await authenticated(hub.url, token)
+        base = ("hub", "run", "s1", "system.info", "--wait", "--timeout", "20", "--db", str(db))
+        (code, out, err), _ = await asyncio.gather(ksocket(*base), answer(client, 1, True))
+        assert code == 0, err
+        op_id, document = out.splitlines()
+        assert json.loads(document) == {"id": op_id, "seq": 1, "ok": True, "data": {"hostname": "h1"}}
+
+        (code, out, err), _ = await asyncio.gather(ksocket(*base), answer(client, 2, False))
+        assert code == 1, err
+        op_id, document = out.splitlines()
+        assert json.loads(document) == {
+            "id": op_id,
+            "seq": 2,
+            "ok": False,
+            "error": {"code": "timeout", "message": "too slow"},
+        }
+
+    with_hub(db, test)
+
+
+def test_hub_run_wait_gives_up_after_its_timeout(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    add_slot(db)
+    assert cli.main(["hub", "run", "s1", "system.info", "--wait", "--timeout", "0.3", "--db", str(db)]) == 1
+    captured = capsys.readouterr()
+    op_id = captured.out.strip()
+    assert captured.err == f"ksocket: error: no result for operation {op_id} within 0.3 s (it is pending)\n"
+    with Store(db) as store:
+        assert store.operation(op_id).state == "pending"  # type: ignore[union-attr]
+
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["hub", "run", "s1", "x", "--params", "[1]", "--db", str(db)])
+    assert caught.value.code == 2
+    assert "--params must be a JSON object" in capsys.readouterr().err
+
+
+def test_hub_agents_lists_the_slots(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    token = add_slot(db, "s1")
+    add_slot(db, "s2")
+
+    async def test(hub: Hub) -> None:
+        client, session = await authenticated(hub.url, token, agent="agent-uuid-1")
+        await client.heartbeat(1)
+        await client.expect(HeartbeatAck)
+        assert cli.main(["hub", "agents", "--db", str(db)]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].split() == ["SLOT", "STATE", "AGENT", "VERSION", "LAST", "HEARTBEAT", "SESSION"]
+        fields = lines[1].split()
+        assert fields[:4] == ["s1", "connected", "agent-uuid-1", "2.1.1"]
+        assert fields[-1] == session
+        assert lines[2].split() == ["s2", "never", "-", "-", "-", "-"]
+
+    with_hub(db, test)
+
+
+# --------------------------------------------------------------------------- test knobs, TLS, serve
+
+
+def test_send_raw_and_the_knobs_on_an_idle_slot(db: Path) -> None:
+    token = add_slot(db)
+
+    async def test(hub: Hub) -> None:
+        with pytest.raises(NotConnected):
+            await hub.send_raw("s1", "{}")
+        with pytest.raises(NotConnected):
+            await hub.drop("s1")
+        with pytest.raises(TimeoutError):
+            await hub.wait_connected("s1", timeout=0.1)
+        client, _ = await authenticated(hub.url, token)
+        await hub.send_raw("s1", '{"type": "ack"}')
+        assert await client.ws.recv() == '{"type": "ack"}'
+
+    with_hub(db, test)
+
+
+def test_hub_with_slot_gives_a_running_hub_and_a_token(db: Path) -> None:
+    async def main() -> None:
+        async with hub_with_slot(db, "lab", heartbeat_interval=1.0) as (hub, token):
+            assert hub.heartbeat_interval == 1.0
+            _, session = await authenticated(hub.url, token)
+            assert await hub.wait_connected("lab") == session
+
+    run(main())
+
+
+def test_the_hub_serves_wss(db: Path, tmp_path: Path) -> None:
+    token = add_slot(db)
+    cert, key = self_signed(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    client_context = ssl.create_default_context(cafile=str(cert))
+
+    async def test(hub: Hub) -> None:
+        assert hub.url.startswith("wss://127.0.0.1:")
+        client = await RawClient.open(hub.url, ssl_context=client_context)
+        assert isinstance(await client.authenticate(token), Authenticated)
+
+    with_hub(db, test, ssl_context=server_context)
+
+
+def test_hub_serve_runs_until_sigterm(db: Path) -> None:
+    token = add_slot(db)
+
+    async def main() -> None:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "ksocket.cli",
+            "hub",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            str(db),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "KSOCKET_HOME": str(db.parent)},
+        )
+        assert process.stdout is not None
+        try:
+            url = None
+            while url is None:
+                line = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
+                assert line, "hub serve ended before it listened"
+                match = re.search(r"listening on (ws://\S+)", line)
+                url = match.group(1) if match else None
+            client = await RawClient.open(url)
+            assert isinstance(await client.authenticate(token), Authenticated)
+            process.send_signal(signal.SIGTERM)
+            assert await client.closed() == 1001  # going away
+            assert await asyncio.wait_for(process.wait(), 20) == 0
+            rest = (await process.stdout.read()).decode()
+            assert "hub stopped" in rest
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        with Store(db) as store:
+            assert store.agent("s1").state == "disconnected"  # type: ignore[union-attr]
+
+    run(main())
