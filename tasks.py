@@ -36,8 +36,7 @@ def test(c: Context, k: str = "", args: str = "") -> None:
 def demo(c: Context) -> None:
     """The main job that ``./dev install`` ends with."""
     with c.cd(str(ROOT)):
-        c.run(f"{PY} -m ksocket.cli version", pty=False)
-        c.run(f"{PY} -m ksocket.cli config", pty=False)
+        c.run(f"{PY} -m tests.demo", pty=False)
 
 
 @task(help={"only": "comma-separated benchmark names (link, pipeline, discovery, inspect)"})

@@ -1,0 +1,5 @@
+import sys
+
+from ksocket.cli import main
+
+sys.exit(main())
