@@ -64,6 +64,18 @@ def agent_settings(hub: Hub, token: str, **overrides: Any) -> Settings:
     return dataclasses.replace(base, **overrides)
 
 
+def make_link(
+    tmp_path: Path,
+    settings: Settings,
+    *,
+    runner: InlineRunner | None = None,
+    clock: Clock | None = None,
+    name: str = "agent-1",
+) -> Link:
+    """An agent with its own identity folder (agent id and session) under the test's tmp_path."""
+    return Link(settings, runner or InlineRunner(), clock=clock, identity=Identity(tmp_path / name))
+
+
 async def start(link: Link) -> asyncio.Task[int]:
     return asyncio.ensure_future(link.run())
 
@@ -76,9 +88,7 @@ async def finish(link: Link, task: asyncio.Task[int]) -> int:
 def test_authenticates_runs_an_operation_and_stops_cleanly(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_hub(tmp_path) as (hub, token):
-            link = Link(
-                agent_settings(hub, token), InlineRunner(), clock=FixedClock(), identity=Identity(tmp_path / "agent-1")
-            )
+            link = make_link(tmp_path, agent_settings(hub, token), clock=FixedClock())
             task = await start(link)
             await hub.wait_connected(SLOT)
             await link.wait_for("connected")
@@ -100,7 +110,7 @@ def test_bad_token_gives_up_after_resume_retries_with_the_protocols_delays(
         async with running_hub(tmp_path) as (hub, _token):
             settings = agent_settings(hub, "not-the-token", resume_retries=5, resume_plateau=3, resume_threshold=3.0)
             clock = FixedClock(scale=0.001, factor=0.75)
-            link = Link(settings, InlineRunner(), clock=clock, identity=Identity(tmp_path / "agent-1"))
+            link = make_link(tmp_path, settings, clock=clock)
             with caplog.at_level(logging.INFO, logger="ksocket"):
                 assert await asyncio.wait_for(link.run(), 20) == 1
             # attempt k waits min(threshold, 2**(min(k, plateau) - 1)) * factor
@@ -120,12 +130,10 @@ def test_bad_token_gives_up_after_resume_retries_with_the_protocols_delays(
 def test_a_second_agent_on_a_held_slot_is_refused(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_hub(tmp_path) as (hub, token):
-            first = Link(agent_settings(hub, token), InlineRunner(), identity=Identity(tmp_path / "agent-1"))
+            first = make_link(tmp_path, agent_settings(hub, token))
             first_task = await start(first)
             await hub.wait_connected(SLOT)
-            second = Link(
-                agent_settings(hub, token, resume_retries=1), InlineRunner(), identity=Identity(tmp_path / "agent-2")
-            )
+            second = make_link(tmp_path, agent_settings(hub, token, resume_retries=1), name="agent-2")
             assert await asyncio.wait_for(second.run(), 10) == 1
             assert "slot-in-use" in second.last_reason
             assert first.state == "connected"
@@ -137,17 +145,10 @@ def test_a_second_agent_on_a_held_slot_is_refused(tmp_path: Path) -> None:
 def test_lost_connection_resumes_the_same_session(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_hub(tmp_path) as (hub, token):
-            link = Link(
-                agent_settings(hub, token),
-                InlineRunner(),
-                clock=FixedClock(scale=0.01),
-                identity=Identity(tmp_path / "agent-1"),
-            )
+            link = make_link(tmp_path, agent_settings(hub, token), clock=FixedClock(scale=0.01))
             task = await start(link)
             session = await hub.wait_connected(SLOT)
             await hub.drop(SLOT)  # the TCP connection dies without a close frame
-            await asyncio.sleep(0.05)
-            await link.wait_for("resuming")
             assert await hub.wait_connected(SLOT) == session
             await link.wait_for("connected")
             assert link.identity.session == session
@@ -161,7 +162,7 @@ def test_heartbeat_loss_closes_4408_and_resumes(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_hub(tmp_path) as (hub, token):
             settings = agent_settings(hub, token, heartbeat_interval=5, heartbeat_timeout=10)  # 50 ms, 100 ms
-            link = Link(settings, InlineRunner(), clock=FixedClock(scale=0.01), identity=Identity(tmp_path / "agent-1"))
+            link = make_link(tmp_path, settings, clock=FixedClock(scale=0.01))
             task = await start(link)
             session = await hub.wait_connected(SLOT)
             hub.answer_heartbeats = False
@@ -183,12 +184,7 @@ def test_hub_restart_while_the_agent_runs(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_hub(tmp_path) as (hub, token):
             port = hub.port
-            link = Link(
-                agent_settings(hub, token),
-                InlineRunner(),
-                clock=FixedClock(scale=0.01),
-                identity=Identity(tmp_path / "agent-1"),
-            )
+            link = make_link(tmp_path, agent_settings(hub, token), clock=FixedClock(scale=0.01))
             task = await start(link)
             await hub.wait_connected(SLOT)
         async with Hub(tmp_path / "hub.db", port=port) as second:
@@ -203,7 +199,7 @@ def test_hub_restart_while_the_agent_runs(tmp_path: Path) -> None:
 def test_bad_frames_from_the_hub_are_answered_and_the_link_kept(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_hub(tmp_path) as (hub, token):
-            link = Link(agent_settings(hub, token), InlineRunner(), identity=Identity(tmp_path / "agent-1"))
+            link = make_link(tmp_path, agent_settings(hub, token))
             task = await start(link)
             await hub.wait_connected(SLOT)
             await hub.send_raw(SLOT, "this is not json")
@@ -230,7 +226,7 @@ def test_unacked_results_are_sent_again_then_the_link_counts_as_lost(tmp_path: P
         async with running_hub(tmp_path) as (hub, token):
             settings = agent_settings(hub, token, request_timeout=0.1, request_retries=2)
             runner = InlineRunner()
-            link = Link(settings, runner, clock=FixedClock(scale=0.01), identity=Identity(tmp_path / "agent-1"))
+            link = make_link(tmp_path, settings, runner=runner, clock=FixedClock(scale=0.01))
             task = await start(link)
             await hub.wait_connected(SLOT)
             hub.ack_results = False
@@ -267,20 +263,18 @@ def test_tls_with_a_test_ca_verifies_and_refuses_a_wrong_certificate(
 
     async def scenario() -> None:
         async with running_hub(tmp_path, ssl_context=ca.server_context("hub", ["127.0.0.1"])) as (hub, token):
-            link = Link(agent_settings(hub, token), InlineRunner(), identity=Identity(tmp_path / "agent-1"))
+            link = make_link(tmp_path, agent_settings(hub, token))
             task = await start(link)
             await hub.wait_connected(SLOT)
             assert await finish(link, task) == 0
         (tmp_path / "hub.db").unlink()
         wrong = stranger.server_context("hub", ["127.0.0.1"])
         async with running_hub(tmp_path, ssl_context=wrong) as (hub, token):
-            link = Link(
-                agent_settings(hub, token, resume_retries=1), InlineRunner(), identity=Identity(tmp_path / "agent-1")
-            )
+            link = make_link(tmp_path, agent_settings(hub, token, resume_retries=1))
             assert await asyncio.wait_for(link.run(), 10) == 1
             assert "certificate verify failed" in link.last_reason or "unable to get local issuer" in link.last_reason
             monkeypatch.setenv("KSOCKET_INSECURE", "1")
-            link = Link(agent_settings(hub, token), InlineRunner(), identity=Identity(tmp_path / "agent-1"))
+            link = make_link(tmp_path, agent_settings(hub, token))
             task = await start(link)
             await hub.wait_connected(SLOT)
             assert await finish(link, task) == 0
