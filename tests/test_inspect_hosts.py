@@ -135,6 +135,15 @@ def test_a_failure_of_the_host_stops_the_protocol(tmp_path: Path, code: str) -> 
     ]
 
 
+def test_a_silent_snmp_agent_gets_the_next_community_file(tmp_path: Path) -> None:
+    # SNMPv2c agents do not answer a wrong community, so a timeout may be the file's fault.
+    write_files(tmp_path, "snmp", "00_wrong.toml", "01_right.toml")
+    fake = Fake("snmp", failing({"00_wrong.toml": "timeout"}))
+    result = run(hosts.HostInspection(tmp_path, inspectors={"snmp": fake}), ["snmp"])
+    assert fake.calls == ["00_wrong.toml", "01_right.toml"]
+    assert result["snmp"]["collected"] == "01_right.toml"
+
+
 def test_every_file_refused_is_auth_failed_with_each_attempt(tmp_path: Path) -> None:
     write_files(tmp_path, "ssh", "00_a.toml", "01_b.toml")
     fake = Fake("ssh", failing({"00_a.toml": "auth-failed", "01_b.toml": "auth-failed"}))

@@ -66,6 +66,12 @@ CANCELLED = "cancelled"
 STOP_CODES = frozenset({UNREACHABLE, TIMEOUT, HOST_KEY_CHANGED, CANCELLED})
 """Failures about the host rather than the credential file: the next file is not tried."""
 
+
+def _stops(kind: str, code: str) -> bool:
+    """Whether a failure ends the protocol. SNMP is the exception for timeouts: an SNMPv2c agent stays
+    silent to a wrong community, so silence may be the file's fault and the next file is still tried."""
+    return code in STOP_CODES and not (kind == "snmp" and code == TIMEOUT)
+
 _CANCEL_POLL = 0.25  # seconds between two looks at context.check_cancelled()
 
 
@@ -384,7 +390,7 @@ class HostInspection:
                             {"credential": str(credential.path), "code": exc.code, "message": redact.redact(str(exc))}
                         )
                         logger.info("%s %s with %s: %s: %s", kind, address, credential.path, exc.code, exc)
-                        if exc.code in STOP_CODES:
+                        if _stops(kind, exc.code):
                             break
                         continue
                     except Exception as exc:
@@ -408,7 +414,7 @@ class HostInspection:
                 }
             )
         last = attempts[-1]
-        if len(attempts) > 1 and last["code"] not in STOP_CODES:
+        if len(attempts) > 1 and not _stops(kind, last["code"]):
             message = f"every matching {kind} credential file failed ({len(attempts)} tried); last: {last['message']}"
         else:
             message = last["message"]
