@@ -96,18 +96,32 @@ def cmd_connect(args: argparse.Namespace) -> int:
     import signal
 
     from statemachine.link import Link
-    from statemachine.runner import InlineRunner
+    from tasks.runner import PipelineRunner
 
     settings = load_settings(args, echo_warnings=False)
 
     async def serve() -> int:
-        link = Link(settings, InlineRunner())
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, link.request_stop)
-        return await link.run()
+        async with PipelineRunner(settings) as runner:
+            link = Link(settings, runner)
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, link.request_stop)
+            return await link.run()
 
     return asyncio.run(serve())
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from tasks.worker import run_worker
+
+    settings = load_settings(args, echo_warnings=False)
+    return run_worker(settings.broker, args.threads or settings.max_running_operations)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from ksocket import inspect_cli
+
+    return inspect_cli.run_inspect(args, load_settings(args))
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -142,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     # argparse refuses an empty list with choices= on nargs="*", so the names are checked by the handler
     sub.add_argument("sections", nargs="*", metavar="CHECK", help="system, config, connect or authenticate")
     command("connect", cmd_connect, "run the agent: connect to the hub and take operations (the service)")
+    sub = command("worker", cmd_worker, "run operations from a shared Redis broker (broker.url) for other agents")
+    sub.add_argument("--threads", type=int, help="operations at once (default: connect.maxRunningOperations)")
+    from ksocket import inspect_cli
+
+    inspect_cli.configure(command("inspect", cmd_inspect, "inspect one host over SSH, WinRM and SNMP"))
     sub = command("credentials", cmd_credentials, "explain which credential files apply to an address")
     sub.add_argument("action", choices=["explain"])
     sub.add_argument("address")

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from ksocket.collectors.inspect import hosts
+from ksocket.config import Settings
 
 
 def _address(value: str) -> str:
@@ -62,13 +63,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=run_inspect)
 
 
-def run_inspect(args: argparse.Namespace) -> int:
-    """The ``inspect`` command: reads the settings (and sets up logging), inspects, prints."""
-    from ksocket import cli, config
-
-    # wired into ksocket.cli, args carries --logfile/--loglevel: the settings come with logging
-    wired = hasattr(args, "logfile") and hasattr(args, "loglevel")
-    settings = cli.load_settings(args) if wired else config.load()
+def run_inspect(args: argparse.Namespace, settings: Settings) -> int:
+    """The ``inspect`` command: inspects one host with the settings' credentials and prints the result."""
     result = asyncio.run(
         hosts.inspect_host(
             args.address,

@@ -1,0 +1,314 @@
+"""The result journal, in the broker's Redis: admission, the operations held, results until acked.
+
+Every change is one Lua script, so each is atomic however many agents and workers share the
+Redis. Keys, under ``<ns>:journal:``:
+
+``seq``       STRING  the last seq handed out; grows by one per result, survives restarts
+``held``      HASH    operation id -> ``{"name", "params", "admitted"}``: queued or running (quota, dedupe)
+``running``   HASH    operation id -> id of the worker (Dramatiq broker id) that started it last
+``cancel``    SET     ids of running operations asked to cancel
+``results``   HASH    operation id -> ``{"ok": true, "data": …}`` or ``{"ok": false, "error": {…}}``
+``unacked``   ZSET    operation id scored by its seq: the id -> seq map, and the results in seq order
+``events``    STREAM  ``kind=progress id done total`` and ``kind=result id seq``, capped (best effort)
+
+An operation's life: :meth:`Journal.admit` puts it in ``held``; :meth:`Journal.start` marks it
+running (or says to skip it: it already has a result, or it was cancelled); :meth:`Journal.finish`
+gives it the next seq, stores its result and releases it, all at once, and only the first time
+for an id: a second outcome for an id that already has a result, or that is no longer held, is
+dropped. :meth:`Journal.acknowledge` forgets every result up to a seq. An operation cancelled before
+it has a result ends ``cancelled``, whatever its body returns.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import redis
+
+from ksocket.protocol import ErrorInfo, JSONObject, Result
+from tasks.errors import CANCELLED
+
+EVENTS_MAXLEN: Final = 1000
+
+# KEYS = seq, held, running, cancel, results, unacked, events (the same order in every script).
+_FINISH = """
+local function finish(id, outcome)
+  if redis.call('hexists', KEYS[5], id) == 1 then
+    return {0, tonumber(redis.call('zscore', KEYS[6], id)) or 0}
+  end
+  if redis.call('hexists', KEYS[2], id) == 0 then
+    return {0, 0}
+  end
+  if redis.call('sismember', KEYS[4], id) == 1 then
+    outcome = ARGV[#ARGV]
+  end
+  local seq = redis.call('incr', KEYS[1])
+  redis.call('hset', KEYS[5], id, outcome)
+  redis.call('zadd', KEYS[6], seq, id)
+  redis.call('hdel', KEYS[2], id)
+  redis.call('hdel', KEYS[3], id)
+  redis.call('srem', KEYS[4], id)
+  redis.call('xadd', KEYS[7], 'MAXLEN', '~', ARGV[#ARGV - 1], '*', 'kind', 'result', 'id', id, 'seq', seq)
+  return {1, seq}
+end
+"""
+
+# Every script's ARGV ends with: events maxlen, the cancelled outcome (for finish()).
+_SCRIPTS: Final = {
+    "admit": """
+local id, operation, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local outcome = redis.call('hget', KEYS[5], id)
+if outcome then
+  return {'done', outcome, redis.call('zscore', KEYS[6], id)}
+end
+if redis.call('hexists', KEYS[2], id) == 1 then
+  return {'held'}
+end
+if redis.call('hlen', KEYS[2]) >= limit then
+  return {'quota'}
+end
+redis.call('hset', KEYS[2], id, operation)
+return {'admitted'}
+""",
+    "start": _FINISH
+    + """
+local id, worker = ARGV[1], ARGV[2]
+if redis.call('hexists', KEYS[5], id) == 1 then
+  return 'done'
+end
+if redis.call('hexists', KEYS[2], id) == 0 then
+  return 'gone'
+end
+if redis.call('sismember', KEYS[4], id) == 1 then
+  finish(id, ARGV[#ARGV])
+  return 'cancelled'
+end
+redis.call('hset', KEYS[3], id, worker)
+return 'run'
+""",
+    "finish": _FINISH
+    + """
+return finish(ARGV[1], ARGV[2])
+""",
+    "requeued": _FINISH
+    + """
+local id = ARGV[1]
+if redis.call('sismember', KEYS[4], id) == 1 then
+  finish(id, ARGV[#ARGV])
+  return 'cancelled'
+end
+redis.call('hdel', KEYS[3], id)
+return 'queued'
+""",
+    "cancel": _FINISH
+    + """
+local id = ARGV[1]
+if redis.call('hexists', KEYS[5], id) == 1 then
+  return 'done'
+end
+if redis.call('hexists', KEYS[2], id) == 0 then
+  return 'unknown'
+end
+if redis.call('hexists', KEYS[3], id) == 1 then
+  redis.call('sadd', KEYS[4], id)
+  return 'signalled'
+end
+finish(id, ARGV[#ARGV])
+return 'cancelled'
+""",
+    "release": """
+local id = ARGV[1]
+redis.call('hdel', KEYS[2], id)
+redis.call('hdel', KEYS[3], id)
+redis.call('srem', KEYS[4], id)
+return 1
+""",
+    "acknowledge": """
+local ids = redis.call('zrangebyscore', KEYS[6], '-inf', ARGV[1])
+for _, id in ipairs(ids) do
+  redis.call('hdel', KEYS[5], id)
+end
+redis.call('zremrangebyscore', KEYS[6], '-inf', ARGV[1])
+return #ids
+""",
+    "results": """
+local found = redis.call('zrangebyscore', KEYS[6], ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for i = 1, #found, 2 do
+  table.insert(out, found[i])
+  table.insert(out, found[i + 1])
+  table.insert(out, redis.call('hget', KEYS[5], found[i]) or '')
+end
+return out
+""",
+}
+
+Admission = Literal["admitted", "held", "quota"]
+StartState = Literal["run", "done", "gone", "cancelled"]
+CancelState = Literal["cancelled", "signalled", "done", "unknown"]
+
+
+@dataclass(frozen=True)
+class Held:
+    """An operation held by the pipeline (queued or running), as admitted."""
+
+    id: str
+    name: str
+    params: JSONObject
+    admitted: float
+    """Wall-clock time of admission (seconds since the epoch)."""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def encode_success(data: JSONObject) -> str:
+    return json.dumps({"ok": True, "data": data}, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def encode_failure(code: str, message: str) -> str:
+    error = {"code": code, "message": message}
+    return json.dumps({"ok": False, "error": error}, separators=(",", ":"), ensure_ascii=False)
+
+
+_CANCELLED_OUTCOME: Final = encode_failure(CANCELLED, "cancelled")
+
+
+def _result(operation_id: str, seq: int, outcome: str) -> Result:
+    document = json.loads(outcome)
+    if document["ok"]:
+        return Result.success(id=operation_id, seq=seq, data=document["data"])
+    error = document["error"]
+    return Result(id=operation_id, seq=seq, ok=False, error=ErrorInfo(code=error["code"], message=error["message"]))
+
+
+class Journal:
+    """Admission, operation state and results of one namespace in one Redis (thread-safe, blocking calls)."""
+
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
+        self.client = client
+        self.namespace = namespace
+        prefix = f"{namespace}:journal:"
+        self.keys = [prefix + name for name in ("seq", "held", "running", "cancel", "results", "unacked", "events")]
+        self.seq_key, self.held_key, self.running_key, self.cancel_key, self.results_key = self.keys[:5]
+        self.unacked_key, self.events_key = self.keys[5:]
+        self._scripts = {name: client.register_script(source) for name, source in _SCRIPTS.items()}
+
+    def _run(self, name: str, *args: Any) -> Any:
+        return self._scripts[name](keys=self.keys, args=[*args, EVENTS_MAXLEN, _CANCELLED_OUTCOME])
+
+    # --- admission ----------------------------------------------------------------------------
+
+    def admit(self, operation_id: str, name: str, params: JSONObject, limit: int) -> Admission | Result:
+        """Holds the operation unless it has a result (returned), is held already, or the quota is full."""
+        operation = json.dumps({"name": name, "params": params, "admitted": time.time()}, separators=(",", ":"))
+        answer = self._run("admit", operation_id, operation, limit)
+        state = _text(answer[0])
+        if state == "done":
+            return _result(operation_id, int(float(answer[2])), _text(answer[1]))
+        assert state in ("admitted", "held", "quota"), state
+        return state  # type: ignore[return-value]
+
+    def release(self, operation_id: str) -> None:
+        """Forgets a held operation without a result (its message could not be enqueued)."""
+        self._run("release", operation_id)
+
+    def lookup(self, operation_id: str) -> Result | Literal["held"] | None:
+        """The stored result of an id, or "held" while it is queued or running, or None."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hget(self.results_key, operation_id)
+            pipe.zscore(self.unacked_key, operation_id)
+            pipe.hexists(self.held_key, operation_id)
+            outcome, seq, held = pipe.execute()
+        if outcome is not None and seq is not None:
+            return _result(operation_id, int(seq), _text(outcome))
+        return "held" if held else None
+
+    def held(self) -> list[Held]:
+        """Every operation held (queued or running), oldest admission first."""
+        found = []
+        for key, value in self.client.hgetall(self.held_key).items():
+            document = json.loads(value)
+            found.append(Held(_text(key), document["name"], document["params"], float(document["admitted"])))
+        return sorted(found, key=lambda held: held.admitted)
+
+    def held_count(self) -> int:
+        return int(self.client.hlen(self.held_key))
+
+    def running(self) -> dict[str, str]:
+        """Operation id -> the worker that started it, for those marked running."""
+        return {_text(k): _text(v) for k, v in self.client.hgetall(self.running_key).items()}
+
+    # --- an operation's life ------------------------------------------------------------------
+
+    def start(self, operation_id: str, worker: str) -> StartState:
+        """Marks it running; or says why not to run it: "done", "gone" (not held) or "cancelled"."""
+        state: StartState = _text(self._run("start", operation_id, worker))  # type: ignore[assignment]
+        return state
+
+    def finish(self, operation_id: str, outcome: str) -> int | None:
+        """Records the outcome under the next seq and releases the operation; None if it was dropped."""
+        recorded, seq = self._run("finish", operation_id, outcome)
+        return int(seq) if recorded else None
+
+    def requeued(self, operation_id: str) -> Literal["queued", "cancelled"]:
+        """The operation waits for another attempt (a retry, a worker that stopped); "cancelled" ends it now."""
+        state: Literal["queued", "cancelled"] = _text(self._run("requeued", operation_id))  # type: ignore[assignment]
+        return state
+
+    def cancel(self, operation_id: str) -> CancelState:
+        """Ends a queued operation now ("cancelled"), flags a running one ("signalled"), or does nothing."""
+        state: CancelState = _text(self._run("cancel", operation_id))  # type: ignore[assignment]
+        return state
+
+    def is_cancelled(self, operation_id: str) -> bool:
+        return bool(self.client.sismember(self.cancel_key, operation_id))
+
+    def progress(self, operation_id: str, done: int, total: int) -> None:
+        self.client.xadd(
+            self.events_key,
+            {"kind": "progress", "id": operation_id, "done": done, "total": total},
+            maxlen=EVENTS_MAXLEN,
+            approximate=True,
+        )
+
+    # --- results ------------------------------------------------------------------------------
+
+    def last_seq(self) -> int:
+        return int(self.client.get(self.seq_key) or 0)
+
+    def results(self, after: int = 0, limit: int = 1_000_000) -> list[Result]:
+        """Unacked results with a seq above ``after``, in seq order, at most ``limit``."""
+        flat = self._run("results", f"({after}", limit)
+        return [
+            _result(_text(flat[i]), int(float(flat[i + 1])), _text(flat[i + 2]))
+            for i in range(0, len(flat), 3)
+            if flat[i + 2]
+        ]
+
+    def result(self, operation_id: str) -> Result | None:
+        found = self.lookup(operation_id)
+        return found if isinstance(found, Result) else None
+
+    def acknowledge(self, seq: int) -> int:
+        """Forgets every result with a seq up to ``seq``; returns how many."""
+        return int(self._run("acknowledge", seq))
+
+    # --- events -------------------------------------------------------------------------------
+
+    def last_event_id(self) -> str:
+        newest: Any = self.client.xrevrange(self.events_key, count=1)
+        return _text(newest[0][0]) if newest else "0-0"
+
+    def read_events(self, after: str, block: float) -> list[tuple[str, dict[str, str]]]:
+        """Events after the id ``after``, waiting up to ``block`` seconds for the first one."""
+        answer: Any = self.client.xread({self.events_key: after}, block=max(1, int(block * 1000)), count=500)
+        events = []
+        for _stream, entries in answer or []:
+            for entry_id, fields in entries:
+                events.append((_text(entry_id), {_text(k): _text(v) for k, v in fields.items()}))
+        return events

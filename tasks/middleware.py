@@ -1,0 +1,150 @@
+"""The journal's side of Dramatiq: the :class:`Lifecycle` middleware that starts and finishes operations.
+
+Policy is split the way Dramatiq splits it. Retries (Dramatiq's ``Retries``, with the
+``retry_when`` actor option of :func:`tasks.errors.retry_when`) decides whether a failed attempt
+runs again; the time limit is Dramatiq's ``TimeLimit`` with the ``time_limit`` actor option;
+Lifecycle only records what they decided. It must come FIRST in the broker's middleware list:
+Dramatiq calls ``before_*`` hooks in list order and ``after_*`` hooks in reverse, so Lifecycle's
+``before_process_message`` runs before the time limit starts counting and its
+``after_process_message`` runs after TimeLimit has disarmed and Retries has decided:
+
+* no exception: the body's document is the result (``ok``);
+* an exception and the message failed (Retries gave up, or would never retry it): the
+  classified error is the result;
+* an exception and the message did not fail: Retries re-enqueued it; the operation stays held.
+
+``before_process_message`` asks the journal whether to run the message at all: not if the operation
+already has a result (a message redelivered after its worker died between the result and the ack)
+or is no longer held, nor if it was cancelled while it waited; those messages are skipped (acked).
+A message that Dramatiq dead-letters any other way (no actor of that name on this worker) ends its
+operation with ``internal``, so the hub never waits for a result that cannot come.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from dramatiq.broker import Broker, MessageProxy
+from dramatiq.message import Message
+from dramatiq.middleware import Middleware, SkipMessage, TimeLimitExceeded
+
+from tasks.context import OperationContext
+from tasks.errors import INTERNAL, TIMEOUT, OperationFailed, classify
+from tasks.journal import Journal, encode_failure, encode_success
+
+log = logging.getLogger("ksocket.tasks")
+
+_current = threading.local()
+
+
+def current_context(operation_id: str) -> OperationContext:
+    """The context Lifecycle prepared for the operation this worker thread is about to run."""
+    context: OperationContext | None = getattr(_current, "context", None)
+    if context is None or context.operation_id != operation_id:
+        # Lifecycle did not start it (the journal was unreachable): a transient failure, retried later.
+        raise OperationFailed(INTERNAL, f"operation {operation_id} started without its journal entry", transient=True)
+    return context
+
+
+def operation_id(message: Message[Any] | MessageProxy) -> str | None:
+    """The operation id a message carries (its first argument), or None for a foreign message."""
+    if message.args and isinstance(message.args[0], str):
+        return message.args[0]
+    return None
+
+
+class Lifecycle(Middleware):
+    """Starts each operation in the journal before its body runs and records its outcome after."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        *,
+        progress_interval: float = 0.25,
+        cancel_interval: float = 0.2,
+    ) -> None:
+        self.journal = journal
+        self.progress_interval = progress_interval
+        self.cancel_interval = cancel_interval
+        self.stopping = threading.Event()
+        """Set when the worker stops: running bodies get Interrupted at their next check."""
+
+    def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
+        op_id = operation_id(message)
+        if op_id is None:
+            return
+        worker = str(getattr(broker, "broker_id", "worker"))
+        state = self.journal.start(op_id, worker)
+        if state != "run":
+            log.info("operation %s (%s) not run: %s", op_id, message.actor_name, state)
+            raise SkipMessage(state)
+        _current.context = OperationContext(
+            self.journal,
+            op_id,
+            progress_interval=self.progress_interval,
+            cancel_interval=self.cancel_interval,
+            stopping=self.stopping,
+        )
+
+    def after_process_message(
+        self,
+        broker: Broker,
+        message: MessageProxy,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        op_id = operation_id(message)
+        context: OperationContext | None = getattr(_current, "context", None)
+        _current.context = None
+        if op_id is None:
+            return
+        if exception is None:
+            outcome = self._success(op_id, message.actor_name, context)
+        elif getattr(message, "failed", False):
+            outcome = self._failure(broker, message, exception)
+        else:
+            self.journal.requeued(op_id)
+            log.info("operation %s (%s) waits for another attempt: %s", op_id, message.actor_name, exception)
+            return
+        seq = self.journal.finish(op_id, outcome)
+        if seq is None:
+            log.info("operation %s (%s) already had its result: this outcome is dropped", op_id, message.actor_name)
+        else:
+            log.info("operation %s (%s) finished: result seq %d", op_id, message.actor_name, seq)
+
+    def _failure(self, broker: Broker, message: MessageProxy, exception: BaseException) -> str:
+        if isinstance(exception, TimeLimitExceeded):
+            limit = message.options.get("time_limit") or broker.get_actor(message.actor_name).options.get("time_limit")
+            within = f" of {limit / 1000:g} s" if limit else ""
+            return encode_failure(TIMEOUT, f"{message.actor_name} exceeded its time limit{within}")
+        failure = classify(exception)
+        return encode_failure(failure.code, str(failure))
+
+    def _success(self, op_id: str, name: str, context: OperationContext | None) -> str:
+        document = context.document if context is not None else None
+        if not isinstance(document, dict):
+            return encode_failure(INTERNAL, f"{name} returned {type(document).__name__}, not a JSON object")
+        try:
+            return encode_success(document)
+        except (TypeError, ValueError) as exc:
+            return encode_failure(INTERNAL, f"{name} returned data that JSON cannot carry: {exc}")
+
+    def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:
+        self.stopping.set()
+
+    def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
+        _current.context = None
+
+    def after_nack(self, broker: Broker, message: MessageProxy) -> None:
+        op_id = operation_id(message)
+        if op_id is None:
+            return
+        text = f"no worker could run {message.actor_name} (message dead-lettered)"
+        if self.journal.finish(op_id, encode_failure(INTERNAL, text)) is not None:
+            log.error("operation %s: %s", op_id, text)
+
+
+__all__ = ["Lifecycle", "current_context", "operation_id"]

@@ -1,0 +1,181 @@
+"""One process's pipeline: the broker on a URL, the journal beside it, the middleware, the actors.
+
+Both the agent's runner (:mod:`tasks.runner`) and a stand-alone worker (:mod:`tasks.worker`) build
+a :class:`Pipeline`. Its middleware, in the order that matters (see :mod:`tasks.middleware`):
+Lifecycle (journal), Retries (Dramatiq's), TimeLimit (Dramatiq's). The in-process worker is a
+Dramatiq ``Worker`` with one thread per operation allowed to run at once, fetching no more
+messages than it has threads, so that the others wait in Redis, in arrival order, where any worker
+can take them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from dramatiq import Worker
+from dramatiq.errors import DecodeError
+from dramatiq.message import Message
+from dramatiq.middleware import Retries, TimeLimit
+
+from ksocket.protocol import JSONObject
+from tasks import broker as brokers
+from tasks.errors import PipelineError
+from tasks.journal import Held, Journal
+from tasks.middleware import Lifecycle
+from tasks.operations import QUEUE, REGISTRY, Registry
+
+log = logging.getLogger("ksocket.tasks")
+
+
+@dataclass(frozen=True)
+class Timings:
+    """The pipeline's clocks, in seconds. Tests shorten them; the defaults suit an agent."""
+
+    heartbeat_timeout: float = brokers.DEFAULT_HEARTBEAT_TIMEOUT
+    """A worker silent this long counts as dead: the messages it held go back on the queue."""
+    requeue_interval: float = brokers.DEFAULT_REQUEUE_INTERVAL
+    """How often each consumer thread looks for dead workers' messages to requeue."""
+    worker_timeout: float = 1.0
+    """Longest idle poll of a consumer (also how often an idle worker heartbeats)."""
+    time_limit_interval: float = 1.0
+    """How often the TimeLimit middleware looks for operations past their limit."""
+    progress_interval: float = 0.25
+    """Least time between two progress frames of one operation."""
+    cancel_interval: float = 0.2
+    """Least time between two reads of an operation's cancel flag."""
+    event_wait: float = 1.0
+    """Longest wait of the runner for an event before it looks at the journal anyway."""
+    recover_interval: float = 10.0
+    """How often the runner looks for held operations that have no message left (and re-enqueues them)."""
+    orphan_age: float = 5.0
+    """A held operation must be this old before it counts as having lost its message."""
+    stop_grace: float = 10.0
+    """On stop, how long running operations get to notice it (Interrupted) and end their attempt."""
+
+
+class Pipeline:
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = brokers.NAMESPACE,
+        timings: Timings | None = None,
+        registry: Registry | None = None,
+        appendfsync: str = "always",
+    ) -> None:
+        self.timings = timings = timings or Timings()
+        self.registry = registry or REGISTRY
+        self.broker = brokers.create_broker(
+            url,
+            namespace=namespace,
+            middleware=[],
+            heartbeat_timeout=timings.heartbeat_timeout,
+            requeue_interval=timings.requeue_interval,
+            appendfsync=appendfsync,
+        )
+        try:
+            self.journal = Journal(self.broker.redis, namespace)
+            self.lifecycle = Lifecycle(
+                self.journal, progress_interval=timings.progress_interval, cancel_interval=timings.cancel_interval
+            )
+            for middleware in (
+                self.lifecycle,
+                Retries(),
+                TimeLimit(interval=max(1, int(timings.time_limit_interval * 1000))),
+            ):
+                self.broker.add_middleware(middleware)
+            self.registry.declare(self.broker)
+        except BaseException:
+            self.broker.close()
+            raise
+        self.worker: Worker | None = None
+        self._booted = False
+        self._admitting: set[str] = set()
+        self._admitting_lock = threading.Lock()
+
+    # --- the in-process worker ----------------------------------------------------------------
+
+    def start_worker(self, threads: int) -> None:
+        if threads < 1:
+            raise PipelineError(f"a worker needs at least one thread, not {threads}")
+        if not self._booted:  # what Dramatiq's CLI does in each worker process: starts TimeLimit's timer thread
+            self.broker.emit_after("process_boot")
+            self._booted = True
+        self.lifecycle.stopping.clear()
+        worker = Worker(self.broker, worker_threads=threads, worker_timeout=int(self.timings.worker_timeout * 1000))
+        worker.queue_prefetch = threads  # fetch no more than it can run: the rest wait for any worker
+        worker.start()
+        self.worker = worker
+        log.info("worker %s: %d threads on %s", self.broker.broker_id, threads, self.broker.namespace)
+
+    def stop_worker(self, grace: float | None = None) -> None:
+        """Stops taking operations; running ones get ``grace`` seconds to notice (Interrupted)."""
+        worker, self.worker = self.worker, None
+        if worker is None:
+            return
+        worker.stop(timeout=int((self.timings.stop_grace if grace is None else grace) * 1000))
+
+    def close(self, grace: float | None = None) -> None:
+        self.stop_worker(grace)
+        self.broker.close()
+
+    # --- messages -----------------------------------------------------------------------------
+
+    def enqueue(self, operation_id: str, name: str, params: JSONObject) -> None:
+        self.broker.get_actor(name).send(operation_id, params)
+
+    @contextlib.contextmanager
+    def admitting(self, operation_id: str) -> Iterator[None]:
+        """Marks an operation as between admission and enqueueing, so that recovery leaves it alone."""
+        with self._admitting_lock:
+            self._admitting.add(operation_id)
+        try:
+            yield
+        finally:
+            with self._admitting_lock:
+                self._admitting.discard(operation_id)
+
+    def queued_ids(self) -> set[str]:
+        """Operation ids of every message Dramatiq still holds (queued, delayed, or fetched and unacked)."""
+        namespace = self.broker.namespace
+        with self.broker.redis.pipeline(transaction=True) as pipe:
+            pipe.hvals(f"{namespace}:{QUEUE}.msgs")
+            pipe.hvals(f"{namespace}:{QUEUE}.DQ.msgs")
+            found: list[list[bytes]] = pipe.execute()
+        ids = set()
+        for data in (*found[0], *found[1]):
+            try:
+                message: Message[Any] = Message.decode(data)
+            except DecodeError as exc:  # a message another program put in our queue
+                log.debug("ignoring an undecodable message: %s", exc)
+            else:
+                if message.args and isinstance(message.args[0], str):
+                    ids.add(message.args[0])
+        return ids
+
+    def orphans(self, age: float | None = None) -> list[Held]:
+        """Held operations, admitted at least ``age`` seconds ago, that have no message left anywhere."""
+        with self._admitting_lock:
+            admitting = set(self._admitting)
+        queued = self.queued_ids() | admitting
+        limit = time.time() - (self.timings.orphan_age if age is None else age)
+        return [held for held in self.journal.held() if held.id not in queued and held.admitted <= limit]
+
+    def recover(self, age: float | None = None) -> list[str]:
+        """Re-enqueues every orphan (an agent killed between admitting and enqueueing, a lost message)."""
+        recovered = []
+        for held in self.orphans(age):
+            if self.registry.get(held.name) is None or held.name not in self.broker.actors:
+                continue
+            if self.journal.requeued(held.id) == "cancelled":
+                continue  # it was cancelled meanwhile: that is its result
+            log.warning("operation %s (%s) had no message left: enqueueing it again", held.id, held.name)
+            self.enqueue(held.id, held.name, held.params)
+            recovered.append(held.id)
+        return recovered

@@ -1,0 +1,265 @@
+"""The agent's :class:`~statemachine.runner.OperationRunner`: admission into the pipeline, events out of it.
+
+:class:`PipelineRunner` is what the link talks to. ``submit`` admits an operation (dedupe by id,
+unknown names and invalid params refused, the ``connect.maxOperations`` quota) and enqueues it;
+a Dramatiq worker in this process (``connect.maxRunningOperations`` threads) and any worker
+started with ``ksocket worker`` against the same Redis run it; its result lands in the journal.
+``next_event`` hands out progress and new results as they appear in the journal, whichever
+process produced them; ``unacked`` and ``acknowledge`` read and trim the journal.
+
+Blocking Redis calls run in threads (``asyncio.to_thread``). A background task follows the
+journal's event stream (and, as a safety net, the journal itself) and fills a small buffer that
+``next_event`` drains: progress reports of one operation coalesce to the latest, and no more than
+:data:`BUFFERED_RESULTS` results wait there; the rest stay in Redis until there is room.
+
+After a restart on the same broker, every operation still held finishes: its message is still
+queued, or Dramatiq requeues it once the dead worker's heartbeat is ``heartbeat_timeout`` old, or
+the runner finds it has no message at all (killed between admitting and enqueueing) and enqueues
+it again (``recover_interval``, ``orphan_age``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from types import TracebackType
+from typing import Final
+
+from ksocket.config import Settings
+from ksocket.protocol import Accepted, Operation, Progress, Refused, Result
+from statemachine.runner import Admission
+from tasks.broker import NAMESPACE
+from tasks.errors import InvalidParams, OperationFailed
+from tasks.journal import Held
+from tasks.operations import REGISTRY, Registry
+from tasks.pipeline import Pipeline, Timings
+
+log = logging.getLogger("ksocket.tasks")
+
+BUFFERED_RESULTS: Final = 64
+
+
+class _Events:
+    """The runner's outbox: results in seq order, progress coalesced per operation."""
+
+    def __init__(self) -> None:
+        self._order: deque[Result | str] = deque()
+        self._progress: dict[str, Progress] = {}
+        self._results = 0
+        self._ready = asyncio.Event()
+
+    @property
+    def room(self) -> int:
+        return max(0, BUFFERED_RESULTS - self._results)
+
+    def put(self, event: Progress | Result) -> None:
+        if isinstance(event, Result):
+            self._progress.pop(event.id, None)
+            self._order.append(event)
+            self._results += 1
+        else:
+            if event.id not in self._progress:
+                self._order.append(event.id)
+            self._progress[event.id] = event
+        self._ready.set()
+
+    async def get(self) -> Progress | Result:
+        while True:
+            while self._order:
+                item = self._order.popleft()
+                if isinstance(item, Result):
+                    self._results -= 1
+                    return item
+                progress = self._progress.pop(item, None)
+                if progress is not None:
+                    return progress
+            self._ready.clear()
+            await self._ready.wait()
+
+
+class PipelineRunner:
+    """Runs operations through the Dramatiq pipeline on ``broker.url``; implements OperationRunner.
+
+    Use ``async with PipelineRunner(settings) as runner:`` or :meth:`start` / :meth:`stop`.
+    Explicit arguments override the settings: ``broker_url``, ``max_operations``,
+    ``max_running_operations`` (0: no worker in this process, others do the work).
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        broker_url: str | None = None,
+        max_operations: int | None = None,
+        max_running_operations: int | None = None,
+        namespace: str = NAMESPACE,
+        timings: Timings | None = None,
+        registry: Registry | None = None,
+        appendfsync: str = "always",
+    ) -> None:
+        settings = settings or Settings()
+        self.broker_url = broker_url or settings.broker
+        self.max_operations = settings.max_operations if max_operations is None else max_operations
+        self.threads = settings.max_running_operations if max_running_operations is None else max_running_operations
+        self.namespace = namespace
+        self.timings = timings or Timings()
+        self.registry = registry or REGISTRY
+        self.appendfsync = appendfsync
+        self._pipeline: Pipeline | None = None
+        self._events = _Events()
+        self._pump: asyncio.Task[None] | None = None
+        self._last_seq = 0
+
+    @property
+    def pipeline(self) -> Pipeline:
+        if self._pipeline is None:
+            raise RuntimeError("the runner is not started")
+        return self._pipeline
+
+    # --- starting and stopping ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._pipeline is not None:
+            return
+        pipeline = await asyncio.to_thread(
+            Pipeline,
+            self.broker_url,
+            namespace=self.namespace,
+            timings=self.timings,
+            registry=self.registry,
+            appendfsync=self.appendfsync,
+        )
+        try:
+            if self.threads > 0:
+                await asyncio.to_thread(pipeline.start_worker, self.threads)
+            self._last_seq = await asyncio.to_thread(pipeline.journal.last_seq)
+            last_event = await asyncio.to_thread(pipeline.journal.last_event_id)
+            await asyncio.to_thread(pipeline.recover)
+        except BaseException:
+            await asyncio.to_thread(pipeline.close, 0)
+            raise
+        self._pipeline = pipeline
+        self._pump = asyncio.create_task(self._follow(last_event), name="ksocket-pipeline-events")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stops the worker (running operations get ``grace`` seconds to notice) and the broker."""
+        pump, self._pump = self._pump, None
+        if pump is not None:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+        pipeline, self._pipeline = self._pipeline, None
+        if pipeline is not None:
+            await asyncio.to_thread(pipeline.close, grace)
+
+    async def __aenter__(self) -> PipelineRunner:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    # --- OperationRunner ----------------------------------------------------------------------
+
+    async def submit(self, operation: Operation) -> Admission:
+        pipeline = self.pipeline
+        refusal = self._check(operation)
+        if refusal is not None:
+            known = await asyncio.to_thread(pipeline.journal.lookup, operation.id)
+            if isinstance(known, Result):
+                return known
+            return Accepted(id=operation.id) if known == "held" else refusal
+        return await asyncio.to_thread(self._admit, pipeline, operation)
+
+    def _check(self, operation: Operation) -> Refused | None:
+        spec = self.registry.get(operation.name)
+        if spec is None or operation.name not in self.pipeline.broker.actors:
+            return Refused(id=operation.id, reason="unknown-operation", message=f"no operation {operation.name!r}")
+        try:
+            spec.validate(operation.params)
+        except InvalidParams as exc:
+            return Refused(id=operation.id, reason="invalid-params", message=str(exc))
+        except OperationFailed as exc:
+            return Refused(id=operation.id, reason="invalid-params", message=f"{exc.code}: {exc}")
+        return None
+
+    def _admit(self, pipeline: Pipeline, operation: Operation) -> Admission:
+        with pipeline.admitting(operation.id):
+            return self._admit_and_enqueue(pipeline, operation)
+
+    def _admit_and_enqueue(self, pipeline: Pipeline, operation: Operation) -> Admission:
+        answer = pipeline.journal.admit(operation.id, operation.name, operation.params, self.max_operations)
+        if isinstance(answer, Result):
+            return answer
+        if answer == "held":
+            return Accepted(id=operation.id)
+        if answer == "quota":
+            return Refused(
+                id=operation.id,
+                reason="quota",
+                message=f"{self.max_operations} operations are queued or running (connect.maxOperations)",
+            )
+        try:
+            pipeline.enqueue(operation.id, operation.name, operation.params)
+        except BaseException:
+            pipeline.journal.release(operation.id)
+            raise
+        return Accepted(id=operation.id)
+
+    async def cancel(self, operation_id: str) -> None:
+        state = await asyncio.to_thread(self.pipeline.journal.cancel, operation_id)
+        log.info("cancel %s: %s", operation_id, state)
+
+    async def unacked(self) -> list[Result]:
+        return await asyncio.to_thread(self.pipeline.journal.results)
+
+    async def next_event(self) -> Progress | Result:
+        return await self._events.get()
+
+    async def acknowledge(self, seq: int) -> None:
+        await asyncio.to_thread(self.pipeline.journal.acknowledge, seq)
+
+    # --- more for the CLI and tests -----------------------------------------------------------
+
+    async def held(self) -> list[Held]:
+        """The operations queued or running."""
+        return await asyncio.to_thread(self.pipeline.journal.held)
+
+    async def result(self, operation_id: str) -> Result | None:
+        return await asyncio.to_thread(self.pipeline.journal.result, operation_id)
+
+    # --- following the journal ----------------------------------------------------------------
+
+    async def _follow(self, last_event: str) -> None:
+        """Moves progress and new results from Redis into the outbox, until cancelled."""
+        pipeline = self.pipeline
+        journal = pipeline.journal
+        wait = self.timings.event_wait
+        next_recovery = time.monotonic() + self.timings.recover_interval
+        while True:
+            try:
+                events = await asyncio.to_thread(journal.read_events, last_event, wait)
+                for event_id, fields in events:
+                    last_event = event_id
+                    if fields.get("kind") == "progress":
+                        self._events.put(
+                            Progress(id=fields["id"], done=int(fields["done"]), total=int(fields["total"]))
+                        )
+                # Results come from the journal itself, so a trimmed stream or a missed event loses none.
+                if self._events.room:
+                    for result in await asyncio.to_thread(journal.results, self._last_seq, self._events.room):
+                        self._last_seq = result.seq
+                        self._events.put(result)
+                if time.monotonic() >= next_recovery:
+                    next_recovery = time.monotonic() + self.timings.recover_interval
+                    await asyncio.to_thread(pipeline.recover)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("following the journal failed; trying again in %.1f s", wait)
+                await asyncio.sleep(wait)

