@@ -60,4 +60,11 @@ def lab_down(c: Context) -> None:
         c.run(f"{PY} -m tests.lab down", pty=False)
 
 
-namespace = Collection(check, test, demo, bench, Collection("lab", lab_up, lab_down))
+@task(help={"out": "the folder to write the tarball to (default dist)"})
+def release(c: Context, out: str = "dist") -> None:
+    """The release: dist/ksocket-VERSION-linux-x86_64.tar.gz with ksinstall, ksuninstall and every wheel."""
+    with c.cd(str(ROOT)):
+        c.run(f"{PY} installers/release.py --out {out}", pty=False)
+
+
+namespace = Collection(check, test, demo, bench, release, Collection("lab", lab_up, lab_down))

@@ -173,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = commands.add_parser("hub", parents=[common], help="the reference hub: a small controller for agents")
     hub_cli.configure(sub, common)
+
+    from ksocket.service import cli as service_cli
+
+    sub = commands.add_parser("service", parents=[common], help="install and control the ksocket service")
+    service_cli.configure(sub, common)
     return parser
 
 
