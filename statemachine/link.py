@@ -25,7 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from ksocket import __version__, config, paths, protocol
 from ksocket.config import Settings
-from ksocket.errors import LinkError, ProtocolError
+from ksocket.errors import KsocketError, LinkError, ProtocolError
 from ksocket.protocol import (
     Ack,
     Authenticate,
@@ -36,6 +36,7 @@ from ksocket.protocol import (
     HeartbeatAck,
     Message,
     Operation,
+    Progress,
     Rejected,
     Result,
 )
@@ -44,6 +45,8 @@ from statemachine.policy import Clock, resume_delay
 from statemachine.runner import OperationRunner
 
 log = logging.getLogger("ksocket.link")
+
+CLOSE_INTERNAL_ERROR = 1011  # RFC 6455: the agent cannot go on with this connection
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,7 @@ class Link:
         self._attempt_deadline = 0.0
         self._heartbeat_acks: dict[int, asyncio.Event] = {}
         self._in_flight: dict[int, _InFlight] = {}
+        self._stored: asyncio.Queue[Result] = asyncio.Queue()
         self.machine = AsyncMachine(
             model=self,
             states=table.STATES,
@@ -273,6 +277,7 @@ class Link:
         assert websocket is not None
         self._heartbeat_acks.clear()
         self._in_flight.clear()
+        self._stored = asyncio.Queue()
         parts = [
             self._receive(websocket),
             self._heartbeat(websocket),
@@ -293,6 +298,9 @@ class Link:
             return Outcome("lost", str(error))
         if isinstance(error, ConnectionClosed):
             return Outcome("lost", f"connection closed ({error})")
+        if isinstance(error, KsocketError):  # the runner cannot take work now (its broker is down, say)
+            await self._close(CLOSE_INTERNAL_ERROR)
+            return Outcome("lost", f"operation runner failed: {error}")
         raise error  # a bug: let it surface with its traceback
 
     # --- the parts of ``connected`` -----------------------------------------------------------
@@ -315,7 +323,7 @@ class Link:
         if isinstance(message, Operation):
             answer = await self.runner.submit(message)
             if isinstance(answer, Result):
-                await self._send_result(websocket, answer)
+                self._stored.put_nowait(answer)  # results leave in seq order, from _send_results alone
             else:
                 await self._send(websocket, answer)
         elif isinstance(message, HeartbeatAck):
@@ -358,20 +366,36 @@ class Link:
         await self._send(websocket, result)
 
     async def _send_results(self, websocket: ClientConnection) -> None:
-        """Every unacked result first, in seq order; then progress and new results as they come."""
+        """Every unacked result first, in seq order; then progress and new results as they come.
+
+        This is the only sender of results on a connection: the hub's ack is cumulative, so a result
+        sent ahead of a lower unacked one (say, a stored result answering a re-sent operation) would
+        have the hub ack, and the journal forget, results the hub never received.
+        """
         last_sent = 0
         for result in await self.runner.unacked():
             await self._send_result(websocket, result)
             last_sent = result.seq
-        while True:
-            event = await self.runner.next_event()
-            if isinstance(event, Result):
-                if event.seq <= last_sent:
-                    continue  # already sent with the unacked ones
-                last_sent = event.seq
-                await self._send_result(websocket, event)
-            else:
-                await self._send(websocket, event)
+        event_task: asyncio.Future[Progress | Result] = asyncio.ensure_future(self.runner.next_event())
+        stored_task: asyncio.Future[Result] = asyncio.ensure_future(self._stored.get())
+        try:
+            while True:
+                pending: set[asyncio.Future[Any]] = {event_task, stored_task}
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if stored_task.done():
+                    await self._send_result(websocket, stored_task.result())  # seq <= last_sent: sent again
+                    stored_task = asyncio.ensure_future(self._stored.get())
+                if event_task.done():
+                    event = event_task.result()
+                    event_task = asyncio.ensure_future(self.runner.next_event())
+                    if isinstance(event, Progress):
+                        await self._send(websocket, event)
+                    elif event.seq > last_sent:  # lower ones went out with the unacked
+                        last_sent = event.seq
+                        await self._send_result(websocket, event)
+        finally:
+            event_task.cancel()
+            stored_task.cancel()
 
     async def _watch_requests(self, websocket: ClientConnection) -> None:
         """A result not acked within requestTimeout is sent again, requestRetries times at most."""

@@ -25,14 +25,17 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from types import TracebackType
-from typing import Final
+from typing import Any, Final, TypeVar
+
+import redis
 
 from ksocket.config import Settings
 from ksocket.protocol import Accepted, Operation, Progress, Refused, Result
 from statemachine.runner import Admission
 from tasks.broker import NAMESPACE
-from tasks.errors import InvalidParams, OperationFailed
+from tasks.errors import BrokerError, InvalidParams, OperationFailed
 from tasks.journal import Held
 from tasks.operations import REGISTRY, Registry
 from tasks.pipeline import Pipeline, Timings
@@ -40,6 +43,7 @@ from tasks.pipeline import Pipeline, Timings
 log = logging.getLogger("ksocket.tasks")
 
 BUFFERED_RESULTS: Final = 64
+T = TypeVar("T")
 
 
 class _Events:
@@ -166,15 +170,22 @@ class PipelineRunner:
 
     # --- OperationRunner ----------------------------------------------------------------------
 
+    async def _redis(self, call: Callable[..., T], *args: Any) -> T:
+        """A blocking journal call in a thread; a Redis that cannot be reached becomes a BrokerError."""
+        try:
+            return await asyncio.to_thread(call, *args)
+        except redis.RedisError as exc:
+            raise BrokerError(f"the broker's Redis cannot be reached: {exc}") from None
+
     async def submit(self, operation: Operation) -> Admission:
         pipeline = self.pipeline
         refusal = self._check(operation)
         if refusal is not None:
-            known = await asyncio.to_thread(pipeline.journal.lookup, operation.id)
+            known = await self._redis(pipeline.journal.lookup, operation.id)
             if isinstance(known, Result):
                 return known
             return Accepted(id=operation.id) if known == "held" else refusal
-        return await asyncio.to_thread(self._admit, pipeline, operation)
+        return await self._redis(self._admit, pipeline, operation)
 
     def _check(self, operation: Operation) -> Refused | None:
         spec = self.registry.get(operation.name)
@@ -212,17 +223,17 @@ class PipelineRunner:
         return Accepted(id=operation.id)
 
     async def cancel(self, operation_id: str) -> None:
-        state = await asyncio.to_thread(self.pipeline.journal.cancel, operation_id)
+        state = await self._redis(self.pipeline.journal.cancel, operation_id)
         log.info("cancel %s: %s", operation_id, state)
 
     async def unacked(self) -> list[Result]:
-        return await asyncio.to_thread(self.pipeline.journal.results)
+        return await self._redis(self.pipeline.journal.results)
 
     async def next_event(self) -> Progress | Result:
         return await self._events.get()
 
     async def acknowledge(self, seq: int) -> None:
-        await asyncio.to_thread(self.pipeline.journal.acknowledge, seq)
+        await self._redis(self.pipeline.journal.acknowledge, seq)
 
     # --- more for the CLI and tests -----------------------------------------------------------
 

