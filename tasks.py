@@ -34,8 +34,9 @@ def test(c: Context, k: str = "", args: str = "") -> None:
 
 @task
 def demo(c: Context) -> None:
-    """The main job that ``./dev install`` ends with."""
+    """The main job that ``./dev install`` ends with: scan a small lab, then one operation via a hub."""
     with c.cd(str(ROOT)):
+        c.run(f"{PY} -m tests.lab demo", pty=False)
         c.run(f"{PY} -m tests.demo", pty=False)
 
 

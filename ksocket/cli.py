@@ -118,6 +118,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run_worker(settings.broker, args.threads or settings.max_running_operations)
 
 
+def cmd_scan(args: argparse.Namespace) -> int:
+    from ksocket import scan_cli
+
+    return scan_cli.run_scan(args, load_settings(args))
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from ksocket import inspect_cli
 
@@ -158,8 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     command("connect", cmd_connect, "run the agent: connect to the hub and take operations (the service)")
     sub = command("worker", cmd_worker, "run operations from a shared Redis broker (broker.url) for other agents")
     sub.add_argument("--threads", type=int, help="operations at once (default: connect.maxRunningOperations)")
-    from ksocket import inspect_cli
+    from ksocket import inspect_cli, scan_cli
 
+    scan_cli.configure(command("scan", cmd_scan, "find the hosts on the networks around (networks.scan, locally)"))
     inspect_cli.configure(command("inspect", cmd_inspect, "inspect one host over SSH, WinRM and SNMP"))
     sub = command("credentials", cmd_credentials, "explain which credential files apply to an address")
     sub.add_argument("action", choices=["explain"])
@@ -191,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KsocketError as exc:
         print(f"ksocket: error: {redact.redact(str(exc))}", file=sys.stderr)
-        return 1
+        return 2 if getattr(exc, "code", "") == "invalid-params" else 1
     except KeyboardInterrupt:
         return 130
 

@@ -91,6 +91,13 @@ def read_config(report: Report) -> config.Settings | None:
     return value if isinstance(value, config.Settings) else None
 
 
+def cloud_api(report: Report, mode: str) -> None:
+    """Credentials and region reachability of the scan mode's cloud API, listing nothing."""
+    from ksocket.collectors import cloud
+
+    report.check(f"Reach the {mode} API with its credentials", lambda: cloud.check(mode))
+
+
 def quiet_settings(report: Report) -> config.Settings | None:
     try:
         return config.load()
@@ -168,6 +175,8 @@ def run(sections: list[str]) -> int:
         system(report)
         print()
     settings = read_config(report) if "config" in sections else None
+    if settings is not None and settings.networks_scan_mode != "intranet":
+        cloud_api(report, settings.networks_scan_mode)
     linking = [s for s in sections if s in ("connect", "authenticate")]
     if linking:
         settings = settings or quiet_settings(report)

@@ -26,8 +26,9 @@ from typing import Any, Final
 import dramatiq
 from dramatiq.broker import Broker
 
+from ksocket.collectors import scan, system
 from ksocket.collectors.base import Context, Document
-from tasks import system
+from ksocket.collectors.inspect import hosts
 from tasks.errors import Cancelled, InvalidParams, retry_when
 from tasks.middleware import current_context
 
@@ -175,4 +176,8 @@ REGISTRY: Final = Registry()
 register = REGISTRY.register
 operation = REGISTRY.operation
 
+# The operations the agent knows (protocol.md); policy per operation is in the actor options here.
 register("system.info", system.collect, time_limit=60.0, max_retries=1)
+register("networks.scan", scan.collect, validate=scan.validate, time_limit=3600.0, max_retries=1)
+# Per-protocol failures live inside a successful result, and auth failures must never repeat.
+register("hosts.inspect", hosts.collect, validate=hosts.validate, time_limit=900.0, max_retries=0)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["link"]
+BENCHMARKS = ["link", "pipeline", "discovery", "inspect"]
 
 
 def main(argv: list[str]) -> int:

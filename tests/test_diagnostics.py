@@ -81,3 +81,19 @@ def test_diagnostics_config_names_the_failing_stage(home: Path) -> None:
     assert "Read KSOCKET_CONFIG as UTF-8" in result.stdout and "NG [" in result.stdout
     assert "Read KSOCKET_CONFIG as TOML/YAML" not in result.stdout
     assert run_ksocket("diagnostics", "sideways").returncode == 2
+
+
+def test_diagnostics_config_checks_the_cloud_api_of_the_scan_mode(home: Path, tmp_path: Path) -> None:
+    path = home / "etc" / "ksocket" / "ksocket.toml"
+    path.parent.mkdir(parents=True)
+    path.write_text('[operations]\nnetworksScanMode = "aws"\n')
+    no_aws = {
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_REGION": "",
+        "AWS_DEFAULT_REGION": "",
+    }
+    result = run_ksocket("diagnostics", "config", env=no_aws)
+    assert result.returncode == 1
+    assert check_line(result.stdout, "Reach the aws API with its credentials").startswith("NG [no AWS region")

@@ -1,9 +1,9 @@
 """Slot tokens: made once, shown once, kept only as a SHA-256 hash.
 
 A token is ``ks1_`` and ``secrets.token_urlsafe(32)`` (256 random bits); the prefix keeps it from
-starting with ``-``, which a command line would take for an option (``ksocket config connect.token``). The hub stores its SHA-256 hex
-digest and compares digests with :func:`hmac.compare_digest`; the token itself is printed
-once by ``ksocket hub token add`` and never written to the database or a log.
+starting with ``-``, which a command line would take for an option (``ksocket config connect.token``).
+The hub stores its SHA-256 hex digest and compares digests with :func:`hmac.compare_digest`; the
+token itself is printed once by ``ksocket hub token add`` and never written to the database or a log.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
-"""``system.info``: what this host is (hostname, ksocket version, OS and kernel, Python).
+"""``system.info``: what this host is (hostname, version, OS and kernel, Python, interfaces, routes).
 
-A collector like those of :mod:`ksocket.collectors`: a plain function of the operation's params
-and a context, returning a JSON object; it imports nothing of the pipeline. Each part of the
-document is one small function, so that the interfaces and routes come as two more entries of
-:data:`PARTS` (protocol.md lists them among the data of ``system.info``).
+A plain function of the operation's params and a context, returning a JSON object. Each part of
+the document is one small function in :data:`PARTS`; the interfaces and the routing table come
+from :mod:`ksocket.collectors.sysinfo`.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ksocket import __version__
+from ksocket.collectors import sysinfo
 from ksocket.collectors.base import Context, Document
 
 
@@ -67,7 +67,7 @@ def python() -> Document:
     }
 
 
-PARTS: list[Callable[[], Document]] = [host, operating_system, python]
+PARTS: list[Callable[[], Document]] = [host, operating_system, python, sysinfo.interfaces_part, sysinfo.routes_part]
 """The parts of the document, in order; each returns top-level keys to merge."""
 
 

@@ -1,0 +1,236 @@
+"""``networks.scan`` in ``intranet`` mode: which hosts answer on the networks around the agent.
+
+``collect(params, context)`` with params (all optional but the scan needs somewhere to look):
+
+=========== ===================================================================================
+``targets``  CIDRs, addresses, ranges (``a.b.c.d-e.f.g.h``, ``a.b.c.d-N``), globs; default: the
+             on-link networks of the agent's non-loopback interfaces. At most 65,536 addresses.
+``exclude``  the same forms, taken out of ``targets``
+``methods``  any of ``arp``, ``icmp``, ``tcp`` (default all three)
+``ports``    TCP ports of the SYN probes (default 22, 80, 443, 3389, 5985, 135, 139, 445)
+``rate``     packets per second, every probe and retry counted (default 1000)
+``timeout``  the longest wait for one reply, seconds (default 1.0; the RTT estimate waits less)
+``dns``      reverse DNS names of the hosts found, from the system resolver (default true)
+=========== ===================================================================================
+
+Each target goes where the kernel's routing table sends it: on-link targets behind a link layer
+get ARP requests, and the hosts that answer get the ICMP echo and TCP SYN probes too (for evidence
+and open ports); targets behind a gateway or a link without a link layer get ICMP echo and TCP SYN
+probes. A host is up only on a reply from it that answers one of our probes.
+
+The modules: :mod:`.targets` (parsing, lazy expansion), :mod:`.routes` (the kernel's routes),
+:mod:`.frames` (dpkt, no I/O), :mod:`.timing` (pacing, RTT, retries), :mod:`.engine` (pypcap),
+:mod:`.vendor` (OUI registry).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ksocket.collectors.base import Context, Document, InvalidParams
+from ksocket.collectors.discovery import routes
+from ksocket.collectors.discovery.engine import Engine, Host, Settings
+from ksocket.collectors.discovery.targets import TargetSet, parse_targets, to_str
+from ksocket.collectors.discovery.vendor import format_mac, vendor
+
+__all__ = ["DEFAULT_PORTS", "DEFAULT_RATE", "DEFAULT_TIMEOUT", "METHODS", "Request", "collect", "scan", "validate"]
+
+METHODS = ("arp", "icmp", "tcp")
+DEFAULT_PORTS = (22, 80, 443, 3389, 5985, 135, 139, 445)
+DEFAULT_RATE = 1000.0
+MAX_RATE = 100_000.0
+DEFAULT_TIMEOUT = 1.0
+MAX_PORTS = 1024
+DNS_WORKERS = 8
+DNS_WAIT = 2.0  # the longest the scan waits for names after its last probe
+
+
+@dataclass(frozen=True)
+class Request:
+    targets: TargetSet | None  # None: the on-link networks
+    exclude: tuple[str, ...]
+    methods: frozenset[str]
+    ports: tuple[int, ...]
+    rate: float
+    timeout: float
+    dns: bool
+
+
+def _number(params: Document, name: str, default: float, low: float, high: float) -> float:
+    value = params.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidParams(f"{name} must be a number")
+    if not low <= float(value) <= high:
+        raise InvalidParams(f"{name} must be between {low:g} and {high:g}")
+    return float(value)
+
+
+def _ports(value: Any) -> tuple[int, ...]:
+    if value is None:
+        return DEFAULT_PORTS
+    items: Sequence[Any] = value.replace(" ", "").split(",") if isinstance(value, str) else value
+    if not isinstance(items, Sequence) or isinstance(items, bytes):
+        raise InvalidParams("ports must be a list of port numbers")
+    ports: list[int] = []
+    for item in items:
+        if isinstance(item, bool):
+            raise InvalidParams(f"port {item!r} is not a port number")
+        if isinstance(item, str) and "-" in item:
+            low, _, high = item.partition("-")
+            if not (low.isdigit() and high.isdigit()) or not 1 <= int(low) <= int(high) <= 65535:
+                raise InvalidParams(f"port range {item!r} is not within 1-65535")
+            ports.extend(range(int(low), int(high) + 1))
+            continue
+        if isinstance(item, str) and item.isdigit():
+            item = int(item)
+        if not isinstance(item, int) or not 1 <= item <= 65535:
+            raise InvalidParams(f"port {item!r} is not within 1-65535")
+        ports.append(item)
+    unique = tuple(dict.fromkeys(ports))
+    if len(unique) > MAX_PORTS:
+        raise InvalidParams(f"at most {MAX_PORTS} ports are probed")
+    return unique
+
+
+def validate(params: Document) -> Request:
+    """The checked request; :class:`InvalidParams` for anything wrong. Touches no network."""
+    if not isinstance(params, dict):
+        raise InvalidParams("params must be an object")
+    mode = params.get("mode", "intranet")
+    if mode != "intranet":
+        raise InvalidParams(f"mode {mode!r} is not the intranet scan")
+    exclude = params.get("exclude")
+    targets_param = params.get("targets")
+    targets = parse_targets(targets_param, exclude) if targets_param not in (None, [], "") else None
+    if exclude is not None and not isinstance(exclude, str | list):
+        raise InvalidParams("exclude must be a list of strings")
+    excludes = (exclude,) if isinstance(exclude, str) else tuple(exclude or ())
+    parse_targets([], excludes)  # checks the exclude specs even without targets
+    methods_param = params.get("methods")
+    if methods_param is None:
+        methods = frozenset(METHODS)
+    else:
+        items = methods_param.split(",") if isinstance(methods_param, str) else methods_param
+        if not isinstance(items, list | tuple) or not all(isinstance(item, str) for item in items):
+            raise InvalidParams("methods must be a list of strings")
+        methods = frozenset(item.strip().lower() for item in items if item.strip())
+        unknown = sorted(methods - set(METHODS))
+        if unknown or not methods:
+            raise InvalidParams(f"methods must be some of {', '.join(METHODS)} (got {', '.join(unknown) or 'none'})")
+    ports = _ports(params.get("ports"))
+    if "tcp" in methods and not ports:
+        raise InvalidParams("the tcp method needs at least one port")
+    rate = _number(params, "rate", DEFAULT_RATE, 1, MAX_RATE)
+    timeout = _number(params, "timeout", DEFAULT_TIMEOUT, 0.01, 60)
+    dns = params.get("dns", True)
+    if not isinstance(dns, bool):
+        raise InvalidParams("dns must be true or false")
+    return Request(targets, excludes, methods, ports, rate, timeout, dns)
+
+
+class Resolver:
+    """Reverse DNS through the system resolver, a few lookups at a time, started as hosts are found."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.futures: dict[int, concurrent.futures.Future[str | None]] = {}
+        self.pool = (
+            concurrent.futures.ThreadPoolExecutor(DNS_WORKERS, thread_name_prefix="ksocket-dns") if enabled else None
+        )
+
+    @staticmethod
+    def _lookup(address: str) -> str | None:
+        try:
+            name, _, _ = socket.gethostbyaddr(address)
+        except (OSError, UnicodeError):
+            return None
+        return name or None
+
+    def submit(self, address: int) -> None:
+        if self.pool is not None and address not in self.futures:
+            self.futures[address] = self.pool.submit(self._lookup, to_str(address))
+
+    def finish(self, context: Context, wait: float = DNS_WAIT) -> dict[int, str | None]:
+        names: dict[int, str | None] = {}
+        if self.pool is None:
+            return names
+        end = time.monotonic() + wait
+        try:
+            pending = set(self.futures.values())
+            while pending and time.monotonic() < end:
+                context.check_cancelled()
+                _, pending = concurrent.futures.wait(pending, timeout=min(0.1, max(0.0, end - time.monotonic())))
+            for address, future in self.futures.items():
+                names[address] = future.result() if future.done() and not future.cancelled() else None
+        finally:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        return names
+
+
+_EVIDENCE_ORDER = {"arp": 0, "icmp": 1, "icmp-unreachable": 2}
+
+
+def _evidence_key(item: str) -> tuple[int, int]:
+    if item.startswith("tcp/"):
+        return (3, int(item[4:]))
+    return (_EVIDENCE_ORDER.get(item, 9), 0)
+
+
+def host_document(host: Host, name: str | None) -> Document:
+    return {
+        "address": to_str(host.address),
+        "mac": format_mac(host.mac),
+        "vendor": vendor(host.mac),
+        "rtt": round(host.rtt * 1000, 3) if host.rtt is not None else None,
+        "evidence": sorted(host.evidence, key=_evidence_key),
+        "openPorts": sorted(host.open),
+        "closedPorts": sorted(host.closed),
+        "name": name,
+        "interface": host.interface,
+        "via": to_str(host.via) if host.via is not None else None,
+    }
+
+
+def scan(request: Request, context: Context, *, capture_device: str | None = None) -> Document:
+    """Runs the scan ``request`` describes (``capture_device``: capture elsewhere, for tests)."""
+    table = routes.RoutingTable.from_kernel()
+    targets = request.targets
+    if targets is None:
+        networks = table.onlink_networks()
+        if not networks:
+            raise InvalidParams("no targets given and no interface has an on-link IPv4 network")
+        targets = parse_targets(networks, list(request.exclude))
+    settings = Settings(methods=request.methods, ports=request.ports, rate=request.rate, timeout=request.timeout)
+    resolver = Resolver(request.dns)
+    engine = Engine(targets, table, settings, context, on_found=resolver.submit, capture_device=capture_device)
+    try:
+        engine.run()
+        names = resolver.finish(context)
+    finally:
+        if resolver.pool is not None:
+            resolver.pool.shutdown(wait=False, cancel_futures=True)
+    hosts = [host_document(engine.hosts[address], names.get(address)) for address in sorted(engine.hosts)]
+    return {
+        "mode": "intranet",
+        "targets": targets.cidrs() if len(targets.intervals) <= 64 else [f"{len(targets.intervals)} ranges"],
+        "addresses": targets.size,
+        "skipped": dict(engine.stats.skipped),
+        "methods": [method for method in ("arp", "icmp", "tcp") if method in request.methods],
+        "ports": list(request.ports),
+        "rate": request.rate,
+        "hostsUp": len(hosts),
+        "hosts": hosts,
+        "stats": engine.summary(),
+    }
+
+
+def collect(params: Document, context: Context) -> Document:
+    """The ``networks.scan`` operation (intranet mode)."""
+    return scan(validate(params), context)

@@ -1,0 +1,176 @@
+"""Scan targets: CIDRs, single addresses and ranges, minus ``exclude``, as a lazy set of IPv4 integers.
+
+Accepted forms (IPv4 only): ``198.18.0.0/22`` (host bits may be set: the network is meant),
+``198.18.0.7``, ``198.18.0.10-198.18.0.20``, ``198.18.0.10-20`` (the last octet) and
+``198.18.0.*`` (octet globs). A list may also be given as one string separated by commas or blanks.
+
+:class:`TargetSet` holds merged, sorted ``(first, last)`` intervals: its size is known at once,
+membership is a binary search, and iteration yields one integer at a time, so a 65,536-address
+set never exists as a list.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import netaddr
+
+from ksocket.collectors.base import InvalidParams
+
+MAX_ADDRESSES = 65_536
+_QUAD = r"(?:\d{1,3}\.){3}\d{1,3}"
+_CIDR = re.compile(rf"^({_QUAD})/(\d{{1,2}})$")
+_RANGE = re.compile(rf"^({_QUAD})\s*-\s*({_QUAD}|\d{{1,3}})$")
+_SINGLE = re.compile(rf"^{_QUAD}$")
+_GLOB = re.compile(r"^(?:(?:\d{1,3}|\*|\d{1,3}-\d{1,3})\.){3}(?:\d{1,3}|\*|\d{1,3}-\d{1,3})$")
+
+Interval = tuple[int, int]
+
+
+def _quad(text: str, spec: str) -> int:
+    parts = text.split(".")
+    if len(parts) != 4 or any(not part.isdigit() or int(part) > 255 for part in parts):
+        raise InvalidParams(f"target {spec!r}: {text!r} is not an IPv4 address")
+    value = 0
+    for part in parts:
+        value = (value << 8) | int(part)
+    return value
+
+
+def parse_one(spec: str) -> list[Interval]:
+    """The intervals one target string stands for; :class:`InvalidParams` when it is not one."""
+    text = spec.strip()
+    if not text:
+        raise InvalidParams("empty target")
+    if ":" in text:
+        raise InvalidParams(f"target {spec!r}: IPv6 targets are not supported")
+    match = _CIDR.match(text)
+    if match:
+        prefixlen = int(match.group(2))
+        if prefixlen > 32:
+            raise InvalidParams(f"target {spec!r}: prefix length {prefixlen} is over 32")
+        size = 1 << (32 - prefixlen)
+        first = _quad(match.group(1), spec) & ~(size - 1) & 0xFFFFFFFF
+        return [(first, first + size - 1)]
+    match = _RANGE.match(text)
+    if match:
+        first = _quad(match.group(1), spec)
+        end = match.group(2)
+        if "." in end:
+            last = _quad(end, spec)
+        else:
+            if int(end) > 255:
+                raise InvalidParams(f"target {spec!r}: {end} is not an octet")
+            last = (first & 0xFFFFFF00) | int(end)
+        if last < first:
+            raise InvalidParams(f"target {spec!r}: the range ends before it starts")
+        return [(first, last)]
+    if _SINGLE.match(text):
+        value = _quad(text, spec)
+        return [(value, value)]
+    if "*" in text and _GLOB.match(text):
+        try:
+            glob = netaddr.IPGlob(text)
+        except (netaddr.AddrFormatError, ValueError, TypeError) as error:
+            raise InvalidParams(f"target {spec!r}: {error}") from None
+        return [(int(cidr.first), int(cidr.last)) for cidr in glob.cidrs()]
+    raise InvalidParams(f"target {spec!r} is not an IPv4 address, CIDR, range or glob")
+
+
+def _specs(value: Any, name: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [part for part in re.split(r"[\s,]+", value) if part]
+    if isinstance(value, Sequence) and all(isinstance(item, str) for item in value):
+        return [part for item in value for part in re.split(r"[\s,]+", item) if part]
+    raise InvalidParams(f"{name} must be a list of strings (CIDRs, addresses, ranges)")
+
+
+def merge(intervals: Iterable[Interval]) -> list[Interval]:
+    merged: list[Interval] = []
+    for first, last in sorted(intervals):
+        if merged and first <= merged[-1][1] + 1:
+            if last > merged[-1][1]:
+                merged[-1] = (merged[-1][0], last)
+        else:
+            merged.append((first, last))
+    return merged
+
+
+def subtract(intervals: Sequence[Interval], holes: Sequence[Interval]) -> list[Interval]:
+    """``intervals`` minus ``holes`` (both merged and sorted)."""
+    result: list[Interval] = []
+    position = 0
+    for first, last in intervals:
+        start = first
+        while position < len(holes) and holes[position][1] < start:
+            position += 1
+        index = position
+        while index < len(holes) and holes[index][0] <= last:
+            hole_first, hole_last = holes[index]
+            if hole_first > start:
+                result.append((start, hole_first - 1))
+            start = max(start, hole_last + 1)
+            if hole_last >= last:
+                break
+            index += 1
+        if start <= last:
+            result.append((start, last))
+    return result
+
+
+class TargetSet:
+    """A set of IPv4 addresses as sorted, disjoint intervals; iterates lazily in address order."""
+
+    __slots__ = ("_firsts", "intervals", "size")
+
+    def __init__(self, intervals: Iterable[Interval]) -> None:
+        self.intervals: tuple[Interval, ...] = tuple(merge(intervals))
+        self._firsts = [first for first, _ in self.intervals]
+        self.size = sum(last - first + 1 for first, last in self.intervals)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __contains__(self, address: object) -> bool:
+        if not isinstance(address, int):
+            return False
+        index = bisect.bisect_right(self._firsts, address) - 1
+        return index >= 0 and address <= self.intervals[index][1]
+
+    def __iter__(self) -> Iterator[int]:
+        for first, last in self.intervals:
+            yield from range(first, last + 1)
+
+    def cidrs(self) -> list[str]:
+        """The set as CIDR strings (for the result document)."""
+        out: list[str] = []
+        for first, last in self.intervals:
+            out += [str(cidr) for cidr in netaddr.iprange_to_cidrs(netaddr.IPAddress(first), netaddr.IPAddress(last))]
+        return out
+
+    def overlaps(self, first: int, last: int) -> bool:
+        index = bisect.bisect_right(self._firsts, last) - 1
+        return index >= 0 and self.intervals[index][1] >= first
+
+
+def parse_targets(targets: Any, exclude: Any = None, *, limit: int = MAX_ADDRESSES) -> TargetSet:
+    """``targets`` minus ``exclude``; more than ``limit`` addresses is :class:`InvalidParams`."""
+    included = merge(interval for spec in _specs(targets, "targets") for interval in parse_one(spec))
+    holes = merge(interval for spec in _specs(exclude, "exclude") for interval in parse_one(spec))
+    result = TargetSet(subtract(included, holes))
+    if result.size > limit:
+        raise InvalidParams(f"the targets hold {result.size} addresses; at most {limit} are scanned at once")
+    return result
+
+
+def to_int(address: str) -> int:
+    return _quad(address, address)
+
+
+def to_str(value: int) -> str:
+    return f"{value >> 24 & 255}.{value >> 16 & 255}.{value >> 8 & 255}.{value & 255}"

