@@ -175,8 +175,6 @@ def run(sections: list[str]) -> int:
         system(report)
         print()
     settings = read_config(report) if "config" in sections else None
-    if settings is not None and settings.networks_scan_mode != "intranet":
-        cloud_api(report, settings.networks_scan_mode)
     linking = [s for s in sections if s in ("connect", "authenticate")]
     if linking:
         settings = settings or quiet_settings(report)
@@ -185,4 +183,8 @@ def run(sections: list[str]) -> int:
             asyncio.run(connect(report, settings))
             if "authenticate" in sections and not report.failed:
                 asyncio.run(authenticate(report, settings))
+            # the cloud API is the other peer an aws/azure agent must reach; `config` judges only the file
+            if settings.networks_scan_mode != "intranet":
+                print()
+                cloud_api(report, settings.networks_scan_mode)
     return 0 if report.failed == 0 else 1

@@ -45,7 +45,7 @@ def _seconds(value: str) -> float:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Adds ``inspect``'s arguments to its sub-parser (and makes :func:`run_inspect` its handler)."""
+    """Adds ``inspect``'s arguments to its sub-parser; ``ksocket.cli`` sets the handler."""
     parser.add_argument("address", type=_address, help="the host's IPv4 or IPv6 address")
     parser.add_argument(
         "--protocols",
@@ -60,7 +60,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help=f"seconds each protocol may take (default {hosts.DEFAULT_PROTOCOL_TIMEOUT:g})",
     )
-    parser.set_defaults(handler=run_inspect)
 
 
 def run_inspect(args: argparse.Namespace, settings: Settings) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import urllib.request
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ from tests.cloudtools import (
     closed_port,
     guarded,
 )
+from tests.conftest import run_ksocket
 
 REGION = "us-east-2"
 LINUX_AMI = "ami-1e749f67"  # ubuntu in moto's image list
@@ -370,6 +372,19 @@ def test_check_lists_nothing_and_names_region_and_credentials(lab: Lab) -> None:
     line = aws.check({})
     assert line == f"region {REGION}, credentials from shared-credentials-file, ec2:DescribeInstances allowed"
     assert cloud.check("aws").startswith(f"region {REGION}")
+
+
+def test_diagnostics_reaches_the_api_under_connect_and_config_judges_only_the_file(lab: Lab, home: Path) -> None:
+    settings = home / "etc" / "ksocket" / "ksocket.toml"
+    settings.parent.mkdir(parents=True)
+    settings.write_text('[operations]\nnetworksScanMode = "aws"\n')
+    checked = run_ksocket("diagnostics", "config")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "aws API" not in checked.stdout
+    checked = run_ksocket("diagnostics", "connect")
+    assert checked.returncode == 1  # connect.host is not set: the hub's line is NG, the API's is still checked
+    assert re.search(rf"^Reach the aws API with its credentials \.+ OK \[region {REGION}, ", checked.stdout, re.M)
+    assert SECRET_KEY not in checked.stdout + checked.stderr
 
 
 def test_the_secret_key_read_is_registered_for_redaction(lab: Lab) -> None:

@@ -83,7 +83,7 @@ def test_token_commands_show_the_token_once_and_store_only_its_hash(
 ) -> None:
     assert cli.main(["hub", "token", "add", "office"]) == 0
     token = capsys.readouterr().out.strip()
-    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", token)
+    assert re.fullmatch(r"ks1_[A-Za-z0-9_-]{43}", token)
 
     db = home / "var" / "lib" / "ksocket" / "hub.db"
     assert stat.S_IMODE(db.stat().st_mode) == 0o600

@@ -356,25 +356,18 @@ def test_collect_in_worker_threads_shares_the_limiter(lab: Path, store: HostKeyS
 def test_ksocket_inspect_prints_a_summary_or_the_document(
     lab: Path, home: Path, store: HostKeyStore, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import argparse
-
-    from ksocket import inspect_cli
+    from ksocket import cli
 
     config = home / "etc" / "ksocket" / "ksocket.toml"
     config.parent.mkdir(parents=True)
     config.write_text(f'[directories]\ncredentials = "{lab / "creds"}"\n')
-    parser = argparse.ArgumentParser()
-    inspect_cli.configure(parser)
     with Sshd(lab, A) as server:
         credential_file(lab / "creds", "00.toml", [A], password=PASSWORD, port=server.port)
-        args = parser.parse_args([A, "--protocols", "ssh,snmp"])
-        assert args.handler(args) == 0
+        assert cli.main(["inspect", A, "--protocols", "ssh,snmp"]) == 0
         summary = capsys.readouterr().out
-        args = parser.parse_args([A, "--protocols", "ssh", "--json"])
-        assert args.handler(args) == 0
+        assert cli.main(["inspect", A, "--protocols", "ssh", "--json"]) == 0
         document = json.loads(capsys.readouterr().out)
-        args = parser.parse_args([B, "--protocols", "ssh"])
-        assert args.handler(args) == 1
+        assert cli.main(["inspect", B, "--protocols", "ssh"]) == 1
         failed = capsys.readouterr().out
     assert summary.splitlines()[0] == A
     assert f"ssh    ok (credential {lab / 'creds' / 'ssh' / '00.toml'})" in summary
@@ -383,9 +376,9 @@ def test_ksocket_inspect_prints_a_summary_or_the_document(
     assert document["address"] == A and document["ssh"]["hostname"] == socket.gethostname()
     assert "no-credential" in failed
     with pytest.raises(SystemExit):
-        parser.parse_args(["not-an-address"])
+        cli.main(["inspect", "not-an-address"])
     with pytest.raises(SystemExit):
-        parser.parse_args([A, "--protocols", "ssh,telnet"])
+        cli.main(["inspect", A, "--protocols", "ssh,telnet"])
 
 
 def test_the_host_key_store(tmp_path: Path) -> None:

@@ -108,7 +108,11 @@ def test_bad_token_gives_up_after_resume_retries_with_the_protocols_delays(
 ) -> None:
     async def scenario() -> None:
         async with running_hub(tmp_path) as (hub, _token):
-            settings = agent_settings(hub, "not-the-token", resume_retries=5, resume_plateau=3, resume_threshold=3.0)
+            # resumeTimeout bounds real I/O (TCP, WebSocket, authentication), which the clock's scale
+            # shrinks too: 5000 protocol seconds are 5 real ones, so a slow handshake is not a failure
+            settings = agent_settings(
+                hub, "not-the-token", resume_retries=5, resume_plateau=3, resume_threshold=3.0, resume_timeout=5000.0
+            )
             clock = FixedClock(scale=0.001, factor=0.75)
             link = make_link(tmp_path, settings, clock=clock)
             with caplog.at_level(logging.INFO, logger="ksocket"):
