@@ -120,21 +120,25 @@ def write_sysctl(name: str, value: str) -> None:
     Path("/proc/sys", *name.split(".")).write_text(value)
 
 
-def ip_batch(lines: Sequence[str], netns: str | None = None) -> None:
+def ip_batch(lines: Sequence[str], netns: str | None = None, *, force: bool = False) -> None:
+    """Runs ``ip -batch``; ``force`` goes on past a failed line (a teardown must not stop half-way)."""
     if not lines:
         return
-    command = ["ip", *(["-n", netns] if netns else []), "-batch", "-"]
+    command = ["ip", *(["-n", netns] if netns else []), *(["-force"] if force else []), "-batch", "-"]
     done = subprocess.run(command, input="\n".join(lines) + "\n", text=True, capture_output=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"ip -batch ({netns or 'root'}) failed: {done.stderr.strip()}")
 
 
-def lab_namespaces(prefix: str = "kslab") -> list[str]:
+def lab_namespaces(prefix: str = "kslab", *, own: bool = True) -> list[str]:
+    """The namespaces of the lab ``prefix`` (``prefix-s``, ``prefix-h12`` …); with ``own`` false, also
+    those of every lab whose prefix extends it (``kslab`` then names the test runs' ``kslab-PID-N-…``)."""
     try:
         names = os.listdir(NETNS_DIR)
     except FileNotFoundError:
         return []
-    return sorted(name for name in names if name.startswith(prefix + "-"))
+    node = re.compile(rf"{re.escape(prefix)}-[a-z]+\d*")
+    return sorted(name for name in names if node.fullmatch(name) or (not own and name.startswith(prefix + "-")))
 
 
 def _netns_inode(path: str) -> int | None:
@@ -194,18 +198,19 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def remove_namespaces(prefix: str) -> list[str]:
-    """Kills every process in the namespaces named ``prefix-*`` and deletes them; returns their names."""
-    names = lab_namespaces(prefix)
+def remove_namespaces(prefix: str, *, own: bool = True) -> list[str]:
+    """Kills every process in the lab's namespaces (see :func:`lab_namespaces`) and deletes them with
+    their files; returns their names."""
+    names = lab_namespaces(prefix, own=own)
     kill_processes(processes_in(names))
-    ip_batch([f"netns delete {name}" for name in names])
-    for folder in ETC_NETNS.glob(prefix + "-*"):
-        shutil.rmtree(folder, ignore_errors=True)
-    for folder in Path(tempfile.gettempdir()).glob(f"{prefix}-work-*"):
-        shutil.rmtree(folder, ignore_errors=True)
-    for folder in Path(tempfile.gettempdir()).glob(f"{prefix}-*-work-*"):
-        shutil.rmtree(folder, ignore_errors=True)
-    for state in STATE_DIR.glob(f"{prefix}*.json"):
+    ip_batch([f"netns delete {name}" for name in names], force=True)
+    for name in names:
+        shutil.rmtree(ETC_NETNS / name, ignore_errors=True)
+    work = [f"{prefix}-work-*"] if own else [f"{prefix}-work-*", f"{prefix}-*-work-*"]
+    for pattern in work:
+        for folder in Path(tempfile.gettempdir()).glob(pattern):
+            shutil.rmtree(folder, ignore_errors=True)
+    for state in [STATE_DIR / f"{prefix}.json"] if own else STATE_DIR.glob(f"{prefix}*.json"):
         state.unlink(missing_ok=True)
     _restore_backlog()
     for folder in (ETC_NETNS, STATE_DIR):
@@ -217,7 +222,7 @@ def remove_namespaces(prefix: str) -> list[str]:
 def remove_stale() -> None:
     """Removes labs of test runs whose process is gone (``kslab-PID-N-*`` with PID dead)."""
     owners: set[str] = set()
-    for name in lab_namespaces("kslab"):
+    for name in lab_namespaces("kslab", own=False):
         match = re.match(r"^(kslab-(\d+)-\d+)-", name)
         if match and not _alive(int(match.group(2))):
             owners.add(match.group(1))
@@ -237,7 +242,7 @@ def _raise_backlog() -> None:
 
 def _restore_backlog() -> None:
     saved = STATE_DIR / "netdev_max_backlog"
-    if not saved.exists() or lab_namespaces("kslab"):
+    if not saved.exists() or lab_namespaces("kslab", own=False):
         return
     write_sysctl("net.core.netdev_max_backlog", saved.read_text().strip())
     saved.unlink(missing_ok=True)
@@ -939,13 +944,13 @@ def main(argv: Sequence[str]) -> int:
         print("the lab needs root (network namespaces)", file=sys.stderr)
         return 1
     if args.command == "down":
-        names = remove_namespaces("kslab")
+        names = remove_namespaces("kslab", own=False)
         print(f"lab down: removed {len(names)} namespaces")
         return 0
     if args.command == "demo":
         return demo()
     if args.command == "status":
-        names = lab_namespaces("kslab")
+        names = lab_namespaces("kslab", own=False)
         print(f"{len(names)} namespaces: {' '.join(names[:8])}{' …' if len(names) > 8 else ''}")
         for state in sorted(STATE_DIR.glob("kslab*.json")):
             document = json.loads(state.read_text())

@@ -56,7 +56,8 @@ def make_lab() -> Iterator[Callable[..., Lab]]:
     labs: list[Lab] = []
 
     def make(**kwargs: Any) -> Lab:
-        lab = Lab(prefix=lab_prefix(), **kwargs)
+        kwargs.setdefault("prefix", lab_prefix())
+        lab = Lab(**kwargs)
         labs.append(lab)
         return lab
 

@@ -54,6 +54,18 @@ def test_a_killed_run_is_cleaned_up_by_the_next() -> None:
     assert processes_in(names) == []
 
 
+def test_a_lab_removes_only_its_own_namespaces(make_lab) -> None:  # noqa: F811
+    """``inv lab.up`` (prefix ``kslab``) must not sweep away a test's lab (``kslab-PID-N``) running beside it."""
+    inner: Lab = make_lab().flat(1).up()
+    inner_names = lab_namespaces(inner.prefix)
+    outer: Lab = make_lab(prefix=inner.prefix.rsplit("-", 1)[0])
+    outer.flat(1).up()
+    assert inner.scanner_ns not in lab_namespaces(outer.prefix)
+    outer.down()
+    assert lab_namespaces(inner.prefix) == inner_names
+    assert inner.python_in_scanner("print('alive')").stdout == "alive\n"
+
+
 def test_hosts_answer_ssh_and_snmp(make_lab) -> None:  # noqa: F811
     lab: Lab = make_lab().flat(3).up()
     ssh_host, snmp_host = lab.hosts[0], lab.hosts[1]
