@@ -1,9 +1,10 @@
-"""``ksocket scan TARGET… [--exclude] [--methods] [--ports] [--rate] [--timeout] [--json]``.
+"""``ksocket scan TARGET… [--exclude] [--methods] [--ports] [--rate] [--timeout] [--region] [--subscription] [--json]``.
 
-The ``networks.scan`` operation (intranet mode) run here, without a hub: a progress bar on standard
-error while it runs (only when that is a terminal), then a table of the hosts found, or with
-``--json`` the operation's result document. :func:`configure` adds the arguments to a parser,
-:func:`run_scan` runs them; ``python -m ksocket.scan_cli`` works on its own too.
+The ``networks.scan`` operation run here, without a hub (in aws / azure mode TARGETs name VPCs /
+VNETs, and the cloud's API lists their machines): a progress bar on standard error while it runs
+(only when that is a terminal), then a table of the hosts found, or with ``--json`` the operation's
+result document. :func:`configure` adds the arguments to a parser, :func:`run_scan` runs them;
+``python -m ksocket.scan_cli`` works on its own too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, TextIO
 
 from ksocket import inspect_cli
 from ksocket.collectors import cloud, discovery
-from ksocket.collectors.base import OperationFailed
+from ksocket.collectors.base import InvalidParams, OperationFailed
 from ksocket.collectors.inspect import hosts
 from ksocket.config import Settings
 
@@ -61,9 +62,35 @@ def _split(values: Sequence[str] | None) -> list[str]:
     return [part for value in values or () for part in value.replace(",", " ").split()]
 
 
-def params_from(args: argparse.Namespace) -> dict[str, Any]:
-    """The operation's params from the command line (what a hub would send)."""
+NETWORK_PARAM = {"aws": "vpcs", "azure": "vnets"}  # what a TARGET names in each cloud mode
+MODE_ONLY_OPTIONS = {  # dest: (flag, the modes it means something in); elsewhere it would be ignored
+    "exclude": ("--exclude", ("intranet",)),
+    "methods": ("--methods", ("intranet",)),
+    "ports": ("--ports", ("intranet",)),
+    "rate": ("--rate", ("intranet",)),
+    "timeout": ("--timeout", ("intranet",)),
+    "no_dns": ("--no-dns", ("intranet",)),
+    "inspect": ("--inspect", ("intranet",)),
+    "region": ("--region", ("aws",)),
+    "subscriptions": ("--subscription", ("azure",)),
+}
+
+
+def params_from(args: argparse.Namespace, mode: str = "intranet") -> dict[str, Any]:
+    """The operation's params in ``mode`` from the command line (what a hub would send)."""
+    for dest, (flag, modes) in MODE_ONLY_OPTIONS.items():
+        value = getattr(args, dest, None)
+        if value is not None and value is not False and mode not in modes:
+            raise InvalidParams(f"{flag} applies to --mode {' or '.join(modes)} only, not {mode}")
     params: dict[str, Any] = {}
+    if mode in NETWORK_PARAM:
+        if args.targets:
+            params[NETWORK_PARAM[mode]] = _split(args.targets)
+        if args.region:
+            params["region"] = args.region
+        if args.subscriptions:
+            params["subscriptions"] = _split(args.subscriptions)
+        return params
     if args.targets:
         params["targets"] = _split(args.targets)
     if args.exclude:
@@ -86,7 +113,9 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "targets",
         nargs="*",
         metavar="TARGET",
-        help="CIDR, address, range (a.b.c.d-e.f.g.h or a.b.c.d-N); default: on-link networks",
+        help="CIDR, address, range (a.b.c.d-e.f.g.h or a.b.c.d-N); default: on-link networks; "
+        "in aws mode VPC ids (vpc-…), in azure mode VNETs (resource id, RESOURCEGROUP/NAME or NAME); "
+        "default: the agent's own",
     )
     parser.add_argument(
         "--exclude", action="append", metavar="TARGET", help="addresses to leave out (repeat or comma-separate)"
@@ -105,7 +134,19 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--mode", choices=["intranet", "aws", "azure"], help="default: operations.networksScanMode of the settings"
     )
-    parser.add_argument("--inspect", action="store_true", help="then inspect every host found (hosts.inspect)")
+    parser.add_argument(
+        "--region", metavar="REGION", help="aws mode: the region to ask (default: the one of ~/.aws/config)"
+    )
+    parser.add_argument(
+        "--subscription",
+        dest="subscriptions",
+        action="append",
+        metavar="ID",
+        help="azure mode: subscription ids to search (repeat or comma-separate; default: every readable one)",
+    )
+    parser.add_argument(
+        "--inspect", action="store_true", help="intranet mode: then inspect every host found (hosts.inspect)"
+    )
     parser.add_argument("--json", action="store_true", help="print the operation's result document")
     return parser
 
@@ -160,7 +201,7 @@ def run_scan(
     settings = settings or Settings()
     mode = args.mode or settings.networks_scan_mode
     if mode != "intranet":
-        result = cloud.run(mode, params_from(args))
+        result = cloud.run(mode, params_from(args, mode))
         if args.json:
             json.dump(result, out, indent=1)
             out.write("\n")

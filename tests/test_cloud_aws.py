@@ -22,7 +22,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from ksocket import redact
+from ksocket import redact, scan_cli
 from ksocket.collectors import cloud
 from ksocket.collectors.base import Cancelled, InvalidParams, NullContext, OperationFailed
 from ksocket.collectors.cloud import aws
@@ -385,6 +385,41 @@ def test_diagnostics_reaches_the_api_under_connect_and_config_judges_only_the_fi
     assert checked.returncode == 1  # connect.host is not set: the hub's line is NG, the API's is still checked
     assert re.search(rf"^Reach the aws API with its credentials \.+ OK \[region {REGION}, ", checked.stdout, re.M)
     assert SECRET_KEY not in checked.stdout + checked.stderr
+
+
+def test_scan_command_names_vpcs_and_region(
+    lab: Lab, home: Path, aws_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (aws_home / ".aws" / "config").write_text("[default]\noutput = json\n")  # the region only from --region
+    assert scan_cli.main(["--mode", "aws", lab.vpc_b, lab.vpc_c, "--region", REGION, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["region"] == REGION and result["vpcSource"] == "params"
+    assert set(_by_id(result)) == set(lab.b + lab.c)
+
+    assert scan_cli.main(["--mode", "aws", lab.vpc_b]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "--region" in error and "params.region" in error
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--inspect"], "--inspect applies to --mode intranet only, not aws"),
+        (["--rate", "0"], "--rate applies to --mode intranet only"),
+        (["--subscription", "0badc0de-0000-4000-8000-000000000000"], "--subscription applies to --mode azure only"),
+        (["10.0.0.0/8"], "vpcs: '10.0.0.0/8' is not a VPC id"),
+    ],
+)
+def test_scan_command_refuses_what_aws_mode_would_ignore(
+    home: Path, arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert scan_cli.main(["--mode", "aws", "--region", REGION, *arguments]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_scan_command_without_a_vpc_says_how_to_name_one(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert scan_cli.main(["--mode", "aws"]) == 2
+    assert "params.vpcs (ksocket scan --mode aws VPC_ID…)" in capsys.readouterr().err
 
 
 def test_the_secret_key_read_is_registered_for_redaction(lab: Lab) -> None:

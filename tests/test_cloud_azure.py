@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from ksocket import paths, redact
+from ksocket import paths, redact, scan_cli
 from ksocket.collectors import cloud
 from ksocket.collectors.base import Cancelled, InvalidParams, NullContext, OperationFailed
 from ksocket.collectors.cloud import azure
@@ -156,6 +156,12 @@ def _names(result: dict[str, Any]) -> set[str]:
 
 def _arm_calls(lab: Lab) -> list[str]:
     return [r.path for r in lab.arm.log if r.path.startswith("/subscriptions")]
+
+
+def _environment_endpoints(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KSOCKET_AZURE_ARM_ENDPOINT", lab.arm.url)
+    monkeypatch.setenv("AZURE_AUTHORITY_HOST", lab.arm.url)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(lab.ca.cert_path))
 
 
 def test_service_principal_lists_a_named_vnet_over_pages(lab: Lab) -> None:
@@ -340,14 +346,28 @@ def test_check_lists_no_vm_and_fails_without_a_readable_subscription(lab: Lab) -
 def test_run_and_check_through_the_environment(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
     """The default path: endpoints from the environment, the CA from REQUESTS_CA_BUNDLE, azure.toml from etc/."""
     _principal(lab)
-    monkeypatch.setenv("KSOCKET_AZURE_ARM_ENDPOINT", lab.arm.url)
-    monkeypatch.setenv("AZURE_AUTHORITY_HOST", lab.arm.url)
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(lab.ca.cert_path))
+    _environment_endpoints(lab, monkeypatch)
     result = cloud.run("azure", {"vnets": ["rg-net/vnet-b"]})
     assert _names(result) == {"app0", "app1", "router"}
     table = cloud.format_table(result)
     assert "app0" in table and "10.20.1.250" in table and table.splitlines()[-1].startswith("3 azure machines in ")
     assert cloud.check("azure").startswith(f"service principal {CLIENT_ID}")
+
+
+def test_scan_command_names_vnets_and_subscriptions(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _principal(lab)
+    _environment_endpoints(lab, monkeypatch)
+    assert scan_cli.main(["--mode", "azure", "vnet-a", "--subscription", lab.other, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["subscriptions"] == [lab.other] and _names(result) == {"other0"}
+    assert lab.imds.log == []  # the VNET came from the command line, not from the metadata service
+
+    assert scan_cli.main(["--mode", "azure", "rg-net/vnet-b", "--region", "us-east-2"]) == 2
+    assert "--region applies to --mode aws only, not azure" in capsys.readouterr().err
+    assert scan_cli.main(["--mode", "azure", "--inspect"]) == 2
+    assert "--inspect applies to --mode intranet only, not azure" in capsys.readouterr().err
 
 
 def test_cancelled_between_vms(lab: Lab) -> None:

@@ -70,7 +70,8 @@ DEFAULT_METADATA_ENDPOINT_V6 = "http://[fd00:ec2::254]"
 DEFAULT_PAGE_SIZE = 1000
 MAX_VPCS = 200  # the most values one EC2 filter takes
 
-NO_REGION = "no AWS region: set region in ~/.aws/config (aws configure) or pass params.region"
+NO_REGION = "no AWS region: set region in ~/.aws/config (aws configure), or pass params.region (ksocket scan --region)"
+NAME_THE_VPCS = "name the VPCs in params.vpcs (ksocket scan --mode aws VPC_ID…)"
 NO_CREDENTIALS = (
     "no AWS credentials: attach an IAM role to the agent's EC2 instance, or configure a profile "
     "in ~/.aws/credentials (aws configure)"
@@ -222,7 +223,7 @@ def own_vpcs(endpoint: str | None) -> tuple[str, ...]:
     if endpoint is None:
         raise InvalidParams(
             "no VPC named and the EC2 instance metadata service is disabled (AWS_EC2_METADATA_DISABLED): "
-            "name the VPCs in params.vpcs"
+            f"{NAME_THE_VPCS}"
         )
     headers: dict[str, str] = {}
     try:
@@ -249,8 +250,7 @@ def own_vpcs(endpoint: str | None) -> tuple[str, ...]:
     except common.MetadataError as error:
         raise OperationFailed(
             "unreachable",
-            f"EC2 instance metadata service at {endpoint}: {error}; if the agent does not run on EC2, "
-            "name the VPCs in params.vpcs",
+            f"EC2 instance metadata service at {endpoint}: {error}; if the agent does not run on EC2, {NAME_THE_VPCS}",
         ) from None
     if not vpcs:
         raise OperationFailed("internal", f"EC2 instance metadata service at {endpoint} names no VPC")

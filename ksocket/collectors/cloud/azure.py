@@ -108,6 +108,7 @@ PUBLIC_AUTHORITIES = frozenset(
 )
 NO_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"  # the compute client wants one; GET /subscriptions needs none
 READABLE_STATES = frozenset({"enabled", "warned", "pastdue"})
+NAME_THE_VNETS = "name the VNETs in params.vnets (ksocket scan --mode azure VNET…)"
 MAX_VNETS = 100
 MAX_SUBSCRIPTIONS = 100
 
@@ -297,7 +298,7 @@ class InstanceMetadata:
 def instance_metadata(endpoint: str) -> InstanceMetadata:
     """The agent's subscription and VM resource id, from the instance metadata service at ``endpoint``."""
     url = f"{endpoint.rstrip('/')}/metadata/instance?api-version={METADATA_API}"
-    hint = "if the agent does not run on an Azure VM, name the VNETs in params.vnets"
+    hint = f"if the agent does not run on an Azure VM, {NAME_THE_VNETS}"
     try:
         body = common.metadata_request("GET", url, {"Metadata": "true"})
     except common.MetadataError as error:
@@ -579,7 +580,7 @@ def _select(request: Request, subscriptions: list[_Subscription], own_vm: str | 
             raise OperationFailed(
                 "auth-failed",
                 f"the identity cannot see a network interface of the agent's VM {own_vm} in subscription {searched}: "
-                "give it the Reader role there, or name the VNETs in params.vnets",
+                f"give it the Reader role there, or {NAME_THE_VNETS}",
             )
         return list(chosen.values())
     for selector in request.vnets or ():
