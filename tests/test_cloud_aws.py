@@ -298,25 +298,26 @@ def test_missing_credentials_names_what_to_set(aws_home: Path) -> None:
     assert str(caught.value).startswith("no AWS credentials:") and "~/.aws/credentials" in str(caught.value)
 
 
-def test_iam_denied_is_auth_failed_and_not_retried(lab: Lab, aws_home: Path) -> None:
+def _iam_user(lab: Lab, aws_home: Path, name: str, actions: list[str]) -> dict[str, str]:
+    """A user allowed ``actions`` only, whose access key becomes the default profile's."""
     iam = _client(lab.url, "iam")
-    iam.create_user(UserName="reader-without-ec2-instances")
+    iam.create_user(UserName=name)
     policy = iam.create_policy(
-        PolicyName="vpcs-only",
+        PolicyName=f"{name}-policy",
         PolicyDocument=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {"Effect": "Allow", "Action": ["ec2:DescribeVpcs", "ec2:DescribeSubnets"], "Resource": "*"}
-                ],
-            }
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}
         ),
     )
-    iam.attach_user_policy(UserName="reader-without-ec2-instances", PolicyArn=policy["Policy"]["Arn"])
-    key = iam.create_access_key(UserName="reader-without-ec2-instances")["AccessKey"]
+    iam.attach_user_policy(UserName=name, PolicyArn=policy["Policy"]["Arn"])
+    key: dict[str, str] = iam.create_access_key(UserName=name)["AccessKey"]
     (aws_home / ".aws" / "credentials").write_text(
         f"[default]\naws_access_key_id = {key['AccessKeyId']}\naws_secret_access_key = {key['SecretAccessKey']}\n"
     )
+    return key
+
+
+def test_iam_denied_is_auth_failed_and_not_retried(lab: Lab, aws_home: Path) -> None:
+    key = _iam_user(lab, aws_home, "reader-without-ec2-instances", ["ec2:DescribeVpcs", "ec2:DescribeSubnets"])
     _moto_auth(lab.url, "0")
     try:
         with pytest.raises(OperationFailed) as denied:
@@ -335,6 +336,30 @@ def test_iam_denied_is_auth_failed_and_not_retried(lab: Lab, aws_home: Path) -> 
     assert check_denied.value.code == "auth-failed"
     assert unknown_key.value.code == "auth-failed" and "AuthFailure" in str(unknown_key.value)
     assert key["SecretAccessKey"] not in redact.redact(f"x {key['SecretAccessKey']} y")
+
+
+@pytest.mark.parametrize(
+    ("allowed", "denied"),
+    [
+        (["ec2:DescribeInstances"], "ec2:DescribeVpcs"),
+        (["ec2:DescribeInstances", "ec2:DescribeVpcs"], "ec2:DescribeSubnets"),
+    ],
+)
+def test_check_names_any_call_of_the_scan_that_is_denied(
+    lab: Lab, aws_home: Path, allowed: list[str], denied: str
+) -> None:
+    _iam_user(lab, aws_home, f"allowed-{len(allowed)}-calls", allowed)
+    _moto_auth(lab.url, "0")
+    try:
+        with pytest.raises(OperationFailed) as check_denied:
+            aws.check({})
+        with pytest.raises(OperationFailed) as scan_denied:
+            aws.collect({"vpcs": [lab.vpc_b]}, NullContext())
+    finally:
+        _moto_auth(lab.url, "inf")
+    assert check_denied.value.code == "auth-failed"
+    assert str(check_denied.value).startswith(f"{denied} {REGION}: AccessDenied")
+    assert str(scan_denied.value).startswith(f"{denied} in {REGION}: AccessDenied")  # what the scan meets
 
 
 EC2_ERROR = (
@@ -370,7 +395,10 @@ def test_an_unreachable_endpoint_is_transient(monkeypatch: pytest.MonkeyPatch) -
 
 def test_check_lists_nothing_and_names_region_and_credentials(lab: Lab) -> None:
     line = aws.check({})
-    assert line == f"region {REGION}, credentials from shared-credentials-file, ec2:DescribeInstances allowed"
+    assert line == (
+        f"region {REGION}, credentials from shared-credentials-file, "
+        "ec2:DescribeVpcs, ec2:DescribeSubnets, ec2:DescribeInstances allowed"
+    )
     assert cloud.check("aws").startswith(f"region {REGION}")
 
 

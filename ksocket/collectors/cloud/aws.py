@@ -77,6 +77,12 @@ NO_CREDENTIALS = (
     "in ~/.aws/credentials (aws configure)"
 )
 
+SCAN_CALLS = {  # the EC2 API calls a scan makes, by IAM action, with the client's method
+    "ec2:DescribeVpcs": "describe_vpcs",
+    "ec2:DescribeSubnets": "describe_subnets",
+    "ec2:DescribeInstances": "describe_instances",
+}
+
 VPC_ID = re.compile(r"vpc-[0-9a-f]{8,17}")
 REGION = re.compile(r"[a-z]{2,4}(-[a-z]+)+-\d{1,2}")
 
@@ -447,18 +453,18 @@ def collect(params: Document, context: Context, *, metadata_endpoint: str | None
 def check(params: Document | None = None) -> str:
     """For ``ksocket diagnostics``: region, credentials and EC2 reachability, listing nothing.
 
-    DescribeInstances with ``DryRun`` answers ``DryRunOperation`` when the call would be allowed
-    and ``UnauthorizedOperation`` when not, without returning any instance.
+    Each call the scan makes, with ``DryRun``, answers ``DryRunOperation`` when it would be allowed
+    and ``UnauthorizedOperation`` when not, without returning anything.
     """
     request = validate(params or {})
     aws = _open(request.region)
     ec2 = aws.ec2()
-    action = f"ec2:DescribeInstances {aws.region}"
-    try:
-        ec2.describe_instances(DryRun=True, MaxResults=5)
-    except botocore.exceptions.ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "DryRunOperation":
-            raise failure(exc, action) from None
-    except botocore.exceptions.BotoCoreError as exc:
-        raise failure(exc, action) from None
-    return f"region {aws.region}, credentials from {aws.credentials_from}, ec2:DescribeInstances allowed"
+    for action, method in SCAN_CALLS.items():
+        try:
+            getattr(ec2, method)(DryRun=True)
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "DryRunOperation":
+                raise failure(exc, f"{action} {aws.region}") from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise failure(exc, f"{action} {aws.region}") from None
+    return f"region {aws.region}, credentials from {aws.credentials_from}, {', '.join(SCAN_CALLS)} allowed"
