@@ -147,6 +147,7 @@ def _principal(lab: Lab, secret: str = SECRET, **extra: str) -> Path:
     lines = [f'clientId = "{CLIENT_ID}"', f'secret = "{secret}"', f'tenant = "{lab.cloud.tenant}"']
     lines += [f'{key} = "{value}"' for key, value in extra.items()]
     path.write_text("# the manual's azure.toml\n" + "\n".join(lines) + "\n")
+    path.chmod(0o600)
     return path
 
 
@@ -324,11 +325,23 @@ def test_a_broken_azure_toml_is_one_line_naming_file_and_field(lab: Lab, text: s
     path = paths.etc_dir() / "azure.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+    path.chmod(0o600)
     with pytest.raises(OperationFailed, match=message) as caught:
         azure.collect({"vnets": [lab.vnet_a]}, NullContext(), endpoints=lab.endpoints())
     assert caught.value.code == "no-credential" and str(path) in str(caught.value)
     assert "\n" not in str(caught.value)
     assert lab.arm.log == []
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_an_azure_toml_open_to_others_is_refused_naming_chmod(lab: Lab, mode: int) -> None:
+    path = _principal(lab)
+    path.chmod(mode)
+    with pytest.raises(OperationFailed) as caught:
+        azure.check({}, endpoints=lab.endpoints())
+    assert caught.value.code == "no-credential" and f"run chmod 600 {path}" in str(caught.value)
+    assert "\n" not in str(caught.value)
+    assert lab.arm.log == []  # the secret was not sent anywhere
 
 
 def test_check_lists_no_vm_and_fails_without_a_readable_subscription(lab: Lab) -> None:

@@ -239,8 +239,17 @@ class Identity:
 
 
 def _read_config(path: Path) -> tuple[str, str, str]:
-    """``clientId``, ``secret``, ``tenant`` of azure.toml, or a one-line error naming the file and field."""
+    """``clientId``, ``secret``, ``tenant`` of azure.toml, or a one-line error naming the file and field.
+
+    A secret others may read is refused, as ``etc/ksocket`` keeps every secret 0600.
+    """
     try:
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            raise OperationFailed(
+                "no-credential",
+                f"{path}: holds a secret but is open to others (mode {mode & 0o777:04o}): run chmod 600 {path}",
+            )
         text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise OperationFailed("no-credential", f"{path}: cannot read: {exc.strerror or exc}") from None
