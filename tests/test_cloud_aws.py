@@ -23,7 +23,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from ksocket import redact, scan_cli
-from ksocket.collectors import cloud
+from ksocket.collectors import cloud, scan
 from ksocket.collectors.base import Cancelled, InvalidParams, NullContext, OperationFailed
 from ksocket.collectors.cloud import aws
 from tests.cloudtools import (
@@ -469,6 +469,16 @@ def test_the_secret_key_read_is_registered_for_redaction(lab: Lab) -> None:
 def test_invalid_params_are_refused_before_anything_is_sent(params: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidParams, match=message):
         aws.collect(params, NullContext())
+
+
+def test_invalid_params_are_refused_at_admission(metadata_guard: LoopbackGuard) -> None:
+    """networks.scan's validator, which the agent runs before it enqueues the operation."""
+    with pytest.raises(InvalidParams, match="vpcs: 'subnet-1234'"):
+        scan.validate({"mode": "aws", "vpcs": ["subnet-1234"]})
+    with pytest.raises(InvalidParams, match="region must be an AWS region"):
+        scan.validate({"mode": "aws", "region": "Tokyo"})
+    scan.validate({"mode": "aws", "vpcs": ["vpc-0123456789abcdef0"], "region": REGION})
+    assert metadata_guard.attempts == []
 
 
 def test_cancelled_between_pages(lab: Lab) -> None:

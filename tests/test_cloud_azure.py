@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from ksocket import paths, redact, scan_cli
-from ksocket.collectors import cloud
+from ksocket.collectors import cloud, scan
 from ksocket.collectors.base import Cancelled, InvalidParams, NullContext, OperationFailed
 from ksocket.collectors.cloud import azure
 from tests.armserver import MANAGED_IDENTITY, ArmServer, AzureCloud, Fault, ImdsServer
@@ -402,6 +402,14 @@ def test_cancelled_between_vms(lab: Lab) -> None:
 def test_invalid_params_are_refused_before_anything_is_sent(lab: Lab, params: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidParams, match=message):
         azure.collect(params, NullContext(), endpoints=lab.endpoints())
+    assert lab.arm.log == [] and lab.imds.log == []
+
+
+def test_invalid_params_are_refused_at_admission(lab: Lab) -> None:
+    """networks.scan's validator, which the agent runs before it enqueues the operation."""
+    with pytest.raises(InvalidParams, match="subscriptions: 'not-a-guid'"):
+        scan.validate({"mode": "azure", "subscriptions": ["not-a-guid"]})
+    scan.validate({"mode": "azure", "vnets": ["rg-net/vnet-a"]})
     assert lab.arm.log == [] and lab.imds.log == []
 
 

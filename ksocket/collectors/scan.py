@@ -23,8 +23,11 @@ def mode_of(params: Document) -> str:
 
 
 def validate(params: Document) -> None:
-    if mode_of(params) == "intranet":
+    mode = mode_of(params)
+    if mode == "intranet":
         discovery.validate(params)
+    else:
+        cloud.validate(mode, params)
 
 
 def collect(params: Document, context: Context) -> Document:

@@ -7,6 +7,7 @@ Result shapes: docs/cloud-results.md.
 
 - :func:`run` ``(mode, params, context=None) -> dict``: the operation, for the pipeline and for
   ``ksocket scan --mode aws|azure``;
+- :func:`validate` ``(mode, params)``: the params checked at admission, raising InvalidParams;
 - :func:`check` ``(mode, params=None) -> str``: one line for ``ksocket diagnostics`` saying that
   the credentials work and the API answers, without listing any machine; failures raise
   :class:`~ksocket.collectors.base.OperationFailed` with a one-line reason;
@@ -21,7 +22,7 @@ from typing import Any
 
 from ksocket.collectors.base import Context, Document, InvalidParams, NullContext
 
-__all__ = ["MODES", "check", "format_table", "run"]
+__all__ = ["MODES", "check", "format_table", "run", "validate"]
 
 MODES = ("aws", "azure")
 
@@ -42,6 +43,11 @@ def run(mode: str, params: Document, context: Context | None = None) -> Document
     """``networks.scan`` in ``mode`` (``aws`` or ``azure``)."""
     result: Document = _module(mode).collect(params, context or NullContext())
     return result
+
+
+def validate(mode: str, params: Document) -> None:
+    """Refuses ``mode``'s params (InvalidParams) before anything is sent or enqueued."""
+    _module(mode).validate(params)
 
 
 def check(mode: str, params: Document | None = None) -> str:
