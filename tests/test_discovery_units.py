@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import tracemalloc
 import types
+from collections import deque
+from typing import Any
 
 import dpkt
 import pytest
@@ -378,3 +380,71 @@ def test_only_valid_answers_from_targets_count() -> None:
     assert sorted(engine.hosts) == [to_int("198.18.0.3"), HOST]
     assert engine.hosts[HOST].open == {22} and engine.hosts[HOST].evidence == {"tcp/22"}
     assert engine.hosts[to_int("198.18.0.3")].mac == HOST_MAC
+
+
+def routed_table() -> routes.RoutingTable:
+    """eth0 on 198.18.0.0/24 and a default route through 198.18.0.254."""
+    return routes.RoutingTable(
+        {"eth0": FakeLink().iface},
+        [
+            routes.Route(to_int("198.18.0.0"), 24, "eth0", source=SCANNER),
+            routes.Route(0, 0, "eth0", gateway=to_int("198.18.0.254")),
+        ],
+        frozenset({SCANNER}),
+    )
+
+
+def test_arp_replies_we_did_not_ask_for_or_from_nobodys_mac_are_no_hosts() -> None:
+    engine = Engine(
+        parse_targets("198.18.0.0/29,198.18.16.0/29"),
+        routed_table(),
+        Settings(frozenset({"arp", "icmp", "tcp"}), (22,), 1000, 1.0),
+        NullContext(),
+    )
+    engine.sources.add(SCANNER)
+    link = FakeLink()
+    routed = to_int("198.18.16.5")  # a target behind the gateway: asked by ICMP/TCP, never by ARP
+    unasked = [
+        frames.Reply("arp", routed, SCANNER, mac=HOST_MAC),
+        frames.Reply("arp", HOST, SCANNER, mac=b"\xff" * 6),
+        frames.Reply("arp", HOST, SCANNER, mac=b"\x00" * 6),
+        frames.Reply("arp", HOST, SCANNER, mac=bytes.fromhex("01005e000001")),
+    ]
+    for reply in unasked:
+        engine._handle(reply, 0.0, link)  # type: ignore[arg-type]
+    assert engine.hosts == {} and engine.followups == deque()
+    assert engine.stats.ignored == {"arp-unasked": 1, "arp-mac": 3}
+    engine._handle(frames.Reply("arp", HOST, SCANNER, mac=HOST_MAC), 0.0, link)  # type: ignore[arg-type]
+    assert list(engine.hosts) == [HOST] and [probe.dst_mac for probe in engine.followups] == [HOST_MAC]
+
+
+@pytest.mark.parametrize("address", ["255.255.255.255", "224.0.0.1", "239.1.2.3", "240.0.0.1", "0.0.0.1", "127.0.0.2"])
+def test_reserved_addresses_are_never_probed_whatever_the_routes_say(address: str) -> None:
+    assert routed_table().decide(to_int(address)) == routes.RESERVED
+
+
+def test_default_targets_leave_out_link_local_unplugged_and_down_interfaces() -> None:
+    def link(name: str, index: int, *flags: str) -> dict[str, Any]:
+        return {"ifname": name, "ifindex": index, "link_type": "ether", "address": "02:00:00:00:00:01", "flags": flags}
+
+    def addresses(index: int, *cidrs: str) -> dict[str, Any]:
+        infos = [{"family": "inet", "local": c.split("/")[0], "prefixlen": int(c.split("/")[1])} for c in cidrs]
+        return {"ifindex": index, "addr_info": infos}
+
+    table = routes.RoutingTable.from_json(
+        [
+            link("eth0", 2, "UP", "LOWER_UP"),
+            link("docker0", 3, "NO-CARRIER", "UP"),
+            link("eth1", 4, "UP", "LOWER_UP"),
+            link("eth2", 5),
+        ],
+        [
+            addresses(2, "198.18.0.1/24"),
+            addresses(3, "172.17.0.1/16"),
+            addresses(4, "169.254.3.4/16", "198.18.2.1/24"),
+            addresses(5, "198.18.4.1/24"),
+        ],
+        [],
+        [],
+    )
+    assert table.onlink_networks() == ["198.18.0.0/24", "198.18.2.0/24"]

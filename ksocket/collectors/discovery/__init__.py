@@ -36,7 +36,7 @@ from ksocket.collectors.base import Context, Document, InvalidParams
 from ksocket.collectors.discovery import routes
 from ksocket.collectors.discovery.engine import Engine, Host, Settings
 from ksocket.collectors.discovery.targets import TargetSet, parse_targets, to_str
-from ksocket.collectors.discovery.vendor import format_mac, vendor
+from ksocket.collectors.discovery.vendor import format_mac, preload, vendor
 
 __all__ = ["DEFAULT_PORTS", "DEFAULT_RATE", "DEFAULT_TIMEOUT", "METHODS", "Request", "collect", "scan", "validate"]
 
@@ -206,8 +206,12 @@ def scan(request: Request, context: Context, *, capture_device: str | None = Non
         networks = table.onlink_networks()
         if not networks:
             raise InvalidParams("no targets given and no interface has an on-link IPv4 network")
-        targets = parse_targets(networks, list(request.exclude))
+        try:
+            targets = parse_targets(networks, list(request.exclude))
+        except InvalidParams as exc:
+            raise InvalidParams(f"no targets given; the on-link networks {', '.join(networks)}: {exc}") from None
     settings = Settings(methods=request.methods, ports=request.ports, rate=request.rate, timeout=request.timeout)
+    preload()
     resolver = Resolver(request.dns)
     engine = Engine(targets, table, settings, context, on_found=resolver.submit, capture_device=capture_device)
     try:

@@ -555,6 +555,12 @@ class Engine:
         bit = -1
         evidence: str
         if kind == "arp":
+            if not self._asked_by_arp(target, link):
+                self._ignore("arp-unasked")
+                return
+            if reply.mac is None or reply.mac[0] & 0x01 or not any(reply.mac):
+                self._ignore("arp-mac")  # a broadcast, multicast or zero MAC is nobody's: never probe it
+                return
             evidence = "arp"
         elif kind == "echo":
             if reply.ident != self.ident or reply.seq != self.icmp_seq(target):
@@ -625,6 +631,14 @@ class Engine:
                 self._follow_up(host, probe, link)
             if self.on_found is not None:
                 self.on_found(target)
+
+    def _asked_by_arp(self, target: int, link: LinkIO) -> bool:
+        """Whether the scan sends ARP requests for ``target`` on ``link``: an ARP reply for any other
+        address (a routed one, say) answers nothing we asked, and is no evidence of a host."""
+        if "arp" not in self.settings.methods:
+            return False
+        decision = self.table.decide(target)
+        return not isinstance(decision, str) and decision.method == "arp" and decision.interface.name == link.iface.name
 
     def _follow_up(self, host: Host, probe: Probe | None, link: LinkIO) -> None:
         """ICMP and TCP probes to a host ARP found, to its MAC, for evidence and open ports."""

@@ -23,6 +23,17 @@ UNREACHABLE = "unreachable"  # no route, or a blackhole/unreachable/prohibit rou
 BROADCAST = "broadcast"  # the network or broadcast address of an on-link subnet
 NO_ADDRESS = "no-source"  # the outgoing interface has no IPv4 address
 DOWN = "interface-down"
+RESERVED = "reserved"  # 0/8, loopback, multicast, 240/4 and the limited broadcast: never a host's address
+
+# (network, prefix length) of the ranges no probe is sent to, whatever the routing table says
+RESERVED_NETWORKS = ((0x00000000, 8), (0x7F000000, 8), (0xE0000000, 4), (0xF0000000, 4))
+# link-local autoconfiguration (and the clouds' metadata service): never a default target
+LINK_LOCAL = (0xA9FE0000, 16)
+
+
+def _within(address: int, network: tuple[int, int]) -> bool:
+    base, prefixlen = network
+    return address >> (32 - prefixlen) == base >> (32 - prefixlen)
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,7 @@ class Interface:
     mac: bytes | None
     up: bool
     addresses: tuple[tuple[int, int, int | None], ...]  # (address, prefixlen, peer)
+    carrier: bool = True  # False: up but unplugged (an empty docker0, a cable out)
 
     @property
     def ethernet(self) -> bool:
@@ -129,6 +141,7 @@ class RoutingTable:
                 mac=mac,
                 up="UP" in link.get("flags", []),
                 addresses=tuple(by_index.get(int(link.get("ifindex", 0)), [])),
+                carrier="NO-CARRIER" not in link.get("flags", []),
             )
         routes: list[Route] = []
         for entry in table:
@@ -178,6 +191,8 @@ class RoutingTable:
         """A :class:`Decision`, or the reason (a string) the target is not probed."""
         if target in self.local:
             return LOCAL
+        if any(_within(target, network) for network in RESERVED_NETWORKS):
+            return RESERVED
         route = self.lookup(target)
         if route is None or route.type != "unicast":
             return UNREACHABLE
@@ -196,12 +211,15 @@ class RoutingTable:
         return Decision("ip", iface, source, route.gateway if iface.ethernet else None, route)
 
     def onlink_networks(self) -> list[str]:
-        """The networks of the non-loopback interfaces' IPv4 addresses (the default targets)."""
+        """The networks of the IPv4 addresses of the interfaces that are up and plugged in, loopback and
+        link-local (169.254/16) left out: the default targets."""
         networks: list[str] = []
         for iface in self.interfaces.values():
-            if iface.link_type == "loopback" or not iface.up:
+            if iface.link_type == "loopback" or not iface.up or not iface.carrier:
                 continue
             for address, prefixlen, peer in iface.addresses:
+                if _within(address, LINK_LOCAL):
+                    continue
                 if peer is not None:
                     networks.append(f"{to_str(peer)}/{prefixlen}")
                 else:
