@@ -1,9 +1,10 @@
 """``hosts.inspect``'s orchestration with stand-in inspectors: params, the order credential files
-are tried in, what stops a protocol, timeouts, cancellation, the connection slots and the registry."""
+are tried in, what skips a file, timeouts, cancellation, the connection slots and the registry."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -124,7 +125,7 @@ def test_files_are_tried_in_order_until_one_works(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("code", ["unreachable", "timeout", "host-key-changed"])
-def test_a_failure_of_the_host_stops_the_protocol(tmp_path: Path, code: str) -> None:
+def test_a_connection_failure_skips_the_files_with_the_same_route(tmp_path: Path, code: str) -> None:
     write_files(tmp_path, "ssh", "00_a.toml", "01_b.toml")
     fake = Fake("ssh", failing({"00_a.toml": code}))
     result = run(hosts.HostInspection(tmp_path, inspectors={"ssh": fake}), ["ssh"])
@@ -133,6 +134,38 @@ def test_a_failure_of_the_host_stops_the_protocol(tmp_path: Path, code: str) -> 
     assert result["ssh"]["error"]["attempts"] == [
         {"credential": str(tmp_path / "ssh" / "00_a.toml"), "code": code, "message": f"00_a.toml: {code}"}
     ]
+
+
+@pytest.mark.parametrize("code", ["unreachable", "timeout"])
+def test_files_with_another_port_or_jump_chain_are_still_tried(tmp_path: Path, code: str) -> None:
+    for name, port, tunnels in [
+        ("00_closed.toml", 2222, []),
+        ("01_same_route.toml", 2222, []),
+        ("02_port_22.toml", 22, []),
+        ("03_same_port_via_a_jump_host.toml", 2222, ["198.18.0.1"]),
+    ]:
+        credential_file(tmp_path, name, ["198.18.0.0/24"], password="pw-123456", port=port, tunnels=tunnels)
+    fake = Fake("ssh", failing({"00_closed.toml": code, "02_port_22.toml": code}))
+    result = run(hosts.HostInspection(tmp_path, inspectors={"ssh": fake}), ["ssh"])
+    assert fake.calls == ["00_closed.toml", "02_port_22.toml", "03_same_port_via_a_jump_host.toml"]
+    assert result["ssh"]["collected"] == "03_same_port_via_a_jump_host.toml"
+
+
+def test_a_changed_host_key_skips_the_strict_files_for_that_port(tmp_path: Path) -> None:
+    for name, port, tunnels, policy in [
+        ("00_strict.toml", 2222, [], None),
+        ("01_strict.toml", 2222, [], None),
+        ("02_strict_via_a_jump_host.toml", 2222, ["198.18.0.1"], None),
+        ("03_port_22.toml", 22, [], None),
+        ("04_relaxed.toml", 2222, [], "accept-new-keys"),
+    ]:
+        credential_file(
+            tmp_path, name, ["198.18.0.0/24"], password="pw-123456", port=port, tunnels=tunnels, host_key_policy=policy
+        )
+    fake = Fake("ssh", failing({"00_strict.toml": "host-key-changed", "03_port_22.toml": "auth-failed"}))
+    result = run(hosts.HostInspection(tmp_path, inspectors={"ssh": fake}), ["ssh"])
+    assert fake.calls == ["00_strict.toml", "03_port_22.toml", "04_relaxed.toml"]
+    assert result["ssh"]["collected"] == "04_relaxed.toml"
 
 
 def test_a_silent_snmp_agent_gets_the_next_community_file(tmp_path: Path) -> None:
@@ -164,6 +197,23 @@ def test_secrets_in_failures_are_masked(tmp_path: Path) -> None:
     error = run(hosts.HostInspection(tmp_path, inspectors={"ssh": Fake("ssh", leaky)}), ["ssh"])["ssh"]["error"]
     assert "s3cret-value-42" not in str(error)
     assert redact.MASK in error["message"]
+
+
+def test_what_a_server_said_is_one_inert_line_in_the_result_and_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_files(tmp_path, "ssh", "00.toml")
+    forged = "\x1b[2J\x1b[31mFAKE\nksocket: all good"
+
+    async def hostile(address: str, credential: Credential) -> Document:
+        raise OperationFailed("protocol-error", f"disconnected by the server: {forged}")
+
+    with caplog.at_level(logging.INFO, logger="ksocket.inspect"):
+        error = run(hosts.HostInspection(tmp_path, inspectors={"ssh": Fake("ssh", hostile)}), ["ssh"])["ssh"]["error"]
+    logged = [record.getMessage() for record in caplog.records]
+    assert logged and "FAKE ksocket: all good" in error["message"]
+    for text in [error["message"], error["attempts"][0]["message"], *logged]:
+        assert "\x1b" not in text and "\n" not in text
 
 
 def test_a_crashing_inspector_is_internal_and_spares_the_others(tmp_path: Path) -> None:
@@ -288,7 +338,8 @@ class Meter:
                 self.now -= 1
 
 
-def test_connections_per_host_are_limited_across_protocols(tmp_path: Path) -> None:
+def test_protocols_do_not_compete_for_the_connection_slots(tmp_path: Path) -> None:
+    """The slots are the SSH logins' (sshd's MaxStartups): WinRM and SNMP never wait for them."""
     meter = Meter()
 
     async def connect(address: str, credential: Credential) -> Document:
@@ -300,13 +351,36 @@ def test_connections_per_host_are_limited_across_protocols(tmp_path: Path) -> No
     inspection = hosts.HostInspection(
         tmp_path,
         inspectors={kind: Fake(kind, connect) for kind in ("ssh", "winrm", "snmp")},
-        connections_per_host=2,
+        connections_per_host=1,
     )
-    started = time.monotonic()
     result = run(inspection)
     assert all(result[kind] == {"ok": True, "credential": str(tmp_path / kind / "00.toml")} for kind in hosts.PROTOCOLS)
-    assert meter.peak == 2
-    assert time.monotonic() - started >= 0.3  # the third waited for a slot
+    assert meter.peak == 3
+
+
+def test_waiting_for_a_slot_is_not_charged_to_the_protocol_timeout(tmp_path: Path) -> None:
+    write_files(tmp_path, "ssh", "00.toml")
+    limiter = hosts.HostLimiter(1)
+    work_seconds = 0.0
+
+    async def login(address: str, credential: Credential) -> Document:
+        async with limiter.slot(address):
+            await asyncio.sleep(work_seconds)
+            return {"ok": True}
+
+    inspection = hosts.HostInspection(
+        tmp_path, inspectors={"ssh": Fake("ssh", login)}, limiter=limiter, protocol_timeout=0.2
+    )
+
+    async def behind_another_login() -> Document:
+        await limiter.acquire(ADDRESS)  # another inspection's login holds the only slot, longer than the timeout
+        asyncio.get_running_loop().call_later(0.6, limiter.release, ADDRESS)
+        return await inspection.inspect_host(ADDRESS, ["ssh"])
+
+    assert asyncio.run(behind_another_login())["ssh"]["ok"] is True
+    work_seconds = 30  # the protocol's own work is still bounded, after the wait as before it
+    assert asyncio.run(behind_another_login())["ssh"]["error"]["code"] == "timeout"
+    assert limiter.active(ADDRESS) == 0
 
 
 def test_the_limiter_is_shared_by_threads_and_survives_cancelled_waiters() -> None:

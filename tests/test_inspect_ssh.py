@@ -187,7 +187,7 @@ def test_unreachable_port_and_a_silent_service(lab: Path, store: HostKeyStore) -
     credential_file(creds, "01.toml", [A], password=PASSWORD, port=closed)
     section = run_ssh(inspection(lab, store), A)
     assert section["error"]["code"] == "unreachable"
-    assert len(section["error"]["attempts"]) == 1  # the host, not the file: the next file is not tried
+    assert len(section["error"]["attempts"]) == 1  # the same connection: the next file is not tried
 
     with socket.socket() as silent:  # accepts, never says a word
         silent.bind((B, 0))
@@ -195,6 +195,28 @@ def test_unreachable_port_and_a_silent_service(lab: Path, store: HostKeyStore) -
         credential_file(creds, "10.toml", [B], password=PASSWORD, port=silent.getsockname()[1], timeout=0.5)
         section = run_ssh(inspection(lab, store), B)
     assert section["error"]["code"] == "timeout"
+
+
+def test_a_closed_port_does_not_stop_a_file_with_another_port(lab: Path, store: HostKeyStore) -> None:
+    creds = lab / "creds"
+    credential_file(creds, "00_closed.toml", [A], password=PASSWORD, port=sshdtools.free_port(A))
+    with Sshd(lab, A) as server:
+        working = credential_file(creds, "01_working.toml", [A], password=PASSWORD, port=server.port)
+        section = run_ssh(inspection(lab, store), A)
+    assert "error" not in section, section
+    assert section["credential"] == str(working)
+
+
+def test_a_host_key_that_cannot_be_remembered_is_internal(lab: Path, store: HostKeyStore) -> None:
+    store.path.parent.mkdir(parents=True, exist_ok=True)
+    store.path.with_name(f".{store.path.name}.lock").mkdir()  # the lock cannot be opened
+    with Sshd(lab, A) as server:
+        credential_file(lab / "creds", "00.toml", [A], password=PASSWORD, port=server.port)
+        section = run_ssh(inspection(lab, store), A)
+        log = server.log()
+    assert section["error"]["code"] == "internal"
+    assert f"cannot remember host keys in {store.path}" in section["error"]["message"]
+    assert "Connection from" in log and "password" not in log.lower()  # refused before any secret
 
 
 def test_changed_host_key_is_refused_before_any_secret_is_sent(lab: Path, store: HostKeyStore) -> None:
@@ -214,9 +236,15 @@ def test_changed_host_key_is_refused_before_any_secret_is_sent(lab: Path, store:
         assert "password" not in after.lower()  # neither Accepted nor Failed: nothing was sent
         assert store.remembered(A, server.port) == old
 
-        credential_file(creds, "00.toml", [A], password=PASSWORD, port=server.port, host_key_policy="accept-new-keys")
+        # a later file that relaxes the policy still applies; the strict one is still refused first
+        mark = len(server.log())
+        relaxing = credential_file(
+            creds, "01_relaxed.toml", [A], password=PASSWORD, port=server.port, host_key_policy="accept-new-keys"
+        )
         relaxed = run_ssh(inspection(lab, store), A)
         assert "error" not in relaxed, relaxed
+        assert relaxed["credential"] == str(relaxing)
+        assert server.log()[mark:].count("Connection from") == 2
         new = store.remembered(A, server.port)
         assert new != old and [k.fingerprint for k in new] == [relaxed["connection"]["host_key"]["fingerprint"]]
 

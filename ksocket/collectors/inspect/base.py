@@ -8,6 +8,7 @@ orchestrator's job (``ksocket.collectors.inspect.hosts``), not the inspector's.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Protocol
 
 from ksocket.collectors.base import Context, Document
@@ -18,6 +19,8 @@ NO_CREDENTIAL = "no-credential"  # no file matches the address: nothing is attem
 UNREACHABLE = "unreachable"  # no route, refused, reset: the host or service is not there
 TIMEOUT = "timeout"
 HOST_KEY_CHANGED = "host-key-changed"  # SSH: the host presents another key than the one remembered
+PROTOCOL_ERROR = "protocol-error"  # the peer answered, but not as its protocol says it should
+INTERNAL = "internal"
 
 
 class Inspector(Protocol):
@@ -25,3 +28,21 @@ class Inspector(Protocol):
     """``ssh``, ``winrm`` or ``snmp``: also the credentials folder it reads."""
 
     async def inspect(self, address: str, credential: Credential, context: Context) -> Document: ...
+
+
+def default_route(address: str, credential: Credential) -> tuple[Hashable, ...]:
+    """The address, the port and the SSH jump chain of an attempt with ``credential``."""
+    return (address, credential.port, tuple(getattr(credential, "ssh_tunnels", ())))
+
+
+def connection_route(inspector: Inspector, address: str, credential: Credential) -> Hashable:
+    """Where an attempt with ``credential`` connects to: what an ``unreachable`` or ``timeout`` is about.
+
+    :func:`default_route`, unless the inspector says otherwise with a ``route(address,
+    credential)`` method of its own (WinRM adds the scheme).
+    """
+    own = getattr(inspector, "route", None)
+    if callable(own):
+        route: Hashable = own(address, credential)
+        return route
+    return default_route(address, credential)

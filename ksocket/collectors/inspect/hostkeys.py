@@ -29,10 +29,15 @@ from pathlib import Path
 from typing import Any
 
 from ksocket import paths
+from ksocket.errors import KsocketError
 
 logger = logging.getLogger("ksocket.inspect.ssh")
 
 FILE_NAME = "ssh_known_hosts"
+
+
+class HostKeyStoreError(KsocketError):
+    """The file of remembered keys cannot be written (permissions, a full or read-only disk, …)."""
 
 
 class Verdict(Enum):
@@ -154,7 +159,10 @@ class HostKeyStore:
             return list(self._load().get(host_label(address, port), []))
 
     def check(self, address: str, port: int, key: HostKey, *, accept_changed: bool = False) -> Verdict:
-        """Whether ``key`` is the host's; remembers it when the host is new (or ``accept_changed``)."""
+        """Whether ``key`` is the host's; remembers it when the host is new (or ``accept_changed``).
+
+        Raises HostKeyStoreError when a key to remember cannot be written.
+        """
         label = host_label(address, port)
         with self._lock:
             known = self._load().get(label, [])
@@ -170,15 +178,20 @@ class HostKeyStore:
                     ", ".join(old.fingerprint for old in known),
                 )
                 return Verdict.CHANGED
-            with self._file_lock():
-                keys = {host: list(entries) for host, entries in self._load().items()}
-                current = keys.get(label, [])
-                if key in current:
-                    return Verdict.KNOWN
-                if current and not accept_changed:
-                    return Verdict.CHANGED
-                keys[label] = [key]
-                self._save(keys)
+            try:
+                with self._file_lock():
+                    keys = {host: list(entries) for host, entries in self._load().items()}
+                    current = keys.get(label, [])
+                    if key in current:
+                        return Verdict.KNOWN
+                    if current and not accept_changed:
+                        return Verdict.CHANGED
+                    keys[label] = [key]
+                    self._save(keys)
+            except OSError as exc:
+                raise HostKeyStoreError(
+                    f"cannot remember host keys in {self.path}: {exc.strerror or type(exc).__name__}"
+                ) from None
             if current:
                 logger.warning(
                     "%s: the host key changed to %s %s; accepted (hostKeyPolicy = accept-new-keys)",

@@ -7,11 +7,15 @@ For each protocol asked for (``ssh``, ``winrm``, ``snmp``; all three by default)
    WARNING the manual describes);
 2. tries them in order with the protocol's :class:`~ksocket.collectors.inspect.base.Inspector`
    until one works: ``auth-failed`` (and any failure tied to that file) moves on to the next file
-   and is never retried; ``unreachable``, ``timeout`` and ``host-key-changed`` are about the host,
-   not the file, and end the protocol at once;
-3. holds one of the host's connection slots (:class:`HostLimiter`, 2 by default, shared by every
-   inspection in the process) for each attempt, so that sshd's ``MaxStartups`` is never hit,
-   and gives the protocol as a whole ``protocol_timeout`` seconds.
+   and is never retried; ``unreachable`` and ``timeout`` are about the connection, so the later
+   files with the same route (address, port, ``sshTunnels``; see
+   :func:`~ksocket.collectors.inspect.base.connection_route`) are not tried, while those with
+   another route still are; ``host-key-changed`` skips the later files for the same port unless
+   they relax ``hostKeyPolicy``;
+3. gives the protocol as a whole ``protocol_timeout`` seconds. SSH logins hold one of the
+   address's connection slots (:class:`HostLimiter`, 2 by default, shared by every inspection in
+   the process, jump host logins included) so that sshd's ``MaxStartups`` is never hit; a wait
+   for a slot is not charged to the protocol's timeout.
 
 The protocols run concurrently. The result is ``{"address": …, "<protocol>": section, …}`` where
 a section is what the inspector collected plus ``credential`` (the file that worked), or
@@ -28,29 +32,33 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import importlib
 import inspect as pyinspect
 import ipaddress
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ksocket import redact
 from ksocket.collectors.base import Cancelled, Context, Document, InvalidParams, NullContext, OperationFailed
+from ksocket.collectors.inspect import parsers
 from ksocket.collectors.inspect.base import (
     HOST_KEY_CHANGED,
+    INTERNAL,
     NO_CREDENTIAL,
     TIMEOUT,
     UNREACHABLE,
     Inspector,
+    connection_route,
 )
 from ksocket.collectors.inspect.hostkeys import HostKeyStore
 from ksocket.credentials import search
-from ksocket.credentials.models import Credential
+from ksocket.credentials.models import Credential, SSHCredential
 from ksocket.errors import KsocketError
 
 logger = logging.getLogger("ksocket.inspect")
@@ -61,21 +69,55 @@ DEFAULT_CONNECTIONS_PER_HOST = 2
 DEFAULT_PROTOCOL_TIMEOUT = 120.0
 MAX_PROTOCOL_TIMEOUT = 3600.0
 UNSUPPORTED = "unsupported"
-INTERNAL = "internal"
 CANCELLED = "cancelled"
-STOP_CODES = frozenset({UNREACHABLE, TIMEOUT, HOST_KEY_CHANGED, CANCELLED})
-"""Failures about the host rather than the credential file: the next file is not tried."""
+MAX_MESSAGE = 1024  # characters of a failure's message that are kept (it may quote the server)
+ROUTE_FAILURES = frozenset({UNREACHABLE, TIMEOUT})
+"""Failures of the connection rather than the credential file: later files with the same route are not tried."""
 
 
-def _stops(kind: str, code: str) -> bool:
-    """Whether a failure ends the protocol. SNMP is the exception for timeouts: an SNMPv2c agent stays
-    silent to a wrong community, so silence may be the file's fault and the next file is still tried."""
-    return code in STOP_CODES and not (kind == "snmp" and code == TIMEOUT)
+def _fails_the_route(kind: str, code: str) -> bool:
+    """SNMP is the exception for timeouts: an SNMPv2c agent stays silent to a wrong community, so
+    silence may be the file's fault and the next file is still tried."""
+    return code in ROUTE_FAILURES and not (kind == "snmp" and code == TIMEOUT)
+
+
+def _relaxes_host_keys(credential: Credential) -> bool:
+    return isinstance(credential, SSHCredential) and credential.accepts_changed_host_keys
+
+
+def _message(text: str) -> str:
+    """A failure's text as one line of plain text: inspectors quote what servers said, and that
+    must neither carry a secret nor forge log lines or terminal output."""
+    return parsers.clean(redact.redact(text), MAX_MESSAGE)
+
 
 _CANCEL_POLL = 0.25  # seconds between two looks at context.check_cancelled()
 
 
 # --- the connection slots --------------------------------------------------------------------
+
+_protocol_deadline: contextvars.ContextVar[asyncio.Timeout | None] = contextvars.ContextVar(
+    "ksocket_inspect_protocol_deadline", default=None
+)
+"""The running protocol's timeout (set by :meth:`HostInspection.inspect_protocol` in its own task)."""
+
+
+@contextlib.asynccontextmanager
+async def _uncharged() -> AsyncIterator[None]:
+    """The time spent inside is added back to the running protocol's timeout: waiting for a slot
+    that other inspections hold says nothing about this host."""
+    deadline = _protocol_deadline.get()
+    when = deadline.when() if deadline is not None and not deadline.expired() else None
+    if deadline is None or when is None:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    left = when - loop.time()
+    deadline.reschedule(None)
+    try:
+        yield
+    finally:
+        deadline.reschedule(loop.time() + left)
 
 
 class HostLimiter:
@@ -126,7 +168,8 @@ class HostLimiter:
 
     @contextlib.asynccontextmanager
     async def slot(self, address: str) -> AsyncIterator[None]:
-        await self.acquire(address)
+        async with _uncharged():
+            await self.acquire(address)
         try:
             yield
         finally:
@@ -295,7 +338,7 @@ def validate(params: Document) -> None:
 
 
 def _error(code: str, message: str, attempts: Sequence[Document] = ()) -> Document:
-    error: Document = {"code": code, "message": redact.redact(message)}
+    error: Document = {"code": code, "message": _message(message)}
     if attempts:
         error["attempts"] = list(attempts)
     return {"error": error}
@@ -353,10 +396,6 @@ class HostInspection:
 
     # -- one protocol --
 
-    async def _attempt(self, inspector: Inspector, address: str, credential: Credential, context: Context) -> Document:
-        async with self.limiter.slot(address):
-            return await inspector.inspect(address, credential, context)
-
     async def inspect_protocol(
         self, kind: str, address: str, context: Context, timeout: float | None = None
     ) -> Document:
@@ -376,49 +415,72 @@ class HostInspection:
             return _error(NO_CREDENTIAL, f"no {kind} credential file matches {address}")
         limit = timeout or self.protocol_timeout
         attempts: list[Document] = []
+        failed_routes: dict[Hashable, Path] = {}  # route -> the file whose attempt found it failing
+        changed_host_keys: dict[int, Path] = {}  # port -> the file whose attempt found the key changed
+        current: Credential | None = None
         started = time.monotonic()
         try:
-            async with asyncio.timeout(limit):
-                for credential in credentials:
-                    context.check_cancelled()
-                    try:
-                        data = await self._attempt(inspector, address, credential, context)
-                    except Cancelled:
-                        raise
-                    except OperationFailed as exc:
-                        attempts.append(
-                            {"credential": str(credential.path), "code": exc.code, "message": redact.redact(str(exc))}
+            async with asyncio.timeout(limit) as deadline:
+                token = _protocol_deadline.set(deadline)
+                try:
+                    for current in credentials:
+                        context.check_cancelled()
+                        route = connection_route(inspector, address, current)
+                        failed_before = failed_routes.get(route) or (
+                            None if _relaxes_host_keys(current) else changed_host_keys.get(current.port)
                         )
-                        logger.info("%s %s with %s: %s: %s", kind, address, credential.path, exc.code, exc)
-                        if _stops(kind, exc.code):
+                        if failed_before is not None:
+                            logger.info(
+                                "%s %s: not trying %s: %s failed on the same connection",
+                                kind,
+                                address,
+                                current.path,
+                                failed_before,
+                            )
+                            continue
+                        try:
+                            data = await inspector.inspect(address, current, context)
+                        except Cancelled:
+                            raise
+                        except OperationFailed as exc:
+                            message = _message(str(exc))
+                            attempts.append({"credential": str(current.path), "code": exc.code, "message": message})
+                            logger.info("%s %s with %s: %s: %s", kind, address, current.path, exc.code, message)
+                            if exc.code == CANCELLED:
+                                break
+                            if exc.code == HOST_KEY_CHANGED:
+                                changed_host_keys[current.port] = current.path
+                            elif _fails_the_route(kind, exc.code):
+                                failed_routes[route] = current.path
+                            continue
+                        except Exception as exc:
+                            logger.exception("%s inspection of %s failed", kind, address)
+                            attempts.append(
+                                {
+                                    "credential": str(current.path),
+                                    "code": INTERNAL,
+                                    "message": _message(f"{type(exc).__name__}: {exc}"),
+                                }
+                            )
                             break
-                        continue
-                    except Exception as exc:
-                        logger.exception("%s inspection of %s failed", kind, address)
-                        attempts.append(
-                            {
-                                "credential": str(credential.path),
-                                "code": INTERNAL,
-                                "message": redact.redact(f"{type(exc).__name__}: {exc}"),
-                            }
-                        )
-                        break
-                    logger.info("%s %s: collected with %s", kind, address, credential.path)
-                    return {**data, "credential": str(credential.path)}
+                        logger.info("%s %s: collected with %s", kind, address, current.path)
+                        return {**data, "credential": str(current.path)}
+                finally:
+                    _protocol_deadline.reset(token)
         except TimeoutError:
             attempts.append(
                 {
-                    "credential": str(credentials[len(attempts)].path) if len(attempts) < len(credentials) else "",
+                    "credential": str(current.path) if current is not None else "",
                     "code": TIMEOUT,
                     "message": f"{kind} inspection took longer than {limit:g} s",
                 }
             )
         last = attempts[-1]
-        if len(attempts) > 1 and not _stops(kind, last["code"]):
+        if len(attempts) > 1:
             message = f"every matching {kind} credential file failed ({len(attempts)} tried); last: {last['message']}"
         else:
             message = last["message"]
-        logger.warning("%s %s: %s (after %.1f s)", kind, address, redact.redact(message), time.monotonic() - started)
+        logger.warning("%s %s: %s (after %.1f s)", kind, address, message, time.monotonic() - started)
         return _error(last["code"], message, attempts)
 
     # -- the whole host --

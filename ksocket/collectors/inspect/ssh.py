@@ -8,7 +8,9 @@ Logging in
     matching the hop's own address that works, through the hop before it (``tunnel=``).
     Host keys are checked against :mod:`~ksocket.collectors.inspect.hostkeys` before anything
     secret is sent: the first key is remembered, a different one is ``host-key-changed`` unless the
-    file says ``hostKeyPolicy = "accept-new-keys"``.
+    file says ``hostKeyPolicy = "accept-new-keys"``; a key that cannot be written down is
+    ``internal``. Every login, a jump host's too, holds one of its address's connection slots
+    (:class:`~ksocket.collectors.inspect.hosts.HostLimiter`) while sshd counts it as starting up.
 
 Collecting
     One channel runs ``env LC_ALL=C LANG=C sh -s`` and gets :data:`SCRIPT` on its standard input:
@@ -47,14 +49,21 @@ from asyncssh.public_key import get_default_public_key_algs
 from ksocket import redact
 from ksocket.collectors.base import Context, Document, NullContext, OperationFailed
 from ksocket.collectors.inspect import hosts, parsers
-from ksocket.collectors.inspect.base import AUTH_FAILED, HOST_KEY_CHANGED, NO_CREDENTIAL, TIMEOUT, UNREACHABLE
-from ksocket.collectors.inspect.hostkeys import HostKey, HostKeyStore, Verdict
+from ksocket.collectors.inspect.base import (
+    AUTH_FAILED,
+    HOST_KEY_CHANGED,
+    INTERNAL,
+    NO_CREDENTIAL,
+    PROTOCOL_ERROR,
+    TIMEOUT,
+    UNREACHABLE,
+)
+from ksocket.collectors.inspect.hostkeys import HostKey, HostKeyStore, HostKeyStoreError, Verdict
 from ksocket.credentials import search
 from ksocket.credentials.models import ClientKey, Credential, SSHCredential
 
 logger = logging.getLogger("ksocket.inspect.ssh")
 
-PROTOCOL_ERROR = "protocol-error"
 COMMAND = "env LC_ALL=C LANG=C sh -s"
 MAX_OUTPUT = 16 * 1024 * 1024
 DEFAULT_COMMAND_TIMEOUT = 60.0
@@ -186,10 +195,15 @@ class _Client(asyncssh.SSHClient):
         self._accept_changed = accept_changed
         self.verdict: Verdict | None = None
         self.key: HostKey | None = None
+        self.store_error: HostKeyStoreError | None = None
 
     def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
         self.key = _host_key(key)
-        self.verdict = self._store.check(self._address, self._port, self.key, accept_changed=self._accept_changed)
+        try:
+            self.verdict = self._store.check(self._address, self._port, self.key, accept_changed=self._accept_changed)
+        except HostKeyStoreError as exc:  # a key that cannot be remembered is not trusted either
+            self.store_error = exc
+            return False
         return self.verdict is not Verdict.CHANGED
 
 
@@ -214,7 +228,9 @@ def failure(exc: BaseException, where: str, client: _Client | None = None) -> Op
     """The OperationFailed that ``exc`` means for the hub (``where`` names the host and port)."""
     if isinstance(exc, OperationFailed):
         return exc
-    text = redact.redact(str(exc) or type(exc).__name__)
+    if client is not None and client.store_error is not None:
+        return OperationFailed(INTERNAL, f"{where}: {client.store_error}")
+    text = _server_text(str(exc) or type(exc).__name__)
     if isinstance(exc, asyncssh.HostKeyNotVerifiable) or (client is not None and client.verdict is Verdict.CHANGED):
         key = f" ({client.key.algorithm} {client.key.fingerprint})" if client and client.key else ""
         return OperationFailed(
@@ -235,7 +251,12 @@ def failure(exc: BaseException, where: str, client: _Client | None = None) -> Op
         return OperationFailed(UNREACHABLE, f"{where}: {reason}", transient=True)
     if isinstance(exc, asyncssh.Error):
         return OperationFailed(PROTOCOL_ERROR, f"{where}: {text}", transient=True)
-    return OperationFailed("internal", f"{where}: {type(exc).__name__}: {text}")
+    return OperationFailed(INTERNAL, f"{where}: {type(exc).__name__}: {text}")
+
+
+def _server_text(text: str) -> str:
+    """What the server said (a disconnect reason, an error), as one line of inert text."""
+    return parsers.clean(redact.redact(text), 512)
 
 
 def _where(address: str, port: int) -> str:
@@ -372,7 +393,7 @@ class SSHInspector:
 
     async def inspect(self, address: str, credential: Credential, context: Context | None = None) -> Document:
         if not isinstance(credential, SSHCredential):
-            raise OperationFailed("internal", f"the ssh inspector got a {credential.kind} credential")
+            raise OperationFailed(INTERNAL, f"the ssh inspector got a {credential.kind} credential")
         context = context or NullContext()
         started = time.monotonic()
         where = _where(address, credential.port)
@@ -383,11 +404,11 @@ class SSHInspector:
             limiter=self.limiter,
         ) as tunnel:
             context.check_cancelled()
-            conn = await login(address, credential, host_keys=self.host_keys, tunnel=tunnel)
+            conn, process = await self._start(address, credential, tunnel, where)
             try:
                 context.check_cancelled()
                 nonce = secrets.token_hex(8)
-                output, problems = await self._run(conn, script(nonce, sudo=self.sudo), where)
+                output, problems = await self._run(process, script(nonce, sudo=self.sudo))
                 server_version = str(conn.get_extra_info("server_version") or "")
                 host_key = conn.get_server_host_key()
             finally:
@@ -413,19 +434,33 @@ class SSHInspector:
         text = output.decode("utf-8", errors="replace")
         return parsers.parse_report(parsers.split_sections(text, nonce))
 
-    async def _run(self, conn: asyncssh.SSHClientConnection, text: str, where: str) -> tuple[bytes, list[str]]:
+    async def _start(
+        self, address: str, credential: SSHCredential, tunnel: asyncssh.SSHClientConnection | None, where: str
+    ) -> tuple[asyncssh.SSHClientConnection, asyncssh.SSHClientProcess[bytes]]:
+        """A connection logged in to ``address`` and the session that runs the script.
+
+        The address's slot is held until the session is open: sshd answers that only after the
+        login is over, so by then it no longer counts the connection among its ``MaxStartups``.
+        """
+        async with self.limiter.slot(address), contextlib.AsyncExitStack() as on_failure:
+            conn = await login(address, credential, host_keys=self.host_keys, tunnel=tunnel)
+            on_failure.push_async_callback(_close, conn)
+            try:
+                process = await conn.create_process(COMMAND, encoding=None, stderr=asyncssh.DEVNULL)
+            except asyncssh.ChannelOpenError as exc:
+                raise OperationFailed(
+                    PROTOCOL_ERROR, f"{where}: the server refused a session channel ({_server_text(exc.reason)})"
+                ) from None
+            except (OSError, asyncssh.Error) as exc:
+                raise failure(exc, where) from None
+            on_failure.pop_all()
+        return conn, process
+
+    async def _run(self, process: asyncssh.SSHClientProcess[bytes], text: str) -> tuple[bytes, list[str]]:
         """The script's standard output (bounded) and what went wrong reading it."""
         problems: list[str] = []
         chunks: list[bytes] = []
         size = 0
-        try:
-            process = await conn.create_process(COMMAND, encoding=None, stderr=asyncssh.DEVNULL)
-        except asyncssh.ChannelOpenError as exc:
-            raise OperationFailed(
-                PROTOCOL_ERROR, f"{where}: the server refused a session channel ({redact.redact(exc.reason)})"
-            ) from None
-        except (OSError, asyncssh.Error) as exc:
-            raise failure(exc, where) from None
         try:
             process.stdin.write(text.encode())
             process.stdin.write_eof()
@@ -441,7 +476,7 @@ class SSHInspector:
         except TimeoutError:
             problems.append(f"the commands did not finish within {self.command_timeout:g} s: partial output")
         except (OSError, asyncssh.Error) as exc:
-            problems.append(f"reading the output failed: {redact.redact(str(exc) or type(exc).__name__)}")
+            problems.append(f"reading the output failed: {_server_text(str(exc) or type(exc).__name__)}")
         finally:
             process.close()
         return b"".join(chunks), problems

@@ -57,7 +57,7 @@ import logging
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Hashable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -74,7 +74,7 @@ from winrm.protocol import Protocol
 
 from ksocket.collectors.base import Context, Document, OperationFailed
 from ksocket.collectors.inspect import wmi
-from ksocket.collectors.inspect.base import AUTH_FAILED, NO_CREDENTIAL, TIMEOUT, UNREACHABLE
+from ksocket.collectors.inspect.base import AUTH_FAILED, NO_CREDENTIAL, TIMEOUT, UNREACHABLE, default_route
 from ksocket.credentials.models import Credential, SSHCredential, WinRMCredential
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ class WinRMInspector:
             raise TypeError(f"WinRMInspector needs a WinRMCredential, not {type(credential).__name__}")
         address = str(ipaddress.ip_address(str(address).strip()))
         refuse_before_connecting(credential)
-        scheme = "https" if credential.port in self.https_ports else "http"
+        scheme = self._scheme(credential.port)
         endpoint = _url(scheme, address, credential.port)
         async with self._route(address, credential) as (host, port):
             session = _Session(
@@ -146,6 +146,13 @@ class WinRMInspector:
             document = await _run(session, context)
         document["sshTunnels"] = list(credential.ssh_tunnels)
         return document
+
+    def route(self, address: str, credential: Credential) -> Hashable:
+        """What a connection failure with ``credential`` is about (the orchestrator's skipping)."""
+        return (*default_route(address, credential), self._scheme(credential.port))
+
+    def _scheme(self, port: int) -> str:
+        return "https" if port in self.https_ports else "http"
 
     @contextlib.asynccontextmanager
     async def _route(self, address: str, credential: WinRMCredential) -> AsyncIterator[tuple[str, int]]:
