@@ -322,6 +322,7 @@ def test_uninstall_stops_disables_unlinks_and_removes_the_unit(
     assert manual_form(capsys.readouterr().out) == [
         "Stop the service ..... OK",
         "Uninstall the service ..... OK",
+        "",
         f"Remove a service file ..... OK [{unit}]",
     ]
     assert systemctl.calls() == [SHOW, ["stop", UNIT], ["disable", UNIT], ["daemon-reload"]]
@@ -340,6 +341,7 @@ def test_uninstall_of_a_missing_service_skips_every_step(
     assert manual_form(capsys.readouterr().out) == [
         "Stop the service ..... Skip",
         "Uninstall the service ..... Skip",
+        "",
         f"Remove a service file ..... Skip [{unit}]",
     ]
     assert systemctl.calls() == [SHOW]
@@ -443,6 +445,7 @@ def test_upstart_restart_and_uninstall(
     assert manual_form(capsys.readouterr().out) == [
         "Stop the service ..... OK",
         "Uninstall the service ..... OK",
+        "",
         f"Remove a service file ..... OK [{job}]",
     ]
     assert initctl.calls() == [["status", "ksocket"], ["stop", "ksocket"], ["reload-configuration"]]

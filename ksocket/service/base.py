@@ -221,6 +221,7 @@ class Backend(ABC):
         path = self.service_file()
         if path is None:
             return 0
+        print()  # the manual sets the service file's line apart
         if not path.exists():
             report.line("Remove a service file", None, str(path))
             return 0
