@@ -448,3 +448,13 @@ def test_default_targets_leave_out_link_local_unplugged_and_down_interfaces() ->
         [],
     )
     assert table.onlink_networks() == ["198.18.0.0/24", "198.18.2.0/24"]
+
+
+def test_a_syn_ack_opens_a_port_and_any_reset_closes_it() -> None:
+    engine = engine_for("198.18.0.0/29")
+    for port, flags in [(22, frames.TCP_SYN | frames.TCP_ACK), (80, frames.TCP_SYN | frames.TCP_RST | frames.TCP_ACK)]:
+        reply = frames.Reply(
+            "tcp", HOST, SCANNER, ident=engine.sport, seq=engine.cookie(HOST, port) + 1, port=port, flags=flags
+        )
+        engine._handle(reply, 0.0, FakeLink())  # type: ignore[arg-type]
+    assert engine.hosts[HOST].open == {22} and engine.hosts[HOST].closed == {80}

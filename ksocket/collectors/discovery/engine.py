@@ -606,7 +606,8 @@ class Engine:
         if kind == "arp":
             host.mac = reply.mac
         elif kind == "tcp":
-            (host.open if reply.flags & frames.TCP_SYN else host.closed).add(reply.port)
+            # a reset wins over a SYN in the same segment: only a clean SYN-ACK means the port is open
+            (host.closed if reply.flags & frames.TCP_RST else host.open).add(reply.port)
         if probe is not None and probe.sent_wall:
             rtt = stamp - probe.sent_wall
             if host.rtt is None and rtt >= 0:
