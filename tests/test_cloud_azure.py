@@ -10,6 +10,7 @@ metadata address.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from tests.cloudtools import (
     closed_port,
     guarded,
 )
+from tests.conftest import run_ksocket
 from tests.tlstools import CertificateAuthority
 
 CLIENT_ID = "app-reader"
@@ -381,6 +383,26 @@ def test_scan_command_names_vnets_and_subscriptions(
     assert "--region applies to --mode aws only, not azure" in capsys.readouterr().err
     assert scan_cli.main(["--mode", "azure", "--inspect"]) == 2
     assert "--inspect applies to --mode intranet only, not azure" in capsys.readouterr().err
+
+
+def test_diagnostics_reaches_the_api_under_connect_and_config_judges_only_the_file(
+    lab: Lab, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _principal(lab)
+    _environment_endpoints(lab, monkeypatch)
+    settings = home / "etc" / "ksocket" / "ksocket.toml"
+    settings.write_text('[operations]\nnetworksScanMode = "azure"\n')
+    checked = run_ksocket("diagnostics", "config")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "azure API" not in checked.stdout
+    assert lab.arm.log == []
+    checked = run_ksocket("diagnostics", "connect")
+    assert checked.returncode == 1  # connect.host is not set: the hub's line is NG, the API's is still checked
+    assert re.search(
+        rf"^Reach the azure API with its credentials \.+ OK \[service principal {CLIENT_ID} ", checked.stdout, re.M
+    )
+    assert lab.arm.requests("POST", "/oauth2/v2.0/token")
+    assert SECRET not in checked.stdout + checked.stderr
 
 
 def test_cancelled_between_vms(lab: Lab) -> None:
