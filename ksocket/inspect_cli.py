@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from ksocket.collectors.inspect import hosts
+from ksocket.collectors.inspect import hosts, parsers
 from ksocket.config import Settings
 
 
@@ -155,9 +155,14 @@ def _generic_lines(section: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _write(out: TextIO, indent: str, text: str) -> None:
+    """One line of the summary; the text may quote what a host said, so it is printed inert."""
+    out.write(f"{indent}{parsers.clean(text, 4096)}\n")
+
+
 def print_summary(result: dict[str, Any], out: TextIO) -> None:
     """A few lines per protocol: what was found, or why not."""
-    out.write(f"{result.get('address', '?')}\n")
+    _write(out, "", f"{result.get('address', '?')}")
     for kind in hosts.PROTOCOLS:
         if kind not in result:
             continue
@@ -166,11 +171,11 @@ def print_summary(result: dict[str, Any], out: TextIO) -> None:
             continue
         error = section.get("error")
         if isinstance(error, dict):
-            out.write(f"  {kind:6} {error.get('code', '?')}: {error.get('message', '')}\n")
+            _write(out, "  ", f"{kind:6} {error.get('code', '?')}: {error.get('message', '')}")
             continue
-        out.write(f"  {kind:6} ok (credential {section.get('credential', '?')})\n")
+        _write(out, "  ", f"{kind:6} ok (credential {section.get('credential', '?')})")
         lines: Sequence[str] = _ssh_lines(section) if kind == "ssh" else _generic_lines(section)
         for line in lines:
-            out.write(f"         {line}\n")
+            _write(out, "         ", line)
         for warning in section.get("warnings") or []:
-            out.write(f"         warning: {warning}\n")
+            _write(out, "         ", f"warning: {warning}")

@@ -4,6 +4,7 @@ are tried in, what skips a file, timeouts, cancellation, the connection slots an
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import threading
 import time
@@ -214,6 +215,23 @@ def test_what_a_server_said_is_one_inert_line_in_the_result_and_the_log(
     assert logged and "FAKE ksocket: all good" in error["message"]
     for text in [error["message"], error["attempts"][0]["message"], *logged]:
         assert "\x1b" not in text and "\n" not in text
+
+
+def test_the_printed_summary_is_inert_whatever_the_result_says() -> None:
+    from ksocket.inspect_cli import print_summary
+
+    forged = "\x1b[2J\x1b[31mFAKE\nksocket: all good"
+    result = {
+        "address": ADDRESS,
+        "ssh": {"hostname": forged, "warnings": [forged], "credential": forged},
+        "winrm": {"error": {"code": "unreachable", "message": forged}},
+        "snmp": {"version": forged, "credential": "/x.toml"},
+    }
+    out = io.StringIO()
+    print_summary(result, out)
+    printed = out.getvalue()
+    assert "FAKE ksocket: all good" in printed
+    assert "\x1b" not in printed and not any(line.startswith("ksocket:") for line in printed.splitlines())
 
 
 def test_a_crashing_inspector_is_internal_and_spares_the_others(tmp_path: Path) -> None:

@@ -290,6 +290,41 @@ def test_values_of_the_wrong_type_become_null(server: WSManServer) -> None:
     assert document["networkAdapters"][0]["addresses"] == ["198.18.0.9"]
 
 
+HOSTILE_NUMBERS = {
+    **RECORDED,
+    "os": [{**RECORDED["os"][0], "TotalVisibleMemorySize": "\u00b2", "FreePhysicalMemory": " 1024 "}],
+    "disks": [{"DeviceID": "C:", "Size": "9" * 5000, "FreeSpace": "\u0663"}],  # 5000 digits; ARABIC-INDIC THREE
+}
+DEEP_JSON = b'{"v": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+
+@pytest.mark.parametrize("server", [{"recorded": HOSTILE_NUMBERS, "raw_sections": {"bios": DEEP_JSON}}], indirect=True)
+def test_hostile_numbers_and_deep_json_cost_only_their_values_and_section(server: WSManServer) -> None:
+    document = inspect("127.0.0.1", credential(server.port))
+    assert document["os"]["name"] and document["os"]["totalVisibleMemory"] is None
+    assert document["os"]["freePhysicalMemory"] == 1024 * 1024
+    assert document["disks"] == [
+        {
+            "deviceId": "C:",
+            "type": None,
+            "fileSystem": None,
+            "size": None,
+            "freeSpace": None,
+            "volumeName": None,
+            "volumeSerialNumber": None,
+        }
+    ]
+    assert document["bios"] is None and document["software"]
+    assert document["errors"] == [{"section": "bios", "message": "unreadable output: RecursionError"}]
+
+
+@pytest.mark.parametrize("server", [{"create_fault": "the service is down\r\nksocket: all good"}], indirect=True)
+def test_a_fault_reason_is_one_inert_line(server: WSManServer) -> None:
+    error = failure("127.0.0.1", credential(server.port))  # XML cannot carry ESC; a line break it can
+    assert error.code == UNREACHABLE and "the service is down" in str(error)
+    assert "\n" not in str(error) and "\r" not in str(error)
+
+
 def test_connection_refused_is_unreachable() -> None:
     started = time.monotonic()
     error = failure("127.0.0.1", credential(closed_port(), timeout=2.0))

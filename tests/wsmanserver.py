@@ -19,8 +19,10 @@ code paths as against a Windows WinRM listener:
   wrong query in the script would not be noticed here.
 
 Faults for tests: ``garble_sections`` (a section's payload is not base64 JSON), ``fail_sections``
-(a section prints PowerShell's error object instead), ``garble_receive_of`` (the Receive reply
-for the command holding that section is not XML). ``connections`` counts accepted TCP
+(a section prints PowerShell's error object instead), ``raw_sections`` (a section prints the
+base64 of these bytes, JSON or not), ``garble_receive_of`` (the Receive reply for the command
+holding that section is not XML), ``create_fault`` (creating a shell is answered with a
+WS-Management fault of that reason). ``connections`` counts accepted TCP
 connections, ``log`` records every request (action, auth scheme, encrypted or not) and
 ``logins`` every NTLM or CredSSP login that succeeded.
 """
@@ -239,6 +241,8 @@ class _State:
     garble_sections: frozenset[str]
     fail_sections: Mapping[str, str]
     garble_receive_of: str | None
+    raw_sections: Mapping[str, bytes]
+    create_fault: str | None
     log: list[Request] = field(default_factory=list)
     logins: list[tuple[str, str | None]] = field(default_factory=list)  # NTLM and CredSSP handshakes
     shells: set[str] = field(default_factory=set)
@@ -267,6 +271,8 @@ class WSManServer:
         garble_sections: Iterable[str] = (),
         fail_sections: Mapping[str, str] | None = None,
         garble_receive_of: str | None = None,
+        raw_sections: Mapping[str, bytes] | None = None,
+        create_fault: str | None = None,
     ) -> None:
         self.folder = folder
         self.state = _State(
@@ -276,6 +282,8 @@ class WSManServer:
             garble_sections=frozenset(garble_sections),
             fail_sections=dict(fail_sections or {}),
             garble_receive_of=garble_receive_of,
+            raw_sections=dict(raw_sections or {}),
+            create_fault=create_fault,
         )
         self.tls = tls
         self.httpd = _Server((address, 0), _Handler, self.state)
@@ -507,6 +515,8 @@ class _Handler(BaseHTTPRequestHandler):
         shell = root.findtext("s:Header/w:SelectorSet/w:Selector[@Name='ShellId']", default="", namespaces=NS)
         with self.state.lock:
             self.state.log.append(Request(action, auth, encrypted, user))
+        if action == "Create" and self.state.create_fault is not None:
+            return _fault(self.state.create_fault), 500
         if action == "Create":
             shell = str(uuid.uuid4()).upper()
             with self.state.lock:
@@ -551,6 +561,8 @@ class _Handler(BaseHTTPRequestHandler):
         for section in sections:
             if section in self.state.garble_sections:
                 payload = "this is {not base64 json"
+            elif section in self.state.raw_sections:
+                payload = base64.b64encode(self.state.raw_sections[section]).decode("ascii")
             elif section in self.state.fail_sections:
                 payload = _b64({"e": self.state.fail_sections[section]})
             else:

@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Protocol
 
+from ksocket import redact
 from ksocket.collectors.base import Context, Document
+from ksocket.collectors.inspect import parsers
 from ksocket.credentials.models import Credential
 
 AUTH_FAILED = "auth-failed"  # the peer refused this credential: try the next file, never retry
@@ -28,6 +30,12 @@ class Inspector(Protocol):
     """``ssh``, ``winrm`` or ``snmp``: also the credentials folder it reads."""
 
     async def inspect(self, address: str, credential: Credential, context: Context) -> Document: ...
+
+
+def server_text(text: str, limit: int = 512) -> str:
+    """Text a peer chose (a disconnect reason, a fault, an error) as one line without control
+    characters, so that it can neither forge log lines nor drive a terminal; secrets masked."""
+    return parsers.clean(redact.redact(text), limit)
 
 
 def default_route(address: str, credential: Credential) -> tuple[Hashable, ...]:

@@ -44,9 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ksocket import redact
 from ksocket.collectors.base import Cancelled, Context, Document, InvalidParams, NullContext, OperationFailed
-from ksocket.collectors.inspect import parsers
 from ksocket.collectors.inspect.base import (
     HOST_KEY_CHANGED,
     INTERNAL,
@@ -55,6 +53,7 @@ from ksocket.collectors.inspect.base import (
     UNREACHABLE,
     Inspector,
     connection_route,
+    server_text,
 )
 from ksocket.collectors.inspect.hostkeys import HostKeyStore
 from ksocket.credentials import search
@@ -86,9 +85,8 @@ def _relaxes_host_keys(credential: Credential) -> bool:
 
 
 def _message(text: str) -> str:
-    """A failure's text as one line of plain text: inspectors quote what servers said, and that
-    must neither carry a secret nor forge log lines or terminal output."""
-    return parsers.clean(redact.redact(text), MAX_MESSAGE)
+    """A failure's text as it is logged and stored: inspectors quote what servers said."""
+    return server_text(text, MAX_MESSAGE)
 
 
 _CANCEL_POLL = 0.25  # seconds between two looks at context.check_cancelled()

@@ -57,6 +57,7 @@ from ksocket.collectors.inspect.base import (
     PROTOCOL_ERROR,
     TIMEOUT,
     UNREACHABLE,
+    server_text,
 )
 from ksocket.collectors.inspect.hostkeys import HostKey, HostKeyStore, HostKeyStoreError, Verdict
 from ksocket.credentials import search
@@ -230,7 +231,7 @@ def failure(exc: BaseException, where: str, client: _Client | None = None) -> Op
         return exc
     if client is not None and client.store_error is not None:
         return OperationFailed(INTERNAL, f"{where}: {client.store_error}")
-    text = _server_text(str(exc) or type(exc).__name__)
+    text = server_text(str(exc) or type(exc).__name__)
     if isinstance(exc, asyncssh.HostKeyNotVerifiable) or (client is not None and client.verdict is Verdict.CHANGED):
         key = f" ({client.key.algorithm} {client.key.fingerprint})" if client and client.key else ""
         return OperationFailed(
@@ -252,11 +253,6 @@ def failure(exc: BaseException, where: str, client: _Client | None = None) -> Op
     if isinstance(exc, asyncssh.Error):
         return OperationFailed(PROTOCOL_ERROR, f"{where}: {text}", transient=True)
     return OperationFailed(INTERNAL, f"{where}: {type(exc).__name__}: {text}")
-
-
-def _server_text(text: str) -> str:
-    """What the server said (a disconnect reason, an error), as one line of inert text."""
-    return parsers.clean(redact.redact(text), 512)
 
 
 def _where(address: str, port: int) -> str:
@@ -449,7 +445,7 @@ class SSHInspector:
                 process = await conn.create_process(COMMAND, encoding=None, stderr=asyncssh.DEVNULL)
             except asyncssh.ChannelOpenError as exc:
                 raise OperationFailed(
-                    PROTOCOL_ERROR, f"{where}: the server refused a session channel ({_server_text(exc.reason)})"
+                    PROTOCOL_ERROR, f"{where}: the server refused a session channel ({server_text(exc.reason)})"
                 ) from None
             except (OSError, asyncssh.Error) as exc:
                 raise failure(exc, where) from None
@@ -476,7 +472,7 @@ class SSHInspector:
         except TimeoutError:
             problems.append(f"the commands did not finish within {self.command_timeout:g} s: partial output")
         except (OSError, asyncssh.Error) as exc:
-            problems.append(f"reading the output failed: {_server_text(str(exc) or type(exc).__name__)}")
+            problems.append(f"reading the output failed: {server_text(str(exc) or type(exc).__name__)}")
         finally:
             process.close()
         return b"".join(chunks), problems

@@ -74,7 +74,14 @@ from winrm.protocol import Protocol
 
 from ksocket.collectors.base import Context, Document, OperationFailed
 from ksocket.collectors.inspect import wmi
-from ksocket.collectors.inspect.base import AUTH_FAILED, NO_CREDENTIAL, TIMEOUT, UNREACHABLE, default_route
+from ksocket.collectors.inspect.base import (
+    AUTH_FAILED,
+    NO_CREDENTIAL,
+    TIMEOUT,
+    UNREACHABLE,
+    default_route,
+    server_text,
+)
 from ksocket.credentials.models import Credential, SSHCredential, WinRMCredential
 
 if TYPE_CHECKING:
@@ -321,7 +328,7 @@ class _Session:
                 except _Stopped:
                     raise
                 except Exception as exc:
-                    message = _reply_problem(exc)
+                    message = server_text(_reply_problem(exc))
                     errors.extend({"section": section, "message": message} for section in group)
                     if isinstance(exc, requests.exceptions.ConnectionError):
                         later = [name for rest in wmi.GROUPS[position + 1 :] for name in rest]
@@ -382,17 +389,17 @@ class _Session:
         if isinstance(exc, WSManFaultError):
             if exc.wsman_fault_code == ACCESS_DENIED or "access is denied" in str(exc.reason).lower():
                 return OperationFailed(AUTH_FAILED, f"{where}: access denied to the account of {path}")
-            return OperationFailed(UNREACHABLE, f"{where}: WS-Management fault: {exc.reason}")
+            return OperationFailed(UNREACHABLE, f"{where}: WS-Management fault: {server_text(str(exc.reason))}")
         if isinstance(exc, requests.exceptions.ConnectTimeout | requests.exceptions.ReadTimeout):
             return OperationFailed(TIMEOUT, f"{where}: no answer within {self.credential.timeout:g} s", transient=True)
         if isinstance(exc, requests.exceptions.SSLError):
-            return OperationFailed(UNREACHABLE, f"{where}: TLS failed: {_reason(exc)}")
+            return OperationFailed(UNREACHABLE, f"{where}: TLS failed: {server_text(_reason(exc))}")
         if isinstance(exc, requests.exceptions.ConnectionError):
-            return OperationFailed(UNREACHABLE, f"{where}: {_reason(exc)}")
+            return OperationFailed(UNREACHABLE, f"{where}: {server_text(_reason(exc))}")
         if isinstance(exc, WinRMTransportError):
             return OperationFailed(UNREACHABLE, f"{where}: HTTP {exc.code} from the server")
         if isinstance(exc, WinRMError):
-            return OperationFailed(UNREACHABLE, f"{where}: {exc}")
+            return OperationFailed(UNREACHABLE, f"{where}: {server_text(str(exc))}")
         return OperationFailed(UNREACHABLE, f"{where}: not a WS-Management reply ({type(exc).__name__})")
 
 

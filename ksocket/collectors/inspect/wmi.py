@@ -29,6 +29,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from ksocket.collectors.inspect.base import server_text
+
 Document = dict[str, Any]
 
 MAX_TEXT = 1024  # a longer string property is cut here
@@ -111,14 +113,14 @@ def parse_output(stdout: bytes, sections: Sequence[str]) -> tuple[dict[str, list
             continue
         try:
             parsed = json.loads(base64.b64decode(payload.strip(), validate=True).decode("utf-8"))
-        except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        except (binascii.Error, UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep JSON: RecursionError
             errors.append({"section": name, "message": f"unreadable output: {type(exc).__name__}"})
             found[name] = []
             continue
         if isinstance(parsed, dict) and isinstance(parsed.get("v"), list):
             found[name] = parsed["v"][:MAX_ITEMS]
         elif isinstance(parsed, dict) and "e" in parsed:
-            errors.append({"section": name, "message": _clip(str(parsed["e"]))})
+            errors.append({"section": name, "message": server_text(str(parsed["e"]), MAX_TEXT)})
             found[name] = []
         else:
             errors.append({"section": name, "message": "unreadable output: not the expected JSON object"})
@@ -155,8 +157,8 @@ def _int(item: Mapping[str, Any], key: str) -> int | None:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
+    if isinstance(value, str) and (digits := re.fullmatch(r"\s*([0-9]{1,20})\s*", value)):
+        return int(digits[1])  # not str.isdigit: "²" is a digit to it, and int() refuses 4300 digits and more
     return None
 
 
