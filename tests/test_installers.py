@@ -10,6 +10,9 @@ a pseudo-terminal. Deselect these tests with ``-m "not release"`` (they take abo
 
 from __future__ import annotations
 
+import ctypes.util
+import importlib.machinery
+import importlib.util
 import json
 import os
 import re
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_service import SHOW, StandIn, _service_is_wired
+from tests.test_service import SHOW, StandIn, _service_is_wired, manual_form
 
 # `release` selects these tests (-m "not release" leaves them out); the first one builds the tarball
 pytestmark = [pytest.mark.release, pytest.mark.timeout(900)]
@@ -205,7 +208,9 @@ def test_unattended_install_reinstall_and_uninstall(unpacked: Path, tmp_path: Pa
     assert f"Welcome to ksocket installer {VERSION}" in done.stdout
     for fact in ("OS:       linux", "Kernel:", "Platform:", "CPU:", "Memory:"):
         assert f"#   {fact}" in done.stdout
-    assert "Skip while ksocket executable is not found." in done.stdout
+    assert "Skip while ksocket executable is not found.\n\nCreate the installation directory" in done.stdout
+    assert re.search(r"^Check the C library \.+ OK \[glibc 2\.\d+\]$", done.stdout, re.M)
+    assert re.search(r"^Check libpcap \.+ OK \[libpcap\.so\.0\.8\]$", done.stdout, re.M)
     assert re.search(r"^Install ksocket and its dependencies \.+ OK", done.stdout, re.M)
     assert re.search(r"^Install the service \.+ Skip \[--no-service\]", done.stdout, re.M)
     log = prefix / "var" / "log" / "ksocket" / "ksinstall.log"
@@ -287,6 +292,41 @@ def test_installers_refuse_what_they_must_not_touch(unpacked: Path, tmp_path: Pa
     assert (unpacked / "ksinstall").exists()
 
 
+@pytest.mark.parametrize(
+    ("libc", "pcap", "ng"),
+    [
+        ("glibc 2.31", "libpcap.so.0.8", "Check the C library ..... NG [glibc 2.31: glibc 2.34 or later is needed]"),
+        ("glibc 2.36", None, "Check libpcap ..... NG [libpcap.so.0.8 not found: apt-get install libpcap0.8]"),
+        ("glibc 2.36", "libpcap.so.1", "Check libpcap ..... NG [libpcap.so.0.8 not found (found libpcap.so.1): "),
+    ],
+)
+def test_ksinstall_checks_the_libraries_of_the_wheels_before_installing(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    libc: str,
+    pcap: str | None,
+    ng: str,
+) -> None:
+    """ksinstall's own code with the system's answers replaced: no tarball needed, nothing may be installed."""
+    loader = importlib.machinery.SourceFileLoader("ksinstall", str(ROOT / "installers" / "ksinstall"))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader("ksinstall", loader))  # type: ignore[arg-type]
+    loader.exec_module(module)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / f"ksocket-{VERSION}-py3-none-any.whl").touch()
+    monkeypatch.setattr(os, "confstr", lambda name: libc)
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: pcap)
+    prefix = tmp_path / "ksocket"
+
+    status = module.main(["--yes", "--prefix", str(prefix), "--wheels", str(wheels), "--no-service"])
+
+    out, err = capsys.readouterr()
+    assert status == 1 and ng in "\n".join(manual_form(out))
+    assert "lacks a library the release needs (NG above); nothing was installed" in err
+    assert not prefix.exists()
+
+
 # --------------------------------------------------------------------------- interactive
 
 
@@ -301,13 +341,17 @@ def test_interactive_install_through_a_terminal(unpacked: Path, tmp_path: Path) 
     term.send(f"\x15{prefix}\r")  # Ctrl-U clears the line
     term.expect("Skip while ksocket executable is not found.")
     term.expect("Scan mode ['intranet', 'azure', 'aws']: intranet")
+    assert (  # the manual's lines, with no blank line between them
+        "Collecting config values from installed ksocket ...\n\nSkip while ksocket executable is not found.\n"
+        "Please confirm informations below for connecting to your space in the Kompira cloud:\nScan mode\n"
+    ) in term.screen
     term.send("\x15gcp\r")
     term.expect("Choose one of intranet, azure, aws.")
     term.expect("Scan mode ['intranet', 'azure', 'aws']: intranet")
     term.send("\x15azure\r")
-    term.expect("Host (e.g. fixpoint.cloud.kompira.jp, or your ksocket hub): ")
+    term.expect("Host (e.g. fixpoint.cloud.kompira.jp): ")
     term.send("hub.example\r")
-    term.expect("Token (hidden; Enter leaves it empty for now): ")
+    term.expect("Ksocket token\nToken (https://hub.example/preference/ksocket/ksockets): ")
     term.send(f"{TOKEN}\r")
     term.expect(f"ksocket {VERSION} is installed in {prefix}.", timeout=240)
     assert term.wait() == 0, term.screen
@@ -324,9 +368,9 @@ def test_interactive_install_through_a_terminal(unpacked: Path, tmp_path: Path) 
     term.expect(f"Found ksocket {VERSION} in {prefix}")
     term.expect("Scan mode ['intranet', 'azure', 'aws']: azure")
     term.send("\r")
-    term.expect("Host (e.g. fixpoint.cloud.kompira.jp, or your ksocket hub): hub.example")
+    term.expect("Host (e.g. fixpoint.cloud.kompira.jp): hub.example")
     term.send("\r")
-    term.expect("Token (hidden; Enter keeps the installed one): ")
+    term.expect("Token (https://hub.example/preference/ksocket/ksockets): ")  # Enter keeps the installed one
     term.send("\r")
     term.expect("Write the config")
     term.expect(f"ksocket {VERSION} is installed in {prefix}.", timeout=240)
@@ -382,8 +426,16 @@ def test_ksinstall_installs_the_service_and_ksuninstall_removes_it(unpacked: Pat
         ["restart", "ksocket.service"],
     ]
 
+    # a reinstall with --no-service still stops the running agent before its environment is rebuilt
     systemctl.forget()
     systemctl.answer("show", "LoadState=loaded\nActiveState=active\n")
+    done = run([SYSTEM_PYTHON, unpacked / "ksinstall", "--yes", "--prefix", prefix, "--no-service"], env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"^Stop the running service \.+ OK$", done.stdout, re.M)
+    assert ["stop", "ksocket.service"] in systemctl.calls()
+    assert ["restart", "ksocket.service"] not in systemctl.calls()
+
+    systemctl.forget()
     done = run([prefix / "ksuninstall", "--yes"], env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     # `ksocket service status` (is there an init system?), then `ksocket service uninstall`
