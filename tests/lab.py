@@ -341,8 +341,8 @@ class Lab:
             prefixlen = 24
             while (1 << (32 - prefixlen)) - 4 < n_hosts:
                 prefixlen -= 1
-        if not 20 <= prefixlen <= 29 or (1 << (32 - prefixlen)) - 4 < n_hosts:
-            raise ValueError(f"{n_hosts} hosts do not fit a /{prefixlen} LAN in 198.18.0.0/20")
+        if not 16 <= prefixlen <= 29 or (1 << (32 - prefixlen)) - 4 < n_hosts:
+            raise ValueError(f"{n_hosts} hosts do not fit a /{prefixlen} LAN in 198.18.0.0/16")
         self.segments["lan"] = Segment("lan", _ip(LAN_BASE), prefixlen, n_hosts)
         return self
 
@@ -415,6 +415,8 @@ class Lab:
         return self.segments[segment].cidr
 
     def _plan(self) -> None:
+        if self.segments["lan"].prefixlen < 20 and {"routed", "tunnel"} & set(self.segments):
+            raise ValueError("a LAN wider than /20 overlaps the routed and tunnel subnets (198.18.16.0 and up)")
         rng = random.Random(self.seed)
         self.hosts = []
         index = 0
