@@ -10,13 +10,15 @@ Redis. Keys, under ``<ns>:journal:``:
 ``results``   HASH    operation id -> ``{"ok": true, "data": …}`` or ``{"ok": false, "error": {…}}``
 ``unacked``   ZSET    operation id scored by its seq: the id -> seq map, and the results in seq order
 ``events``    STREAM  ``kind=progress id done total`` and ``kind=result id seq``, capped (best effort)
+``done``      ZSET    operation id scored by its seq, once its result is acked: the last DONE_KEPT ids
 
 An operation's life: :meth:`Journal.admit` puts it in ``held``; :meth:`Journal.start` marks it
 running (or says to skip it: it already has a result, or it was cancelled); :meth:`Journal.finish`
 gives it the next seq, stores its result and releases it, all at once, and only the first time
 for an id: a second outcome for an id that already has a result, or that is no longer held, is
-dropped. :meth:`Journal.acknowledge` forgets every result up to a seq. An operation cancelled before
-it has a result ends ``cancelled``, whatever its body returns.
+dropped. :meth:`Journal.acknowledge` forgets every result up to a seq but keeps the id in ``done``,
+so that an id the hub sends again after the ack is not admitted (and run) a second time. An
+operation cancelled before it has a result ends ``cancelled``, whatever its body returns.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ from ksocket.protocol import ErrorInfo, JSONObject, Result
 from tasks.errors import CANCELLED
 
 EVENTS_MAXLEN: Final = 1000
+DONE_KEPT: Final = 100_000
+"""Acked operation ids remembered (newest first); an older id sent again would run again."""
 
-# KEYS = seq, held, running, cancel, results, unacked, events (the same order in every script).
+# KEYS = seq, held, running, cancel, results, unacked, events, done (the same order in every script).
 _FINISH = """
 local function finish(id, outcome)
   if redis.call('hexists', KEYS[5], id) == 1 then
@@ -63,6 +67,9 @@ local id, operation, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local outcome = redis.call('hget', KEYS[5], id)
 if outcome then
   return {'done', outcome, redis.call('zscore', KEYS[6], id)}
+end
+if redis.call('zscore', KEYS[8], id) then
+  return {'acked'}
 end
 if redis.call('hexists', KEYS[2], id) == 1 then
   return {'held'}
@@ -130,8 +137,10 @@ return 1
 local ids = redis.call('zrangebyscore', KEYS[6], '-inf', ARGV[1])
 for _, id in ipairs(ids) do
   redis.call('hdel', KEYS[5], id)
+  redis.call('zadd', KEYS[8], redis.call('zscore', KEYS[6], id), id)
 end
 redis.call('zremrangebyscore', KEYS[6], '-inf', ARGV[1])
+redis.call('zremrangebyrank', KEYS[8], 0, -tonumber(ARGV[2]) - 1)
 return #ids
 """,
     "results": """
@@ -146,7 +155,7 @@ return out
 """,
 }
 
-Admission = Literal["admitted", "held", "quota"]
+Admission = Literal["admitted", "held", "acked", "quota"]
 StartState = Literal["run", "done", "gone", "cancelled"]
 CancelState = Literal["cancelled", "signalled", "done", "unknown"]
 
@@ -193,9 +202,10 @@ class Journal:
         self.client = client
         self.namespace = namespace
         prefix = f"{namespace}:journal:"
-        self.keys = [prefix + name for name in ("seq", "held", "running", "cancel", "results", "unacked", "events")]
+        names = ("seq", "held", "running", "cancel", "results", "unacked", "events", "done")
+        self.keys = [prefix + name for name in names]
         self.seq_key, self.held_key, self.running_key, self.cancel_key, self.results_key = self.keys[:5]
-        self.unacked_key, self.events_key = self.keys[5:]
+        self.unacked_key, self.events_key, self.done_key = self.keys[5:]
         self._scripts = {name: client.register_script(source) for name, source in _SCRIPTS.items()}
 
     def _run(self, name: str, *args: Any) -> Any:
@@ -204,13 +214,13 @@ class Journal:
     # --- admission ----------------------------------------------------------------------------
 
     def admit(self, operation_id: str, name: str, params: JSONObject, limit: int) -> Admission | Result:
-        """Holds the operation unless it has a result (returned), is held already, or the quota is full."""
+        """Holds the operation unless it has a result (returned), is held already or acked, or the quota is full."""
         operation = json.dumps({"name": name, "params": params, "admitted": time.time()}, separators=(",", ":"))
         answer = self._run("admit", operation_id, operation, limit)
         state = _text(answer[0])
         if state == "done":
             return _result(operation_id, int(float(answer[2])), _text(answer[1]))
-        assert state in ("admitted", "held", "quota"), state
+        assert state in ("admitted", "held", "acked", "quota"), state
         return state  # type: ignore[return-value]
 
     def release(self, operation_id: str) -> None:
@@ -295,8 +305,8 @@ class Journal:
         return found if isinstance(found, Result) else None
 
     def acknowledge(self, seq: int) -> int:
-        """Forgets every result with a seq up to ``seq``; returns how many."""
-        return int(self._run("acknowledge", seq))
+        """Forgets every result with a seq up to ``seq`` (their ids stay in ``done``); returns how many."""
+        return int(self._run("acknowledge", seq, DONE_KEPT))
 
     # --- events -------------------------------------------------------------------------------
 

@@ -209,6 +209,10 @@ class PipelineRunner:
             return answer
         if answer == "held":
             return Accepted(id=operation.id)
+        if answer == "acked":
+            # The hub acked its result, so it has it: never run it again, and nothing more will come.
+            log.info("operation %s was sent again after its result was acked: not run again", operation.id)
+            return Accepted(id=operation.id)
         if answer == "quota":
             return Refused(
                 id=operation.id,

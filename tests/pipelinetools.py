@@ -35,6 +35,8 @@ import redis
 
 from ksocket.collectors.base import Context, Document, InvalidParams, OperationFailed
 from ksocket.protocol import Operation, Progress, Result
+from tasks.broker import NAMESPACE
+from tasks.context import OperationContext
 from tasks.operations import register
 from tasks.pipeline import Timings
 from tasks.runner import PipelineRunner
@@ -152,6 +154,24 @@ def nan_body(params: Document, context: Context) -> Document:
     return {"value": float("nan")}
 
 
+def runs_key(namespace: str = NAMESPACE) -> str:
+    return f"{namespace}:test:runs"
+
+
+def counted_body(params: Document, context: Context) -> Document:
+    """Counts its runs per operation id in the broker's Redis (a hash at :func:`runs_key`), then sleeps ``seconds``."""
+    assert isinstance(context, OperationContext)
+    journal = context.journal
+    journal.client.hincrby(runs_key(journal.namespace), context.operation_id, 1)
+    time.sleep(float(params.get("seconds", 0)))
+    return {}
+
+
+def runs(client: redis.Redis, namespace: str = NAMESPACE) -> dict[str, int]:
+    """How many times each ``test.counted`` body started, by operation id."""
+    return {key.decode(): int(value) for key, value in client.hgetall(runs_key(namespace)).items()}
+
+
 register("test.sleep", sleep_body, time_limit=60, min_backoff=0.05, max_backoff=0.2)
 register("test.fail", fail_body, time_limit=10, max_retries=3, min_backoff=0.05, max_backoff=0.2)
 register("test.busy", busy_body, time_limit=0.5, min_backoff=0.05, max_backoff=0.2)
@@ -159,6 +179,7 @@ register("test.track", track_body, time_limit=30, min_backoff=0.05, max_backoff=
 register("test.count", count_body, validate=check_count, min_backoff=0.05, max_backoff=0.2)
 register("test.echo", echo_body, min_backoff=0.05, max_backoff=0.2)
 register("test.nan", nan_body, min_backoff=0.05, max_backoff=0.2)
+register("test.counted", counted_body, min_backoff=0.05, max_backoff=0.2)
 
 
 # --------------------------------------------------------------------------- runners and events

@@ -23,7 +23,7 @@ from tasks.journal import Journal, encode_success
 from tasks.operations import QUEUE
 from tasks.pipeline import Pipeline
 from tasks.runner import PipelineRunner
-from tests.pipelinetools import FAST, TRACKER, collect, embedded_url, kill_embedded, op, running, wait_until
+from tests.pipelinetools import FAST, TRACKER, collect, embedded_url, kill_embedded, op, running, runs, wait_until
 
 
 @pytest.fixture
@@ -308,6 +308,21 @@ def test_acknowledge_trims_every_result_up_to_the_seq(url: str) -> None:
     asyncio.run(scenario())
 
 
+def test_an_id_sent_again_after_its_result_was_acked_is_accepted_and_never_runs_again(url: str) -> None:
+    async def scenario() -> None:
+        async with running(url) as runner:
+            assert await runner.submit(op("once", "test.counted")) == Accepted(id="once")
+            result = (await collect(runner, ["once"]))["once"]
+            await runner.acknowledge(result.seq)
+        async with running(url) as runner:  # the record of it outlives a restart
+            assert await runner.submit(op("once", "test.counted")) == Accepted(id="once")
+            await asyncio.sleep(0.5)
+            assert await runner.held() == [] and await runner.unacked() == []
+            assert runs(runner.pipeline.broker.redis) == {"once": 1}
+
+    asyncio.run(scenario())
+
+
 def test_progress_is_reported_and_throttled(url: str) -> None:
     progress: list[Progress] = []
     elapsed = 0.0
@@ -480,6 +495,7 @@ def test_journal_keys_are_what_the_module_says(url: str) -> None:
         assert json.loads(client.hget("ns:journal:results", "a") or b"{}")["error"]["code"] == "cancelled"
         assert client.zscore("ns:journal:unacked", "a") == 1.0
         assert not client.exists("ns:journal:held", "ns:journal:running", "ns:journal:cancel")
+        assert journal.acknowledge(1) == 1 and client.zscore("ns:journal:done", "a") == 1.0
     finally:
         pipeline.close()
 
