@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import tracemalloc
 import types
 from collections import deque
@@ -458,3 +460,20 @@ def test_a_syn_ack_opens_a_port_and_any_reset_closes_it() -> None:
         )
         engine._handle(reply, 0.0, FakeLink())  # type: ignore[arg-type]
     assert engine.hosts[HOST].open == {22} and engine.hosts[HOST].closed == {80}
+
+
+def test_a_hanging_resolver_holds_neither_the_scan_nor_the_process_at_exit() -> None:
+    code = (
+        "import threading\n"
+        "from ksocket.collectors import discovery\n"
+        "from ksocket.collectors.base import NullContext\n"
+        "discovery.Resolver._lookup = staticmethod(lambda address: threading.Event().wait() and None)\n"
+        "resolver = discovery.Resolver(True)\n"
+        "for address in range(20):\n"
+        "    resolver.submit(address)\n"
+        "print(sorted(set(resolver.finish(NullContext(), wait=0.1).values()), key=str))\n"
+        "resolver.close()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "[None]\n"

@@ -26,7 +26,9 @@ The modules: :mod:`.targets` (parsing, lazy expansion), :mod:`.routes` (the kern
 from __future__ import annotations
 
 import concurrent.futures
+import queue
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -136,14 +138,17 @@ def validate(params: Document) -> Request:
 
 
 class Resolver:
-    """Reverse DNS through the system resolver, a few lookups at a time, started as hosts are found."""
+    """Reverse DNS through the system resolver, a few lookups at a time, started as hosts are found.
+
+    The lookups run on daemon threads: a resolver that hangs holds the scan no longer than
+    ``DNS_WAIT`` and never holds the process at exit (an executor's threads are joined then).
+    """
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.futures: dict[int, concurrent.futures.Future[str | None]] = {}
-        self.pool = (
-            concurrent.futures.ThreadPoolExecutor(DNS_WORKERS, thread_name_prefix="ksocket-dns") if enabled else None
-        )
+        self._queue: queue.SimpleQueue[tuple[int, concurrent.futures.Future[str | None]] | None] = queue.SimpleQueue()
+        self._workers = 0
 
     @staticmethod
     def _lookup(address: str) -> str | None:
@@ -153,25 +158,39 @@ class Resolver:
             return None
         return name or None
 
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            address, future = item
+            if future.set_running_or_notify_cancel():
+                future.set_result(self._lookup(to_str(address)))
+
     def submit(self, address: int) -> None:
-        if self.pool is not None and address not in self.futures:
-            self.futures[address] = self.pool.submit(self._lookup, to_str(address))
+        if not self.enabled or address in self.futures:
+            return
+        future: concurrent.futures.Future[str | None] = concurrent.futures.Future()
+        self.futures[address] = future
+        self._queue.put((address, future))
+        if self._workers < DNS_WORKERS:
+            threading.Thread(target=self._work, name="ksocket-dns", daemon=True).start()
+            self._workers += 1
 
     def finish(self, context: Context, wait: float = DNS_WAIT) -> dict[int, str | None]:
-        names: dict[int, str | None] = {}
-        if self.pool is None:
-            return names
         end = time.monotonic() + wait
-        try:
-            pending = set(self.futures.values())
-            while pending and time.monotonic() < end:
-                context.check_cancelled()
-                _, pending = concurrent.futures.wait(pending, timeout=min(0.1, max(0.0, end - time.monotonic())))
-            for address, future in self.futures.items():
-                names[address] = future.result() if future.done() and not future.cancelled() else None
-        finally:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-        return names
+        pending = set(self.futures.values())
+        while pending and time.monotonic() < end:
+            context.check_cancelled()
+            _, pending = concurrent.futures.wait(pending, timeout=min(0.1, max(0.0, end - time.monotonic())))
+        return {
+            address: future.result() if future.done() and not future.cancelled() else None
+            for address, future in self.futures.items()
+        }
+
+    def close(self) -> None:
+        """Lets the workers end once their lookup is done; lookups not yet started are dropped."""
+        for future in self.futures.values():
+            future.cancel()
+        for _ in range(self._workers):
+            self._queue.put(None)
 
 
 _EVIDENCE_ORDER = {"arp": 0, "icmp": 1, "icmp-unreachable": 2}
@@ -218,8 +237,7 @@ def scan(request: Request, context: Context, *, capture_device: str | None = Non
         engine.run()
         names = resolver.finish(context)
     finally:
-        if resolver.pool is not None:
-            resolver.pool.shutdown(wait=False, cancel_futures=True)
+        resolver.close()
     hosts = [host_document(engine.hosts[address], names.get(address)) for address in sorted(engine.hosts)]
     return {
         "mode": "intranet",
