@@ -5,7 +5,8 @@ Redis. Keys, under ``<ns>:journal:``:
 
 ``seq``       STRING  the last seq handed out; grows by one per result, survives restarts
 ``held``      HASH    operation id -> ``{"name", "params", "admitted"}``: queued or running (quota, dedupe)
-``running``   HASH    operation id -> id of the worker (Dramatiq broker id) that started it last
+``running``   HASH    operation id -> the attempt running it: ``<worker (Dramatiq broker id)>/<nonce>``
+``lease``     ZSET    operation id scored by when its attempt's lease ends (ms, Redis ``TIME``)
 ``cancel``    SET     ids of running operations asked to cancel
 ``results``   HASH    operation id -> ``{"ok": true, "data": …}`` or ``{"ok": false, "error": {…}}``
 ``unacked``   ZSET    operation id scored by its seq: the id -> seq map, and the results in seq order
@@ -13,9 +14,10 @@ Redis. Keys, under ``<ns>:journal:``:
 ``done``      ZSET    operation id scored by its seq, once its result is acked: the last DONE_KEPT ids
 
 An operation's life: :meth:`Journal.admit` puts it in ``held``; :meth:`Journal.start` marks it
-running (or says to skip it: it already has a result, or it was cancelled); :meth:`Journal.finish`
-gives it the next seq, stores its result and releases it, all at once, and only the first time
-for an id: a second outcome for an id that already has a result, or that is no longer held, is
+running under a lease (or says to skip it: it already has a result, or it was cancelled, or another
+attempt holds a lease that has not ended); the worker running it renews the lease (:meth:`Journal.renew`)
+until :meth:`Journal.finish` gives it the next seq, stores its result and releases it, all at once,
+and only the first time for an id: a second outcome for an id that already has a result, or that is no longer held, is
 dropped. :meth:`Journal.acknowledge` forgets every result up to a seq but keeps the id in ``done``,
 so that an id the hub sends again after the ack is not admitted (and run) a second time. An
 operation cancelled before it has a result ends ``cancelled``, whatever its body returns.
@@ -37,8 +39,26 @@ EVENTS_MAXLEN: Final = 1000
 DONE_KEPT: Final = 100_000
 """Acked operation ids remembered (newest first); an older id sent again would run again."""
 
-# KEYS = seq, held, running, cancel, results, unacked, events, done (the same order in every script).
-_FINISH = """
+# KEYS = seq, held, running, cancel, results, unacked, events, done, lease (the same order in every script).
+# Leases are on the Redis server's clock, the one clock every worker shares.
+_LEASE = """
+local function now_ms()
+  local time = redis.call('time')
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
+local function leased_to_another(id, attempt)
+  local holder = redis.call('hget', KEYS[3], id)
+  return holder and holder ~= attempt and (tonumber(redis.call('zscore', KEYS[9], id)) or 0) > now_ms()
+end
+local function release(id)
+  redis.call('hdel', KEYS[3], id)
+  redis.call('zrem', KEYS[9], id)
+end
+"""
+
+_FINISH = (
+    _LEASE
+    + """
 local function finish(id, outcome)
   if redis.call('hexists', KEYS[5], id) == 1 then
     return {0, tonumber(redis.call('zscore', KEYS[6], id)) or 0}
@@ -53,12 +73,13 @@ local function finish(id, outcome)
   redis.call('hset', KEYS[5], id, outcome)
   redis.call('zadd', KEYS[6], seq, id)
   redis.call('hdel', KEYS[2], id)
-  redis.call('hdel', KEYS[3], id)
+  release(id)
   redis.call('srem', KEYS[4], id)
   redis.call('xadd', KEYS[7], 'MAXLEN', '~', ARGV[#ARGV - 1], '*', 'kind', 'result', 'id', id, 'seq', seq)
   return {1, seq}
 end
 """
+)
 
 # Every script's ARGV ends with: events maxlen, the cancelled outcome (for finish()).
 _SCRIPTS: Final = {
@@ -82,18 +103,22 @@ return {'admitted'}
 """,
     "start": _FINISH
     + """
-local id, worker = ARGV[1], ARGV[2]
+local id, attempt, lease = ARGV[1], ARGV[2], tonumber(ARGV[3])
 if redis.call('hexists', KEYS[5], id) == 1 then
   return 'done'
 end
 if redis.call('hexists', KEYS[2], id) == 0 then
   return 'gone'
 end
+if leased_to_another(id, attempt) then
+  return 'busy'
+end
 if redis.call('sismember', KEYS[4], id) == 1 then
   finish(id, ARGV[#ARGV])
   return 'cancelled'
 end
-redis.call('hset', KEYS[3], id, worker)
+redis.call('hset', KEYS[3], id, attempt)
+redis.call('zadd', KEYS[9], now_ms() + lease, id)
 return 'run'
 """,
     "finish": _FINISH
@@ -102,12 +127,15 @@ return finish(ARGV[1], ARGV[2])
 """,
     "requeued": _FINISH
     + """
-local id = ARGV[1]
+local id, attempt = ARGV[1], ARGV[2]
+if leased_to_another(id, attempt) then
+  return 'running'
+end
 if redis.call('sismember', KEYS[4], id) == 1 then
   finish(id, ARGV[#ARGV])
   return 'cancelled'
 end
-redis.call('hdel', KEYS[3], id)
+release(id)
 return 'queued'
 """,
     "cancel": _FINISH
@@ -126,12 +154,24 @@ end
 finish(id, ARGV[#ARGV])
 return 'cancelled'
 """,
-    "release": """
+    "release": _LEASE
+    + """
 local id = ARGV[1]
 redis.call('hdel', KEYS[2], id)
-redis.call('hdel', KEYS[3], id)
+release(id)
 redis.call('srem', KEYS[4], id)
 return 1
+""",
+    "renew": _LEASE
+    + """
+local lease, renewed = tonumber(ARGV[1]), 0
+for i = 2, #ARGV - 2, 2 do
+  if redis.call('hget', KEYS[3], ARGV[i]) == ARGV[i + 1] then
+    redis.call('zadd', KEYS[9], now_ms() + lease, ARGV[i])
+    renewed = renewed + 1
+  end
+end
+return renewed
 """,
     "acknowledge": """
 local ids = redis.call('zrangebyscore', KEYS[6], '-inf', ARGV[1])
@@ -156,7 +196,8 @@ return out
 }
 
 Admission = Literal["admitted", "held", "acked", "quota"]
-StartState = Literal["run", "done", "gone", "cancelled"]
+StartState = Literal["run", "done", "gone", "cancelled", "busy"]
+RequeueState = Literal["queued", "cancelled", "running"]
 CancelState = Literal["cancelled", "signalled", "done", "unknown"]
 
 
@@ -169,6 +210,10 @@ class Held:
     params: JSONObject
     admitted: float
     """Wall-clock time of admission (seconds since the epoch)."""
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
 
 
 def _text(value: bytes | str) -> str:
@@ -202,10 +247,10 @@ class Journal:
         self.client = client
         self.namespace = namespace
         prefix = f"{namespace}:journal:"
-        names = ("seq", "held", "running", "cancel", "results", "unacked", "events", "done")
+        names = ("seq", "held", "running", "cancel", "results", "unacked", "events", "done", "lease")
         self.keys = [prefix + name for name in names]
         self.seq_key, self.held_key, self.running_key, self.cancel_key, self.results_key = self.keys[:5]
-        self.unacked_key, self.events_key, self.done_key = self.keys[5:]
+        self.unacked_key, self.events_key, self.done_key, self.lease_key = self.keys[5:]
         self._scripts = {name: client.register_script(source) for name, source in _SCRIPTS.items()}
 
     def _run(self, name: str, *args: Any) -> Any:
@@ -250,24 +295,31 @@ class Journal:
         return int(self.client.hlen(self.held_key))
 
     def running(self) -> dict[str, str]:
-        """Operation id -> the worker that started it, for those marked running."""
+        """Operation id -> the attempt (``worker/nonce``) that started it, for those marked running."""
         return {_text(k): _text(v) for k, v in self.client.hgetall(self.running_key).items()}
 
     # --- an operation's life ------------------------------------------------------------------
 
-    def start(self, operation_id: str, worker: str) -> StartState:
-        """Marks it running; or says why not to run it: "done", "gone" (not held) or "cancelled"."""
-        state: StartState = _text(self._run("start", operation_id, worker))  # type: ignore[assignment]
+    def start(self, operation_id: str, attempt: str, lease: float) -> StartState:
+        """Marks it running by ``attempt`` for ``lease`` seconds; or says why not to run it: "done", "gone"
+        (not held), "cancelled", or "busy" (another attempt's lease has not ended: try again later)."""
+        state: StartState = _text(self._run("start", operation_id, attempt, _ms(lease)))  # type: ignore[assignment]
         return state
+
+    def renew(self, attempts: dict[str, str], lease: float) -> int:
+        """Extends the lease of each operation id still run by its attempt; returns how many."""
+        pairs = [value for item in attempts.items() for value in item]
+        return int(self._run("renew", _ms(lease), *pairs)) if pairs else 0
 
     def finish(self, operation_id: str, outcome: str) -> int | None:
         """Records the outcome under the next seq and releases the operation; None if it was dropped."""
         recorded, seq = self._run("finish", operation_id, outcome)
         return int(seq) if recorded else None
 
-    def requeued(self, operation_id: str) -> Literal["queued", "cancelled"]:
-        """The operation waits for another attempt (a retry, a worker that stopped); "cancelled" ends it now."""
-        state: Literal["queued", "cancelled"] = _text(self._run("requeued", operation_id))  # type: ignore[assignment]
+    def requeued(self, operation_id: str, attempt: str = "") -> RequeueState:
+        """The operation waits for another attempt (a retry, a worker that stopped); "cancelled" ends it now;
+        "running": an attempt other than ``attempt`` holds a lease that has not ended, and nothing changes."""
+        state: RequeueState = _text(self._run("requeued", operation_id, attempt))  # type: ignore[assignment]
         return state
 
     def cancel(self, operation_id: str) -> CancelState:

@@ -16,6 +16,11 @@ Dramatiq calls ``before_*`` hooks in list order and ``after_*`` hooks in reverse
 ``before_process_message`` asks the journal whether to run the message at all: not if the operation
 already has a result (a message redelivered after its worker died between the result and the ack)
 or is no longer held, nor if it was cancelled while it waited; those messages are skipped (acked).
+Dramatiq delivers at least once: a worker that only looks dead (a clock that disagrees, Redis out of
+reach longer than the heartbeat timeout) has its message handed to another while it still runs it.
+So each attempt runs under a lease in the journal, on Redis's clock, which this middleware renews
+from one thread per process while the body runs; a message for an operation whose lease another
+attempt holds is put back, delayed by one lease, and skipped: it runs only if that attempt vanished.
 A message that Dramatiq dead-letters any other way (no actor of that name on this worker) ends its
 operation with ``internal``, so the hub never waits for a result that cannot come.
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from typing import Any
 
 from dramatiq.broker import Broker, MessageProxy
@@ -62,24 +68,61 @@ class Lifecycle(Middleware):
         self,
         journal: Journal,
         *,
+        lease: float = 10.0,
         progress_interval: float = 0.25,
         cancel_interval: float = 0.2,
     ) -> None:
         self.journal = journal
+        self.lease = lease
+        """Seconds an attempt holds its operation without a renewal; renewed every quarter of that."""
         self.progress_interval = progress_interval
         self.cancel_interval = cancel_interval
         self.stopping = threading.Event()
         """Set when the worker stops: running bodies get Interrupted at their next check."""
+        self._attempts: dict[str, str] = {}
+        """Operation id -> attempt, for the operations this process runs now (their leases to renew)."""
+        self._attempts_lock = threading.Lock()
+        self._renewer: threading.Thread | None = None
+        self._renewer_stop = threading.Event()
+
+    def after_worker_boot(self, broker: Broker, worker: Any) -> None:
+        self._renewer_stop.clear()
+        self._renewer = threading.Thread(target=self._renew_leases, name="ksocket-leases", daemon=True)
+        self._renewer.start()
+
+    def after_worker_shutdown(self, broker: Broker, worker: Any) -> None:
+        self._renewer_stop.set()
+        if self._renewer is not None:
+            self._renewer.join()
+            self._renewer = None
+
+    def _renew_leases(self) -> None:
+        while not self._renewer_stop.wait(self.lease / 4):
+            with self._attempts_lock:
+                attempts = dict(self._attempts)
+            try:
+                self.journal.renew(attempts, self.lease)
+            except Exception as exc:  # Redis out of reach: the next round tries again
+                log.warning("cannot renew the leases of %d running operations: %s", len(attempts), exc)
+
+    def _forget_attempt(self, op_id: str) -> str:
+        with self._attempts_lock:
+            return self._attempts.pop(op_id, "")
 
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         op_id = operation_id(message)
         if op_id is None:
             return
-        worker = str(getattr(broker, "broker_id", "worker"))
-        state = self.journal.start(op_id, worker)
+        attempt = f"{getattr(broker, 'broker_id', 'worker')}/{uuid.uuid4().hex[:12]}"
+        state = self.journal.start(op_id, attempt, self.lease)
+        if state == "busy":
+            log.warning("operation %s (%s) already runs under another attempt's lease", op_id, message.actor_name)
+            broker.enqueue(message.copy(), delay=int(self.lease * 1000))  # looks again once that lease could end
         if state != "run":
             log.info("operation %s (%s) not run: %s", op_id, message.actor_name, state)
             raise SkipMessage(state)
+        with self._attempts_lock:
+            self._attempts[op_id] = attempt
         _current.context = OperationContext(
             self.journal,
             op_id,
@@ -101,12 +144,13 @@ class Lifecycle(Middleware):
         _current.context = None
         if op_id is None:
             return
+        attempt = self._forget_attempt(op_id)
         if exception is None:
             outcome = self._success(op_id, message.actor_name, context)
         elif getattr(message, "failed", False):
             outcome = self._failure(broker, message, exception)
         else:
-            self.journal.requeued(op_id)
+            self.journal.requeued(op_id, attempt)
             log.info("operation %s (%s) waits for another attempt: %s", op_id, message.actor_name, exception)
             return
         seq = self.journal.finish(op_id, outcome)

@@ -38,7 +38,8 @@ class Timings:
     """The pipeline's clocks, in seconds. Tests shorten them; the defaults suit an agent."""
 
     heartbeat_timeout: float = brokers.DEFAULT_HEARTBEAT_TIMEOUT
-    """A worker silent this long counts as dead: the messages it held go back on the queue."""
+    """A worker silent this long counts as dead: the messages it held go back on the queue. Also the
+    lease of a running operation (on Redis's clock): another attempt may start it once that ends."""
     requeue_interval: float = brokers.DEFAULT_REQUEUE_INTERVAL
     """How often each consumer thread looks for dead workers' messages to requeue."""
     worker_timeout: float = 1.0
@@ -82,7 +83,10 @@ class Pipeline:
         try:
             self.journal = Journal(self.broker.redis, namespace)
             self.lifecycle = Lifecycle(
-                self.journal, progress_interval=timings.progress_interval, cancel_interval=timings.cancel_interval
+                self.journal,
+                lease=timings.heartbeat_timeout,
+                progress_interval=timings.progress_interval,
+                cancel_interval=timings.cancel_interval,
             )
             for middleware in (
                 self.lifecycle,
@@ -173,8 +177,11 @@ class Pipeline:
         for held in self.orphans(age):
             if self.registry.get(held.name) is None or held.name not in self.broker.actors:
                 continue
-            if self.journal.requeued(held.id) == "cancelled":
+            state = self.journal.requeued(held.id)
+            if state == "cancelled":
                 continue  # it was cancelled meanwhile: that is its result
+            if state == "running":
+                continue  # a worker runs it still, under its lease (its message went to another worker)
             log.warning("operation %s (%s) had no message left: enqueueing it again", held.id, held.name)
             self.enqueue(held.id, held.name, held.params)
             recovered.append(held.id)

@@ -410,16 +410,50 @@ def test_finishing_is_at_most_once_per_id(url: str) -> None:
         journal = pipeline.journal
         assert journal.admit("a", "test.echo", {}, 5) == "admitted"
         assert journal.admit("a", "test.echo", {}, 5) == "held"
-        assert journal.start("a", "w1") == "run"
+        assert journal.start("a", "w1/1", lease=10) == "run"
         assert journal.finish("a", encode_success({"first": True})) == 1
         assert journal.finish("a", encode_success({"second": True})) is None  # a redelivered message's outcome
-        assert journal.start("a", "w2") == "done"
+        assert journal.start("a", "w2/1", lease=10) == "done"
         assert journal.last_seq() == 1
         assert journal.results() == [Result.success(id="a", seq=1, data={"first": True})]
         assert journal.finish("never-admitted", encode_success({})) is None
         assert journal.last_seq() == 1
     finally:
         pipeline.close()
+
+
+def test_an_attempt_holds_its_operation_while_its_lease_lasts_and_renewals_extend_it(url: str) -> None:
+    pipeline = Pipeline(url, timings=FAST, namespace="unit")
+    try:
+        journal = pipeline.journal
+        journal.admit("a", "test.echo", {}, 5)
+        assert journal.start("a", "w1/1", lease=0.4) == "run"
+        assert journal.start("a", "w2/1", lease=0.4) == "busy"  # a second delivery while the first runs
+        assert journal.requeued("a") == "running"  # recovery leaves it alone too
+        for _ in range(3):
+            time.sleep(0.2)
+            assert journal.renew({"a": "w1/1"}, lease=0.4) == 1
+        assert journal.start("a", "w2/1", lease=0.4) == "busy"
+        time.sleep(0.5)  # w1 stopped renewing: it is gone
+        assert journal.start("a", "w2/1", lease=0.4) == "run"
+        assert journal.renew({"a": "w1/1"}, lease=0.4) == 0  # w1's renewals no longer count
+    finally:
+        pipeline.close()
+
+
+def test_a_message_delivered_again_while_its_operation_runs_does_not_run_it_twice(url: str) -> None:
+    async def scenario() -> None:
+        async with running(url, max_running_operations=2) as runner:
+            params = {"seconds": 1.0}
+            assert await runner.submit(op("twice", "test.counted", **params)) == Accepted(id="twice")
+            client = runner.pipeline.broker.redis
+            await wait_until(lambda: runs(client) == {"twice": 1})
+            runner.pipeline.enqueue("twice", "test.counted", params)  # what a requeue from a "dead" worker does
+            await collect(runner, ["twice"])
+            await asyncio.sleep(0.5)
+            assert runs(client) == {"twice": 1}
+
+    asyncio.run(scenario())
 
 
 def test_broker_urls() -> None:
@@ -486,15 +520,16 @@ def test_journal_keys_are_what_the_module_says(url: str) -> None:
     try:
         journal = pipeline.journal
         journal.admit("a", "test.echo", {"p": 1}, 5)
-        journal.start("a", "w")
+        journal.start("a", "w/1", lease=10)
         client: redis.Redis = pipeline.broker.redis
         assert json.loads(client.hget("ns:journal:held", "a") or b"{}")["params"] == {"p": 1}
-        assert client.hget("ns:journal:running", "a") == b"w"
+        assert client.hget("ns:journal:running", "a") == b"w/1"
+        assert (client.zscore("ns:journal:lease", "a") or 0) > 1000 * client.time()[0]
         assert journal.cancel("a") == "signalled" and client.sismember("ns:journal:cancel", "a")
         assert journal.finish("a", encode_success({"ignored": True})) == 1
         assert json.loads(client.hget("ns:journal:results", "a") or b"{}")["error"]["code"] == "cancelled"
         assert client.zscore("ns:journal:unacked", "a") == 1.0
-        assert not client.exists("ns:journal:held", "ns:journal:running", "ns:journal:cancel")
+        assert not client.exists("ns:journal:held", "ns:journal:running", "ns:journal:cancel", "ns:journal:lease")
         assert journal.acknowledge(1) == 1 and client.zscore("ns:journal:done", "a") == 1.0
     finally:
         pipeline.close()
