@@ -299,6 +299,20 @@ def create_broker(
     )
 
 
+def warn_unless_append_only(client: redis.Redis, url: str) -> None:
+    """Logs a warning if the Redis server keeps no append-only file: its restart would lose the journal."""
+    try:
+        setting: Any = client.config_get("appendonly").get("appendonly")
+    except redis.ResponseError:  # CONFIG is often disabled on managed servers: nothing to tell then
+        return
+    if setting in ("no", b"no"):
+        log.warning(
+            "the broker at %s keeps no append-only file (appendonly no): if it restarts, accepted operations"
+            " and unacked results are lost; set appendonly yes",
+            _redact(url),
+        )
+
+
 def _redact(url: str) -> str:
     """The URL without its password, for messages."""
     scheme, sep, rest = url.partition("://")

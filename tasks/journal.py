@@ -12,6 +12,8 @@ Redis. Keys, under ``<ns>:journal:``:
 ``unacked``   ZSET    operation id scored by its seq: the id -> seq map, and the results in seq order
 ``events``    STREAM  ``kind=progress id done total`` and ``kind=result id seq``, capped (best effort)
 ``done``      ZSET    operation id scored by its seq, once its result is acked: the last DONE_KEPT ids
+``epoch``     STRING  when the agent first opened this journal: without it, an agent that has sent
+                      results before knows its journal (and seq count) was lost
 
 An operation's life: :meth:`Journal.admit` puts it in ``held``; :meth:`Journal.start` marks it
 running under a lease (or says to skip it: it already has a result, or it was cancelled, or another
@@ -251,10 +253,19 @@ class Journal:
         self.keys = [prefix + name for name in names]
         self.seq_key, self.held_key, self.running_key, self.cancel_key, self.results_key = self.keys[:5]
         self.unacked_key, self.events_key, self.done_key, self.lease_key = self.keys[5:]
+        self.epoch_key = prefix + "epoch"
         self._scripts = {name: client.register_script(source) for name, source in _SCRIPTS.items()}
 
     def _run(self, name: str, *args: Any) -> Any:
         return self._scripts[name](keys=self.keys, args=[*args, EVENTS_MAXLEN, _CANCELLED_OUTCOME])
+
+    def open(self) -> bool:
+        """Marks the journal as the agent's; True if it is new: never marked, and no seq handed out."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(self.epoch_key, str(time.time()), nx=True)
+            pipe.exists(self.seq_key)
+            marked, used = pipe.execute()
+        return bool(marked) and not used
 
     # --- admission ----------------------------------------------------------------------------
 

@@ -16,6 +16,12 @@ After a restart on the same broker, every operation still held finishes: its mes
 queued, or Dramatiq requeues it once the dead worker's heartbeat is ``heartbeat_timeout`` old, or
 the runner finds it has no message at all (killed between admitting and enqueueing) and enqueues
 it again (``recover_interval``, ``orphan_age``).
+
+The seq count lives in Redis, the agent id in a file (:class:`~statemachine.link.Identity`). If the
+Redis lost its data (no append-only file, broker.db deleted), seq would start again at 1 under the
+same agent id, and the hub, which has seen those seqs, would ack the new results and drop them. So
+on start, a journal that is new while an identity exists costs the agent its id: the hub counts a
+new agent id afresh (protocol.md).
 """
 
 from __future__ import annotations
@@ -26,15 +32,18 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
 import redis
 
+from ksocket import paths
 from ksocket.config import Settings
 from ksocket.protocol import Accepted, Operation, Progress, Refused, Result
+from statemachine.link import Identity
 from statemachine.runner import Admission
-from tasks.broker import NAMESPACE
+from tasks.broker import NAMESPACE, warn_unless_append_only
 from tasks.errors import BrokerError, InvalidParams, OperationFailed
 from tasks.journal import Held
 from tasks.operations import REGISTRY, Registry
@@ -89,7 +98,8 @@ class PipelineRunner:
 
     Use ``async with PipelineRunner(settings) as runner:`` or :meth:`start` / :meth:`stop`.
     Explicit arguments override the settings: ``broker_url``, ``max_operations``,
-    ``max_running_operations`` (0: no worker in this process, others do the work).
+    ``max_running_operations`` (0: no worker in this process, others do the work), ``identity_folder``
+    (where the link keeps the agent's identity).
     """
 
     def __init__(
@@ -103,6 +113,7 @@ class PipelineRunner:
         timings: Timings | None = None,
         registry: Registry | None = None,
         appendfsync: str = "always",
+        identity_folder: Path | None = None,
     ) -> None:
         settings = settings or Settings()
         self.broker_url = broker_url or settings.broker
@@ -112,6 +123,7 @@ class PipelineRunner:
         self.timings = timings or Timings()
         self.registry = registry or REGISTRY
         self.appendfsync = appendfsync
+        self.identity_folder = identity_folder or paths.state_dir()
         self._pipeline: Pipeline | None = None
         self._events = _Events()
         self._pump: asyncio.Task[None] | None = None
@@ -137,6 +149,7 @@ class PipelineRunner:
             appendfsync=self.appendfsync,
         )
         try:
+            await asyncio.to_thread(self._open_journal, pipeline)
             if self.threads > 0:
                 await asyncio.to_thread(pipeline.start_worker, self.threads)
             self._last_seq = await asyncio.to_thread(pipeline.journal.last_seq)
@@ -147,6 +160,17 @@ class PipelineRunner:
             raise
         self._pipeline = pipeline
         self._pump = asyncio.create_task(self._follow(last_event), name="ksocket-pipeline-events")
+
+    def _open_journal(self, pipeline: Pipeline) -> None:
+        if pipeline.broker.embedded is None:
+            warn_unless_append_only(pipeline.broker.redis, self.broker_url)
+        if pipeline.journal.open() and Identity.exists(self.identity_folder):
+            log.error(
+                "the journal in the broker's Redis is empty, but this agent has used one before: its Redis lost"
+                " its data, and with it the operations held and the results not yet acked. This agent takes a"
+                " new agent id, so that the hub counts its results (seq) afresh."
+            )
+            Identity(self.identity_folder).renew()
 
     async def stop(self, grace: float | None = None) -> None:
         """Stops the worker (running operations get ``grace`` seconds to notice) and the broker."""

@@ -33,7 +33,7 @@ async def measure(folder: Path, broker: str) -> tuple[float, list[float]]:
             max_operations=BURST + 10,
             max_running_operations=5,
         )
-        async with PipelineRunner(settings) as runner:
+        async with PipelineRunner(settings, identity_folder=folder / "identity") as runner:
             link = Link(settings, runner, identity=Identity(folder / "identity"))
             task = asyncio.ensure_future(link.run())
             await hub.wait_connected("bench", timeout=30)

@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -194,12 +195,14 @@ async def running(url: str, **options: Any) -> AsyncIterator[PipelineRunner]:
     options.setdefault("timings", FAST)
     options.setdefault("max_operations", 100)
     options.setdefault("max_running_operations", 4)
-    runner = PipelineRunner(broker_url=url, **options)
-    await runner.start()
-    try:
-        yield runner
-    finally:
-        await runner.stop(grace=3.0)
+    with tempfile.TemporaryDirectory(prefix="ksocket-identity-") as identity:
+        options.setdefault("identity_folder", Path(identity))
+        runner = PipelineRunner(broker_url=url, **options)
+        await runner.start()
+        try:
+            yield runner
+        finally:
+            await runner.stop(grace=3.0)
 
 
 async def collect(
@@ -381,7 +384,11 @@ def read_lines_until(process: subprocess.Popen[str], last: str, timeout: float =
 
 async def _agent(args: argparse.Namespace) -> None:
     runner = PipelineRunner(
-        broker_url=args.url, max_operations=1000, max_running_operations=args.threads, timings=KILLABLE
+        broker_url=args.url,
+        max_operations=1000,
+        max_running_operations=args.threads,
+        timings=KILLABLE,
+        identity_folder=Path(args.log).parent,
     )
     await runner.start()
     for op_id in [i for i in args.ids.split(",") if i]:

@@ -65,7 +65,7 @@ async def wait_all(hub: Hub, ids: list[str], timeout: float = 120) -> None:
 
 @contextlib.asynccontextmanager
 async def agent(settings: Settings, folder: Path, timings: Timings = FAST) -> AsyncIterator[Link]:
-    async with PipelineRunner(settings, timings=timings) as runner:
+    async with PipelineRunner(settings, timings=timings, identity_folder=folder / "identity") as runner:
         link = Link(settings, runner, identity=Identity(folder / "identity"))
         task = asyncio.ensure_future(link.run())
         try:

@@ -16,6 +16,7 @@ from dramatiq.message import Message
 
 from ksocket.config import Settings
 from ksocket.protocol import Accepted, Progress, Refused, Result
+from statemachine.link import Identity
 from statemachine.runner import OperationRunner
 from tasks.broker import EmbeddedRedis, KsocketBroker, create_broker, embedded_path
 from tasks.errors import BrokerError, Interrupted, classify, retry_when
@@ -357,7 +358,9 @@ def test_stop_interrupts_a_running_operation_and_the_next_runner_finishes_it(url
     log = tmp_path / "runs.log"
 
     async def scenario() -> None:
-        runner = PipelineRunner(broker_url=url, max_operations=10, max_running_operations=2, timings=FAST)
+        runner = PipelineRunner(
+            broker_url=url, max_operations=10, max_running_operations=2, timings=FAST, identity_folder=tmp_path
+        )
         await runner.start()
         await runner.submit(op("long", "test.sleep", seconds=1.0, steps=50, tag="long", log=str(log)))
         await wait_until(lambda: starts(log) == ["long"])
@@ -452,6 +455,46 @@ def test_a_message_delivered_again_while_its_operation_runs_does_not_run_it_twic
             await collect(runner, ["twice"])
             await asyncio.sleep(0.5)
             assert runs(client) == {"twice": 1}
+
+    asyncio.run(scenario())
+
+
+def test_a_journal_lost_with_its_redis_costs_the_agent_its_id_so_the_hub_counts_seq_afresh(
+    url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "identity"
+
+    async def scenario() -> str:
+        async with running(url, identity_folder=folder) as runner:
+            first = Identity(folder).agent  # made after the runner started, as the link makes it
+            await runner.submit(op("before"))
+            assert (await collect(runner, ["before"]))["before"].seq == 1
+        async with running(url, identity_folder=folder):  # a restart on the same Redis keeps the id
+            assert Identity(folder).agent == first
+        for lost in tmp_path.glob("broker.db*"):
+            lost.unlink()
+        caplog.clear()
+        async with running(url, identity_folder=folder) as runner:
+            await runner.submit(op("after"))
+            assert (await collect(runner, ["after"]))["after"].seq == 1
+        return first
+
+    first = asyncio.run(scenario())
+    assert Identity(folder).agent != first
+    assert [r.levelname for r in caplog.records if "lost its data" in r.getMessage()] == ["ERROR"]
+
+
+def test_a_journal_from_before_the_epoch_marker_keeps_the_agent_id(url: str, tmp_path: Path) -> None:
+    folder = tmp_path / "identity"
+
+    async def scenario() -> None:
+        async with running(url, identity_folder=folder) as runner:
+            await runner.submit(op("before"))
+            await collect(runner, ["before"])
+            runner.pipeline.broker.redis.delete(runner.pipeline.journal.epoch_key)
+        agent = Identity(folder).agent
+        async with running(url, identity_folder=folder):
+            assert Identity(folder).agent == agent
 
     asyncio.run(scenario())
 

@@ -39,6 +39,15 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
+def test_a_redis_without_an_append_only_file_is_warned_about(redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        async with running(redis_url, max_running_operations=0):
+            pass
+
+    asyncio.run(scenario())
+    assert [r.levelname for r in caplog.records if "appendonly no" in r.getMessage()] == ["WARNING"]
+
+
 def stop(process: subprocess.Popen[Any]) -> None:
     if process.poll() is None:
         process.kill()
