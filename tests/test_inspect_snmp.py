@@ -454,6 +454,23 @@ def test_huge_values_are_cut() -> None:
     assert descriptions and all(len(text) == MAX_VALUE_BYTES for text in descriptions)
 
 
+def test_the_whole_inspection_keeps_at_most_max_total_rows() -> None:
+    with HostileAgent("endless") as agent:
+        document = inspect(agent.address, credential(agent.port, community="x"), SNMPInspector(max_total_rows=70))
+    assert len(document["interfaces"]) == 10  # ten rows of the seven ifTable columns walked side by side
+    assert document["ipAddresses"] == [] and document["arp"] == [] and document["entities"] == []
+    notes = [item for item in document["errors"] if "its limit" in item["message"]]
+    assert [note["section"] for note in notes] == ["interfaces"]
+
+
+def test_values_are_kept_as_plain_cut_values() -> None:
+    from ksocket.collectors.inspect.snmp import _compact
+
+    assert _compact(v2c.OctetString(b"A" * 5000)) == b"A" * MAX_VALUE_BYTES
+    assert _compact(v2c.Counter64(2**40)) == 2**40 and _compact(v2c.TimeTicks(5)) == 5
+    assert _compact(v2c.ObjectIdentifier("1.3.6.1")) == (1, 3, 6, 1)
+
+
 def test_non_increasing_oids_end_the_walk() -> None:
     with HostileAgent("decreasing") as agent:
         started = time.monotonic()

@@ -7,7 +7,10 @@ API and returns the document below, or raises
 Everything is asked for by numeric OID (no MIB is compiled or looked up at run time). Tables are
 walked column by column with GETBULK, several columns in one request; every walk is bounded:
 
-- at most ``max_rows`` rows per column (a column that goes on longer is cut, with a note);
+- at most ``max_rows`` rows per column (a column that goes on longer is cut, with a note), and
+  at most ``max_total_rows`` rows and :data:`MAX_TOTAL_BYTES` bytes of strings kept by the whole
+  inspection (the tables after that are left out, with a note); values are kept as plain ints,
+  bytes (cut) and OIDs, not as pysnmp objects;
 - a time budget for the whole inspection (``budget`` seconds): what is not collected by then is
   left out, with a note;
 - an OID that does not grow, an answer with more values than asked for, values of the wrong
@@ -61,11 +64,14 @@ from ksocket.credentials.models import NO_AUTH, NO_PRIV, Credential, SNMPCredent
 logger = logging.getLogger("ksocket.inspect.snmp")
 
 OID = tuple[int, ...]
-Row = dict[OID, Any]  # index (the OID after the column) -> raw pysnmp value
+Value = int | bytes | OID | None  # see _compact
+Row = dict[OID, Value]  # index (the OID after the column) -> value
 
 MAX_VALUE_BYTES = 1024  # a longer string is cut here
+MAX_TOTAL_BYTES = 16 * 1024 * 1024  # of strings kept by one inspection, all tables together
 DEFAULT_BUDGET = 60.0  # seconds for one inspection, all tables together
 DEFAULT_MAX_ROWS = 10_000  # rows per column
+DEFAULT_MAX_TOTAL_ROWS = 200_000  # rows kept by one inspection, all tables together
 DEFAULT_MAX_REPETITIONS = 25
 MAX_VARBINDS_PER_REQUEST = 60
 PROBE_USER = "ksocket-probe"
@@ -163,14 +169,24 @@ AUTH_INDICATIONS = (
 # --- values ----------------------------------------------------------------------------------
 
 
-def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, univ.Integer) else None
-
-
-def _octets(value: Any) -> bytes | None:
+def _compact(value: Any) -> Value:
+    """A pysnmp value as the little the document needs: an INTEGER (Counter, Gauge, TimeTicks…) as
+    an int, an OCTET STRING as bytes cut at MAX_VALUE_BYTES, an OID as a tuple; else None."""
+    if isinstance(value, univ.Integer):
+        return int(value)
     if isinstance(value, univ.OctetString):
-        return bytes(value.asOctets())[:MAX_VALUE_BYTES]
+        return bytes(value.asOctets()[:MAX_VALUE_BYTES])
+    if isinstance(value, univ.ObjectIdentifier):
+        return tuple(int(part) for part in value)
     return None
+
+
+def _int(value: Value) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def _octets(value: Value) -> bytes | None:
+    return value if isinstance(value, bytes) else None
 
 
 def _text_of(data: bytes) -> str:
@@ -184,7 +200,7 @@ def _text_of(data: bytes) -> str:
     return "0x" + data.hex()
 
 
-def _text(value: Any) -> str | None:
+def _text(value: Value) -> str | None:
     data = _octets(value)
     return None if data is None else _text_of(data)
 
@@ -193,15 +209,13 @@ def _mac_of(data: bytes) -> str | None:
     return ":".join(f"{byte:02x}" for byte in data) if data else None
 
 
-def _mac(value: Any) -> str | None:
+def _mac(value: Value) -> str | None:
     data = _octets(value)
     return None if data is None else _mac_of(data)
 
 
-def _object_id(value: Any) -> str | None:
-    if isinstance(value, univ.ObjectIdentifier):
-        return ".".join(str(part) for part in value)
-    return None
+def _object_id(value: Value) -> str | None:
+    return _dotted(value) if isinstance(value, tuple) else None
 
 
 def _ip_of(data: Sequence[int]) -> str | None:
@@ -210,7 +224,7 @@ def _ip_of(data: Sequence[int]) -> str | None:
     return str(ipaddress.ip_address(bytes(data)))
 
 
-def _ip(value: Any) -> str | None:
+def _ip(value: Value) -> str | None:
     data = _octets(value)
     return None if data is None else _ip_of(data)
 
@@ -274,6 +288,7 @@ class _Agent:
         credential: SNMPCredential,
         deadline: float,
         context: Context,
+        max_total_rows: int,
     ) -> None:
         self.engine = engine
         self.auth = auth
@@ -282,6 +297,9 @@ class _Agent:
         self.deadline = deadline
         self.context = context
         self.requests = 0
+        self.max_total_rows = max_total_rows
+        self.rows_left = max_total_rows
+        self.bytes_left = MAX_TOTAL_BYTES
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -314,7 +332,7 @@ class _Agent:
             return int(status or 0), int(index or 0), pairs
         raise _NoAnswer
 
-    async def get(self, oids: Iterable[OID], auth: Any = None) -> list[tuple[OID, Any]]:
+    async def get(self, oids: Iterable[OID], auth: Any = None) -> list[tuple[OID, Value]]:
         objects = [hlapi.ObjectType(hlapi.ObjectIdentity(rfc1902.ObjectName(oid))) for oid in oids]
 
         def send(auth: Any) -> Any:
@@ -323,7 +341,13 @@ class _Agent:
         status, _, pairs = await self._call(send, auth)
         if status:
             raise _Refused(f"error-status {ERROR_STATUS.get(status, status)}", status)
-        return pairs
+        return [(oid, _compact(value)) for oid, value in pairs]
+
+    def _keep(self, value: Value) -> bool:
+        """Counts a row kept against the inspection's limits; whether there is room for more."""
+        self.rows_left -= 1
+        self.bytes_left -= len(value) if isinstance(value, bytes) else 0
+        return self.rows_left > 0 and self.bytes_left > 0
 
     async def bulk(self, oids: Sequence[OID], repetitions: int) -> tuple[int, list[tuple[OID, Any]]]:
         objects = [hlapi.ObjectType(hlapi.ObjectIdentity(rfc1902.ObjectName(oid))) for oid in oids]
@@ -341,10 +365,11 @@ class _Agent:
 
         A column ends at the first OID outside it or at endOfMibView; an OID that does not grow, a
         column longer than ``max_rows`` or an answer the agent refuses ends it early with a note.
+        Once the inspection's limits are reached, every walk ends (the first one with a note).
         """
         rows: dict[OID, Row] = {column: {} for column in columns}
         last = {column: column for column in columns}
-        active = list(columns)
+        active = list(columns) if self.rows_left > 0 and self.bytes_left > 0 else []
         while active:
             per = max(1, min(repetitions, MAX_VARBINDS_PER_REQUEST // len(active)))
             status, pairs = await self.bulk([last[column] for column in active], per)
@@ -371,8 +396,14 @@ class _Agent:
                     finished.add(column)
                     continue
                 last[column] = oid
-                rows[column][oid[len(column) :]] = value
+                kept = rows[column][oid[len(column) :]] = _compact(value)
                 moved = True
+                if not self._keep(kept):
+                    notes.append(
+                        f"the inspection kept {self.max_total_rows - self.rows_left} rows and "
+                        f"{MAX_TOTAL_BYTES - self.bytes_left} bytes, its limit: the later tables were left out"
+                    )
+                    return rows
                 if len(rows[column]) >= max_rows:
                     notes.append(f"column {_dotted(column)} cut at {max_rows} rows")
                     finished.add(column)
@@ -395,7 +426,8 @@ class SNMPInspector:
 
     ``budget`` bounds one inspection in seconds (all tables; the system group must answer within
     the file's timeout and retries), ``max_rows`` the rows taken from one column,
-    ``max_repetitions`` the GETBULK max-repetitions.
+    ``max_total_rows`` those kept by one inspection, ``max_repetitions`` the GETBULK
+    max-repetitions.
     """
 
     kind = "snmp"
@@ -405,10 +437,12 @@ class SNMPInspector:
         *,
         budget: float = DEFAULT_BUDGET,
         max_rows: int = DEFAULT_MAX_ROWS,
+        max_total_rows: int = DEFAULT_MAX_TOTAL_ROWS,
         max_repetitions: int = DEFAULT_MAX_REPETITIONS,
     ) -> None:
         self.budget = budget
         self.max_rows = max_rows
+        self.max_total_rows = max_total_rows
         self.max_repetitions = max_repetitions
 
     async def inspect(self, address: str, credential: Credential, context: Context) -> Document:
@@ -433,7 +467,7 @@ class SNMPInspector:
         except PySnmpError as exc:
             raise OperationFailed(UNREACHABLE, f"SNMP {address}:{credential.port}: {exc}") from None
         deadline = time.monotonic() + self.budget
-        return _Agent(engine, auth, target, credential, deadline, context)
+        return _Agent(engine, auth, target, credential, deadline, context, self.max_total_rows)
 
     async def _collect(self, agent: _Agent, address: str, credential: SNMPCredential, context: Context) -> Document:
         where = f"SNMP {credential.auth_data.version} {_endpoint(address, credential.port)}"
@@ -694,7 +728,7 @@ def _refusal(where: str, credential: SNMPCredential, exc: _Refused) -> Operation
     return OperationFailed(UNREACHABLE, f"{where}: {indication}")
 
 
-def _system(pairs: list[tuple[OID, Any]]) -> Document:
+def _system(pairs: list[tuple[OID, Value]]) -> Document:
     values = dict(pairs)
     ticks = _int(values.get(SYSTEM["uptime"]))
     return {
@@ -708,7 +742,7 @@ def _system(pairs: list[tuple[OID, Any]]) -> Document:
     }
 
 
-def _status(value: Any) -> str | None:
+def _status(value: Value) -> str | None:
     number = _int(value)
     return None if number is None else IF_STATUS.get(number, str(number))
 
@@ -722,7 +756,7 @@ def _prefix_length(mask: str | None) -> int | None:
         return None
 
 
-def _lldp_id(subtype: Any, value: Any, mac_subtype: int) -> str | None:
+def _lldp_id(subtype: Value, value: Value, mac_subtype: int) -> str | None:
     """An LLDP chassis or port id: a MAC when its subtype says so, else text (or hex)."""
     data = _octets(value)
     if data is None:
