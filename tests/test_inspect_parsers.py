@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -191,6 +192,29 @@ def test_sections_are_split_on_this_runs_markers_only() -> None:
     sections = parsers.split_sections(text, NONCE)
     assert sections == {"hostname": f"web01\n{forged}id", "uptime": "1.5 2"}
     assert parsers.split_sections("no markers at all\n", NONCE) == {}
+
+
+@pytest.mark.parametrize("shape", ["one section", "every section"])
+def test_megabytes_of_short_lines_are_parsed_in_bounded_memory(shape: str) -> None:
+    from ksocket.collectors.inspect.ssh import MAX_OUTPUT, SSHInspector
+
+    # every section goes through its parser, slowly under tracemalloc: an eighth of the output is enough
+    names, size = (["id"], MAX_OUTPUT) if shape == "one section" else (list(parsers.SECTIONS), MAX_OUTPUT // 8)
+    output = b"".join(f"\n{M}{name}\n".encode() + b"ab\n" * (size // 3 // len(names)) for name in names)
+    tracemalloc.start()
+    try:
+        report = SSHInspector._parse(output, NONCE)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert report["hostname"] in ("", "ab")
+    assert peak < 8 * size  # split into lines whole, it took over 40 times the output's size
+
+
+def test_a_section_is_cut_at_max_section_characters() -> None:
+    text = f"{M}dpkg\n" + "x" * (parsers.MAX_SECTION + 10) + f"\n{M}end\n"
+    sections = parsers.split_sections(text, NONCE)
+    assert len(sections["dpkg"]) == parsers.MAX_SECTION and sections["end"] == ""
 
 
 def test_a_full_report() -> None:

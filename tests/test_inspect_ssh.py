@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socket
 import stat
 import subprocess
@@ -79,6 +80,62 @@ def test_the_script_runs_in_a_local_shell() -> None:
     assert report["os"]["kernel_name"] == "Linux"
     assert report["packages"], "dpkg-query lists this Debian's packages"
     assert any(i["name"] == "lo" for i in report["interfaces"])
+
+
+def run_script_with(tmp_path: Path, stand_ins: dict[str, str], **env: str) -> dict[str, Any]:
+    """The script in a local shell whose PATH finds ``stand_ins`` (name -> sh script) first."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    for name, body in stand_ins.items():
+        (folder / name).write_text(f"#!/bin/sh\n{body}")
+        (folder / name).chmod(0o755)
+    nonce = "feedface"
+    output = subprocess.run(
+        ["env", "LC_ALL=C", "LANG=C", "sh", "-s"],
+        input=ssh.script(nonce).encode(),
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "PATH": f"{folder}:{os.environ['PATH']}", **env},
+    ).stdout.decode("utf-8", "replace")
+    return parsers.parse_report(parsers.split_sections(output, nonce))
+
+
+GNU_DF = """typed=; for arg; do [ "$arg" = -T ] && typed=1; done
+if [ -n "$typed" ]; then echo 'Filesystem Type 1024-blocks Used Available Capacity Mounted on'
+  echo '/dev/fake1 ext4 100 50 50 50% /'
+else echo 'Filesystem 1024-blocks Used Available Capacity Mounted on'; echo '/dev/fake1 100 50 50 50% /'; fi
+case " $* " in *" / "*) exit 0;; esac
+echo 'df: /mnt/gone: Stale file handle' >&2; exit 1
+"""
+IP_FAILING_LATE = """case " $* " in
+*" -j link show lo "*) echo '[{"ifname":"lo"}]';;
+*" -j addr show "*) echo '[{"ifname":"json0","address":"02:00:00:00:00:01","addr_info":[]}]'; exit 1;;
+*" -o addr show "*) echo '2: text0    inet 192.0.2.2/24 scope global text0';;
+*" -j "*) echo '[]'; exit 1;;
+esac
+"""
+
+
+def test_a_listing_that_fails_late_is_not_run_again_in_another_form(tmp_path: Path) -> None:
+    """GNU df exits 1 when one mount fails, after listing the others; ip may print its JSON and fail."""
+    report = run_script_with(tmp_path, {"df": GNU_DF, "ip": IP_FAILING_LATE})
+    assert [(f["device"], f["type"]) for f in report["filesystems"]] == [("/dev/fake1", "ext4")]
+    assert [(i["name"], i["mac"]) for i in report["interfaces"]] == [("json0", "02:00:00:00:00:01")]
+
+
+@pytest.mark.parametrize(("groups", "tries_sudo"), [("someone users", False), ("someone wheel", True)])
+def test_sudo_is_tried_by_plausible_sudoers_only(tmp_path: Path, groups: str, tries_sudo: bool) -> None:
+    """sudo logs "NOT in sudoers" (and mails root) for any other account that tries it."""
+    attempts = tmp_path / "sudo-attempts"
+    stand_ins = {
+        "id": 'case "$1" in -u) echo 1000;; -un) echo someone;; -Gn) echo "$FAKE_GROUPS";; esac\n',
+        "sudo": 'echo "$*" >> "$SUDO_ATTEMPTS"; exit 1\n',
+    }
+    report = run_script_with(tmp_path, stand_ins, FAKE_GROUPS=groups, SUDO_ATTEMPTS=str(attempts))
+    assert report["privileges"]["uid"] == 1000
+    assert attempts.exists() is tries_sudo
+    if tries_sudo:
+        assert attempts.read_text().startswith("-n grep -s -H . /sys/class/dmi/id/product_serial")
 
 
 def test_password_login_collects_the_host(lab: Path, store: HostKeyStore) -> None:

@@ -14,6 +14,7 @@ the inspector chose (``:ksocket:<nonce>:<section>``), so command output cannot f
 from __future__ import annotations
 
 import functools
+import io
 import ipaddress
 import itertools
 import json
@@ -57,8 +58,9 @@ def clean(value: object, limit: int = MAX_STRING) -> str:
 
 
 def _lines(text: str) -> Iterator[str]:
-    for line in text[:MAX_SECTION].splitlines():
-        yield line[:MAX_LINE]
+    """The lines of a section one at a time: a section of a million short lines is never a list."""
+    for line in io.StringIO(text[:MAX_SECTION]):
+        yield line.rstrip("\r\n")[:MAX_LINE]
 
 
 def _int(value: object, low: int = 0, high: int = 2**63 - 1) -> int | None:
@@ -146,24 +148,20 @@ def marker(nonce: str) -> str:
 
 
 def split_sections(text: str, nonce: str) -> dict[str, str]:
-    """The text of each section by name; a repeated section keeps its first text."""
-    prefix = marker(nonce)
+    """The text of each section by name, cut at :data:`MAX_SECTION` characters; a repeated
+    section keeps its first text. The output is searched for marker lines, never split into
+    lines as a whole: megabytes of short lines would cost a hundred times their size."""
+    markers = re.compile(rf"^{re.escape(marker(nonce))}(.*)$", re.MULTILINE)
     sections: dict[str, str] = {}
-    name: str | None = None
-    body: list[str] = []
-    total = 0
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            if name is not None and name not in sections:
-                sections[name] = "\n".join(body)
-            name = clean(line[len(prefix) :], 32)
-            body = []
-            total = 0
-        elif name is not None and total < MAX_SECTION:
-            body.append(line)
-            total += len(line) + 1
-    if name is not None and name not in sections:
-        sections[name] = "\n".join(body)
+    found = markers.search(text)
+    while found is not None:
+        following = markers.search(text, found.end())
+        start = found.end() + 1  # after the marker line's newline
+        end = len(text) if following is None else following.start() - 1  # before the next one's
+        name = clean(found[1], 32)
+        if name not in sections:
+            sections[name] = text[start : max(start, min(end, start + MAX_SECTION))]
+        found = following
     return sections
 
 
@@ -172,7 +170,7 @@ def split_sections(text: str, nonce: str) -> dict[str, str]:
 
 def parse_id(text: str) -> Document:
     """``id -u; id -un``: the uid and user name."""
-    lines = [line.strip() for line in _lines(text) if line.strip()]
+    lines = list(itertools.islice(filter(None, (line.strip() for line in _lines(text))), 2))
     uid = _int(lines[0], 0, 2**32) if lines else None
     user = clean(lines[1], 64) if len(lines) > 1 else ""
     return {"uid": uid, "user": user, "root": uid == 0}
@@ -188,8 +186,7 @@ def parse_hostname(text: str) -> str:
 
 def parse_uname(text: str) -> Document:
     """``uname -s; uname -r; uname -m; uname -v``, one per line."""
-    lines = [clean(line) for line in _lines(text)]
-    lines = [*[line for line in lines if line][:4], "", "", "", ""]
+    lines = [*itertools.islice(filter(None, map(clean, _lines(text))), 4), "", "", "", ""]
     return {"kernel_name": lines[0], "kernel": lines[1], "architecture": lines[2], "kernel_version": lines[3]}
 
 
@@ -369,14 +366,16 @@ def parse_lsblk(text: str) -> list[Document]:
 
 
 def parse_df(text: str) -> list[Document]:
-    """``df -P -k -T`` (or ``df -P -k``): filesystems with sizes in bytes."""
+    """``df -P -k -T`` (or ``df -P -k``): filesystems with sizes in bytes; a second table is ignored."""
     result: list[Document] = []
     typed = False
     for number, line in enumerate(_lines(text)):
         fields = line.split()
-        if number == 0 or (fields and fields[0] == "Filesystem"):
+        if number == 0:
             typed = len(fields) > 1 and fields[1] == "Type"
             continue
+        if fields and fields[0] == "Filesystem":
+            break
         width = 7 if typed else 6
         if len(fields) < width or len(result) >= MAX_FILESYSTEMS:
             continue
@@ -436,7 +435,7 @@ def parse_dmi(text: str) -> dict[str, str]:
 
 def parse_uptime(text: str) -> float | None:
     """``/proc/uptime``: seconds since boot."""
-    fields = text.strip().split()
+    fields = text.split(None, 1)
     if not fields:
         return None
     seconds = _float(fields[0])
@@ -721,7 +720,7 @@ def parse_apk(text: str) -> list[Document]:
 
     def items() -> Iterator[Document]:
         current: dict[str, str] = {}
-        for line in [*_lines(text), "P:"]:
+        for line in itertools.chain(_lines(text), ["P:"]):
             key, sep, value = line.partition(":")
             if not sep or key not in ("P", "V", "A"):
                 continue
