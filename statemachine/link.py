@@ -75,6 +75,17 @@ class Identity:
         self.agent = self._read("agent-id") or self._write("agent-id", str(uuid.uuid4()))
         self.session = self._read("session")
 
+    @staticmethod
+    def exists(folder: Path | None = None) -> bool:
+        """Whether ``folder`` holds an identity already (without making one)."""
+        return ((folder or paths.state_dir()) / "agent-id").is_file()
+
+    def renew(self) -> None:
+        """A new agent id and no session: to the hub a new installation, whose seq count starts afresh."""
+        self.agent = self._write("agent-id", str(uuid.uuid4()))
+        self.session = None
+        (self.folder / "session").unlink(missing_ok=True)
+
     def remember(self, session: str) -> None:
         if session != self.session:
             self.session = self._write("session", session)
@@ -117,7 +128,8 @@ class Link:
         self.identity = identity or Identity()
         self.endpoint = dial.Endpoint.from_settings(settings)
         self.stop_after = stop_after  # diagnostics: stop cleanly on reaching this state
-        self.failures = 0
+        self.failures = 0  # failed attempts in a row, towards connect.resumeRetries
+        self.attempt = 0  # the protocol's k: resume attempts since the last authenticated connection
         self.last_reason = ""
         self.history: list[str] = []
         self.delays: list[float] = []
@@ -153,8 +165,9 @@ class Link:
     def retries_exhausted(self, event: Any) -> bool:
         return self.failures >= self.settings.resume_retries
 
-    def reset_failures(self, event: Any) -> None:
+    def start_afresh(self, event: Any) -> None:
         self.failures = 0
+        self.attempt = 0
 
     async def _log_change(self, event: Any) -> None:
         reason = event.kwargs.get("reason", "")
@@ -262,15 +275,16 @@ class Link:
         return Outcome("lost", f"hub answered authenticate with {answer.TYPE!r}")
 
     async def _resuming(self) -> Outcome:
+        self.attempt += 1
         delay = resume_delay(
-            self.failures,
+            self.attempt,
             plateau=self.settings.resume_plateau,
             threshold=self.settings.resume_threshold,
             factor=self.clock.jitter(),
         )
         self.delays.append(delay)
         await self.clock.sleep(delay)
-        return Outcome("retry", f"attempt {self.failures + 1} after {delay:.2f}s")
+        return Outcome("retry", f"attempt {self.attempt} after {delay:.2f}s")
 
     async def _connected(self) -> Outcome:
         websocket = self.websocket
@@ -383,8 +397,13 @@ class Link:
                 pending: set[asyncio.Future[Any]] = {event_task, stored_task}
                 await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 if stored_task.done():
-                    await self._send_result(websocket, stored_task.result())  # seq <= last_sent: sent again
+                    stored = stored_task.result()
                     stored_task = asyncio.ensure_future(self._stored.get())
+                    # Sent already on this link: send it again. Above last_sent it has not left yet, and
+                    # the in-order stream below sends it after every lower seq; sending it now would
+                    # have the hub ack lower results it never received.
+                    if stored.seq <= last_sent:
+                        await self._send_result(websocket, stored)
                 if event_task.done():
                     event = event_task.result()
                     event_task = asyncio.ensure_future(self.runner.next_event())

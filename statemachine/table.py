@@ -12,17 +12,19 @@ from typing import Any
 
 STATES = ["idle", "connecting", "authenticating", "connected", "resuming", "stopped", "failed"]
 FINAL_STATES = ("stopped", "failed")
-LIVE = ["connecting", "authenticating", "connected"]
+ATTEMPT = ["connecting", "authenticating"]  # the states of a connection attempt, which may fail
 
 # fmt: off
 TRANSITIONS: list[dict[str, Any]] = [
     # trigger          source              dest              guard / preparation
     {"trigger": "start",    "source": "idle",           "dest": "connecting"},
     {"trigger": "opened",   "source": "connecting",     "dest": "authenticating"},
-    {"trigger": "accepted", "source": "authenticating", "dest": "connected",      "after": "reset_failures"},
-    {"trigger": "lost",     "source": LIVE,             "dest": "failed",         "prepare": "count_failure",
+    {"trigger": "accepted", "source": "authenticating", "dest": "connected",      "after": "start_afresh"},
+    {"trigger": "lost",     "source": ATTEMPT,          "dest": "failed",         "prepare": "count_failure",
      "conditions": "retries_exhausted"},
-    {"trigger": "lost",     "source": LIVE,             "dest": "resuming"},
+    {"trigger": "lost",     "source": ATTEMPT,          "dest": "resuming"},
+    # losing an authenticated link is no failed attempt: only attempts count towards resumeRetries
+    {"trigger": "lost",     "source": "connected",      "dest": "resuming"},
     {"trigger": "retry",    "source": "resuming",       "dest": "connecting"},
     {"trigger": "stop",     "source": [*STATES[:5]],    "dest": "stopped"},
 ]
@@ -32,11 +34,14 @@ TRANSITIONS: list[dict[str, Any]] = [
 def describe() -> str:
     """The table as text, for ``ksocket diagnostics`` and the README."""
     lines = [f"{'trigger':10} {'from':16} {'to':16} guard", f"{'-' * 10} {'-' * 16} {'-' * 16} {'-' * 20}"]
+    guarded: set[tuple[str, str]] = set()  # (trigger, source) pairs that an earlier row guards
     for row in TRANSITIONS:
         sources = row["source"] if isinstance(row["source"], list) else [row["source"]]
-        guard = row.get("conditions", "")
-        if row["trigger"] == "lost" and not guard:
-            guard = "otherwise"
         for source in sources:
+            guard = row.get("conditions", "")
+            if guard:
+                guarded.add((row["trigger"], source))
+            elif (row["trigger"], source) in guarded:
+                guard = "otherwise"
             lines.append(f"{row['trigger']:10} {source:16} {row['dest']:16} {guard}".rstrip())
     return "\n".join(lines)

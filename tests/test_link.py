@@ -162,6 +162,30 @@ def test_lost_connection_resumes_the_same_session(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_a_lost_connected_link_is_no_failed_attempt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        async with running_hub(tmp_path) as (hub, token):
+            # with resumeRetries=1 only the one resume attempt stands between a lost link and giving up;
+            # the heartbeat is too slow to interfere, resumeTimeout is 5 real seconds
+            settings = agent_settings(
+                hub, token, resume_retries=1, heartbeat_interval=1000, heartbeat_timeout=1000, resume_timeout=500
+            )
+            link = make_link(tmp_path, settings, clock=FixedClock(scale=0.01))
+            task = await start(link)
+            session = await hub.wait_connected(SLOT)
+            with caplog.at_level(logging.INFO, logger="ksocket"):
+                await hub.drop(SLOT)
+                assert await hub.wait_connected(SLOT) == session
+                await link.wait_for("connected")
+            walk = ["connecting", "authenticating", "connected"]
+            assert link.history == [*walk, "resuming", *walk]
+            assert link.delays == [0.75]  # attempt k=1 of the protocol: 2**0 s times the factor
+            assert "link resuming -> connecting (attempt 1 after 0.75s)" in caplog.text
+            assert await finish(link, task) == 0
+
+    asyncio.run(scenario())
+
+
 def test_heartbeat_loss_closes_4408_and_resumes(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_hub(tmp_path) as (hub, token):

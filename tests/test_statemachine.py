@@ -31,3 +31,10 @@ def test_table_fits_on_one_screen_and_names_every_state() -> None:
     assert "retries_exhausted" in text
     reachable = {row["dest"] for row in table.TRANSITIONS}
     assert reachable == set(table.STATES) - {"idle"}
+
+
+def test_only_a_failed_attempt_counts_towards_resume_retries() -> None:
+    lost = [row for row in table.TRANSITIONS if row["trigger"] == "lost"]
+    counting = [row for row in lost if row.get("prepare") == "count_failure"]
+    assert counting and all("connected" not in row["source"] for row in counting)
+    assert "lost       connected        resuming\n" in table.describe()  # no guard: it always resumes
