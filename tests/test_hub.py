@@ -299,14 +299,18 @@ def test_tokens_are_never_logged(db: Path, caplog: pytest.LogCaptureFixture) -> 
         client, _ = await authenticated(hub.url, token)
         await client.send(Authenticate(token=token, name="ksocket", version="2.1.1", agent="agent-1"))
         assert "already authenticated" in (await client.expect(ErrorMessage)).message
+        malformed = {"type": "authenticate", "protocol": 1, "token": 87654321, "name": "k", "version": "1"}
+        await client.send_text(json.dumps({**malformed, "agent": "agent-1"}))
+        assert (await client.expect(ErrorMessage)).message == 'field "token" of "authenticate" is malformed'
 
     with_hub(db, test)
     assert "rejected: invalid-token" in caplog.text
     assert "connected from 127.0.0.1" in caplog.text
     assert token not in caplog.text
-    hub_lines = [record.getMessage() for record in caplog.records if record.name.startswith("ksocket")]
-    assert any("> TEXT" in line for line in hub_lines)  # websockets' frame log is on ...
-    assert not any('"token"' in line for line in hub_lines)  # ... but not for frames with a token
+    assert 'field "token" of "authenticate" is malformed' in caplog.text and "87654321" not in caplog.text
+    frame_lines = [record.getMessage() for record in caplog.records if record.name == "ksocket.hub.websockets"]
+    assert any("> TEXT" in line for line in frame_lines)  # websockets' frame log is on ...
+    assert not any('"token"' in line for line in frame_lines)  # ... but not for frames with a token
 
 
 # --------------------------------------------------------------------------- heartbeats and bad frames
@@ -514,15 +518,16 @@ def test_hub_run_wait_prints_the_result(db: Path) -> None:
     async def test(hub: Hub) -> None:
         client, _ = await authenticated(hub.url, token)
         base = ("hub", "run", "s1", "system.info", "--wait", "--timeout", "20", "--db", str(db))
+        # standard output is the JSON alone, for jq; the operation's id goes to standard error
         (code, out, err), _ = await asyncio.gather(ksocket(*base), answer(client, 1, True))
         assert code == 0, err
-        op_id, document = out.splitlines()
-        assert json.loads(document) == {"id": op_id, "seq": 1, "ok": True, "data": {"hostname": "h1"}}
+        op_id = err.strip()
+        assert json.loads(out) == {"id": op_id, "seq": 1, "ok": True, "data": {"hostname": "h1"}}
 
         (code, out, err), _ = await asyncio.gather(ksocket(*base), answer(client, 2, False))
         assert code == 1, err
-        op_id, document = out.splitlines()
-        assert json.loads(document) == {
+        op_id = err.strip()
+        assert json.loads(out) == {
             "id": op_id,
             "seq": 2,
             "ok": False,
@@ -536,8 +541,9 @@ def test_hub_run_wait_gives_up_after_its_timeout(db: Path, capsys: pytest.Captur
     add_slot(db)
     assert cli.main(["hub", "run", "s1", "system.info", "--wait", "--timeout", "0.3", "--db", str(db)]) == 1
     captured = capsys.readouterr()
-    op_id = captured.out.strip()
-    assert captured.err == f"ksocket: error: no result for operation {op_id} within 0.3 s (it is pending)\n"
+    assert captured.out == ""
+    op_id = captured.err.splitlines()[0]
+    assert captured.err == f"{op_id}\nksocket: error: no result for operation {op_id} within 0.3 s (it is pending)\n"
     with Store(db) as store:
         assert store.operation(op_id).state == "pending"  # type: ignore[union-attr]
 

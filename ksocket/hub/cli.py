@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -175,7 +176,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     with _open(args) as store:
         op_id = store.add_operation(args.slot, args.operation, args.params, args.id)
-        print(op_id, flush=True)
+        # with --wait, standard output is the result's JSON alone (for jq and the like)
+        print(op_id, file=sys.stderr if args.wait else sys.stdout, flush=True)
         if not args.wait:
             return 0
         deadline = time.monotonic() + args.timeout

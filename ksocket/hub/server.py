@@ -179,10 +179,12 @@ def _decode(frame: str | bytes) -> Message:
     return parse(frame)
 
 
-def _safe(exc: ProtocolError) -> str:
-    """The text of a parse error, fit for the log: a token of the wrong shape is not quoted back."""
-    text = str(exc)
-    return 'field "token" of "authenticate" is malformed' if '"token"' in text else text
+def _safe(exc: ProtocolError) -> ProtocolError:
+    """A parse error fit for the log and the error reply (which websockets logs too): a token of the
+    wrong shape is not quoted back."""
+    if '"token"' not in str(exc):
+        return exc
+    return BadMessage(f'{BadMessage.code}: field "token" of "authenticate" is malformed')
 
 
 class Hub:
@@ -352,9 +354,10 @@ class Hub:
             if not isinstance(message, Authenticate):
                 raise BadMessage(f'{BadMessage.code}: the first frame must be "authenticate", not "{message.TYPE}"')
         except ProtocolError as exc:
-            logger.info("connection from %s closed: bad first frame: %s", peer, _safe(exc))
+            safe = _safe(exc)
+            logger.info("connection from %s closed: bad first frame: %s", peer, safe)
             try:
-                await ws.send(serialize(error_reply(exc)))
+                await ws.send(serialize(error_reply(safe)))
             except ConnectionClosed:
                 return None
             await ws.close(CLOSE_PROTOCOL_ERROR, "the first frame must be authenticate")
@@ -470,8 +473,9 @@ class Hub:
         except ProtocolError as exc:
             self._record(self._errors, link.slot).append(BadFrame(frame, exc))
             self._signal.fire()
-            logger.info("slot %s: bad frame from agent %s: %s", link.slot, link.agent, exc)
-            await self._send(link, error_reply(exc))
+            safe = _safe(exc)
+            logger.info("slot %s: bad frame from agent %s: %s", link.slot, link.agent, safe)
+            await self._send(link, error_reply(safe))
             return
         self._record(self._received, link.slot).append(message)
         self._signal.fire()
