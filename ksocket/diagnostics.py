@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ksocket import __version__, config, paths
+from ksocket import __version__, config, paths, redact
 from ksocket.errors import KsocketError
 
 SECTIONS = ("system", "config", "connect", "authenticate")
@@ -37,11 +37,11 @@ class Report:
         self.failed = 0
 
     def line(self, label: str, ok: bool | None, detail: str = "") -> None:
-        """``ok`` None prints ``Skip``; a detail is shown in brackets after the verdict."""
+        """``ok`` None prints ``Skip``; a detail is shown in brackets after the verdict, secrets masked."""
         verdict = "OK" if ok else ("Skip" if ok is None else "NG")
         self.failed += ok is False
         dots = "." * max(3, WIDTH - len(label) - 1)
-        print(f"{label} {dots} {verdict}{f' [{detail}]' if detail else ''}", flush=True)
+        print(f"{label} {dots} {verdict}{f' [{redact.redact(detail)}]' if detail else ''}", flush=True)
 
     def check(self, label: str, action: Callable[[], object]) -> object | None:
         try:
@@ -107,7 +107,7 @@ def quiet_settings(report: Report) -> config.Settings | None:
 
 
 async def connect(report: Report, settings: config.Settings) -> None:
-    from statemachine import dial
+    from statemachine import dial, table
 
     print(f"KSOCKET_INSECURE: {dial.insecure()}")
     print()
@@ -115,6 +115,8 @@ async def connect(report: Report, settings: config.Settings) -> None:
     print(f"Port:      {settings.port}")
     print(f"Protocol:  {settings.protocol}")
     print(f"Endpoint:  {settings.endpoint_url}")
+    print()
+    print(table.describe())
     print()
     print("State: connecting")
     try:
@@ -174,17 +176,20 @@ def run(sections: list[str]) -> int:
     if "system" in sections:
         system(report)
         print()
-    settings = read_config(report) if "config" in sections else None
-    linking = [s for s in sections if s in ("connect", "authenticate")]
-    if linking:
-        settings = settings or quiet_settings(report)
-        if settings is not None:
+    linking = "connect" in sections or "authenticate" in sections
+    # a broken file is reported once: by the config section's stages when it runs
+    settings = None
+    if "config" in sections:
+        settings = read_config(report)
+    elif linking:
+        settings = quiet_settings(report)
+    if linking and settings is not None:
+        print()
+        asyncio.run(connect(report, settings))
+        if "authenticate" in sections and not report.failed:
+            asyncio.run(authenticate(report, settings))
+        # the cloud API is the other peer an aws/azure agent must reach; `config` judges only the file
+        if settings.networks_scan_mode != "intranet":
             print()
-            asyncio.run(connect(report, settings))
-            if "authenticate" in sections and not report.failed:
-                asyncio.run(authenticate(report, settings))
-            # the cloud API is the other peer an aws/azure agent must reach; `config` judges only the file
-            if settings.networks_scan_mode != "intranet":
-                print()
-                cloud_api(report, settings.networks_scan_mode)
+            cloud_api(report, settings.networks_scan_mode)
     return 0 if report.failed == 0 else 1

@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 
 MASK = "********"
-_MIN_LENGTH = 3  # shorter values would mask innocent text everywhere ("a", "0")
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
@@ -19,7 +18,9 @@ _secrets: set[str] = set()
 
 def register(*values: object) -> None:
     with _lock:
-        _secrets.update(v for v in values if isinstance(v, str) and len(v) >= _MIN_LENGTH)
+        # however short, a secret is masked (at the price of masking innocent text equal to it);
+        # the empty string is no secret: it is in every text
+        _secrets.update(v for v in values if isinstance(v, str) and v)
 
 
 def redact(text: str) -> str:
