@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -70,6 +72,7 @@ def cmd_credentials(args: argparse.Namespace) -> int:
 def cmd_encrypt(args: argparse.Namespace) -> int:
     from ksocket.credentials import crypto
 
+    load_settings(args)
     crypto.encrypt_file(args.file)
     return 0
 
@@ -77,6 +80,7 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
 def cmd_decrypt(args: argparse.Namespace) -> int:
     from ksocket.credentials import crypto
 
+    load_settings(args)
     crypto.decrypt_file(args.file)
     return 0
 
@@ -87,13 +91,16 @@ def cmd_diagnostics(args: argparse.Namespace) -> int:
     unknown = [name for name in args.sections if name not in diagnostics.SECTIONS]
     if unknown:
         raise ConfigError(f"no diagnostics {unknown[0]!r}; choose from {', '.join(diagnostics.SECTIONS)}")
-    ksocket_log.configure(config.Settings(logfile="-"), loglevel=args.loglevel or "WARNING")
+    try:
+        load_settings(args)
+    except ConfigError:
+        # the config section reports what is wrong with the file; the log goes where the defaults say
+        ksocket_log.configure(config.Settings(), logfile=args.logfile, loglevel=args.loglevel)
     return diagnostics.run(args.sections or list(diagnostics.DEFAULT_SECTIONS))
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
     import asyncio
-    import signal
 
     from statemachine.link import Link
     from tasks.runner import PipelineRunner
@@ -130,11 +137,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return inspect_cli.run_inspect(args, load_settings(args))
 
 
-def _common_options() -> argparse.ArgumentParser:
+def _common_options(default: object) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--logfile", metavar="FILE", help="log to FILE ('-' is standard output)")
+    common.add_argument("--logfile", default=default, metavar="FILE", help="log to FILE ('-' is standard output)")
     common.add_argument(
         "--loglevel",
+        default=default,
         type=str.upper,
         choices=config.LOG_LEVELS,
         metavar="LEVEL",
@@ -144,8 +152,9 @@ def _common_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = _common_options()
-    parser = argparse.ArgumentParser(prog="ksocket", parents=[common], description="The ksocket agent.")
+    parser = argparse.ArgumentParser(prog="ksocket", parents=[_common_options(None)], description="The ksocket agent.")
+    # a subcommand's default would overwrite the value given before the subcommand's name
+    common = _common_options(argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
@@ -192,7 +201,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     try:
-        return handler(args)
+        status = handler(args)
+        sys.stdout.flush()  # output that fit in the buffer meets a closed pipe only here
+        return status
+    except BrokenPipeError:
+        # the reader left (``| head``): stop quietly, as the shell's tools do on SIGPIPE; standard
+        # output goes to devnull so that the interpreter's last flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except ConfigError as exc:
         print(f"ksocket: error: {redact.redact(str(exc))}", file=sys.stderr)
         return 2

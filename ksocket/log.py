@@ -8,8 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
-from ksocket import redact
-from ksocket.config import Settings
+from ksocket import config, redact
+from ksocket.errors import ConfigError
 
 
 class RedactingFormatter(logging.Formatter):
@@ -29,7 +29,7 @@ class NameFilter(logging.Filter):
 
 
 def configure(
-    settings: Settings,
+    settings: config.Settings,
     *,
     logfile: str | None = None,
     loglevel: str | None = None,
@@ -40,16 +40,21 @@ def configure(
     ``echo_warnings`` also shows warnings on standard error, for commands a person runs at a terminal
     whose log goes to a file.
     """
-    target = logfile if logfile is not None else settings.logfile_path
-    level = (loglevel or settings.loglevel).upper()
-    formatter = RedactingFormatter(settings.logformat)
+    # Settings built in code and --logfile skip the config file's checks; a bad value must not
+    # become a traceback in every command (or at every log line)
+    target = str(config.validate("logfile", logfile if logfile is not None else settings.logfile_path))
+    level = str(config.validate("loglevel", loglevel or settings.loglevel))
+    formatter = RedactingFormatter(str(config.validate("logformat", settings.logformat)))
     handlers: list[logging.Handler] = []
     if target == "-":
         handlers.append(logging.StreamHandler(sys.stdout))
     else:
         path = Path(target)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(path, encoding="utf-8"))
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            handlers.append(logging.FileHandler(path, encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"logfile: cannot open {path}: {exc.strerror or exc}") from None
         if echo_warnings:
             echo = logging.StreamHandler(sys.stderr)
             echo.setLevel(logging.WARNING)

@@ -44,10 +44,14 @@ class Endpoint:
         if not settings.host:
             raise LinkError("connect.host is not set (ksocket config connect.host HOST)")
         url = settings.endpoint_url
-        parts = urlsplit(url)
+        try:  # urlsplit refuses a bad [IPv6] host, .port a port out of range or not a number
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "wss" else 80)
+        except ValueError as exc:
+            raise LinkError(f"connect.endpoint gives {url!r}: {exc}") from None
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
             raise LinkError(f"connect.endpoint gives {url!r}, not a ws:// or wss:// URL")
-        return cls(url, parts.hostname, parts.port or (443 if parts.scheme == "wss" else 80), parts.scheme == "wss")
+        return cls(url, parts.hostname, port, parts.scheme == "wss")
 
 
 def tls_context(endpoint: Endpoint) -> ssl.SSLContext | None:

@@ -95,6 +95,12 @@ def test_token_is_masked_in_the_listing_and_shown_by_name(home: Path) -> None:
         ("loglevel", "LOUD", "loglevel: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
         ("connect.heartbeatTimeout", "-1", "connect.heartbeatTimeout: must be a number of at least"),
         ("connect.heartbeatTimeout", "nan", "connect.heartbeatTimeout: must be a number"),
+        ("connect.heartbeatInterval", "inf", "connect.heartbeatInterval: must be a number of at least 0.001, got inf"),
+        ("logformat", "%(asctime", "logformat: must be a logging format of LogRecord attributes"),
+        ("logformat", "%(nope)s", "logformat: must be a logging format of LogRecord attributes"),
+        ("logfile", "", "logfile: must be a file name or - (standard output), got ''"),
+        ("connect.host", "x:99999", "connect.host: must be a host name or an IP address"),
+        ("connect.host", "[::1]", "connect.host: must be a host name or an IP address (IPv6 without brackets)"),
         ("connect.resumeRetries", "0", "connect.resumeRetries: must be an integer of at least 1"),
         ("connect.maxOperations", "1.5", "connect.maxOperations: must be an integer"),
         ("connect.endpoint", "%(nope)s", "connect.endpoint: must be a URL template"),
@@ -118,6 +124,7 @@ def test_bad_values_are_refused_and_leave_the_file_alone(home: Path, name: str, 
 def test_home_expands_and_endpoint_interpolates(home: Path) -> None:
     settings = config.Settings(host="hub.example.net", port=8443, protocol="ws", credentials_dir="$KSOCKET_HOME/creds")
     assert settings.endpoint_url == "ws://hub.example.net:8443/api/ksocket/connect"
+    assert config.Settings(host="::1", port=8443).endpoint_url == "wss://[::1]:8443/api/ksocket/connect"
     assert settings.credentials_path == home / "creds"
     assert config.Settings().logfile_path == f"{home}/var/log/ksocket/ksocket.log"
     assert config.Settings().credentials_path == home / "etc" / "ksocket" / "credentials"
@@ -155,7 +162,11 @@ BROKEN_FILES = [
     ("v1.toml", b"[connect]\nheartbeat_timeout = 3\n", "use connect.heartbeatTimeout instead"),
     ("level.toml", b'loglevel = "verbose"\n', "loglevel: must be one of DEBUG"),
     ("mode.toml", b'[operations]\nnetworksScanMode = "gcp"\n', "operations.networksScanMode"),
-    ("yaml.yaml", b"connect: [1, 2\n", "yaml.yaml:2: not YAML"),
+    ("yaml.yaml", b"connect: [1, 2\n", "yaml.yaml:2: not YAML: invalid syntax (column 1)"),
+    ("tag.yaml", b"connect:\n  token: !Tok3nValue\n", "tag.yaml:2: not YAML: a tag this file may not use (column 10)"),
+    ("inf.toml", b"[connect]\nheartbeatInterval = inf\n", "connect.heartbeatInterval: must be a number"),
+    ("logformat.toml", b'logformat = "%(nope)s"\n', "logformat: must be a logging format"),
+    ("hostport.toml", b'[connect]\nhost = "x:99999"\n', "connect.host: must be a host name"),
     ("list.yaml", b"- a\n- b\n", "list.yaml: not a YAML mapping of settings"),
     ("yamltype.yaml", b"connect:\n  port: many\n", "connect.port: must be an integer"),
 ]
@@ -184,12 +195,74 @@ def test_unreadable_config_is_named(home: Path, tmp_path: Path) -> None:
 
 
 def test_loglevel_and_logfile_options_override_the_file(home: Path) -> None:
-    assert run_ksocket("config", "connect.token", "tok-hidden-123").returncode == 0
     yaml_path = home / "etc" / "ksocket" / "ksocket.yaml"
-    # A warning is logged on every command while a YAML file is in use; it goes where --logfile says.
-    result = run_ksocket("--logfile=-", "config", "connect.port", env={"KSOCKET_CONFIG": str(yaml_path)})
-    assert result.returncode == 0
+    yaml_path.parent.mkdir(parents=True)
+    logfile = home / "from-the-file.log"
+    yaml_path.write_text(f"logfile: {logfile}\nloglevel: ERROR\nconnect:\n  port: 8443\n")
+    # A warning is logged on every command while a YAML file is in use: the file's ERROR level hides it ...
+    result = run_ksocket("config", "connect.port")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "8443\n", "")
+    assert logfile.read_text() == ""
+    # ... --loglevel lets it through and --logfile=- sends it to standard output, not to the file
+    result = run_ksocket("--logfile=-", "config", "--loglevel=warning", "connect.port")
+    assert result.returncode == 0 and result.stderr == ""
+    warning, value = result.stdout.splitlines()
+    assert " WARNING " in warning and "ksocket.yaml: YAML config files are deprecated" in warning
+    assert value == "8443"
+    assert logfile.read_text() == ""
     assert run_ksocket("config", "--loglevel=LOUD").returncode == 2
+
+
+def test_loglevel_takes_any_case_and_is_stored_in_upper_case(home: Path) -> None:
+    assert run_ksocket("config", "loglevel", "debug").returncode == 0
+    assert tomllib.loads(config_file(home).read_text())["loglevel"] == "DEBUG"
+    assert config.validate("loglevel", "Warning") == "WARNING"
+
+
+def test_a_log_that_cannot_be_opened_is_one_line_naming_logfile(home: Path, tmp_path: Path) -> None:
+    for args, env in [
+        (["--logfile=/dev/null/x.log", "config"], {}),
+        (["--logfile=", "config"], {}),
+        (["config"], {"KSOCKET_HOME": "/dev/null"}),
+    ]:
+        result = run_ksocket(*args, env=env)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("ksocket: error: logfile: ")
+        assert result.stderr.count("\n") == 1, "one line, no traceback"
+    assert run_ksocket("config", "logfile", "/dev/null/x.log").returncode == 0  # may be created later
+    result = run_ksocket("config")
+    assert result.returncode == 2
+    assert result.stderr.startswith("ksocket: error: logfile: cannot open /dev/null/x.log: ")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "secret"),
+    [
+        ("number.toml", "[connect]\ntoken = 12345678\n", "12345678"),
+        ("list.toml", '[connect]\ntoken = ["supersecret"]\n', "supersecret"),
+        ("number.yaml", "connect:\n  token: 87654321\n", "87654321"),
+        ("tag.yaml", "connect:\n  token: !Tok3nValue\n", "Tok3nValue"),
+        ("alias.yaml", "connect:\n  token: *Hunter3pw\n", "Hunter3pw"),
+    ],
+)
+def test_a_mistyped_token_is_never_printed(home: Path, tmp_path: Path, name: str, content: str, secret: str) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    env = {"KSOCKET_CONFIG": str(path)}
+    listing = run_ksocket("config", env=env)
+    assert listing.returncode == 2
+    assert listing.stderr.startswith(f"ksocket: error: {path}")
+    diagnostics = run_ksocket("diagnostics", "config", env=env)
+    assert diagnostics.returncode == 1
+    assert "Read KSOCKET_CONFIG as" in diagnostics.stdout and "NG [" in diagnostics.stdout
+    for output in (listing.stdout, listing.stderr, diagnostics.stdout, diagnostics.stderr):
+        assert secret not in output
+
+
+def test_secrets_are_masked_however_short() -> None:
+    redact.register("ʘ!", "")
+    assert redact.redact("before ʘ! after") == "before ******** after"
+    assert redact.redact("nothing secret") == "nothing secret"  # the empty string was not registered
 
 
 def test_log_lines_mask_the_token(home: Path, tmp_path: Path) -> None:

@@ -6,6 +6,9 @@ import logging
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from ksocket.credentials import (
 )
 from ksocket.credentials.models import HOST_KEY_ACCEPT_NEW
 from ksocket.errors import CredentialError
+from tests.conftest import run_ksocket
 
 ANY = 'includes = ["198.18.0.0/15", "2001:db8::/32"]\n'
 
@@ -263,11 +267,11 @@ def test_the_same_file_in_toml_yaml_and_yml(tmp_path: Path) -> None:
 
 
 def test_winrm_domain_accounts_need_ntlm_or_credssp(tmp_path: Path) -> None:
-    text = 'authMethod = "credssp"\n[account]\nusername = "user01@MYDOMAIN"\npassword = "p"\n'
+    text = 'authMethod = "credssp"\n[account]\nusername = "user01@MYDOMAIN"\npassword = "p-secret"\n'
     upn = load("winrm", write(tmp_path, "a.toml", text))
     assert upn.auth_method == "credssp"
     assert upn.account.domain == "MYDOMAIN" and upn.account.is_domain_account
-    local = load("winrm", write(tmp_path, "b.toml", '[account]\nusername = "john"\npassword = "p"\n'))
+    local = load("winrm", write(tmp_path, "b.toml", '[account]\nusername = "john"\npassword = "p-secret"\n'))
     assert local.account.domain == "" and not local.account.is_domain_account
 
 
@@ -372,26 +376,26 @@ BROKEN: list[tuple[str, str, str | bytes, str]] = [
     (
         "winrm",
         "method.toml",
-        ANY + 'authMethod = "kerberos"\n[account]\nusername = "x"\npassword = "p"\n',
+        ANY + 'authMethod = "kerberos"\n[account]\nusername = "x"\npassword = "p-secret"\n',
         "authMethod",
     ),
-    ("winrm", "ntdom.toml", ANY + "[account]\nusername = 'MYDOMAIN\\USER01'\npassword = \"p\"\n", "authMethod"),
+    ("winrm", "ntdom.toml", ANY + "[account]\nusername = 'MYDOMAIN\\USER01'\npassword = \"p-secret\"\n", "authMethod"),
     (
         "winrm",
         "upndom.toml",
-        ANY + 'authMethod = "basic"\n[account]\nusername = "user01@MYDOMAIN"\npassword = "p"\n',
+        ANY + 'authMethod = "basic"\n[account]\nusername = "user01@MYDOMAIN"\npassword = "p-secret"\n',
         "authMethod",
     ),
     (
         "winrm",
         "enc.toml",
-        ANY + 'authMessageEncryption = "sometimes"\n[account]\nusername = "x"\npassword = "p"\n',
+        ANY + 'authMessageEncryption = "sometimes"\n[account]\nusername = "x"\npassword = "p-secret"\n',
         "authMessageEncryption",
     ),
     (
         "winrm",
         "tls.toml",
-        ANY + 'authCredSSPDisableTLSv1.2 = "yes"\n[account]\nusername = "x"\npassword = "p"\n',
+        ANY + 'authCredSSPDisableTLSv1.2 = "yes"\n[account]\nusername = "x"\npassword = "p-secret"\n',
         "authCredSSPDisableTLSv1.2",
     ),
     ("winrm", "nopass.toml", ANY + '[account]\nusername = "x"\n', "account.password"),
@@ -514,3 +518,48 @@ def test_a_wrongly_typed_secret_is_not_quoted(tmp_path: Path) -> None:
     with pytest.raises(CredentialError, match=r"account\.password: must be a string, got an integer") as caught:
         load("winrm", path)
     assert "987654321" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "secret"),
+    [("password: !Hunter2pw\n", "Hunter2pw"), ("password: *Hunter3pw\n", "Hunter3pw")],
+    ids=["tag", "alias"],
+)
+def test_a_yaml_error_names_the_place_not_the_text(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, content: str, secret: str
+) -> None:
+    path = write(tmp_path / "ssh", "10.yaml", "includes: [198.18.0.0/15]\naccount:\n  username: x\n  " + content)
+    caplog.set_level(logging.INFO, logger="ksocket.credentials")
+    assert find("ssh", "198.18.0.1", tmp_path) == []
+    (considered,) = explain("ssh", "198.18.0.1", tmp_path)
+    assert considered.reason.startswith("invalid: line 4: not YAML: ")
+    assert considered.reason.endswith("(column 13)")
+    for shown in (considered.reason, caplog.text):
+        assert secret not in shown
+    assert f"{path}:4: not YAML" in caplog.text
+
+
+def test_explain_into_a_closed_pipe_exits_quietly(home: Path) -> None:
+    reader, writer = os.pipe()
+    os.close(reader)  # like `| head` that has gone: every write fails with EPIPE
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "ksocket.cli", "credentials", "explain", "10.10.0.5"],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(writer)
+    assert (result.returncode, result.stderr) == (128 + signal.SIGPIPE, "")
+
+
+def test_encrypt_and_decrypt_log_where_the_command_line_says(home: Path, tmp_path: Path) -> None:
+    plain = write(tmp_path, "creds.toml", GOOD["ssh"])
+    for verb in ("encrypt", "decrypt"):
+        result = run_ksocket("--logfile=-", "--loglevel=info", verb, str(plain))
+        assert result.returncode == 0, result.stderr
+        assert f" INFO ksocket.credentials:{verb}_file:" in result.stdout and f"{verb}ed {plain}" in result.stdout
+    assert plain.read_text() == GOOD["ssh"]

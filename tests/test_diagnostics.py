@@ -8,8 +8,12 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
+from ksocket import diagnostics, redact
 from ksocket.hub.server import Hub
 from ksocket.hub.store import Store
+from statemachine import table
 from tests.conftest import run_ksocket
 
 
@@ -83,7 +87,7 @@ def test_diagnostics_config_names_the_failing_stage(home: Path) -> None:
     assert run_ksocket("diagnostics", "sideways").returncode == 2
 
 
-def test_diagnostics_config_checks_the_cloud_api_of_the_scan_mode(home: Path, tmp_path: Path) -> None:
+def test_diagnostics_connect_checks_the_cloud_api_of_the_scan_mode(home: Path, tmp_path: Path) -> None:
     path = home / "etc" / "ksocket" / "ksocket.toml"
     path.parent.mkdir(parents=True)
     path.write_text('[operations]\nnetworksScanMode = "aws"\n')
@@ -94,6 +98,54 @@ def test_diagnostics_config_checks_the_cloud_api_of_the_scan_mode(home: Path, tm
         "AWS_REGION": "",
         "AWS_DEFAULT_REGION": "",
     }
-    result = run_ksocket("diagnostics", "config", env=no_aws)
+    result = run_ksocket("diagnostics", "connect", env=no_aws)
     assert result.returncode == 1
     assert check_line(result.stdout, "Reach the aws API with its credentials").startswith("NG [no AWS region")
+
+
+def test_connect_prints_the_state_table_before_walking_the_states(home: Path) -> None:
+    path = home / "etc" / "ksocket" / "ksocket.toml"
+    path.parent.mkdir(parents=True)
+    path.write_text('[connect]\nhost = "127.0.0.1"\nendpoint = "ws://%(host)s:99999/api/ksocket/connect"\n')
+    result = run_ksocket("diagnostics", "connect")
+    assert result.returncode == 1
+    assert f"\n{table.describe()}\n\nState: connecting\n" in result.stdout
+    # a port out of range in the endpoint is the endpoint's NG line, not a traceback
+    assert check_line(result.stdout, "Read the endpoint").startswith(
+        "NG [connect.endpoint gives 'ws://127.0.0.1:99999/"
+    )
+    assert result.stderr == ""
+
+
+def test_a_broken_config_file_is_reported_once(home: Path) -> None:
+    path = home / "etc" / "ksocket" / "ksocket.toml"
+    path.parent.mkdir(parents=True)
+    path.write_text('[connect]\ntoken = ["supersecret"]\n')
+    result = run_ksocket("diagnostics", "config", "connect")
+    assert result.returncode == 1
+    verdict = check_line(result.stdout, "Read KSOCKET_CONFIG as config file")
+    assert verdict == f"NG [{path}: connect.token: must be a string, got a list]"
+    assert "supersecret" not in result.stdout + result.stderr
+
+
+def test_every_detail_is_masked(capsys: pytest.CaptureFixture[str]) -> None:
+    redact.register("diag-Secret-42")
+    report = diagnostics.Report()
+    report.line("Some check", False, "the library said diag-Secret-42")
+    report.check("Another check", lambda: "diag-Secret-42")
+    output = capsys.readouterr().out
+    assert "diag-Secret-42" not in output
+    assert output.count(redact.MASK) == 2
+
+
+def test_diagnostics_logs_where_the_command_line_and_the_config_say(home: Path, tmp_path: Path) -> None:
+    # a YAML config file is worth a deprecation warning, logged by every command
+    config = tmp_path / "ksocket.yaml"
+    from_config = tmp_path / "from-config.log"
+    config.write_text(f"logfile: {from_config}\n")
+    env = {"KSOCKET_CONFIG": str(config)}
+    assert run_ksocket("diagnostics", "config", env=env).returncode == 0
+    assert "YAML config files are deprecated" in from_config.read_text()
+    from_option = tmp_path / "from-option.log"
+    assert run_ksocket(f"--logfile={from_option}", "diagnostics", "config", env=env).returncode == 0
+    assert "YAML config files are deprecated" in from_option.read_text()
