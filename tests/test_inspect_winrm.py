@@ -18,11 +18,10 @@ import asyncssh
 import pytest
 
 from ksocket.collectors.base import Cancelled, NullContext, OperationFailed
-from ksocket.collectors.inspect import wmi
+from ksocket.collectors.inspect import hosts, wmi
 from ksocket.collectors.inspect.base import AUTH_FAILED, NO_CREDENTIAL, TIMEOUT, UNREACHABLE
 from ksocket.collectors.inspect.winrm import WinRMInspector
 from ksocket.credentials.models import Account, SSHAccount, SSHCredential, WinRMCredential
-from ksocket.errors import CredentialError
 from tests.tlstools import CertificateAuthority
 from tests.wsmanserver import RECORDED, WSManServer, closed_port, silent_listener
 
@@ -160,10 +159,22 @@ def test_basic_with_a_domain_account_is_refused_before_any_request(server: WSMan
     assert 'authMethod = "basic"' in str(error) and 'set authMethod = "ntlm"' in str(error)
     assert str(CREDENTIAL_FILE) in str(error)
     assert server.connections == 0 and server.log == []
-    # the credential file itself is refused when it is read (manual 3.2.2's note)
-    document = {"includes": ["127.0.0.1"], "authMethod": "basic", "account": {"username": username, "password": "x"}}
-    with pytest.raises(CredentialError, match="authMethod"):
-        WinRMCredential.from_document(CREDENTIAL_FILE, document)
+
+
+def test_a_basic_domain_account_file_is_found_and_fails_as_that_files_auth_failure(
+    server: WSManServer, tmp_path: Path
+) -> None:
+    folder = tmp_path / "creds" / "winrm"
+    folder.mkdir(parents=True)
+    basic = folder / "00_basic.toml"
+    basic.write_text(
+        f'includes = ["127.0.0.1"]\nport = {server.port}\n[account]\nusername = "MYDOMAIN\\\\USER01"\n'
+        'password = "domain-pass-1"\n'
+    )
+    section = asyncio.run(hosts.HostInspection(tmp_path / "creds").inspect_host("127.0.0.1", ["winrm"]))["winrm"]
+    assert section["error"]["code"] == AUTH_FAILED
+    assert str(basic) in section["error"]["message"] and 'set authMethod = "ntlm"' in section["error"]["message"]
+    assert server.connections == 0
 
 
 def test_basic_cannot_encrypt_so_always_is_refused_before_any_request(server: WSManServer) -> None:

@@ -230,7 +230,8 @@ class SSHCredential(Credential):
 
 @dataclass(frozen=True, kw_only=True, repr=False)
 class WinRMCredential(Credential):
-    """``credentials/winrm`` (manual 3.2.2)."""
+    """``credentials/winrm`` (manual 3.2.2). Basic with a domain account loads: the inspector refuses
+    it before connecting, as that file's ``auth-failed`` (so the search still finds the file)."""
 
     kind: ClassVar[str] = "winrm"
 
@@ -245,12 +246,6 @@ class WinRMCredential(Credential):
     def _read(cls, fields: Fields) -> dict[str, Any]:
         method = fields.choice("authMethod", "basic", AUTH_METHODS)
         account = Account.read(fields.table("account", required=True, hint="username and password"))
-        if method == "basic" and account.is_domain_account:
-            raise fields.error(
-                "authMethod",
-                f"basic authentication cannot log in with the domain account {account.username!r}; "
-                'set authMethod = "ntlm"',
-            )
         return {
             "auth_method": method,
             "message_encryption": fields.choice("authMessageEncryption", "auto", MESSAGE_ENCRYPTIONS),
