@@ -27,6 +27,7 @@ from pysnmp.proto.api import v2c
 from pysnmp.proto.api.verdec import decode_message_version
 
 from ksocket.collectors.base import Cancelled, NullContext, OperationFailed
+from ksocket.collectors.inspect import hosts
 from ksocket.collectors.inspect.base import AUTH_FAILED, TIMEOUT
 from ksocket.collectors.inspect.snmp import MAX_VALUE_BYTES, SNMPInspector
 from ksocket.credentials.models import AuthData, SNMPCredential
@@ -129,7 +130,22 @@ def test_v2c_collects_system_interfaces_addresses_and_arp(snmpd: Snmpd) -> None:
 
     assert document["lldpNeighbors"] == [] and document["entities"] == []  # snmpd has neither MIB
     assert document["errors"] == []
-    assert context.progress_calls[-1] == (6, 6)
+    assert context.progress_calls == []  # only the host level reports, with one total
+    assert context.checks > 0
+
+
+def test_progress_through_the_orchestrator_has_one_total_and_never_goes_back(snmpd: Snmpd, tmp_path: Path) -> None:
+    folder = tmp_path / "snmp"
+    folder.mkdir()
+    (folder / "00.toml").write_text(
+        f'includes = ["{ADDRESS}"]\nport = {snmpd.port}\n[authData]\ncommunity = "public"\n'
+    )
+    context = Recorder()
+    result = asyncio.run(hosts.HostInspection(tmp_path).inspect_host(ADDRESS, ["snmp", "ssh"], context))
+    assert result["snmp"]["system"]["name"] and result["ssh"]["error"]["code"] == "no-credential"
+    assert {total for _, total in context.progress_calls} == {2}
+    done = [done for done, _ in context.progress_calls]
+    assert done == sorted(done) and done[-1] == 2
 
 
 def test_v2c_over_ipv6(snmpd: Snmpd) -> None:

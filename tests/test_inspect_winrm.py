@@ -104,7 +104,7 @@ def test_basic_over_http_collects_every_section(server: WSManServer) -> None:
         ("KB5031364", "2023-10-11T00:00:00Z"),
         ("KB4589208", None),
     ]
-    assert context.progress_calls[-1] == (4, 4)
+    assert context.progress_calls == []  # only the host level reports, with one total
 
     # what went over the wire: Basic, in clear (never), one shell, one PowerShell per group
     assert {(item.auth, item.encrypted, item.user) for item in server.log} == {("Basic", False, "Administrator")}

@@ -452,7 +452,7 @@ class SNMPInspector:
         engine = hlapi.SnmpEngine()
         try:
             agent = await self._agent(engine, address, credential, context)
-            return await self._collect(agent, address, credential, context)
+            return await self._collect(agent, address, credential)
         finally:
             try:
                 engine.close_dispatcher()
@@ -469,7 +469,8 @@ class SNMPInspector:
         deadline = time.monotonic() + self.budget
         return _Agent(engine, auth, target, credential, deadline, context, self.max_total_rows)
 
-    async def _collect(self, agent: _Agent, address: str, credential: SNMPCredential, context: Context) -> Document:
+    async def _collect(self, agent: _Agent, address: str, credential: SNMPCredential) -> Document:
+        """The system group, then each table; progress is the orchestrator's to report (per protocol)."""
         where = f"SNMP {credential.auth_data.version} {_endpoint(address, credential.port)}"
         try:
             system = await agent.get(SYSTEM.values())
@@ -499,9 +500,7 @@ class SNMPInspector:
             ("lldpNeighbors", self._lldp),
             ("entities", self._entities),
         ]
-        total = len(sections) + 1
-        context.progress(1, total)
-        for done, (section, collect) in enumerate(sections, start=2):
+        for section, collect in sections:
             notes: list[str] = []
             try:
                 document[section] = await collect(agent, notes)
@@ -514,7 +513,6 @@ class SNMPInspector:
             except _Refused as exc:
                 notes.append(f"refused: {exc}")
             document["errors"].extend({"section": section, "message": note} for note in notes)
-            context.progress(done, total)
         _attach_addresses(document)
         logger.debug("%s: %d requests", where, agent.requests)
         return document

@@ -19,7 +19,7 @@ returns the document below, or raises :class:`~ksocket.collectors.base.Operation
 
 pywinrm is synchronous: one worker thread runs the session (one shell, one PowerShell process per
 group of sections, see :mod:`ksocket.collectors.inspect.wmi`) while the event loop keeps the SSH
-tunnel, progress and cancellation going. A section that fails or whose output is unreadable is
+tunnel and cancellation going. A section that fails or whose output is unreadable is
 left empty with an entry in ``errors``; a failure to connect or to log in is the whole
 inspection's.
 
@@ -209,7 +209,7 @@ def _url(scheme: str, host: str, port: int) -> str:
 
 
 async def _run(session: _Session, context: Context) -> Document:
-    """Runs the session in a worker thread; reports its progress and stops it when cancelled.
+    """Runs the session in a worker thread and stops it when cancelled (progress is the orchestrator's).
 
     The thread is a daemon of its own rather than the loop's executor, so that a cancelled
     inspection returns at once: the thread notices ``stop`` after its current request, which
@@ -237,13 +237,9 @@ async def _run(session: _Session, context: Context) -> Document:
             loop.call_soon_threadsafe(settle, document, failure)
 
     threading.Thread(target=work, name="winrm-session", daemon=True).start()
-    reported = -1
     try:
         while True:
             done, _ = await asyncio.wait({result}, timeout=0.2)
-            if session.done != reported:
-                reported = session.done
-                context.progress(reported, len(wmi.GROUPS) + 1)
             if done:
                 return result.result()
             context.check_cancelled()
@@ -264,7 +260,6 @@ class _Session:
         self.verify_tls = verify_tls
         self.deadline = deadline
         self.stop = threading.Event()
-        self.done = 0
 
     def protocol(self) -> Protocol:
         credential = self.credential
@@ -314,7 +309,6 @@ class _Session:
         except Exception as exc:
             protocol.transport.close_session()
             raise self._failure(exc) from None
-        self.done = 1
         try:
             for position, group in enumerate(wmi.GROUPS):
                 if self.stop.is_set():
@@ -341,7 +335,6 @@ class _Session:
                 errors.extend(problems)
                 for section, items in objects.items():
                     document[section] = wmi.normalise(section, items)
-                self.done = position + 2
         finally:
             with contextlib.suppress(Exception):
                 protocol.close_shell(shell)  # closes the HTTP session too, unless it fails first
