@@ -183,8 +183,11 @@ MODES = ("endless", "huge", "decreasing", "wrong-types", "silent")
 class StubAgent:
     """An SNMPv2c agent in a thread on ``address`` (loopback); any community is accepted.
 
-    Subclasses say what a GET and a GETBULK are answered with; ``requests`` counts the answers.
+    Subclasses say what a GET and a GETBULK are answered with; ``requests`` counts the answers;
+    a set ``get_error_status`` (5 genErr, 2 noSuchName, …) is every GET's error-status.
     """
+
+    get_error_status = 0
 
     def __init__(self, address: str = "127.0.0.1") -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -236,6 +239,9 @@ class StubAgent:
             values = self._bulk(asked, repetitions)
         else:
             values = self._get(asked)
+            if self.get_error_status:
+                v2c.apiPDU.set_error_status(reply, self.get_error_status)
+                v2c.apiPDU.set_error_index(reply, 1)
         if values is None:
             return None
         v2c.apiPDU.set_varbinds(reply, values)

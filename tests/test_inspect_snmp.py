@@ -487,6 +487,14 @@ def test_values_are_kept_as_plain_cut_values() -> None:
     assert _compact(v2c.ObjectIdentifier("1.3.6.1")) == (1, 3, 6, 1)
 
 
+@pytest.mark.parametrize("status", [5, 2])  # genErr, noSuchName
+def test_an_error_status_on_the_system_group_is_a_protocol_error(status: int) -> None:
+    with StaticAgent({}) as agent:
+        agent.get_error_status = status
+        error = failure(agent.address, credential(agent.port, community="x"))
+    assert error.code == "protocol-error" and "answered the system group" in str(error)
+
+
 def test_non_increasing_oids_end_the_walk() -> None:
     with HostileAgent("decreasing") as agent:
         started = time.monotonic()

@@ -2,7 +2,8 @@
 
 :class:`SNMPInspector` tries ONE ``credentials/snmp`` file against one address with pysnmp's asyncio
 API and returns the document below, or raises
-:class:`~ksocket.collectors.base.OperationFailed` (``timeout``, ``auth-failed``, ``unreachable``).
+:class:`~ksocket.collectors.base.OperationFailed` (``timeout``, ``auth-failed``, ``unreachable``;
+``protocol-error`` when the agent answers the system group with an error-status such as genErr).
 
 Everything is asked for by numeric OID (no MIB is compiled or looked up at run time). Tables are
 walked column by column with GETBULK, several columns in one request; every walk is bounded:
@@ -58,7 +59,7 @@ from pysnmp.proto import errind, rfc1902, rfc1905
 from pysnmp.proto.rfc1902 import univ
 
 from ksocket.collectors.base import Context, Document, OperationFailed
-from ksocket.collectors.inspect.base import AUTH_FAILED, TIMEOUT, UNREACHABLE
+from ksocket.collectors.inspect.base import AUTH_FAILED, PROTOCOL_ERROR, TIMEOUT, UNREACHABLE
 from ksocket.credentials.models import NO_AUTH, NO_PRIV, Credential, SNMPCredential
 
 logger = logging.getLogger("ksocket.inspect.snmp")
@@ -723,6 +724,8 @@ def _refusal(where: str, credential: SNMPCredential, exc: _Refused) -> Operation
         else:
             why = str(indication)
         return OperationFailed(AUTH_FAILED, f"{where}: {credential.path}: {why}")
+    if exc.status:  # the agent is there and answered, with an error
+        return OperationFailed(PROTOCOL_ERROR, f"{where}: the agent answered the system group with {indication}")
     return OperationFailed(UNREACHABLE, f"{where}: {indication}")
 
 
