@@ -4,7 +4,8 @@ Fifty ``/usr/sbin/sshd`` processes listen on 127.0.1.1-50 (tests/sshdtools.py), 
 unencrypted ed25519 key of the test account. Each tool runs as its own process, five times:
 
 * ksocket: one ``hosts.inspect`` per host, all at once on one event loop (``--protocols ssh``,
-  the default 2 connections per host), with a credential file for 127.0.1.0/24 and that key;
+  the default 2 connections per host), with one credential file per host (its address, port and
+  that key: 50 files, so each host's search also reads the 49 that do not match it);
 * Ansible: ``ansible all -m setup -f 50`` over the same hosts, user and key (host key checking
   off, its default SSH multiplexing, a fresh ControlPath folder per run so no run inherits the
   previous one's connections), and once more with ``pipelining`` on, its fastest setting.
@@ -199,8 +200,7 @@ def main() -> int:
 def _measure(folder: Path, key: Path, servers: list[sshdtools.Sshd], ansible: Path) -> int:
     addresses = [server.address for server in servers]
     credentials = folder / "credentials"
-    # one credential file for the whole range; each host's port through excludes/includes would be
-    # 50 files, so every sshd gets its own address and the file names the port per host instead
+    # a file per host, named after its address, with that host's port
     for server in servers:
         sshdtools.credential_file(
             credentials, f"{server.address}.toml", [server.address], port=server.port, keys=[(key, "")]

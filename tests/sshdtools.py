@@ -278,7 +278,7 @@ def netns_available() -> bool:
 @contextlib.contextmanager
 def sshd_farm(count: int, root: Path, *, authorized_keys: Sequence[str] = (), first: int = 1) -> Iterator[list[Sshd]]:
     """``count`` sshd processes on 127.0.1.<first…>, one per address, all on one port (the
-    benchmark's hosts: one credential file for 127.0.1.0/24 serves them all)."""
+    benchmark's hosts)."""
     addresses = [f"127.0.1.{first + index}" for index in range(count)]
     port = common_free_port(addresses)
     servers: list[Sshd] = []
