@@ -8,9 +8,13 @@ also catches a secret that a library quotes back in its own exception.
 
 from __future__ import annotations
 
+import re
 import threading
 
 MASK = "********"
+# a secret shorter than this is masked only where it stands alone: a one-letter password masked inside
+# every word would leave no log line readable
+WHOLE_TOKEN_BELOW = 4
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
@@ -27,8 +31,12 @@ def redact(text: str) -> str:
     with _lock:
         secrets = sorted(_secrets, key=len, reverse=True)
     for secret in secrets:
-        if secret in text:
+        if secret not in text:
+            continue
+        if len(secret) >= WHOLE_TOKEN_BELOW:
             text = text.replace(secret, MASK)
+        else:
+            text = re.sub(rf"(?<![0-9A-Za-z]){re.escape(secret)}(?![0-9A-Za-z])", MASK, text)
     return text
 
 

@@ -8,6 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from ksocket import redact
+
+
+@pytest.fixture(autouse=True)
+def secrets_of_this_test_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The secrets a test registers (one-letter passwords among them) are masked in its output only."""
+    monkeypatch.setattr(redact, "_secrets", set(redact._secrets))
+
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:

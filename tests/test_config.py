@@ -260,9 +260,12 @@ def test_a_mistyped_token_is_never_printed(home: Path, tmp_path: Path, name: str
 
 
 def test_secrets_are_masked_however_short() -> None:
-    redact.register("ʘ!", "")
+    redact.register("ʘ!", "p", "")
     assert redact.redact("before ʘ! after") == "before ******** after"
     assert redact.redact("nothing secret") == "nothing secret"  # the empty string was not registered
+    # a short one where it stands alone, not inside every word that holds it
+    assert redact.redact("password p, 'p' or p=p") == "password ********, '********' or ********=********"
+    assert redact.redact("ssh: p@host") == "ssh: ********@host"
 
 
 def test_log_lines_mask_the_token(home: Path, tmp_path: Path) -> None:

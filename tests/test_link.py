@@ -48,6 +48,11 @@ async def running_hub(tmp_path: Path, **options: Any) -> AsyncIterator[tuple[Hub
         yield hub, token
 
 
+# protocol seconds for a FixedClock(scale=0.01), sane in real time on a busy machine: a heartbeat every
+# 50 ms with 100 ms to answer it, 5 s for each attempt's TCP, WebSocket and authentication
+SCALED = {"heartbeat_interval": 5.0, "heartbeat_timeout": 10.0, "resume_timeout": 500.0}
+
+
 def agent_settings(hub: Hub, token: str, **overrides: Any) -> Settings:
     base = Settings(
         host="127.0.0.1",
@@ -149,7 +154,7 @@ def test_a_second_agent_on_a_held_slot_is_refused(tmp_path: Path) -> None:
 def test_lost_connection_resumes_the_same_session(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_hub(tmp_path) as (hub, token):
-            link = make_link(tmp_path, agent_settings(hub, token), clock=FixedClock(scale=0.01))
+            link = make_link(tmp_path, agent_settings(hub, token, **SCALED), clock=FixedClock(scale=0.01))
             task = await start(link)
             session = await hub.wait_connected(SLOT)
             await hub.drop(SLOT)  # the TCP connection dies without a close frame
@@ -189,7 +194,7 @@ def test_a_lost_connected_link_is_no_failed_attempt(tmp_path: Path, caplog: pyte
 def test_heartbeat_loss_closes_4408_and_resumes(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_hub(tmp_path) as (hub, token):
-            settings = agent_settings(hub, token, heartbeat_interval=5, heartbeat_timeout=10)  # 50 ms, 100 ms
+            settings = agent_settings(hub, token, **SCALED)
             link = make_link(tmp_path, settings, clock=FixedClock(scale=0.01))
             task = await start(link)
             session = await hub.wait_connected(SLOT)
@@ -212,7 +217,7 @@ def test_hub_restart_while_the_agent_runs(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_hub(tmp_path) as (hub, token):
             port = hub.port
-            link = make_link(tmp_path, agent_settings(hub, token), clock=FixedClock(scale=0.01))
+            link = make_link(tmp_path, agent_settings(hub, token, **SCALED), clock=FixedClock(scale=0.01))
             task = await start(link)
             await hub.wait_connected(SLOT)
         async with Hub(tmp_path / "hub.db", port=port) as second:
@@ -252,7 +257,7 @@ def test_bad_frames_from_the_hub_are_answered_and_the_link_kept(tmp_path: Path) 
 def test_unacked_results_are_sent_again_then_the_link_counts_as_lost(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with running_hub(tmp_path) as (hub, token):
-            settings = agent_settings(hub, token, request_timeout=0.1, request_retries=2)
+            settings = agent_settings(hub, token, **SCALED, request_timeout=10.0, request_retries=2)  # 100 ms
             runner = InlineRunner()
             link = make_link(tmp_path, settings, runner=runner, clock=FixedClock(scale=0.01))
             task = await start(link)
