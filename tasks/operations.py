@@ -10,13 +10,17 @@ time limit (TimeLimit middleware), how often a transient failure is retried and 
 
 ``validate(params)`` runs at admission, before anything is enqueued, and raises
 :class:`~tasks.errors.InvalidParams` to have the operation refused with ``invalid-params``.
-Every broker the pipeline builds gets an actor for every registered operation, on the one queue
-:data:`QUEUE` (so operations wait in arrival order), including operations registered after the
-broker was built.
+Every broker the pipeline builds gets an actor for every registered operation, including
+operations registered after the broker was built. They share the one queue :data:`QUEUE` (so
+operations wait in arrival order), which every worker on the broker serves, on any host; an
+operation registered ``host_bound`` (it reports on the host it runs on) has a queue of the host
+instead, :func:`host_queue`, which only workers on that host serve: the agent's own.
 """
 
 from __future__ import annotations
 
+import re
+import socket
 import threading
 import weakref
 from collections.abc import Callable
@@ -39,6 +43,7 @@ __all__ = [
     "OperationSpec",
     "Registry",
     "Validator",
+    "host_queue",
     "operation",
     "register",
 ]
@@ -51,6 +56,11 @@ Validator = Callable[[Document], None]
 
 def accept_any(params: Document) -> None:
     return None
+
+
+def host_queue() -> str:
+    """The queue of host-bound operations that this host's workers serve (a name Dramatiq accepts)."""
+    return f"{QUEUE}.host-" + re.sub(r"[^a-zA-Z0-9._-]", "_", socket.gethostname())
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,8 @@ class OperationSpec:
     min_backoff: float = 5.0
     """Seconds before the first retry; doubles with each further one (with jitter) up to max_backoff."""
     max_backoff: float = 300.0
+    host_bound: bool = False
+    """It must run on the agent's host (its result describes that host): only that host's workers take it."""
     extra_options: dict[str, Any] = field(default_factory=dict)
 
     def actor_options(self) -> dict[str, Any]:
@@ -110,6 +122,7 @@ class Registry:
         max_retries: int = 3,
         min_backoff: float = 5.0,
         max_backoff: float = 300.0,
+        host_bound: bool = False,
         replace: bool = False,
         **extra_options: Any,
     ) -> OperationSpec:
@@ -122,6 +135,7 @@ class Registry:
             max_retries=max_retries,
             min_backoff=min_backoff,
             max_backoff=max_backoff,
+            host_bound=host_bound,
             extra_options=extra_options,
         )
         with self._lock:
@@ -165,7 +179,7 @@ class Registry:
             _actor_function(spec),
             broker=broker,
             actor_name=spec.name,
-            queue_name=QUEUE,
+            queue_name=host_queue() if spec.host_bound else QUEUE,
             priority=0,
             options=spec.actor_options(),
         )
@@ -177,7 +191,7 @@ register = REGISTRY.register
 operation = REGISTRY.operation
 
 # The operations the agent knows (protocol.md); policy per operation is in the actor options here.
-register("system.info", system.collect, time_limit=60.0, max_retries=1)
+register("system.info", system.collect, time_limit=60.0, max_retries=1, host_bound=True)
 register("networks.scan", scan.collect, validate=scan.validate, time_limit=3600.0, max_retries=1)
 # Per-protocol failures live inside a successful result, and auth failures must never repeat.
 register("hosts.inspect", hosts.collect, validate=hosts.validate, time_limit=900.0, max_retries=0)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dramatiq import Worker
+from dramatiq.common import dq_name
 from dramatiq.errors import DecodeError
 from dramatiq.message import Message
 from dramatiq.middleware import Retries, TimeLimit
@@ -28,7 +29,7 @@ from tasks import broker as brokers
 from tasks.errors import PipelineError
 from tasks.journal import Held, Journal
 from tasks.middleware import Lifecycle
-from tasks.operations import QUEUE, REGISTRY, Registry
+from tasks.operations import REGISTRY, Registry
 
 log = logging.getLogger("ksocket.tasks")
 
@@ -149,11 +150,12 @@ class Pipeline:
         """Operation ids of every message Dramatiq still holds (queued, delayed, or fetched and unacked)."""
         namespace = self.broker.namespace
         with self.broker.redis.pipeline(transaction=True) as pipe:
-            pipe.hvals(f"{namespace}:{QUEUE}.msgs")
-            pipe.hvals(f"{namespace}:{QUEUE}.DQ.msgs")
+            for queue in self.broker.get_declared_queues():
+                pipe.hvals(f"{namespace}:{queue}.msgs")
+                pipe.hvals(f"{namespace}:{dq_name(queue)}.msgs")
             found: list[list[bytes]] = pipe.execute()
         ids = set()
-        for data in (*found[0], *found[1]):
+        for data in (entry for queue in found for entry in queue):
             try:
                 message: Message[Any] = Message.decode(data)
             except DecodeError as exc:  # a message another program put in our queue

@@ -36,6 +36,7 @@ import redis
 
 from ksocket.collectors.base import Context, Document, InvalidParams, OperationFailed
 from ksocket.protocol import Operation, Progress, Result
+from tasks import operations
 from tasks.broker import NAMESPACE
 from tasks.context import OperationContext
 from tasks.operations import register
@@ -168,6 +169,11 @@ def counted_body(params: Document, context: Context) -> Document:
     return {}
 
 
+def where_body(params: Document, context: Context) -> Document:
+    """A host-bound operation: says which process ran it."""
+    return {"pid": os.getpid()}
+
+
 def runs(client: redis.Redis, namespace: str = NAMESPACE) -> dict[str, int]:
     """How many times each ``test.counted`` body started, by operation id."""
     return {key.decode(): int(value) for key, value in client.hgetall(runs_key(namespace)).items()}
@@ -181,6 +187,12 @@ register("test.count", count_body, validate=check_count, min_backoff=0.05, max_b
 register("test.echo", echo_body, min_backoff=0.05, max_backoff=0.2)
 register("test.nan", nan_body, min_backoff=0.05, max_backoff=0.2)
 register("test.counted", counted_body, min_backoff=0.05, max_backoff=0.2)
+register("test.where", where_body, host_bound=True, min_backoff=0.05, max_backoff=0.2)
+
+OTHER_HOST_ENV = "KSOCKET_TEST_OTHER_HOST"
+"""Set for a worker subprocess that must act as if it ran on another host (tests of host-bound operations)."""
+if os.environ.get(OTHER_HOST_ENV):
+    operations.host_queue = lambda: f"{operations.QUEUE}.host-{os.environ[OTHER_HOST_ENV]}"
 
 
 # --------------------------------------------------------------------------- runners and events
@@ -338,7 +350,7 @@ def start_agent(url: str, ids: list[str], *, seconds: float, log: Path, threads:
     )
 
 
-def start_worker(url: str, *, threads: int = 2) -> subprocess.Popen[str]:
+def start_worker(url: str, *, threads: int = 2, other_host: bool = False) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
             sys.executable,
@@ -355,7 +367,7 @@ def start_worker(url: str, *, threads: int = 2) -> subprocess.Popen[str]:
             str(KILLABLE.requeue_interval),
         ],
         cwd=ROOT,
-        env=python_env(),
+        env={**python_env(), OTHER_HOST_ENV: "elsewhere"} if other_host else python_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
