@@ -52,16 +52,23 @@ from tasks.pipeline import Pipeline, Timings
 log = logging.getLogger("ksocket.tasks")
 
 BUFFERED_RESULTS: Final = 64
+FINISHED_REMEMBERED: Final = 10_000
+"""Ids of the latest results handed out, whose late progress reports are dropped."""
 T = TypeVar("T")
 
 
 class _Events:
-    """The runner's outbox: results in seq order, progress coalesced per operation."""
+    """The runner's outbox: results in seq order, progress coalesced per operation.
+
+    A progress report read after its operation's result (the stream is read in batches, and a
+    worker's last report may land after its result) is dropped: the hub must not see it after the result.
+    """
 
     def __init__(self) -> None:
         self._order: deque[Result | str] = deque()
         self._progress: dict[str, Progress] = {}
         self._results = 0
+        self._finished: dict[str, None] = {}  # an ordered set, oldest first
         self._ready = asyncio.Event()
 
     @property
@@ -73,6 +80,11 @@ class _Events:
             self._progress.pop(event.id, None)
             self._order.append(event)
             self._results += 1
+            self._finished[event.id] = None
+            if len(self._finished) > FINISHED_REMEMBERED:
+                del self._finished[next(iter(self._finished))]
+        elif event.id in self._finished:
+            return
         else:
             if event.id not in self._progress:
                 self._order.append(event.id)

@@ -344,6 +344,20 @@ def test_progress_is_reported_and_throttled(url: str) -> None:
     assert [p.done for p in progress] == sorted(p.done for p in progress)
 
 
+def test_a_progress_report_read_after_its_result_is_dropped(url: str) -> None:
+    async def scenario() -> None:
+        async with running(url) as runner:
+            await runner.submit(op("early"))
+            await collect(runner, ["early"])
+            runner.pipeline.journal.progress("early", 1, 2)  # a report that landed after the result
+            await runner.submit(op("later"))
+            progress: list[Progress] = []
+            await collect(runner, ["later"], progress=progress)
+            assert progress == []
+
+    asyncio.run(scenario())
+
+
 def test_a_body_returning_what_json_cannot_carry_fails_with_internal(url: str) -> None:
     async def scenario() -> None:
         async with running(url) as runner:
