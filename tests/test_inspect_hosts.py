@@ -58,7 +58,7 @@ def write_files(root: Path, kind: str, *names: str, includes: str = "198.18.0.0/
         else:
             body = {
                 "snmp": '[authData]\ncommunity = "public"\n',
-                "winrm": '[account]\nusername = "u"\npassword = "p"\n',
+                "winrm": '[account]\nusername = "u"\npassword = "winrm-pw-123456"\n',
             }
             path = root / kind / name
             path.parent.mkdir(parents=True, exist_ok=True)
