@@ -21,15 +21,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import tomlkit
-import tomlkit.exceptions
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from ksocket import paths, redact
-from ksocket.credentials.fields import described
 from ksocket.errors import ConfigError
+from ksocket.redact import described
+
+if TYPE_CHECKING:
+    import yaml
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_LOGFORMAT = "%(asctime)s %(levelname)s %(name)s:%(funcName)s:%(lineno)d %(message)s"
@@ -264,6 +263,8 @@ def decode(path: Path, data: bytes) -> str:
 def parse_document(path: Path, text: str) -> dict[str, Any]:
     """TOML, or YAML for a ``.yaml``/``.yml`` file; the result is a mapping of tables."""
     if path.suffix in (".yaml", ".yml"):
+        import yaml  # here, not at the top: only legacy files need it, and every command pays for imports
+
         try:
             document = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -284,6 +285,8 @@ def parse_document(path: Path, text: str) -> dict[str, Any]:
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
+    import yaml
+
     if isinstance(exc, yaml.constructor.ConstructorError):
         return "a tag this file may not use"
     if isinstance(exc, yaml.composer.ComposerError):
@@ -348,6 +351,9 @@ def set_value(name: str, raw: str, path: Path | None = None) -> object:
     if path.suffix in (".yaml", ".yml"):
         raise ConfigError(f"{path}: YAML config files are read-only; convert it to ksocket.toml to change it")
     text = decode(path, read_bytes(path)) if path.exists() else default_document()
+    import tomlkit  # here, not at the top: only this command needs it, and every command pays for imports
+    import tomlkit.exceptions
+
     try:
         document = tomlkit.parse(text)
     except tomlkit.exceptions.ParseError as exc:

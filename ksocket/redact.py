@@ -43,3 +43,21 @@ def redact(text: str) -> str:
 def mask(value: str) -> str:
     """The printed form of a secret setting: nothing when unset, the mask otherwise."""
     return MASK if value else ""
+
+
+_TYPE_NAMES = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "a list",
+    dict: "a table",
+}
+
+
+def described(value: object, *, secret: bool = False) -> str:
+    """How a message shows a value: quoted, or only its type for a secret."""
+    if secret:
+        return _TYPE_NAMES.get(type(value), f"a {type(value).__name__}")
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -15,12 +15,15 @@ import logging
 import os
 import secrets
 from pathlib import Path
-
-from cryptography.fernet import Fernet, InvalidToken
+from typing import TYPE_CHECKING
 
 from ksocket import config, paths
 from ksocket.credentials.fields import one_line
 from ksocket.errors import ConfigError, CredentialError, DecryptionError
+
+if TYPE_CHECKING:
+    # cryptography's bindings take some 0.1 s to load, paid only where a file is encrypted or decrypted
+    from cryptography.fernet import Fernet
 
 logger = logging.getLogger("ksocket.credentials")
 
@@ -47,6 +50,8 @@ def _read_key(key_path: Path) -> Fernet:
         data = key_path.read_bytes()
     except OSError as exc:
         raise CredentialError(f"{key_path}: cannot read the credentials key: {exc.strerror}") from None
+    from cryptography.fernet import Fernet
+
     if mode & 0o077:
         logger.warning("%s: the credentials key is readable by others; run chmod 600 on it", key_path)
     try:
@@ -65,6 +70,8 @@ def load_key(key_path: Path | None = None, *, create: bool = False) -> Fernet:
     if key_path.exists() or not create:
         return _read_key(key_path)
     tmp = key_path.with_name(f".{key_path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    from cryptography.fernet import Fernet
+
     config.write_private(tmp, Fernet.generate_key().decode("ascii") + "\n")
     try:
         os.link(tmp, key_path)
@@ -107,6 +114,8 @@ def decrypt_bytes(path: Path, data: bytes, key_path: Path | None = None) -> str:
     if not key_path.exists():
         raise DecryptionError(one_line(f"cannot decrypt {path}: there is no credentials key {key_path}"))
     fernet = load_key(key_path)
+    from cryptography.fernet import InvalidToken
+
     token = rest.strip()
     try:
         if not _canonical(token):

@@ -16,23 +16,7 @@ from pathlib import Path
 import netaddr
 
 from ksocket.errors import CredentialError
-
-_TYPE_NAMES = {
-    bool: "a boolean",
-    int: "an integer",
-    float: "a number",
-    str: "a string",
-    list: "a list",
-    dict: "a table",
-}
-
-
-def described(value: object, *, secret: bool = False) -> str:
-    """How a message shows a value: quoted, or only its type for a secret."""
-    if secret:
-        return _TYPE_NAMES.get(type(value), f"a {type(value).__name__}")
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+from ksocket.redact import described
 
 
 def one_line(text: str) -> str:
