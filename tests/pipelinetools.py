@@ -261,8 +261,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def redis_server(folder: Path) -> Iterator[str]:
-    """A Debian redis-server on a free loopback port, its files in ``folder``; killed afterwards, whatever happens."""
+def redis_server(folder: Path, *, durable: bool = False) -> Iterator[str]:
+    """A Debian redis-server on a free loopback port, its files in ``folder``; killed afterwards, whatever happens.
+
+    ``durable``: with an append-only file fsynced on every write, as the embedded server runs.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     process = subprocess.Popen(
@@ -276,8 +279,7 @@ def redis_server(folder: Path) -> Iterator[str]:
             str(folder),
             "--save",
             "",
-            "--appendonly",
-            "no",
+            *(["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]),
             "--protected-mode",
             "yes",
             "--logfile",
