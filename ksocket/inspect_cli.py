@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from ksocket.collectors.inspect import hosts, parsers
+from ksocket.collectors.inspect import DEFAULT_PROTOCOL_TIMEOUT, MAX_PROTOCOL_TIMEOUT, PROTOCOLS, parsers
 from ksocket.config import Settings
 
 
@@ -28,9 +28,9 @@ def _address(value: str) -> str:
 
 def _protocols(value: str) -> list[str]:
     chosen = [item.strip().lower() for item in value.split(",") if item.strip()]
-    unknown = [item for item in chosen if item not in hosts.PROTOCOLS]
+    unknown = [item for item in chosen if item not in PROTOCOLS]
     if not chosen or unknown:
-        raise argparse.ArgumentTypeError(f"choose from {', '.join(hosts.PROTOCOLS)} (comma-separated)")
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(PROTOCOLS)} (comma-separated)")
     return list(dict.fromkeys(chosen))
 
 
@@ -39,8 +39,8 @@ def _seconds(value: str) -> float:
         seconds = float(value)
     except ValueError:
         seconds = 0.0
-    if not 0 < seconds <= hosts.MAX_PROTOCOL_TIMEOUT:
-        raise argparse.ArgumentTypeError(f"a number of seconds in (0, {hosts.MAX_PROTOCOL_TIMEOUT:g}]")
+    if not 0 < seconds <= MAX_PROTOCOL_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"a number of seconds in (0, {MAX_PROTOCOL_TIMEOUT:g}]")
     return seconds
 
 
@@ -51,19 +51,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--protocols",
         type=_protocols,
         metavar="LIST",
-        help=f"comma-separated protocols to try (default {','.join(hosts.PROTOCOLS)})",
+        help=f"comma-separated protocols to try (default {','.join(PROTOCOLS)})",
     )
     parser.add_argument("--json", action="store_true", help="print the result document as JSON")
     parser.add_argument(
         "--timeout",
         type=_seconds,
         metavar="S",
-        help=f"seconds each protocol may take (default {hosts.DEFAULT_PROTOCOL_TIMEOUT:g})",
+        help=f"seconds each protocol may take (default {DEFAULT_PROTOCOL_TIMEOUT:g})",
     )
 
 
 def run_inspect(args: argparse.Namespace, settings: Settings) -> int:
     """The ``inspect`` command: inspects one host with the settings' credentials and prints the result."""
+    from ksocket.collectors.inspect import hosts  # the inspectors and their libraries: loaded to run only
+
     result = asyncio.run(
         hosts.inspect_host(
             args.address,
@@ -77,7 +79,7 @@ def run_inspect(args: argparse.Namespace, settings: Settings) -> int:
         sys.stdout.write("\n")
     else:
         print_summary(result, sys.stdout)
-    collected = [kind for kind in hosts.PROTOCOLS if kind in result and "error" not in result[kind]]
+    collected = [kind for kind in PROTOCOLS if kind in result and "error" not in result[kind]]
     return 0 if collected else 1
 
 
@@ -163,7 +165,7 @@ def _write(out: TextIO, indent: str, text: str) -> None:
 def print_summary(result: dict[str, Any], out: TextIO) -> None:
     """A few lines per protocol: what was found, or why not."""
     _write(out, "", f"{result.get('address', '?')}")
-    for kind in hosts.PROTOCOLS:
+    for kind in PROTOCOLS:
         if kind not in result:
             continue
         section = result[kind]

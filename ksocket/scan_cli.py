@@ -20,7 +20,6 @@ from typing import Any, TextIO
 from ksocket import inspect_cli
 from ksocket.collectors import cloud, discovery
 from ksocket.collectors.base import InvalidParams, OperationFailed
-from ksocket.collectors.inspect import hosts
 from ksocket.config import Settings
 
 BAR_WIDTH = 30
@@ -220,6 +219,8 @@ def run_scan(
         context.close()
     if args.inspect:
         addresses = [host["address"] for host in result["hosts"]]
+        from ksocket.collectors.inspect import hosts  # the inspectors and their libraries: loaded to run only
+
         result["inspections"] = asyncio.run(hosts.inspect_hosts(addresses, credentials_root=settings.credentials_path))
     if args.json:
         json.dump(result, out, indent=1)

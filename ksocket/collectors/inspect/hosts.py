@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from ksocket.collectors.base import Cancelled, Context, Document, InvalidParams, NullContext, OperationFailed
+from ksocket.collectors.inspect import DEFAULT_PROTOCOL_TIMEOUT, MAX_PROTOCOL_TIMEOUT, PROTOCOLS
 from ksocket.collectors.inspect.base import (
     HOST_KEY_CHANGED,
     INTERNAL,
@@ -63,10 +64,7 @@ from ksocket.errors import KsocketError
 logger = logging.getLogger("ksocket.inspect")
 
 OPERATION = "hosts.inspect"
-PROTOCOLS = ("ssh", "winrm", "snmp")
 DEFAULT_CONNECTIONS_PER_HOST = 2
-DEFAULT_PROTOCOL_TIMEOUT = 120.0
-MAX_PROTOCOL_TIMEOUT = 3600.0
 UNSUPPORTED = "unsupported"
 CANCELLED = "cancelled"
 MAX_MESSAGE = 1024  # characters of a failure's message that are kept (it may quote the server)
