@@ -8,7 +8,6 @@ is 0 when at least one protocol collected something, 1 when none did.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ipaddress
 import json
 import sys
@@ -64,7 +63,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run_inspect(args: argparse.Namespace, settings: Settings) -> int:
     """The ``inspect`` command: inspects one host with the settings' credentials and prints the result."""
-    from ksocket.collectors.inspect import hosts  # the inspectors and their libraries: loaded to run only
+    import asyncio  # like the inspectors, loaded to run only: every ksocket command builds this parser
+
+    from ksocket.collectors.inspect import hosts
 
     result = asyncio.run(
         hosts.inspect_host(

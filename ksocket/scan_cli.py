@@ -10,7 +10,6 @@ result document. :func:`configure` adds the arguments to a parser, :func:`run_sc
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
@@ -219,7 +218,9 @@ def run_scan(
         context.close()
     if args.inspect:
         addresses = [host["address"] for host in result["hosts"]]
-        from ksocket.collectors.inspect import hosts  # the inspectors and their libraries: loaded to run only
+        import asyncio  # like the inspectors, loaded to run only: every ksocket command builds this parser
+
+        from ksocket.collectors.inspect import hosts
 
         result["inspections"] = asyncio.run(hosts.inspect_hosts(addresses, credentials_root=settings.credentials_path))
     if args.json:
