@@ -151,7 +151,11 @@ def _common_options(default: object) -> argparse.ArgumentParser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The whole command line; ``inspect``, ``hub`` and ``service`` get their arguments only when their
+    name is among ``argv`` (the command that runs always is): importing their modules would cost every
+    command its start-up time, ``ksocket scan`` included. ``ksocket --help`` lists them all the same."""
+    named = set(argv)
     parser = argparse.ArgumentParser(prog="ksocket", parents=[_common_options(None)], description="The ksocket agent.")
     # a subcommand's default would overwrite the value given before the subcommand's name
     common = _common_options(argparse.SUPPRESS)
@@ -173,10 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
     command("connect", cmd_connect, "run the agent: connect to the hub and take operations (the service)")
     sub = command("worker", cmd_worker, "run operations from a shared Redis broker (broker.url) for other agents")
     sub.add_argument("--threads", type=int, help="operations at once (default: connect.maxRunningOperations)")
-    from ksocket import inspect_cli, scan_cli
+    from ksocket import scan_cli
 
     scan_cli.configure(command("scan", cmd_scan, "find the hosts on the networks around (networks.scan, locally)"))
-    inspect_cli.configure(command("inspect", cmd_inspect, "inspect one host over SSH, WinRM and SNMP"))
+    sub = command("inspect", cmd_inspect, "inspect one host over SSH, WinRM and SNMP")
+    if "inspect" in named:
+        from ksocket import inspect_cli
+
+        inspect_cli.configure(sub)
     sub = command("credentials", cmd_credentials, "explain which credential files apply to an address")
     sub.add_argument("action", choices=["explain"])
     sub.add_argument("address")
@@ -185,20 +193,22 @@ def build_parser() -> argparse.ArgumentParser:
         sub = command(name, handler, f"{verb} a credential file in place")
         sub.add_argument("file", type=Path)
 
-    from ksocket.hub import cli as hub_cli
-
     sub = commands.add_parser("hub", parents=[common], help="the reference hub: a small controller for agents")
-    hub_cli.configure(sub, common)
+    if "hub" in named:
+        from ksocket.hub import cli as hub_cli
 
-    from ksocket.service import cli as service_cli
-
+        hub_cli.configure(sub, common)
     sub = commands.add_parser("service", parents=[common], help="install and control the ksocket service")
-    service_cli.configure(sub, common)
+    if "service" in named:
+        from ksocket.service import cli as service_cli
+
+        service_cli.configure(sub, common)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     handler: Handler = args.handler
     try:
         status = handler(args)

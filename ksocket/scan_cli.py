@@ -16,7 +16,6 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from ksocket import inspect_cli
 from ksocket.collectors import cloud, discovery
 from ksocket.collectors.base import InvalidParams, OperationFailed
 from ksocket.config import Settings
@@ -228,9 +227,12 @@ def run_scan(
         out.write("\n")
         return 0
     out.write(format_table(result) + "\n")
-    for inspection in result.get("inspections", []):
-        out.write("\n")
-        inspect_cli.print_summary(inspection, out)
+    if args.inspect:
+        from ksocket import inspect_cli
+
+        for inspection in result["inspections"]:
+            out.write("\n")
+            inspect_cli.print_summary(inspection, out)
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -299,3 +301,18 @@ def test_written_file_is_atomic_and_private(tmp_path: Path) -> None:
     os.chmod(path, 0o644)
     config.write_private(path, "token = 'y'\n")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_scan_loads_nothing_it_does_not_use() -> None:
+    """Every command builds the whole parser: the other commands' modules stay unloaded (start-up time)."""
+    code = (
+        "import sys\n"
+        "from ksocket import cli\n"
+        "cli.build_parser(['scan', '198.18.0.0/24'])\n"
+        "heavy = ('ksocket.hub', 'ksocket.service', 'ksocket.inspect_cli', 'ksocket.collectors.inspect.hosts',"
+        " 'ksocket.credentials', 'asyncio', 'cryptography', 'yaml', 'tomlkit', 'boto3', 'asyncssh', 'pysnmp')\n"
+        "print(sorted(name for name in sys.modules if name.startswith(heavy)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "[]\n"

@@ -87,7 +87,7 @@ def manual_form(output: str) -> list[str]:
 
 
 def _service_is_wired() -> bool:
-    commands = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    commands = next(a for a in cli.build_parser(["service"])._actions if isinstance(a, argparse._SubParsersAction))
     return "service" in commands.choices
 
 
