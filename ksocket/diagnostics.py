@@ -8,6 +8,7 @@ cleanly. Nothing printed here holds the token: only the settings' public parts a
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import importlib
 import os
@@ -170,8 +171,6 @@ async def authenticate(report: Report, settings: config.Settings) -> None:
 
 
 def run(sections: list[str]) -> int:
-    import asyncio  # here: the service commands share Report, and every ksocket command pays for imports
-
     report = Report()
     header()
     if "system" in sections:

@@ -8,13 +8,14 @@ is 0 when at least one protocol collected something, 1 when none did.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import json
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from ksocket.collectors.inspect import DEFAULT_PROTOCOL_TIMEOUT, MAX_PROTOCOL_TIMEOUT, PROTOCOLS, parsers
+from ksocket.collectors.inspect import DEFAULT_PROTOCOL_TIMEOUT, MAX_PROTOCOL_TIMEOUT, PROTOCOLS, hosts, parsers
 from ksocket.config import Settings
 
 
@@ -63,10 +64,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run_inspect(args: argparse.Namespace, settings: Settings) -> int:
     """The ``inspect`` command: inspects one host with the settings' credentials and prints the result."""
-    import asyncio  # like the inspectors, loaded to run only: every ksocket command builds this parser
-
-    from ksocket.collectors.inspect import hosts
-
     result = asyncio.run(
         hosts.inspect_host(
             args.address,
