@@ -47,6 +47,9 @@ from statemachine.runner import OperationRunner
 log = logging.getLogger("ksocket.link")
 
 CLOSE_INTERNAL_ERROR = 1011  # RFC 6455: the agent cannot go on with this connection
+INBOUND_BACKLOG = 1000
+"""Operations and cancels read from the hub but not yet handed to the runner; when it is full,
+reading waits, and TCP slows the hub down."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,8 @@ class Link:
         self._heartbeat_acks: dict[int, asyncio.Event] = {}
         self._in_flight: dict[int, _InFlight] = {}
         self._stored: asyncio.Queue[Result] = asyncio.Queue()
+        self._inbound: asyncio.Queue[Operation | Cancel] = asyncio.Queue(INBOUND_BACKLOG)
+        self._last_heard = 0.0
         self.machine = AsyncMachine(
             model=self,
             states=table.STATES,
@@ -292,8 +297,11 @@ class Link:
         self._heartbeat_acks.clear()
         self._in_flight.clear()
         self._stored = asyncio.Queue()
+        self._inbound = asyncio.Queue(INBOUND_BACKLOG)  # what a lost link left unread, the hub sends again
+        self._last_heard = self.clock.monotonic()
         parts = [
             self._receive(websocket),
+            self._hand_over(websocket),
             self._heartbeat(websocket),
             self._send_results(websocket),
             self._watch_requests(websocket),
@@ -323,7 +331,9 @@ class Link:
         await websocket.send(protocol.serialize(message))
 
     async def _receive(self, websocket: ClientConnection) -> None:
+        """Reads every frame as it comes, so that a heartbeat-ack never waits behind a burst of operations."""
         async for frame in websocket:
+            self._last_heard = self.clock.monotonic()
             try:
                 message = protocol.parse(frame)
             except ProtocolError as exc:
@@ -334,12 +344,8 @@ class Link:
         raise LinkLost(f"hub closed the connection ({websocket.close_code} {websocket.close_reason or ''})".strip())
 
     async def _dispatch(self, websocket: ClientConnection, message: Message) -> None:
-        if isinstance(message, Operation):
-            answer = await self.runner.submit(message)
-            if isinstance(answer, Result):
-                self._stored.put_nowait(answer)  # results leave in seq order, from _send_results alone
-            else:
-                await self._send(websocket, answer)
+        if isinstance(message, Operation | Cancel):
+            await self._inbound.put(message)  # in arrival order: a cancel must find its operation admitted
         elif isinstance(message, HeartbeatAck):
             waiter = self._heartbeat_acks.get(message.n)
             if waiter is not None:
@@ -348,14 +354,25 @@ class Link:
             for seq in [s for s in self._in_flight if s <= message.seq]:
                 del self._in_flight[seq]
             await self.runner.acknowledge(message.seq)
-        elif isinstance(message, Cancel):
-            await self.runner.cancel(message.id)
         elif isinstance(message, ErrorMessage):
             log.warning("the hub reports an error: %s: %s", message.code, message.message)
         else:
             await self._send(
                 websocket, ErrorMessage(code="bad-message", message=f"{message.TYPE!r} is not sent to an agent")
             )
+
+    async def _hand_over(self, websocket: ClientConnection) -> None:
+        """Hands operations and cancels to the runner one at a time, in the order the hub sent them."""
+        while True:
+            message = await self._inbound.get()
+            if isinstance(message, Cancel):
+                await self.runner.cancel(message.id)
+                continue
+            answer = await self.runner.submit(message)
+            if isinstance(answer, Result):
+                self._stored.put_nowait(answer)  # results leave in seq order, from _send_results alone
+            else:
+                await self._send(websocket, answer)
 
     async def _heartbeat(self, websocket: ClientConnection) -> None:
         n = 0
@@ -365,15 +382,27 @@ class Link:
             acked = self._heartbeat_acks[n] = asyncio.Event()
             await self._send(websocket, Heartbeat(n=n))
             try:
-                async with self.clock.deadline(self.settings.heartbeat_timeout):
-                    await acked.wait()
-            except TimeoutError:
-                raise LinkLost(
-                    f"heartbeat lost: no heartbeat-ack {n} within {self.settings.heartbeat_timeout:g}s",
-                    protocol.CLOSE_HEARTBEAT_LOST,
-                ) from None
+                await self._await_ack(n, acked)
             finally:
                 del self._heartbeat_acks[n]
+
+    async def _await_ack(self, n: int, acked: asyncio.Event) -> None:
+        """Heartbeat-ack ``n``, or at least some frame from the hub, within heartbeatTimeout.
+
+        A hub whose frames keep coming is alive even if its ack is not read yet: with the inbound
+        backlog full, the reader takes a frame only as the runner admits one.
+        """
+        timeout = self.settings.heartbeat_timeout
+        sent_at = self.clock.monotonic()
+        while not acked.is_set():
+            remaining = max(sent_at, self._last_heard) + timeout - self.clock.monotonic()
+            if remaining <= 0:
+                raise LinkLost(
+                    f"heartbeat lost: no heartbeat-ack {n} within {timeout:g}s", protocol.CLOSE_HEARTBEAT_LOST
+                )
+            with contextlib.suppress(TimeoutError):
+                async with self.clock.deadline(remaining):
+                    await acked.wait()
 
     async def _send_result(self, websocket: ClientConnection, result: Result) -> None:
         self._in_flight[result.seq] = _InFlight(result, self.clock.monotonic())

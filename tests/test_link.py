@@ -20,9 +20,10 @@ from ksocket.config import Settings
 from ksocket.hub.server import Hub
 from ksocket.hub.store import Store
 from ksocket.protocol import ErrorMessage, Result
+from statemachine import link as link_module
 from statemachine.link import Identity, Link
 from statemachine.policy import Clock
-from statemachine.runner import InlineRunner
+from statemachine.runner import Admission, InlineRunner
 from tests.tlstools import CertificateAuthority
 
 SLOT = "lab"
@@ -208,6 +209,55 @@ def test_heartbeat_loss_closes_4408_and_resumes(tmp_path: Path) -> None:
             assert await hub.wait_connected(SLOT) == session
             assert "resuming" in link.history
             assert link.last_reason == "heartbeat lost: no heartbeat-ack 1 within 10s"
+            assert await finish(link, task) == 0
+
+    asyncio.run(scenario())
+
+
+class SlowRunner(InlineRunner):
+    """Takes 20 ms to admit each operation (a busy broker), and records what it was handed, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handed: list[tuple[str, str]] = []
+
+    async def submit(self, operation: protocol.Operation) -> Admission:
+        self.handed.append(("operation", operation.id))
+        await asyncio.sleep(0.02)
+        return await super().submit(operation)
+
+    async def cancel(self, operation_id: str) -> None:
+        self.handed.append(("cancel", operation_id))
+
+
+@pytest.mark.parametrize("backlog", [link_module.INBOUND_BACKLOG, 5], ids=["backlog-room", "backlog-full"])
+def test_a_burst_of_operations_to_a_slow_runner_keeps_the_heartbeat_and_the_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backlog: int
+) -> None:
+    """100 operations take the runner 2 s to admit; the heartbeat must not wait 0.3 s for its ack behind them."""
+    monkeypatch.setattr(link_module, "INBOUND_BACKLOG", backlog)
+
+    async def scenario() -> None:
+        async with running_hub(tmp_path) as (hub, token):
+            runner = SlowRunner()
+            settings = agent_settings(hub, token, heartbeat_interval=0.1, heartbeat_timeout=0.3)
+            link = Link(settings, runner, identity=Identity(tmp_path / "agent"))
+            task = await start(link)
+            await hub.wait_connected(SLOT)
+            sent: list[tuple[str, str]] = []
+            for n in range(100):
+                operation = protocol.Operation(id=f"op-{n}", name="system.info")
+                await hub.send_raw(SLOT, protocol.serialize(operation))
+                sent.append(("operation", operation.id))
+                if n % 10 == 0:  # a cancel right behind its operation must reach the runner after it
+                    await hub.send_raw(SLOT, protocol.serialize(protocol.Cancel(id=operation.id)))
+                    sent.append(("cancel", operation.id))
+            answered = {f"op-{n}" for n in range(100)}
+            async with asyncio.timeout(20):
+                while {m.id for m in hub.received(SLOT) if isinstance(m, Result)} != answered:
+                    await asyncio.sleep(0.05)
+            assert link.history == ["connecting", "authenticating", "connected"], link.last_reason
+            assert runner.handed == sent
             assert await finish(link, task) == 0
 
     asyncio.run(scenario())
