@@ -152,7 +152,8 @@ async def _websocket(endpoint: object, timeout: float) -> str:
 
 
 async def authenticate(report: Report, settings: config.Settings) -> None:
-    from statemachine.link import Identity, Link
+    from ksocket.identity import Identity
+    from statemachine.link import Link
     from statemachine.runner import InlineRunner
 
     print()

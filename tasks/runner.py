@@ -17,7 +17,7 @@ queued, or Dramatiq requeues it once the dead worker's heartbeat is ``heartbeat_
 the runner finds it has no message at all (killed between admitting and enqueueing) and enqueues
 it again (``recover_interval``, ``orphan_age``).
 
-The seq count lives in Redis, the agent id in a file (:class:`~statemachine.link.Identity`). If the
+The seq count lives in Redis, the agent id in a file (:class:`~ksocket.identity.Identity`). If the
 Redis lost its data (no append-only file, broker.db deleted), seq would start again at 1 under the
 same agent id, and the hub, which has seen those seqs, would ack the new results and drop them. So
 on start, a journal that is new while an identity exists costs the agent its id: the hub counts a
@@ -40,8 +40,8 @@ import redis
 
 from ksocket import paths
 from ksocket.config import Settings
+from ksocket.identity import Identity
 from ksocket.protocol import Accepted, Operation, Progress, Refused, Result
-from statemachine.link import Identity
 from statemachine.runner import Admission
 from tasks.broker import NAMESPACE, warn_unless_append_only
 from tasks.errors import BrokerError, InvalidParams, OperationFailed

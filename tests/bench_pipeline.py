@@ -18,7 +18,8 @@ from ksocket.collectors import system
 from ksocket.collectors.base import NullContext
 from ksocket.config import Settings
 from ksocket.hub.server import Hub
-from statemachine.link import Identity, Link
+from ksocket.identity import Identity
+from statemachine.link import Link
 from tasks.runner import PipelineRunner
 from tests.bench_link import echo_case, percentile
 from tests.pipelinetools import redis_server

@@ -22,8 +22,9 @@ from typing import Any
 
 from ksocket.config import Settings
 from ksocket.hub.server import Hub
+from ksocket.identity import Identity
 from ksocket.protocol import Operation, Progress, Refused, Result
-from statemachine.link import Identity, Link
+from statemachine.link import Link
 from statemachine.runner import Admission
 from tasks.pipeline import Timings
 from tasks.runner import PipelineRunner
@@ -136,6 +137,7 @@ def test_duplicates_and_a_quota_burst_through_the_hub(tmp_path: Path) -> None:
                 for operation in burst[:50]:  # every one again: duplicates
                     await hub.send_raw(SLOT, protocol_frame(operation))
                 everyone = {operation.id for operation in burst}
+
                 # every id ends refused or with its result, however long a busy machine takes to run them
                 def all_answered() -> bool:
                     # raw frames sent on a lost link are gone: no hub sends them again

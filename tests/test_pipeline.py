@@ -15,8 +15,8 @@ import redis
 from dramatiq.message import Message
 
 from ksocket.config import Settings
+from ksocket.identity import Identity
 from ksocket.protocol import Accepted, Progress, Refused, Result
-from statemachine.link import Identity
 from statemachine.runner import OperationRunner
 from tasks.broker import EmbeddedRedis, KsocketBroker, create_broker, embedded_path
 from tasks.errors import BrokerError, Interrupted, classify, retry_when
@@ -612,7 +612,7 @@ def test_an_operation_registered_after_the_broker_is_built_gets_its_actor(url: s
 
 
 def test_the_link_runs_operations_through_the_pipeline_against_the_reference_hub(url: str, tmp_path: Path) -> None:
-    from statemachine.link import Identity, Link
+    from statemachine.link import Link
     from tests.test_link import FixedClock, agent_settings, finish, running_hub, start
 
     async def scenario() -> None:
