@@ -50,6 +50,7 @@ __all__ = [
     "SUBPROTOCOL",
     "Accepted",
     "Ack",
+    "Admission",
     "Authenticate",
     "Authenticated",
     "Cancel",
@@ -256,6 +257,9 @@ Message: TypeAlias = (
     | Cancel
     | ErrorMessage
 )
+
+Admission: TypeAlias = Accepted | Refused | Result
+"""The agent's answer to an ``operation``: queued or running, refused, or the stored result of a done id."""
 
 FROM_AGENT: Final[tuple[type[Message], ...]] = (
     Authenticate,

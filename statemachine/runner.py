@@ -14,9 +14,7 @@ import socket
 from typing import Protocol
 
 from ksocket import __version__, protocol
-from ksocket.protocol import Accepted, Operation, Progress, Refused, Result
-
-Admission = Accepted | Refused | Result
+from ksocket.protocol import Accepted, Admission, Operation, Progress, Refused, Result
 
 
 class OperationRunner(Protocol):

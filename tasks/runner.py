@@ -41,8 +41,7 @@ import redis
 from ksocket import paths
 from ksocket.config import Settings
 from ksocket.identity import Identity
-from ksocket.protocol import Accepted, Operation, Progress, Refused, Result
-from statemachine.runner import Admission
+from ksocket.protocol import Accepted, Admission, Operation, Progress, Refused, Result
 from tasks.broker import NAMESPACE, warn_unless_append_only
 from tasks.errors import BrokerError, InvalidParams, OperationFailed
 from tasks.journal import Held

@@ -23,9 +23,8 @@ from typing import Any
 from ksocket.config import Settings
 from ksocket.hub.server import Hub
 from ksocket.identity import Identity
-from ksocket.protocol import Operation, Progress, Refused, Result
+from ksocket.protocol import Admission, Operation, Progress, Refused, Result
 from statemachine.link import Link
-from statemachine.runner import Admission
 from tasks.pipeline import Timings
 from tasks.runner import PipelineRunner
 from tests.pipelinetools import REDIS_SERVER, free_port, kill_embedded, runs, wait_until

@@ -20,11 +20,11 @@ from ksocket.config import Settings
 from ksocket.hub.server import Hub
 from ksocket.hub.store import Store
 from ksocket.identity import Identity
-from ksocket.protocol import ErrorMessage, Result
+from ksocket.protocol import Admission, ErrorMessage, Result
 from statemachine import link as link_module
 from statemachine.link import Link
 from statemachine.policy import Clock
-from statemachine.runner import Admission, InlineRunner
+from statemachine.runner import InlineRunner
 from tests.tlstools import CertificateAuthority
 
 SLOT = "lab"
