@@ -27,6 +27,17 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     yield root
 
 
+def write_home_config(home: Path, content: str | bytes, name: str = "ksocket.toml") -> Path:
+    """Writes ``etc/ksocket/NAME`` under the KSOCKET_HOME ``home``; returns its path."""
+    path = home / "etc" / "ksocket" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    return path
+
+
 def run_ksocket(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """``ksocket ARGS`` in a subprocess, as a person would run it."""
     return subprocess.run(

@@ -34,7 +34,7 @@ from tests.cloudtools import (
     closed_port,
     guarded,
 )
-from tests.conftest import run_ksocket
+from tests.conftest import run_ksocket, write_home_config
 
 REGION = "us-east-2"
 LINUX_AMI = "ami-1e749f67"  # ubuntu in moto's image list
@@ -403,9 +403,7 @@ def test_check_lists_nothing_and_names_region_and_credentials(lab: Lab) -> None:
 
 
 def test_diagnostics_reaches_the_api_under_connect_and_config_judges_only_the_file(lab: Lab, home: Path) -> None:
-    settings = home / "etc" / "ksocket" / "ksocket.toml"
-    settings.parent.mkdir(parents=True)
-    settings.write_text('[operations]\nnetworksScanMode = "aws"\n')
+    write_home_config(home, '[operations]\nnetworksScanMode = "aws"\n')
     checked = run_ksocket("diagnostics", "config")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "aws API" not in checked.stdout

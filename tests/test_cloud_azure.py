@@ -29,7 +29,7 @@ from tests.cloudtools import (
     closed_port,
     guarded,
 )
-from tests.conftest import run_ksocket
+from tests.conftest import run_ksocket, write_home_config
 from tests.tlstools import CertificateAuthority
 
 CLIENT_ID = "app-reader"
@@ -390,8 +390,7 @@ def test_diagnostics_reaches_the_api_under_connect_and_config_judges_only_the_fi
 ) -> None:
     _principal(lab)
     _environment_endpoints(lab, monkeypatch)
-    settings = home / "etc" / "ksocket" / "ksocket.toml"
-    settings.write_text('[operations]\nnetworksScanMode = "azure"\n')
+    write_home_config(home, '[operations]\nnetworksScanMode = "azure"\n')
     checked = run_ksocket("diagnostics", "config")
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "azure API" not in checked.stdout

@@ -14,7 +14,7 @@ import pytest
 
 from ksocket import config, log, redact
 from ksocket.errors import ConfigError
-from tests.conftest import run_ksocket
+from tests.conftest import run_ksocket, write_home_config
 
 # The listing of manual 2.2.1 with the defaults of 3.1, and the project's own settings after it.
 MANUAL_LISTING = """\
@@ -141,9 +141,7 @@ def test_ksocket_config_variable_names_the_file(home: Path, tmp_path: Path) -> N
 
 
 def test_legacy_yaml_is_read_with_a_warning(home: Path) -> None:
-    path = home / "etc" / "ksocket" / "ksocket.yaml"
-    path.parent.mkdir(parents=True)
-    path.write_text("connect:\n  host: yaml.example.net\n  port: 8443\n")
+    write_home_config(home, "connect:\n  host: yaml.example.net\n  port: 8443\n", "ksocket.yaml")
     result = run_ksocket("config", "connect.port")
     assert result.returncode == 0
     assert result.stdout == "8443\n"
@@ -197,10 +195,8 @@ def test_unreadable_config_is_named(home: Path, tmp_path: Path) -> None:
 
 
 def test_loglevel_and_logfile_options_override_the_file(home: Path) -> None:
-    yaml_path = home / "etc" / "ksocket" / "ksocket.yaml"
-    yaml_path.parent.mkdir(parents=True)
     logfile = home / "from-the-file.log"
-    yaml_path.write_text(f"logfile: {logfile}\nloglevel: ERROR\nconnect:\n  port: 8443\n")
+    write_home_config(home, f"logfile: {logfile}\nloglevel: ERROR\nconnect:\n  port: 8443\n", "ksocket.yaml")
     # A warning is logged on every command while a YAML file is in use: the file's ERROR level hides it ...
     result = run_ksocket("config", "connect.port")
     assert (result.returncode, result.stdout, result.stderr) == (0, "8443\n", "")

@@ -14,13 +14,11 @@ from ksocket import diagnostics, redact
 from ksocket.hub.server import Hub
 from ksocket.hub.store import Store
 from statemachine import table
-from tests.conftest import run_ksocket
+from tests.conftest import run_ksocket, write_home_config
 
 
 def write_config(home: Path, port: int, token: str) -> None:
-    path = home / "etc" / "ksocket" / "ksocket.toml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f'[connect]\nhost = "127.0.0.1"\nport = {port}\nprotocol = "ws"\ntoken = "{token}"\n')
+    write_home_config(home, f'[connect]\nhost = "127.0.0.1"\nport = {port}\nprotocol = "ws"\ntoken = "{token}"\n')
 
 
 async def diagnose(home: Path, *sections: str) -> tuple[int, str]:
@@ -76,9 +74,7 @@ def test_bare_diagnostics_walks_system_config_connect_but_never_authenticates(tm
 
 
 def test_diagnostics_config_names_the_failing_stage(home: Path) -> None:
-    path = home / "etc" / "ksocket" / "ksocket.toml"
-    path.parent.mkdir(parents=True)
-    path.write_bytes(b'[connect]\nhost = "\xff"\n')
+    write_home_config(home, b'[connect]\nhost = "\xff"\n')
     result = run_ksocket("diagnostics", "config")
     assert result.returncode == 1
     assert "Read KSOCKET_CONFIG as bytes" in result.stdout
@@ -88,9 +84,7 @@ def test_diagnostics_config_names_the_failing_stage(home: Path) -> None:
 
 
 def test_diagnostics_connect_checks_the_cloud_api_of_the_scan_mode(home: Path, tmp_path: Path) -> None:
-    path = home / "etc" / "ksocket" / "ksocket.toml"
-    path.parent.mkdir(parents=True)
-    path.write_text('[operations]\nnetworksScanMode = "aws"\n')
+    write_home_config(home, '[operations]\nnetworksScanMode = "aws"\n')
     no_aws = {
         "AWS_EC2_METADATA_DISABLED": "true",
         "AWS_CONFIG_FILE": str(tmp_path / "none"),
@@ -104,9 +98,7 @@ def test_diagnostics_connect_checks_the_cloud_api_of_the_scan_mode(home: Path, t
 
 
 def test_connect_prints_the_state_table_before_walking_the_states(home: Path) -> None:
-    path = home / "etc" / "ksocket" / "ksocket.toml"
-    path.parent.mkdir(parents=True)
-    path.write_text('[connect]\nhost = "127.0.0.1"\nendpoint = "ws://%(host)s:99999/api/ksocket/connect"\n')
+    write_home_config(home, '[connect]\nhost = "127.0.0.1"\nendpoint = "ws://%(host)s:99999/api/ksocket/connect"\n')
     result = run_ksocket("diagnostics", "connect")
     assert result.returncode == 1
     assert f"\n{table.describe()}\n\nState: connecting\n" in result.stdout
@@ -118,9 +110,7 @@ def test_connect_prints_the_state_table_before_walking_the_states(home: Path) ->
 
 
 def test_a_broken_config_file_is_reported_once(home: Path) -> None:
-    path = home / "etc" / "ksocket" / "ksocket.toml"
-    path.parent.mkdir(parents=True)
-    path.write_text('[connect]\ntoken = ["supersecret"]\n')
+    path = write_home_config(home, '[connect]\ntoken = ["supersecret"]\n')
     result = run_ksocket("diagnostics", "config", "connect")
     assert result.returncode == 1
     verdict = check_line(result.stdout, "Read KSOCKET_CONFIG as config file")

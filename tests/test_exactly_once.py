@@ -27,6 +27,7 @@ from ksocket.protocol import Admission, Operation, Progress, Refused, Result
 from statemachine.link import Link
 from tasks.pipeline import Timings
 from tasks.runner import PipelineRunner
+from tests.conftest import write_home_config
 from tests.pipelinetools import REDIS_SERVER, free_port, kill_embedded, runs, wait_until
 
 SLOT = "faults"
@@ -241,16 +242,15 @@ def test_agent_sigkilled_and_restarted_loses_nothing(tmp_path: Path) -> None:
     rounds = ROUNDS or 3
     rng = random.Random(9)
     home = tmp_path / "home"
-    config = home / "etc" / "ksocket" / "ksocket.toml"
-    config.parent.mkdir(parents=True)
 
     async def scenario() -> None:
         async with Hub(tmp_path / "hub.db", heartbeat_interval=0.5, heartbeat_timeout=1.0) as hub:
             token = hub.store.add_slot(SLOT)
-            config.write_text(
+            write_home_config(
+                home,
                 f'logfile = "-"\nloglevel = "WARNING"\n[connect]\nhost = "127.0.0.1"\nport = {hub.port}\n'
                 f'protocol = "ws"\ntoken = "{token}"\nheartbeatInterval = 0.5\nheartbeatTimeout = 1.0\n'
-                "resumeRetries = 1000\nresumeThreshold = 1.0\nmaxOperations = 1000\n"
+                "resumeRetries = 1000\nresumeThreshold = 1.0\nmaxOperations = 1000\n",
             )
             accepted: set[str] = set()
             for _ in range(rounds):

@@ -24,6 +24,7 @@ from ksocket.collectors.base import NullContext
 from ksocket.collectors.inspect import hosts, parsers, ssh
 from ksocket.collectors.inspect.hostkeys import HostKeyStore
 from tests import sshdtools
+from tests.conftest import write_home_config
 from tests.sshdtools import PASSWORD, USER, Sshd, credential_file
 
 pytestmark = pytest.mark.skipif(sshdtools.available() is not None, reason=str(sshdtools.available()))
@@ -443,9 +444,7 @@ def test_ksocket_inspect_prints_a_summary_or_the_document(
 ) -> None:
     from ksocket import cli
 
-    config = home / "etc" / "ksocket" / "ksocket.toml"
-    config.parent.mkdir(parents=True)
-    config.write_text(f'[directories]\ncredentials = "{lab / "creds"}"\n')
+    write_home_config(home, f'[directories]\ncredentials = "{lab / "creds"}"\n')
     with Sshd(lab, A) as server:
         credential_file(lab / "creds", "00.toml", [A], password=PASSWORD, port=server.port)
         assert cli.main(["inspect", A, "--protocols", "ssh,snmp"]) == 0

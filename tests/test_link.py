@@ -25,6 +25,7 @@ from statemachine import link as link_module
 from statemachine.link import Link
 from statemachine.policy import Clock
 from statemachine.runner import InlineRunner
+from tests.conftest import write_home_config
 from tests.tlstools import CertificateAuthority
 
 SLOT = "lab"
@@ -369,10 +370,10 @@ def test_tls_with_a_test_ca_verifies_and_refuses_a_wrong_certificate(
 def test_ksocket_connect_runs_until_sigterm(tmp_path: Path, home: Path) -> None:
     async def scenario() -> None:
         async with running_hub(tmp_path) as (hub, token):
-            config = home / "etc" / "ksocket" / "ksocket.toml"
-            config.parent.mkdir(parents=True)
-            config.write_text(
-                f'logfile = "-"\n[connect]\nhost = "127.0.0.1"\nport = {hub.port}\nprotocol = "ws"\ntoken = "{token}"\n'
+            write_home_config(
+                home,
+                f'logfile = "-"\n[connect]\nhost = "127.0.0.1"\nport = {hub.port}\n'
+                f'protocol = "ws"\ntoken = "{token}"\n',
             )
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "ksocket.cli", "connect",
