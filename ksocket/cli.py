@@ -92,11 +92,12 @@ def cmd_diagnostics(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"no diagnostics {unknown[0]!r}; choose from {', '.join(diagnostics.SECTIONS)}")
     try:
-        load_settings(args)
+        settings: config.Settings | None = load_settings(args)
     except ConfigError:
         # the config section reports what is wrong with the file; the log goes where the defaults say
         ksocket_log.configure(config.Settings(), logfile=args.logfile, loglevel=args.loglevel)
-    return diagnostics.run(args.sections or list(diagnostics.DEFAULT_SECTIONS))
+        settings = None
+    return diagnostics.run(args.sections or list(diagnostics.DEFAULT_SECTIONS), settings)
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
@@ -177,9 +178,11 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     command("connect", cmd_connect, "run the agent: connect to the hub and take operations (the service)")
     sub = command("worker", cmd_worker, "run operations from a shared Redis broker (broker.url) for other agents")
     sub.add_argument("--threads", type=int, help="operations at once (default: connect.maxRunningOperations)")
-    from ksocket import scan_cli
+    sub = command("scan", cmd_scan, "find the hosts on the networks around (networks.scan, locally)")
+    if "scan" in named:
+        from ksocket import scan_cli
 
-    scan_cli.configure(command("scan", cmd_scan, "find the hosts on the networks around (networks.scan, locally)"))
+        scan_cli.configure(sub)
     sub = command("inspect", cmd_inspect, "inspect one host over SSH, WinRM and SNMP")
     if "inspect" in named:
         from ksocket import inspect_cli

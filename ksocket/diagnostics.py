@@ -171,7 +171,8 @@ async def authenticate(report: Report, settings: config.Settings) -> None:
     report.line("Complete authentication", ok, "" if ok else link.last_reason)
 
 
-def run(sections: list[str]) -> int:
+def run(sections: list[str], loaded: config.Settings | None = None) -> int:
+    """Runs ``sections`` in order; ``loaded`` is the config the command line has read already, if it could."""
     report = Report()
     header()
     if "system" in sections:
@@ -183,7 +184,7 @@ def run(sections: list[str]) -> int:
     if "config" in sections:
         settings = read_config(report)
     elif linking:
-        settings = quiet_settings(report)
+        settings = loaded or quiet_settings(report)
     if linking and settings is not None:
         print()
         asyncio.run(connect(report, settings))
