@@ -213,18 +213,21 @@ class PipelineRunner:
             raise BrokerError(f"the broker's Redis cannot be reached: {exc}") from None
 
     async def submit(self, operation: Operation) -> Admission:
-        pipeline = self.pipeline
-        refusal = self._check(operation)
+        # in a thread, validation too: it may parse thousands of targets or import a cloud SDK
+        return await self._redis(self._submit, self.pipeline, operation)
+
+    def _submit(self, pipeline: Pipeline, operation: Operation) -> Admission:
+        refusal = self._check(pipeline, operation)
         if refusal is not None:
-            known = await self._redis(pipeline.journal.lookup, operation.id)
+            known = pipeline.journal.lookup(operation.id)
             if isinstance(known, Result):
                 return known
             return Accepted(id=operation.id) if known == "held" else refusal
-        return await self._redis(self._admit, pipeline, operation)
+        return self._admit(pipeline, operation)
 
-    def _check(self, operation: Operation) -> Refused | None:
+    def _check(self, pipeline: Pipeline, operation: Operation) -> Refused | None:
         spec = self.registry.get(operation.name)
-        if spec is None or operation.name not in self.pipeline.broker.actors:
+        if spec is None or operation.name not in pipeline.broker.actors:
             return Refused(id=operation.id, reason="unknown-operation", message=f"no operation {operation.name!r}")
         try:
             spec.validate(operation.params)
