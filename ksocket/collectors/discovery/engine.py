@@ -554,8 +554,10 @@ class Engine:
         kind = reply.kind
         bit = -1
         evidence: str
+        asked: routes.Decision | None = None  # for an ARP reply: how the scan reaches its sender
         if kind == "arp":
-            if not self._asked_by_arp(target, link):
+            asked = self._arp_decision(target, link)
+            if asked is None:
                 self._ignore("arp-unasked")
                 return
             if reply.mac is None or reply.mac[0] & 0x01 or not any(reply.mac):
@@ -628,25 +630,24 @@ class Engine:
                 del self.inflight[target]
         # no probe in flight: a late answer from a parked target, counted when it was parked
         if new:
-            if kind == "arp" and self._ip_mask():
-                self._follow_up(host, probe, link)
+            if asked is not None and self._ip_mask():
+                self._follow_up(host, asked, link)
             if self.on_found is not None:
                 self.on_found(target)
 
-    def _asked_by_arp(self, target: int, link: LinkIO) -> bool:
-        """Whether the scan sends ARP requests for ``target`` on ``link``: an ARP reply for any other
-        address (a routed one, say) answers nothing we asked, and is no evidence of a host."""
+    def _arp_decision(self, target: int, link: LinkIO) -> routes.Decision | None:
+        """How the scan reaches ``target`` if it sends ARP requests for it on ``link``, else None: an ARP
+        reply for any other address (a routed one, say) answers nothing we asked, and is no evidence of a host."""
         if "arp" not in self.settings.methods:
-            return False
+            return None
         decision = self.table.decide(target)
-        return not isinstance(decision, str) and decision.method == "arp" and decision.interface.name == link.iface.name
+        if isinstance(decision, str) or decision.method != "arp" or decision.interface.name != link.iface.name:
+            return None
+        return decision
 
-    def _follow_up(self, host: Host, probe: Probe | None, link: LinkIO) -> None:
+    def _follow_up(self, host: Host, decision: routes.Decision, link: LinkIO) -> None:
         """ICMP and TCP probes to a host ARP found, to its MAC, for evidence and open ports."""
         if host.mac is None:
-            return
-        decision = self.table.decide(host.address)
-        if isinstance(decision, str):
             return
         key = (decision.interface.name, IP_STAGE, None)
         path = self.paths.get(key)
