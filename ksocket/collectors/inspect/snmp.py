@@ -305,6 +305,11 @@ class _Agent:
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
 
+    @property
+    def has_room(self) -> bool:
+        """Whether the inspection may keep more rows: neither its row nor its byte limit is reached."""
+        return self.rows_left > 0 and self.bytes_left > 0
+
     async def _call(self, send: Callable[[Any], Any], auth: Any = None) -> tuple[int, int, list[tuple[OID, Any]]]:
         """One request (and the file's retries); returns (errorStatus, errorIndex, varbinds)."""
         attempts = 1 + max(0, self.credential.retries)
@@ -348,7 +353,7 @@ class _Agent:
         """Counts a row kept against the inspection's limits; whether there is room for more."""
         self.rows_left -= 1
         self.bytes_left -= len(value) if isinstance(value, bytes) else 0
-        return self.rows_left > 0 and self.bytes_left > 0
+        return self.has_room
 
     async def bulk(self, oids: Sequence[OID], repetitions: int) -> tuple[int, list[tuple[OID, Any]]]:
         objects = [hlapi.ObjectType(hlapi.ObjectIdentity(rfc1902.ObjectName(oid))) for oid in oids]
@@ -370,7 +375,7 @@ class _Agent:
         """
         rows: dict[OID, Row] = {column: {} for column in columns}
         last = {column: column for column in columns}
-        active = list(columns) if self.rows_left > 0 and self.bytes_left > 0 else []
+        active = list(columns) if self.has_room else []
         while active:
             per = max(1, min(repetitions, MAX_VARBINDS_PER_REQUEST // len(active)))
             status, pairs = await self.bulk([last[column] for column in active], per)
