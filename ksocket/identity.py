@@ -12,6 +12,9 @@ from pathlib import Path
 
 from ksocket import config, paths
 
+AGENT_ID = "agent-id"
+SESSION = "session"
+
 
 class Identity:
     """Who this installation is to the hub: a stable agent id and its last session, under ``var/lib/ksocket``.
@@ -22,23 +25,23 @@ class Identity:
 
     def __init__(self, folder: Path | None = None) -> None:
         self.folder = folder or paths.state_dir()
-        self.agent = self._read("agent-id") or self._write("agent-id", str(uuid.uuid4()))
-        self.session = self._read("session")
+        self.agent = self._read(AGENT_ID) or self._write(AGENT_ID, str(uuid.uuid4()))
+        self.session = self._read(SESSION)
 
     @staticmethod
     def exists(folder: Path | None = None) -> bool:
         """Whether ``folder`` holds an identity already (without making one)."""
-        return ((folder or paths.state_dir()) / "agent-id").is_file()
+        return ((folder or paths.state_dir()) / AGENT_ID).is_file()
 
     def renew(self) -> None:
         """A new agent id and no session: to the hub a new installation, whose seq count starts afresh."""
-        self.agent = self._write("agent-id", str(uuid.uuid4()))
+        self.agent = self._write(AGENT_ID, str(uuid.uuid4()))
         self.session = None
-        (self.folder / "session").unlink(missing_ok=True)
+        (self.folder / SESSION).unlink(missing_ok=True)
 
     def remember(self, session: str) -> None:
         if session != self.session:
-            self.session = self._write("session", session)
+            self.session = self._write(SESSION, session)
 
     def _read(self, name: str) -> str | None:
         with contextlib.suppress(FileNotFoundError):
