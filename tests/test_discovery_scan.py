@@ -112,6 +112,8 @@ def test_no_probe_leaves_for_an_address_outside_the_targets(scan_lab: Lab) -> No
             if frame.src != scanner_mac:
                 continue
             if isinstance(frame.data, dpkt.arp.ARP):
+                if frame.data.op != dpkt.arp.ARP_OP_REQUEST:  # the kernel answering a host's own question
+                    continue
                 destination = int.from_bytes(frame.data.tpa, "big")
                 if destination == gateway:  # resolving the next hop, not a probe
                     continue
