@@ -18,18 +18,26 @@ PACKAGES = "ksocket statemachine tasks"
 
 @task
 def check(c: Context) -> None:
-    """ruff, then mypy --strict on the three packages."""
+    """ruff (lint, then format), then mypy --strict on the three packages."""
     with c.cd(str(ROOT)):
         c.run(f"{PY} -m ruff check .", pty=False)
+        c.run(f"{PY} -m ruff format --check .", pty=False)
         c.run(f"{PY} -m mypy --strict {PACKAGES}", pty=False)
 
 
-@task(help={"k": "only tests matching this expression", "args": "more pytest arguments"})
-def test(c: Context, k: str = "", args: str = "") -> None:
+@task(
+    help={
+        "k": "only tests matching this expression",
+        "fast": "the unit tier alone: no root, no server, no Redis, under a minute",
+        "args": "more pytest arguments",
+    }
+)
+def test(c: Context, k: str = "", fast: bool = False, args: str = "") -> None:
     """The whole test suite (the lab's namespaces are built and removed by the tests' fixtures)."""
     select = f"-k '{k}'" if k else ""
+    tier = "-m unit" if fast else ""
     with c.cd(str(ROOT)):
-        c.run(f"{PY} -m pytest {select} {args}", pty=False)
+        c.run(f"{PY} -m pytest {tier} {select} {args}", pty=False)
 
 
 @task

@@ -9,6 +9,25 @@ from pathlib import Path
 import pytest
 
 from ksocket import redact
+from tests.timing import scaled
+
+TIERS = ("unit", "peer", "redis", "lab", "slow")
+"""Every test is in exactly one tier (pyproject.toml describes them); a test that names none is ``unit``.
+``inv test --fast`` runs the unit tier alone."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    default_timeout = float(config.getini("timeout") or 0)
+    for item in items:
+        tiers = {marker.name for marker in item.iter_markers() if marker.name in TIERS}
+        if len(tiers) > 1:
+            raise pytest.UsageError(f"{item.nodeid}: in more than one tier: {sorted(tiers)}")
+        if not tiers:
+            item.add_marker(pytest.mark.unit)
+        limit = item.get_closest_marker("timeout")
+        seconds = float(limit.args[0] if limit.args else limit.kwargs["timeout"]) if limit else default_timeout
+        if seconds:
+            item.add_marker(pytest.mark.timeout(scaled(seconds)), append=False)
 
 
 @pytest.fixture(autouse=True)

@@ -223,6 +223,7 @@ def test_large_counters_are_accepted() -> None:
 
 # --------------------------------------------------------------------------- bad frames
 
+
 def _result(body: str) -> str:
     """A result frame for id "a", seq 1, completed by ``body`` (the ok / data / error fields)."""
     return '{"type":"result","id":"a","seq":1,' + body + "}"
