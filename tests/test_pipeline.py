@@ -20,7 +20,16 @@ from ksocket.protocol import Accepted, Progress, Refused, Result
 from statemachine.runner import OperationRunner
 from tasks.broker import EmbeddedRedis, KsocketBroker, create_broker, embedded_path
 from tasks.errors import BrokerError, Interrupted, classify, retry_when
-from tasks.journal import Journal, encode_success
+from tasks.journal import (
+    _NAMES,
+    _SCRIPTS,
+    EVENTS_MAXLEN,
+    KEY_NAMES,
+    Journal,
+    _lua_string,
+    encode_failure,
+    encode_success,
+)
 from tasks.operations import QUEUE
 from tasks.pipeline import Pipeline
 from tasks.runner import PipelineRunner
@@ -590,6 +599,24 @@ def test_journal_keys_are_what_the_module_says(url: str) -> None:
         assert journal.acknowledge(1) == 1 and client.zscore("ns:journal:done", "a") == 1.0
     finally:
         pipeline.close()
+
+
+def test_the_scripts_name_their_keys_and_constants_and_a_lua_long_string_holds_any_text(tmp_path: Path) -> None:
+    assert all("KEYS[" not in source and "#ARGV -" not in source for source in _SCRIPTS.values())
+    server = EmbeddedRedis(tmp_path / "lua.db")
+    client = server.start()
+    try:
+        for text in ('{"ok":false}', "]]", "]=]", "a]==]b[[", "", "'\"\\n"):
+            assert client.eval(f"return {_lua_string(text)}", 0) == text.encode()
+        keys = [f"k:{name}" for name in KEY_NAMES]
+        assert client.eval(_NAMES + "return {held_key, lease_key, EVENTS_MAXLEN, CANCELLED}", len(keys), *keys) == [
+            b"k:held",
+            b"k:lease",
+            EVENTS_MAXLEN,
+            encode_failure("cancelled", "cancelled").encode(),
+        ]
+    finally:
+        server.stop()
 
 
 def test_an_operation_registered_after_the_broker_is_built_gets_its_actor(url: str) -> None:
