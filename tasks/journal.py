@@ -41,91 +41,124 @@ EVENTS_MAXLEN: Final = 1000
 DONE_KEPT: Final = 100_000
 """Acked operation ids remembered (newest first); an older id sent again would run again."""
 
-# KEYS = seq, held, running, cancel, results, unacked, events, done, lease (the same order in every script).
+
+def encode_success(data: JSONObject) -> str:
+    return json.dumps({"ok": True, "data": data}, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def encode_failure(code: str, message: str) -> str:
+    error = {"code": code, "message": message}
+    return json.dumps({"ok": False, "error": error}, separators=(",", ":"), ensure_ascii=False)
+
+
+_CANCELLED_OUTCOME: Final = encode_failure(CANCELLED, "cancelled")
+
+
+KEY_NAMES: Final = ("seq", "held", "running", "cancel", "results", "unacked", "events", "done", "lease")
+"""The journal's keys, ``<ns>:journal:<name>``; every script gets them all, as ``<name>_key`` locals."""
+
+
+def _lua_string(text: str) -> str:
+    """A Lua long string holding ``text`` as it is (JSON needs no escaping there)."""
+    level = "="
+    while f"]{level}]" in text:
+        level += "="
+    return f"[{level}[{text}]{level}]"
+
+
+# Each script starts by naming its keys and the journal's constants; its own ARGV it names in its first line.
+_NAMES: Final = (
+    "\n".join(f"local {name}_key = KEYS[{position}]" for position, name in enumerate(KEY_NAMES, 1))
+    + f"""
+local EVENTS_MAXLEN = {EVENTS_MAXLEN}
+local CANCELLED = {_lua_string(_CANCELLED_OUTCOME)}
+"""
+)
+
 # Leases are on the Redis server's clock, the one clock every worker shares.
-_LEASE = """
+_LEASE: Final = """
 local function now_ms()
   local time = redis.call('time')
   return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 end
 local function leased_to_another(id, attempt)
-  local holder = redis.call('hget', KEYS[3], id)
-  return holder and holder ~= attempt and (tonumber(redis.call('zscore', KEYS[9], id)) or 0) > now_ms()
+  local holder = redis.call('hget', running_key, id)
+  return holder and holder ~= attempt and (tonumber(redis.call('zscore', lease_key, id)) or 0) > now_ms()
 end
 local function release(id)
-  redis.call('hdel', KEYS[3], id)
-  redis.call('zrem', KEYS[9], id)
+  redis.call('hdel', running_key, id)
+  redis.call('zrem', lease_key, id)
 end
 """
 
-_FINISH = (
+_FINISH: Final = (
     _LEASE
     + """
 local function finish(id, outcome)
-  if redis.call('hexists', KEYS[5], id) == 1 then
-    return {0, tonumber(redis.call('zscore', KEYS[6], id)) or 0}
+  if redis.call('hexists', results_key, id) == 1 then
+    return {0, tonumber(redis.call('zscore', unacked_key, id)) or 0}
   end
-  if redis.call('hexists', KEYS[2], id) == 0 then
+  if redis.call('hexists', held_key, id) == 0 then
     return {0, 0}
   end
-  if redis.call('sismember', KEYS[4], id) == 1 then
-    outcome = ARGV[#ARGV]
+  if redis.call('sismember', cancel_key, id) == 1 then
+    outcome = CANCELLED
   end
-  local seq = redis.call('incr', KEYS[1])
-  redis.call('hset', KEYS[5], id, outcome)
-  redis.call('zadd', KEYS[6], seq, id)
-  redis.call('hdel', KEYS[2], id)
+  local seq = redis.call('incr', seq_key)
+  redis.call('hset', results_key, id, outcome)
+  redis.call('zadd', unacked_key, seq, id)
+  redis.call('hdel', held_key, id)
   release(id)
-  redis.call('srem', KEYS[4], id)
-  redis.call('xadd', KEYS[7], 'MAXLEN', '~', ARGV[#ARGV - 1], '*', 'kind', 'result', 'id', id, 'seq', seq)
+  redis.call('srem', cancel_key, id)
+  redis.call('xadd', events_key, 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'kind', 'result', 'id', id, 'seq', seq)
   return {1, seq}
 end
 """
 )
 
-# Every script's ARGV ends with: events maxlen, the cancelled outcome (for finish()).
 _SCRIPTS: Final = {
     "admit": """
 local id, operation, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local outcome = redis.call('hget', KEYS[5], id)
+local outcome = redis.call('hget', results_key, id)
 if outcome then
-  return {'done', outcome, redis.call('zscore', KEYS[6], id)}
+  return {'done', outcome, redis.call('zscore', unacked_key, id)}
 end
-if redis.call('zscore', KEYS[8], id) then
+if redis.call('zscore', done_key, id) then
   return {'acked'}
 end
-if redis.call('hexists', KEYS[2], id) == 1 then
+if redis.call('hexists', held_key, id) == 1 then
   return {'held'}
 end
-if redis.call('hlen', KEYS[2]) >= limit then
+if redis.call('hlen', held_key) >= limit then
   return {'quota'}
 end
-redis.call('hset', KEYS[2], id, operation)
+redis.call('hset', held_key, id, operation)
 return {'admitted'}
 """,
     "start": _FINISH
     + """
-local id, attempt, lease = ARGV[1], ARGV[2], tonumber(ARGV[3])
-if redis.call('hexists', KEYS[5], id) == 1 then
+local id, attempt, lease_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if redis.call('hexists', results_key, id) == 1 then
   return 'done'
 end
-if redis.call('hexists', KEYS[2], id) == 0 then
+if redis.call('hexists', held_key, id) == 0 then
   return 'gone'
 end
 if leased_to_another(id, attempt) then
   return 'busy'
 end
-if redis.call('sismember', KEYS[4], id) == 1 then
-  finish(id, ARGV[#ARGV])
+if redis.call('sismember', cancel_key, id) == 1 then
+  finish(id, CANCELLED)
   return 'cancelled'
 end
-redis.call('hset', KEYS[3], id, attempt)
-redis.call('zadd', KEYS[9], now_ms() + lease, id)
+redis.call('hset', running_key, id, attempt)
+redis.call('zadd', lease_key, now_ms() + lease_ms, id)
 return 'run'
 """,
     "finish": _FINISH
     + """
-return finish(ARGV[1], ARGV[2])
+local id, outcome = ARGV[1], ARGV[2]
+return finish(id, outcome)
 """,
     "requeued": _FINISH
     + """
@@ -133,8 +166,8 @@ local id, attempt = ARGV[1], ARGV[2]
 if leased_to_another(id, attempt) then
   return 'running'
 end
-if redis.call('sismember', KEYS[4], id) == 1 then
-  finish(id, ARGV[#ARGV])
+if redis.call('sismember', cancel_key, id) == 1 then
+  finish(id, CANCELLED)
   return 'cancelled'
 end
 release(id)
@@ -143,55 +176,59 @@ return 'queued'
     "cancel": _FINISH
     + """
 local id = ARGV[1]
-if redis.call('hexists', KEYS[5], id) == 1 then
+if redis.call('hexists', results_key, id) == 1 then
   return 'done'
 end
-if redis.call('hexists', KEYS[2], id) == 0 then
+if redis.call('hexists', held_key, id) == 0 then
   return 'unknown'
 end
-if redis.call('hexists', KEYS[3], id) == 1 then
-  redis.call('sadd', KEYS[4], id)
+if redis.call('hexists', running_key, id) == 1 then
+  redis.call('sadd', cancel_key, id)
   return 'signalled'
 end
-finish(id, ARGV[#ARGV])
+finish(id, CANCELLED)
 return 'cancelled'
 """,
     "release": _LEASE
     + """
 local id = ARGV[1]
-redis.call('hdel', KEYS[2], id)
+redis.call('hdel', held_key, id)
 release(id)
-redis.call('srem', KEYS[4], id)
+redis.call('srem', cancel_key, id)
 return 1
 """,
     "renew": _LEASE
     + """
-local lease, renewed = tonumber(ARGV[1]), 0
-for i = 2, #ARGV - 2, 2 do
-  if redis.call('hget', KEYS[3], ARGV[i]) == ARGV[i + 1] then
-    redis.call('zadd', KEYS[9], now_ms() + lease, ARGV[i])
+-- ARGV: the lease, then (id, attempt) pairs
+local lease_ms, renewed = tonumber(ARGV[1]), 0
+for i = 2, #ARGV, 2 do
+  local id, attempt = ARGV[i], ARGV[i + 1]
+  if redis.call('hget', running_key, id) == attempt then
+    redis.call('zadd', lease_key, now_ms() + lease_ms, id)
     renewed = renewed + 1
   end
 end
 return renewed
 """,
     "acknowledge": """
-local ids = redis.call('zrangebyscore', KEYS[6], '-inf', ARGV[1])
+local upto, kept = ARGV[1], tonumber(ARGV[2])
+local ids = redis.call('zrangebyscore', unacked_key, '-inf', upto)
 for _, id in ipairs(ids) do
-  redis.call('hdel', KEYS[5], id)
-  redis.call('zadd', KEYS[8], redis.call('zscore', KEYS[6], id), id)
+  redis.call('hdel', results_key, id)
+  redis.call('zadd', done_key, redis.call('zscore', unacked_key, id), id)
 end
-redis.call('zremrangebyscore', KEYS[6], '-inf', ARGV[1])
-redis.call('zremrangebyrank', KEYS[8], 0, -tonumber(ARGV[2]) - 1)
+redis.call('zremrangebyscore', unacked_key, '-inf', upto)
+redis.call('zremrangebyrank', done_key, 0, -kept - 1)
 return #ids
 """,
     "results": """
-local found = redis.call('zrangebyscore', KEYS[6], ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
+local after, limit = ARGV[1], tonumber(ARGV[2])
+local found = redis.call('zrangebyscore', unacked_key, after, '+inf', 'WITHSCORES', 'LIMIT', 0, limit)
 local out = {}
 for i = 1, #found, 2 do
   table.insert(out, found[i])
   table.insert(out, found[i + 1])
-  table.insert(out, redis.call('hget', KEYS[5], found[i]) or '')
+  table.insert(out, redis.call('hget', results_key, found[i]) or '')
 end
 return out
 """,
@@ -222,18 +259,6 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def encode_success(data: JSONObject) -> str:
-    return json.dumps({"ok": True, "data": data}, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def encode_failure(code: str, message: str) -> str:
-    error = {"code": code, "message": message}
-    return json.dumps({"ok": False, "error": error}, separators=(",", ":"), ensure_ascii=False)
-
-
-_CANCELLED_OUTCOME: Final = encode_failure(CANCELLED, "cancelled")
-
-
 def _result(operation_id: str, seq: int, outcome: str) -> Result:
     document = json.loads(outcome)
     if document["ok"]:
@@ -249,15 +274,14 @@ class Journal:
         self.client = client
         self.namespace = namespace
         prefix = f"{namespace}:journal:"
-        names = ("seq", "held", "running", "cancel", "results", "unacked", "events", "done", "lease")
-        self.keys = [prefix + name for name in names]
+        self.keys = [prefix + name for name in KEY_NAMES]
         self.seq_key, self.held_key, self.running_key, self.cancel_key, self.results_key = self.keys[:5]
         self.unacked_key, self.events_key, self.done_key, self.lease_key = self.keys[5:]
         self.epoch_key = prefix + "epoch"
-        self._scripts = {name: client.register_script(source) for name, source in _SCRIPTS.items()}
+        self._scripts = {name: client.register_script(_NAMES + source) for name, source in _SCRIPTS.items()}
 
     def _run(self, name: str, *args: Any) -> Any:
-        return self._scripts[name](keys=self.keys, args=[*args, EVENTS_MAXLEN, _CANCELLED_OUTCOME])
+        return self._scripts[name](keys=self.keys, args=list(args))
 
     def open(self) -> bool:
         """Marks the journal as the agent's; True if it is new: never marked, and no seq handed out."""

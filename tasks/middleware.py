@@ -36,6 +36,7 @@ from dramatiq.broker import Broker, MessageProxy
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware, SkipMessage, TimeLimitExceeded
 
+from tasks import compat
 from tasks.context import OperationContext
 from tasks.errors import INTERNAL, TIMEOUT, OperationFailed, classify
 from tasks.journal import Journal, encode_failure, encode_success
@@ -113,7 +114,7 @@ class Lifecycle(Middleware):
         op_id = operation_id(message)
         if op_id is None:
             return
-        attempt = f"{getattr(broker, 'broker_id', 'worker')}/{uuid.uuid4().hex[:12]}"
+        attempt = f"{compat.broker_id(broker)}/{uuid.uuid4().hex[:12]}"
         state = self.journal.start(op_id, attempt, self.lease)
         if state == "busy":
             log.warning("operation %s (%s) already runs under another attempt's lease", op_id, message.actor_name)

