@@ -17,8 +17,8 @@ Modules, one idea each:
 ``errors``      error codes, the classification of exceptions, the retry policy
 ``context``     what a body sees: ``progress(done, total)``, ``check_cancelled()``
 ``middleware``  Lifecycle: starts an operation in the journal, records its outcome
-``operations``  the registry: one actor per operation name (``register``, ``operation``)
-``system``      the ``system.info`` collector
+``operations``  the registry: one actor per operation name (``register``, ``operation``), binding each name
+                to its collector in ``ksocket.collectors``
 ``pipeline``    one process's assembly of the above, and its clocks (``Timings``)
 ``runner``      ``PipelineRunner``, the link's OperationRunner
 ``worker``      ``run_worker`` for ``ksocket worker`` (and ``dramatiq tasks.worker:setup``)
