@@ -24,6 +24,7 @@ from dramatiq.errors import DecodeError
 from dramatiq.message import Message
 from dramatiq.middleware import Retries, TimeLimit
 
+from ksocket.collectors.base import Environment, default_environment
 from ksocket.protocol import JSONObject
 from tasks import broker as brokers
 from tasks.errors import PipelineError
@@ -62,6 +63,8 @@ class Timings:
 
 
 class Pipeline:
+    """``environment`` is what the operations' bodies take from the settings (default: the default settings')."""
+
     def __init__(
         self,
         url: str,
@@ -70,8 +73,10 @@ class Pipeline:
         timings: Timings | None = None,
         registry: Registry | None = None,
         appendfsync: str = "always",
+        environment: Environment | None = None,
     ) -> None:
         self.timings = timings = timings or Timings()
+        self.environment = environment or default_environment()
         self.registry = registry or REGISTRY
         self.broker = brokers.create_broker(
             url,
@@ -85,6 +90,7 @@ class Pipeline:
             self.journal = Journal(self.broker.redis, namespace)
             self.lifecycle = Lifecycle(
                 self.journal,
+                self.environment,
                 lease=timings.heartbeat_timeout,
                 progress_interval=timings.progress_interval,
                 cancel_interval=timings.cancel_interval,

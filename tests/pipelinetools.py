@@ -34,7 +34,7 @@ from typing import Any
 
 import redis
 
-from ksocket.collectors.base import Context, Document, InvalidParams, OperationFailed
+from ksocket.collectors.base import Context, Document, Environment, InvalidParams, OperationFailed
 from ksocket.protocol import Operation, Progress, Result
 from tasks import operations
 from tasks.broker import NAMESPACE
@@ -138,7 +138,7 @@ def track_body(params: Document, context: Context) -> Document:
     return {"tag": params.get("tag")}
 
 
-def check_count(params: Document) -> None:
+def check_count(params: Document, environment: Environment) -> None:
     count = params.get("count")
     if not isinstance(count, int) or isinstance(count, bool) or count < 0:
         raise InvalidParams(f'"count" must be a non-negative integer, got {count!r}')
