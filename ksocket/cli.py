@@ -120,10 +120,12 @@ def cmd_connect(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from ksocket.collectors.base import Environment
     from tasks.worker import run_worker
 
     settings = load_settings(args, echo_warnings=False)
-    return run_worker(settings.broker, args.threads or settings.max_running_operations)
+    threads = args.threads or settings.max_running_operations
+    return run_worker(settings.broker, threads, environment=Environment.from_settings(settings))
 
 
 def cmd_scan(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from ksocket.collectors.base import Environment
 from ksocket.collectors.inspect import DEFAULT_PROTOCOL_TIMEOUT, MAX_PROTOCOL_TIMEOUT, PROTOCOLS, hosts, parsers
 from ksocket.config import Settings
 
@@ -64,14 +65,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run_inspect(args: argparse.Namespace, settings: Settings) -> int:
     """The ``inspect`` command: inspects one host with the settings' credentials and prints the result."""
-    result = asyncio.run(
-        hosts.inspect_host(
-            args.address,
-            args.protocols,
-            credentials_root=settings.credentials_path,
-            timeout=args.timeout,
-        )
-    )
+    inspection = hosts.HostInspection(Environment.from_settings(settings))
+    result = asyncio.run(inspection.inspect_host(args.address, args.protocols, timeout=args.timeout))
     if args.json:
         json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")

@@ -10,6 +10,7 @@ result document. :func:`configure` adds the arguments to a parser, :func:`run_sc
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -17,22 +18,30 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from ksocket.collectors import cloud, discovery
-from ksocket.collectors.base import InvalidParams, OperationFailed
+from ksocket.collectors.base import Environment, InvalidParams, OperationFailed
 from ksocket.config import Settings
 
 BAR_WIDTH = 30
 
 
 class TerminalProgress:
-    """A collector context that draws a progress bar on ``stream`` when it is a terminal."""
+    """A collector context that draws a progress bar on ``stream`` when it is a terminal.
 
-    def __init__(self, stream: TextIO, *, interval: float = 0.1) -> None:
+    Its environment is made from ``settings`` when first asked for (it loads asyncio: the inspectors').
+    """
+
+    def __init__(self, stream: TextIO, settings: Settings, *, interval: float = 0.1) -> None:
+        self.settings = settings
         self.stream = stream
         self.enabled = stream.isatty()
         self.interval = interval
         self.started = time.monotonic()
         self.last = 0.0
         self.drawn = False
+
+    @functools.cached_property
+    def environment(self) -> Environment:
+        return Environment.from_settings(self.settings)
 
     def progress(self, done: int, total: int) -> None:
         now = time.monotonic()
@@ -206,7 +215,7 @@ def run_scan(
             out.write(cloud.format_table(result) + "\n")
         return 0
     request = discovery.validate(params_from(args))
-    context = TerminalProgress(err)
+    context = TerminalProgress(err, settings)
     try:
         result = discovery.scan(request, context)
     except KeyboardInterrupt:
@@ -221,7 +230,8 @@ def run_scan(
 
         from ksocket.collectors.inspect import hosts
 
-        result["inspections"] = asyncio.run(hosts.inspect_hosts(addresses, credentials_root=settings.credentials_path))
+        inspection = hosts.HostInspection(context.environment)
+        result["inspections"] = asyncio.run(inspection.inspect_hosts(addresses))
     if args.json:
         json.dump(result, out, indent=1)
         out.write("\n")

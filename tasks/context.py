@@ -7,6 +7,7 @@ The context implements :class:`ksocket.collectors.base.Context`. Cancellation is
 limit) and still ends ``cancelled``, since the journal records a cancelled outcome for any
 operation cancelled before its result. Reading the flag costs one Redis call, made at most every
 ``cancel_interval`` seconds; progress frames go out at most every ``progress_interval`` seconds.
+The context also carries the :class:`~ksocket.collectors.base.Environment` its process was given.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ksocket.collectors.base import Environment
 from tasks.errors import Cancelled, Interrupted
 from tasks.journal import Journal
 
@@ -25,6 +27,7 @@ class OperationContext:
         self,
         journal: Journal,
         operation_id: str,
+        environment: Environment,
         *,
         progress_interval: float = 0.25,
         cancel_interval: float = 0.2,
@@ -33,6 +36,7 @@ class OperationContext:
     ) -> None:
         self.journal = journal
         self.operation_id = operation_id
+        self.environment = environment
         self.progress_interval = progress_interval
         self.cancel_interval = cancel_interval
         self.stopping = stopping or threading.Event()

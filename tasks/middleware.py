@@ -36,6 +36,7 @@ from dramatiq.broker import Broker, MessageProxy
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware, SkipMessage, TimeLimitExceeded
 
+from ksocket.collectors.base import Environment
 from tasks import compat
 from tasks.context import OperationContext
 from tasks.errors import INTERNAL, TIMEOUT, OperationFailed, classify
@@ -68,12 +69,15 @@ class Lifecycle(Middleware):
     def __init__(
         self,
         journal: Journal,
+        environment: Environment,
         *,
         lease: float = 10.0,
         progress_interval: float = 0.25,
         cancel_interval: float = 0.2,
     ) -> None:
         self.journal = journal
+        self.environment = environment
+        """What the operations' bodies get from the settings (on their context)."""
         self.lease = lease
         """Seconds an attempt holds its operation without a renewal; renewed every quarter of that."""
         self.progress_interval = progress_interval
@@ -127,6 +131,7 @@ class Lifecycle(Middleware):
         _current.context = OperationContext(
             self.journal,
             op_id,
+            self.environment,
             progress_interval=self.progress_interval,
             cancel_interval=self.cancel_interval,
             stopping=self.stopping,

@@ -8,7 +8,7 @@ time limit (TimeLimit middleware), how often a transient failure is retried and 
     @operation("networks.scan", validate=check_targets, time_limit=3600)
     def scan(params: dict, context: Context) -> dict: ...
 
-``validate(params)`` runs at admission, before anything is enqueued, and raises
+``validate(params, environment)`` runs at admission, before anything is enqueued, and raises
 :class:`~tasks.errors.InvalidParams` to have the operation refused with ``invalid-params``.
 Every broker the pipeline builds gets an actor for every registered operation, including
 operations registered after the broker was built. They share the one queue :data:`QUEUE` (so
@@ -31,8 +31,8 @@ import dramatiq
 from dramatiq.broker import Broker
 
 from ksocket.collectors import scan, system
-from ksocket.collectors.base import Context, Document
-from ksocket.collectors.inspect import hosts
+from ksocket.collectors.base import Context, Document, Environment
+from ksocket.collectors.inspect import hosts, params
 from tasks.errors import Cancelled, InvalidParams, retry_when
 from tasks.middleware import current_context
 
@@ -51,10 +51,10 @@ __all__ = [
 QUEUE: Final = "operations"
 
 Body = Callable[[Document, Context], Document]
-Validator = Callable[[Document], None]
+Validator = Callable[[Document, Environment], None]
 
 
-def accept_any(params: Document) -> None:
+def accept_any(params: Document, environment: Environment) -> None:
     return None
 
 
@@ -194,4 +194,4 @@ operation = REGISTRY.operation
 register("system.info", system.collect, time_limit=60.0, max_retries=1, host_bound=True)
 register("networks.scan", scan.collect, validate=scan.validate, time_limit=3600.0, max_retries=1)
 # Per-protocol failures live inside a successful result, and auth failures must never repeat.
-register("hosts.inspect", hosts.collect, validate=hosts.validate, time_limit=900.0, max_retries=0)
+register("hosts.inspect", hosts.collect, validate=params.validate, time_limit=900.0, max_retries=0)

@@ -24,6 +24,7 @@ from dramatiq.errors import DecodeError
 from dramatiq.message import Message
 from dramatiq.middleware import Retries, TimeLimit
 
+from ksocket.collectors.base import Environment, default_environment
 from ksocket.protocol import JSONObject
 from tasks import broker as brokers
 from tasks import compat
@@ -62,11 +63,12 @@ class Timings:
     """On stop, how long running operations get to notice it (Interrupted) and end their attempt."""
 
 
-def add_policy(broker: Broker, journal: Journal, timings: Timings) -> Lifecycle:
+def add_policy(broker: Broker, journal: Journal, environment: Environment, timings: Timings) -> Lifecycle:
     """Gives ``broker`` the pipeline's middleware, in the order that matters: Lifecycle (returned), Retries,
     TimeLimit. Tests give it to a StubBroker too."""
     lifecycle = Lifecycle(
         journal,
+        environment,
         lease=timings.heartbeat_timeout,
         progress_interval=timings.progress_interval,
         cancel_interval=timings.cancel_interval,
@@ -85,6 +87,8 @@ def start_worker(broker: Broker, threads: int, timings: Timings) -> Worker:
 
 
 class Pipeline:
+    """``environment`` is what the operations' bodies take from the settings (default: the default settings')."""
+
     def __init__(
         self,
         url: str,
@@ -93,8 +97,10 @@ class Pipeline:
         timings: Timings | None = None,
         registry: Registry | None = None,
         appendfsync: str = "always",
+        environment: Environment | None = None,
     ) -> None:
         self.timings = timings = timings or Timings()
+        self.environment = environment or default_environment()
         self.registry = registry or REGISTRY
         self.broker = brokers.create_broker(
             url,
@@ -106,7 +112,7 @@ class Pipeline:
         )
         try:
             self.journal = Journal(self.broker.redis, namespace)
-            self.lifecycle = add_policy(self.broker, self.journal, timings)
+            self.lifecycle = add_policy(self.broker, self.journal, self.environment, timings)
             self.registry.declare(self.broker)
         except BaseException:
             self.broker.close()

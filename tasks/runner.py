@@ -39,6 +39,7 @@ from typing import Any, Final, TypeVar
 import redis
 
 from ksocket import paths
+from ksocket.collectors.base import Environment
 from ksocket.config import Settings
 from ksocket.identity import Identity
 from ksocket.protocol import Accepted, Admission, Operation, Progress, Refused, Result
@@ -127,6 +128,7 @@ class PipelineRunner:
         identity_folder: Path | None = None,
     ) -> None:
         settings = settings or Settings()
+        self.environment = Environment.from_settings(settings)
         self.broker_url = broker_url or settings.broker
         self.max_operations = settings.max_operations if max_operations is None else max_operations
         self.threads = settings.max_running_operations if max_running_operations is None else max_running_operations
@@ -158,6 +160,7 @@ class PipelineRunner:
             timings=self.timings,
             registry=self.registry,
             appendfsync=self.appendfsync,
+            environment=self.environment,
         )
         try:
             await asyncio.to_thread(self._open_journal, pipeline)
@@ -230,7 +233,7 @@ class PipelineRunner:
         if spec is None or operation.name not in pipeline.broker.actors:
             return Refused(id=operation.id, reason="unknown-operation", message=f"no operation {operation.name!r}")
         try:
-            spec.validate(operation.params)
+            spec.validate(operation.params, self.environment)
         except InvalidParams as exc:
             return Refused(id=operation.id, reason="invalid-params", message=str(exc))
         except OperationFailed as exc:

@@ -29,6 +29,7 @@ from types import FrameType
 import dramatiq
 
 from ksocket import config
+from ksocket.collectors.base import Environment
 from ksocket.errors import KsocketError
 from tasks.broker import NAMESPACE
 from tasks.pipeline import Pipeline, Timings
@@ -43,11 +44,12 @@ def run_worker(
     namespace: str = NAMESPACE,
     timings: Timings | None = None,
     stop: threading.Event | None = None,
+    environment: Environment | None = None,
 ) -> int:
     """Serves operations until SIGTERM/SIGINT (or ``stop`` is set); 0 after a clean stop, 1 if it cannot start."""
     stop = stop or threading.Event()
     try:
-        pipeline = Pipeline(broker_url, namespace=namespace, timings=timings)
+        pipeline = Pipeline(broker_url, namespace=namespace, timings=timings, environment=environment)
     except KsocketError as exc:
         log.error("worker cannot start: %s", exc)
         return 1
@@ -74,8 +76,9 @@ def run_worker(
 
 def setup() -> None:
     """For ``dramatiq tasks.worker:setup``: makes the pipeline's broker Dramatiq's global broker."""
-    url = os.environ.get("KSOCKET_BROKER") or config.load().broker
-    pipeline = Pipeline(url)
+    settings = config.load()
+    url = os.environ.get("KSOCKET_BROKER") or settings.broker
+    pipeline = Pipeline(url, environment=Environment.from_settings(settings))
     dramatiq.set_broker(pipeline.broker)
 
 
@@ -97,16 +100,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             heartbeat_timeout=args.heartbeat_timeout or timings.heartbeat_timeout,
             requeue_interval=args.requeue_interval or timings.requeue_interval,
         )
-    url = args.broker_url or os.environ.get("KSOCKET_BROKER")
-    threads = args.threads
-    if not url or not threads:
-        try:
-            settings = config.load()
-        except KsocketError as exc:
-            log.error("worker cannot start: %s", exc)
-            return 1
-        url, threads = url or settings.broker, threads or settings.max_running_operations
-    return run_worker(url, threads, namespace=args.namespace, timings=timings)
+    try:
+        settings = config.load()
+    except KsocketError as exc:
+        log.error("worker cannot start: %s", exc)
+        return 1
+    url = args.broker_url or os.environ.get("KSOCKET_BROKER") or settings.broker
+    threads = args.threads or settings.max_running_operations
+    environment = Environment.from_settings(settings)
+    return run_worker(url, threads, namespace=args.namespace, timings=timings, environment=environment)
 
 
 if __name__ == "__main__":

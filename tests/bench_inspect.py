@@ -113,11 +113,14 @@ class Run:
 
 def ksocket_main(spec_path: str) -> int:
     """``python -m tests.bench_inspect --ksocket SPEC``: inspect every host of SPEC at once."""
+    from ksocket.collectors.base import Environment
     from ksocket.collectors.inspect import hosts
     from ksocket.collectors.inspect.hostkeys import HostKeyStore
+    from ksocket.collectors.inspect.limiter import HostLimiter
 
     spec = json.loads(Path(spec_path).read_text())
-    inspection = hosts.HostInspection(spec["credentials"], host_keys=HostKeyStore(Path(spec["known_hosts"])))
+    store = HostKeyStore(Path(spec["known_hosts"]))
+    inspection = hosts.HostInspection(Environment(Path(spec["credentials"]), HostLimiter(), store))
 
     async def everything() -> list[dict[str, Any]]:
         return await asyncio.gather(*(inspection.inspect_host(address, ["ssh"]) for address in spec["addresses"]))

@@ -36,7 +36,7 @@ import redis
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 
-from ksocket.collectors.base import Context, Document, InvalidParams, OperationFailed
+from ksocket.collectors.base import Context, Document, Environment, InvalidParams, OperationFailed, default_environment
 from ksocket.protocol import Operation, Progress, Result
 from tasks import compat, operations
 from tasks.broker import NAMESPACE, EmbeddedRedis
@@ -142,7 +142,7 @@ def track_body(params: Document, context: Context) -> Document:
     return {"tag": params.get("tag")}
 
 
-def check_count(params: Document) -> None:
+def check_count(params: Document, environment: Environment) -> None:
     count = params.get("count")
     if not isinstance(count, int) or isinstance(count, bool) or count < 0:
         raise InvalidParams(f'"count" must be a non-negative integer, got {count!r}')
@@ -305,7 +305,7 @@ def stub_pipeline(folder: Path, *, threads: int = 1, timings: Timings = FAST) ->
     journal = Journal(server.start(), NAMESPACE)
     broker = StubBroker(middleware=[])
     try:
-        add_policy(broker, journal, timings)
+        add_policy(broker, journal, default_environment(), timings)
         REGISTRY.declare(broker)
         compat.boot_process(broker)
         worker = start_dramatiq_worker(broker, threads, timings)

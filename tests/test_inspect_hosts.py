@@ -15,9 +15,19 @@ from typing import Any
 import pytest
 
 from ksocket import redact
-from ksocket.collectors.base import Cancelled, Context, Document, InvalidParams, NullContext, OperationFailed
-from ksocket.collectors.inspect import hosts
+from ksocket.collectors.base import (
+    Cancelled,
+    Context,
+    Document,
+    Environment,
+    InvalidParams,
+    NullContext,
+    OperationFailed,
+)
+from ksocket.collectors.inspect import PROTOCOLS, hosts, registry
 from ksocket.collectors.inspect.hostkeys import HostKeyStore
+from ksocket.collectors.inspect.limiter import HostLimiter
+from ksocket.collectors.inspect.params import Request, parse_params
 from ksocket.credentials.models import Credential
 from tests.sshdtools import credential_file
 
@@ -65,6 +75,25 @@ def write_files(root: Path, kind: str, *names: str, includes: str = "198.18.0.0/
             path.write_text(f'includes = ["{includes}"]\n{body[kind]}')
 
 
+def environment(root: Path, limiter: HostLimiter | None = None, **options: Any) -> Environment:
+    return Environment(root, limiter or HostLimiter(), HostKeyStore(root / "known_hosts"), **options)
+
+
+def inspection_at(
+    root: Path,
+    *,
+    inspectors: dict[str, Fake] | None = None,
+    connections_per_host: int = 2,
+    limiter: HostLimiter | None = None,
+    **options: Any,
+) -> hosts.HostInspection:
+    """``hosts.inspect`` with the credential files under ``root``, connection slots of its own, and
+    ``inspectors`` in place of the registry's (when given)."""
+    if inspectors is not None:
+        options["factories"] = {kind: lambda _, made=made: made for kind, made in inspectors.items()}
+    return hosts.HostInspection(environment(root, limiter or HostLimiter(connections_per_host)), **options)
+
+
 def run(inspection: hosts.HostInspection, protocols: list[str] | None = None, **kw: Any) -> Document:
     return asyncio.run(inspection.inspect_host(ADDRESS, protocols, **kw))
 
@@ -89,18 +118,18 @@ def run(inspection: hosts.HostInspection, protocols: list[str] | None = None, **
 )
 def test_invalid_params_are_refused_before_anything(params: Document, message: str, tmp_path: Path) -> None:
     fake = Fake("ssh")
-    inspection = hosts.HostInspection(tmp_path, inspectors={"ssh": fake})
+    inspection = inspection_at(tmp_path, inspectors={"ssh": fake})
     with pytest.raises(InvalidParams, match=message):
         inspection.collect(params, NullContext())
     with pytest.raises(InvalidParams):
-        hosts.collect(params, NullContext())  # the module-level body refuses before reading settings
+        hosts.collect(params, NullContext())  # the module-level body refuses before making inspectors
     assert fake.calls == []
 
 
 def test_params_are_normalised() -> None:
-    request = hosts.parse_params({"address": " 2001:DB8::1 ", "protocols": ["snmp", "ssh", "snmp"], "timeout": 5})
-    assert request == hosts.Request("2001:db8::1", ("snmp", "ssh"), 5.0)
-    assert hosts.parse_params({"address": ADDRESS}).protocols == ("ssh", "winrm", "snmp")
+    request = parse_params({"address": " 2001:DB8::1 ", "protocols": ["snmp", "ssh", "snmp"], "timeout": 5})
+    assert request == Request("2001:db8::1", ("snmp", "ssh"), 5.0)
+    assert parse_params({"address": ADDRESS}).protocols == ("ssh", "winrm", "snmp")
 
 
 # --- credential files --------------------------------------------------------------------------
@@ -109,7 +138,7 @@ def test_params_are_normalised() -> None:
 def test_no_credential_means_no_attempt(tmp_path: Path) -> None:
     write_files(tmp_path, "ssh", "00.toml", includes="198.18.1.0/24")
     fake = Fake("ssh")
-    result = run(hosts.HostInspection(tmp_path, inspectors={"ssh": fake}), ["ssh"])
+    result = run(inspection_at(tmp_path, inspectors={"ssh": fake}), ["ssh"])
     assert result == {
         "address": ADDRESS,
         "ssh": {"error": {"code": "no-credential", "message": f"no ssh credential file matches {ADDRESS}"}},
@@ -120,7 +149,7 @@ def test_no_credential_means_no_attempt(tmp_path: Path) -> None:
 def test_files_are_tried_in_order_until_one_works(tmp_path: Path) -> None:
     write_files(tmp_path, "ssh", "00_a.toml", "01_b.toml", "02_c.toml", "03_d.toml")
     fake = Fake("ssh", failing({"00_a.toml": "auth-failed", "01_b.toml": "no-credential"}))
-    result = run(hosts.HostInspection(tmp_path, inspectors={"ssh": fake}), ["ssh"])
+    result = run(inspection_at(tmp_path, inspectors={"ssh": fake}), ["ssh"])
     assert fake.calls == ["00_a.toml", "01_b.toml", "02_c.toml"]
     assert result["ssh"] == {"collected": "02_c.toml", "credential": str(tmp_path / "ssh" / "02_c.toml")}
 
@@ -129,7 +158,7 @@ def test_files_are_tried_in_order_until_one_works(tmp_path: Path) -> None:
 def test_a_connection_failure_skips_the_files_with_the_same_route(tmp_path: Path, code: str) -> None:
     write_files(tmp_path, "ssh", "00_a.toml", "01_b.toml")
     fake = Fake("ssh", failing({"00_a.toml": code}))
-    result = run(hosts.HostInspection(tmp_path, inspectors={"ssh": fake}), ["ssh"])
+    result = run(inspection_at(tmp_path, inspectors={"ssh": fake}), ["ssh"])
     assert fake.calls == ["00_a.toml"]
     assert result["ssh"]["error"]["code"] == code
     assert result["ssh"]["error"]["attempts"] == [
@@ -147,7 +176,7 @@ def test_files_with_another_port_or_jump_chain_are_still_tried(tmp_path: Path, c
     ]:
         credential_file(tmp_path, name, ["198.18.0.0/24"], password="pw-123456", port=port, tunnels=tunnels)
     fake = Fake("ssh", failing({"00_closed.toml": code, "02_port_22.toml": code}))
-    result = run(hosts.HostInspection(tmp_path, inspectors={"ssh": fake}), ["ssh"])
+    result = run(inspection_at(tmp_path, inspectors={"ssh": fake}), ["ssh"])
     assert fake.calls == ["00_closed.toml", "02_port_22.toml", "03_same_port_via_a_jump_host.toml"]
     assert result["ssh"]["collected"] == "03_same_port_via_a_jump_host.toml"
 
@@ -164,7 +193,7 @@ def test_a_changed_host_key_skips_the_strict_files_for_that_port(tmp_path: Path)
             tmp_path, name, ["198.18.0.0/24"], password="pw-123456", port=port, tunnels=tunnels, host_key_policy=policy
         )
     fake = Fake("ssh", failing({"00_strict.toml": "host-key-changed", "03_port_22.toml": "auth-failed"}))
-    result = run(hosts.HostInspection(tmp_path, inspectors={"ssh": fake}), ["ssh"])
+    result = run(inspection_at(tmp_path, inspectors={"ssh": fake}), ["ssh"])
     assert fake.calls == ["00_strict.toml", "03_port_22.toml", "04_relaxed.toml"]
     assert result["ssh"]["collected"] == "04_relaxed.toml"
 
@@ -173,7 +202,7 @@ def test_a_silent_snmp_agent_gets_the_next_community_file(tmp_path: Path) -> Non
     # SNMPv2c agents do not answer a wrong community, so a timeout may be the file's fault.
     write_files(tmp_path, "snmp", "00_wrong.toml", "01_right.toml")
     fake = Fake("snmp", failing({"00_wrong.toml": "timeout"}))
-    result = run(hosts.HostInspection(tmp_path, inspectors={"snmp": fake}), ["snmp"])
+    result = run(inspection_at(tmp_path, inspectors={"snmp": fake}), ["snmp"])
     assert fake.calls == ["00_wrong.toml", "01_right.toml"]
     assert result["snmp"]["collected"] == "01_right.toml"
 
@@ -181,7 +210,7 @@ def test_a_silent_snmp_agent_gets_the_next_community_file(tmp_path: Path) -> Non
 def test_every_file_refused_is_auth_failed_with_each_attempt(tmp_path: Path) -> None:
     write_files(tmp_path, "ssh", "00_a.toml", "01_b.toml")
     fake = Fake("ssh", failing({"00_a.toml": "auth-failed", "01_b.toml": "auth-failed"}))
-    error = run(hosts.HostInspection(tmp_path, inspectors={"ssh": fake}), ["ssh"])["ssh"]["error"]
+    error = run(inspection_at(tmp_path, inspectors={"ssh": fake}), ["ssh"])["ssh"]["error"]
     assert error["code"] == "auth-failed"
     assert "2 tried" in error["message"]
     assert [a["code"] for a in error["attempts"]] == ["auth-failed", "auth-failed"]
@@ -195,7 +224,7 @@ def test_secrets_in_failures_are_masked(tmp_path: Path) -> None:
     async def leaky(address: str, credential: Credential) -> Document:
         raise OperationFailed("auth-failed", "server said: password s3cret-value-42 is wrong")
 
-    error = run(hosts.HostInspection(tmp_path, inspectors={"ssh": Fake("ssh", leaky)}), ["ssh"])["ssh"]["error"]
+    error = run(inspection_at(tmp_path, inspectors={"ssh": Fake("ssh", leaky)}), ["ssh"])["ssh"]["error"]
     assert "s3cret-value-42" not in str(error)
     assert redact.MASK in error["message"]
 
@@ -210,7 +239,7 @@ def test_what_a_server_said_is_one_inert_line_in_the_result_and_the_log(
         raise OperationFailed("protocol-error", f"disconnected by the server: {forged}")
 
     with caplog.at_level(logging.INFO, logger="ksocket.inspect"):
-        error = run(hosts.HostInspection(tmp_path, inspectors={"ssh": Fake("ssh", hostile)}), ["ssh"])["ssh"]["error"]
+        error = run(inspection_at(tmp_path, inspectors={"ssh": Fake("ssh", hostile)}), ["ssh"])["ssh"]["error"]
     logged = [record.getMessage() for record in caplog.records]
     assert logged and "FAKE ksocket: all good" in error["message"]
     for text in [error["message"], error["attempts"][0]["message"], *logged]:
@@ -241,7 +270,7 @@ def test_a_crashing_inspector_is_internal_and_spares_the_others(tmp_path: Path) 
     async def crash(address: str, credential: Credential) -> Document:
         raise ZeroDivisionError("boom")
 
-    inspection = hosts.HostInspection(tmp_path, inspectors={"ssh": Fake("ssh", crash), "snmp": Fake("snmp")})
+    inspection = inspection_at(tmp_path, inspectors={"ssh": Fake("ssh", crash), "snmp": Fake("snmp")})
     result = run(inspection, ["ssh", "snmp", "winrm"])
     assert result["ssh"]["error"]["code"] == "internal" and "ZeroDivisionError" in result["ssh"]["error"]["message"]
     assert result["snmp"]["collected"] == "00.toml"
@@ -264,7 +293,7 @@ def test_protocols_run_concurrently_each_with_its_own_timeout(tmp_path: Path) ->
         await asyncio.sleep(60)
         return {}
 
-    inspection = hosts.HostInspection(
+    inspection = inspection_at(
         tmp_path,
         inspectors={"ssh": Fake("ssh", slow), "winrm": Fake("winrm", slow), "snmp": Fake("snmp", stuck)},
         connections_per_host=3,
@@ -287,7 +316,7 @@ def test_the_timeout_param_overrides_the_default(tmp_path: Path) -> None:
         await asyncio.sleep(5)
         return {}
 
-    inspection = hosts.HostInspection(tmp_path, inspectors={"ssh": Fake("ssh", slow)})
+    inspection = inspection_at(tmp_path, inspectors={"ssh": Fake("ssh", slow)})
     started = time.monotonic()
     result = inspection.collect({"address": ADDRESS, "protocols": ["ssh"], "timeout": 0.2}, NullContext())
     assert result["ssh"]["error"]["code"] == "timeout"
@@ -326,7 +355,7 @@ def test_cancellation_stops_every_protocol(tmp_path: Path) -> None:
     async def quick(address: str, credential: Credential) -> Document:
         return {"ok": True}
 
-    inspection = hosts.HostInspection(tmp_path, inspectors={"ssh": Fake("ssh", forever), "snmp": Fake("snmp", quick)})
+    inspection = inspection_at(tmp_path, inspectors={"ssh": Fake("ssh", forever), "snmp": Fake("snmp", quick)})
     context = Cancelling(0.3)
     started = time.monotonic()
     with pytest.raises(Cancelled):
@@ -366,19 +395,19 @@ def test_protocols_do_not_compete_for_the_connection_slots(tmp_path: Path) -> No
 
     for kind in ("ssh", "winrm", "snmp"):
         write_files(tmp_path, kind, "00.toml")
-    inspection = hosts.HostInspection(
+    inspection = inspection_at(
         tmp_path,
         inspectors={kind: Fake(kind, connect) for kind in ("ssh", "winrm", "snmp")},
         connections_per_host=1,
     )
     result = run(inspection)
-    assert all(result[kind] == {"ok": True, "credential": str(tmp_path / kind / "00.toml")} for kind in hosts.PROTOCOLS)
+    assert all(result[kind] == {"ok": True, "credential": str(tmp_path / kind / "00.toml")} for kind in PROTOCOLS)
     assert meter.peak == 3
 
 
 def test_waiting_for_a_slot_is_not_charged_to_the_protocol_timeout(tmp_path: Path) -> None:
     write_files(tmp_path, "ssh", "00.toml")
-    limiter = hosts.HostLimiter(1)
+    limiter = HostLimiter(1)
     work_seconds = 0.0
 
     async def login(address: str, credential: Credential) -> Document:
@@ -386,9 +415,7 @@ def test_waiting_for_a_slot_is_not_charged_to_the_protocol_timeout(tmp_path: Pat
             await asyncio.sleep(work_seconds)
             return {"ok": True}
 
-    inspection = hosts.HostInspection(
-        tmp_path, inspectors={"ssh": Fake("ssh", login)}, limiter=limiter, protocol_timeout=0.2
-    )
+    inspection = inspection_at(tmp_path, inspectors={"ssh": Fake("ssh", login)}, limiter=limiter, protocol_timeout=0.2)
 
     async def behind_another_login() -> Document:
         await limiter.acquire(ADDRESS)  # another inspection's login holds the only slot, longer than the timeout
@@ -402,7 +429,7 @@ def test_waiting_for_a_slot_is_not_charged_to_the_protocol_timeout(tmp_path: Pat
 
 
 def test_the_limiter_is_shared_by_threads_and_survives_cancelled_waiters() -> None:
-    limiter = hosts.HostLimiter(2)
+    limiter = HostLimiter(2)
     meters = {"h": Meter(), "other": Meter()}
 
     async def use(address: str) -> None:
@@ -427,47 +454,37 @@ def test_the_limiter_is_shared_by_threads_and_survives_cancelled_waiters() -> No
     assert limiter.peak["h"] == 2
     assert limiter.active("h") == 0 and limiter.active("other") == 0
     with pytest.raises(ValueError, match="at least 1"):
-        hosts.HostLimiter(0)
+        HostLimiter(0)
 
 
 # --- the registry ------------------------------------------------------------------------------
 
 
 def test_the_registry_builds_the_ssh_inspector_with_the_environment(tmp_path: Path) -> None:
-    store = HostKeyStore(tmp_path / "known_hosts")
-    inspection = hosts.HostInspection(tmp_path, connections_per_host=3, host_keys=store)
+    inspection = inspection_at(tmp_path, connections_per_host=3)
     inspector = inspection.inspector("ssh")
     from ksocket.collectors.inspect.ssh import SSHInspector
 
     assert isinstance(inspector, SSHInspector)
     assert inspector.credentials_root == tmp_path
-    assert inspector.limiter is inspection.limiter and inspector.host_keys is store
+    assert inspector.limiter is inspection.environment.limiter
+    assert inspector.host_keys is inspection.environment.host_keys
     assert inspection.inspector("ssh") is inspector  # made once
 
 
-def test_an_unregistered_class_is_found_and_given_what_it_asks_for(
+def test_a_protocol_whose_module_cannot_be_imported_is_unsupported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import sys
-    import types
 
-    class Probe:
-        kind = "winrm"
-
-        def __init__(self, *, credentials_root: Path, limiter: hosts.HostLimiter, unrelated: int = 3) -> None:
-            self.root = credentials_root
-            self.limiter = limiter
-
-        async def inspect(self, address: str, credential: Credential, context: Context) -> Document:
-            return {}
-
-    module = types.ModuleType("ksocket.collectors.inspect.winrm")
-    module.Probe = Probe  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "ksocket.collectors.inspect.winrm", module)
-    monkeypatch.setattr(hosts, "_factories", {})
-    inspector = hosts.HostInspection(tmp_path).inspector("winrm")
-    assert isinstance(inspector, Probe)
-    assert inspector.root == tmp_path and inspector.limiter is hosts.DEFAULT_LIMITER
+    write_files(tmp_path, "winrm", "00.toml")
+    write_files(tmp_path, "snmp", "00.toml")
+    monkeypatch.setitem(sys.modules, "ksocket.collectors.inspect.winrm", None)  # importing it raises ImportError
+    factories = {**registry.FACTORIES, "snmp": lambda _: Fake("snmp")}  # the other protocol still runs
+    inspection = inspection_at(tmp_path, factories=factories)
+    result = run(inspection, ["winrm", "snmp"])
+    assert result["winrm"]["error"]["code"] == "unsupported"
+    assert result["snmp"]["collected"] == "00.toml"
 
 
 def test_many_hosts_at_once_keep_their_order_and_the_concurrency_cap(tmp_path: Path) -> None:
@@ -478,9 +495,9 @@ def test_many_hosts_at_once_keep_their_order_and_the_concurrency_cap(tmp_path: P
         return {"address_seen": address}
 
     write_files(tmp_path, "ssh", "00.toml")
-    inspection = hosts.HostInspection(tmp_path, inspectors={"ssh": Fake("ssh", connect)})
+    inspection = inspection_at(tmp_path, inspectors={"ssh": Fake("ssh", connect)})
     addresses = [f"198.18.0.{n}" for n in range(1, 21)]
-    results = asyncio.run(hosts.inspect_hosts(addresses, ["ssh"], concurrency=4, inspection=inspection))
+    results = asyncio.run(inspection.inspect_hosts(addresses, ["ssh"], concurrency=4))
     assert [r["address"] for r in results] == addresses
     assert [r["ssh"]["address_seen"] for r in results] == addresses
     assert meter.peak == 4

@@ -26,9 +26,11 @@ from pysnmp.proto import api
 from pysnmp.proto.api import v2c
 from pysnmp.proto.api.verdec import decode_message_version
 
-from ksocket.collectors.base import Cancelled, NullContext, OperationFailed
+from ksocket.collectors.base import Cancelled, Environment, NullContext, OperationFailed
 from ksocket.collectors.inspect import hosts
 from ksocket.collectors.inspect.base import AUTH_FAILED, TIMEOUT
+from ksocket.collectors.inspect.hostkeys import HostKeyStore
+from ksocket.collectors.inspect.limiter import HostLimiter
 from ksocket.collectors.inspect.snmp import MAX_VALUE_BYTES, SNMPInspector
 from ksocket.credentials.models import AuthData, SNMPCredential
 from tests.snmpdtools import SNMPD, HostileAgent, Snmpd, StaticAgent, User
@@ -141,7 +143,8 @@ def test_progress_through_the_orchestrator_has_one_total_and_never_goes_back(snm
         f'includes = ["{ADDRESS}"]\nport = {snmpd.port}\n[authData]\ncommunity = "public"\n'
     )
     context = Recorder()
-    result = asyncio.run(hosts.HostInspection(tmp_path).inspect_host(ADDRESS, ["snmp", "ssh"], context))
+    environment = Environment(tmp_path, HostLimiter(), HostKeyStore(tmp_path / "known_hosts"))
+    result = asyncio.run(hosts.HostInspection(environment).inspect_host(ADDRESS, ["snmp", "ssh"], context))
     assert result["snmp"]["system"]["name"] and result["ssh"]["error"]["code"] == "no-credential"
     assert {total for _, total in context.progress_calls} == {2}
     done = [done for done, _ in context.progress_calls]

@@ -20,9 +20,10 @@ from typing import Any
 
 import pytest
 
-from ksocket.collectors.base import NullContext
+from ksocket.collectors.base import Environment, NullContext
 from ksocket.collectors.inspect import hosts, parsers, ssh
 from ksocket.collectors.inspect.hostkeys import HostKeyStore
+from ksocket.collectors.inspect.limiter import HostLimiter
 from tests import sshdtools
 from tests.conftest import write_home_config
 from tests.sshdtools import PASSWORD, USER, Sshd, credential_file
@@ -55,9 +56,8 @@ def store(home: Path) -> HostKeyStore:
     return HostKeyStore()  # under $KSOCKET_HOME, as in production
 
 
-def inspection(lab: Path, store: HostKeyStore, **options: Any) -> hosts.HostInspection:
-    options.setdefault("connections_per_host", 2)
-    return hosts.HostInspection(lab / "creds", host_keys=store, **options)
+def inspection(lab: Path, store: HostKeyStore, *, connections_per_host: int = 2) -> hosts.HostInspection:
+    return hosts.HostInspection(Environment(lab / "creds", HostLimiter(connections_per_host), store))
 
 
 def run_ssh(inspect: hosts.HostInspection, address: str) -> dict[str, Any]:
@@ -414,7 +414,7 @@ def test_connections_per_host_stay_under_max_startups(lab: Path, store: HostKeyS
         results = asyncio.run(many())
         log = server.log()
     assert all("error" not in result["ssh"] for result in results), [r["ssh"].get("error") for r in results]
-    assert inspect.limiter.peak[A] == 2
+    assert inspect.environment.limiter.peak[A] == 2
     assert log.count(f"Accepted password for {USER}") == 6
     assert "drop connection" not in log and "MaxStartups" not in log
 
@@ -436,7 +436,7 @@ def test_collect_in_worker_threads_shares_the_limiter(lab: Path, store: HostKeyS
             thread.join(60)
     assert len(results) == 4
     assert all(result["ssh"]["hostname"] == socket.gethostname() for result in results)
-    assert inspect.limiter.peak[A] <= 2
+    assert inspect.environment.limiter.peak[A] <= 2
 
 
 def test_ksocket_inspect_prints_a_summary_or_the_document(

@@ -17,9 +17,11 @@ from typing import Any, ClassVar
 import asyncssh
 import pytest
 
-from ksocket.collectors.base import Cancelled, NullContext, OperationFailed
+from ksocket.collectors.base import Cancelled, Environment, NullContext, OperationFailed
 from ksocket.collectors.inspect import hosts, wmi
 from ksocket.collectors.inspect.base import AUTH_FAILED, NO_CREDENTIAL, TIMEOUT, UNREACHABLE
+from ksocket.collectors.inspect.hostkeys import HostKeyStore
+from ksocket.collectors.inspect.limiter import HostLimiter
 from ksocket.collectors.inspect.winrm import WinRMInspector
 from ksocket.credentials.models import Account, SSHAccount, SSHCredential, WinRMCredential
 from tests.tlstools import CertificateAuthority
@@ -171,7 +173,8 @@ def test_a_basic_domain_account_file_is_found_and_fails_as_that_files_auth_failu
         f'includes = ["127.0.0.1"]\nport = {server.port}\n[account]\nusername = "MYDOMAIN\\\\USER01"\n'
         'password = "domain-pass-1"\n'
     )
-    section = asyncio.run(hosts.HostInspection(tmp_path / "creds").inspect_host("127.0.0.1", ["winrm"]))["winrm"]
+    environment = Environment(tmp_path / "creds", HostLimiter(), HostKeyStore(tmp_path / "known_hosts"))
+    section = asyncio.run(hosts.HostInspection(environment).inspect_host("127.0.0.1", ["winrm"]))["winrm"]
     assert section["error"]["code"] == AUTH_FAILED
     assert str(basic) in section["error"]["message"] and 'set authMethod = "ntlm"' in section["error"]["message"]
     assert server.connections == 0
@@ -424,8 +427,6 @@ def test_ssh_tunnels_carry_the_winrm_connection(tmp_path: Path) -> None:
 
 def test_ssh_tunnels_through_the_ssh_inspectors_chain(tmp_path: Path) -> None:
     """As the orchestrator builds it: the hop's file found under the credentials root, its host key remembered."""
-    from ksocket.collectors.inspect.hostkeys import HostKeyStore
-    from ksocket.collectors.inspect.hosts import HostLimiter
 
     async def scenario(target_port: int) -> Any:
         key = asyncssh.generate_private_key("ssh-ed25519")

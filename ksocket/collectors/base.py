@@ -5,19 +5,69 @@ object, validated by the collector itself (raise :class:`InvalidParams` before t
 network); ``context`` reports progress and tells it when it was cancelled. A failure the hub should
 see as an error code is an :class:`OperationFailed`; ``transient`` says whether the pipeline may
 retry it (a timeout or an unreachable cloud API may heal; a wrong password will not).
+
+What a collector needs of the agent's settings and process comes on the context too, as its
+:class:`Environment`: the caller (the pipeline, ``ksocket scan``, ``ksocket inspect``) builds it once
+from the loaded settings (:meth:`Environment.from_settings`); collectors never read the settings
+themselves.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ksocket.errors import KsocketError
+
+if TYPE_CHECKING:
+    from ksocket.collectors.inspect.hostkeys import HostKeyStore
+    from ksocket.collectors.inspect.limiter import HostLimiter
+    from ksocket.config import Settings
 
 Document = dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Environment:
+    """What collectors take from the agent's settings and share across its operations.
+
+    ``networks_scan_mode`` is ``networks.scan``'s mode when the params name none
+    (``operations.networksScanMode``); ``credentials_root`` the credential files' folder
+    (``directories.credentials``); ``limiter`` the connection slots per address and ``host_keys``
+    the remembered SSH host keys, both shared by every inspection that uses this environment.
+    """
+
+    credentials_root: Path
+    limiter: HostLimiter
+    host_keys: HostKeyStore
+    networks_scan_mode: str = "intranet"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Environment:
+        """A fresh environment for ``settings``: its own connection slots, the default host key file."""
+        # imported here: building the command line loads this module, and these load asyncio
+        from ksocket.collectors.inspect.hostkeys import HostKeyStore
+        from ksocket.collectors.inspect.limiter import HostLimiter
+
+        return cls(settings.credentials_path, HostLimiter(), HostKeyStore(), settings.networks_scan_mode)
+
+
+def default_environment() -> Environment:
+    """The environment of the default settings (no settings file read), for collectors run by hand."""
+    from ksocket.config import Settings
+
+    return Environment.from_settings(Settings())
+
+
 class Context(Protocol):
+    @property
+    def environment(self) -> Environment:
+        """What the collector may take from the settings (see :class:`Environment`)."""
+        ...
+
     def progress(self, done: int, total: int) -> None:
         """Reports progress (throttled by the pipeline); raises Cancelled once the operation is cancelled."""
         ...
@@ -50,7 +100,17 @@ class Cancelled(OperationFailed):
 
 
 class NullContext:
-    """For running a collector outside the pipeline: progress goes nowhere, nothing is cancelled."""
+    """For running a collector outside the pipeline: progress goes nowhere, nothing is cancelled.
+
+    Without an ``environment``, the default settings' one (made when first asked for).
+    """
+
+    def __init__(self, environment: Environment | None = None) -> None:
+        self._environment = environment
+
+    @functools.cached_property
+    def environment(self) -> Environment:
+        return self._environment or default_environment()
 
     def progress(self, done: int, total: int) -> None:
         return None

@@ -482,44 +482,54 @@ def _ip_addr_json(data: Any) -> list[Document]:
 _IP_O = re.compile(r"^\d+:\s+([^\s:@]+)(?:@\S+)?:?\s+(.*)$")
 
 
+def _ip_o_lines(text: str) -> Iterator[tuple[str, str]]:
+    """``ip -o`` lines as (interface name, the rest)."""
+    for line in _lines(text):
+        match = _IP_O.match(line)
+        name = clean(match[1], 64) if match else ""
+        if match and name:
+            yield name, match[2]
+
+
+def _named(interfaces: dict[str, Document], name: str) -> Document | None:
+    """The interface ``name``, added when there is room for one more."""
+    if name not in interfaces:
+        if len(interfaces) >= MAX_INTERFACES:
+            return None
+        interfaces[name] = _interface(name)
+    return interfaces[name]
+
+
+def _link_words(iface: Document, words: list[str]) -> None:
+    for key, value in itertools.pairwise(words):
+        if key == "mtu":
+            iface["mtu"] = _int(value, 0, 1 << 20)
+        elif key == "state":
+            iface["state"] = clean(value, 16)
+        elif key.startswith("link/") and not iface["mac"]:
+            iface["mac"] = _mac(value)
+
+
+def _address_words(iface: Document, words: list[str]) -> None:
+    if len(words) < 2 or words[0] not in ("inet", "inet6"):
+        return
+    address, _, prefix = words[1].partition("/")
+    entry = _address(words[0], address, prefix or ("32" if words[0] == "inet" else "128"))
+    if entry and len(iface["addresses"]) < MAX_ADDRESSES:
+        iface["addresses"].append(entry)
+
+
 def _ip_text(addr_text: str, link_text: str) -> list[Document]:
     """``ip -o link`` and ``ip -o addr`` lines: ``2: eth0    inet 10.0.0.2/24 brd …``."""
     interfaces: dict[str, Document] = {}
-
-    def get(name: str) -> Document | None:
-        if name not in interfaces:
-            if len(interfaces) >= MAX_INTERFACES:
-                return None
-            interfaces[name] = _interface(name)
-        return interfaces[name]
-
-    for line in _lines(link_text):
-        match = _IP_O.match(line)
-        if not match or not clean(match[1], 64):
-            continue
-        iface = get(clean(match[1], 64))
-        if iface is None:
-            continue
-        words = match[2].replace("\\", " ").split()
-        for key, value in itertools.pairwise(words):
-            if key == "mtu":
-                iface["mtu"] = _int(value, 0, 1 << 20)
-            elif key == "state":
-                iface["state"] = clean(value, 16)
-            elif key.startswith("link/") and not iface["mac"]:
-                iface["mac"] = _mac(value)
-    for line in _lines(addr_text):
-        match = _IP_O.match(line)
-        if not match or not clean(match[1], 64):
-            continue
-        iface = get(clean(match[1], 64))
-        words = match[2].split()
-        if iface is None or len(words) < 2 or words[0] not in ("inet", "inet6"):
-            continue
-        address, _, prefix = words[1].partition("/")
-        entry = _address(words[0], address, prefix or ("32" if words[0] == "inet" else "128"))
-        if entry and len(iface["addresses"]) < MAX_ADDRESSES:
-            iface["addresses"].append(entry)
+    for name, rest in _ip_o_lines(link_text):
+        iface = _named(interfaces, name)
+        if iface is not None:
+            _link_words(iface, rest.replace("\\", " ").split())
+    for name, rest in _ip_o_lines(addr_text):
+        iface = _named(interfaces, name)
+        if iface is not None:
+            _address_words(iface, rest.split())
     return list(interfaces.values())
 
 
@@ -534,47 +544,55 @@ def parse_ip_addr(addr_text: str, link_text: str = "") -> list[Document]:
 _NEIGH_STATES = {"REACHABLE", "STALE", "DELAY", "PROBE", "FAILED", "INCOMPLETE", "NOARP", "PERMANENT", "NONE"}
 
 
+def _neighbors_json(data: object) -> list[Document]:
+    result: list[Document] = []
+    for item in _dicts(data, MAX_NEIGHBORS):
+        state = item.get("state")
+        states = [clean(s, 16) for s in state[:4] if isinstance(s, str)] if isinstance(state, list) else []
+        entry = {
+            "address": _ip(item.get("dst")),
+            "mac": _mac(item.get("lladdr")),
+            "interface": clean(item.get("dev"), 64),
+            "state": ",".join(s for s in states if s),
+        }
+        if entry["address"]:
+            result.append(entry)
+    return result[:MAX_NEIGHBORS]
+
+
+def _neighbor_words(words: list[str]) -> Document | None:
+    """One line of ``ip neigh`` or ``/proc/net/arp``, split; None when it names no neighbour."""
+    if len(words) >= 6 and _ip(words[0]) and words[1].startswith("0x"):  # /proc/net/arp
+        if not _mac(words[3]):
+            return None
+        return {"address": _ip(words[0]), "mac": _mac(words[3]), "interface": clean(words[5], 64), "state": ""}
+    address = _ip(words[0])
+    if not address:
+        return None
+    entry = {"address": address, "mac": "", "interface": "", "state": ""}
+    for key, value in itertools.pairwise(words):
+        if key == "dev":
+            entry["interface"] = clean(value, 64)
+        elif key == "lladdr":
+            entry["mac"] = _mac(value)
+    states = [word for word in words[1:] if word in _NEIGH_STATES]
+    entry["state"] = ",".join(states[:4])
+    return entry
+
+
 def parse_neighbors(text: str) -> list[Document]:
     """``ip -j neigh``, ``ip neigh`` or ``/proc/net/arp``: address, MAC, interface, state."""
     data = _json(text)
-    result: list[Document] = []
     if data is not None:
-        for item in _dicts(data, MAX_NEIGHBORS):
-            state = item.get("state")
-            states = [clean(s, 16) for s in state[:4] if isinstance(s, str)] if isinstance(state, list) else []
-            entry = {
-                "address": _ip(item.get("dst")),
-                "mac": _mac(item.get("lladdr")),
-                "interface": clean(item.get("dev"), 64),
-                "state": ",".join(s for s in states if s),
-            }
-            if entry["address"]:
-                result.append(entry)
-        return result[:MAX_NEIGHBORS]
+        return _neighbors_json(data)
+    result: list[Document] = []
     for line in _lines(text):
         if len(result) >= MAX_NEIGHBORS:
             break
         words = line.split()
-        if not words:
-            continue
-        if len(words) >= 6 and _ip(words[0]) and words[1].startswith("0x"):  # /proc/net/arp
-            if _mac(words[3]):
-                result.append(
-                    {"address": _ip(words[0]), "mac": _mac(words[3]), "interface": clean(words[5], 64), "state": ""}
-                )
-            continue
-        address = _ip(words[0])
-        if not address:
-            continue
-        entry = {"address": address, "mac": "", "interface": "", "state": ""}
-        for key, value in itertools.pairwise(words):
-            if key == "dev":
-                entry["interface"] = clean(value, 64)
-            elif key == "lladdr":
-                entry["mac"] = _mac(value)
-        states = [word for word in words[1:] if word in _NEIGH_STATES]
-        entry["state"] = ",".join(states[:4])
-        result.append(entry)
+        entry = _neighbor_words(words) if words else None
+        if entry is not None:
+            result.append(entry)
     return result
 
 
@@ -622,50 +640,62 @@ def _route(
     }
 
 
+def _routes_json(data: object) -> list[Document]:
+    result: list[Document] = []
+    for item in _dicts(data, MAX_ROUTES):
+        route = _route(
+            item.get("dst"),
+            item.get("gateway"),
+            item.get("dev"),
+            item.get("metric"),
+            item.get("protocol"),
+            item.get("scope"),
+            item.get("prefsrc"),
+            item.get("type"),
+        )
+        if route:
+            result.append(route)
+    return result
+
+
+def _route_words(words: list[str]) -> Document | None:
+    """One line of ``ip route``, split: ``[TYPE] DESTINATION [via GW] [dev IF] …``."""
+    kind = ""
+    if words and words[0] in _ROUTE_TYPES:
+        kind = words.pop(0)
+    if not words:
+        return None
+    values: dict[str, str] = {}
+    for key, value in itertools.pairwise(words[1:]):
+        if key in ("via", "dev", "metric", "proto", "scope", "src") and key not in values:
+            values[key] = value
+    return _route(
+        words[0],
+        values.get("via"),
+        values.get("dev"),
+        values.get("metric"),
+        values.get("proto"),
+        values.get("scope"),
+        values.get("src"),
+        kind,
+    )
+
+
+def _routes_text(text: str) -> list[Document]:
+    result: list[Document] = []
+    for line in _lines(text):
+        if len(result) >= MAX_ROUTES:
+            break
+        route = _route_words(line.split())
+        if route:
+            result.append(route)
+    return result
+
+
 def parse_routes(text: str, family: str = "") -> list[Document]:
     """``ip -j route`` or ``ip route`` (``-6`` for IPv6 when ``family`` is inet6): the routing table."""
     data = _json(text)
-    result: list[Document] = []
-    if data is not None:
-        for item in _dicts(data, MAX_ROUTES):
-            route = _route(
-                item.get("dst"),
-                item.get("gateway"),
-                item.get("dev"),
-                item.get("metric"),
-                item.get("protocol"),
-                item.get("scope"),
-                item.get("prefsrc"),
-                item.get("type"),
-            )
-            if route:
-                result.append(route)
-    else:
-        for line in _lines(text):
-            if len(result) >= MAX_ROUTES:
-                break
-            words = line.split()
-            kind = ""
-            if words and words[0] in _ROUTE_TYPES:
-                kind = words.pop(0)
-            if not words:
-                continue
-            values: dict[str, str] = {}
-            for key, value in itertools.pairwise(words[1:]):
-                if key in ("via", "dev", "metric", "proto", "scope", "src") and key not in values:
-                    values[key] = value
-            route = _route(
-                words[0],
-                values.get("via"),
-                values.get("dev"),
-                values.get("metric"),
-                values.get("proto"),
-                values.get("scope"),
-                values.get("src"),
-                kind,
-            )
-            if route:
-                result.append(route)
+    result = _routes_json(data) if data is not None else _routes_text(text)
     if family == "inet6":
         for route in result:
             route["family"] = "inet6"

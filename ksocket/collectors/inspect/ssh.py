@@ -10,7 +10,7 @@ Logging in
     secret is sent: the first key is remembered, a different one is ``host-key-changed`` unless the
     file says ``hostKeyPolicy = "accept-new-keys"``; a key that cannot be written down is
     ``internal``. Every login, a jump host's too, holds one of its address's connection slots
-    (:class:`~ksocket.collectors.inspect.hosts.HostLimiter`) while sshd counts it as starting up.
+    (:class:`~ksocket.collectors.inspect.limiter.HostLimiter`) while sshd counts it as starting up.
 
 Collecting
     One channel runs ``env LC_ALL=C LANG=C sh -s`` and gets :data:`SCRIPT` on its standard input:
@@ -51,7 +51,7 @@ from asyncssh.public_key import get_default_public_key_algs
 
 from ksocket import redact
 from ksocket.collectors.base import Context, Document, NullContext, OperationFailed
-from ksocket.collectors.inspect import hosts, parsers
+from ksocket.collectors.inspect import parsers
 from ksocket.collectors.inspect.base import (
     AUTH_FAILED,
     HOST_KEY_CHANGED,
@@ -63,6 +63,7 @@ from ksocket.collectors.inspect.base import (
     server_text,
 )
 from ksocket.collectors.inspect.hostkeys import HostKey, HostKeyStore, HostKeyStoreError, Verdict
+from ksocket.collectors.inspect.limiter import HostLimiter
 from ksocket.credentials import search
 from ksocket.credentials.models import ClientKey, Credential, SSHCredential
 
@@ -320,7 +321,7 @@ async def login_any(
     credentials: Sequence[SSHCredential],
     *,
     host_keys: HostKeyStore,
-    limiter: hosts.HostLimiter,
+    limiter: HostLimiter,
     tunnel: asyncssh.SSHClientConnection | None = None,
 ) -> asyncssh.SSHClientConnection:
     """The first of ``credentials`` that logs in to ``address`` (a jump host); auth failures move on."""
@@ -344,7 +345,7 @@ async def open_chain(
     *,
     credentials_root: Path,
     host_keys: HostKeyStore,
-    limiter: hosts.HostLimiter,
+    limiter: HostLimiter,
 ) -> AsyncIterator[asyncssh.SSHClientConnection | None]:
     """Connections to each jump host in turn, each through the one before; yields the last (None
     without hops) and closes them all on the way out. Also for WinRM over ``sshTunnels``."""
@@ -369,34 +370,30 @@ async def _close(conn: asyncssh.SSHClientConnection) -> None:
 
 
 class SSHInspector:
-    """``kind = "ssh"``: one credential file against one address (see the module's docstring)."""
+    """``kind = "ssh"``: one credential file against one address (see the module's docstring).
+
+    ``credentials_root`` holds the jump hosts' credential files, ``host_keys`` the remembered host
+    keys; ``limiter`` gives out the connection slots (share one across inspections of a host).
+    """
 
     kind = "ssh"
 
     def __init__(
         self,
-        credentials_root: Path | str | None = None,
+        credentials_root: Path | str,
         *,
-        host_keys: HostKeyStore | None = None,
-        limiter: hosts.HostLimiter | None = None,
+        host_keys: HostKeyStore,
+        limiter: HostLimiter,
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
         max_output: int = MAX_OUTPUT,
         sudo: bool = True,
     ) -> None:
-        self._credentials_root = Path(credentials_root) if credentials_root is not None else None
-        self.host_keys = host_keys or HostKeyStore()
-        self.limiter = limiter or hosts.DEFAULT_LIMITER
+        self.credentials_root = Path(credentials_root)
+        self.host_keys = host_keys
+        self.limiter = limiter
         self.command_timeout = command_timeout
         self.max_output = max_output
         self.sudo = sudo
-
-    @property
-    def credentials_root(self) -> Path:
-        if self._credentials_root is None:
-            from ksocket import config
-
-            self._credentials_root = config.load().credentials_path
-        return self._credentials_root
 
     async def inspect(self, address: str, credential: Credential, context: Context | None = None) -> Document:
         if not isinstance(credential, SSHCredential):
@@ -487,11 +484,3 @@ class SSHInspector:
         finally:
             process.close()
         return b"".join(chunks), problems
-
-
-hosts.register(
-    "ssh",
-    lambda environment: SSHInspector(
-        environment.credentials_root, host_keys=environment.host_keys, limiter=environment.limiter
-    ),
-)

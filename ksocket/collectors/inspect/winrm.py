@@ -73,7 +73,7 @@ from winrm.exceptions import (
 from winrm.protocol import Protocol
 
 from ksocket.collectors.base import Context, Document, OperationFailed
-from ksocket.collectors.inspect import wmi
+from ksocket.collectors.inspect import ssh, wmi
 from ksocket.collectors.inspect.base import (
     AUTH_FAILED,
     NO_CREDENTIAL,
@@ -86,7 +86,7 @@ from ksocket.credentials.models import Credential, SSHCredential, WinRMCredentia
 
 if TYPE_CHECKING:
     from ksocket.collectors.inspect.hostkeys import HostKeyStore
-    from ksocket.collectors.inspect.hosts import HostLimiter
+    from ksocket.collectors.inspect.limiter import HostLimiter
 
 logger = logging.getLogger("ksocket.inspect.winrm")
 
@@ -168,8 +168,6 @@ class WinRMInspector:
         if not hops:
             yield address, credential.port
         elif self.credentials_root is not None and self.host_keys is not None and self.limiter is not None:
-            from ksocket.collectors.inspect import ssh  # imported here: ssh imports the orchestrator
-
             async with (
                 ssh.open_chain(
                     hops, credentials_root=self.credentials_root, host_keys=self.host_keys, limiter=self.limiter
