@@ -926,24 +926,18 @@ def daemon(spec_file: str) -> int:
 def demo() -> int:
     """A small lab (LAN, routed subnet with ICMP-dropping hosts, tunnel) scanned by ``ksocket scan``."""
     lab = (
-        Lab(prefix="kslab-demo")
-        .flat(20)
-        .routed(8)
-        .tunnel(4)
-        .icmp_blocked(2, segment="routed")
-        .listen(3, segment="lan")
+        Lab(prefix="kslab-demo").flat(20).routed(8).tunnel(4).icmp_blocked(2, segment="routed").listen(3, segment="lan")
     )
     try:
         lab.up()
         print(f"lab up in {lab.setup_seconds:.1f} s: {len(lab.hosts)} hosts; scanning from {lab.scanner_ns}")
         targets = [lab.cidr(name) for name in ("lan", "routed", "tunnel")]
-        command = [sys.executable, "-m", "ksocket.scan_cli", *targets, "--rate", "2000"]
+        command = [sys.executable, "-m", "ksocket.cli", "scan", *targets, "--rate", "2000"]
         print("$ ksocket scan " + " ".join(targets) + " --rate 2000")
         done = lab.run_in_scanner(command, capture_output=False)
         return done.returncode
     finally:
         lab.down()
-
 
 
 def main(argv: Sequence[str]) -> int:

@@ -22,7 +22,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from ksocket import redact, scan_cli
+from ksocket import cli, redact
 from ksocket.collectors import cloud, scan
 from ksocket.collectors.base import Cancelled, InvalidParams, NullContext, OperationFailed
 from ksocket.collectors.cloud import aws
@@ -417,12 +417,12 @@ def test_scan_command_names_vpcs_and_region(
     lab: Lab, home: Path, aws_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (aws_home / ".aws" / "config").write_text("[default]\noutput = json\n")  # the region only from --region
-    assert scan_cli.main(["--mode", "aws", lab.vpc_b, lab.vpc_c, "--region", REGION, "--json"]) == 0
+    assert cli.main(["scan", "--mode", "aws", lab.vpc_b, lab.vpc_c, "--region", REGION, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["region"] == REGION and result["vpcSource"] == "params"
     assert set(_by_id(result)) == set(lab.b + lab.c)
 
-    assert scan_cli.main(["--mode", "aws", lab.vpc_b]) == 2
+    assert cli.main(["scan", "--mode", "aws", lab.vpc_b]) == 2
     error = capsys.readouterr().err.strip()
     assert "--region" in error and "params.region" in error
 
@@ -439,12 +439,12 @@ def test_scan_command_names_vpcs_and_region(
 def test_scan_command_refuses_what_aws_mode_would_ignore(
     home: Path, arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert scan_cli.main(["--mode", "aws", "--region", REGION, *arguments]) == 2
+    assert cli.main(["scan", "--mode", "aws", "--region", REGION, *arguments]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_scan_command_without_a_vpc_says_how_to_name_one(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert scan_cli.main(["--mode", "aws"]) == 2
+    assert cli.main(["scan", "--mode", "aws"]) == 2
     assert "params.vpcs (ksocket scan --mode aws VPC_ID…)" in capsys.readouterr().err
 
 

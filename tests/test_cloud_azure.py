@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from ksocket import paths, redact, scan_cli
+from ksocket import cli, paths, redact
 from ksocket.collectors import cloud, scan
 from ksocket.collectors.base import Cancelled, InvalidParams, NullContext, OperationFailed
 from ksocket.collectors.cloud import azure
@@ -374,14 +374,14 @@ def test_scan_command_names_vnets_and_subscriptions(
 ) -> None:
     _principal(lab)
     _environment_endpoints(lab, monkeypatch)
-    assert scan_cli.main(["--mode", "azure", "vnet-a", "--subscription", lab.other, "--json"]) == 0
+    assert cli.main(["scan", "--mode", "azure", "vnet-a", "--subscription", lab.other, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["subscriptions"] == [lab.other] and _names(result) == {"other0"}
     assert lab.imds.log == []  # the VNET came from the command line, not from the metadata service
 
-    assert scan_cli.main(["--mode", "azure", "rg-net/vnet-b", "--region", "us-east-2"]) == 2
+    assert cli.main(["scan", "--mode", "azure", "rg-net/vnet-b", "--region", "us-east-2"]) == 2
     assert "--region applies to --mode aws only, not azure" in capsys.readouterr().err
-    assert scan_cli.main(["--mode", "azure", "--inspect"]) == 2
+    assert cli.main(["scan", "--mode", "azure", "--inspect"]) == 2
     assert "--inspect applies to --mode intranet only, not azure" in capsys.readouterr().err
 
 
