@@ -8,6 +8,7 @@ is tested against :class:`tests.cloudtools.Ec2MetadataServer` on loopback.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -23,6 +24,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from ksocket import cli, redact
+from ksocket.cli import scan as scan_command
 from ksocket.collectors import cloud, scan
 from ksocket.collectors.base import Cancelled, InvalidParams, NullContext, OperationFailed
 from ksocket.collectors.cloud import aws
@@ -488,7 +490,9 @@ def test_cancelled_between_pages(lab: Lab) -> None:
 
 def test_run_through_the_package_and_the_table(lab: Lab) -> None:
     result = cloud.run("aws", {"vpcs": [lab.vpc_b]})
-    table = cloud.format_table(result)
+    printed = io.StringIO()
+    scan_command.print_machines(result, printed)
+    table = printed.getvalue()
     assert all(instance in table for instance in lab.b)
     assert table.splitlines()[-1] == f"4 aws machines in {lab.vpc_b} ({REGION})"
     with pytest.raises(InvalidParams, match="cloud mode"):

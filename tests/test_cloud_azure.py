@@ -9,6 +9,7 @@ metadata address.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from ksocket import cli, paths, redact
+from ksocket.cli import scan as scan_command
 from ksocket.collectors import cloud, scan
 from ksocket.collectors.base import Cancelled, InvalidParams, NullContext, OperationFailed
 from ksocket.collectors.cloud import azure
@@ -364,7 +366,9 @@ def test_run_and_check_through_the_environment(lab: Lab, monkeypatch: pytest.Mon
     _environment_endpoints(lab, monkeypatch)
     result = cloud.run("azure", {"vnets": ["rg-net/vnet-b"]})
     assert _names(result) == {"app0", "app1", "router"}
-    table = cloud.format_table(result)
+    printed = io.StringIO()
+    scan_command.print_machines(result, printed)
+    table = printed.getvalue()
     assert "app0" in table and "10.20.1.250" in table and table.splitlines()[-1].startswith("3 azure machines in ")
     assert cloud.check("azure").startswith(f"service principal {CLIENT_ID}")
 

@@ -126,6 +126,46 @@ def run(args: argparse.Namespace) -> int:
 
 
 HEADERS = ("ADDRESS", "MAC", "VENDOR", "RTT ms", "OPEN PORTS", "EVIDENCE", "NAME")
+CLOUD_HEADERS = {
+    "aws": ("ID", "NAME", "STATE", "TYPE", "PRIVATE", "PUBLIC", "SUBNET"),
+    "azure": ("NAME", "RESOURCE GROUP", "STATE", "SIZE", "PRIVATE", "PUBLIC", "SUBNET"),
+}
+CLOUD_FIRST_FIELDS = {"aws": ("id", "name", "state", "type"), "azure": ("name", "resourceGroup", "state", "size")}
+
+
+def print_hosts(result: dict[str, Any], out: TextIO) -> None:
+    """An intranet scan's result: a table of the hosts found, then a summary line."""
+    render.table(HEADERS, host_rows(result), out)
+    out.write(f"\n{summary(result)}\n")
+
+
+def print_machines(result: dict[str, Any], out: TextIO) -> None:
+    """A cloud scan's result (either mode): a table of the machines, then a summary line."""
+    rows = machine_rows(result)
+    render.table(CLOUD_HEADERS[result["mode"]], rows, out)
+    out.write(f"\n{machines_summary(result, len(rows))}\n")
+
+
+def machine_rows(result: dict[str, Any]) -> list[list[str]]:
+    """One row per machine, under the mode's :data:`CLOUD_HEADERS`."""
+    first = CLOUD_FIRST_FIELDS[result["mode"]]
+    return [
+        [
+            *(str(item.get(field) or "-") for field in first),
+            ",".join(address["address"] for address in item.get("privateAddresses", [])) or "-",
+            ",".join(address["address"] for address in item.get("publicAddresses", [])) or "-",
+            str(item.get("subnet") or "-").rsplit("/", 1)[-1],
+        ]
+        for item in result.get("instances", [])
+    ]
+
+
+def machines_summary(result: dict[str, Any], count: int) -> str:
+    aws = result["mode"] == "aws"
+    networks = result.get("vpcs" if aws else "vnets") or []
+    names = ", ".join(str(network["id"] if aws else network["name"]) for network in networks)
+    where = result.get("region") if aws else ", ".join(result.get("subscriptions", []))
+    return f"{count} {result['mode']} machines in {names} ({where})"
 
 
 def host_rows(result: dict[str, Any]) -> list[list[str]]:
@@ -179,7 +219,7 @@ def run_scan(
             json.dump(result, out, indent=1)
             out.write("\n")
         else:
-            out.write(cloud.format_table(result) + "\n")
+            print_machines(result, out)
         return 0
     request = discovery.validate(params_from(args))
     context = render.ProgressBar(err)
@@ -202,8 +242,7 @@ def run_scan(
         json.dump(result, out, indent=1)
         out.write("\n")
         return 0
-    render.table(HEADERS, host_rows(result), out)
-    out.write(f"\n{summary(result)}\n")
+    print_hosts(result, out)
     if args.inspect:
         from ksocket.cli import inspect
 
