@@ -926,7 +926,12 @@ def daemon(spec_file: str) -> int:
 def demo() -> int:
     """A small lab (LAN, routed subnet with ICMP-dropping hosts, tunnel) scanned by ``ksocket scan``."""
     lab = (
-        Lab(prefix="kslab-demo").flat(20).routed(8).tunnel(4).icmp_blocked(2, segment="routed").listen(3, segment="lan")
+        Lab(prefix="kslab-demo")
+        .flat(20)
+        .routed(8)
+        .tunnel(4)
+        .icmp_blocked(2, segment="routed")
+        .listen(3, segment="lan")
     )
     try:
         lab.up()
@@ -938,6 +943,7 @@ def demo() -> int:
         return done.returncode
     finally:
         lab.down()
+
 
 
 def main(argv: Sequence[str]) -> int:

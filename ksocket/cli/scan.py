@@ -2,8 +2,9 @@
 
 The ``networks.scan`` operation run here, without a hub (in aws / azure mode TARGETs name VPCs /
 VNETs, and the cloud's API lists their machines): a progress bar on standard error while it runs
-(only when that is a terminal), then a table of the hosts found, or with ``--json`` the operation's
-result document. :func:`configure` adds the arguments to a parser, :func:`run_scan` runs them.
+(only when that is a terminal), then a table of the hosts (or the cloud's machines) found, or with
+``--json`` the operation's result document. :func:`configure` adds the arguments and the handler to a
+parser, :func:`run_scan` runs them; :mod:`ksocket.cli.render` draws the bar and the tables.
 """
 
 from __future__ import annotations
