@@ -335,3 +335,10 @@ def test_help_lists_every_command_of_the_table() -> None:
     listed = " ".join(done.stdout.split())  # argparse wraps the long lines
     for name, command in cli.COMMANDS.items():
         assert f" {name} {command.help} " in listed, name
+
+
+def test_a_commands_help_has_the_arguments_its_module_adds() -> None:
+    done = run_ksocket("hub", "token", "--help")
+    assert done.returncode == 0, done.stderr
+    assert "add, list or revoke slot tokens" in done.stdout and "revoke" in done.stdout
+    assert "--exclude" in run_ksocket("scan", "--help").stdout
