@@ -16,7 +16,9 @@ from ksocket.cli.common import load_settings
 def configure(parser: argparse.ArgumentParser) -> None:
     from tasks.broker import NAMESPACE
 
-    parser.add_argument("broker_url", nargs="?", help="default: KSOCKET_BROKER, else broker.url of the settings")
+    parser.add_argument(
+        "broker_url", nargs="?", metavar="BROKER_URL", help="default: KSOCKET_BROKER, else broker.url of the settings"
+    )
     parser.add_argument("--threads", type=int, help="operations at once (default: connect.maxRunningOperations)")
     parser.add_argument("--namespace", default=NAMESPACE, help="the broker's key prefix (default %(default)s)")
     parser.add_argument("--heartbeat-timeout", type=float, metavar="S", help="seconds (tests shorten it)")
