@@ -4,6 +4,7 @@ Each check prints one line, ``label ..... OK`` or ``NG [reason]``; the status is
 every check passed. ``connect`` walks the link's early states the way ``ksocket connect`` does
 (DNS, TCP, TLS, WebSocket); ``authenticate`` goes on through ``authenticating`` and closes
 cleanly. Nothing printed here holds the token: only the settings' public parts are shown.
+The command's arguments are read in :mod:`ksocket.cli.diagnostics`.
 """
 
 from __future__ import annotations

@@ -932,7 +932,7 @@ def demo() -> int:
         lab.up()
         print(f"lab up in {lab.setup_seconds:.1f} s: {len(lab.hosts)} hosts; scanning from {lab.scanner_ns}")
         targets = [lab.cidr(name) for name in ("lan", "routed", "tunnel")]
-        command = [sys.executable, "-m", "ksocket.scan_cli", *targets, "--rate", "2000"]
+        command = [sys.executable, "-m", "ksocket.cli", "scan", *targets, "--rate", "2000"]
         print("$ ksocket scan " + " ".join(targets) + " --rate 2000")
         done = lab.run_in_scanner(command, capture_output=False)
         return done.returncode

@@ -2,7 +2,7 @@
 
 The operations registered here (``test.*``) exist only where this module is imported: the test
 process, and the subprocesses the tests start (``python -m tests.pipelinetools agent …``, or
-``python -m tasks.worker --import tests.pipelinetools``).
+``python -m ksocket.cli worker --import tests.pipelinetools``).
 
 Run as a program, it is an agent-side runner for the SIGKILL tests::
 
@@ -422,7 +422,8 @@ def start_worker(url: str, *, threads: int = 2, other_host: bool = False) -> sub
         [
             sys.executable,
             "-m",
-            "tasks.worker",
+            "ksocket.cli",
+            "worker",
             url,
             "--threads",
             str(threads),
@@ -432,6 +433,8 @@ def start_worker(url: str, *, threads: int = 2, other_host: bool = False) -> sub
             str(KILLABLE.heartbeat_timeout),
             "--requeue-interval",
             str(KILLABLE.requeue_interval),
+            "--logfile",
+            "-",
         ],
         cwd=ROOT,
         env={**python_env(), OTHER_HOST_ENV: "elsewhere"} if other_host else python_env(),

@@ -8,6 +8,7 @@ is tested against :class:`tests.cloudtools.Ec2MetadataServer` on loopback.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -22,7 +23,8 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from ksocket import redact, scan_cli
+from ksocket import cli, redact
+from ksocket.cli import scan as scan_command
 from ksocket.collectors import cloud, scan
 from ksocket.collectors.base import Cancelled, InvalidParams, NullContext, OperationFailed
 from ksocket.collectors.cloud import aws
@@ -417,12 +419,12 @@ def test_scan_command_names_vpcs_and_region(
     lab: Lab, home: Path, aws_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (aws_home / ".aws" / "config").write_text("[default]\noutput = json\n")  # the region only from --region
-    assert scan_cli.main(["--mode", "aws", lab.vpc_b, lab.vpc_c, "--region", REGION, "--json"]) == 0
+    assert cli.main(["scan", "--mode", "aws", lab.vpc_b, lab.vpc_c, "--region", REGION, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["region"] == REGION and result["vpcSource"] == "params"
     assert set(_by_id(result)) == set(lab.b + lab.c)
 
-    assert scan_cli.main(["--mode", "aws", lab.vpc_b]) == 2
+    assert cli.main(["scan", "--mode", "aws", lab.vpc_b]) == 2
     error = capsys.readouterr().err.strip()
     assert "--region" in error and "params.region" in error
 
@@ -439,12 +441,12 @@ def test_scan_command_names_vpcs_and_region(
 def test_scan_command_refuses_what_aws_mode_would_ignore(
     home: Path, arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert scan_cli.main(["--mode", "aws", "--region", REGION, *arguments]) == 2
+    assert cli.main(["scan", "--mode", "aws", "--region", REGION, *arguments]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_scan_command_without_a_vpc_says_how_to_name_one(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert scan_cli.main(["--mode", "aws"]) == 2
+    assert cli.main(["scan", "--mode", "aws"]) == 2
     assert "params.vpcs (ksocket scan --mode aws VPC_ID…)" in capsys.readouterr().err
 
 
@@ -488,7 +490,9 @@ def test_cancelled_between_pages(lab: Lab) -> None:
 
 def test_run_through_the_package_and_the_table(lab: Lab) -> None:
     result = cloud.run("aws", {"vpcs": [lab.vpc_b]})
-    table = cloud.format_table(result)
+    printed = io.StringIO()
+    scan_command.print_machines(result, printed)
+    table = printed.getvalue()
     assert all(instance in table for instance in lab.b)
     assert table.splitlines()[-1] == f"4 aws machines in {lab.vpc_b} ({REGION})"
     with pytest.raises(InvalidParams, match="cloud mode"):

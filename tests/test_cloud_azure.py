@@ -9,6 +9,7 @@ metadata address.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -18,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from ksocket import paths, redact, scan_cli
+from ksocket import cli, paths, redact
+from ksocket.cli import scan as scan_command
 from ksocket.collectors import cloud, scan
 from ksocket.collectors.base import Cancelled, InvalidParams, NullContext, OperationFailed
 from ksocket.collectors.cloud import azure
@@ -364,7 +366,9 @@ def test_run_and_check_through_the_environment(lab: Lab, monkeypatch: pytest.Mon
     _environment_endpoints(lab, monkeypatch)
     result = cloud.run("azure", {"vnets": ["rg-net/vnet-b"]})
     assert _names(result) == {"app0", "app1", "router"}
-    table = cloud.format_table(result)
+    printed = io.StringIO()
+    scan_command.print_machines(result, printed)
+    table = printed.getvalue()
     assert "app0" in table and "10.20.1.250" in table and table.splitlines()[-1].startswith("3 azure machines in ")
     assert cloud.check("azure").startswith(f"service principal {CLIENT_ID}")
 
@@ -374,14 +378,14 @@ def test_scan_command_names_vnets_and_subscriptions(
 ) -> None:
     _principal(lab)
     _environment_endpoints(lab, monkeypatch)
-    assert scan_cli.main(["--mode", "azure", "vnet-a", "--subscription", lab.other, "--json"]) == 0
+    assert cli.main(["scan", "--mode", "azure", "vnet-a", "--subscription", lab.other, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["subscriptions"] == [lab.other] and _names(result) == {"other0"}
     assert lab.imds.log == []  # the VNET came from the command line, not from the metadata service
 
-    assert scan_cli.main(["--mode", "azure", "rg-net/vnet-b", "--region", "us-east-2"]) == 2
+    assert cli.main(["scan", "--mode", "azure", "rg-net/vnet-b", "--region", "us-east-2"]) == 2
     assert "--region applies to --mode aws only, not azure" in capsys.readouterr().err
-    assert scan_cli.main(["--mode", "azure", "--inspect"]) == 2
+    assert cli.main(["scan", "--mode", "azure", "--inspect"]) == 2
     assert "--inspect applies to --mode intranet only, not azure" in capsys.readouterr().err
 
 

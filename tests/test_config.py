@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ksocket import config, log, redact
+from ksocket import cli, config, log, redact
 from ksocket.errors import ConfigError
 from tests.conftest import run_ksocket, write_home_config
 
@@ -299,16 +299,46 @@ def test_written_file_is_atomic_and_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-def test_a_scan_loads_nothing_it_does_not_use() -> None:
-    """Every command builds the whole parser: the other commands' modules stay unloaded (start-up time)."""
+def _loaded_after_parsing(argv: list[str], heavy: tuple[str, ...]) -> str:
+    """The ``heavy`` modules loaded once ``ksocket ARGV`` is parsed, in a fresh interpreter."""
     code = (
         "import sys\n"
         "from ksocket import cli\n"
-        "cli.build_parser(['scan', '198.18.0.0/24'])\n"
-        "heavy = ('ksocket.hub', 'ksocket.service', 'ksocket.inspect_cli', 'ksocket.collectors.inspect.hosts',"
-        " 'ksocket.credentials', 'asyncio', 'cryptography', 'yaml', 'tomlkit', 'boto3', 'asyncssh', 'pysnmp')\n"
-        "print(sorted(name for name in sys.modules if name.startswith(heavy)))\n"
+        f"cli.build_parser().parse_args({argv!r})\n"
+        f"print(sorted(name for name in sys.modules if name.startswith({heavy!r})))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == "[]\n"
+    return done.stdout
+
+
+def test_a_scan_loads_nothing_it_does_not_use() -> None:
+    """Only the named command's module is loaded: the other commands' modules stay unloaded (start-up time)."""
+    heavy = (
+        "ksocket.cli.hub", "ksocket.cli.service", "ksocket.cli.inspect", "ksocket.collectors.inspect.hosts",
+        "ksocket.credentials", "asyncio", "cryptography", "yaml", "tomlkit", "boto3", "asyncssh", "pysnmp", "rich",
+    )  # fmt: skip
+    assert _loaded_after_parsing(["scan", "198.18.0.0/24"], heavy) == "[]\n"
+
+
+def test_version_loads_no_command_module_and_no_engine() -> None:
+    heavy = (
+        "ksocket.cli.scan", "ksocket.cli.hub", "ksocket.cli.service", "ksocket.cli.inspect", "ksocket.cli.render",
+        "ksocket.collectors", "ksocket.diagnostics", "statemachine", "tasks", "asyncio", "pcap", "dpkt", "rich",
+    )  # fmt: skip
+    assert _loaded_after_parsing(["version"], heavy) == "[]\n"
+
+
+def test_help_lists_every_command_of_the_table() -> None:
+    done = run_ksocket("--help")
+    assert done.returncode == 0, done.stderr
+    listed = " ".join(done.stdout.split())  # argparse wraps the long lines
+    for name, command in cli.COMMANDS.items():
+        assert f" {name} {command.help} " in listed, name
+
+
+def test_a_commands_help_has_the_arguments_its_module_adds() -> None:
+    done = run_ksocket("hub", "token", "--help")
+    assert done.returncode == 0, done.stderr
+    assert "add, list or revoke slot tokens" in done.stdout and "revoke" in done.stdout
+    assert "--exclude" in run_ksocket("scan", "--help").stdout

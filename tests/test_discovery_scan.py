@@ -219,7 +219,7 @@ def test_progress_reaches_the_total(scan_lab: Lab) -> None:  # noqa: F811
 
 
 def test_ksocket_scan_command(scan_lab: Lab) -> None:  # noqa: F811
-    command = [sys.executable, "-m", "ksocket.scan_cli", scan_lab.cidr("lan"), "--ports", "22,80", "--rate", "4000"]
+    command = [sys.executable, "-m", "ksocket.cli", "scan", scan_lab.cidr("lan"), "--ports", "22,80", "--rate", "4000"]
     table = scan_lab.run_in_scanner(command)
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
@@ -231,7 +231,7 @@ def test_ksocket_scan_command(scan_lab: Lab) -> None:  # noqa: F811
     as_json = scan_lab.run_in_scanner([*command, "--json", "--exclude", listener.address])
     document = json.loads(as_json.stdout)
     assert document["mode"] == "intranet" and listener.address not in found(document)
-    bad = scan_lab.run_in_scanner([sys.executable, "-m", "ksocket.scan_cli", "198.18.0.0/14"])
+    bad = scan_lab.run_in_scanner([sys.executable, "-m", "ksocket.cli", "scan", "198.18.0.0/14"])
     assert bad.returncode == 2 and "ksocket: error:" in bad.stderr and bad.stdout == ""
 
 

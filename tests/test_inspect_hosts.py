@@ -247,7 +247,7 @@ def test_what_a_server_said_is_one_inert_line_in_the_result_and_the_log(
 
 
 def test_the_printed_summary_is_inert_whatever_the_result_says() -> None:
-    from ksocket.inspect_cli import print_summary
+    from ksocket.cli.inspect import print_summary
 
     forged = "\x1b[2J\x1b[31mFAKE\nksocket: all good"
     result = {

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_service import SHOW, StandIn, _service_is_wired, manual_form
+from tests.test_service import SHOW, StandIn, manual_form
 
 # `release` selects these tests (-m "not release" leaves them out); the first one builds the tarball
 pytestmark = [pytest.mark.release, pytest.mark.timeout(900)]
@@ -399,8 +399,6 @@ def test_interactive_install_through_a_terminal(unpacked: Path, tmp_path: Path) 
 
 def test_ksinstall_installs_the_service_and_ksuninstall_removes_it(unpacked: Path, tmp_path: Path) -> None:
     """The last step of each, `ksocket service install|uninstall`, against a recording systemctl stand-in."""
-    if not _service_is_wired():
-        pytest.skip("`ksocket service` is not wired into ksocket/cli.py yet")
     prefix = tmp_path / "ksocket"
     systemctl = StandIn(tmp_path, "systemctl")
     systemctl.answer("show", "LoadState=loaded\nActiveState=inactive\n")

@@ -9,7 +9,6 @@ and the exact lines printed. The rendered systemd unit is checked by the real
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -24,9 +23,7 @@ import pytest
 
 from ksocket import cli
 from ksocket.diagnostics import Report
-from ksocket.errors import KsocketError
 from ksocket.service import Layout, Nssm, ServiceError, Systemd, Upstart, detect, detect_name
-from ksocket.service import cli as service_cli
 
 UNIT = "ksocket.service"
 SHOW = ["show", "--property=LoadState,ActiveState", UNIT]
@@ -86,24 +83,9 @@ def manual_form(output: str) -> list[str]:
     return [re.sub(r"^(.*?) \.{3,} ", r"\1 ..... ", line) for line in output.splitlines()]
 
 
-def _service_is_wired() -> bool:
-    commands = next(a for a in cli.build_parser(["service"])._actions if isinstance(a, argparse._SubParsersAction))
-    return "service" in commands.choices
-
-
 def ksocket_service(*argv: str) -> int:
-    """``ksocket service ARGV`` in this process: through ksocket.cli once it is wired there, else its own parser."""
-    if _service_is_wired():
-        return cli.main(["service", *argv])
-    parser = argparse.ArgumentParser(prog="ksocket service")
-    service_cli.configure(parser, argparse.ArgumentParser(add_help=False))
-    args = parser.parse_args(argv)
-    try:
-        status: int = args.handler(args)
-    except KsocketError as exc:
-        print(f"ksocket: error: {exc}", file=sys.stderr)
-        return 1
-    return status
+    """``ksocket service ARGV`` in this process."""
+    return cli.main(["service", *argv])
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@
     tokens.py   slot tokens (made once, kept as SHA-256) and session ids
     store.py    the SQLite database: slots, agents, operations, results
     server.py   ``Hub``: the WebSocket server, its database poller and the test knobs
-    cli.py      ``ksocket hub serve|token|run|cancel|agents|operations``
     errors.py   ``HubError`` and its kin, under ``KsocketError``
 
-It shares ``ksocket.protocol`` with the agent and nothing else of it.
+It shares ``ksocket.protocol`` with the agent and nothing else of it. Its commands,
+``ksocket hub serve|token|run|cancel|agents|operations``, are :mod:`ksocket.cli.hub`.
 """

@@ -10,8 +10,9 @@ Result shapes: docs/cloud-results.md.
 - :func:`validate` ``(mode, params)``: the params checked at admission, raising InvalidParams;
 - :func:`check` ``(mode, params=None) -> str``: one line for ``ksocket diagnostics`` saying that
   the credentials work and the API answers, without listing any machine; failures raise
-  :class:`~ksocket.collectors.base.OperationFailed` with a one-line reason;
-- :func:`format_table`: the result as a table for a terminal.
+  :class:`~ksocket.collectors.base.OperationFailed` with a one-line reason.
+
+``ksocket scan`` prints the result as a table (:mod:`ksocket.cli.scan`).
 
 The SDKs (boto3, azure-identity, azure-mgmt-*) are imported only when a mode is used.
 """
@@ -22,7 +23,7 @@ from typing import Any
 
 from ksocket.collectors.base import Context, Document, InvalidParams, NullContext
 
-__all__ = ["MODES", "check", "format_table", "run", "validate"]
+__all__ = ["MODES", "check", "run", "validate"]
 
 MODES = ("aws", "azure")
 
@@ -54,34 +55,3 @@ def check(mode: str, params: Document | None = None) -> str:
     """The diagnostics line's detail for ``mode``; raises OperationFailed with the reason when it fails."""
     detail: str = _module(mode).check(params or {})
     return detail
-
-
-def format_table(result: Document) -> str:
-    """A result document of either mode as a table: one line per machine, then a summary."""
-    aws = result.get("mode") == "aws"
-    headers = ["ID", "NAME", "STATE", "TYPE"] if aws else ["NAME", "RESOURCE GROUP", "STATE", "SIZE"]
-    headers += ["PRIVATE", "PUBLIC", "SUBNET"]
-    rows: list[list[str]] = []
-    for item in result.get("instances", []):
-        first = [item.get("id"), item.get("name"), item.get("state"), item.get("type")]
-        if not aws:
-            first = [item.get("name"), item.get("resourceGroup"), item.get("state"), item.get("size")]
-        rows.append(
-            [
-                *(str(cell or "-") for cell in first),
-                ",".join(address["address"] for address in item.get("privateAddresses", [])) or "-",
-                ",".join(address["address"] for address in item.get("publicAddresses", [])) or "-",
-                str(item.get("subnet") or "-").rsplit("/", 1)[-1],
-            ]
-        )
-    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in [headers, *rows]
-    ]
-    networks = result.get("vpcs" if aws else "vnets") or []
-    names = ", ".join(str(network["id"] if aws else network["name"]) for network in networks)
-    where = result.get("region") if aws else ", ".join(result.get("subscriptions", []))
-    lines.append("")
-    lines.append(f"{len(rows)} {result.get('mode')} machines in {names} ({where})")
-    return "\n".join(lines)

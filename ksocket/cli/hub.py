@@ -23,11 +23,12 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ksocket.cli import render
+from ksocket.cli.common import add_command, subcommand_options
 from ksocket.errors import KsocketError
 
 if TYPE_CHECKING:
@@ -55,12 +56,6 @@ def _when(stamp: float | None) -> str:
     if stamp is None:
         return "-"
     return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
-    for row in (header, *rows):
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def _positive(text: str) -> float:
@@ -160,7 +155,7 @@ def cmd_token_add(args: argparse.Namespace) -> int:
 def cmd_token_list(args: argparse.Namespace) -> int:
     with _open(args) as store:
         rows = [(slot.name, _when(slot.created), _when(slot.revoked)) for slot in store.slots()]
-    _table(("NAME", "CREATED", "REVOKED"), rows)
+    render.table(("NAME", "CREATED", "REVOKED"), rows)
     return 0
 
 
@@ -213,7 +208,7 @@ def cmd_agents(args: argparse.Namespace) -> int:
             continue
         state = "revoked" if slot.revoked else agent.state
         rows.append((slot.name, state, agent.agent, agent.version, _when(agent.last_heartbeat), agent.session))
-    _table(("SLOT", "STATE", "AGENT", "VERSION", "LAST HEARTBEAT", "SESSION"), rows)
+    render.table(("SLOT", "STATE", "AGENT", "VERSION", "LAST HEARTBEAT", "SESSION"), rows)
     return 0
 
 
@@ -230,15 +225,16 @@ def cmd_operations(args: argparse.Namespace) -> int:
         if op.cancel_requested is not None and op.state not in ("done", "cancelled"):
             detail = (detail + " cancel requested").strip()
         rows.append((op.id, op.slot, op.name, op.state, _when(op.created), detail))
-    _table(("ID", "SLOT", "NAME", "STATE", "CREATED", "DETAIL"), rows)
+    render.table(("ID", "SLOT", "NAME", "STATE", "CREATED", "DETAIL"), rows)
     return 0
 
 
 # --------------------------------------------------------------------------- the parser
 
 
-def configure(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+def configure(parser: argparse.ArgumentParser) -> None:
     """Adds the hub's sub-commands to the ``ksocket hub`` parser."""
+    common = subcommand_options()
     database = argparse.ArgumentParser(add_help=False)
     database.add_argument(
         "--db", type=Path, metavar="FILE", help="the hub's database (default $KSOCKET_HOME/var/lib/ksocket/hub.db)"
@@ -246,17 +242,7 @@ def configure(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) 
     parents = [common, database]
     commands = parser.add_subparsers(dest="hub_command", required=True, metavar="COMMAND")
 
-    def command(
-        group: argparse._SubParsersAction[argparse.ArgumentParser],
-        name: str,
-        handler: Callable[[argparse.Namespace], int],
-        help_text: str,
-    ) -> argparse.ArgumentParser:
-        sub = group.add_parser(name, parents=parents, help=help_text, description=help_text)
-        sub.set_defaults(handler=handler)
-        return sub
-
-    sub = command(commands, "serve", cmd_serve, "run the hub until SIGINT or SIGTERM (logs to stdout)")
+    sub = add_command(commands, "serve", cmd_serve, "run the hub until SIGINT or SIGTERM (logs to stdout)", parents)
     sub.add_argument(
         "--listen", type=parse_listen, default=parse_listen(DEFAULT_LISTEN), metavar="HOST:PORT", help=DEFAULT_LISTEN
     )
@@ -279,13 +265,15 @@ def configure(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) 
         "token", parents=[common], help="add, list or revoke slot tokens", description="add, list or revoke slot tokens"
     )
     tokens = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
-    sub = command(tokens, "add", cmd_token_add, "add a slot and print its token (shown only this once)")
+    sub = add_command(tokens, "add", cmd_token_add, "add a slot and print its token (shown only this once)", parents)
     sub.add_argument("name")
-    command(tokens, "list", cmd_token_list, "list the slots (never their tokens)")
-    sub = command(tokens, "revoke", cmd_token_revoke, "revoke a slot's token (a connected agent is disconnected)")
+    add_command(tokens, "list", cmd_token_list, "list the slots (never their tokens)", parents)
+    sub = add_command(
+        tokens, "revoke", cmd_token_revoke, "revoke a slot's token (a connected agent is disconnected)", parents
+    )
     sub.add_argument("name")
 
-    sub = command(commands, "run", cmd_run, "queue an operation for a slot and print its id")
+    sub = add_command(commands, "run", cmd_run, "queue an operation for a slot and print its id", parents)
     sub.add_argument("slot")
     sub.add_argument("operation", help="e.g. system.info, networks.scan, hosts.inspect")
     sub.add_argument("--params", type=_params, default={}, metavar="JSON", help="a JSON object (default {})")
@@ -293,10 +281,10 @@ def configure(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) 
     sub.add_argument("--wait", action="store_true", help="wait for the result and print it as JSON")
     sub.add_argument("--timeout", type=_positive, default=60.0, metavar="S", help="with --wait (default 60)")
 
-    sub = command(commands, "cancel", cmd_cancel, "ask for an operation to be cancelled; prints its state")
+    sub = add_command(commands, "cancel", cmd_cancel, "ask for an operation to be cancelled; prints its state", parents)
     sub.add_argument("id")
 
-    command(commands, "agents", cmd_agents, "list the slots and the agent last seen on each")
+    add_command(commands, "agents", cmd_agents, "list the slots and the agent last seen on each", parents)
 
-    sub = command(commands, "operations", cmd_operations, "list operations and their states")
+    sub = add_command(commands, "operations", cmd_operations, "list operations and their states", parents)
     sub.add_argument("slot", nargs="?")

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from ksocket.cli.common import load_settings
 from ksocket.collectors.base import Environment
 from ksocket.collectors.inspect import DEFAULT_PROTOCOL_TIMEOUT, MAX_PROTOCOL_TIMEOUT, PROTOCOLS, hosts, parsers
 from ksocket.config import Settings
@@ -46,7 +47,8 @@ def _seconds(value: str) -> float:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Adds ``inspect``'s arguments to its sub-parser; ``ksocket.cli`` sets the handler."""
+    """Adds ``inspect``'s arguments and handler to its sub-parser."""
+    parser.set_defaults(handler=run)
     parser.add_argument("address", type=_address, help="the host's IPv4 or IPv6 address")
     parser.add_argument(
         "--protocols",
@@ -61,6 +63,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help=f"seconds each protocol may take (default {DEFAULT_PROTOCOL_TIMEOUT:g})",
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_inspect(args, load_settings(args))
 
 
 def run_inspect(args: argparse.Namespace, settings: Settings) -> int:

@@ -2,9 +2,9 @@
 
 The ``networks.scan`` operation run here, without a hub (in aws / azure mode TARGETs name VPCs /
 VNETs, and the cloud's API lists their machines): a progress bar on standard error while it runs
-(only when that is a terminal), then a table of the hosts found, or with ``--json`` the operation's
-result document. :func:`configure` adds the arguments to a parser, :func:`run_scan` runs them;
-``python -m ksocket.scan_cli`` works on its own too.
+(only when that is a terminal), then a table of the hosts (or the cloud's machines) found, or with
+``--json`` the operation's result document. :func:`configure` adds the arguments and the handler to a
+parser, :func:`run_scan` runs them; :mod:`ksocket.cli.render` draws the bar and the tables.
 """
 
 from __future__ import annotations
@@ -13,55 +13,27 @@ import argparse
 import functools
 import json
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from ksocket.cli import render
+from ksocket.cli.common import load_settings
 from ksocket.collectors import cloud, discovery
-from ksocket.collectors.base import Environment, InvalidParams, OperationFailed
+from ksocket.collectors.base import Environment, InvalidParams
 from ksocket.config import Settings
 
-BAR_WIDTH = 30
 
+class ScanProgress(render.ProgressBar):
+    """The local scan's collector context: the progress bar, and an environment made from ``settings`` when
+    first asked for (it loads asyncio: the inspectors')."""
 
-class TerminalProgress:
-    """A collector context that draws a progress bar on ``stream`` when it is a terminal.
-
-    Its environment is made from ``settings`` when first asked for (it loads asyncio: the inspectors').
-    """
-
-    def __init__(self, stream: TextIO, settings: Settings, *, interval: float = 0.1) -> None:
+    def __init__(self, stream: TextIO, settings: Settings) -> None:
+        super().__init__(stream)
         self.settings = settings
-        self.stream = stream
-        self.enabled = stream.isatty()
-        self.interval = interval
-        self.started = time.monotonic()
-        self.last = 0.0
-        self.drawn = False
 
     @functools.cached_property
     def environment(self) -> Environment:
         return Environment.from_settings(self.settings)
-
-    def progress(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if not self.enabled or (now - self.last < self.interval and done < total):
-            return
-        self.last = now
-        share = done / total if total else 1.0
-        filled = int(share * BAR_WIDTH)
-        bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-        self.stream.write(f"\r[{bar}] {done}/{total} addresses  {now - self.started:5.1f} s")
-        self.stream.flush()
-        self.drawn = True
-
-    def check_cancelled(self) -> None:
-        return None
-
-    def close(self) -> None:
-        if self.drawn:
-            self.stream.write("\r" + " " * (BAR_WIDTH + 40) + "\r")
-            self.stream.flush()
 
 
 def _split(values: Sequence[str] | None) -> list[str]:
@@ -88,15 +60,22 @@ def params_from(args: argparse.Namespace, mode: str = "intranet") -> dict[str, A
         value = getattr(args, dest, None)
         if value is not None and value is not False and mode not in modes:
             raise InvalidParams(f"{flag} applies to --mode {' or '.join(modes)} only, not {mode}")
+    return _cloud_params(args, mode) if mode in NETWORK_PARAM else _intranet_params(args)
+
+
+def _cloud_params(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     params: dict[str, Any] = {}
-    if mode in NETWORK_PARAM:
-        if args.targets:
-            params[NETWORK_PARAM[mode]] = _split(args.targets)
-        if args.region:
-            params["region"] = args.region
-        if args.subscriptions:
-            params["subscriptions"] = _split(args.subscriptions)
-        return params
+    if args.targets:
+        params[NETWORK_PARAM[mode]] = _split(args.targets)
+    if args.region:
+        params["region"] = args.region
+    if args.subscriptions:
+        params["subscriptions"] = _split(args.subscriptions)
+    return params
+
+
+def _intranet_params(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {}
     if args.targets:
         params["targets"] = _split(args.targets)
     if args.exclude:
@@ -114,7 +93,8 @@ def params_from(args: argparse.Namespace, mode: str = "intranet") -> dict[str, A
     return params
 
 
-def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(handler=run)
     parser.add_argument(
         "targets",
         nargs="*",
@@ -154,38 +134,80 @@ def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--inspect", action="store_true", help="intranet mode: then inspect every host found (hosts.inspect)"
     )
     parser.add_argument("--json", action="store_true", help="print the operation's result document")
-    return parser
 
 
-def format_table(result: dict[str, Any]) -> str:
-    headers = ["ADDRESS", "MAC", "VENDOR", "RTT ms", "OPEN PORTS", "EVIDENCE", "NAME"]
-    rows = []
-    for host in result["hosts"]:
-        rows.append(
-            [
-                host["address"],
-                host["mac"] or "-",
-                (host["vendor"] or "-")[:28],
-                f"{host['rtt']:.2f}" if host["rtt"] is not None else "-",
-                ",".join(str(port) for port in host["openPorts"]) or "-",
-                _evidence(host["evidence"]),
-                host["name"] or "-",
-            ]
-        )
-    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in [headers, *rows]
+def run(args: argparse.Namespace) -> int:
+    return run_scan(args, load_settings(args))
+
+
+HEADERS = ("ADDRESS", "MAC", "VENDOR", "RTT ms", "OPEN PORTS", "EVIDENCE", "NAME")
+CLOUD_HEADERS = {
+    "aws": ("ID", "NAME", "STATE", "TYPE", "PRIVATE", "PUBLIC", "SUBNET"),
+    "azure": ("NAME", "RESOURCE GROUP", "STATE", "SIZE", "PRIVATE", "PUBLIC", "SUBNET"),
+}
+CLOUD_FIRST_FIELDS = {"aws": ("id", "name", "state", "type"), "azure": ("name", "resourceGroup", "state", "size")}
+
+
+def print_hosts(result: dict[str, Any], out: TextIO) -> None:
+    """An intranet scan's result: a table of the hosts found, then a summary line."""
+    render.table(HEADERS, host_rows(result), out)
+    out.write(f"\n{summary(result)}\n")
+
+
+def print_machines(result: dict[str, Any], out: TextIO) -> None:
+    """A cloud scan's result (either mode): a table of the machines, then a summary line."""
+    rows = machine_rows(result)
+    render.table(CLOUD_HEADERS[result["mode"]], rows, out)
+    out.write(f"\n{machines_summary(result, len(rows))}\n")
+
+
+def machine_rows(result: dict[str, Any]) -> list[list[str]]:
+    """One row per machine, under the mode's :data:`CLOUD_HEADERS`."""
+    first = CLOUD_FIRST_FIELDS[result["mode"]]
+    return [
+        [
+            *(str(item.get(field) or "-") for field in first),
+            ",".join(address["address"] for address in item.get("privateAddresses", [])) or "-",
+            ",".join(address["address"] for address in item.get("publicAddresses", [])) or "-",
+            str(item.get("subnet") or "-").rsplit("/", 1)[-1],
+        ]
+        for item in result.get("instances", [])
     ]
+
+
+def machines_summary(result: dict[str, Any], count: int) -> str:
+    aws = result["mode"] == "aws"
+    networks = result.get("vpcs" if aws else "vnets") or []
+    names = ", ".join(str(network["id"] if aws else network["name"]) for network in networks)
+    where = result.get("region") if aws else ", ".join(result.get("subscriptions", []))
+    return f"{count} {result['mode']} machines in {names} ({where})"
+
+
+def host_rows(result: dict[str, Any]) -> list[list[str]]:
+    """One row per host found, under :data:`HEADERS`."""
+    return [
+        [
+            host["address"],
+            host["mac"] or "-",
+            (host["vendor"] or "-")[:28],
+            f"{host['rtt']:.2f}" if host["rtt"] is not None else "-",
+            ",".join(str(port) for port in host["openPorts"]) or "-",
+            _evidence(host["evidence"]),
+            host["name"] or "-",
+        ]
+        for host in result["hosts"]
+    ]
+
+
+def summary(result: dict[str, Any]) -> str:
+    """The line under the table: hosts up, addresses, time, packets, and what was skipped."""
     stats = result["stats"]
     skipped = ", ".join(f"{count} {reason}" for reason, count in sorted(result["skipped"].items()))
-    lines.append("")
-    lines.append(
+    return (
         f"{result['hostsUp']} hosts up among {result['addresses']} addresses in {stats['elapsed']:.2f} s "
         f"({stats['packetsSent']} packets, {stats['sendRate']:.0f}/s, up to {stats['tries']} tries)"
         + (f"; skipped: {skipped}" if skipped else "")
     )
-    return "\n".join(lines)
 
 
 def _evidence(items: list[str]) -> str:
@@ -212,10 +234,10 @@ def run_scan(
             json.dump(result, out, indent=1)
             out.write("\n")
         else:
-            out.write(cloud.format_table(result) + "\n")
+            print_machines(result, out)
         return 0
     request = discovery.validate(params_from(args))
-    context = TerminalProgress(err, settings)
+    context = ScanProgress(err, settings)
     try:
         result = discovery.scan(request, context)
     except KeyboardInterrupt:
@@ -226,7 +248,7 @@ def run_scan(
         context.close()
     if args.inspect:
         addresses = [host["address"] for host in result["hosts"]]
-        import asyncio  # like the inspectors, loaded to run only: every ksocket command builds this parser
+        import asyncio  # like the inspectors, loaded only when --inspect asks for them
 
         from ksocket.collectors.inspect import hosts
 
@@ -236,25 +258,11 @@ def run_scan(
         json.dump(result, out, indent=1)
         out.write("\n")
         return 0
-    out.write(format_table(result) + "\n")
+    print_hosts(result, out)
     if args.inspect:
-        from ksocket import inspect_cli
+        from ksocket.cli import inspect
 
         for inspection in result["inspections"]:
             out.write("\n")
-            inspect_cli.print_summary(inspection, out)
+            inspect.print_summary(inspection, out)
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = configure(argparse.ArgumentParser(prog="ksocket scan", description=__doc__.split("\n")[0]))
-    args = parser.parse_args(argv)
-    try:
-        return run_scan(args)
-    except OperationFailed as error:
-        print(f"ksocket: error: {error}", file=sys.stderr)
-        return 2 if error.code == "invalid-params" else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,8 +14,8 @@ runs ``ksocket connect`` from this ksocket's install prefix with this KSOCKET_HO
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 
+from ksocket.cli.common import Handler, add_command, subcommand_options
 from ksocket.diagnostics import Report
 from ksocket.service import BACKENDS, Backend, detect
 
@@ -49,7 +49,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
     return _backend(args).restart(Report())
 
 
-COMMANDS: list[tuple[str, Callable[[argparse.Namespace], int], str]] = [
+COMMANDS: list[tuple[str, Handler, str]] = [
     ("install", cmd_install, "install the ksocket service and (re)start it"),
     ("uninstall", cmd_uninstall, "stop and uninstall the ksocket service"),
     ("status", cmd_status, "print the service's state: missing, running, stopped or processing"),
@@ -59,13 +59,13 @@ COMMANDS: list[tuple[str, Callable[[argparse.Namespace], int], str]] = [
 ]
 
 
-def configure(parser: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+def configure(parser: argparse.ArgumentParser) -> None:
     """Adds the service's sub-commands to the ``ksocket service`` parser."""
     options = argparse.ArgumentParser(add_help=False)
     options.add_argument(
         "--backend", choices=list(BACKENDS), help="the init system to use (default: what this host has)"
     )
+    parents = [subcommand_options(), options]
     commands = parser.add_subparsers(dest="service_command", required=True, metavar="COMMAND")
     for name, handler, help_text in COMMANDS:
-        sub = commands.add_parser(name, parents=[common, options], help=help_text, description=help_text)
-        sub.set_defaults(handler=handler)
+        add_command(commands, name, handler, help_text, parents)
