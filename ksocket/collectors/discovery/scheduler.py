@@ -11,8 +11,9 @@ target that used up its tries is parked in two compact arrays (5 bytes a target)
 tries at the end if the policy grew meanwhile.
 
 Opening a path may need I/O (a capture on the interface, the gateway's MAC): the scheduler asks its
-``open_path`` for one the first time a route needs it. What a path may have in flight is decided
-per path, which is where a congestion window goes.
+``open_path`` for one the first time a route needs it. Each path keeps its own RTT estimate and
+its tries in flight, so a per-path congestion window (how many tries a path may have waiting) fits
+there, checked where :meth:`Scheduler.next_packet` begins a try.
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ class Host:
 
 
 class Scheduler:
+    """The probes of one scan: fed the time, the packets sent and the evidence of replies; asked what to send."""
+
     def __init__(self, targets: TargetSet, table: routes.RoutingTable, settings: Settings, open_path: OpenPath) -> None:
         self.table = table
         self.settings = settings
