@@ -15,7 +15,8 @@ import pytest
 
 from ksocket.collectors.base import InvalidParams, NullContext
 from ksocket.collectors.discovery import frames, routes, validate
-from ksocket.collectors.discovery.engine import Engine, Settings
+from ksocket.collectors.discovery.engine import Engine
+from ksocket.collectors.discovery.scheduler import Settings
 from ksocket.collectors.discovery.targets import TargetSet, parse_targets, to_int, to_str
 from ksocket.collectors.discovery.timing import Pacer, RetryPolicy, RttEstimator
 
@@ -196,7 +197,7 @@ def test_probes_are_what_they_claim() -> None:
 
 def test_replies_parse_on_every_link_type() -> None:
     reply = frames.parse(frames.DLT_EN10MB, arp_reply())
-    assert reply is not None and (reply.kind, reply.src, reply.dst, reply.mac) == ("arp", HOST, SCANNER, HOST_MAC)
+    assert reply == frames.ArpReply(HOST, SCANNER, HOST_MAC)
     echo = echo_reply(7, 9)
     for link_type, data in (
         (frames.DLT_RAW_LINUX, echo),
@@ -206,20 +207,20 @@ def test_replies_parse_on_every_link_type() -> None:
         (frames.DLT_LINUX_SLL2, sll2(echo)),
     ):
         parsed = frames.parse(link_type, data)
-        assert parsed is not None and (parsed.kind, parsed.src, parsed.ident, parsed.seq) == ("echo", HOST, 7, 9), (
-            link_type
-        )
+        assert isinstance(parsed, frames.EchoReply), link_type
+        assert (parsed.src, parsed.echo_id, parsed.echo_seq) == (HOST, 7, 9), link_type
     assert frames.parse(frames.DLT_LINUX_SLL, sll(arp_reply()[14:], frames.ETH_ARP)) is not None
     synack = frames.parse(frames.DLT_RAW_LINUX, tcp_reply(22, 40000, 1234, frames.TCP_SYN | frames.TCP_ACK))
-    assert synack is not None and (synack.kind, synack.port, synack.ident, synack.seq) == ("tcp", 22, 40000, 1234)
+    assert isinstance(synack, frames.TcpReply) and (synack.port, synack.our_port, synack.ack) == (22, 40000, 1234)
     rst = frames.parse(frames.DLT_RAW_LINUX, tcp_reply(80, 40000, 99, frames.TCP_RST | frames.TCP_ACK))
-    assert rst is not None and rst.flags & frames.TCP_RST
+    assert isinstance(rst, frames.TcpReply) and rst.flags & frames.TCP_RST
     assert (
         frames.parse(frames.DLT_RAW_LINUX, tcp_reply(80, 40000, 99, frames.TCP_ACK)) is None
     )  # not an answer to a SYN
     about = frames.tcp_syn(SCANNER, HOST, 40000, 5985, 1)
     unreach = frames.parse(frames.DLT_RAW_LINUX, unreachable(HOST, about))
-    assert unreach is not None and (unreach.kind, unreach.inner_dst, unreach.port) == ("unreachable", HOST, 5985)
+    assert isinstance(unreach, frames.Unreachable)
+    assert (unreach.inner_dst, unreach.inner_protocol, unreach.port, unreach.code) == (HOST, 6, 5985, 3)
     assert frames.parse(99999, echo) is None
 
 
@@ -276,7 +277,7 @@ def test_parser_survives_mutated_and_truncated_frames() -> None:
             total += 1
             if reply is not None:
                 parsed += 1
-                assert reply.kind in ("arp", "echo", "tcp", "unreachable")
+                assert isinstance(reply, (frames.ArpReply, frames.EchoReply, frames.TcpReply, frames.Unreachable))
                 assert 0 <= reply.src < 2**32
         for cut in range(len(seed)):  # every truncation
             frames.parse(link_type, seed[:cut])
@@ -357,28 +358,27 @@ def engine_for(targets: str) -> Engine:
 def test_only_valid_answers_from_targets_count() -> None:
     engine = engine_for("198.18.0.0/29")
     link = FakeLink()
+    cookies = engine.cookies
     outsider = to_int("198.18.0.100")
     forged = [
-        frames.Reply("echo", HOST, SCANNER, ident=engine.ident ^ 1, seq=engine.icmp_seq(HOST)),  # wrong id
-        frames.Reply("echo", HOST, SCANNER, ident=engine.ident, seq=engine.icmp_seq(HOST) ^ 1),  # wrong cookie
-        frames.Reply(
-            "tcp", HOST, SCANNER, ident=engine.sport, seq=engine.cookie(HOST, 22), port=22, flags=0x12
-        ),  # no +1
-        frames.Reply("tcp", HOST, SCANNER, ident=engine.sport, seq=engine.cookie(HOST, 23) + 1, port=23, flags=0x12),
-        frames.Reply("echo", outsider, SCANNER, ident=engine.ident, seq=engine.icmp_seq(outsider)),  # not a target
-        frames.Reply("arp", outsider, SCANNER, mac=HOST_MAC),
-        frames.Reply("arp", HOST, to_int("198.18.0.2"), mac=HOST_MAC),  # not asked by us
-        frames.Reply("unreachable", to_int("198.18.0.254"), SCANNER, ident=1, inner_dst=HOST),  # a router about it
+        frames.EchoReply(HOST, SCANNER, cookies.echo_id ^ 1, cookies.echo_seq(HOST)),  # wrong id
+        frames.EchoReply(HOST, SCANNER, cookies.echo_id, cookies.echo_seq(HOST) ^ 1),  # wrong cookie
+        frames.TcpReply(HOST, SCANNER, 22, cookies.sport, cookies.tcp_seq(HOST, 22), 0x12),  # no +1
+        frames.TcpReply(HOST, SCANNER, 23, cookies.sport, cookies.tcp_seq(HOST, 23) + 1, 0x12),
+        frames.EchoReply(outsider, SCANNER, cookies.echo_id, cookies.echo_seq(outsider)),  # not a target
+        frames.ArpReply(outsider, SCANNER, HOST_MAC),
+        frames.ArpReply(HOST, to_int("198.18.0.2"), HOST_MAC),  # not asked by us
+        frames.Unreachable(to_int("198.18.0.254"), SCANNER, HOST, 1),  # a router about it
     ]
     for reply in forged:
         engine._handle(reply, 0.0, link)  # type: ignore[arg-type]
     assert engine.hosts == {}
     engine._handle(
-        frames.Reply("tcp", HOST, SCANNER, ident=engine.sport, seq=engine.cookie(HOST, 22) + 1, port=22, flags=0x12),
+        frames.TcpReply(HOST, SCANNER, 22, cookies.sport, cookies.tcp_seq(HOST, 22) + 1, 0x12),
         0.0,
-        link,
-    )  # type: ignore[arg-type]
-    engine._handle(frames.Reply("arp", to_int("198.18.0.3"), SCANNER, mac=HOST_MAC), 0.0, link)  # type: ignore[arg-type]
+        link,  # type: ignore[arg-type]
+    )
+    engine._handle(frames.ArpReply(to_int("198.18.0.3"), SCANNER, HOST_MAC), 0.0, link)  # type: ignore[arg-type]
     assert sorted(engine.hosts) == [to_int("198.18.0.3"), HOST]
     assert engine.hosts[HOST].open == {22} and engine.hosts[HOST].evidence == {"tcp/22"}
     assert engine.hosts[to_int("198.18.0.3")].mac == HOST_MAC
@@ -407,17 +407,17 @@ def test_arp_replies_we_did_not_ask_for_or_from_nobodys_mac_are_no_hosts() -> No
     link = FakeLink()
     routed = to_int("198.18.16.5")  # a target behind the gateway: asked by ICMP/TCP, never by ARP
     unasked = [
-        frames.Reply("arp", routed, SCANNER, mac=HOST_MAC),
-        frames.Reply("arp", HOST, SCANNER, mac=b"\xff" * 6),
-        frames.Reply("arp", HOST, SCANNER, mac=b"\x00" * 6),
-        frames.Reply("arp", HOST, SCANNER, mac=bytes.fromhex("01005e000001")),
+        frames.ArpReply(routed, SCANNER, HOST_MAC),
+        frames.ArpReply(HOST, SCANNER, b"\xff" * 6),
+        frames.ArpReply(HOST, SCANNER, b"\x00" * 6),
+        frames.ArpReply(HOST, SCANNER, bytes.fromhex("01005e000001")),
     ]
     for reply in unasked:
         engine._handle(reply, 0.0, link)  # type: ignore[arg-type]
-    assert engine.hosts == {} and engine.followups == deque()
+    assert engine.hosts == {} and engine.scheduler.followups == deque()
     assert engine.stats.ignored == {"arp-unasked": 1, "arp-mac": 3}
-    engine._handle(frames.Reply("arp", HOST, SCANNER, mac=HOST_MAC), 0.0, link)  # type: ignore[arg-type]
-    assert list(engine.hosts) == [HOST] and [probe.dst_mac for probe in engine.followups] == [HOST_MAC]
+    engine._handle(frames.ArpReply(HOST, SCANNER, HOST_MAC), 0.0, link)  # type: ignore[arg-type]
+    assert list(engine.hosts) == [HOST] and [probe.dst_mac for probe in engine.scheduler.followups] == [HOST_MAC]
 
 
 @pytest.mark.parametrize("address", ["255.255.255.255", "224.0.0.1", "239.1.2.3", "240.0.0.1", "0.0.0.1", "127.0.0.2"])
@@ -455,8 +455,8 @@ def test_default_targets_leave_out_link_local_unplugged_and_down_interfaces() ->
 def test_a_syn_ack_opens_a_port_and_any_reset_closes_it() -> None:
     engine = engine_for("198.18.0.0/29")
     for port, flags in [(22, frames.TCP_SYN | frames.TCP_ACK), (80, frames.TCP_SYN | frames.TCP_RST | frames.TCP_ACK)]:
-        reply = frames.Reply(
-            "tcp", HOST, SCANNER, ident=engine.sport, seq=engine.cookie(HOST, port) + 1, port=port, flags=flags
+        reply = frames.TcpReply(
+            HOST, SCANNER, port, engine.cookies.sport, engine.cookies.tcp_seq(HOST, port) + 1, flags
         )
         engine._handle(reply, 0.0, FakeLink())  # type: ignore[arg-type]
     assert engine.hosts[HOST].open == {22} and engine.hosts[HOST].closed == {80}

@@ -19,8 +19,9 @@ and open ports); targets behind a gateway or a link without a link layer get ICM
 probes. A host is up only on a reply from it that answers one of our probes.
 
 The modules: :mod:`.targets` (parsing, lazy expansion), :mod:`.routes` (the kernel's routes),
-:mod:`.frames` (dpkt, no I/O), :mod:`.timing` (pacing, RTT, retries), :mod:`.engine` (pypcap),
-:mod:`.vendor` (OUI registry).
+:mod:`.frames` (dpkt, no I/O), :mod:`.timing` (pacing, RTT, retries), :mod:`.scheduler` (what to
+send next and when, no I/O), :mod:`.matcher` (which replies answer our probes, no I/O),
+:mod:`.engine` (the pypcap loop around those two), :mod:`.vendor` (OUI registry).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from typing import Any
 
 from ksocket.collectors.base import Context, Document, InvalidParams
 from ksocket.collectors.discovery import routes
-from ksocket.collectors.discovery.engine import Engine, Host, Settings
+from ksocket.collectors.discovery.engine import Engine
+from ksocket.collectors.discovery.scheduler import Host, Settings
 from ksocket.collectors.discovery.targets import TargetSet, parse_targets, to_str
 from ksocket.collectors.discovery.vendor import format_mac, preload, vendor
 
@@ -243,7 +245,7 @@ def scan(request: Request, context: Context, *, capture_device: str | None = Non
         "mode": "intranet",
         "targets": targets.cidrs() if len(targets.intervals) <= 64 else [f"{len(targets.intervals)} ranges"],
         "addresses": targets.size,
-        "skipped": dict(engine.stats.skipped),
+        "skipped": dict(engine.skipped),
         "methods": [method for method in ("arp", "icmp", "tcp") if method in request.methods],
         "ports": list(request.ports),
         "rate": request.rate,

@@ -4,28 +4,22 @@ One :class:`LinkIO` per interface holds a pcap handle (immediate mode, non-block
 filtered to the scan's replies) and sends with ``pcap_sendpacket``; on a Linux cooked link, where
 libpcap cannot inject, it sends through a raw IPv4 socket bound to the interface.
 
-The :class:`Engine` loop, single-threaded: read every capture, expire probes whose wait is over
-(retry them or give up), send what the :class:`~.timing.Pacer` allows (retries first, then the
-follow-up probes of hosts ARP found, then fresh targets drawn lazily from the target set), report
-progress, check for cancellation, and sleep in ``select`` until the next of those is due.
-
-A target is in flight as one :class:`Probe` (a bit per unanswered packet); silent targets that used
-up their tries are parked in two compact arrays and get more tries at the end if the retry policy
-grew meanwhile. Memory is the in-flight window (rate x wait), the parked arrays (5 bytes a target)
-and the hosts found.
+The :class:`Engine` loop, single-threaded, only moves bytes: it reads every capture and hands each
+parsed reply to :func:`~.matcher.match` and its evidence to the :class:`~.scheduler.Scheduler`,
+tells the scheduler the time so it expires the tries whose wait is over, builds and sends the
+packets the scheduler has due, reports progress, checks for cancellation, and sleeps in ``select``
+until the next of those is due. Memory is the scheduler's: the in-flight window (rate x wait), the
+parked targets (5 bytes a target) and the hosts found.
 """
 
 from __future__ import annotations
 
-import array
 import contextlib
 import errno
-import os
 import select
 import socket
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,16 +27,23 @@ import pcap
 
 from ksocket.collectors.base import Context, OperationFailed
 from ksocket.collectors.discovery import frames, routes
+from ksocket.collectors.discovery.matcher import Asked, Cookies, Ignored, match
+from ksocket.collectors.discovery.scheduler import (
+    ARP_STAGE,
+    ICMP_BIT,
+    IP_STAGE,
+    Host,
+    Path,
+    Probe,
+    Scheduler,
+    Settings,
+)
 from ksocket.collectors.discovery.targets import TargetSet, to_str
-from ksocket.collectors.discovery.timing import Pacer, RetryPolicy, RttEstimator
 
 SO_BINDTODEVICE = 25
-MIN_WAIT = 0.02  # the floor of the wait for a reply, seconds
 LINGER = 0.03  # after the last probe's wait, one more look for late replies
 TICK = 0.1  # progress and cancellation checks
 SEND_BATCH = 32  # packets sent before the captures are read again
-ARP_STAGE = "arp"
-IP_STAGE = "ip"
 
 
 class SendBlocked(Exception):
@@ -117,69 +118,18 @@ def _text(error: BaseException) -> str:
 
 
 @dataclass
-class Path:
-    """One way out: an interface, a stage (ARP or IP) and a next hop; it keeps its own RTT estimate."""
-
-    link: LinkIO
-    stage: str
-    gateway: int | None
-    gateway_mac: bytes | None
-    rtt: RttEstimator
-    waiting: deque[Probe] = field(default_factory=deque)
-
-
-class Probe:
-    __slots__ = ("counted", "done", "dst_mac", "path", "pending", "sent_mono", "sent_wall", "source", "target", "tries")
-
-    def __init__(
-        self, target: int, path: Path, source: int, pending: int, dst_mac: bytes | None, *, counted: bool = False
-    ) -> None:
-        self.target = target
-        self.path = path
-        self.source = source
-        self.pending = pending
-        self.dst_mac = dst_mac
-        self.tries = 0
-        self.counted = counted  # in the progress count already (a revived or follow-up probe)
-        self.sent_mono = 0.0
-        self.sent_wall = 0.0
-        self.done = False
-
-
-class Host:
-    __slots__ = ("address", "closed", "evidence", "interface", "mac", "open", "rtt", "via")
-
-    def __init__(self, address: int, interface: str, via: int | None) -> None:
-        self.address = address
-        self.interface = interface
-        self.via = via
-        self.mac: bytes | None = None
-        self.rtt: float | None = None
-        self.evidence: set[str] = set()
-        self.open: set[int] = set()
-        self.closed: set[int] = set()
-
-
-@dataclass
-class Settings:
-    methods: frozenset[str]
-    ports: tuple[int, ...]
-    rate: float
-    timeout: float  # the longest wait for one reply
-    max_tries: int = 10
-
-
-@dataclass
 class Stats:
     sent: int = 0
     replies: int = 0
     ignored: dict[str, int] = field(default_factory=dict)  # frames let in that answer no probe of ours, by why
     blocked: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
     gateway_arp: list[str] = field(default_factory=list)
 
 
 class Engine:
+    """The loop that moves packets between the links and the :class:`~.scheduler.Scheduler` and
+    :func:`~.matcher.match`."""
+
     def __init__(
         self,
         targets: TargetSet,
@@ -198,44 +148,31 @@ class Engine:
         self.on_found = on_found
         self.capture_device = capture_device
         self.clock = clock
-        self.policy = RetryPolicy(max_tries=settings.max_tries)
-        self.hosts: dict[int, Host] = {}
-        self.inflight: dict[int, Probe] = {}
-        self.retry: deque[Probe] = deque()
-        self.followups: deque[Probe] = deque()
-        self.parked_targets = array.array("I")
-        self.parked_tries = bytearray()
+        self.scheduler = Scheduler(targets, table, settings, self._open_path)
         self.links: dict[str, LinkIO] = {}
-        self.paths: dict[tuple[str, str, int | None], Path | None] = {}
         self.stats = Stats()
-        self.done = 0
-        self.key = int.from_bytes(os.urandom(4), "big")
-        self.ident = int.from_bytes(os.urandom(2), "big")
-        self.sport = 40000 + int.from_bytes(os.urandom(2), "big") % 20000
+        self.cookies = Cookies.random()
         self.sources: set[int] = set()
-        self._fresh: Iterator[int] = iter(targets)
-        self._fresh_left = True
-        self._sending: tuple[Probe, list[int]] | None = None
-        self._blocked: tuple[bytes, int] | None = None
+        self.asked = Asked(targets, self.sources, self.cookies, settings.ports)
+        self._blocked: tuple[Probe, bytes] | None = None  # a packet the link had no room for, to send again
         self.started = 0.0
         self.finished = 0.0
 
-    # cookies: a reply must carry what only our probe to that address could have told it
-    def cookie(self, address: int, port: int) -> int:
-        value = (address * 0x9E3779B1 ^ (port << 16) ^ self.key) & 0xFFFFFFFF
-        value ^= value >> 15
-        value = (value * 0x85EBCA6B) & 0xFFFFFFFF
-        return value ^ (value >> 13)
+    @property
+    def hosts(self) -> dict[int, Host]:
+        return self.scheduler.hosts
 
-    def icmp_seq(self, address: int) -> int:
-        return self.cookie(address, 0) & 0xFFFF
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Targets never probed, by why (no route, a reserved address, a method left out…)."""
+        return self.scheduler.skipped
 
     # --- set-up --------------------------------------------------------------------------------
 
     def _bpf(self, iface: routes.Interface) -> str:
         hosts = [to_str(address) for address, _, _ in iface.addresses]
         ip_part = " or ".join(f"dst host {host}" for host in hosts) or "dst host 0.0.0.0"
-        ip_filter = f"(ip and ({ip_part}) and (icmp or (tcp and dst port {self.sport})))"
+        ip_filter = f"(ip and ({ip_part}) and (icmp or (tcp and dst port {self.cookies.sport})))"
         arp_part = " or ".join(f"arp[24:4] = 0x{address:08x}" for address, _, _ in iface.addresses)
         if iface.ethernet and arp_part and self.capture_device is None:
             return f"(arp and arp[6:2] = 2 and ({arp_part})) or {ip_filter}"
@@ -249,11 +186,9 @@ class Engine:
             self.sources.update(address for address, _, _ in iface.addresses)
         return link
 
-    def path_for(self, decision: routes.Decision) -> Path | None:
-        stage = ARP_STAGE if decision.method == "arp" else IP_STAGE
-        key = (decision.interface.name, stage, decision.gateway)
-        if key in self.paths:
-            return self.paths[key]
+    def _open_path(self, decision: routes.Decision, stage: str) -> Path | None:
+        """The scheduler's way out for ``decision``: a capture on its interface and, behind a gateway on
+        a link layer, the gateway's MAC; None when there is none."""
         link = self.link(decision.interface)
         gateway_mac = None
         if stage == IP_STAGE and link.ethernet:
@@ -261,15 +196,10 @@ class Engine:
                 return None
             gateway_mac = self._resolve(link, decision.source, decision.gateway)
             if gateway_mac is None:
-                self.paths[key] = None
                 return None
         if stage == ARP_STAGE and not link.ethernet:
-            self.paths[key] = None
             return None
-        initial = self.settings.timeout
-        path = Path(link, stage, decision.gateway, gateway_mac, RttEstimator(initial, MIN_WAIT, self.settings.timeout))
-        self.paths[key] = path
-        return path
+        return Path.opened(link.iface.name, stage, decision.gateway, gateway_mac, self.settings.timeout)
 
     def _resolve(self, link: LinkIO, source: int, gateway: int) -> bytes | None:
         """The gateway's MAC: from the kernel's neighbour table, else by asking it (ARP, 3 tries)."""
@@ -289,7 +219,7 @@ class Engine:
                 select.select([link.fileno()], [], [], 0.05)
                 for _, data in link.read():
                     reply = frames.parse(link.link_type, data)
-                    if reply is not None and reply.kind == "arp" and reply.src == gateway and reply.dst == source:
+                    if isinstance(reply, frames.ArpReply) and reply.src == gateway and reply.dst == source:
                         return reply.mac
                     if reply is not None:
                         self._handle(reply, time.time(), link)  # a target answered meanwhile: keep it
@@ -299,21 +229,21 @@ class Engine:
 
     def run(self) -> None:
         self.started = self.clock()
-        self.pacer = Pacer(self.settings.rate, self.started)
+        self.scheduler.start(self.started)
         next_tick = self.started
         try:
             while True:
                 now = self.clock()
                 self._drain()
-                self._expire(now)
+                self.scheduler.expire(now)
                 self._send()
                 now = self.clock()
                 if now >= next_tick:
                     self.context.check_cancelled()
-                    self.context.progress(min(self.done, self.targets.size), self.targets.size)
+                    self.context.progress(min(self.scheduler.done, self.targets.size), self.targets.size)
                     next_tick = now + TICK
-                if not self._has_work() and not self.inflight:
-                    if not self._revive():
+                if not self._has_work() and not self.scheduler.inflight:
+                    if not self.scheduler.revive():
                         break
                     continue
                 self._wait(next_tick)
@@ -328,16 +258,13 @@ class Engine:
         self.context.progress(self.targets.size, self.targets.size)
 
     def _has_work(self) -> bool:
-        return bool(self._sending or self._blocked or self.retry or self.followups or self._fresh_left)
+        return self._blocked is not None or self.scheduler.has_work()
 
     def _wait(self, next_tick: float) -> None:
         now = self.clock()
-        deadline = next_tick
-        if self._has_work():
-            deadline = min(deadline, self.pacer.next_at if not self._blocked else now + 0.001)
-        for path in self.paths.values():
-            if path is not None and path.waiting:
-                deadline = min(deadline, path.waiting[0].sent_mono + path.rtt.timeout)
+        deadline = min(next_tick, self.scheduler.next_due())
+        if self._blocked is not None:
+            deadline = min(deadline, now + 0.001)
         delay = max(0.0, min(deadline - now, TICK))
         fds = [link.fileno() for link in self.links.values()]
         if delay > 0:
@@ -355,191 +282,46 @@ class Engine:
                     continue
                 self._handle(reply, stamp, link)
 
-    def _expire(self, now: float) -> None:
-        allowed = self.policy.allowed_tries()
-        for path in self.paths.values():
-            if path is None:
-                continue
-            wait = path.rtt.timeout
-            waiting = path.waiting
-            while waiting and (waiting[0].done or waiting[0].sent_mono + wait <= now):
-                probe = waiting.popleft()
-                if probe.done:
-                    continue
-                if probe.tries < allowed:
-                    self.retry.append(probe)
-                    continue
-                self._finish(probe)
-                if probe.target not in self.hosts:
-                    self.parked_targets.append(probe.target)
-                    self.parked_tries.append(min(probe.tries, 255))
-
-    def _finish(self, probe: Probe) -> None:
-        probe.done = True
-        if self.inflight.get(probe.target) is probe:
-            del self.inflight[probe.target]
-        if not probe.counted:
-            probe.counted = True
-            self.done += 1
-
-    def _revive(self) -> bool:
-        """Silent targets that have fewer tries than the policy now allows go again; False when none."""
-        allowed = self.policy.allowed_tries()
-        if not any(tries < allowed for tries in self.parked_tries):
-            return False
-        targets, tries_left = self.parked_targets, self.parked_tries
-        self.parked_targets, self.parked_tries = array.array("I"), bytearray()
-        revived = False
-        for target, tries in zip(targets, tries_left, strict=True):
-            if target in self.hosts:
-                continue
-            if tries >= allowed:
-                self.parked_targets.append(target)
-                self.parked_tries.append(tries)
-                continue
-            probe = self._new_probe(target, revived=True)
-            if probe is not None:
-                probe.tries = tries
-                probe.counted = True
-                self.retry.append(probe)
-                revived = True
-        return revived
-
-    def _new_probe(self, target: int, *, revived: bool = False) -> Probe | None:
-        decision = self.table.decide(target)
-        if isinstance(decision, str):
-            if not revived:
-                self._skip(decision)
-            return None
-        if decision.method == "arp" and "arp" not in self.settings.methods:
-            if not revived:
-                self._skip("arp-disabled")
-            return None
-        path = self.path_for(decision)
-        if path is None:
-            if not revived:
-                self._skip("gateway-unresolved" if decision.method == "ip" and decision.gateway else routes.UNREACHABLE)
-            return None
-        if path.stage == ARP_STAGE:
-            return Probe(target, path, decision.source, 1, None)
-        pending = self._ip_mask()
-        if not pending:
-            if not revived:
-                self._skip("no-method")
-            return None
-        return Probe(target, path, decision.source, pending, path.gateway_mac)
-
-    def _ip_mask(self) -> int:
-        mask = 1 if "icmp" in self.settings.methods else 0
-        if "tcp" in self.settings.methods:
-            mask |= ((1 << len(self.settings.ports)) - 1) << 1
-        return mask
-
-    def _skip(self, reason: str) -> None:
-        self.stats.skipped[reason] = self.stats.skipped.get(reason, 0) + 1
-        self.done += 1
-
-    def _next_probe(self) -> Probe | None:
-        if self.retry:
-            return self.retry.popleft()
-        if self.followups:
-            return self.followups.popleft()
-        while self._fresh_left:
+    def _send(self) -> None:
+        """Sends what the scheduler has due, up to a batch, until the pacer says wait or the link is full."""
+        for _ in range(SEND_BATCH):
+            now = self.clock()
+            if self._blocked is not None:
+                if not self.scheduler.pacer.ready(now):
+                    return
+                probe, data = self._blocked
+            else:
+                due = self.scheduler.next_packet(now)
+                if due is None:
+                    return
+                probe, data = due[0], self._build(*due)
+            wall = time.time()
             try:
-                target = next(self._fresh)
-            except StopIteration:
-                self._fresh_left = False
-                return None
-            probe = self._new_probe(target)
-            if probe is not None:
-                return probe
-        return None
-
-    def _packets(self, probe: Probe) -> list[int]:
-        """The bits of the probe's packets to send on this try."""
-        return [bit for bit in range(probe.pending.bit_length()) if probe.pending >> bit & 1]
+                self.links[probe.path.interface].send(data, probe.target)
+            except SendBlocked:
+                self.stats.blocked += 1
+                self._blocked = (probe, data)
+                return
+            self._blocked = None
+            self.stats.sent += 1
+            self.scheduler.sent(probe, now, wall)
 
     def _build(self, probe: Probe, bit: int) -> bytes:
         path = probe.path
-        link = path.link
+        link = self.links[path.interface]
         if path.stage == ARP_STAGE:
             assert link.iface.mac is not None
             return frames.arp_request(link.iface.mac, probe.source, probe.target)
-        if bit == 0:
-            packet = frames.icmp_echo(probe.source, probe.target, self.ident, self.icmp_seq(probe.target))
+        if bit == ICMP_BIT:
+            seq = self.cookies.echo_seq(probe.target)
+            packet = frames.icmp_echo(probe.source, probe.target, self.cookies.echo_id, seq)
         else:
             port = self.settings.ports[bit - 1]
-            packet = frames.tcp_syn(probe.source, probe.target, self.sport, port, self.cookie(probe.target, port))
+            seq = self.cookies.tcp_seq(probe.target, port)
+            packet = frames.tcp_syn(probe.source, probe.target, self.cookies.sport, port, seq)
         if link.ethernet:
             return frames.frame(frames.DLT_EN10MB, packet, src_mac=link.iface.mac, dst_mac=probe.dst_mac)
         return packet
-
-    def _send(self) -> None:
-        budget = SEND_BATCH
-        while budget > 0:
-            now = self.clock()
-            if not self.pacer.ready(now):
-                return
-            if self._blocked is not None:
-                data, _ = self._blocked
-                probe = self._sending[0] if self._sending else None
-                if probe is None:
-                    self._blocked = None
-                    continue
-                try:
-                    probe.path.link.send(data, probe.target)
-                except SendBlocked:
-                    self.stats.blocked += 1
-                    return
-                self._blocked = None
-                self._sent(probe, now)
-                budget -= 1
-                continue
-            if self._sending is None:
-                probe = self._next_probe()
-                if probe is None:
-                    return
-                if probe.done or (probe.target in self.inflight and self.inflight[probe.target] is not probe):
-                    continue
-                self.inflight[probe.target] = probe
-                probe.sent_wall = 0.0
-                self._sending = (probe, self._packets(probe))
-            probe, bits = self._sending
-            if not bits or probe.done:
-                self._sending = None
-                continue
-            bit = bits.pop(0)
-            if not probe.pending >> bit & 1:
-                if not bits:
-                    self._sending = None
-                    self._stamp(probe)
-                continue  # answered while we were sending the rest of this try
-            data = self._build(probe, bit)
-            if not probe.sent_wall:  # the first packet of this try
-                probe.sent_wall = time.time()
-            try:
-                probe.path.link.send(data, probe.target)
-            except SendBlocked:
-                self.stats.blocked += 1
-                self._blocked = (data, bit)
-                return
-            self._sent(probe, now)
-            budget -= 1
-
-    def _sent(self, probe: Probe, now: float) -> None:
-        self.pacer.consume(now)
-        self.stats.sent += 1
-        assert self._sending is not None
-        _, bits = self._sending
-        if not bits:
-            self._sending = None
-            self._stamp(probe)
-
-    def _stamp(self, probe: Probe) -> None:
-        """The try is out: its wait starts now."""
-        probe.tries += 1
-        probe.sent_mono = self.clock()
-        probe.path.waiting.append(probe)
 
     # --- replies -------------------------------------------------------------------------------
 
@@ -547,97 +329,16 @@ class Engine:
         self.stats.ignored[reason] = self.stats.ignored.get(reason, 0) + 1
 
     def _handle(self, reply: frames.Reply, stamp: float, link: LinkIO) -> None:
-        target = reply.src
-        if target not in self.targets or reply.dst not in self.sources:
-            self._ignore("not-a-target")
-            return
-        kind = reply.kind
-        bit = -1
-        evidence: str
-        asked: routes.Decision | None = None  # for an ARP reply: how the scan reaches its sender
-        if kind == "arp":
-            asked = self._arp_decision(target, link)
-            if asked is None:
-                self._ignore("arp-unasked")
-                return
-            if reply.mac is None or reply.mac[0] & 0x01 or not any(reply.mac):
-                self._ignore("arp-mac")  # a broadcast, multicast or zero MAC is nobody's: never probe it
-                return
-            evidence = "arp"
-        elif kind == "echo":
-            if reply.ident != self.ident or reply.seq != self.icmp_seq(target):
-                self._ignore("echo-cookie")
-                return
-            evidence, bit = "icmp", 0
-        elif kind == "tcp":
-            port = reply.port
-            if reply.ident != self.sport or port not in self.settings.ports:
-                self._ignore("tcp-port")
-                return
-            if reply.seq != (self.cookie(target, port) + 1) & 0xFFFFFFFF:
-                self._ignore("tcp-cookie")
-                return
-            evidence, bit = f"tcp/{port}", 1 + self.settings.ports.index(port)
-        elif kind == "unreachable":
-            # only the target itself saying "port/protocol unreachable" shows it is up
-            if reply.inner_dst != target or (reply.ident == 6 and reply.port not in self.settings.ports):
-                self._ignore("unreachable-other")
-                return
-            evidence = "icmp-unreachable"
-            if reply.ident == 1:
-                bit = 0
-            elif reply.ident == 6:
-                bit = 1 + self.settings.ports.index(reply.port)
-        else:
-            self._ignore("kind")
+        outcome = match(reply, self.asked, lambda target: self._arp_route(target, link))
+        if isinstance(outcome, Ignored):
+            self._ignore(outcome.reason)
             return
         self.stats.replies += 1
-        probe = self.inflight.get(target)
-        if probe is not None and (probe.path.stage == ARP_STAGE) != (kind == "arp"):
-            probe = None  # e.g. a late ARP reply while the follow-up probes run
-        host = self.hosts.get(target)
-        new = host is None
-        if host is None:
-            iface = link.iface.name
-            via = probe.path.gateway if probe is not None else None
-            host = Host(target, iface, via)
-            self.hosts[target] = host
-            if probe is not None:
-                self.policy.record(max(0, probe.tries - 1))
-        host.evidence.add(evidence)
-        if kind == "arp":
-            host.mac = reply.mac
-        elif kind == "tcp":
-            # a reset wins over a SYN in the same segment: only a clean SYN-ACK means the port is open
-            (host.closed if reply.flags & frames.TCP_RST else host.open).add(reply.port)
-        if probe is not None and probe.sent_wall:
-            rtt = stamp - probe.sent_wall
-            if host.rtt is None and rtt >= 0:
-                host.rtt = rtt
-            first_try = probe.tries == 0 or (probe.tries == 1 and not (self._sending and self._sending[0] is probe))
-            if first_try and rtt >= 0:
-                probe.path.rtt.sample(rtt)  # Karn: never a sample from a retransmitted try
-        if probe is not None:
-            if new and not probe.counted:
-                probe.counted = True
-                self.done += 1
-            if kind == "arp":
-                probe.pending = 0
-            elif bit >= 0:
-                probe.pending &= ~(1 << bit)
-            if probe.pending == 0:
-                probe.done = True
-                del self.inflight[target]
-        # no probe in flight: a late answer from a parked target, counted when it was parked
-        if new:
-            if asked is not None and self._ip_mask():
-                self._follow_up(host, asked, link)
-            if self.on_found is not None:
-                self.on_found(target)
+        if self.scheduler.answer(outcome, link.iface.name, stamp) and self.on_found is not None:
+            self.on_found(outcome.target)
 
-    def _arp_decision(self, target: int, link: LinkIO) -> routes.Decision | None:
-        """How the scan reaches ``target`` if it sends ARP requests for it on ``link``, else None: an ARP
-        reply for any other address (a routed one, say) answers nothing we asked, and is no evidence of a host."""
+    def _arp_route(self, target: int, link: LinkIO) -> routes.Decision | None:
+        """How the scan reaches ``target`` if it sends ARP requests for it on ``link``, else None."""
         if "arp" not in self.settings.methods:
             return None
         decision = self.table.decide(target)
@@ -645,41 +346,29 @@ class Engine:
             return None
         return decision
 
-    def _follow_up(self, host: Host, decision: routes.Decision, link: LinkIO) -> None:
-        """ICMP and TCP probes to a host ARP found, to its MAC, for evidence and open ports."""
-        if host.mac is None:
-            return
-        key = (decision.interface.name, IP_STAGE, None)
-        path = self.paths.get(key)
-        if path is None:
-            path = Path(
-                link, IP_STAGE, None, None, RttEstimator(self.settings.timeout, MIN_WAIT, self.settings.timeout)
-            )
-            self.paths[key] = path
-        self.followups.append(Probe(host.address, path, decision.source, self._ip_mask(), host.mac, counted=True))
-
     # --- results -------------------------------------------------------------------------------
 
     def summary(self) -> dict[str, Any]:
         elapsed = max(1e-9, (self.finished or self.clock()) - self.started)
+        policy = self.scheduler.policy
         return {
             "packetsSent": self.stats.sent,
             "replies": self.stats.replies,
             "ignoredFrames": dict(self.stats.ignored),
             "elapsed": round(elapsed, 3),
             "sendRate": round(self.stats.sent / elapsed, 1),
-            "tries": self.policy.allowed_tries(),
-            "lossEstimate": round(self.policy.loss, 4),
+            "tries": policy.allowed_tries(),
+            "lossEstimate": round(policy.loss, 4),
             "paths": [
                 {
-                    "interface": path.link.iface.name,
-                    "linkType": path.link.link_type,
+                    "interface": path.interface,
+                    "linkType": self.links[path.interface].link_type,
                     "stage": path.stage,
                     "gateway": to_str(path.gateway) if path.gateway is not None else None,
                     "srtt": round(path.rtt.srtt * 1000, 3) if path.rtt.srtt is not None else None,
                     "wait": round(path.rtt.timeout * 1000, 3),
                 }
-                for path in self.paths.values()
+                for path in self.scheduler.paths.values()
                 if path is not None
             ],
             "gatewayArp": self.stats.gateway_arp,

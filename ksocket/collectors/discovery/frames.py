@@ -4,8 +4,9 @@ Link types: Ethernet (``DLT_EN10MB``), raw IP (``DLT_RAW``: 12 on Linux, 14 on O
 ``LINKTYPE_RAW`` 101 in files) and Linux cooked capture (``DLT_LINUX_SLL`` 113, ``SLL2`` 276).
 
 :func:`parse` never raises: a truncated, malformed or hostile frame is ``None``. What it returns is
-only what the frame claims; whether the claim answers one of our probes (the cookie in the ICMP
-sequence number, the TCP acknowledgement number, the ARP target address) is the engine's check.
+only what the frame claims, as one type per kind of reply; whether the claim answers one of our
+probes (the cookie in the ICMP sequence number, the TCP acknowledgement number, the ARP target
+address) is the :mod:`.matcher`'s check.
 """
 
 from __future__ import annotations
@@ -95,22 +96,53 @@ def frame(link_type: int, packet: bytes, *, src_mac: bytes | None = None, dst_ma
 
 
 @dataclass(frozen=True, slots=True)
-class Reply:
-    """What a captured frame claims to be, as far as discovery cares.
+class ArpReply:
+    """An ARP reply: ``src`` claims to be at ``mac``, answering ``dst``."""
 
-    ``kind``: ``arp`` (an ARP reply), ``echo`` (ICMP echo reply), ``tcp`` (SYN-ACK or RST),
-    ``unreachable`` (ICMP destination unreachable about a packet we sent).
-    """
+    src: int  # the sender protocol address
+    dst: int  # the target protocol address
+    mac: bytes  # the sender hardware address
 
-    kind: str
-    src: int  # the responder's IPv4 address (ARP: the sender protocol address)
-    dst: int  # the address it answers to (ARP: the target protocol address)
-    mac: bytes | None = None  # link-layer source, when the link has one (ARP: the sender hardware address)
-    ident: int = 0  # echo: identifier; tcp: destination port; unreachable: the embedded packet's protocol
-    seq: int = 0  # echo: sequence number; tcp: acknowledgement number
-    port: int = 0  # tcp: source port (the port probed); unreachable: embedded destination port
-    flags: int = 0  # tcp flags; unreachable: the ICMP code
-    inner_dst: int = 0  # unreachable: the destination of the packet it is about
+
+@dataclass(frozen=True, slots=True)
+class EchoReply:
+    """An ICMP echo reply from ``src`` to ``dst``."""
+
+    src: int
+    dst: int
+    echo_id: int  # the identifier, copied from the request
+    echo_seq: int  # the sequence number, copied from the request
+    mac: bytes | None = None  # link-layer source, when the link has one
+
+
+@dataclass(frozen=True, slots=True)
+class TcpReply:
+    """A TCP SYN-ACK or RST from ``src``'s ``port`` to ``dst``'s ``our_port``."""
+
+    src: int
+    dst: int
+    port: int  # the source port: the port probed
+    our_port: int  # the destination port: the probe's source port
+    ack: int  # the acknowledgement number
+    flags: int
+    mac: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unreachable:
+    """An ICMP destination unreachable from ``src`` about a packet to ``inner_dst``."""
+
+    src: int
+    dst: int
+    inner_dst: int  # the destination of the packet it is about
+    inner_protocol: int  # that packet's IP protocol
+    port: int = 0  # that packet's TCP destination port (0 for other protocols)
+    code: int = 0  # the ICMP code
+    mac: bytes | None = None
+
+
+Reply = ArpReply | EchoReply | TcpReply | Unreachable
+"""What a captured frame claims to be, as far as discovery cares: one type per kind of reply."""
 
 
 def _int(data: bytes) -> int:
@@ -123,7 +155,7 @@ def _parse_arp(data: bytes, mac: bytes | None) -> Reply | None:
         return None
     if len(arp.sha) != 6 or len(arp.spa) != 4 or len(arp.tpa) != 4:
         return None
-    return Reply("arp", _int(arp.spa), _int(arp.tpa), mac=bytes(arp.sha))
+    return ArpReply(_int(arp.spa), _int(arp.tpa), bytes(arp.sha))
 
 
 def _parse_ip(data: bytes, mac: bytes | None) -> Reply | None:
@@ -136,7 +168,7 @@ def _parse_ip(data: bytes, mac: bytes | None) -> Reply | None:
     payload = ip.data
     if ip.p == dpkt.ip.IP_PROTO_ICMP and isinstance(payload, dpkt.icmp.ICMP):
         if payload.type == ICMP_ECHO_REPLY and isinstance(payload.data, dpkt.icmp.ICMP.Echo):
-            return Reply("echo", src, dst, mac=mac, ident=payload.data.id, seq=payload.data.seq)
+            return EchoReply(src, dst, payload.data.id, payload.data.seq, mac=mac)
         if payload.type == ICMP_UNREACHABLE:
             inner = bytes(payload.data)[4:] if payload.data is not None else b""  # skip unused/MTU word
             if len(inner) < 28 or inner[0] >> 4 != 4:
@@ -147,15 +179,13 @@ def _parse_ip(data: bytes, mac: bytes | None) -> Reply | None:
             protocol = inner[9]
             inner_dst = _int(inner[16:20])
             dport = struct.unpack("!H", inner[ihl + 2 : ihl + 4])[0] if protocol == dpkt.ip.IP_PROTO_TCP else 0
-            return Reply(
-                "unreachable", src, dst, mac=mac, ident=protocol, port=dport, flags=payload.code, inner_dst=inner_dst
-            )
+            return Unreachable(src, dst, inner_dst, protocol, port=dport, code=payload.code, mac=mac)
         return None
     if ip.p == dpkt.ip.IP_PROTO_TCP and isinstance(payload, dpkt.tcp.TCP):
         flags = payload.flags
         if not (flags & TCP_RST or (flags & TCP_SYN and flags & TCP_ACK)):
             return None
-        return Reply("tcp", src, dst, mac=mac, ident=payload.dport, seq=payload.ack, port=payload.sport, flags=flags)
+        return TcpReply(src, dst, payload.sport, payload.dport, payload.ack, flags, mac=mac)
     return None
 
 
