@@ -5,7 +5,12 @@ fire next (with a reason for the log). :meth:`Link.run` runs the current state's
 fires its trigger, and repeats until a final state; a stop request interrupts whichever
 activity is running. Keeping the activities outside the machine's callbacks means a trigger
 never cancels the task that fired it, and the machine's callbacks stay bookkeeping: counting
-failures, logging every state change, closing the socket.
+failures, logging every state change (and telling the :class:`LinkListener`, if any), closing the
+socket.
+
+``connected`` keeps no rule of its own: a fresh :class:`~statemachine.session.Session` per connection
+decides what to send and when the link is lost, and :class:`_Connection` only moves frames, time and
+operations between it, the WebSocket and the runner.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn, Protocol
 
 from transitions.extensions.asyncio import AsyncMachine
 from websockets.asyncio.client import ClientConnection
@@ -25,30 +30,15 @@ from ksocket import __version__, protocol
 from ksocket.config import Settings
 from ksocket.errors import KsocketError, LinkError, ProtocolError
 from ksocket.identity import Identity
-from ksocket.protocol import (
-    Ack,
-    Authenticate,
-    Authenticated,
-    Cancel,
-    ErrorMessage,
-    Heartbeat,
-    HeartbeatAck,
-    Message,
-    Operation,
-    Progress,
-    Rejected,
-    Result,
-)
+from ksocket.protocol import Ack, Authenticate, Authenticated, Cancel, Message, Rejected
 from statemachine import dial, table
 from statemachine.policy import Clock, resume_delay
 from statemachine.runner import OperationRunner
+from statemachine.session import INBOUND_BACKLOG, Lost, Session
 
 log = logging.getLogger("ksocket.link")
 
 CLOSE_INTERNAL_ERROR = 1011  # RFC 6455: the agent cannot go on with this connection
-INBOUND_BACKLOG = 1000
-"""Operations and cancels read from the hub but not yet handed to the runner; when it is full,
-reading waits, and TCP slows the hub down."""
 
 
 @dataclass(frozen=True)
@@ -65,11 +55,12 @@ class LinkLost(Exception):
         self.close_code = close_code
 
 
-@dataclass
-class _InFlight:
-    result: Result
-    sent_at: float
-    tries: int = 1
+class LinkListener(Protocol):
+    """What a test or a tool may watch: every state entered, every resume delay drawn."""
+
+    def on_state(self, state: str) -> None: ...
+
+    def on_delay(self, seconds: float) -> None: ...
 
 
 class Link:
@@ -86,6 +77,8 @@ class Link:
         clock: Clock | None = None,
         identity: Identity | None = None,
         stop_after: str | None = None,
+        listener: LinkListener | None = None,
+        backlog: int = INBOUND_BACKLOG,
     ) -> None:
         self.settings = settings
         self.runner = runner
@@ -96,17 +89,12 @@ class Link:
         self.failures = 0  # failed attempts in a row, towards connect.resumeRetries
         self.attempt = 0  # the protocol's k: resume attempts since the last authenticated connection
         self.last_reason = ""
-        self.history: list[str] = []
-        self.delays: list[float] = []
+        self.listener = listener
+        self.backlog = backlog  # operations and cancels a connection's session queues for the runner
         self._reached: dict[str, asyncio.Event] = {state: asyncio.Event() for state in table.STATES}
         self.websocket: ClientConnection | None = None
         self._stop = asyncio.Event()
         self._attempt_deadline = 0.0
-        self._heartbeat_acks: dict[int, asyncio.Event] = {}
-        self._in_flight: dict[int, _InFlight] = {}
-        self._stored: asyncio.Queue[Result] = asyncio.Queue()
-        self._inbound: asyncio.Queue[Operation | Cancel] = asyncio.Queue(INBOUND_BACKLOG)
-        self._last_heard = 0.0
         self.machine = AsyncMachine(
             model=self,
             states=table.STATES,
@@ -140,7 +128,8 @@ class Link:
         reason = event.kwargs.get("reason", "")
         if event.event.name == "lost":
             self.last_reason = reason
-        self.history.append(self.state)
+        if self.listener is not None:
+            self.listener.on_state(self.state)
         for state, reached in self._reached.items():
             if state == self.state:
                 reached.set()
@@ -249,25 +238,51 @@ class Link:
             threshold=self.settings.resume_threshold,
             factor=self.clock.jitter(),
         )
-        self.delays.append(delay)
+        if self.listener is not None:
+            self.listener.on_delay(delay)
         await self.clock.sleep(delay)
         return Outcome("retry", f"attempt {self.attempt} after {delay:.2f}s")
 
     async def _connected(self) -> Outcome:
         websocket = self.websocket
         assert websocket is not None
-        self._heartbeat_acks.clear()
-        self._in_flight.clear()
-        self._stored = asyncio.Queue()
-        self._inbound = asyncio.Queue(INBOUND_BACKLOG)  # what a lost link left unread, the hub sends again
-        self._last_heard = self.clock.monotonic()
-        parts = [
-            self._receive(websocket),
-            self._hand_over(websocket),
-            self._heartbeat(websocket),
-            self._send_results(websocket),
-            self._watch_requests(websocket),
-        ]
+        # what a lost link left unread, the hub sends again: every connection starts a fresh session
+        session = Session(self.settings, self.clock.monotonic(), backlog=self.backlog)
+        try:
+            await _Connection(websocket, session, self.runner, self.clock).run()
+        except LinkLost as lost:
+            if lost.close_code is not None:
+                await self._close(lost.close_code)
+            return Outcome("lost", str(lost))
+        except ConnectionClosed as exc:
+            return Outcome("lost", f"connection closed ({exc})")
+        except KsocketError as exc:  # the runner cannot take work now (its broker is down, say)
+            await self._close(CLOSE_INTERNAL_ERROR)
+            return Outcome("lost", f"operation runner failed: {exc}")
+
+
+class _Connection:
+    """Drives one connected WebSocket through its :class:`Session`: four tasks, each moving one kind of I/O.
+
+    The reader hands every frame to the session as it comes (while the inbound queue has room);
+    the hand-over gives the queued operations and cancels to the runner one at a time; the timer
+    sleeps until the session's next deadline and polls it; the result sender writes the runner's
+    unacked results, then its progress and new results. Whatever the session answers is written
+    at once. The first task to fail ends the connection with its exception.
+    """
+
+    def __init__(self, websocket: ClientConnection, session: Session, runner: OperationRunner, clock: Clock) -> None:
+        self.websocket = websocket
+        self.session = session
+        self.runner = runner
+        self.clock = clock
+        self._arrived = asyncio.Event()  # the inbound queue may have work
+        self._room = asyncio.Event()  # the inbound queue may have room
+        self._tracked = asyncio.Event()  # a result went out: the session's deadline may be nearer
+
+    async def run(self) -> NoReturn:
+        """Runs until the first task fails; its exception ends the connection (a bug's, with its traceback)."""
+        parts = [self._read(), self._hand_over(), self._keep_time(), self._send_results()]
         tasks = [asyncio.ensure_future(part) for part in parts]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -275,152 +290,69 @@ class Link:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        error = next(exc for task in done if (exc := task.exception()) is not None)
-        if isinstance(error, LinkLost):
-            if error.close_code is not None:
-                await self._close(error.close_code)
-            return Outcome("lost", str(error))
-        if isinstance(error, ConnectionClosed):
-            return Outcome("lost", f"connection closed ({error})")
-        if isinstance(error, KsocketError):  # the runner cannot take work now (its broker is down, say)
-            await self._close(CLOSE_INTERNAL_ERROR)
-            return Outcome("lost", f"operation runner failed: {error}")
-        raise error  # a bug: let it surface with its traceback
+        raise next(exc for task in done if (exc := task.exception()) is not None)
 
-    # --- the parts of ``connected`` -----------------------------------------------------------
+    async def _send(self, messages: list[Message]) -> None:
+        for message in messages:
+            await self.websocket.send(protocol.serialize(message))
 
-    async def _send(self, websocket: ClientConnection, message: Message) -> None:
-        await websocket.send(protocol.serialize(message))
-
-    async def _receive(self, websocket: ClientConnection) -> None:
+    async def _read(self) -> None:
         """Reads every frame as it comes, so that a heartbeat-ack never waits behind a burst of operations."""
+        websocket = self.websocket
         async for frame in websocket:
-            self._last_heard = self.clock.monotonic()
+            now = self.clock.monotonic()
             try:
                 message = protocol.parse(frame)
             except ProtocolError as exc:
-                log.warning("bad frame from the hub: %s", exc)
-                await self._send(websocket, protocol.error_reply(exc))
+                await self._send(self.session.receive_bad(exc, now))
                 continue
-            await self._dispatch(websocket, message)
+            await self._send(self.session.receive(message, now))
+            self._arrived.set()
+            if isinstance(message, Ack):
+                await self.runner.acknowledge(message.seq)
+            await _until(lambda: self.session.has_room, self._room)
         raise LinkLost(f"hub closed the connection ({websocket.close_code} {websocket.close_reason or ''})".strip())
 
-    async def _dispatch(self, websocket: ClientConnection, message: Message) -> None:
-        if isinstance(message, Operation | Cancel):
-            await self._inbound.put(message)  # in arrival order: a cancel must find its operation admitted
-        elif isinstance(message, HeartbeatAck):
-            waiter = self._heartbeat_acks.get(message.n)
-            if waiter is not None:
-                waiter.set()
-        elif isinstance(message, Ack):
-            for seq in [s for s in self._in_flight if s <= message.seq]:
-                del self._in_flight[seq]
-            await self.runner.acknowledge(message.seq)
-        elif isinstance(message, ErrorMessage):
-            log.warning("the hub reports an error: %s: %s", message.code, message.message)
-        else:
-            await self._send(
-                websocket, ErrorMessage(code="bad-message", message=f"{message.TYPE!r} is not sent to an agent")
-            )
-
-    async def _hand_over(self, websocket: ClientConnection) -> None:
+    async def _hand_over(self) -> None:
         """Hands operations and cancels to the runner one at a time, in the order the hub sent them."""
         while True:
-            message = await self._inbound.get()
+            await _until(lambda: self.session.has_inbound, self._arrived)
+            message = self.session.take_inbound()
+            self._room.set()
             if isinstance(message, Cancel):
                 await self.runner.cancel(message.id)
                 continue
             answer = await self.runner.submit(message)
-            if isinstance(answer, Result):
-                self._stored.put_nowait(answer)  # results leave in seq order, from _send_results alone
-            else:
-                await self._send(websocket, answer)
+            await self._send_tracked(self.session.admitted(answer, self.clock.monotonic()))
 
-    async def _heartbeat(self, websocket: ClientConnection) -> None:
-        n = 0
+    async def _keep_time(self) -> None:
+        """Sleeps until the session's next deadline (or a result sent), then sends what is due."""
         while True:
-            await self.clock.sleep(self.settings.heartbeat_interval)
-            n += 1
-            acked = self._heartbeat_acks[n] = asyncio.Event()
-            await self._send(websocket, Heartbeat(n=n))
-            try:
-                await self._await_ack(n, acked)
-            finally:
-                del self._heartbeat_acks[n]
-
-    async def _await_ack(self, n: int, acked: asyncio.Event) -> None:
-        """Heartbeat-ack ``n``, or at least some frame from the hub, within heartbeatTimeout.
-
-        A hub whose frames keep coming is alive even if its ack is not read yet: with the inbound
-        backlog full, the reader takes a frame only as the runner admits one.
-        """
-        timeout = self.settings.heartbeat_timeout
-        sent_at = self.clock.monotonic()
-        while not acked.is_set():
-            remaining = max(sent_at, self._last_heard) + timeout - self.clock.monotonic()
-            if remaining <= 0:
-                raise LinkLost(
-                    f"heartbeat lost: no heartbeat-ack {n} within {timeout:g}s", protocol.CLOSE_HEARTBEAT_LOST
-                )
+            self._tracked.clear()
+            due = self.session.poll(self.clock.monotonic())
+            if isinstance(due, Lost):
+                raise LinkLost(due.reason, due.close_code)
+            await self._send(due)
             with contextlib.suppress(TimeoutError):
-                async with self.clock.deadline(remaining):
-                    await acked.wait()
+                async with self.clock.deadline(max(0.0, self.session.next_deadline() - self.clock.monotonic())):
+                    await self._tracked.wait()
 
-    async def _send_result(self, websocket: ClientConnection, result: Result) -> None:
-        self._in_flight[result.seq] = _InFlight(result, self.clock.monotonic())
-        await self._send(websocket, result)
-
-    async def _send_results(self, websocket: ClientConnection) -> None:
-        """Every unacked result first, in seq order; then progress and new results as they come.
-
-        This is the only sender of results on a connection: the hub's ack is cumulative, so a result
-        sent ahead of a lower unacked one (say, a stored result answering a re-sent operation) would
-        have the hub ack, and the journal forget, results the hub never received.
-        """
-        last_sent = 0
-        for result in await self.runner.unacked():
-            await self._send_result(websocket, result)
-            last_sent = result.seq
-        event_task: asyncio.Future[Progress | Result] = asyncio.ensure_future(self.runner.next_event())
-        stored_task: asyncio.Future[Result] = asyncio.ensure_future(self._stored.get())
-        try:
-            while True:
-                pending: set[asyncio.Future[Any]] = {event_task, stored_task}
-                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                if stored_task.done():
-                    stored = stored_task.result()
-                    stored_task = asyncio.ensure_future(self._stored.get())
-                    # Sent already on this link: send it again. Above last_sent it has not left yet, and
-                    # the in-order stream below sends it after every lower seq; sending it now would
-                    # have the hub ack lower results it never received.
-                    if stored.seq <= last_sent:
-                        await self._send_result(websocket, stored)
-                if event_task.done():
-                    event = event_task.result()
-                    event_task = asyncio.ensure_future(self.runner.next_event())
-                    if isinstance(event, Progress):
-                        await self._send(websocket, event)
-                    elif event.seq > last_sent:  # lower ones went out with the unacked
-                        last_sent = event.seq
-                        await self._send_result(websocket, event)
-        finally:
-            event_task.cancel()
-            stored_task.cancel()
-
-    async def _watch_requests(self, websocket: ClientConnection) -> None:
-        """A result not acked within requestTimeout is sent again, requestRetries times at most."""
-        timeout = self.settings.request_timeout
+    async def _send_results(self) -> None:
+        """Every unacked result first, in seq order; then progress and new results as they come."""
+        unacked = await self.runner.unacked()
+        await self._send_tracked(self.session.send_unacked(unacked, self.clock.monotonic()))
         while True:
-            await self.clock.sleep(min(timeout / 4, 1.0))
-            now = self.clock.monotonic()
-            for seq, flight in sorted(self._in_flight.items()):
-                if now - flight.sent_at < timeout:
-                    continue
-                if flight.tries > self.settings.request_retries:
-                    raise LinkLost(
-                        f"result {seq} not acked after {self.settings.request_retries} retries",
-                        protocol.CLOSE_HEARTBEAT_LOST,
-                    )
-                flight.tries += 1
-                flight.sent_at = now
-                await self._send(websocket, flight.result)
+            event = await self.runner.next_event()
+            await self._send_tracked(self.session.produced(event, self.clock.monotonic()))
+
+    async def _send_tracked(self, messages: list[Message]) -> None:
+        if messages:
+            self._tracked.set()
+        await self._send(messages)
+
+
+async def _until(ready: Callable[[], bool], signal: asyncio.Event) -> None:
+    """Waits until ``ready()``; whoever may make it true sets ``signal`` after doing so."""
+    while not ready():
+        signal.clear()
+        await signal.wait()

@@ -28,6 +28,7 @@ from statemachine.link import Link
 from tasks.pipeline import Timings
 from tasks.runner import PipelineRunner
 from tests.conftest import write_home_config
+from tests.linktools import Recorder
 from tests.pipelinetools import REDIS_SERVER, free_port, kill_embedded, runs, wait_until
 
 SLOT = "faults"
@@ -67,7 +68,7 @@ async def wait_all(hub: Hub, ids: list[str], timeout: float = 120) -> None:
 @contextlib.asynccontextmanager
 async def agent(settings: Settings, folder: Path, timings: Timings = FAST) -> AsyncIterator[Link]:
     async with PipelineRunner(settings, timings=timings, identity_folder=folder / "identity") as runner:
-        link = Link(settings, runner, identity=Identity(folder / "identity"))
+        link = Link(settings, runner, identity=Identity(folder / "identity"), listener=Recorder())
         task = asyncio.ensure_future(link.run())
         try:
             yield link
@@ -141,7 +142,8 @@ def test_duplicates_and_a_quota_burst_through_the_hub(tmp_path: Path) -> None:
                 # every id ends refused or with its result, however long a busy machine takes to run them
                 def all_answered() -> bool:
                     # raw frames sent on a lost link are gone: no hub sends them again
-                    assert "resuming" not in link.history, f"the link was lost: {link.last_reason}"
+                    assert isinstance(link.listener, Recorder)
+                    assert "resuming" not in link.listener.states, f"the link was lost: {link.last_reason}"
                     return {m.id for m in hub.received(SLOT) if isinstance(m, Refused | Result)} == everyone
 
                 await wait_until(all_answered, timeout=60)

@@ -21,11 +21,12 @@ from ksocket.hub.server import Hub
 from ksocket.hub.store import Store
 from ksocket.identity import Identity
 from ksocket.protocol import Admission, ErrorMessage, Result
-from statemachine import link as link_module
 from statemachine.link import Link
 from statemachine.policy import Clock
 from statemachine.runner import InlineRunner
+from statemachine.session import INBOUND_BACKLOG
 from tests.conftest import write_home_config
+from tests.linktools import Recorder
 from tests.tlstools import CertificateAuthority
 
 SLOT = "lab"
@@ -80,8 +81,15 @@ def make_link(
     clock: Clock | None = None,
     name: str = "agent-1",
 ) -> Link:
-    """An agent with its own identity folder (agent id and session) under the test's tmp_path."""
-    return Link(settings, runner or InlineRunner(), clock=clock, identity=Identity(tmp_path / name))
+    """An agent with its own identity folder (agent id and session) under the test's tmp_path, recorded."""
+    return Link(
+        settings, runner or InlineRunner(), clock=clock, identity=Identity(tmp_path / name), listener=Recorder()
+    )
+
+
+def recorded(link: Link) -> Recorder:
+    assert isinstance(link.listener, Recorder)
+    return link.listener
 
 
 async def start(link: Link) -> asyncio.Task[int]:
@@ -106,7 +114,7 @@ def test_authenticates_runs_an_operation_and_stops_cleanly(tmp_path: Path) -> No
             assert await finish(link, task) == 0
             await hub.wait_disconnected(SLOT)
             assert hub.close_codes(SLOT)[-1] == protocol.CLOSE_NORMAL
-            assert link.history == ["connecting", "authenticating", "connected", "stopped"]
+            assert recorded(link).states == ["connecting", "authenticating", "connected", "stopped"]
 
     asyncio.run(scenario())
 
@@ -126,8 +134,8 @@ def test_bad_token_gives_up_after_resume_retries_with_the_protocols_delays(
             with caplog.at_level(logging.INFO, logger="ksocket"):
                 assert await asyncio.wait_for(link.run(), 20) == 1
             # attempt k waits min(threshold, 2**(min(k, plateau) - 1)) * factor
-            assert link.delays == [0.75, 1.5, 2.25, 2.25]
-            assert link.history == ["connecting", "authenticating", "resuming"] * 4 + [
+            assert recorded(link).delays == [0.75, 1.5, 2.25, 2.25]
+            assert recorded(link).states == ["connecting", "authenticating", "resuming"] * 4 + [
                 "connecting",
                 "authenticating",
                 "failed",
@@ -164,7 +172,7 @@ def test_lost_connection_resumes_the_same_session(tmp_path: Path) -> None:
             assert await hub.wait_connected(SLOT) == session
             await link.wait_for("connected")
             assert link.identity.session == session
-            assert link.history[:5] == ["connecting", "authenticating", "connected", "resuming", "connecting"]
+            assert recorded(link).states[:5] == ["connecting", "authenticating", "connected", "resuming", "connecting"]
             assert await finish(link, task) == 0
 
     asyncio.run(scenario())
@@ -186,8 +194,8 @@ def test_a_lost_connected_link_is_no_failed_attempt(tmp_path: Path, caplog: pyte
                 assert await hub.wait_connected(SLOT) == session
                 await link.wait_for("connected")
             walk = ["connecting", "authenticating", "connected"]
-            assert link.history == [*walk, "resuming", *walk]
-            assert link.delays == [0.75]  # attempt k=1 of the protocol: 2**0 s times the factor
+            assert recorded(link).states == [*walk, "resuming", *walk]
+            assert recorded(link).delays == [0.75]  # attempt k=1 of the protocol: 2**0 s times the factor
             assert "link resuming -> connecting (attempt 1 after 0.75s)" in caplog.text
             assert await finish(link, task) == 0
 
@@ -209,7 +217,7 @@ def test_heartbeat_loss_closes_4408_and_resumes(tmp_path: Path) -> None:
             assert protocol.CLOSE_HEARTBEAT_LOST in hub.close_codes(SLOT)
             hub.answer_heartbeats = True
             assert await hub.wait_connected(SLOT) == session
-            assert "resuming" in link.history
+            assert "resuming" in recorded(link).states
             assert link.last_reason == "heartbeat lost: no heartbeat-ack 1 within 10s"
             assert await finish(link, task) == 0
 
@@ -232,18 +240,15 @@ class SlowRunner(InlineRunner):
         self.handed.append(("cancel", operation_id))
 
 
-@pytest.mark.parametrize("backlog", [link_module.INBOUND_BACKLOG, 5], ids=["backlog-room", "backlog-full"])
-def test_a_burst_of_operations_to_a_slow_runner_keeps_the_heartbeat_and_the_order(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backlog: int
-) -> None:
+@pytest.mark.parametrize("backlog", [INBOUND_BACKLOG, 5], ids=["backlog-room", "backlog-full"])
+def test_a_burst_of_operations_to_a_slow_runner_keeps_the_heartbeat_and_the_order(tmp_path: Path, backlog: int) -> None:
     """100 operations take the runner 2 s to admit; the heartbeat must not wait 0.3 s for its ack behind them."""
-    monkeypatch.setattr(link_module, "INBOUND_BACKLOG", backlog)
 
     async def scenario() -> None:
         async with running_hub(tmp_path) as (hub, token):
             runner = SlowRunner()
             settings = agent_settings(hub, token, heartbeat_interval=0.1, heartbeat_timeout=0.3)
-            link = Link(settings, runner, identity=Identity(tmp_path / "agent"))
+            link = Link(settings, runner, identity=Identity(tmp_path / "agent"), listener=Recorder(), backlog=backlog)
             task = await start(link)
             await hub.wait_connected(SLOT)
             sent: list[tuple[str, str]] = []
@@ -258,7 +263,7 @@ def test_a_burst_of_operations_to_a_slow_runner_keeps_the_heartbeat_and_the_orde
             async with asyncio.timeout(20):
                 while {m.id for m in hub.received(SLOT) if isinstance(m, Result)} != answered:
                     await asyncio.sleep(0.05)
-            assert link.history == ["connecting", "authenticating", "connected"], link.last_reason
+            assert recorded(link).states == ["connecting", "authenticating", "connected"], link.last_reason
             assert runner.handed == sent
             assert await finish(link, task) == 0
 
@@ -300,7 +305,7 @@ def test_bad_frames_from_the_hub_are_answered_and_the_link_kept(tmp_path: Path) 
             assert "seq" in errors[2].message
             op = await hub.submit(SLOT, "system.info")
             assert (await hub.wait_result(op)).ok
-            assert link.history == ["connecting", "authenticating", "connected"]
+            assert recorded(link).states == ["connecting", "authenticating", "connected"]
             assert await finish(link, task) == 0
 
     asyncio.run(scenario())
