@@ -671,6 +671,54 @@ def test_an_agents_large_results_leave_nothing_behind_in_the_hub(db: Path) -> No
     run(main())
 
 
+class StalledHub(Hub):
+    """A hub whose first ack waits until ``go`` is set: a hub busy with one result while its agent sends more."""
+
+    def __init__(self, db_path: Path) -> None:
+        super().__init__(db_path)
+        self.stalled: Any = None  # the connection the hub is stuck on, once it is
+        self.go = asyncio.Event()
+
+    async def _send(self, link: Any, message: Any) -> bool:
+        if isinstance(message, Ack) and not self.go.is_set():
+            self.stalled = link.ws
+            await self.go.wait()
+        return await super()._send(link, message)
+
+
+def test_a_busy_hub_reads_no_more_than_a_frame_ahead_whatever_its_agent_sends(db: Path) -> None:
+    """An agent sends 24 results of 1 MiB without waiting for acks while the hub is busy with the first: the
+    hub stops reading after the next one (the rest wait in the kernel and the agent), so what a
+    connection costs is bounded in bytes, not in a count of frames of up to 16 MiB each."""
+    token = add_slot(db)
+    frame = serialize(Result.success(id="op", seq=1, data={"blob": "x" * MiB}))
+
+    async def main() -> None:
+        async with StalledHub(db) as hub:
+            client, _ = await authenticated(hub.url, token)
+            tracemalloc.start()
+            try:
+
+                async def flood() -> None:
+                    for _ in range(24):
+                        await client.send_text(frame)
+
+                sender = asyncio.create_task(flood())
+                await until(lambda: hub.stalled is not None)
+                # the hub has read all it will: it paused reading, or read every frame sent
+                await until(lambda: sender.done() or not hub.stalled.transport.is_reading())
+                held = traced()
+            finally:
+                tracemalloc.stop()
+            hub.go.set()
+            await sender
+            for _ in range(24):
+                assert await client.expect(Ack) == Ack(seq=1)
+            assert held < 6 * MiB, f"{held / MiB:.1f} MiB held for one connection"
+
+    run(main())
+
+
 # --------------------------------------------------------------------------- test knobs, TLS, serve
 
 

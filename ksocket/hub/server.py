@@ -31,6 +31,16 @@ slots, and disconnects (4401) a slot whose token was revoked.
 The database is used synchronously from the event loop: every call is one short transaction
 on a local file, and the loop is this hub's only thread.
 
+What a connection holds
+-----------------------
+Nothing of what an agent sent outlives its handling: results go to the database, and the hub
+keeps no history. The socket is read on only once the frame read ahead has been taken
+(``max_queue=0``) and frames are never compressed (one compressed read of 256 KiB could inflate
+to hundreds of MiB), so a connection holds the frame being handled, one more, and the rest of
+one socket read: at most about two frames of ``MAX_FRAME`` bytes, however many its agent
+sends. (websockets' parser keeps the last frame read until the next one arrives: an idle
+agent's next heartbeat.) What the hub sends waits behind websockets' 32 KiB write limit.
+
 Watching a hub
 --------------
 A ``HubObserver`` (none by default) hears every connection, message, bad frame and
@@ -238,6 +248,8 @@ class Hub:
                 select_subprotocol=self._select_subprotocol,
                 ping_interval=None,  # liveness is the protocol's heartbeat, not WebSocket pings
                 max_size=MAX_FRAME,
+                max_queue=0,  # read on only once the frame read ahead is taken: memory bounded in bytes
+                compression=None,  # agents never offer it, and one compressed read could inflate 1000-fold
                 logger=_websockets_logger,
             )
         except OSError as exc:
@@ -426,6 +438,7 @@ class Hub:
                 continue
             heard = loop.time()
             await self._on_frame(link, frame)
+            del frame  # an idle connection keeps nothing of its last frame (up to MAX_FRAME)
 
     def _closed(self, link: _Link, exc: ConnectionClosed) -> None:
         code = exc.rcvd.code if exc.rcvd is not None else None
