@@ -2,18 +2,18 @@
 
 The link hands every ``operation`` to an :class:`OperationRunner` and sends what it gives
 back; it never runs an operation itself. The Dramatiq pipeline (``tasks``) is the real runner;
-:class:`InlineRunner` answers ``system.info`` in-process and keeps its journal in memory, for
-tests of the link and for a hub-less smoke run.
+:class:`InlineRunner` runs ``system.info`` (the same collector as the pipeline's) in-process and
+keeps its journal in memory, for tests of the link and for ``ksocket diagnostics``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import platform
-import socket
 from typing import Protocol
 
-from ksocket import __version__, protocol
+from ksocket import protocol
+from ksocket.collectors import system
+from ksocket.collectors.base import NullContext, OperationFailed
 from ksocket.protocol import Accepted, Admission, Operation, Progress, Refused, Result
 
 
@@ -38,7 +38,8 @@ class OperationRunner(Protocol):
 
 
 class InlineRunner:
-    """Runs ``system.info`` at once; refuses other operations. Memory only: nothing survives a restart."""
+    """Runs ``system.info`` as it admits it (in a thread, off the link's event loop); refuses other
+    operations. Memory only: nothing survives a restart."""
 
     def __init__(self) -> None:
         self._seq = 0
@@ -52,9 +53,14 @@ class InlineRunner:
         if operation.name != "system.info":
             return Refused(id=operation.id, reason="unknown-operation", message=f"no operation {operation.name!r}")
         self._seq += 1
-        data = {"version": __version__, "hostname": socket.gethostname(), "os": platform.platform()}
-        result = Result.success(id=operation.id, seq=self._seq, data=data)
-        self._done[operation.id] = self._journal[self._seq] = result
+        seq = self._seq
+        try:
+            data = await asyncio.to_thread(system.collect, operation.params, NullContext())
+        except OperationFailed as exc:
+            result = Result.failure(id=operation.id, seq=seq, code=exc.code, message=str(exc))
+        else:
+            result = Result.success(id=operation.id, seq=seq, data=data)
+        self._done[operation.id] = self._journal[seq] = result
         self._events.put_nowait(result)
         return Accepted(id=operation.id)
 

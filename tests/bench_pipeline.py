@@ -17,11 +17,11 @@ from pathlib import Path
 from ksocket.collectors import system
 from ksocket.collectors.base import NullContext
 from ksocket.config import Settings
-from ksocket.hub.server import Hub
 from ksocket.identity import Identity
 from statemachine.link import Link
 from tasks.runner import PipelineRunner
 from tests.bench_link import echo_case, percentile
+from tests.hubtools import RecordingHub
 from tests.pipelinetools import redis_server
 
 SEQUENTIAL = 300
@@ -30,7 +30,7 @@ OPERATIONS = ("system.info", "test.echo")
 
 
 async def measure(folder: Path, broker: str, operation: str) -> tuple[float, list[float]]:
-    async with Hub(folder / "hub.db") as hub:
+    async with RecordingHub(folder / "hub.db") as hub:
         token = hub.store.add_slot("bench")
         settings = dataclasses.replace(
             Settings(host="127.0.0.1", port=hub.port, protocol="ws", token=token, broker_url=broker),

@@ -1,34 +1,204 @@
-"""Helpers for tests that talk to the reference hub: a raw protocol client and a few shortcuts.
+"""Helpers for tests that talk to the reference hub: a recording hub, a raw protocol client and a few shortcuts.
 
-``RawClient`` is a bare WebSocket client that speaks ``ksocket.protocol`` frame by frame, with
-none of the agent's machinery: the tests decide every frame it sends.
+``RecordingHub`` is the reference hub with what tests of the agent need and a production hub must
+not have: a history of every frame each slot's agents sent, waits for them, and knobs that make it
+misbehave. ``RawClient`` is a bare WebSocket client that speaks ``ksocket.protocol`` frame by
+frame, with none of the agent's machinery: the tests decide every frame it sends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime
+import logging
+import os
 import ssl
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
-from ksocket.hub.server import Hub
-from ksocket.protocol import SUBPROTOCOL, Authenticate, Authenticated, Heartbeat, Message, Rejected, parse, serialize
+from ksocket.errors import ProtocolError
+from ksocket.hub.server import Hub, HubObserver, _Link
+from ksocket.protocol import (
+    SUBPROTOCOL,
+    Ack,
+    Authenticate,
+    Authenticated,
+    Heartbeat,
+    HeartbeatAck,
+    Message,
+    Rejected,
+    Result,
+    parse,
+    serialize,
+)
 
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 TIMEOUT = 5.0
 """How long a test waits for something that should happen (it usually takes milliseconds)."""
 QUIET = 0.3
 """How long a test listens to be sure that nothing comes."""
+
+
+class BadFrame(NamedTuple):
+    """A frame from an agent that the hub answered with an ``error`` frame, and why."""
+
+    frame: str | bytes
+    error: ProtocolError
+
+
+class NotConnected(Exception):
+    """A knob that needs the slot's connection was used on a slot that has none."""
+
+
+class Signal:
+    """Wakes everyone waiting for the hub's state to change (a frame, a connection, a disconnection)."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def fire(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait_for(self, probe: Callable[[], T | None], timeout: float) -> T:
+        """The first value of ``probe()`` that is not None; TimeoutError after ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            while True:
+                event = self._event
+                value = probe()
+                if value is not None:
+                    return value
+                await event.wait()
+
+
+class RecordingHub(Hub, HubObserver):
+    """A reference hub that records what every slot's agents sent, and can misbehave on request.
+
+    The records come from the hub's observer hooks, kept for the hub's whole life (a test's worth):
+    ``received`` (every message, ``authenticate`` first), ``errors`` (frames answered with an
+    ``error`` frame), ``close_codes`` (one per ended connection). The knobs reach into the hub's
+    connections, which production code has no way to do: ``answer_heartbeats`` and
+    ``ack_results`` (False: those frames are still read and acted on, but not answered),
+    ``drop`` (abort the TCP connection, no close frame) and ``send_raw`` (any frame, even
+    malformed).
+    """
+
+    def __init__(self, db_path: str | os.PathLike[str], **options: Any) -> None:
+        self.answer_heartbeats = True
+        self.ack_results = True
+        self._received: dict[str, list[Message]] = collections.defaultdict(list)
+        self._errors: dict[str, list[BadFrame]] = collections.defaultdict(list)
+        self._closes: dict[str, list[int | None]] = collections.defaultdict(list)
+        self._signal = Signal()
+        super().__init__(db_path, observer=self, **options)
+
+    # --- the observer hooks
+
+    def on_connect(self, slot: str, session: str) -> None:
+        self._signal.fire()
+
+    def on_message(self, slot: str, message: Message) -> None:
+        self._received[slot].append(message)
+        self._signal.fire()
+
+    def on_bad_frame(self, slot: str, frame: str | bytes, error: ProtocolError) -> None:
+        self._errors[slot].append(BadFrame(frame, error))
+        self._signal.fire()
+
+    def on_disconnect(self, slot: str, close_code: int | None) -> None:
+        self._closes[slot].append(close_code)
+        self._signal.fire()
+
+    # --- what the slots' agents sent
+
+    def received(self, slot: str) -> list[Message]:
+        """The messages the agents of ``slot`` sent, oldest first, across connections (including their
+        ``authenticate``; frames the hub answered with an ``error`` frame are in ``errors``)."""
+        return list(self._received[slot])
+
+    def errors(self, slot: str) -> list[BadFrame]:
+        """The frames from the agents of ``slot`` that the hub answered with an ``error`` frame."""
+        return list(self._errors[slot])
+
+    def close_codes(self, slot: str) -> list[int | None]:
+        """For each ended connection of ``slot``: the code of the agent's close frame (an echo of
+        the hub's when the hub closed first), or None when it ended without one."""
+        return list(self._closes[slot])
+
+    async def wait_connected(self, slot: str, timeout: float = TIMEOUT) -> str:
+        """Waits until an agent holds ``slot``; returns its session id. TimeoutError if none does in time."""
+        return await self._signal.wait_for(lambda: self.session(slot), timeout)
+
+    async def wait_disconnected(self, slot: str, timeout: float = TIMEOUT) -> None:
+        """Waits until no agent holds ``slot``. TimeoutError if one still does after ``timeout``."""
+        await self._signal.wait_for(lambda: None if self.connected(slot) else True, timeout)
+
+    async def wait_received(
+        self, slot: str, kind: type[M], timeout: float = TIMEOUT, where: Callable[[M], bool] | None = None
+    ) -> M:
+        """The first message of type ``kind`` (matching ``where``) that ``slot`` has received."""
+
+        def probe() -> M | None:
+            for message in self._received[slot]:
+                if isinstance(message, kind) and (where is None or where(message)):
+                    return message
+            return None
+
+        return await self._signal.wait_for(probe, timeout)
+
+    async def wait_result(self, op_id: str, timeout: float = TIMEOUT) -> Result:
+        """The result of operation ``op_id``, once stored. TimeoutError if none comes in time."""
+
+        def probe() -> Result | None:
+            record = self.store.result_for(op_id)
+            return record.to_message() if record is not None else None
+
+        return await self._signal.wait_for(probe, timeout)
+
+    # --- the knobs
+
+    async def _send(self, link: _Link, message: Message) -> bool:
+        """Every frame the hub sends goes through here: the answers the knobs hold back stop here."""
+        if isinstance(message, HeartbeatAck) and not self.answer_heartbeats:
+            return True
+        if isinstance(message, Ack) and not self.ack_results:
+            return True
+        return await super()._send(link, message)
+
+    def _link(self, slot: str) -> _Link:
+        link = self._links.get(slot)
+        if link is None:
+            raise NotConnected(f"slot {slot!r} has no connected agent")
+        return link
+
+    async def drop(self, slot: str) -> None:
+        """Aborts the TCP connection of ``slot`` without a close frame (a lost link), and waits
+        until the hub has let go of it: the slot is free when this returns."""
+        link = self._link(slot)
+        logger.info("slot %s: dropping the connection of agent %s (test knob)", slot, link.agent)
+        link.ws.transport.abort()
+        await self._signal.wait_for(lambda: True if link.released else None, TIMEOUT)
+
+    async def send_raw(self, slot: str, frame: str | bytes) -> None:
+        """Sends ``frame`` as it is (text, or bytes as a binary frame) to the agent holding ``slot``."""
+        link = self._link(slot)
+        try:
+            await link.ws.send(frame)
+        except ConnectionClosed:
+            raise NotConnected(f"the connection of slot {slot!r} closed before the frame went out") from None
 
 
 class RawClient:
@@ -106,9 +276,9 @@ async def authenticated(
 
 
 @asynccontextmanager
-async def hub_with_slot(db_path: Path, slot: str = "s1", **options: Any) -> AsyncIterator[tuple[Hub, str]]:
-    """A running hub (``Hub(db_path, **options)``) with a slot ``slot``, and that slot's token."""
-    async with Hub(db_path, **options) as hub:
+async def hub_with_slot(db_path: Path, slot: str = "s1", **options: Any) -> AsyncIterator[tuple[RecordingHub, str]]:
+    """A running hub (``RecordingHub(db_path, **options)``) with a slot ``slot``, and that slot's token."""
+    async with RecordingHub(db_path, **options) as hub:
         yield hub, hub.store.add_slot(slot)
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from ksocket import diagnostics, redact
-from ksocket.hub.server import Hub
 from ksocket.hub.store import Store
 from statemachine import table
 from tests.conftest import run_ksocket, write_home_config
+from tests.hubtools import RecordingHub
 
 
 def write_config(home: Path, port: int, token: str) -> None:
@@ -43,7 +43,7 @@ def test_bare_diagnostics_walks_system_config_connect_but_never_authenticates(tm
     async def scenario() -> None:
         with Store(tmp_path / "hub.db") as store:
             token = store.add_slot("diag")
-        async with Hub(tmp_path / "hub.db") as hub:
+        async with RecordingHub(tmp_path / "hub.db") as hub:
             write_config(home, hub.port, token)
             status, output = await diagnose(home)
             assert status == 0, output

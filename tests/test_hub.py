@@ -1,13 +1,15 @@
 """Tests of the reference hub (ksocket.hub): its store, its server on a real socket, its commands.
 
-Every server test runs a ``Hub`` in-process on 127.0.0.1 port 0 and talks to it with the raw
-client of ``tests.hubtools``; the commands run in-process through ``ksocket.cli.main`` or, where
+Every server test runs a hub in-process on 127.0.0.1 port 0 (mostly the ``RecordingHub`` of
+``tests.hubtools``, which records what it hears) and talks to it with the raw client of
+``tests.hubtools``; the commands run in-process through ``ksocket.cli.main`` or, where
 the point is another process sharing the database, as ``python -m ksocket.cli``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -16,6 +18,7 @@ import signal
 import ssl
 import stat
 import sys
+import tracemalloc
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,8 +27,9 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from ksocket import cli
-from ksocket.hub.errors import HubError, NotConnected, UnknownSlot
-from ksocket.hub.server import Hub
+from ksocket.errors import ProtocolError
+from ksocket.hub.errors import HubError, UnknownSlot
+from ksocket.hub.server import Hub, HubObserver
 from ksocket.hub.store import Store
 from ksocket.protocol import (
     CLOSE_AUTH_FAILED,
@@ -40,13 +44,24 @@ from ksocket.protocol import (
     ErrorMessage,
     Heartbeat,
     HeartbeatAck,
+    Message,
     Operation,
     Progress,
     Refused,
     Rejected,
     Result,
+    serialize,
 )
-from tests.hubtools import RawClient, authenticated, hub_with_slot, ksocket, self_signed, until
+from tests.hubtools import (
+    NotConnected,
+    RawClient,
+    RecordingHub,
+    authenticated,
+    hub_with_slot,
+    ksocket,
+    self_signed,
+    until,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -67,9 +82,9 @@ def add_slot(db: Path, name: str = "s1") -> str:
         return store.add_slot(name)
 
 
-def with_hub(db: Path, test: Callable[[Hub], Awaitable[None]], **options: Any) -> None:
+def with_hub(db: Path, test: Callable[[RecordingHub], Awaitable[None]], **options: Any) -> None:
     async def main() -> None:
-        async with Hub(db, **options) as hub:
+        async with RecordingHub(db, **options) as hub:
             await test(hub)
 
     run(main())
@@ -125,7 +140,7 @@ def test_slot_names_are_checked(db: Path) -> None:
 def test_authenticate_records_the_agent_and_its_disconnection(db: Path) -> None:
     token = add_slot(db)
 
-    async def test(hub: Hub) -> None:
+    async def test(hub: RecordingHub) -> None:
         client = await RawClient.open(hub.url)
         assert client.ws.subprotocol == "ksocket.v1"
         reply = await client.authenticate(token, agent="a-1")
@@ -147,7 +162,7 @@ def test_authenticate_records_the_agent_and_its_disconnection(db: Path) -> None:
 def test_a_bad_token_is_rejected_with_4401(db: Path) -> None:
     add_slot(db)
 
-    async def test(hub: Hub) -> None:
+    async def test(hub: RecordingHub) -> None:
         client = await RawClient.open(hub.url)
         reply = await client.authenticate("not-the-token")
         assert isinstance(reply, Rejected) and reply.reason == "invalid-token"
@@ -160,7 +175,7 @@ def test_a_bad_token_is_rejected_with_4401(db: Path) -> None:
 def test_a_revoked_token_is_rejected_and_its_agent_disconnected(db: Path) -> None:
     token = add_slot(db)
 
-    async def test(hub: Hub) -> None:
+    async def test(hub: RecordingHub) -> None:
         client, _ = await authenticated(hub.url, token)
         with Store(db) as other:  # as `ksocket hub token revoke` does, from another process
             assert other.revoke("s1")
@@ -177,7 +192,7 @@ def test_a_revoked_token_is_rejected_and_its_agent_disconnected(db: Path) -> Non
 def test_another_protocol_version_is_rejected_with_4400(db: Path) -> None:
     token = add_slot(db)
 
-    async def test(hub: Hub) -> None:
+    async def test(hub: RecordingHub) -> None:
         client = await RawClient.open(hub.url)
         reply = await client.authenticate(token, protocol=2)
         assert isinstance(reply, Rejected) and reply.reason == "unsupported-protocol"
@@ -189,7 +204,7 @@ def test_another_protocol_version_is_rejected_with_4400(db: Path) -> None:
 def test_a_held_slot_is_refused_unless_the_newcomer_resumes_the_holders_session(db: Path) -> None:
     token = add_slot(db)
 
-    async def test(hub: Hub) -> None:
+    async def test(hub: RecordingHub) -> None:
         holder, session = await authenticated(hub.url, token, agent="a-1")
 
         stranger = await RawClient.open(hub.url)
@@ -219,7 +234,7 @@ def test_a_held_slot_is_refused_unless_the_newcomer_resumes_the_holders_session(
 def test_a_lost_session_is_resumed_and_a_new_installation_gets_a_new_one(db: Path) -> None:
     token = add_slot(db)
 
-    async def test(hub: Hub) -> None:
+    async def test(hub: RecordingHub) -> None:
         client, session = await authenticated(hub.url, token, agent="a-1")
         await hub.drop("s1")
         assert await client.closed() is None  # no close frame: the link was simply lost
@@ -260,7 +275,7 @@ def test_a_session_survives_a_hub_restart(db: Path) -> None:
 
 
 def test_a_client_without_the_subprotocol_is_refused(db: Path) -> None:
-    async def test(hub: Hub) -> None:
+    async def test(hub: RecordingHub) -> None:
         for offered in ([], ["chat"]):
             with pytest.raises(InvalidStatus) as caught:
                 await RawClient.open(hub.url, subprotocols=offered)
@@ -273,7 +288,7 @@ def test_a_client_without_the_subprotocol_is_refused(db: Path) -> None:
 def test_a_client_that_never_authenticates_is_closed_with_4400(db: Path) -> None:
     token = add_slot(db)
 
-    async def test(hub: Hub) -> None:
+    async def test(hub: RecordingHub) -> None:
         silent = await RawClient.open(hub.url)
         assert await silent.closed(timeout=3) == CLOSE_PROTOCOL_ERROR
 
@@ -293,7 +308,7 @@ def test_tokens_are_never_logged(db: Path, caplog: pytest.LogCaptureFixture) -> 
     token = add_slot(db)
     caplog.set_level(logging.DEBUG)
 
-    async def test(hub: Hub) -> None:
+    async def test(hub: RecordingHub) -> None:
         client = await RawClient.open(hub.url)
         assert isinstance(await client.authenticate(token + "x"), Rejected)
         client, _ = await authenticated(hub.url, token)
@@ -319,7 +334,7 @@ def test_tokens_are_never_logged(db: Path, caplog: pytest.LogCaptureFixture) -> 
 def test_heartbeats_are_answered_unless_the_hub_is_told_not_to(db: Path) -> None:
     token = add_slot(db)
 
-    async def test(hub: Hub) -> None:
+    async def test(hub: RecordingHub) -> None:
         client, _ = await authenticated(hub.url, token)
         await client.heartbeat(1)
         assert await client.expect(HeartbeatAck) == HeartbeatAck(n=1)
@@ -340,7 +355,7 @@ def test_heartbeats_are_answered_unless_the_hub_is_told_not_to(db: Path) -> None
 def test_a_silent_agent_is_dropped_with_4408(db: Path) -> None:
     token = add_slot(db)
 
-    async def test(hub: Hub) -> None:
+    async def test(hub: RecordingHub) -> None:
         client, _ = await authenticated(hub.url, token)
         for n in range(4):  # heard from: kept past interval + timeout
             await asyncio.sleep(0.15)
@@ -356,7 +371,7 @@ def test_a_silent_agent_is_dropped_with_4408(db: Path) -> None:
 def test_bad_frames_get_an_error_and_the_link_stays(db: Path) -> None:
     token = add_slot(db)
 
-    async def test(hub: Hub) -> None:
+    async def test(hub: RecordingHub) -> None:
         client, _ = await authenticated(hub.url, token)
         await client.send_text("this is not JSON")
         error = await client.expect(ErrorMessage)
@@ -392,7 +407,7 @@ def test_bad_frames_get_an_error_and_the_link_stays(db: Path) -> None:
 def test_results_are_stored_once_and_acked(db: Path) -> None:
     token = add_slot(db)
 
-    async def test(hub: Hub) -> None:
+    async def test(hub: RecordingHub) -> None:
         op_id = await hub.submit("s1", "system.info")
         client, _ = await authenticated(hub.url, token, agent="a-1")
         assert await client.expect(Operation) == Operation(id=op_id, name="system.info", params={})
@@ -429,7 +444,7 @@ def test_results_are_stored_once_and_acked(db: Path) -> None:
 def test_accepted_refused_progress_and_cancel(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
     token = add_slot(db)
 
-    async def test(hub: Hub) -> None:
+    async def test(hub: RecordingHub) -> None:
         client, _ = await authenticated(hub.url, token)
         first = await hub.submit("s1", "networks.scan", {"targets": ["10.0.0.0/24"]}, id="op-1")
         second = await hub.submit("s1", "hosts.inspect", {"address": "10.0.0.1"})
@@ -468,7 +483,7 @@ def test_accepted_refused_progress_and_cancel(db: Path, capsys: pytest.CaptureFi
 def test_operations_queued_by_another_process_are_sent_and_sent_again_after_a_reconnect(db: Path) -> None:
     token = add_slot(db)
 
-    async def test(hub: Hub) -> None:
+    async def test(hub: RecordingHub) -> None:
         client, session = await authenticated(hub.url, token)
         code, out, err = await ksocket(
             "hub", "run", "s1", "system.info", "--params", '{"verbose": true}', "--db", str(db)
@@ -515,7 +530,7 @@ def test_hub_run_wait_prints_the_result(db: Path) -> None:
             await client.send(Result.failure(id=operation.id, seq=seq, code="timeout", message="too slow"))
         await client.expect(Ack)
 
-    async def test(hub: Hub) -> None:
+    async def test(hub: RecordingHub) -> None:
         client, _ = await authenticated(hub.url, token)
         base = ("hub", "run", "s1", "system.info", "--wait", "--timeout", "20", "--db", str(db))
         # standard output is the JSON alone, for jq; the operation's id goes to standard error
@@ -557,7 +572,7 @@ def test_hub_agents_lists_the_slots(db: Path, capsys: pytest.CaptureFixture[str]
     token = add_slot(db, "s1")
     add_slot(db, "s2")
 
-    async def test(hub: Hub) -> None:
+    async def test(hub: RecordingHub) -> None:
         client, session = await authenticated(hub.url, token, agent="agent-uuid-1")
         await client.heartbeat(1)
         await client.expect(HeartbeatAck)
@@ -572,13 +587,145 @@ def test_hub_agents_lists_the_slots(db: Path, capsys: pytest.CaptureFixture[str]
     with_hub(db, test)
 
 
+# --------------------------------------------------------------------------- observers
+
+
+class CallLog(HubObserver):
+    """Every observer call, in order; for a result, whether the database had it already."""
+
+    def __init__(self) -> None:
+        self.hub: Hub | None = None
+        self.calls: list[tuple[object, ...]] = []
+
+    def on_connect(self, slot: str, session: str) -> None:
+        self.calls.append(("connect", slot))
+
+    def on_message(self, slot: str, message: Message) -> None:
+        stored = isinstance(message, Result) and self.hub is not None and bool(self.hub.results(slot))
+        self.calls.append(("message", slot, message.TYPE, stored))
+
+    def on_bad_frame(self, slot: str, frame: str | bytes, error: ProtocolError) -> None:
+        self.calls.append(("bad frame", slot, frame, error.code))
+
+    def on_disconnect(self, slot: str, close_code: int | None) -> None:
+        self.calls.append(("disconnect", slot, close_code))
+
+
+def test_an_observer_hears_each_connection_in_order_and_each_result_once_stored(db: Path) -> None:
+    token = add_slot(db)
+    observer = CallLog()
+
+    async def main() -> None:
+        async with Hub(db, observer=observer) as hub:
+            observer.hub = hub
+            client, _ = await authenticated(hub.url, token)
+            await client.send_text("{}")
+            await client.expect(ErrorMessage)
+            await client.send(Result.success(id="op", seq=1, data={}))
+            await client.expect(Ack)
+            await client.close()
+            await until(lambda: observer.calls[-1][0] == "disconnect")
+
+    run(main())
+    assert observer.calls == [
+        ("message", "s1", "authenticate", False),
+        ("connect", "s1"),
+        ("bad frame", "s1", "{}", "bad-message"),
+        ("message", "s1", "result", True),
+        ("disconnect", "s1", 1000),
+    ]
+
+
+# --------------------------------------------------------------------------- what a connection costs
+
+MiB = 1024 * 1024
+
+
+def traced() -> int:
+    """The Python memory allocated since tracemalloc started and still held, after a collection."""
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0]
+
+
+def test_an_agents_large_results_leave_nothing_behind_in_the_hub(db: Path) -> None:
+    """The hub keeps no history of what agents sent: ten results of 2 MiB are in the database, not in memory."""
+    token = add_slot(db)
+    frames = [serialize(Result.success(id=f"op-{seq}", seq=seq, data={"blob": "x" * (2 * MiB)})) for seq in range(10)]
+
+    async def main() -> None:
+        async with Hub(db) as hub:
+            client, _ = await authenticated(hub.url, token)
+            tracemalloc.start()
+            try:
+                for seq, frame in enumerate(frames):
+                    await client.send_text(frame)
+                    assert await client.expect(Ack) == Ack(seq=seq)
+                await client.heartbeat(1)  # websockets' parser holds the last frame read until the next one
+                await client.expect(HeartbeatAck)
+                retained = traced()
+            finally:
+                tracemalloc.stop()
+            assert retained < MiB, f"the hub kept {retained / MiB:.1f} MiB of 20 MiB of results"
+            assert [result.seq for result in hub.results("s1")] == list(range(10))
+
+    run(main())
+
+
+class StalledHub(Hub):
+    """A hub whose first ack waits until ``go`` is set: a hub busy with one result while its agent sends more."""
+
+    def __init__(self, db_path: Path) -> None:
+        super().__init__(db_path)
+        self.stalled: Any = None  # the connection the hub is stuck on, once it is
+        self.go = asyncio.Event()
+
+    async def _send(self, link: Any, message: Any) -> bool:
+        if isinstance(message, Ack) and not self.go.is_set():
+            self.stalled = link.ws
+            await self.go.wait()
+        return await super()._send(link, message)
+
+
+def test_a_busy_hub_reads_no_more_than_a_frame_ahead_whatever_its_agent_sends(db: Path) -> None:
+    """An agent sends 24 results of 1 MiB without waiting for acks while the hub is busy with the first: the
+    hub stops reading after the next one (the rest wait in the kernel and the agent), so what a
+    connection costs is bounded in bytes, not in a count of frames of up to 16 MiB each."""
+    token = add_slot(db)
+    frame = serialize(Result.success(id="op", seq=1, data={"blob": "x" * MiB}))
+
+    async def main() -> None:
+        async with StalledHub(db) as hub:
+            client, _ = await authenticated(hub.url, token)
+            tracemalloc.start()
+            try:
+
+                async def flood() -> None:
+                    for _ in range(24):
+                        await client.send_text(frame)
+
+                sender = asyncio.create_task(flood())
+                await until(lambda: hub.stalled is not None)
+                # the hub has read all it will: it paused reading, or read every frame sent
+                await until(lambda: sender.done() or not hub.stalled.transport.is_reading())
+                held = traced()
+            finally:
+                tracemalloc.stop()
+            hub.go.set()
+            await sender
+            for _ in range(24):
+                assert await client.expect(Ack) == Ack(seq=1)
+            assert held < 6 * MiB, f"{held / MiB:.1f} MiB held for one connection"
+
+    run(main())
+
+
 # --------------------------------------------------------------------------- test knobs, TLS, serve
 
 
 def test_send_raw_and_the_knobs_on_an_idle_slot(db: Path) -> None:
     token = add_slot(db)
 
-    async def test(hub: Hub) -> None:
+    async def test(hub: RecordingHub) -> None:
         with pytest.raises(NotConnected):
             await hub.send_raw("s1", "{}")
         with pytest.raises(NotConnected):
@@ -609,7 +756,7 @@ def test_the_hub_serves_wss(db: Path, tmp_path: Path) -> None:
     server_context.load_cert_chain(cert, key)
     client_context = ssl.create_default_context(cafile=str(cert))
 
-    async def test(hub: Hub) -> None:
+    async def test(hub: RecordingHub) -> None:
         assert hub.url.startswith("wss://127.0.0.1:")
         client = await RawClient.open(hub.url, ssl_context=client_context)
         assert isinstance(await client.authenticate(token), Authenticated)

@@ -26,6 +26,7 @@ from statemachine.policy import Clock
 from statemachine.runner import InlineRunner
 from statemachine.session import INBOUND_BACKLOG
 from tests.conftest import write_home_config
+from tests.hubtools import RecordingHub
 from tests.linktools import Recorder
 from tests.tlstools import CertificateAuthority
 
@@ -44,11 +45,11 @@ class FixedClock(Clock):
 
 
 @contextlib.asynccontextmanager
-async def running_hub(tmp_path: Path, **options: Any) -> AsyncIterator[tuple[Hub, str]]:
+async def running_hub(tmp_path: Path, **options: Any) -> AsyncIterator[tuple[RecordingHub, str]]:
     db = tmp_path / "hub.db"
     with Store(db) as store:
         token = store.add_slot(SLOT)
-    async with Hub(db, **options) as hub:
+    async with RecordingHub(db, **options) as hub:
         yield hub, token
 
 
@@ -277,7 +278,7 @@ def test_hub_restart_while_the_agent_runs(tmp_path: Path) -> None:
             link = make_link(tmp_path, agent_settings(hub, token, **SCALED), clock=FixedClock(scale=0.01))
             task = await start(link)
             await hub.wait_connected(SLOT)
-        async with Hub(tmp_path / "hub.db", port=port) as second:
+        async with RecordingHub(tmp_path / "hub.db", port=port) as second:
             await second.wait_connected(SLOT, timeout=10)
             op = await second.submit(SLOT, "system.info")
             assert (await second.wait_result(op)).ok

@@ -2,7 +2,7 @@
 
     tokens.py   slot tokens (made once, kept as SHA-256) and session ids
     store.py    the SQLite database: slots, agents, operations, results
-    server.py   ``Hub``: the WebSocket server, its database poller and the test knobs
+    server.py   ``Hub``: the WebSocket server, its database poller and its observer hooks
     errors.py   ``HubError`` and its kin, under ``KsocketError``
 
 It shares ``ksocket.protocol`` with the agent and nothing else of it. Its commands,

@@ -3,8 +3,7 @@
 KsocketError
 └── HubError              a hub command or call cannot do what was asked
     ├── UnknownSlot       no slot of that name
-    ├── UnknownOperation  no operation with that id
-    └── NotConnected      the slot has no connected agent (test knobs that need one)
+    └── UnknownOperation  no operation with that id
 """
 
 from __future__ import annotations
@@ -21,8 +20,4 @@ class UnknownSlot(HubError):
 
 
 class UnknownOperation(HubError):
-    pass
-
-
-class NotConnected(HubError):
     pass

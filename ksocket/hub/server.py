@@ -31,35 +31,43 @@ slots, and disconnects (4401) a slot whose token was revoked.
 The database is used synchronously from the event loop: every call is one short transaction
 on a local file, and the loop is this hub's only thread.
 
-Test knobs
-----------
-A thin layer on the same machinery, for tests of the agent: ``answer_heartbeats`` and
-``ack_results`` (False makes a hub that stops answering those), ``drop`` (abort the slot's TCP
-connection, no close frame), ``send_raw`` (any frame, even malformed), ``received`` /
-``errors`` / ``close_codes`` (what the slot's agent sent), ``wait_connected`` /
-``wait_disconnected`` / ``wait_received`` / ``wait_result``, and ``submit`` / ``cancel`` /
-``results`` / ``operation``, which go through the database exactly as ``ksocket hub run`` does.
+What a connection holds
+-----------------------
+Nothing of what an agent sent outlives its handling: results go to the database, and the hub
+keeps no history. The socket is read on only once the frame read ahead has been taken
+(``max_queue=0``) and frames are never compressed (one compressed read of 256 KiB could inflate
+to hundreds of MiB), so a connection holds the frame being handled, one more, and the rest of
+one socket read: at most about two frames of ``MAX_FRAME`` bytes, however many its agent
+sends. (websockets' parser keeps the last frame read until the next one arrives: an idle
+agent's next heartbeat.) What the hub sends waits behind websockets' 32 KiB write limit.
+
+Watching a hub
+--------------
+A ``HubObserver`` (none by default) hears every connection, message, bad frame and
+disconnection as it happens, on the event loop; ``tests/hubtools.py`` builds its recording,
+misbehaving hub on it. Callers in the same process queue work with ``submit`` / ``cancel`` and
+read it back with ``results`` / ``operation``, through the database exactly as ``ksocket hub
+run`` does.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import os
 import ssl
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Self
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, NegotiationError
 from websockets.typing import Subprotocol
 
 from ksocket.errors import BadMessage, ProtocolError
-from ksocket.hub.errors import HubError, NotConnected, UnknownOperation
+from ksocket.hub.errors import HubError, UnknownOperation
 from ksocket.hub.store import OperationRecord, Store
 from ksocket.hub.tokens import new_session
 from ksocket.protocol import (
@@ -91,23 +99,12 @@ from ksocket.protocol import (
     serialize,
 )
 
-__all__ = ["ENDPOINT_PATH", "BadFrame", "Hub"]
+__all__ = ["ENDPOINT_PATH", "Hub", "HubObserver"]
 
 logger = logging.getLogger(__name__)
 
 ENDPOINT_PATH = "/api/ksocket/connect"
 """The path agents use by default; the hub accepts a connection on any path."""
-
-M = TypeVar("M", bound=Message)
-T = TypeVar("T")
-
-
-class BadFrame(NamedTuple):
-    """A frame from an agent that ``ksocket.protocol`` refused, and why."""
-
-    frame: str | bytes
-    error: ProtocolError
-
 
 HEARTBEAT_SAVE_INTERVAL = 1.0
 """Seconds between two writes of one agent's last heartbeat time to the database."""
@@ -122,29 +119,33 @@ class _Link:
     session: str
     ws: ServerConnection
     peer: str
-    released: asyncio.Event = field(default_factory=asyncio.Event)
+    released: bool = False
     heartbeat_saved: float = float("-inf")
 
 
-class _Signal:
-    """Wakes everyone waiting for the hub's state to change (a frame, a connection, a drop)."""
+class HubObserver:
+    """What a hub reports as it happens; subclass it and override the calls you need.
 
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
+    Each call is made on the hub's event loop, in the middle of the hub's handling of a
+    connection: it must return at once and must not raise. A connection's calls come in the
+    order of its frames: ``on_message`` with its ``authenticate``, ``on_connect`` once it holds
+    the slot, ``on_message`` / ``on_bad_frame`` for every later frame, ``on_disconnect``.
+    """
 
-    def fire(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
+    def on_connect(self, slot: str, session: str) -> None:
+        """An agent now holds ``slot``, with ``session``."""
 
-    async def wait_for(self, probe: Callable[[], T | None], timeout: float) -> T:
-        """The first value of ``probe()`` that is not None; TimeoutError after ``timeout`` seconds."""
-        async with asyncio.timeout(timeout):
-            while True:
-                event = self._event
-                value = probe()
-                if value is not None:
-                    return value
-                await event.wait()
+    def on_message(self, slot: str, message: Message) -> None:
+        """A message from the agent of ``slot``, once the hub has acted on it (the database
+        holds a result when this is called) and before it answers; the first is the
+        ``authenticate`` that named the slot's token, even if the slot is then refused."""
+
+    def on_bad_frame(self, slot: str, frame: str | bytes, error: ProtocolError) -> None:
+        """A frame from the agent of ``slot`` that the hub answers with an ``error`` frame."""
+
+    def on_disconnect(self, slot: str, close_code: int | None) -> None:
+        """A connection of ``slot`` ended, and no longer holds it: ``close_code`` is the code of the
+        agent's close frame (an echo of the hub's when the hub closed first), None without one."""
 
 
 class _WebsocketsLog(logging.Filter):
@@ -192,7 +193,7 @@ class Hub:
 
     ``host`` / ``port`` are where to listen (port 0: any free port; with a host name that
     resolves to several addresses, ``port`` reports the first socket's). ``ssl_context`` makes
-    it ``wss``. Times are in seconds.
+    it ``wss``. Times are in seconds. ``observer`` hears what happens (``HubObserver``).
     """
 
     def __init__(
@@ -205,7 +206,7 @@ class Hub:
         heartbeat_timeout: float = 30.0,
         auth_timeout: float = 60.0,
         poll_interval: float = 0.05,
-        history: int = 10_000,
+        observer: HubObserver | None = None,
     ) -> None:
         self.db_path = db_path
         self.host = host
@@ -215,16 +216,8 @@ class Hub:
         self.heartbeat_timeout = heartbeat_timeout
         self.auth_timeout = auth_timeout
         self.poll_interval = poll_interval
-        self.answer_heartbeats = True
-        """False: heartbeats are still read, but never answered (a hub that went quiet)."""
-        self.ack_results = True
-        """False: results are still stored, but never acked (the agent will send them again)."""
-        self._history = history
+        self._observer = observer or HubObserver()
         self._links: dict[str, _Link] = {}
-        self._received: dict[str, collections.deque[Message]] = {}
-        self._errors: dict[str, collections.deque[BadFrame]] = {}
-        self._closes: dict[str, collections.deque[int | None]] = {}
-        self._signal = _Signal()
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: Server | None = None
@@ -233,7 +226,7 @@ class Hub:
 
     # ------------------------------------------------------------------ life cycle
 
-    async def __aenter__(self) -> Hub:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -255,6 +248,8 @@ class Hub:
                 select_subprotocol=self._select_subprotocol,
                 ping_interval=None,  # liveness is the protocol's heartbeat, not WebSocket pings
                 max_size=MAX_FRAME,
+                max_queue=0,  # read on only once the frame read ahead is taken: memory bounded in bytes
+                compression=None,  # agents never offer it, and one compressed read could inflate 1000-fold
                 logger=_websockets_logger,
             )
         except OSError as exc:
@@ -338,6 +333,8 @@ class Hub:
             self._closed(link, exc)
         finally:
             self._release(link)
+            close = ws.protocol.close_rcvd
+            self._observer.on_disconnect(link.slot, close.code if close is not None else None)
 
     async def _first_frame(self, ws: ServerConnection, peer: str) -> Authenticate | None:
         try:
@@ -390,7 +387,7 @@ class Hub:
         if slot is None:
             await self._reject(ws, peer, "invalid-token", "unknown or revoked token", CLOSE_AUTH_FAILED)
             return None
-        self._record(self._received, slot).append(auth)
+        self._observer.on_message(slot, auth)
         holder = self._links.get(slot)
         if holder is not None:
             if auth.session != holder.session or auth.agent != holder.agent:
@@ -410,7 +407,7 @@ class Hub:
         link = _Link(slot=slot, agent=auth.agent, session=session, ws=ws, peer=peer)
         self._links[slot] = link
         store.agent_connected(slot, agent=auth.agent, version=auth.version, name=auth.name, session=session)
-        self._signal.fire()
+        self._observer.on_connect(slot, session)
         logger.info(
             "slot %s: agent %s (%s %s) connected from %s, session %s (%s)",
             slot,
@@ -441,24 +438,23 @@ class Hub:
                 continue
             heard = loop.time()
             await self._on_frame(link, frame)
+            del frame  # an idle connection keeps nothing of its last frame (up to MAX_FRAME)
 
     def _closed(self, link: _Link, exc: ConnectionClosed) -> None:
         code = exc.rcvd.code if exc.rcvd is not None else None
-        self._record(self._closes, link.slot).append(code)
         if self._links.get(link.slot) is link:
             how = f"close code {code}" if code is not None else "without a close frame"
             logger.info("slot %s: agent %s disconnected (%s)", link.slot, link.agent, how)
 
     def _release(self, link: _Link) -> None:
         """The link no longer holds its slot (idempotent)."""
-        if link.released.is_set():
+        if link.released:
             return
-        link.released.set()
+        link.released = True
         if self._links.get(link.slot) is link:
             del self._links[link.slot]
             if self._store is not None:
                 self._store.agent_disconnected(link.slot, link.session)
-        self._signal.fire()
 
     async def _send(self, link: _Link, message: Message) -> bool:
         try:
@@ -470,26 +466,45 @@ class Hub:
     async def _on_frame(self, link: _Link, frame: str | bytes) -> None:
         try:
             message = _decode(frame)
+            answer = self._act(link, message)
         except ProtocolError as exc:
-            self._record(self._errors, link.slot).append(BadFrame(frame, exc))
-            self._signal.fire()
+            self._observer.on_bad_frame(link.slot, frame, exc)
             safe = _safe(exc)
             logger.info("slot %s: bad frame from agent %s: %s", link.slot, link.agent, safe)
             await self._send(link, error_reply(safe))
             return
-        self._record(self._received, link.slot).append(message)
-        self._signal.fire()
-        store = self.store
+        self._observer.on_message(link.slot, message)
+        if answer is not None:
+            await self._send(link, answer)
+
+    def _act(self, link: _Link, message: Message) -> Message | None:
+        """Does what ``message`` asks of the hub; returns the answer to send, if any.
+        BadMessage for a message an agent has no business sending now."""
         if isinstance(message, Heartbeat):
-            now = asyncio.get_running_loop().time()
-            if now - link.heartbeat_saved >= HEARTBEAT_SAVE_INTERVAL:  # a durable write per frame stalls the loop
-                link.heartbeat_saved = now
-                store.agent_heartbeat(link.slot, link.session)
-            if self.answer_heartbeats:
-                await self._send(link, HeartbeatAck(n=message.n))
-        elif isinstance(message, Result):
-            await self._on_result(link, message)
-        elif isinstance(message, Accepted):
+            return self._on_heartbeat(link, message)
+        if isinstance(message, Result):
+            return self._on_result(link, message)
+        if isinstance(message, Accepted | Refused | Progress):
+            self._on_operation_state(link, message)
+        elif isinstance(message, ErrorMessage):
+            logger.warning("slot %s: agent %s reports %s: %s", link.slot, link.agent, message.code, message.message)
+        elif isinstance(message, Authenticate):
+            raise BadMessage(f"{BadMessage.code}: already authenticated; authenticate is only the first frame")
+        else:
+            assert not isinstance(message, FROM_AGENT)
+            raise BadMessage(f'{BadMessage.code}: "{message.TYPE}" is a message of the hub, not of an agent')
+        return None
+
+    def _on_heartbeat(self, link: _Link, heartbeat: Heartbeat) -> HeartbeatAck:
+        now = asyncio.get_running_loop().time()
+        if now - link.heartbeat_saved >= HEARTBEAT_SAVE_INTERVAL:  # a durable write per frame stalls the loop
+            link.heartbeat_saved = now
+            self.store.agent_heartbeat(link.slot, link.session)
+        return HeartbeatAck(n=heartbeat.n)
+
+    def _on_operation_state(self, link: _Link, message: Accepted | Refused | Progress) -> None:
+        store = self.store
+        if isinstance(message, Accepted):
             if not store.mark_accepted(link.slot, message.id):
                 logger.debug("slot %s: accepted for operation %s, which is not waiting", link.slot, message.id)
         elif isinstance(message, Refused):
@@ -497,33 +512,20 @@ class Hub:
                 logger.info(
                     "slot %s: operation %s refused: %s: %s", link.slot, message.id, message.reason, message.message
                 )
-        elif isinstance(message, Progress):
-            store.mark_progress(link.slot, message.id, message.done, message.total)
-        elif isinstance(message, ErrorMessage):
-            logger.warning("slot %s: agent %s reports %s: %s", link.slot, link.agent, message.code, message.message)
         else:
-            if isinstance(message, Authenticate):
-                text = "already authenticated; authenticate is only the first frame"
-            else:
-                assert not isinstance(message, FROM_AGENT)
-                text = f'"{message.TYPE}" is a message of the hub, not of an agent'
-            self._record(self._errors, link.slot).append(BadFrame(frame, BadMessage(f"bad-message: {text}")))
-            await self._send(link, ErrorMessage(code=BadMessage.code, message=text))
+            store.mark_progress(link.slot, message.id, message.done, message.total)
 
-    async def _on_result(self, link: _Link, result: Result) -> None:
+    def _on_result(self, link: _Link, result: Result) -> Ack | ErrorMessage:
         try:
             new = self.store.add_result(link.slot, link.agent, result)
         except HubError as exc:
-            await self._send(link, ErrorMessage(code=BadMessage.code, message=str(exc)))
-            return
-        self._signal.fire()
+            return ErrorMessage(code=BadMessage.code, message=str(exc))
         if new:
             outcome = "ok" if result.ok else f"failed: {result.error.code if result.error else '?'}"
             logger.info("slot %s: result seq %d for operation %s (%s)", link.slot, result.seq, result.id, outcome)
         else:
             logger.debug("slot %s: result seq %d already received; acking it again", link.slot, result.seq)
-        if self.ack_results:
-            await self._send(link, Ack(seq=result.seq))
+        return Ack(seq=result.seq)
 
     # ------------------------------------------------------------------ the poller
 
@@ -556,12 +558,7 @@ class Hub:
             if link_or_none is not None and await self._send(link_or_none, Cancel(id=op.id)):
                 logger.info("slot %s: sent cancel of operation %s", op.slot, op.id)
 
-    # ------------------------------------------------------------------ the API for callers and tests
-
-    def _record(self, table: dict[str, collections.deque[T]], slot: str) -> collections.deque[T]:
-        if slot not in table:
-            table[slot] = collections.deque(maxlen=self._history)
-        return table[slot]
+    # ------------------------------------------------------------------ the API for callers
 
     def connected(self, slot: str) -> bool:
         """Whether an authenticated agent holds ``slot`` now."""
@@ -571,61 +568,6 @@ class Hub:
         """The session id of the connection holding ``slot``, or None."""
         link = self._links.get(slot)
         return link.session if link is not None else None
-
-    async def wait_connected(self, slot: str, timeout: float = 5.0) -> str:
-        """Waits until an agent holds ``slot``; returns its session id. TimeoutError if none does in time."""
-        return await self._signal.wait_for(lambda: self.session(slot), timeout)
-
-    async def wait_disconnected(self, slot: str, timeout: float = 5.0) -> None:
-        """Waits until no agent holds ``slot``. TimeoutError if one still does after ``timeout``."""
-        await self._signal.wait_for(lambda: True if slot not in self._links else None, timeout)
-
-    async def drop(self, slot: str) -> None:
-        """Aborts the TCP connection of ``slot`` without a close frame (a lost link), and waits
-        until the hub has let go of it: the slot is free when this returns."""
-        link = self._links.get(slot)
-        if link is None:
-            raise NotConnected(f"slot {slot!r} has no connected agent")
-        logger.info("slot %s: dropping the connection of agent %s (test knob)", slot, link.agent)
-        link.ws.transport.abort()
-        await asyncio.wait_for(link.released.wait(), 5.0)
-
-    async def send_raw(self, slot: str, frame: str | bytes) -> None:
-        """Sends ``frame`` as it is (text, or bytes as a binary frame) to the agent holding ``slot``."""
-        link = self._links.get(slot)
-        if link is None:
-            raise NotConnected(f"slot {slot!r} has no connected agent")
-        try:
-            await link.ws.send(frame)
-        except ConnectionClosed:
-            raise NotConnected(f"the connection of slot {slot!r} closed before the frame went out") from None
-
-    def received(self, slot: str) -> list[Message]:
-        """The messages the agents of ``slot`` sent, oldest first, across connections
-        (including their ``authenticate``; frames that failed to parse are in ``errors``)."""
-        return list(self._received.get(slot, ()))
-
-    def errors(self, slot: str) -> list[BadFrame]:
-        """The frames from the agents of ``slot`` that the hub answered with an ``error`` frame."""
-        return list(self._errors.get(slot, ()))
-
-    def close_codes(self, slot: str) -> list[int | None]:
-        """For each ended connection of ``slot``: the code of the agent's close frame (an echo of
-        the hub's when the hub closed first), or None when it ended without one."""
-        return list(self._closes.get(slot, ()))
-
-    async def wait_received(
-        self, slot: str, kind: type[M], timeout: float = 5.0, where: Callable[[M], bool] | None = None
-    ) -> M:
-        """The first message of type ``kind`` (matching ``where``) that ``slot`` has received."""
-
-        def probe() -> M | None:
-            for message in self._received.get(slot, ()):
-                if isinstance(message, kind) and (where is None or where(message)):
-                    return message
-            return None
-
-        return await self._signal.wait_for(probe, timeout)
 
     async def submit(self, slot: str, name: str, params: JSONObject | None = None, id: str | None = None) -> str:
         """Queues operation ``name`` for ``slot`` in the database, as ``ksocket hub run`` does; returns its id.
@@ -653,12 +595,3 @@ class Hub:
     def results(self, slot: str) -> list[Result]:
         """Every result stored for ``slot``, in the order received (each (agent, seq) once)."""
         return [record.to_message() for record in self.store.results(slot)]
-
-    async def wait_result(self, op_id: str, timeout: float = 5.0) -> Result:
-        """The result of operation ``op_id``, once stored. TimeoutError if none comes in time."""
-
-        def probe() -> Result | None:
-            record = self.store.result_for(op_id)
-            return record.to_message() if record is not None else None
-
-        return await self._signal.wait_for(probe, timeout)
