@@ -9,11 +9,12 @@ keeps its journal in memory, for tests of the link and for ``ksocket diagnostics
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Protocol
 
 from ksocket import protocol
 from ksocket.collectors import system
-from ksocket.collectors.base import NullContext, OperationFailed
+from ksocket.collectors.base import Context, Document, NullContext, OperationFailed
 from ksocket.protocol import Accepted, Admission, Operation, Progress, Refused, Result
 
 
@@ -39,9 +40,11 @@ class OperationRunner(Protocol):
 
 class InlineRunner:
     """Runs ``system.info`` as it admits it (in a thread, off the link's event loop); refuses other
-    operations. Memory only: nothing survives a restart."""
+    operations. Memory only: nothing survives a restart. ``collect`` is the body it runs for
+    ``system.info``: the real collector unless a test of the link needs one that takes no time."""
 
-    def __init__(self) -> None:
+    def __init__(self, collect: Callable[[Document, Context], Document] = system.collect) -> None:
+        self._collect = collect
         self._seq = 0
         self._done: dict[str, Result] = {}
         self._journal: dict[int, Result] = {}
@@ -55,7 +58,7 @@ class InlineRunner:
         self._seq += 1
         seq = self._seq
         try:
-            data = await asyncio.to_thread(system.collect, operation.params, NullContext())
+            data = await asyncio.to_thread(self._collect, operation.params, NullContext())
         except OperationFailed as exc:
             result = Result.failure(id=operation.id, seq=seq, code=exc.code, message=str(exc))
         else:

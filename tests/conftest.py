@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -11,23 +12,51 @@ import pytest
 from ksocket import redact
 from tests.timing import scaled
 
-TIERS = ("unit", "peer", "redis", "lab", "slow")
-"""Every test is in exactly one tier (pyproject.toml describes them); a test that names none is ``unit``.
-``inv test --fast`` runs the unit tier alone."""
+NEEDS = ("peer", "redis", "lab", "slow")
+"""What a test may need beyond this process (pyproject.toml describes each marker); a test is marked with
+every one it needs, and a test that needs none of them is ``unit``: ``inv test --fast`` runs those alone."""
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     default_timeout = float(config.getini("timeout") or 0)
     for item in items:
-        tiers = {marker.name for marker in item.iter_markers() if marker.name in TIERS}
-        if len(tiers) > 1:
-            raise pytest.UsageError(f"{item.nodeid}: in more than one tier: {sorted(tiers)}")
-        if not tiers:
+        needs = {marker.name for marker in item.iter_markers() if marker.name in NEEDS}
+        if not needs:
             item.add_marker(pytest.mark.unit)
+        elif item.get_closest_marker("unit"):
+            raise pytest.UsageError(f"{item.nodeid}: marked unit, but it needs {', '.join(sorted(needs))}")
         limit = item.get_closest_marker("timeout")
         seconds = float(limit.args[0] if limit.args else limit.kwargs["timeout"]) if limit else default_timeout
         if seconds:
             item.add_marker(pytest.mark.timeout(scaled(seconds)), append=False)
+
+
+@pytest.fixture(autouse=True)
+def logging_as_it_was() -> Iterator[None]:
+    """A test that runs a command in this process (which sets up ksocket's logging: root level, handlers)
+    leaves the root logger as it found it, so that no later test logs at its level (pytest keeps every
+    record it captures: a DEBUG level left behind holds whole frames in memory)."""
+    root = logging.getLogger()
+    level, handlers = root.level, set(root.handlers)
+    yield
+    root.setLevel(level)
+    for handler in root.handlers[:]:
+        if handler not in handlers and not type(handler).__module__.startswith("_pytest"):
+            root.removeHandler(handler)
+            handler.close()
+
+
+PROXY_VARIABLES = ("all_proxy", "https_proxy", "http_proxy", "wss_proxy", "ws_proxy", "socks_proxy", "no_proxy")
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_from_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The link honours the proxy variables (as a person's shell has them): the tests' hubs are on loopback,
+    and only the proxy tests set them, to proxies of their own."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
 
 
 @pytest.fixture(autouse=True)

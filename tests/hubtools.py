@@ -40,13 +40,14 @@ from ksocket.protocol import (
     parse,
     serialize,
 )
+from tests.timing import scaled
 
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
-TIMEOUT = 5.0
+TIMEOUT = scaled(5.0)
 """How long a test waits for something that should happen (it usually takes milliseconds)."""
 QUIET = 0.3
 """How long a test listens to be sure that nothing comes."""

@@ -46,10 +46,11 @@ from tasks.operations import QUEUE, REGISTRY, register
 from tasks.pipeline import Timings, add_policy
 from tasks.pipeline import start_worker as start_dramatiq_worker
 from tasks.runner import PipelineRunner
+from tests.timing import scaled
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-TIMEOUT = 20.0
+TIMEOUT = scaled(20.0)
 """How long a test waits for something that should happen (it usually takes far less)."""
 
 FAST = Timings(

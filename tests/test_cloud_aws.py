@@ -38,6 +38,8 @@ from tests.cloudtools import (
 )
 from tests.conftest import run_ksocket, write_home_config
 
+pytestmark = pytest.mark.peer
+
 REGION = "us-east-2"
 LINUX_AMI = "ami-1e749f67"  # ubuntu in moto's image list
 WINDOWS_AMI = "ami-03cf127a"

@@ -34,6 +34,8 @@ from tests.cloudtools import (
 from tests.conftest import run_ksocket, write_home_config
 from tests.tlstools import CertificateAuthority
 
+pytestmark = pytest.mark.peer
+
 CLIENT_ID = "app-reader"
 SECRET = "reader-secret-Qx8~value-0123456789"
 AZURE_VARIABLES = [

@@ -20,6 +20,8 @@ from tasks import compat
 from tasks.broker import EmbeddedRedis, KsocketBroker, create_broker
 from tests.pipelinetools import embedded_url, kill_embedded
 
+pytestmark = pytest.mark.redis
+
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[KsocketBroker]:

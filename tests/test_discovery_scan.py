@@ -13,7 +13,7 @@ from ksocket.collectors.discovery.targets import parse_targets, to_int
 from tests.lab import SCANNER_MAC, TUNNEL_PEER, Lab
 from tests.labtools import make_lab, scan_in, scan_lab  # noqa: F401  (fixtures)
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(300)]
 
 
 def found(result: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -14,11 +14,14 @@ import dataclasses
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from ksocket.config import Settings
 from ksocket.hub.server import Hub
@@ -30,7 +33,9 @@ from tasks.runner import PipelineRunner
 from tests.conftest import write_home_config
 from tests.hubtools import RecordingHub
 from tests.linktools import Recorder
-from tests.pipelinetools import REDIS_SERVER, free_port, kill_embedded, runs, wait_until
+from tests.pipelinetools import REDIS_SERVER, TIMEOUT, free_port, kill_embedded, runs, wait_until
+
+pytestmark = [pytest.mark.peer, pytest.mark.redis, pytest.mark.slow]
 
 SLOT = "faults"
 OPERATIONS = 200
@@ -64,6 +69,15 @@ async def wait_all(hub: RecordingHub, ids: list[str], timeout: float = 120) -> N
     async with asyncio.timeout(timeout):
         for op_id in ids:
             await hub.wait_result(op_id, timeout=timeout)
+
+
+async def barrier(hub: RecordingHub) -> str:
+    """Runs one more operation to its result and returns its id. The agent hands operations to the runner in
+    arrival order and sends results in seq order, re-sent ones first after a resume: whatever the earlier
+    operations were still going to send has reached the hub before this result does."""
+    op_id = await hub.submit(SLOT, "test.counted", {"seconds": 0})
+    await hub.wait_result(op_id, timeout=TIMEOUT)
+    return op_id
 
 
 @contextlib.asynccontextmanager
@@ -117,7 +131,7 @@ def test_link_dropped_at_random_moments_while_operations_run(tmp_path: Path) -> 
                         await wait_all(hub, ids)
                     finally:
                         dropping.cancel()
-                await asyncio.sleep(0.5)  # late duplicates, if any, would arrive now
+                accepted.add(await barrier(hub))  # late duplicates, if any, have arrived by now
                 assert_exactly_one_result_each(hub, accepted)
                 assert len(accepted) == rounds * OPERATIONS
                 assert_each_ran_once(link, accepted)
@@ -290,6 +304,12 @@ class DurableRedis:
              "--logfile", str(self.folder / "redis.log")],
         )  # fmt: skip
 
+    def answers(self) -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(7) == b"+PONG\r\n"
+        return False
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()
@@ -306,7 +326,7 @@ def test_shared_redis_restarted_under_load_loses_nothing(tmp_path: Path) -> None
             token = hub.store.add_slot(SLOT)
             settings = agent_settings(hub, token, f"redis://127.0.0.1:{redis.port}/0")
             redis.start()
-            await asyncio.sleep(0.5)
+            await wait_until(redis.answers)
             accepted: set[str] = set()
             async with agent(settings, tmp_path):
                 await hub.wait_connected(SLOT)
@@ -318,7 +338,7 @@ def test_shared_redis_restarted_under_load_loses_nothing(tmp_path: Path) -> None
                     await asyncio.sleep(0.5)
                     redis.start()
                     await wait_all(hub, ids)
-                await asyncio.sleep(0.5)
+                accepted.add(await barrier(hub))  # late duplicates, if any, have arrived by now
             assert_exactly_one_result_each(hub, accepted)
 
     try:

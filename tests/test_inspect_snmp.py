@@ -35,7 +35,10 @@ from ksocket.collectors.inspect.snmp import MAX_VALUE_BYTES, SNMPInspector
 from ksocket.credentials.models import AuthData, SNMPCredential
 from tests.snmpdtools import SNMPD, HostileAgent, Snmpd, StaticAgent, User
 
-pytestmark = pytest.mark.skipif(not Path(SNMPD).exists(), reason="net-snmp's snmpd is not installed")
+pytestmark = [
+    pytest.mark.peer,
+    pytest.mark.skipif(not Path(SNMPD).exists(), reason="net-snmp's snmpd is not installed"),
+]
 
 ADDRESS = "127.0.0.41"
 AUTH = "shaauthpass1"
@@ -306,6 +309,7 @@ print(json.dumps(results))
 """
 
 
+@pytest.mark.lab
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None, reason="the lab needs root and iproute2")
 def test_in_the_lab_a_host_reports_its_interface_and_the_scanner_in_its_arp_table() -> None:
     from tests.lab import Lab

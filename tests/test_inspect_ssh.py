@@ -28,7 +28,10 @@ from tests import sshdtools
 from tests.conftest import write_home_config
 from tests.sshdtools import PASSWORD, USER, Sshd, credential_file
 
-pytestmark = pytest.mark.skipif(sshdtools.available() is not None, reason=str(sshdtools.available()))
+pytestmark = [
+    pytest.mark.peer,
+    pytest.mark.skipif(sshdtools.available() is not None, reason=str(sshdtools.available())),
+]
 
 A = "127.0.0.11"
 B = "127.0.0.12"

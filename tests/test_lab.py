@@ -8,8 +8,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.lab import ETC_NETNS, ROOT, Lab, lab_namespaces, processes_in, remove_stale
 from tests.labtools import lab_prefix, make_lab, require_lab  # noqa: F401  (fixture)
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 
 def test_up_and_down_leave_nothing_behind(make_lab) -> None:  # noqa: F811

@@ -53,6 +53,8 @@ from tests.pipelinetools import (
     wait_until,
 )
 
+pytestmark = pytest.mark.redis
+
 
 @pytest.fixture
 def url(tmp_path: Path) -> Iterator[str]:

@@ -32,6 +32,8 @@ from tests.pipelinetools import (
     wait_until,
 )
 
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
+
 
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:

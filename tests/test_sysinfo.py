@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
+
 from ksocket.collectors import sysinfo
 from tests.lab import SCANNER_MAC, TUNNEL_LOCAL, TUNNEL_PEER, Lab
 from tests.labtools import make_lab  # noqa: F401  (fixture)
 
 
+@pytest.mark.lab
 def test_interfaces_and_routes_of_the_scanner_namespace(make_lab) -> None:  # noqa: F811
     lab: Lab = make_lab().flat(3).routed(2).tunnel(1).up()
     code = "import json; from ksocket.collectors import system; from ksocket.collectors.base import NullContext; "
