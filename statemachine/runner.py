@@ -14,7 +14,7 @@ import socket
 from typing import Protocol
 
 from ksocket import __version__, protocol
-from ksocket.protocol import Accepted, Admission, Operation, Progress, Refused, Result
+from ksocket.protocol import Accepted, Admission, ErrorCode, Operation, Progress, Refused, Result
 
 
 class OperationRunner(Protocol):
@@ -50,7 +50,9 @@ class InlineRunner:
         if operation.id in self._done:
             return self._done[operation.id]
         if operation.name != "system.info":
-            return Refused(id=operation.id, reason="unknown-operation", message=f"no operation {operation.name!r}")
+            return Refused(
+                id=operation.id, reason=ErrorCode.UNKNOWN_OPERATION, message=f"no operation {operation.name!r}"
+            )
         self._seq += 1
         data = {"version": __version__, "hostname": socket.gethostname(), "os": platform.platform()}
         result = Result.success(id=operation.id, seq=self._seq, data=data)
