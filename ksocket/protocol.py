@@ -23,7 +23,8 @@ Design
 * Every code that goes on the wire (an ``error`` frame's ``code``, a ``rejected`` or
   ``refused`` frame's ``reason``, a failed result's ``error.code``) is an ``ErrorCode``;
   protocol.md's "Errors" table lists the same codes, and a test keeps the two equal. The
-  frame errors live here with their codes (``ksocket.errors`` draws the whole tree).
+  frame errors (``ProtocolError``) live here with their codes, since ``ksocket.errors``
+  sits below this module and cannot import it; it still draws them in the whole tree.
 * Forward compatibility: unknown fields are ignored. Strictness where it matters: a JSON
   ``true`` is not an integer, counters are non-negative, ids are non-empty, ``NaN`` and
   ``Infinity`` are refused, frames are at most ``MAX_FRAME`` bytes of UTF-8.
@@ -111,7 +112,7 @@ class ErrorCode(StrEnum):
     UNKNOWN_TYPE = "unknown-type"  # a well-formed frame of a ``type`` the receiver does not know
 
     # a ``rejected`` frame's reason, hub → agent
-    INVALID_TOKEN = "invalid-token"  # noqa: S105 (a reason, not a secret): the token is unknown or revoked
+    INVALID_TOKEN = "invalid-token"  # the token is unknown or revoked  # noqa: S105 (a reason, not a secret)
     SLOT_IN_USE = "slot-in-use"  # another agent holds the token's slot
     UNSUPPORTED_PROTOCOL = "unsupported-protocol"  # the hub does not speak the agent's protocol version
 
@@ -123,27 +124,31 @@ class ErrorCode(StrEnum):
     # a failed result's error.code, agent → hub (hosts.inspect also puts them in a protocol's error entry)
     CANCELLED = "cancelled"  # the hub cancelled the operation
     TIMEOUT = "timeout"  # no answer in time, or the operation exceeded its time limit
-    UNREACHABLE = "unreachable"  # no route, refused or reset: the host or service is not there
-    AUTH_FAILED = "auth-failed"  # the peer refused the credential
+    UNREACHABLE = "unreachable"  # no route, refused or reset: the host, service or cloud API is not there
+    AUTH_FAILED = "auth-failed"  # the peer (a host, a cloud API) refused the credential
     NO_CREDENTIAL = "no-credential"  # no credential serves the address (or the cloud account)
     HOST_KEY_CHANGED = "host-key-changed"  # SSH: the host presents another key than the one remembered
     PROTOCOL_ERROR = "protocol-error"  # the peer answered, but not as its protocol says it should
-    UNSUPPORTED = "unsupported"  # hosts.inspect: this version cannot inspect with that protocol
-    INTERRUPTED = "interrupted"  # the worker stopped under the operation (it normally runs again)
+    UNSUPPORTED = "unsupported"  # hosts.inspect: this version of the agent cannot inspect with that protocol
+    INTERRUPTED = "interrupted"  # the worker stopped under the operation; it normally runs again instead
     INTERNAL = "internal"  # anything else: a fault of the agent or of its host
 
 
 class ProtocolError(KsocketError):
-    """A frame that breaks the wire protocol; ``code`` is the ``error`` frame that answers it."""
+    """A frame that breaks the wire protocol; ``code`` is that of the ``error`` frame answering it."""
 
     code: ClassVar[ErrorCode] = ErrorCode.BAD_MESSAGE
 
 
 class BadMessage(ProtocolError):
+    """Not JSON, no ``type``, or a field of the wrong shape."""
+
     code = ErrorCode.BAD_MESSAGE
 
 
 class UnknownType(ProtocolError):
+    """A well-formed frame of a ``type`` this side does not know."""
+
     code = ErrorCode.UNKNOWN_TYPE
 
 

@@ -82,7 +82,7 @@ Collect = Callable[[Document, Context], Document]
 
 
 class OperationFailed(KsocketError):
-    """An operation's failure as the hub sees it: ``code`` (protocol.md's error codes) and one line."""
+    """An operation's failure as the hub sees it: an ``ErrorCode`` (protocol.md, "Errors") and one line."""
 
     def __init__(self, code: ErrorCode, message: str, *, transient: bool = False) -> None:
         super().__init__(message)
