@@ -20,6 +20,11 @@ Design
   ``BadMessage`` / ``UnknownType`` whose text is one line for a person, starting with
   the error code (``bad-message: field "seq" of "result" must be ...``).
   ``error_reply`` turns such an exception into the ``error`` frame the protocol asks for.
+* Every code that goes on the wire (an ``error`` frame's ``code``, a ``rejected`` or
+  ``refused`` frame's ``reason``, a failed result's ``error.code``) is an ``ErrorCode``;
+  protocol.md's "Errors" table lists the same codes, and a test keeps the two equal. The
+  frame errors (``ProtocolError``) live here with their codes, since ``ksocket.errors``
+  sits below this module and cannot import it; it still draws them in the whole tree.
 * Forward compatibility: unknown fields are ignored. Strictness where it matters: a JSON
   ``true`` is not an integer, counters are non-negative, ids are non-empty, ``NaN`` and
   ``Infinity`` are refused, frames are at most ``MAX_FRAME`` bytes of UTF-8.
@@ -33,9 +38,10 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final, Literal, NamedTuple, TypeAlias
+from enum import StrEnum
+from typing import Any, ClassVar, Final, Literal, NamedTuple, TypeAlias, get_args
 
-from ksocket.errors import BadMessage, ProtocolError, UnknownType
+from ksocket.errors import KsocketError
 
 __all__ = [
     "CLOSE_AUTH_FAILED",
@@ -53,7 +59,9 @@ __all__ = [
     "Admission",
     "Authenticate",
     "Authenticated",
+    "BadMessage",
     "Cancel",
+    "ErrorCode",
     "ErrorInfo",
     "ErrorMessage",
     "Heartbeat",
@@ -62,11 +70,13 @@ __all__ = [
     "Message",
     "Operation",
     "Progress",
+    "ProtocolError",
     "RefuseReason",
     "Refused",
     "RejectReason",
     "Rejected",
     "Result",
+    "UnknownType",
     "error_reply",
     "parse",
     "serialize",
@@ -84,11 +94,69 @@ CLOSE_HEARTBEAT_LOST: Final = 4408
 CLOSE_SLOT_IN_USE: Final = 4409
 
 JSONObject: TypeAlias = dict[str, Any]
-RejectReason: TypeAlias = Literal["invalid-token", "slot-in-use", "unsupported-protocol"]
-RefuseReason: TypeAlias = Literal["quota", "unknown-operation", "invalid-params"]
 
-_REJECT_REASONS: Final = ("invalid-token", "slot-in-use", "unsupported-protocol")
-_REFUSE_REASONS: Final = ("quota", "unknown-operation", "invalid-params")
+
+# --------------------------------------------------------------------------- errors
+
+
+class ErrorCode(StrEnum):
+    """Every code that goes on the wire; protocol.md's "Errors" table says who sends each.
+
+    A member is its string (``ErrorCode.TIMEOUT == "timeout"``, and JSON writes it as such),
+    so frames carry exactly the text of the protocol. A peer may send a code this version
+    does not know: ``ErrorInfo.code`` and ``ErrorMessage.code`` stay plain strings on reading.
+    """
+
+    # an ``error`` frame's code, either way
+    BAD_MESSAGE = "bad-message"  # not JSON, no ``type``, or a field of the wrong shape
+    UNKNOWN_TYPE = "unknown-type"  # a well-formed frame of a ``type`` the receiver does not know
+
+    # a ``rejected`` frame's reason, hub → agent
+    INVALID_TOKEN = "invalid-token"  # the token is unknown or revoked  # noqa: S105 (a reason, not a secret)
+    SLOT_IN_USE = "slot-in-use"  # another agent holds the token's slot
+    UNSUPPORTED_PROTOCOL = "unsupported-protocol"  # the hub does not speak the agent's protocol version
+
+    # a ``refused`` frame's reason, agent → hub (invalid-params is also a failed result's code)
+    QUOTA = "quota"  # the agent holds connect.maxOperations operations already
+    UNKNOWN_OPERATION = "unknown-operation"  # the agent has no operation of that name
+    INVALID_PARAMS = "invalid-params"  # the params are wrong: no attempt will change that
+
+    # a failed result's error.code, agent → hub (hosts.inspect also puts them in a protocol's error entry)
+    CANCELLED = "cancelled"  # the hub cancelled the operation
+    TIMEOUT = "timeout"  # no answer in time, or the operation exceeded its time limit
+    UNREACHABLE = "unreachable"  # no route, refused or reset: the host, service or cloud API is not there
+    AUTH_FAILED = "auth-failed"  # the peer (a host, a cloud API) refused the credential
+    NO_CREDENTIAL = "no-credential"  # no credential serves the address (or the cloud account)
+    HOST_KEY_CHANGED = "host-key-changed"  # SSH: the host presents another key than the one remembered
+    PROTOCOL_ERROR = "protocol-error"  # the peer answered, but not as its protocol says it should
+    UNSUPPORTED = "unsupported"  # hosts.inspect: this version of the agent cannot inspect with that protocol
+    INTERRUPTED = "interrupted"  # the worker stopped under the operation; it normally runs again instead
+    INTERNAL = "internal"  # anything else: a fault of the agent or of its host
+
+
+class ProtocolError(KsocketError):
+    """A frame that breaks the wire protocol; ``code`` is that of the ``error`` frame answering it."""
+
+    code: ClassVar[ErrorCode] = ErrorCode.BAD_MESSAGE
+
+
+class BadMessage(ProtocolError):
+    """Not JSON, no ``type``, or a field of the wrong shape."""
+
+    code = ErrorCode.BAD_MESSAGE
+
+
+class UnknownType(ProtocolError):
+    """A well-formed frame of a ``type`` this side does not know."""
+
+    code = ErrorCode.UNKNOWN_TYPE
+
+
+RejectReason: TypeAlias = Literal[ErrorCode.INVALID_TOKEN, ErrorCode.SLOT_IN_USE, ErrorCode.UNSUPPORTED_PROTOCOL]
+RefuseReason: TypeAlias = Literal[ErrorCode.QUOTA, ErrorCode.UNKNOWN_OPERATION, ErrorCode.INVALID_PARAMS]
+
+_REJECT_REASONS: Final[tuple[ErrorCode, ...]] = get_args(RejectReason)
+_REFUSE_REASONS: Final[tuple[ErrorCode, ...]] = get_args(RefuseReason)
 
 
 # --------------------------------------------------------------------------- messages
@@ -185,6 +253,7 @@ class ErrorInfo:
     """Why an operation failed: the ``error`` object of a failed ``result``."""
 
     code: str
+    """An ``ErrorCode`` when this side sends it; read from a peer, any non-empty string."""
     message: str
 
 
@@ -239,6 +308,7 @@ class ErrorMessage:
 
     TYPE: ClassVar[str] = "error"
     code: str
+    """An ``ErrorCode`` when this side sends it; read from a peer, any non-empty string."""
     message: str
 
 
@@ -371,14 +441,14 @@ def _object(obj: Mapping[str, Any], name: str, type_name: str) -> JSONObject:
     return value
 
 
-def _choice(*allowed: str) -> Reader:
+def _choice(*allowed: ErrorCode) -> Reader:
     expected = "one of " + ", ".join(f'"{a}"' for a in allowed)
 
-    def read(obj: Mapping[str, Any], name: str, type_name: str) -> str:
+    def read(obj: Mapping[str, Any], name: str, type_name: str) -> ErrorCode:
         value = obj.get(name)
         if value not in allowed:
             raise _wrong(obj, name, type_name, expected)
-        return str(value)
+        return ErrorCode(value)
 
     return read
 

@@ -28,9 +28,9 @@ from websockets.exceptions import ConnectionClosed
 
 from ksocket import __version__, protocol
 from ksocket.config import Settings
-from ksocket.errors import KsocketError, LinkError, ProtocolError
+from ksocket.errors import KsocketError, LinkError
 from ksocket.identity import Identity
-from ksocket.protocol import Ack, Authenticate, Authenticated, Cancel, Message, Rejected
+from ksocket.protocol import Ack, Authenticate, Authenticated, Cancel, Message, ProtocolError, Rejected
 from statemachine import dial, table
 from statemachine.policy import Clock, resume_delay
 from statemachine.runner import OperationRunner

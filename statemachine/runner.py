@@ -15,7 +15,7 @@ from typing import Protocol
 from ksocket import protocol
 from ksocket.collectors import system
 from ksocket.collectors.base import Context, Document, NullContext, OperationFailed
-from ksocket.protocol import Accepted, Admission, Operation, Progress, Refused, Result
+from ksocket.protocol import Accepted, Admission, ErrorCode, Operation, Progress, Refused, Result
 
 
 class OperationRunner(Protocol):
@@ -54,7 +54,9 @@ class InlineRunner:
         if operation.id in self._done:
             return self._done[operation.id]
         if operation.name != "system.info":
-            return Refused(id=operation.id, reason="unknown-operation", message=f"no operation {operation.name!r}")
+            return Refused(
+                id=operation.id, reason=ErrorCode.UNKNOWN_OPERATION, message=f"no operation {operation.name!r}"
+            )
         self._seq += 1
         seq = self._seq
         try:

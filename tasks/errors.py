@@ -1,19 +1,11 @@
 """The pipeline's errors, and how whatever an operation raises becomes an error code.
 
-An operation ends with a result; a failed one carries ``error.code`` (protocol.md, "Errors").
-The classified error type is the collectors' own :class:`~ksocket.collectors.base.OperationFailed`
-(a code, one line for a person, and a ``transient`` flag); :func:`classify` maps anything else
-an operation body raises onto it at the boundary, as httpcore's ``map_exceptions`` does.
-
-    KsocketError
-    ├── PipelineError            the pipeline itself failed
-    │   └── BrokerError          the broker URL is invalid, or its Redis cannot be started or reached
-    └── OperationFailed          an operation's failure as the hub sees it: code + transient
-        ├── InvalidParams        invalid-params (refused up front; never retried)
-        ├── Cancelled            cancelled (never retried)
-        └── Interrupted          interrupted: this worker is stopping; the operation runs again later
-                                 (also a dramatiq ``Retry``, so the Retries middleware re-enqueues it
-                                 at once, without logging it as an error)
+An operation ends with a result; a failed one carries ``error.code`` (protocol.md, "Errors"), an
+:class:`~ksocket.protocol.ErrorCode`. The classified error type is the collectors' own
+:class:`~ksocket.collectors.base.OperationFailed` (a code, one line for a person, and a ``transient``
+flag); :func:`classify` maps anything else an operation body raises onto it at the boundary, as
+httpcore's ``map_exceptions`` does. This module adds :class:`Interrupted` to that family and the
+pipeline's own :class:`PipelineError`; ``ksocket.errors`` draws the whole tree.
 
 Retry policy lives in :func:`retry_when`, handed to Dramatiq's Retries middleware as an actor
 option: only transient failures are retried, and never those whose code is in :data:`NEVER_RETRIED`
@@ -31,17 +23,10 @@ from dramatiq.middleware import Shutdown, TimeLimitExceeded
 
 from ksocket.collectors.base import Cancelled, InvalidParams, OperationFailed
 from ksocket.errors import KsocketError
+from ksocket.protocol import ErrorCode
 
 __all__ = [
-    "AUTH_FAILED",
-    "CANCELLED",
-    "INTERNAL",
-    "INTERRUPTED",
-    "INVALID_PARAMS",
     "NEVER_RETRIED",
-    "NO_CREDENTIAL",
-    "TIMEOUT",
-    "UNREACHABLE",
     "BrokerError",
     "Cancelled",
     "Interrupted",
@@ -52,16 +37,9 @@ __all__ = [
     "retry_when",
 ]
 
-TIMEOUT: Final = "timeout"
-UNREACHABLE: Final = "unreachable"
-AUTH_FAILED: Final = "auth-failed"
-NO_CREDENTIAL: Final = "no-credential"
-INVALID_PARAMS: Final = "invalid-params"
-CANCELLED: Final = "cancelled"
-INTERNAL: Final = "internal"
-INTERRUPTED: Final = "interrupted"
-
-NEVER_RETRIED: Final = frozenset({AUTH_FAILED, NO_CREDENTIAL, INVALID_PARAMS, CANCELLED})
+NEVER_RETRIED: Final = frozenset(
+    {ErrorCode.AUTH_FAILED, ErrorCode.NO_CREDENTIAL, ErrorCode.INVALID_PARAMS, ErrorCode.CANCELLED}
+)
 """Codes that no number of attempts will change: retrying them only locks accounts or wastes time."""
 
 _UNREACHABLE_ERRNOS: Final = frozenset(
@@ -85,7 +63,7 @@ class Interrupted(OperationFailed, Retry):
     """
 
     def __init__(self, message: str = "the worker is stopping") -> None:
-        super().__init__(INTERRUPTED, message, transient=True)
+        super().__init__(ErrorCode.INTERRUPTED, message, transient=True)
         self.delay = 0
 
 
@@ -99,14 +77,14 @@ def classify(exc: BaseException) -> OperationFailed:
     if isinstance(exc, OperationFailed):
         return exc
     if isinstance(exc, TimeLimitExceeded):
-        return OperationFailed(TIMEOUT, "the operation exceeded its time limit")
+        return OperationFailed(ErrorCode.TIMEOUT, "the operation exceeded its time limit")
     if isinstance(exc, Shutdown):
         return Interrupted()
     if isinstance(exc, TimeoutError):
-        return OperationFailed(TIMEOUT, _one_line(exc), transient=True)
+        return OperationFailed(ErrorCode.TIMEOUT, _one_line(exc), transient=True)
     if isinstance(exc, OSError) and exc.errno in _UNREACHABLE_ERRNOS:
-        return OperationFailed(UNREACHABLE, _one_line(exc), transient=True)
-    return OperationFailed(INTERNAL, _one_line(exc))
+        return OperationFailed(ErrorCode.UNREACHABLE, _one_line(exc), transient=True)
+    return OperationFailed(ErrorCode.INTERNAL, _one_line(exc))
 
 
 def retry_when(max_retries: int) -> Callable[[int, BaseException], bool]:

@@ -34,8 +34,7 @@ from typing import Any, Final, Literal
 
 import redis
 
-from ksocket.protocol import ErrorInfo, JSONObject, Result
-from tasks.errors import CANCELLED
+from ksocket.protocol import ErrorCode, ErrorInfo, JSONObject, Result
 
 EVENTS_MAXLEN: Final = 1000
 DONE_KEPT: Final = 100_000
@@ -46,12 +45,12 @@ def encode_success(data: JSONObject) -> str:
     return json.dumps({"ok": True, "data": data}, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def encode_failure(code: str, message: str) -> str:
+def encode_failure(code: ErrorCode, message: str) -> str:
     error = {"code": code, "message": message}
     return json.dumps({"ok": False, "error": error}, separators=(",", ":"), ensure_ascii=False)
 
 
-_CANCELLED_OUTCOME: Final = encode_failure(CANCELLED, "cancelled")
+_CANCELLED_OUTCOME: Final = encode_failure(ErrorCode.CANCELLED, "cancelled")
 
 
 KEY_NAMES: Final = ("seq", "held", "running", "cancel", "results", "unacked", "events", "done", "lease")

@@ -37,9 +37,10 @@ from dramatiq.message import Message
 from dramatiq.middleware import Middleware, SkipMessage, TimeLimitExceeded
 
 from ksocket.collectors.base import Environment
+from ksocket.protocol import ErrorCode
 from tasks import compat
 from tasks.context import OperationContext
-from tasks.errors import INTERNAL, TIMEOUT, OperationFailed, classify
+from tasks.errors import OperationFailed, classify
 from tasks.journal import Journal, encode_failure, encode_success
 
 log = logging.getLogger("ksocket.tasks")
@@ -52,7 +53,9 @@ def current_context(operation_id: str) -> OperationContext:
     context: OperationContext | None = getattr(_current, "context", None)
     if context is None or context.operation_id != operation_id:
         # Lifecycle did not start it (the journal was unreachable): a transient failure, retried later.
-        raise OperationFailed(INTERNAL, f"operation {operation_id} started without its journal entry", transient=True)
+        raise OperationFailed(
+            ErrorCode.INTERNAL, f"operation {operation_id} started without its journal entry", transient=True
+        )
     return context
 
 
@@ -169,18 +172,18 @@ class Lifecycle(Middleware):
         if isinstance(exception, TimeLimitExceeded):
             limit = message.options.get("time_limit") or broker.get_actor(message.actor_name).options.get("time_limit")
             within = f" of {limit / 1000:g} s" if limit else ""
-            return encode_failure(TIMEOUT, f"{message.actor_name} exceeded its time limit{within}")
+            return encode_failure(ErrorCode.TIMEOUT, f"{message.actor_name} exceeded its time limit{within}")
         failure = classify(exception)
         return encode_failure(failure.code, str(failure))
 
     def _success(self, op_id: str, name: str, context: OperationContext | None) -> str:
         document = context.document if context is not None else None
         if not isinstance(document, dict):
-            return encode_failure(INTERNAL, f"{name} returned {type(document).__name__}, not a JSON object")
+            return encode_failure(ErrorCode.INTERNAL, f"{name} returned {type(document).__name__}, not a JSON object")
         try:
             return encode_success(document)
         except (TypeError, ValueError) as exc:
-            return encode_failure(INTERNAL, f"{name} returned data that JSON cannot carry: {exc}")
+            return encode_failure(ErrorCode.INTERNAL, f"{name} returned data that JSON cannot carry: {exc}")
 
     def before_worker_shutdown(self, broker: Broker, worker: Any) -> None:
         self.stopping.set()
@@ -193,7 +196,7 @@ class Lifecycle(Middleware):
         if op_id is None:
             return
         text = f"no worker could run {message.actor_name} (message dead-lettered)"
-        if self.journal.finish(op_id, encode_failure(INTERNAL, text)) is not None:
+        if self.journal.finish(op_id, encode_failure(ErrorCode.INTERNAL, text)) is not None:
             log.error("operation %s: %s", op_id, text)
 
 

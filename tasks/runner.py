@@ -42,7 +42,7 @@ from ksocket import paths
 from ksocket.collectors.base import Environment
 from ksocket.config import Settings
 from ksocket.identity import Identity
-from ksocket.protocol import Accepted, Admission, Operation, Progress, Refused, Result
+from ksocket.protocol import Accepted, Admission, ErrorCode, Operation, Progress, Refused, Result
 from tasks.broker import NAMESPACE, warn_unless_append_only
 from tasks.errors import BrokerError, InvalidParams, OperationFailed
 from tasks.journal import Held
@@ -231,13 +231,15 @@ class PipelineRunner:
     def _check(self, pipeline: Pipeline, operation: Operation) -> Refused | None:
         spec = self.registry.get(operation.name)
         if spec is None or operation.name not in pipeline.broker.actors:
-            return Refused(id=operation.id, reason="unknown-operation", message=f"no operation {operation.name!r}")
+            return Refused(
+                id=operation.id, reason=ErrorCode.UNKNOWN_OPERATION, message=f"no operation {operation.name!r}"
+            )
         try:
             spec.validate(operation.params, self.environment)
         except InvalidParams as exc:
-            return Refused(id=operation.id, reason="invalid-params", message=str(exc))
+            return Refused(id=operation.id, reason=ErrorCode.INVALID_PARAMS, message=str(exc))
         except OperationFailed as exc:
-            return Refused(id=operation.id, reason="invalid-params", message=f"{exc.code}: {exc}")
+            return Refused(id=operation.id, reason=ErrorCode.INVALID_PARAMS, message=f"{exc.code}: {exc}")
         return None
 
     def _admit(self, pipeline: Pipeline, operation: Operation) -> Admission:
@@ -257,7 +259,7 @@ class PipelineRunner:
         if answer == "quota":
             return Refused(
                 id=operation.id,
-                reason="quota",
+                reason=ErrorCode.QUOTA,
                 message=f"{self.max_operations} operations are queued or running (connect.maxOperations)",
             )
         try:

@@ -25,7 +25,6 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
-from ksocket.errors import ProtocolError
 from ksocket.hub.server import Hub, HubObserver, _Link
 from ksocket.protocol import (
     SUBPROTOCOL,
@@ -35,6 +34,7 @@ from ksocket.protocol import (
     Heartbeat,
     HeartbeatAck,
     Message,
+    ProtocolError,
     Rejected,
     Result,
     parse,

@@ -27,7 +27,6 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from ksocket import cli
-from ksocket.errors import ProtocolError
 from ksocket.hub.errors import HubError, UnknownSlot
 from ksocket.hub.server import Hub, HubObserver
 from ksocket.hub.store import Store
@@ -47,6 +46,7 @@ from ksocket.protocol import (
     Message,
     Operation,
     Progress,
+    ProtocolError,
     Refused,
     Rejected,
     Result,

@@ -28,11 +28,11 @@ from pysnmp.proto.api.verdec import decode_message_version
 
 from ksocket.collectors.base import Cancelled, Environment, NullContext, OperationFailed
 from ksocket.collectors.inspect import hosts
-from ksocket.collectors.inspect.base import AUTH_FAILED, TIMEOUT
 from ksocket.collectors.inspect.hostkeys import HostKeyStore
 from ksocket.collectors.inspect.limiter import HostLimiter
 from ksocket.collectors.inspect.snmp import MAX_VALUE_BYTES, SNMPInspector
 from ksocket.credentials.models import AuthData, SNMPCredential
+from ksocket.protocol import ErrorCode
 from tests.snmpdtools import SNMPD, HostileAgent, Snmpd, StaticAgent, User
 
 pytestmark = [
@@ -163,7 +163,7 @@ def test_v2c_over_ipv6(snmpd: Snmpd) -> None:
 def test_wrong_community_is_auth_failed_because_the_agent_answers_v3(snmpd: Snmpd) -> None:
     started = time.monotonic()
     error = failure(ADDRESS, credential(snmpd.port, timeout=0.5, community="not-the-community"))
-    assert error.code == AUTH_FAILED
+    assert error.code == ErrorCode.AUTH_FAILED
     assert "wrong community" in str(error)
     assert "not-the-community" not in str(error)
     assert time.monotonic() - started < 3
@@ -174,7 +174,7 @@ def test_no_agent_at_all_is_a_timeout_saying_it_cannot_tell() -> None:
         started = time.monotonic()
         error = failure(port.address, credential(port.port, timeout=0.5, community="public"))
         elapsed = time.monotonic() - started
-    assert error.code == TIMEOUT and error.transient
+    assert error.code == ErrorCode.TIMEOUT and error.transient
     assert "no answer" in str(error) and "(wrong community or host down)" in str(error)
     assert elapsed < 3
     assert port.v2c == 1  # retries = 0: one request (and one v3 probe)
@@ -185,7 +185,7 @@ def test_retries_and_retry_interval_are_honoured() -> None:
         error = failure(
             port.address, credential(port.port, timeout=0.3, retries=2, retry_interval=0.4, community="public")
         )
-    assert error.code == TIMEOUT
+    assert error.code == ErrorCode.TIMEOUT
     assert port.v2c == 3
     gaps = [later - earlier for earlier, later in zip(port.v2c_times, port.v2c_times[1:], strict=False)]
     assert all(0.6 <= gap < 1.5 for gap in gaps), gaps  # timeout 0.3 + retryInterval 0.4 apart
@@ -235,14 +235,14 @@ def test_v3_wrong_auth_key_is_auth_failed(snmpd: Snmpd) -> None:
         ADDRESS,
         credential(snmpd.port, username="authsha", auth_protocol="usmHMACSHAAuthProtocol", auth_key="wrong-auth-key"),
     )
-    assert error.code == AUTH_FAILED
+    assert error.code == ErrorCode.AUTH_FAILED
     assert "usmStatsWrongDigests" in str(error)
     assert "wrong-auth-key" not in str(error)
 
 
 def test_v3_unknown_user_is_auth_failed(snmpd: Snmpd) -> None:
     error = failure(ADDRESS, credential(snmpd.port, username="nobody"))
-    assert error.code == AUTH_FAILED and "unknown user 'nobody'" in str(error)
+    assert error.code == ErrorCode.AUTH_FAILED and "unknown user 'nobody'" in str(error)
 
 
 def test_v3_wrong_priv_key_is_auth_failed_not_a_timeout(snmpd: Snmpd) -> None:
@@ -256,7 +256,7 @@ def test_v3_wrong_priv_key_is_auth_failed_not_a_timeout(snmpd: Snmpd) -> None:
         priv_key="wrong-priv-key",
     )
     error = failure(ADDRESS, cred)
-    assert error.code == AUTH_FAILED
+    assert error.code == ErrorCode.AUTH_FAILED
     assert "privKey" in str(error)
 
 
@@ -265,7 +265,7 @@ def test_v3_security_level_below_the_users_is_auth_failed(snmpd: Snmpd) -> None:
     error = failure(
         ADDRESS, credential(snmpd.port, username="privsha", auth_protocol="usmHMACSHAAuthProtocol", auth_key=AUTH)
     )
-    assert error.code == AUTH_FAILED and "authorizationError" in str(error)
+    assert error.code == ErrorCode.AUTH_FAILED and "authorizationError" in str(error)
 
 
 def test_v3_security_level_above_the_users_is_auth_failed(snmpd: Snmpd) -> None:
@@ -279,7 +279,7 @@ def test_v3_security_level_above_the_users_is_auth_failed(snmpd: Snmpd) -> None:
         priv_key=PRIV,
     )
     error = failure(ADDRESS, cred)
-    assert error.code == AUTH_FAILED and "security level" in str(error)
+    assert error.code == ErrorCode.AUTH_FAILED and "security level" in str(error)
 
 
 def test_cancellation_stops_the_walk(snmpd: Snmpd) -> None:
@@ -331,7 +331,7 @@ def test_in_the_lab_a_host_reports_its_interface_and_the_scanner_in_its_arp_tabl
         found["arp"]
     )
     # an address of the lab where no host answers
-    assert nobody["code"] == TIMEOUT and "(wrong community or host down)" in nobody["message"]
+    assert nobody["code"] == ErrorCode.TIMEOUT and "(wrong community or host down)" in nobody["message"]
 
 
 # --- device tables snmpd lacks (LLDP, ENTITY), from a stub serving recorded-shape values ------

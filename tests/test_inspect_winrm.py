@@ -19,11 +19,11 @@ import pytest
 
 from ksocket.collectors.base import Cancelled, Environment, NullContext, OperationFailed
 from ksocket.collectors.inspect import hosts, wmi
-from ksocket.collectors.inspect.base import AUTH_FAILED, NO_CREDENTIAL, TIMEOUT, UNREACHABLE
 from ksocket.collectors.inspect.hostkeys import HostKeyStore
 from ksocket.collectors.inspect.limiter import HostLimiter
 from ksocket.collectors.inspect.winrm import WinRMInspector
 from ksocket.credentials.models import Account, SSHAccount, SSHCredential, WinRMCredential
+from ksocket.protocol import ErrorCode
 from tests.tlstools import CertificateAuthority
 from tests.wsmanserver import RECORDED, WSManServer, closed_port, silent_listener
 
@@ -145,19 +145,19 @@ def test_basic_over_https_checks_the_certificate_when_asked(
     assert inspect("127.0.0.1", credential(port), WinRMInspector(https_ports={port}))["bios"] is not None
     # ... and with the system's CAs this test CA is not trusted
     error = failure("127.0.0.1", credential(port), WinRMInspector(https_ports={port}, verify_tls=True))
-    assert error.code == UNREACHABLE and "TLS" in str(error)
+    assert error.code == ErrorCode.UNREACHABLE and "TLS" in str(error)
 
 
 def test_wrong_password_is_auth_failed(server: WSManServer) -> None:
     error = failure("127.0.0.1", credential(server.port, password="not-the-password"))
-    assert error.code == AUTH_FAILED
+    assert error.code == ErrorCode.AUTH_FAILED
     assert str(CREDENTIAL_FILE) in str(error) and "not-the-password" not in str(error)
 
 
 @pytest.mark.parametrize("username", ["MYDOMAIN\\USER01", "user01@MYDOMAIN"])
 def test_basic_with_a_domain_account_is_refused_before_any_request(server: WSManServer, username: str) -> None:
     error = failure("127.0.0.1", credential(server.port, username, USERS[username], auth_method="basic"))
-    assert error.code == AUTH_FAILED
+    assert error.code == ErrorCode.AUTH_FAILED
     assert 'authMethod = "basic"' in str(error) and 'set authMethod = "ntlm"' in str(error)
     assert str(CREDENTIAL_FILE) in str(error)
     assert server.connections == 0 and server.log == []
@@ -175,14 +175,14 @@ def test_a_basic_domain_account_file_is_found_and_fails_as_that_files_auth_failu
     )
     environment = Environment(tmp_path / "creds", HostLimiter(), HostKeyStore(tmp_path / "known_hosts"))
     section = asyncio.run(hosts.HostInspection(environment).inspect_host("127.0.0.1", ["winrm"]))["winrm"]
-    assert section["error"]["code"] == AUTH_FAILED
+    assert section["error"]["code"] == ErrorCode.AUTH_FAILED
     assert str(basic) in section["error"]["message"] and 'set authMethod = "ntlm"' in section["error"]["message"]
     assert server.connections == 0
 
 
 def test_basic_cannot_encrypt_so_always_is_refused_before_any_request(server: WSManServer) -> None:
     error = failure("127.0.0.1", credential(server.port, message_encryption="always"))
-    assert error.code == AUTH_FAILED and "authMessageEncryption" in str(error)
+    assert error.code == ErrorCode.AUTH_FAILED and "authMessageEncryption" in str(error)
     assert server.connections == 0
 
 
@@ -215,7 +215,7 @@ def test_ntlm_over_https_relies_on_tls_unless_always(https_server: WSManServer) 
 
 def test_ntlm_wrong_password_is_auth_failed(server: WSManServer) -> None:
     error = failure("127.0.0.1", credential(server.port, "MYDOMAIN\\USER01", "wrong", auth_method="ntlm"))
-    assert error.code == AUTH_FAILED and "ntlm" in str(error)
+    assert error.code == ErrorCode.AUTH_FAILED and "ntlm" in str(error)
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1 is deprecated:DeprecationWarning")
@@ -237,7 +237,7 @@ def test_credssp_delegates_and_encrypts(server: WSManServer, disable_tls12: bool
 
 def test_credssp_wrong_password_is_auth_failed(server: WSManServer) -> None:
     error = failure("127.0.0.1", credential(server.port, "MYDOMAIN\\USER01", "wrong", auth_method="credssp"))
-    assert error.code == AUTH_FAILED and "credssp" in str(error)
+    assert error.code == ErrorCode.AUTH_FAILED and "credssp" in str(error)
 
 
 # --- broken replies, broken networks ---------------------------------------------------------
@@ -335,14 +335,14 @@ def test_hostile_numbers_and_deep_json_cost_only_their_values_and_section(server
 @pytest.mark.parametrize("server", [{"create_fault": "the service is down\r\nksocket: all good"}], indirect=True)
 def test_a_fault_reason_is_one_inert_line(server: WSManServer) -> None:
     error = failure("127.0.0.1", credential(server.port))  # XML cannot carry ESC; a line break it can
-    assert error.code == UNREACHABLE and "the service is down" in str(error)
+    assert error.code == ErrorCode.UNREACHABLE and "the service is down" in str(error)
     assert "\n" not in str(error) and "\r" not in str(error)
 
 
 def test_connection_refused_is_unreachable() -> None:
     started = time.monotonic()
     error = failure("127.0.0.1", credential(closed_port(), timeout=2.0))
-    assert error.code == UNREACHABLE and "connection refused" in str(error)
+    assert error.code == ErrorCode.UNREACHABLE and "connection refused" in str(error)
     assert time.monotonic() - started < 2
 
 
@@ -352,7 +352,7 @@ def test_a_silent_server_is_a_timeout() -> None:
         started = time.monotonic()
         error = failure("127.0.0.1", credential(port, timeout=0.5))
         elapsed = time.monotonic() - started
-    assert error.code == TIMEOUT and error.transient
+    assert error.code == ErrorCode.TIMEOUT and error.transient
     assert elapsed < 2
 
 
@@ -461,13 +461,13 @@ def test_ssh_tunnel_login_refused_is_auth_failed(tmp_path: Path) -> None:
         with pytest.raises(OperationFailed) as caught:
             asyncio.run(through_hop(tmp_path, target.port, "wrong"))
         assert target.connections == 0
-    assert caught.value.code == AUTH_FAILED and "sshTunnels hop 127.0.0.1" in str(caught.value)
+    assert caught.value.code == ErrorCode.AUTH_FAILED and "sshTunnels hop 127.0.0.1" in str(caught.value)
 
 
 def test_ssh_tunnels_without_ssh_credentials_is_no_credential(tmp_path: Path) -> None:
     with pytest.raises(OperationFailed) as caught:
         asyncio.run(through_hop(tmp_path, closed_port(), "jump-pass", lookup=False))
-    assert caught.value.code == NO_CREDENTIAL
+    assert caught.value.code == ErrorCode.NO_CREDENTIAL
 
 
 # --- helpers ---------------------------------------------------------------------------------

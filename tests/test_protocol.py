@@ -7,13 +7,14 @@ import dataclasses
 import inspect
 import json
 import random
+import re
 import typing
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ksocket import protocol
-from ksocket.errors import BadMessage, ProtocolError, UnknownType
 from ksocket.protocol import (
     CLOSE_AUTH_FAILED,
     CLOSE_HEARTBEAT_LOST,
@@ -29,7 +30,9 @@ from ksocket.protocol import (
     Ack,
     Authenticate,
     Authenticated,
+    BadMessage,
     Cancel,
+    ErrorCode,
     ErrorInfo,
     ErrorMessage,
     Heartbeat,
@@ -37,9 +40,11 @@ from ksocket.protocol import (
     Message,
     Operation,
     Progress,
+    ProtocolError,
     Refused,
     Rejected,
     Result,
+    UnknownType,
     error_reply,
     parse,
     serialize,
@@ -433,6 +438,69 @@ def test_parse_rejects_non_text_input() -> None:
         parse(123)  # type: ignore[arg-type]
 
 
+# --------------------------------------------------------------------------- error codes
+
+PROTOCOL_MD = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+
+
+def _error_table() -> dict[str, tuple[str, str]]:
+    """protocol.md's table of error codes: code -> (who sends it, in what; what it means)."""
+    section = PROTOCOL_MD.read_text(encoding="utf-8").split("\n## Errors\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([^`]+)` \| ([^|]+) \| ([^|]+) \|$", section, re.MULTILINE)
+    table = {code: (sender.strip(), meaning.strip()) for code, sender, meaning in rows}
+    assert len(table) == len(rows), "a code has two rows"
+    return table
+
+
+def test_protocol_md_lists_every_error_code_and_no_other() -> None:
+    table = _error_table()
+    assert sorted(table) == sorted(ErrorCode)
+    for code, (sender, meaning) in table.items():
+        assert sender.split(",")[0] in ("agent", "hub", "either"), code
+        assert meaning, code
+
+
+def test_protocol_md_says_where_each_reason_goes() -> None:
+    table = _error_table()
+    for reason in typing.get_args(protocol.RejectReason):
+        assert table[reason][0] == "hub, `rejected`"
+    for reason in typing.get_args(protocol.RefuseReason):
+        assert table[reason][0].startswith("agent, `refused`")
+    for frame_error in (BadMessage, UnknownType):
+        assert table[frame_error.code][0] == "either, `error`"
+
+
+def test_error_codes_are_their_wire_text() -> None:
+    assert ErrorCode.TIMEOUT == "timeout"
+    assert {code.value for code in ErrorCode} == {str(code) for code in ErrorCode}
+    assert all(re.fullmatch(r"[a-z]+(-[a-z]+)*", code) for code in ErrorCode)
+    refused = Refused(id="a", reason=ErrorCode.QUOTA, message="full")
+    assert serialize(refused) == '{"type":"refused","id":"a","reason":"quota","message":"full"}'
+    failed = Result.failure(id="a", seq=1, code=ErrorCode.AUTH_FAILED, message="no")
+    assert (
+        serialize(failed)
+        == '{"type":"result","id":"a","seq":1,"ok":false,"error":{"code":"auth-failed","message":"no"}}'
+    )
+    assert serialize(failed) == serialize(Result.failure(id="a", seq=1, code="auth-failed", message="no"))
+
+
+def test_parsed_reasons_are_error_codes() -> None:
+    refused = parse('{"type":"refused","id":"a","reason":"quota","message":""}')
+    assert isinstance(refused, Refused) and refused.reason is ErrorCode.QUOTA
+    rejected = parse('{"type":"rejected","reason":"slot-in-use","message":""}')
+    assert isinstance(rejected, Rejected) and rejected.reason is ErrorCode.SLOT_IN_USE
+    with pytest.raises(BadMessage, match='one of "quota", "unknown-operation", "invalid-params"'):
+        parse('{"type":"refused","id":"a","reason":"timeout","message":""}')
+
+
+def test_a_code_this_version_does_not_know_still_parses() -> None:
+    frame = '{"type":"result","id":"a","seq":1,"ok":false,"error":{"code":"from-the-future","message":""}}'
+    result = parse(frame)
+    assert isinstance(result, Result) and result.error is not None
+    assert result.error.code == "from-the-future"
+    assert parse('{"type":"error","code":"also-new","message":""}') == ErrorMessage(code="also-new", message="")
+
+
 # --------------------------------------------------------------------------- values
 
 
@@ -502,7 +570,7 @@ def test_module_does_no_io() -> None:
             imported.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             imported.add(node.module or "")
-    allowed = {"__future__", "json", "math", "collections.abc", "dataclasses", "typing", "ksocket.errors"}
+    allowed = {"__future__", "json", "math", "collections.abc", "dataclasses", "enum", "typing", "ksocket.errors"}
     assert imported <= allowed
     names = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
     assert not names & {"open", "print", "input", "exec", "eval"}

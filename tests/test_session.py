@@ -6,7 +6,6 @@ import pytest
 
 from ksocket import protocol
 from ksocket.config import Settings
-from ksocket.errors import ProtocolError, UnknownType
 from ksocket.protocol import (
     Accepted,
     Ack,
@@ -17,8 +16,10 @@ from ksocket.protocol import (
     HeartbeatAck,
     Operation,
     Progress,
+    ProtocolError,
     Refused,
     Result,
+    UnknownType,
 )
 from statemachine.session import Lost, Session
 

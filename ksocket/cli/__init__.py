@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from ksocket import redact
 from ksocket.cli.common import Handler, logging_options, subcommand_options
 from ksocket.errors import ConfigError, KsocketError
+from ksocket.protocol import ErrorCode
 
 
 class Command(NamedTuple):
@@ -99,6 +100,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KsocketError as exc:
         print(f"ksocket: error: {redact.redact(str(exc))}", file=sys.stderr)
-        return 2 if getattr(exc, "code", "") == "invalid-params" else 1
+        return 2 if getattr(exc, "code", "") == ErrorCode.INVALID_PARAMS else 1
     except KeyboardInterrupt:
         return 130

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ksocket.errors import KsocketError
+from ksocket.protocol import ErrorCode
 
 if TYPE_CHECKING:
     from ksocket.collectors.inspect.hostkeys import HostKeyStore
@@ -81,9 +82,9 @@ Collect = Callable[[Document, Context], Document]
 
 
 class OperationFailed(KsocketError):
-    """An operation's failure as the hub sees it: ``code`` (protocol.md's error codes) and one line."""
+    """An operation's failure as the hub sees it: an ``ErrorCode`` (protocol.md, "Errors") and one line."""
 
-    def __init__(self, code: str, message: str, *, transient: bool = False) -> None:
+    def __init__(self, code: ErrorCode, message: str, *, transient: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.transient = transient
@@ -91,12 +92,12 @@ class OperationFailed(KsocketError):
 
 class InvalidParams(OperationFailed):
     def __init__(self, message: str) -> None:
-        super().__init__("invalid-params", message)
+        super().__init__(ErrorCode.INVALID_PARAMS, message)
 
 
 class Cancelled(OperationFailed):
     def __init__(self, message: str = "cancelled") -> None:
-        super().__init__("cancelled", message)
+        super().__init__(ErrorCode.CANCELLED, message)
 
 
 class NullContext:

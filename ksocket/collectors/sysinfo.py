@@ -17,6 +17,7 @@ import subprocess
 from typing import Any
 
 from ksocket.collectors.base import Document, OperationFailed
+from ksocket.protocol import ErrorCode
 
 IP = shutil.which("ip") or "/usr/sbin/ip"
 
@@ -32,13 +33,13 @@ def run_ip(*args: str) -> Any:
     try:
         done = subprocess.run([IP, "-j", *args], capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired) as error:
-        raise OperationFailed("internal", f"ip {' '.join(args)}: {error}") from None
+        raise OperationFailed(ErrorCode.INTERNAL, f"ip {' '.join(args)}: {error}") from None
     if done.returncode != 0:
-        raise OperationFailed("internal", f"ip {' '.join(args)}: {done.stderr.strip() or done.returncode}")
+        raise OperationFailed(ErrorCode.INTERNAL, f"ip {' '.join(args)}: {done.stderr.strip() or done.returncode}")
     try:
         return json.loads(done.stdout or "[]")
     except ValueError as error:
-        raise OperationFailed("internal", f"ip {' '.join(args)}: unreadable JSON ({error})") from None
+        raise OperationFailed(ErrorCode.INTERNAL, f"ip {' '.join(args)}: unreadable JSON ({error})") from None
 
 
 def interface_kind(link_type: str, driver: str | None, flags: list[str]) -> str:

@@ -1,9 +1,7 @@
 """The hub's errors, under the one root of ksocket (the text of each is one line for a person).
 
-KsocketError
-└── HubError              a hub command or call cannot do what was asked
-    ├── UnknownSlot       no slot of that name
-    └── UnknownOperation  no operation with that id
+:class:`HubError` and its subclasses (an unknown slot or operation); ``ksocket.errors`` draws them in the
+whole tree.
 """
 
 from __future__ import annotations

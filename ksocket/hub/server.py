@@ -66,7 +66,6 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, NegotiationError
 from websockets.typing import Subprotocol
 
-from ksocket.errors import BadMessage, ProtocolError
 from ksocket.hub.errors import HubError, UnknownOperation
 from ksocket.hub.store import OperationRecord, Store
 from ksocket.hub.tokens import new_session
@@ -83,13 +82,16 @@ from ksocket.protocol import (
     Ack,
     Authenticate,
     Authenticated,
+    BadMessage,
     Cancel,
+    ErrorCode,
     ErrorMessage,
     Heartbeat,
     HeartbeatAck,
     JSONObject,
     Message,
     Progress,
+    ProtocolError,
     Refused,
     Rejected,
     RejectReason,
@@ -380,19 +382,19 @@ class Hub:
         """
         if auth.protocol != PROTOCOL_VERSION:
             text = f"this hub speaks protocol version {PROTOCOL_VERSION}, not {auth.protocol}"
-            await self._reject(ws, peer, "unsupported-protocol", text, CLOSE_PROTOCOL_ERROR)
+            await self._reject(ws, peer, ErrorCode.UNSUPPORTED_PROTOCOL, text, CLOSE_PROTOCOL_ERROR)
             return None
         store = self.store
         slot = store.slot_for_token(auth.token)
         if slot is None:
-            await self._reject(ws, peer, "invalid-token", "unknown or revoked token", CLOSE_AUTH_FAILED)
+            await self._reject(ws, peer, ErrorCode.INVALID_TOKEN, "unknown or revoked token", CLOSE_AUTH_FAILED)
             return None
         self._observer.on_message(slot, auth)
         holder = self._links.get(slot)
         if holder is not None:
             if auth.session != holder.session or auth.agent != holder.agent:
                 text = f"slot {slot} is held by a connected agent ({holder.agent})"
-                await self._reject(ws, peer, "slot-in-use", text, CLOSE_SLOT_IN_USE)
+                await self._reject(ws, peer, ErrorCode.SLOT_IN_USE, text, CLOSE_SLOT_IN_USE)
                 return None
             logger.info("slot %s: session %s resumed from %s; closing its old connection", slot, holder.session, peer)
             self._release(holder)

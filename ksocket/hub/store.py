@@ -38,7 +38,7 @@ from typing import Any, Final
 from ksocket import paths
 from ksocket.hub import tokens
 from ksocket.hub.errors import HubError, UnknownOperation, UnknownSlot
-from ksocket.protocol import ErrorInfo, JSONObject, Operation, Result
+from ksocket.protocol import ErrorCode, ErrorInfo, JSONObject, Operation, Result
 
 PENDING: Final = "pending"
 SENT: Final = "sent"
@@ -518,7 +518,7 @@ class Store:
             )
             if cursor.rowcount == 0:
                 return False
-            state = CANCELLED if result.error is not None and result.error.code == "cancelled" else DONE
+            state = CANCELLED if result.error is not None and result.error.code == ErrorCode.CANCELLED else DONE
             db.execute(
                 "UPDATE operations SET state = ?, updated = ?"
                 " WHERE id = ? AND slot = ? AND state NOT IN ('done', 'cancelled')",

@@ -52,6 +52,7 @@ from ksocket import __version__, redact
 from ksocket.collectors.base import Context, Document, InvalidParams, OperationFailed
 from ksocket.collectors.cloud import common
 from ksocket.collectors.cloud.common import dig
+from ksocket.protocol import ErrorCode
 
 __all__ = [
     "DEFAULT_METADATA_ENDPOINT",
@@ -130,22 +131,22 @@ def failure(exc: BaseException, action: str) -> OperationFailed:
     if isinstance(exc, botocore.exceptions.NoRegionError):
         return InvalidParams(NO_REGION)
     if isinstance(exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
-        return OperationFailed("no-credential", f"{NO_CREDENTIALS} ({common.one_line(exc, 120)})")
+        return OperationFailed(ErrorCode.NO_CREDENTIAL, f"{NO_CREDENTIALS} ({common.one_line(exc, 120)})")
     if isinstance(exc, botocore.exceptions.ProfileNotFound):
-        return OperationFailed("no-credential", f"{common.one_line(exc)}: fix AWS_PROFILE or ~/.aws/config")
+        return OperationFailed(ErrorCode.NO_CREDENTIAL, f"{common.one_line(exc)}: fix AWS_PROFILE or ~/.aws/config")
     if isinstance(exc, botocore.exceptions.ConfigParseError | botocore.exceptions.InvalidConfigError):
         return InvalidParams(f"AWS config: {common.one_line(exc)}")
     if isinstance(exc, botocore.exceptions.CredentialRetrievalError):
-        return OperationFailed("auth-failed", f"AWS credentials: {common.one_line(exc)}")
+        return OperationFailed(ErrorCode.AUTH_FAILED, f"AWS credentials: {common.one_line(exc)}")
     if isinstance(exc, botocore.exceptions.ReadTimeoutError):
-        return OperationFailed("timeout", f"{action}: {common.one_line(exc)}", transient=True)
+        return OperationFailed(ErrorCode.TIMEOUT, f"{action}: {common.one_line(exc)}", transient=True)
     if isinstance(exc, botocore.exceptions.ConnectionError | botocore.exceptions.ConnectionClosedError):
-        return OperationFailed("unreachable", f"{action}: {common.one_line(exc)}", transient=True)
+        return OperationFailed(ErrorCode.UNREACHABLE, f"{action}: {common.one_line(exc)}", transient=True)
     if isinstance(exc, botocore.exceptions.ClientError):
         return _client_failure(exc, action)
     if isinstance(exc, botocore.exceptions.BotoCoreError):
-        return OperationFailed("internal", f"{action}: {common.one_line(exc)}")
-    return OperationFailed("internal", f"{action}: {type(exc).__name__}: {common.one_line(exc)}")
+        return OperationFailed(ErrorCode.INTERNAL, f"{action}: {common.one_line(exc)}")
+    return OperationFailed(ErrorCode.INTERNAL, f"{action}: {type(exc).__name__}: {common.one_line(exc)}")
 
 
 def _client_failure(exc: botocore.exceptions.ClientError, action: str) -> OperationFailed:
@@ -154,12 +155,12 @@ def _client_failure(exc: botocore.exceptions.ClientError, action: str) -> Operat
     status = dig(exc.response, "ResponseMetadata", "HTTPStatusCode")
     text = f"{action}: {code or status}: {common.one_line(error.get('Message') or exc, 300)}"
     if code in AUTH_CODES or (code not in TRANSIENT_CODES and status in (401, 403)):
-        return OperationFailed("auth-failed", text)
+        return OperationFailed(ErrorCode.AUTH_FAILED, text)
     if code in TRANSIENT_CODES or (isinstance(status, int) and (status >= 500 or status == 429)):
-        return OperationFailed("unreachable", text, transient=True)
+        return OperationFailed(ErrorCode.UNREACHABLE, text, transient=True)
     if code in NOT_FOUND_CODES:
         return InvalidParams(text)
-    return OperationFailed("internal", text)
+    return OperationFailed(ErrorCode.INTERNAL, text)
 
 
 @contextlib.contextmanager
@@ -201,7 +202,7 @@ def _open(region: str | None) -> _Aws:
             raise InvalidParams(NO_REGION)
         credentials = session.get_credentials()
         if credentials is None:
-            raise OperationFailed("no-credential", NO_CREDENTIALS)
+            raise OperationFailed(ErrorCode.NO_CREDENTIAL, NO_CREDENTIALS)
         frozen = credentials.get_frozen_credentials()
     redact.register(frozen.secret_key, frozen.token)
     return _Aws(session, name, str(getattr(credentials, "method", None) or "unknown"))
@@ -255,11 +256,11 @@ def own_vpcs(endpoint: str | None) -> tuple[str, ...]:
                 vpcs.append(text)
     except common.MetadataError as error:
         raise OperationFailed(
-            "unreachable",
+            ErrorCode.UNREACHABLE,
             f"EC2 instance metadata service at {endpoint}: {error}; if the agent does not run on EC2, {NAME_THE_VPCS}",
         ) from None
     if not vpcs:
-        raise OperationFailed("internal", f"EC2 instance metadata service at {endpoint} names no VPC")
+        raise OperationFailed(ErrorCode.INTERNAL, f"EC2 instance metadata service at {endpoint} names no VPC")
     return tuple(vpcs)
 
 

@@ -77,6 +77,7 @@ from ksocket import paths, redact
 from ksocket.collectors.base import Context, Document, InvalidParams, OperationFailed
 from ksocket.collectors.cloud import common
 from ksocket.collectors.cloud.common import dig
+from ksocket.protocol import ErrorCode
 
 __all__ = [
     "CONFIG_NAME",
@@ -192,7 +193,7 @@ def failure(exc: BaseException, action: str, *, config: Path | None = None) -> O
     if isinstance(exc, CredentialUnavailableError):
         where = config or config_path()
         return OperationFailed(
-            "no-credential",
+            ErrorCode.NO_CREDENTIAL,
             f"no Azure credential: {where} does not exist and no managed identity is available "
             f"({common.one_line(exc.message, 200)}); assign a managed identity to the agent's VM or write "
             f"clientId, secret and tenant to {where}",
@@ -201,19 +202,19 @@ def failure(exc: BaseException, action: str, *, config: Path | None = None) -> O
     if isinstance(exc, HttpResponseError):
         status = exc.status_code
         if status == 429 or (isinstance(status, int) and status >= 500):
-            return OperationFailed("unreachable", text, transient=True)
+            return OperationFailed(ErrorCode.UNREACHABLE, text, transient=True)
         if status == 408:
-            return OperationFailed("timeout", text, transient=True)
+            return OperationFailed(ErrorCode.TIMEOUT, text, transient=True)
         if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
-            return OperationFailed("auth-failed", text)
+            return OperationFailed(ErrorCode.AUTH_FAILED, text)
         if status == 404:
             return InvalidParams(text)
-        return OperationFailed("internal", text)
+        return OperationFailed(ErrorCode.INTERNAL, text)
     if isinstance(exc, ServiceRequestTimeoutError | ServiceResponseTimeoutError):
-        return OperationFailed("timeout", text, transient=True)
+        return OperationFailed(ErrorCode.TIMEOUT, text, transient=True)
     if isinstance(exc, ServiceRequestError | ServiceResponseError):
-        return OperationFailed("unreachable", text, transient=True)
-    return OperationFailed("internal", text)
+        return OperationFailed(ErrorCode.UNREACHABLE, text, transient=True)
+    return OperationFailed(ErrorCode.INTERNAL, text)
 
 
 @contextlib.contextmanager
@@ -247,18 +248,18 @@ def _read_config(path: Path) -> tuple[str, str, str]:
         mode = path.stat().st_mode
         if mode & 0o077:
             raise OperationFailed(
-                "no-credential",
+                ErrorCode.NO_CREDENTIAL,
                 f"{path}: holds a secret but is open to others (mode {mode & 0o777:04o}): run chmod 600 {path}",
             )
         text = path.read_bytes().decode("utf-8")
     except OSError as exc:
-        raise OperationFailed("no-credential", f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise OperationFailed(ErrorCode.NO_CREDENTIAL, f"{path}: cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise OperationFailed("no-credential", f"{path}: not UTF-8") from None
+        raise OperationFailed(ErrorCode.NO_CREDENTIAL, f"{path}: not UTF-8") from None
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise OperationFailed("no-credential", f"{path}: not TOML: {exc}") from None
+        raise OperationFailed(ErrorCode.NO_CREDENTIAL, f"{path}: not TOML: {exc}") from None
     secret = document.get("secret")
     redact.register(secret)
     values: dict[str, str] = {}
@@ -266,13 +267,13 @@ def _read_config(path: Path) -> tuple[str, str, str]:
         value = document.get(name)
         if value is None:
             raise OperationFailed(
-                "no-credential", f"{path}: {name} is missing (clientId, secret and tenant are needed)"
+                ErrorCode.NO_CREDENTIAL, f"{path}: {name} is missing (clientId, secret and tenant are needed)"
             )
         if not isinstance(value, str) or not value.strip():
-            raise OperationFailed("no-credential", f"{path}: {name} must be a non-empty string")
+            raise OperationFailed(ErrorCode.NO_CREDENTIAL, f"{path}: {name} must be a non-empty string")
         values[name] = value.strip()
     if not TENANT.fullmatch(values["tenant"]):
-        raise OperationFailed("no-credential", f"{path}: tenant must be a tenant id (a GUID) or a domain name")
+        raise OperationFailed(ErrorCode.NO_CREDENTIAL, f"{path}: tenant must be a tenant id (a GUID) or a domain name")
     return values["clientId"], values["secret"], values["tenant"]
 
 
@@ -312,12 +313,14 @@ def instance_metadata(endpoint: str) -> InstanceMetadata:
         body = common.metadata_request("GET", url, {"Metadata": "true"})
     except common.MetadataError as error:
         raise OperationFailed(
-            "unreachable", f"Azure instance metadata service at {endpoint}: {error}; {hint}"
+            ErrorCode.UNREACHABLE, f"Azure instance metadata service at {endpoint}: {error}; {hint}"
         ) from None
     try:
         document = json.loads(body)
     except ValueError:
-        raise OperationFailed("internal", f"Azure instance metadata service at {endpoint}: not JSON; {hint}") from None
+        raise OperationFailed(
+            ErrorCode.INTERNAL, f"Azure instance metadata service at {endpoint}: not JSON; {hint}"
+        ) from None
     compute = dig(document, "compute") or {}
     subscription = compute.get("subscriptionId")
     resource_id = compute.get("resourceId")
@@ -328,7 +331,7 @@ def instance_metadata(endpoint: str) -> InstanceMetadata:
         )
     if not isinstance(subscription, str) or not isinstance(resource_id, str):
         raise OperationFailed(
-            "internal", f"Azure instance metadata service at {endpoint}: no compute.resourceId; {hint}"
+            ErrorCode.INTERNAL, f"Azure instance metadata service at {endpoint}: no compute.resourceId; {hint}"
         )
     return InstanceMetadata(subscription, resource_id)
 
@@ -360,7 +363,7 @@ def _vnet_of(subnet_id: object) -> str | None:
 def _parts(resource_id: str) -> tuple[str, str, str]:
     match = RESOURCE_ID.match(resource_id)
     if not match:
-        raise OperationFailed("internal", f"unexpected Azure resource id {resource_id!r}")
+        raise OperationFailed(ErrorCode.INTERNAL, f"unexpected Azure resource id {resource_id!r}")
     return match["subscription"], match["group"], match["name"]
 
 
@@ -587,7 +590,7 @@ def _select(request: Request, subscriptions: list[_Subscription], own_vm: str | 
                     chosen.setdefault(vnet_id, vnets[vnet_id])
         if not chosen:
             raise OperationFailed(
-                "auth-failed",
+                ErrorCode.AUTH_FAILED,
                 f"the identity cannot see a network interface of the agent's VM {own_vm} in subscription {searched}: "
                 f"give it the Reader role there, or {NAME_THE_VNETS}",
             )
@@ -633,7 +636,7 @@ def collect(
             subscription_ids = tuple(str(item.get("subscriptionId")) for item in arm.subscriptions(context))
             if not subscription_ids:
                 raise OperationFailed(
-                    "auth-failed", f"{identity.description} can read no subscription: give it the Reader role"
+                    ErrorCode.AUTH_FAILED, f"{identity.description} can read no subscription: give it the Reader role"
                 )
         context.check_cancelled()
 
@@ -724,7 +727,7 @@ def check(params: Document | None = None, *, endpoints: Endpoints | None = None,
         readable = arm.subscriptions()
     if not readable:
         raise OperationFailed(
-            "auth-failed", f"{identity.description} can read no subscription: give it the Reader role"
+            ErrorCode.AUTH_FAILED, f"{identity.description} can read no subscription: give it the Reader role"
         )
     host = urllib.parse.urlsplit(endpoints.arm).netloc
     return f"{identity.description}: {len(readable)} subscription(s) readable at {host}"

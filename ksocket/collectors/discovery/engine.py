@@ -39,6 +39,7 @@ from ksocket.collectors.discovery.scheduler import (
     Settings,
 )
 from ksocket.collectors.discovery.targets import TargetSet, to_str
+from ksocket.protocol import ErrorCode
 
 SO_BINDTODEVICE = 25
 LINGER = 0.03  # after the last probe's wait, one more look for late replies
@@ -65,7 +66,7 @@ class LinkIO:
             self.capture.setnonblock(True)
         except OSError as error:
             raise OperationFailed(
-                "internal", f"cannot capture on {iface.name}: {_text(error)} (needs root or CAP_NET_RAW)"
+                ErrorCode.INTERNAL, f"cannot capture on {iface.name}: {_text(error)} (needs root or CAP_NET_RAW)"
             ) from None
         self.link_type = int(self.capture.datalink())
         self.raw: socket.socket | None = None
@@ -75,7 +76,7 @@ class LinkIO:
             self.raw.setblocking(False)
         elif self.link_type not in frames.KNOWN_LINK_TYPES:
             self.close()
-            raise OperationFailed("internal", f"{iface.name}: link type {self.link_type} is not supported")
+            raise OperationFailed(ErrorCode.INTERNAL, f"{iface.name}: link type {self.link_type} is not supported")
 
     @property
     def ethernet(self) -> bool:
@@ -96,7 +97,9 @@ class LinkIO:
             text = _text(error)
             if error.errno in (errno.ENOBUFS, errno.EAGAIN) or "No buffer space" in text or "temporarily" in text:
                 raise SendBlocked from None
-            raise OperationFailed("unreachable", f"sending on {self.iface.name}: {text}", transient=True) from None
+            raise OperationFailed(
+                ErrorCode.UNREACHABLE, f"sending on {self.iface.name}: {text}", transient=True
+            ) from None
 
     def read(self) -> list[tuple[float, bytes]]:
         try:

@@ -1,9 +1,10 @@
 """The interface of one inspection protocol, and the failures the hub sees for it.
 
 An :class:`Inspector` tries ONE credential file against one address and returns what it
-collected, or raises :class:`~ksocket.collectors.base.OperationFailed` with one of the codes
-below. Choosing credential files, trying them in order, limits and timeouts are the
-orchestrator's job (``ksocket.collectors.inspect.hosts``), not the inspector's.
+collected, or raises :class:`~ksocket.collectors.base.OperationFailed` with an
+:class:`~ksocket.protocol.ErrorCode`. Choosing credential files, trying them in order, limits
+and timeouts are the orchestrator's job (``ksocket.collectors.inspect.hosts``), not the
+inspector's.
 """
 
 from __future__ import annotations
@@ -15,14 +16,6 @@ from ksocket import redact
 from ksocket.collectors.base import Context, Document
 from ksocket.collectors.inspect import parsers
 from ksocket.credentials.models import Credential
-
-AUTH_FAILED = "auth-failed"  # the peer refused this credential: try the next file, never retry
-NO_CREDENTIAL = "no-credential"  # no file matches the address: nothing is attempted
-UNREACHABLE = "unreachable"  # no route, refused, reset: the host or service is not there
-TIMEOUT = "timeout"
-HOST_KEY_CHANGED = "host-key-changed"  # SSH: the host presents another key than the one remembered
-PROTOCOL_ERROR = "protocol-error"  # the peer answered, but not as its protocol says it should
-INTERNAL = "internal"
 
 
 class Inspector(Protocol):

@@ -40,28 +40,18 @@ from pathlib import Path
 
 from ksocket.collectors.base import Cancelled, Context, Document, Environment, NullContext, OperationFailed
 from ksocket.collectors.inspect import DEFAULT_PROTOCOL_TIMEOUT, registry
-from ksocket.collectors.inspect.base import (
-    HOST_KEY_CHANGED,
-    INTERNAL,
-    NO_CREDENTIAL,
-    TIMEOUT,
-    UNREACHABLE,
-    Inspector,
-    connection_route,
-    server_text,
-)
+from ksocket.collectors.inspect.base import Inspector, connection_route, server_text
 from ksocket.collectors.inspect.limiter import charged_to
 from ksocket.collectors.inspect.params import parse_params
 from ksocket.credentials import search
 from ksocket.credentials.models import Credential, SSHCredential
 from ksocket.errors import KsocketError
+from ksocket.protocol import ErrorCode
 
 logger = logging.getLogger("ksocket.inspect")
 
-UNSUPPORTED = "unsupported"
-CANCELLED = "cancelled"
 MAX_MESSAGE = 1024  # characters of a failure's message that are kept (it may quote the server)
-ROUTE_FAILURES = frozenset({UNREACHABLE, TIMEOUT})
+ROUTE_FAILURES = frozenset({ErrorCode.UNREACHABLE, ErrorCode.TIMEOUT})
 """Failures of the connection rather than the credential file: later files with the same route are not tried."""
 
 _CANCEL_POLL = 0.25  # seconds between two looks at context.check_cancelled()
@@ -70,7 +60,7 @@ _CANCEL_POLL = 0.25  # seconds between two looks at context.check_cancelled()
 def _fails_the_route(kind: str, code: str) -> bool:
     """SNMP is the exception for timeouts: an SNMPv2c agent stays silent to a wrong community, so
     silence may be the file's fault and the next file is still tried."""
-    return code in ROUTE_FAILURES and not (kind == "snmp" and code == TIMEOUT)
+    return code in ROUTE_FAILURES and not (kind == "snmp" and code == ErrorCode.TIMEOUT)
 
 
 def _relaxes_host_keys(credential: Credential) -> bool:
@@ -109,7 +99,7 @@ class Skips:
         return self._changed_host_keys.get(credential.port)
 
     def failed(self, route: Hashable, credential: Credential, code: str) -> None:
-        if code == HOST_KEY_CHANGED:
+        if code == ErrorCode.HOST_KEY_CHANGED:
             self._changed_host_keys[credential.port] = credential.path
         elif _fails_the_route(self.kind, code):
             self._failed_routes[route] = credential.path
@@ -152,7 +142,7 @@ class _Trial:
                 return None
             except Exception as exc:
                 logger.exception("%s inspection of %s failed", self.kind, self.address)
-                self._attempt(credential, INTERNAL, _message(f"{type(exc).__name__}: {exc}"))
+                self._attempt(credential, ErrorCode.INTERNAL, _message(f"{type(exc).__name__}: {exc}"))
                 return None
             logger.info("%s %s: collected with %s", self.kind, self.address, credential.path)
             return {**data, "credential": str(credential.path)}
@@ -163,7 +153,7 @@ class _Trial:
         message = _message(str(exc))
         self._attempt(credential, exc.code, message)
         logger.info("%s %s with %s: %s: %s", self.kind, self.address, credential.path, exc.code, message)
-        if exc.code == CANCELLED:
+        if exc.code == ErrorCode.CANCELLED:
             return False
         self.skips.failed(route, credential, exc.code)
         return True
@@ -175,7 +165,7 @@ class _Trial:
         self.attempts.append(
             {
                 "credential": str(self.current.path) if self.current is not None else "",
-                "code": TIMEOUT,
+                "code": ErrorCode.TIMEOUT,
                 "message": f"{self.kind} inspection took longer than {limit:g} s",
             }
         )
@@ -229,16 +219,16 @@ class HostInspection:
             inspector = self.inspector(kind)
         except Exception as exc:  # a broken inspector module must not cost the other protocols
             logger.exception("cannot set up the %s inspector", kind)
-            return _error(INTERNAL, f"cannot set up the {kind} inspector: {type(exc).__name__}: {exc}")
+            return _error(ErrorCode.INTERNAL, f"cannot set up the {kind} inspector: {type(exc).__name__}: {exc}")
         if inspector is None:
-            return _error(UNSUPPORTED, f"{kind} inspection is not available in this version of ksocket")
+            return _error(ErrorCode.UNSUPPORTED, f"{kind} inspection is not available in this version of ksocket")
         root = self.environment.credentials_root
         try:
             credentials: list[Credential] = await asyncio.to_thread(search.find, kind, address, root)
         except KsocketError as exc:
-            return _error(INTERNAL, f"cannot search the {kind} credential files: {exc}")
+            return _error(ErrorCode.INTERNAL, f"cannot search the {kind} credential files: {exc}")
         if not credentials:
-            return _error(NO_CREDENTIAL, f"no {kind} credential file matches {address}")
+            return _error(ErrorCode.NO_CREDENTIAL, f"no {kind} credential file matches {address}")
         return inspector, credentials
 
     async def inspect_protocol(
@@ -291,7 +281,7 @@ class HostInspection:
                 raise
             except Exception as exc:  # inspect_protocol catches everything; this is a last guard
                 logger.exception("%s inspection of %s failed", kind, request.address)
-                result[kind] = _error(INTERNAL, f"{type(exc).__name__}: {exc}")
+                result[kind] = _error(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         return result
 
     async def inspect_hosts(

@@ -59,8 +59,8 @@ from pysnmp.proto import errind, rfc1902, rfc1905
 from pysnmp.proto.rfc1902 import univ
 
 from ksocket.collectors.base import Context, Document, OperationFailed
-from ksocket.collectors.inspect.base import AUTH_FAILED, PROTOCOL_ERROR, TIMEOUT, UNREACHABLE
 from ksocket.credentials.models import NO_AUTH, NO_PRIV, Credential, SNMPCredential
+from ksocket.protocol import ErrorCode
 
 logger = logging.getLogger("ksocket.inspect.snmp")
 
@@ -471,7 +471,7 @@ class SNMPInspector:
             target = await target_class.create((address, credential.port), timeout=credential.timeout, retries=0)
             auth = _auth_data(credential)
         except PySnmpError as exc:
-            raise OperationFailed(UNREACHABLE, f"SNMP {address}:{credential.port}: {exc}") from None
+            raise OperationFailed(ErrorCode.UNREACHABLE, f"SNMP {address}:{credential.port}: {exc}") from None
         deadline = time.monotonic() + self.budget
         return _Agent(engine, auth, target, credential, deadline, context, self.max_total_rows)
 
@@ -485,7 +485,9 @@ class SNMPInspector:
         except _Refused as exc:
             raise _refusal(where, credential, exc) from None
         except _OutOfTime:
-            raise OperationFailed(TIMEOUT, f"{where}: no answer within the time budget", transient=True) from None
+            raise OperationFailed(
+                ErrorCode.TIMEOUT, f"{where}: no answer within the time budget", transient=True
+            ) from None
 
         document: Document = {
             "protocol": "snmp",
@@ -544,13 +546,13 @@ class SNMPInspector:
                 answered = False
             if answered and not data.is_v3:
                 return OperationFailed(
-                    AUTH_FAILED,
+                    ErrorCode.AUTH_FAILED,
                     f"{where}: no answer to the community of {credential.path}, but the agent answers SNMPv3: "
                     "wrong community (or this address is not allowed to use it)",
                 )
             if answered:
                 return OperationFailed(
-                    AUTH_FAILED,
+                    ErrorCode.AUTH_FAILED,
                     f"{where}: the agent accepts the authKey of {credential.path} but does not answer its "
                     "encrypted requests: wrong privKey or privProtocol",
                 )
@@ -558,7 +560,7 @@ class SNMPInspector:
             reason = "no answer within " + waited + " (host down, or no SNMP agent on this port)"
         else:
             reason = "no answer within " + waited + " (wrong community or host down)"
-        return OperationFailed(TIMEOUT, f"{where}: {reason}", transient=True)
+        return OperationFailed(ErrorCode.TIMEOUT, f"{where}: {reason}", transient=True)
 
     async def _interfaces(self, agent: _Agent, notes: list[str]) -> list[Document]:
         columns = [IF_DESCR, IF_TYPE, IF_MTU, IF_SPEED, IF_PHYS, IF_ADMIN, IF_OPER]
@@ -717,7 +719,9 @@ def _endpoint(address: str, port: int) -> str:
 def _refusal(where: str, credential: SNMPCredential, exc: _Refused) -> OperationFailed:
     indication = exc.indication
     if exc.status in DENIED:
-        return OperationFailed(AUTH_FAILED, f"{where}: {credential.path}: the agent denies access ({indication})")
+        return OperationFailed(
+            ErrorCode.AUTH_FAILED, f"{where}: {credential.path}: the agent denies access ({indication})"
+        )
     if isinstance(indication, AUTH_INDICATIONS):
         data = credential.auth_data
         if isinstance(indication, errind.UnknownUserName):
@@ -728,10 +732,12 @@ def _refusal(where: str, credential: SNMPCredential, exc: _Refused) -> Operation
             why = "the user does not allow this security level (authProtocol/privProtocol)"
         else:
             why = str(indication)
-        return OperationFailed(AUTH_FAILED, f"{where}: {credential.path}: {why}")
+        return OperationFailed(ErrorCode.AUTH_FAILED, f"{where}: {credential.path}: {why}")
     if exc.status:  # the agent is there and answered, with an error
-        return OperationFailed(PROTOCOL_ERROR, f"{where}: the agent answered the system group with {indication}")
-    return OperationFailed(UNREACHABLE, f"{where}: {indication}")
+        return OperationFailed(
+            ErrorCode.PROTOCOL_ERROR, f"{where}: the agent answered the system group with {indication}"
+        )
+    return OperationFailed(ErrorCode.UNREACHABLE, f"{where}: {indication}")
 
 
 def _system(pairs: list[tuple[OID, Value]]) -> Document:

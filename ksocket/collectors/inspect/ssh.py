@@ -52,20 +52,12 @@ from asyncssh.public_key import get_default_public_key_algs
 from ksocket import redact
 from ksocket.collectors.base import Context, Document, NullContext, OperationFailed
 from ksocket.collectors.inspect import parsers
-from ksocket.collectors.inspect.base import (
-    AUTH_FAILED,
-    HOST_KEY_CHANGED,
-    INTERNAL,
-    NO_CREDENTIAL,
-    PROTOCOL_ERROR,
-    TIMEOUT,
-    UNREACHABLE,
-    server_text,
-)
+from ksocket.collectors.inspect.base import server_text
 from ksocket.collectors.inspect.hostkeys import HostKey, HostKeyStore, HostKeyStoreError, Verdict
 from ksocket.collectors.inspect.limiter import HostLimiter
 from ksocket.credentials import search
 from ksocket.credentials.models import ClientKey, Credential, SSHCredential
+from ksocket.protocol import ErrorCode
 
 logger = logging.getLogger("ksocket.inspect.ssh")
 
@@ -242,29 +234,31 @@ def failure(exc: BaseException, where: str, client: _Client | None = None) -> Op
     if isinstance(exc, OperationFailed):
         return exc
     if client is not None and client.store_error is not None:
-        return OperationFailed(INTERNAL, f"{where}: {client.store_error}")
+        return OperationFailed(ErrorCode.INTERNAL, f"{where}: {client.store_error}")
     text = server_text(str(exc) or type(exc).__name__)
     if isinstance(exc, asyncssh.HostKeyNotVerifiable) or (client is not None and client.verdict is Verdict.CHANGED):
         key = f" ({client.key.algorithm} {client.key.fingerprint})" if client and client.key else ""
         return OperationFailed(
-            HOST_KEY_CHANGED,
+            ErrorCode.HOST_KEY_CHANGED,
             f"{where}: the host key{key} is not the one remembered; if the host was reinstalled, "
             f'remove its line from the known hosts file or set hostKeyPolicy = "accept-new-keys"',
         )
     if isinstance(exc, asyncssh.PermissionDenied) or (
         isinstance(exc, asyncssh.DisconnectError) and "authentication" in exc.reason.lower()
     ):
-        return OperationFailed(AUTH_FAILED, f"{where}: authentication failed ({text})")
+        return OperationFailed(ErrorCode.AUTH_FAILED, f"{where}: authentication failed ({text})")
     if isinstance(exc, TimeoutError):
-        return OperationFailed(TIMEOUT, f"{where}: no answer in time", transient=True)
+        return OperationFailed(ErrorCode.TIMEOUT, f"{where}: no answer in time", transient=True)
     if isinstance(exc, asyncssh.ChannelOpenError):
-        return OperationFailed(UNREACHABLE, f"{where}: the jump host cannot reach it ({text})", transient=True)
+        return OperationFailed(
+            ErrorCode.UNREACHABLE, f"{where}: the jump host cannot reach it ({text})", transient=True
+        )
     if isinstance(exc, asyncssh.ConnectionLost | OSError):
         reason = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else text
-        return OperationFailed(UNREACHABLE, f"{where}: {reason}", transient=True)
+        return OperationFailed(ErrorCode.UNREACHABLE, f"{where}: {reason}", transient=True)
     if isinstance(exc, asyncssh.Error):
-        return OperationFailed(PROTOCOL_ERROR, f"{where}: {text}", transient=True)
-    return OperationFailed(INTERNAL, f"{where}: {type(exc).__name__}: {text}")
+        return OperationFailed(ErrorCode.PROTOCOL_ERROR, f"{where}: {text}", transient=True)
+    return OperationFailed(ErrorCode.INTERNAL, f"{where}: {type(exc).__name__}: {text}")
 
 
 def _where(address: str, port: int) -> str:
@@ -287,7 +281,9 @@ async def login(
     keys = await asyncio.to_thread(load_client_keys, account.client_keys) if account.client_keys else []
     password = account.password or None
     if not keys and password is None:
-        raise OperationFailed(AUTH_FAILED, f"{where}: {credential.path} has no password and no usable client key")
+        raise OperationFailed(
+            ErrorCode.AUTH_FAILED, f"{where}: {credential.path} has no password and no usable client key"
+        )
     client = _Client(host_keys, address, credential.port, credential.accepts_changed_host_keys)
     empty: tuple[list[asyncssh.SSHKey], ...] = ([], [], [], [], [], [], [])
     options: dict[str, Any] = {
@@ -331,12 +327,14 @@ async def login_any(
             async with limiter.slot(address):  # a hop's slot is needed while it is starting up only
                 return await login(address, credential, host_keys=host_keys, tunnel=tunnel)
         except OperationFailed as exc:
-            if exc.code != AUTH_FAILED:
+            if exc.code != ErrorCode.AUTH_FAILED:
                 raise OperationFailed(exc.code, f"jump host {exc}", transient=exc.transient) from None
             logger.info("jump host %s refused %s: %s", address, credential.path, exc)
             last = exc
     assert last is not None
-    raise OperationFailed(AUTH_FAILED, f"jump host {address}: every matching credential file was refused; last: {last}")
+    raise OperationFailed(
+        ErrorCode.AUTH_FAILED, f"jump host {address}: every matching credential file was refused; last: {last}"
+    )
 
 
 @contextlib.asynccontextmanager
@@ -354,7 +352,7 @@ async def open_chain(
         for hop in hops:
             found = await asyncio.to_thread(search.find, "ssh", hop, credentials_root)
             if not found:
-                raise OperationFailed(NO_CREDENTIAL, f"jump host {hop}: no ssh credential file matches it")
+                raise OperationFailed(ErrorCode.NO_CREDENTIAL, f"jump host {hop}: no ssh credential file matches it")
             tunnel = await login_any(hop, found, host_keys=host_keys, limiter=limiter, tunnel=tunnel)
             stack.push_async_callback(_close, tunnel)
         yield tunnel
@@ -397,7 +395,7 @@ class SSHInspector:
 
     async def inspect(self, address: str, credential: Credential, context: Context | None = None) -> Document:
         if not isinstance(credential, SSHCredential):
-            raise OperationFailed(INTERNAL, f"the ssh inspector got a {credential.kind} credential")
+            raise OperationFailed(ErrorCode.INTERNAL, f"the ssh inspector got a {credential.kind} credential")
         context = context or NullContext()
         started = time.monotonic()
         where = _where(address, credential.port)
@@ -453,7 +451,8 @@ class SSHInspector:
                 process = await conn.create_process(COMMAND, encoding=None, stderr=asyncssh.DEVNULL)
             except asyncssh.ChannelOpenError as exc:
                 raise OperationFailed(
-                    PROTOCOL_ERROR, f"{where}: the server refused a session channel ({server_text(exc.reason)})"
+                    ErrorCode.PROTOCOL_ERROR,
+                    f"{where}: the server refused a session channel ({server_text(exc.reason)})",
                 ) from None
             except (OSError, asyncssh.Error) as exc:
                 raise failure(exc, where) from None

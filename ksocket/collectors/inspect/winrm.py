@@ -74,15 +74,9 @@ from winrm.protocol import Protocol
 
 from ksocket.collectors.base import Context, Document, OperationFailed
 from ksocket.collectors.inspect import ssh, wmi
-from ksocket.collectors.inspect.base import (
-    AUTH_FAILED,
-    NO_CREDENTIAL,
-    TIMEOUT,
-    UNREACHABLE,
-    default_route,
-    server_text,
-)
+from ksocket.collectors.inspect.base import default_route, server_text
 from ksocket.credentials.models import Credential, SSHCredential, WinRMCredential
+from ksocket.protocol import ErrorCode
 
 if TYPE_CHECKING:
     from ksocket.collectors.inspect.hostkeys import HostKeyStore
@@ -182,7 +176,8 @@ class WinRMInspector:
                 yield local
         else:
             raise OperationFailed(
-                NO_CREDENTIAL, f"{credential.path}: sshTunnels needs ssh credential files, and none were given"
+                ErrorCode.NO_CREDENTIAL,
+                f"{credential.path}: sshTunnels needs ssh credential files, and none were given",
             )
 
 
@@ -190,13 +185,13 @@ def refuse_before_connecting(credential: WinRMCredential) -> None:
     """Raises ``auth-failed`` for a file that cannot work, before anything is sent (manual 3.2.2)."""
     if credential.auth_method == "basic" and credential.account.is_domain_account:
         raise OperationFailed(
-            AUTH_FAILED,
+            ErrorCode.AUTH_FAILED,
             f'{credential.path}: authMethod = "basic" cannot log in with the domain account '
             f'{credential.account.username!r}; set authMethod = "ntlm"',
         )
     if credential.auth_method == "basic" and credential.message_encryption == "always":
         raise OperationFailed(
-            AUTH_FAILED,
+            ErrorCode.AUTH_FAILED,
             f'{credential.path}: authMessageEncryption = "always" needs authMethod "ntlm" or "credssp" '
             "(basic cannot encrypt messages)",
         )
@@ -374,24 +369,28 @@ class _Session:
         path = self.credential.path
         if isinstance(exc, InvalidCredentialsError) or _is_credssp_refusal(exc):
             return OperationFailed(
-                AUTH_FAILED,
+                ErrorCode.AUTH_FAILED,
                 f"{where}: the server refused the {self.credential.auth_method} login of {path}",
             )
         if isinstance(exc, WSManFaultError):
             if exc.wsman_fault_code == ACCESS_DENIED or "access is denied" in str(exc.reason).lower():
-                return OperationFailed(AUTH_FAILED, f"{where}: access denied to the account of {path}")
-            return OperationFailed(UNREACHABLE, f"{where}: WS-Management fault: {server_text(str(exc.reason))}")
+                return OperationFailed(ErrorCode.AUTH_FAILED, f"{where}: access denied to the account of {path}")
+            return OperationFailed(
+                ErrorCode.UNREACHABLE, f"{where}: WS-Management fault: {server_text(str(exc.reason))}"
+            )
         if isinstance(exc, requests.exceptions.ConnectTimeout | requests.exceptions.ReadTimeout):
-            return OperationFailed(TIMEOUT, f"{where}: no answer within {self.credential.timeout:g} s", transient=True)
+            return OperationFailed(
+                ErrorCode.TIMEOUT, f"{where}: no answer within {self.credential.timeout:g} s", transient=True
+            )
         if isinstance(exc, requests.exceptions.SSLError):
-            return OperationFailed(UNREACHABLE, f"{where}: TLS failed: {server_text(_reason(exc))}")
+            return OperationFailed(ErrorCode.UNREACHABLE, f"{where}: TLS failed: {server_text(_reason(exc))}")
         if isinstance(exc, requests.exceptions.ConnectionError):
-            return OperationFailed(UNREACHABLE, f"{where}: {server_text(_reason(exc))}")
+            return OperationFailed(ErrorCode.UNREACHABLE, f"{where}: {server_text(_reason(exc))}")
         if isinstance(exc, WinRMTransportError):
-            return OperationFailed(UNREACHABLE, f"{where}: HTTP {exc.code} from the server")
+            return OperationFailed(ErrorCode.UNREACHABLE, f"{where}: HTTP {exc.code} from the server")
         if isinstance(exc, WinRMError):
-            return OperationFailed(UNREACHABLE, f"{where}: {server_text(str(exc))}")
-        return OperationFailed(UNREACHABLE, f"{where}: not a WS-Management reply ({type(exc).__name__})")
+            return OperationFailed(ErrorCode.UNREACHABLE, f"{where}: {server_text(str(exc))}")
+        return OperationFailed(ErrorCode.UNREACHABLE, f"{where}: not a WS-Management reply ({type(exc).__name__})")
 
 
 def _reason(exc: BaseException) -> str:
@@ -441,11 +440,11 @@ async def forward(
 ) -> AsyncIterator[tuple[str, int]]:
     """A loopback port forwarded to ``target:port`` over ``connection`` (the last SSH hop)."""
     if connection is None:
-        raise OperationFailed(UNREACHABLE, f"sshTunnels: no SSH hop to forward {target}:{port} through")
+        raise OperationFailed(ErrorCode.UNREACHABLE, f"sshTunnels: no SSH hop to forward {target}:{port} through")
     try:
         listener = await connection.forward_local_port("127.0.0.1", 0, target, port)
     except (OSError, asyncssh.Error) as exc:
-        raise OperationFailed(UNREACHABLE, f"sshTunnels: cannot forward to {target}:{port}: {exc}") from None
+        raise OperationFailed(ErrorCode.UNREACHABLE, f"sshTunnels: cannot forward to {target}:{port}: {exc}") from None
     try:
         yield "127.0.0.1", listener.get_port()
     finally:
@@ -490,7 +489,7 @@ async def _connect_hop(
     known_hosts: Any,
 ) -> asyncssh.SSHClientConnection:
     if not candidates:
-        raise OperationFailed(NO_CREDENTIAL, f"sshTunnels: no ssh credential file serves the hop {hop}")
+        raise OperationFailed(ErrorCode.NO_CREDENTIAL, f"sshTunnels: no ssh credential file serves the hop {hop}")
     refused: list[str] = []
     for credential in candidates:
         keys = []
@@ -515,9 +514,9 @@ async def _connect_hop(
         except asyncssh.PermissionDenied:
             refused.append(str(credential.path))
         except asyncssh.HostKeyNotVerifiable as exc:
-            raise OperationFailed(UNREACHABLE, f"sshTunnels hop {hop}: host key not trusted: {exc}") from None
+            raise OperationFailed(ErrorCode.UNREACHABLE, f"sshTunnels hop {hop}: host key not trusted: {exc}") from None
         except TimeoutError:
-            raise OperationFailed(TIMEOUT, f"sshTunnels hop {hop}: no answer", transient=True) from None
+            raise OperationFailed(ErrorCode.TIMEOUT, f"sshTunnels hop {hop}: no answer", transient=True) from None
         except (OSError, asyncssh.Error) as exc:
-            raise OperationFailed(UNREACHABLE, f"sshTunnels hop {hop}: {exc}") from None
-    raise OperationFailed(AUTH_FAILED, f"sshTunnels hop {hop}: refused the login of {', '.join(refused)}")
+            raise OperationFailed(ErrorCode.UNREACHABLE, f"sshTunnels hop {hop}: {exc}") from None
+    raise OperationFailed(ErrorCode.AUTH_FAILED, f"sshTunnels hop {hop}: refused the login of {', '.join(refused)}")
