@@ -354,9 +354,8 @@ _V1_OF_V2 = {v2: v1 for v1, v2 in _V2_OF_V1.items()}
 
 @dataclass(frozen=True)
 class Stored:
-    """What :func:`set_value` did: the value stored, the TOML file, what that file still gets wrong."""
+    """What :func:`set_value` did: the TOML file it wrote and what that file still gets wrong."""
 
-    value: object
     path: Path
     problems: tuple[str, ...] = ()
     backup: Path | None = None
@@ -403,7 +402,7 @@ def set_value(name: str, raw: str, path: Path | None = None) -> Stored:
             path.rename(backup)
         except OSError as exc:  # the new TOML file is in force all the same: it is read first
             raise ConfigError(f"{path}: converted to {target}, but cannot rename it: {exc.strerror}") from None
-    return Stored(value, target, tuple(problems(document.unwrap())), backup)
+    return Stored(target, tuple(problems(document.unwrap())), backup)
 
 
 def _toml_document(path: Path) -> tomlkit.TOMLDocument:

@@ -228,6 +228,15 @@ def test_yaml_values_that_toml_cannot_hold_are_left_out_with_a_note(home: Path) 
     assert run_ksocket("config").returncode == 0
 
 
+def test_a_yaml_file_is_never_converted_over_a_toml_file(home: Path, tmp_path: Path) -> None:
+    yaml, toml = tmp_path / "ksocket.yaml", tmp_path / "ksocket.toml"
+    yaml.write_text("connect:\n  port: 8443\n")
+    toml.write_text("# mine\n")
+    with pytest.raises(ConfigError, match=f"{yaml}: not converted, {toml} exists already"):
+        config.set_value("connect.host", "hub.example.net", yaml)
+    assert (yaml.read_text(), toml.read_text()) == ("connect:\n  port: 8443\n", "# mine\n")
+
+
 def test_a_converted_yaml_files_backup_takes_a_free_name(home: Path) -> None:
     yaml = write_home_config(home, "connect:\n  port: 8443\n", "ksocket.yaml")
     Path(f"{yaml}.bak").write_text("an older backup\n")

@@ -167,6 +167,8 @@ def test_every_detail_is_masked(capsys: pytest.CaptureFixture[str]) -> None:
     output = capsys.readouterr().out
     assert "diag-Secret-42" not in output
     assert output.count(redact.MASK) == 2
+    report.line("A library's text", False, "first line\n  second line\n")
+    assert capsys.readouterr().out.endswith(" NG [first line second line]\n")
 
 
 def test_diagnostics_logs_where_the_command_line_and_the_config_say(home: Path, tmp_path: Path) -> None:
