@@ -4,7 +4,9 @@ One table (:class:`Settings`) names every setting in the manual's order with its
 rule its value must follow. Reading goes through the stages that ``ksocket diagnostics config``
 reports one by one (bytes, UTF-8, TOML/YAML, settings); writing edits the TOML document with
 tomlkit so that the file keeps its comments and order, and replaces it atomically so that a
-refused value leaves it as it was.
+refused value leaves it as it was. Writing one setting works in a file whose other settings are
+invalid (it reports them), so that a broken file can be repaired one setting at a time; the
+legacy ``ksocket.yaml`` becomes ``ksocket.toml`` on its first change, and is kept as a backup.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ksocket.errors import ConfigError
 from ksocket.redact import described
 
 if TYPE_CHECKING:
+    import tomlkit
     import yaml
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -344,30 +347,153 @@ def write_private(path: Path, text: str) -> None:
         raise
 
 
-def set_value(name: str, raw: str, path: Path | None = None) -> object:
-    """Sets one setting in the TOML file, keeping its comments and order; returns the stored value."""
+# a file holding a v1 name is repaired by setting its v2 name: the v1 key goes
+_V2_OF_V1 = {v1: v2 for v1, v2 in V1_NAMES.items() if v2 in _FIELDS}
+_V1_OF_V2 = {v2: v1 for v1, v2 in _V2_OF_V1.items()}
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What :func:`set_value` did: the TOML file it wrote and what that file still gets wrong."""
+
+    path: Path
+    problems: tuple[str, ...] = ()
+    backup: Path | None = None
+    """Where the legacy YAML file went when it was converted to ``path``."""
+
+
+def problems(document: dict[str, Any]) -> list[str]:
+    """Every setting of ``document`` that :func:`to_settings` would refuse, not only the first."""
+    found = []
+    for name, value in _flatten(document):
+        try:
+            validate(name, value)
+        except ConfigError as exc:
+            found.append(str(exc))
+    return found
+
+
+def set_value(name: str, raw: str, path: Path | None = None) -> Stored:
+    """Sets one setting in the TOML file, keeping its comments and order.
+
+    A file that holds invalid values is written all the same, so that a person can repair it one
+    setting at a time: the problems left are returned, not raised. Only a file that cannot be
+    parsed, or that holds a value where the setting's table belongs, is refused. The legacy
+    ``ksocket.yaml`` that :func:`paths.config_path` falls back on is converted first
+    (:func:`_converted`) into ``ksocket.toml`` beside it, and renamed to a backup.
+    """
     path = path or paths.config_path()
     value = validate(name, _from_command_line(name, raw))
-    if path.suffix in (".yaml", ".yml"):
-        raise ConfigError(f"{path}: YAML config files are read-only; convert it to ksocket.toml to change it")
-    text = decode(path, read_bytes(path)) if path.exists() else default_document()
     import tomlkit  # here, not at the top: only this command needs it, and every command pays for imports
+
+    backup = None
+    if path.suffix in (".yaml", ".yml"):
+        target, backup = _conversion_paths(path)
+        document = _converted(path, backup)
+    else:
+        target, document = path, _toml_document(path)
+    _put(document, target, name, value)
+    try:
+        write_private(target, tomlkit.dumps(document))
+    except OSError as exc:
+        raise ConfigError(f"{target}: cannot write: {exc.strerror or exc}") from None
+    if backup is not None:
+        try:
+            path.rename(backup)
+        except OSError as exc:  # the new TOML file is in force all the same: it is read first
+            raise ConfigError(f"{path}: converted to {target}, but cannot rename it: {exc.strerror}") from None
+    return Stored(target, tuple(problems(document.unwrap())), backup)
+
+
+def _toml_document(path: Path) -> tomlkit.TOMLDocument:
+    import tomlkit
     import tomlkit.exceptions
 
+    text = decode(path, read_bytes(path)) if path.exists() else default_document()
     try:
-        document = tomlkit.parse(text)
+        return tomlkit.parse(text)
     except tomlkit.exceptions.ParseError as exc:
         raise ConfigError(f"{path}: not TOML: {exc}") from None
-    to_settings(path, document.unwrap())  # refuse to rewrite a file that is already broken
+
+
+def _put(document: tomlkit.TOMLDocument, path: Path, name: str, value: object) -> None:
+    """``name = value`` in its table, where it replaces the setting's Ksocket v1 spelling if the file has it."""
+    import tomlkit
+
     *tables, key = name.split(".")
     container: Any = document
-    for table in tables:
+    for depth, table in enumerate(tables, 1):
         if table not in container:
             container[table] = tomlkit.table()
         container = container[table]
+        if not isinstance(container, dict):
+            held = ".".join(tables[:depth])
+            raise ConfigError(f"{path}: {held} holds a value, not the table of {name}; remove it with an editor")
+    v1 = _V1_OF_V2.get(name)
+    if v1 is not None:
+        container.pop(v1.rsplit(".", 1)[1], None)
     container[key] = value
-    write_private(path, tomlkit.dumps(document))
-    return value
+
+
+def _conversion_paths(path: Path) -> tuple[Path, Path]:
+    """The TOML file that the legacy YAML file ``path`` becomes, and the first free backup name for it."""
+    if os.environ.get("KSOCKET_CONFIG"):
+        # converting beside it would leave KSOCKET_CONFIG naming a file that is gone
+        raise ConfigError(
+            f"{path}: KSOCKET_CONFIG names a YAML file, which ksocket config does not convert; "
+            "convert it to TOML and name that file instead"
+        )
+    target = path.with_suffix(".toml")
+    if target.exists():
+        raise ConfigError(f"{path}: not converted, {target} exists already")
+    backup = path.with_name(f"{path.name}.bak")
+    copies = 1
+    while backup.exists():
+        backup = path.with_name(f"{path.name}.bak{copies}")
+        copies += 1
+    return target, backup
+
+
+def _converted(path: Path, backup: Path) -> tomlkit.TOMLDocument:
+    """The YAML file's settings, under their v2 names, in the default document (its comments included).
+
+    Invalid values are kept, to be repaired with ``ksocket config NAME VALUE`` like any other; what
+    that command cannot repair (a name that is no setting) or TOML cannot hold (an empty value) is
+    left out, with a comment saying so at the top of the file.
+    """
+    import tomlkit
+
+    kept, notes = _yaml_settings(parse_document(path, decode(path, read_bytes(path))))
+    header = f"# Converted by ksocket config from {path.name}, which is kept as {backup.name}.\n"
+    header += "".join(f"# Left out: {note}\n" for note in notes)
+    document = tomlkit.parse(f"{header}\n{default_document()}")
+    for name, value in kept:
+        _put(document, path, name, value)
+    return document
+
+
+def _yaml_settings(document: dict[str, Any]) -> tuple[list[tuple[str, object]], list[str]]:
+    """The YAML document's settings to keep (v1 names renamed) and a note for each one left out."""
+    import tomlkit
+
+    flat = dict(_flatten(document))
+    kept: list[tuple[str, object]] = []
+    notes: list[str] = []
+    for name, value in flat.items():
+        v2 = _V2_OF_V1.get(name, name)
+        if v2 != name and v2 in flat:
+            notes.append(f"{name}: {v2} is set too")
+            continue
+        try:
+            check_name(v2)
+            tomlkit.item(value)
+        except ConfigError as exc:
+            notes.append(str(exc))
+        except (TypeError, ValueError):  # tomlkit's ConvertError, or a key that is not a string
+            notes.append(f"{v2}: empty, so its default applies" if value is None else f"{v2}: not a TOML value")
+        else:
+            kept.append((v2, value))
+    return kept, notes
 
 
 def _from_command_line(name: str, raw: str) -> object:

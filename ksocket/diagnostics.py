@@ -1,9 +1,12 @@
 """``ksocket diagnostics [system|config|connect|authenticate]`` (manual 2.3).
 
 Each check prints one line, ``label ..... OK`` or ``NG [reason]``; the status is 0 only when
-every check passed. ``connect`` walks the link's early states the way ``ksocket connect`` does
-(DNS, TCP, TLS, WebSocket); ``authenticate`` goes on through ``authenticating`` and closes
-cleanly. Nothing printed here holds the token: only the settings' public parts are shown.
+every check passed. ``connect`` and ``authenticate`` both show the endpoint; ``connect`` then walks
+the link's early states the way ``ksocket connect`` does (DNS, TCP, TLS, WebSocket), one line
+each. ``authenticate`` prints one line, ``Complete authentication``, for one connection attempt
+that goes through ``authenticating`` and closes cleanly; it does not print connect's steps
+again: when the link cannot be made, its ``NG`` says why. Nothing printed here holds the token:
+only the settings' public parts are shown.
 The command's arguments are read in :mod:`ksocket.cli.diagnostics`.
 """
 
@@ -31,6 +34,7 @@ MODULES = [
 ]  # fmt: skip
 ENVIRONMENT = ["PYTHONHOME", "PYTHONPATH", "PYTHONOPTIMIZE", "PYTHONENCODING", "PYTHONUTF8", "KSOCKET_HOME"]
 WIDTH = 44
+AUTHENTICATION = "Complete authentication"
 
 
 class Report:
@@ -42,7 +46,8 @@ class Report:
         verdict = "OK" if ok else ("Skip" if ok is None else "NG")
         self.failed += ok is False
         dots = "." * max(3, WIDTH - len(label) - 1)
-        print(f"{label} {dots} {verdict}{f' [{redact.redact(detail)}]' if detail else ''}", flush=True)
+        detail = " ".join(redact.redact(detail).split())  # one line, whatever a library said
+        print(f"{label} {dots} {verdict}{f' [{detail}]' if detail else ''}", flush=True)
 
     def check(self, label: str, action: Callable[[], object]) -> object | None:
         try:
@@ -55,6 +60,7 @@ class Report:
 
 
 def header() -> None:
+    """What every section follows; a section starts with a blank line."""
     print(f"Python: {sys.version}")
     print(f"Ksocket: {__version__}")
     print()
@@ -64,10 +70,10 @@ def header() -> None:
     for name in ENVIRONMENT:
         print(f"${name + ':':16} {os.environ.get(name, '')}".rstrip())
     print(f"${'KSOCKET_CONFIG:':16} {os.environ.get('KSOCKET_CONFIG', '')}".rstrip())
-    print()
 
 
 def system(report: Report) -> None:
+    print()
     for name in MODULES:
         report.check(name, lambda name=name: importlib.import_module(name) and None)  # type: ignore[misc]
 
@@ -103,19 +109,28 @@ def quiet_settings(report: Report) -> config.Settings | None:
     try:
         return config.load()
     except KsocketError as exc:
+        print()
         report.line("Read KSOCKET_CONFIG as config file", False, str(exc))
         return None
 
 
-async def connect(report: Report, settings: config.Settings) -> None:
-    from statemachine import dial, table
+def show_endpoint(settings: config.Settings) -> None:
+    """The block that ``connect`` and ``authenticate`` share (manual 2.3.3, 2.3.4)."""
+    from statemachine import dial
 
+    print()
     print(f"KSOCKET_INSECURE: {dial.insecure()}")
     print()
     print(f"Host:      {settings.host}")
     print(f"Port:      {settings.port}")
     print(f"Protocol:  {settings.protocol}")
     print(f"Endpoint:  {settings.endpoint_url}")
+
+
+async def connect(report: Report, settings: config.Settings) -> str:
+    """Walks the steps of ``connecting``, one line each; returns why the link cannot be made, or ''."""
+    from statemachine import dial, table
+
     print()
     print(table.describe())
     print()
@@ -124,7 +139,7 @@ async def connect(report: Report, settings: config.Settings) -> None:
         endpoint = dial.Endpoint.from_settings(settings)
     except KsocketError as exc:
         report.line("Read the endpoint", False, str(exc))
-        return
+        return str(exc)
     timeout = settings.resume_timeout
     steps: list[tuple[str, Callable[[], object]]] = [
         ("Resolve DNS forward lookup", lambda: dial.resolve(endpoint)),
@@ -139,8 +154,9 @@ async def connect(report: Report, settings: config.Settings) -> None:
             value = await step()  # type: ignore[misc]
         except KsocketError as exc:
             report.line(label, False, str(exc))
-            return
+            return str(exc)
         report.line(label, True, ", ".join(value) if isinstance(value, list) else "")
+    return ""
 
 
 async def _websocket(endpoint: object, timeout: float) -> str:
@@ -153,23 +169,22 @@ async def _websocket(endpoint: object, timeout: float) -> str:
 
 
 async def authenticate(report: Report, settings: config.Settings) -> None:
+    """One connection attempt of the agent's link, stopped once authenticated: one line."""
     from ksocket.identity import Identity
     from statemachine.link import Link
     from statemachine.runner import InlineRunner
 
-    print()
-    print("State: authenticating")
     once = dataclasses.replace(settings, resume_retries=1)
     # A throw-away identity: presenting the service's own session would take over its connection.
     with tempfile.TemporaryDirectory(prefix="ksocket-diagnostics-") as folder:
         try:
             link = Link(once, InlineRunner(), identity=Identity(Path(folder)), stop_after="connected")
         except KsocketError as exc:
-            report.line("Complete authentication", False, str(exc))
+            report.line(AUTHENTICATION, False, str(exc))
             return
         await link.run()
     ok = link.state == "stopped"  # with stop_after, only reaching "connected" ends in stopped
-    report.line("Complete authentication", ok, "" if ok else link.last_reason)
+    report.line(AUTHENTICATION, ok, "" if ok else link.last_reason)
 
 
 def run(sections: list[str], loaded: config.Settings | None = None) -> int:
@@ -178,21 +193,32 @@ def run(sections: list[str], loaded: config.Settings | None = None) -> int:
     header()
     if "system" in sections:
         system(report)
-        print()
     linking = "connect" in sections or "authenticate" in sections
     # a broken file is reported once: by the config section's stages when it runs
     settings = None
     if "config" in sections:
+        print()
         settings = read_config(report)
     elif linking:
         settings = loaded or quiet_settings(report)
     if linking and settings is not None:
-        print()
-        asyncio.run(connect(report, settings))
-        if "authenticate" in sections and not report.failed:
-            asyncio.run(authenticate(report, settings))
+        link_sections(report, settings, sections)
+    return 0 if report.failed == 0 else 1
+
+
+def link_sections(report: Report, settings: config.Settings, sections: list[str]) -> None:
+    """``connect`` and/or ``authenticate``: the endpoint shown once, and no second attempt at a link that failed."""
+    show_endpoint(settings)
+    unreachable = ""
+    if "connect" in sections:
+        unreachable = asyncio.run(connect(report, settings))
         # the cloud API is the other peer an aws/azure agent must reach; `config` judges only the file
         if settings.networks_scan_mode != "intranet":
             print()
             cloud_api(report, settings.networks_scan_mode)
-    return 0 if report.failed == 0 else 1
+    if "authenticate" in sections:
+        print()
+        if unreachable:
+            report.line(AUTHENTICATION, False, unreachable)
+        else:
+            asyncio.run(authenticate(report, settings))

@@ -148,6 +148,123 @@ def test_legacy_yaml_is_read_with_a_warning(home: Path) -> None:
     assert "deprecated" in result.stderr and "ksocket.yaml" in result.stderr
 
 
+LEGACY_YAML = """\
+# a Ksocket v1 file
+loglevel: VERBOSE
+logformat: "%(levelname)s %(message)s"
+connect:
+  host: yaml.example.net
+  port: 8443
+  token: tok-from-yaml
+  name:
+  insecure: true
+  heartbeat_timeout: 12
+  max_operations: 7
+  maxOperations: 9
+  hots: x
+operations:
+  networksScanMode: aws
+"""
+
+
+def test_setting_a_value_converts_the_legacy_yaml_file_to_toml(home: Path) -> None:
+    yaml = write_home_config(home, LEGACY_YAML, "ksocket.yaml")
+    toml = config_file(home)
+    result = run_ksocket("config", "connect.resumeRetries", "5")
+    assert (result.returncode, result.stdout) == (0, "")
+    converted, warning = result.stderr.splitlines()
+    assert converted == f"ksocket: converted the YAML file to {toml}; it is kept as {yaml}.bak"
+    assert (
+        warning
+        == f"ksocket: warning: {toml}: loglevel: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'VERBOSE'"
+    )
+    assert not yaml.exists() and Path(f"{yaml}.bak").read_text() == LEGACY_YAML
+    assert stat.S_IMODE(toml.stat().st_mode) == 0o600
+    text = toml.read_text()
+    # the default document's comments, and a note for each value that could not come along
+    assert [line for line in config.default_document().splitlines() if line.startswith("#")] == [
+        line for line in text.splitlines() if line.startswith("#") and not line.startswith(("# Converted", "# Left"))
+    ]
+    assert text.startswith(
+        "# Converted by ksocket config from ksocket.yaml, which is kept as ksocket.yaml.bak.\n"
+        "# Left out: connect.name: empty, so its default applies\n"
+        "# Left out: connect.insecure is a Ksocket v1 setting; use the KSOCKET_INSECURE environment variable instead\n"
+        "# Left out: connect.max_operations: connect.maxOperations is set too\n"
+        "# Left out: unknown setting 'connect.hots' (ksocket config lists them all)\n\n"
+    )
+    # the values kept, under their v2 names; the invalid one too, to be repaired like any other
+    assert tomllib.loads(text) == {
+        "logfile": "$KSOCKET_HOME/var/log/ksocket/ksocket.log",
+        "loglevel": "VERBOSE",
+        "logformat": "%(levelname)s %(message)s",
+        "connect": {
+            "token": "tok-from-yaml", "host": "yaml.example.net", "protocol": "wss", "port": 8443,
+            "heartbeatTimeout": 12, "maxOperations": 9, "resumeRetries": 5,
+        },
+        "operations": {"networksScanMode": "aws"},
+    }  # fmt: skip
+    assert run_ksocket("config", "loglevel", "warning").stderr == ""
+    listing = run_ksocket("config")
+    assert (listing.returncode, listing.stderr) == (0, "")  # no YAML file in use: no deprecation warning
+    assert "connect.heartbeatTimeout=12.0\n" in listing.stdout and "connect.port=8443\n" in listing.stdout
+
+
+def test_yaml_values_that_toml_cannot_hold_are_left_out_with_a_note(home: Path) -> None:
+    write_home_config(
+        home, "logfilters: [a, null]\nconnect:\n  token: !!binary aGVsbG8=\n  port: {1: 2}\n", "ksocket.yaml"
+    )
+    result = run_ksocket("config", "connect.host", "hub.example.net")
+    assert (result.returncode, result.stderr.count("\n")) == (0, 1), result.stderr
+    assert (
+        config_file(home)
+        .read_text()
+        .startswith(
+            "# Converted by ksocket config from ksocket.yaml, which is kept as ksocket.yaml.bak.\n"
+            "# Left out: logfilters: not a TOML value\n"
+            "# Left out: connect.token: not a TOML value\n"
+            "# Left out: connect.port: not a TOML value\n\n"
+        )
+    )
+    assert run_ksocket("config").returncode == 0
+
+
+def test_a_yaml_file_is_never_converted_over_a_toml_file(home: Path, tmp_path: Path) -> None:
+    yaml, toml = tmp_path / "ksocket.yaml", tmp_path / "ksocket.toml"
+    yaml.write_text("connect:\n  port: 8443\n")
+    toml.write_text("# mine\n")
+    with pytest.raises(ConfigError, match=f"{yaml}: not converted, {toml} exists already"):
+        config.set_value("connect.host", "hub.example.net", yaml)
+    assert (yaml.read_text(), toml.read_text()) == ("connect:\n  port: 8443\n", "# mine\n")
+
+
+def test_a_converted_yaml_files_backup_takes_a_free_name(home: Path) -> None:
+    yaml = write_home_config(home, "connect:\n  port: 8443\n", "ksocket.yaml")
+    Path(f"{yaml}.bak").write_text("an older backup\n")
+    result = run_ksocket("config", "connect.host", "hub.example.net")
+    assert result.stderr == f"ksocket: converted the YAML file to {config_file(home)}; it is kept as {yaml}.bak1\n"
+    assert Path(f"{yaml}.bak").read_text() == "an older backup\n"
+    assert Path(f"{yaml}.bak1").read_text() == "connect:\n  port: 8443\n"
+    assert run_ksocket("config", "connect.port").stdout == "8443\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "args", "expected"),
+    [
+        ("connect:\n  port: 8443\n", ["connect.port", "0"], "connect.port: must be an integer from 1 to 65535, got 0"),
+        ("connect: [1, 2\n", ["connect.port", "443"], "ksocket.yaml:2: not YAML: invalid syntax"),
+    ],
+)
+def test_a_refused_value_or_yaml_leaves_the_legacy_file_alone(
+    home: Path, content: str, args: list[str], expected: str
+) -> None:
+    yaml = write_home_config(home, content, "ksocket.yaml")
+    result = run_ksocket("config", *args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("ksocket: error: ") and expected in result.stderr
+    assert sorted(p.name for p in yaml.parent.iterdir()) == ["ksocket.yaml"]
+    assert yaml.read_text() == content
+
+
 BROKEN_FILES = [
     ("bytes.toml", b'[connect]\nhost = "\xff\xfe"\n', "bytes.toml:2: not UTF-8"),
     ("syntax.toml", b"[connect\nhost = 1\n", "syntax.toml: not TOML"),
@@ -184,9 +301,118 @@ def test_broken_config_files_give_one_line_naming_the_file(
     assert result.stderr.startswith(f"ksocket: error: {path}")
     assert expected in result.stderr
     assert result.stderr.count("\n") == 1, "one line, no traceback"
+
+
+# The broken files above that ksocket config NAME VALUE cannot edit: it cannot parse them, a value stands where
+# the settings' table belongs, or KSOCKET_CONFIG names a YAML file (only the legacy ksocket.yaml is converted).
+UNEDITABLE = {
+    "bytes.toml": "bytes.toml:2: not UTF-8",
+    "syntax.toml": "syntax.toml: not TOML",
+    "unclosed.toml": "unclosed.toml: not TOML",
+    "table.toml": "table.toml: connect holds a value, not the table of connect.host; remove it with an editor",
+    "yaml.yaml": "KSOCKET_CONFIG names a YAML file, which ksocket config does not convert",
+    "tag.yaml": "KSOCKET_CONFIG names a YAML file",
+    "list.yaml": "KSOCKET_CONFIG names a YAML file",
+    "yamltype.yaml": "KSOCKET_CONFIG names a YAML file",
+}
+# The others: the setting whose new value repairs each one, and the value then shown; connect.hots is no
+# setting, so that only an editor removes it.
+REPAIRS: dict[str, tuple[str, str, str] | None] = {
+    "port.toml": ("connect.port", "443", "443"),
+    "bool.toml": ("connect.port", "443", "443"),
+    "float.toml": ("connect.maxOperations", "2", "2"),
+    "proto.toml": ("connect.protocol", "ws", "ws"),
+    "host.toml": ("connect.host", "hub.example.net", "hub.example.net"),
+    "unknown.toml": None,
+    "v1.toml": ("connect.heartbeatTimeout", "3", "3.0"),
+    "level.toml": ("loglevel", "info", "INFO"),
+    "mode.toml": ("operations.networksScanMode", "aws", "aws"),
+    "inf.toml": ("connect.heartbeatInterval", "60", "60.0"),
+    "logformat.toml": ("logformat", "%(message)s", "%(message)s"),
+    "hostport.toml": ("connect.host", "hub.example.net", "hub.example.net"),
+}
+BROKEN = {name: (content, expected) for name, content, expected in BROKEN_FILES}
+
+
+def test_every_broken_file_is_either_uneditable_or_repairable() -> None:
+    assert set(UNEDITABLE) | set(REPAIRS) == set(BROKEN)
+    assert not set(UNEDITABLE) & set(REPAIRS)
+
+
+@pytest.mark.parametrize("name", UNEDITABLE)
+def test_a_file_ksocket_config_cannot_edit_is_refused_and_left_alone(home: Path, tmp_path: Path, name: str) -> None:
+    content, _ = BROKEN[name]
+    path = tmp_path / name
+    path.write_bytes(content)
     refused = run_ksocket("config", "connect.host", "x.example.net", env={"KSOCKET_CONFIG": str(path)})
     assert refused.returncode == 2
+    assert refused.stderr.startswith(f"ksocket: error: {path}")
+    assert UNEDITABLE[name] in refused.stderr
+    assert refused.stderr.count("\n") == 1, "one line, no traceback"
     assert path.read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["home", name])
+
+
+@pytest.mark.parametrize("name", REPAIRS)
+def test_a_broken_file_is_repaired_one_setting_at_a_time(home: Path, tmp_path: Path, name: str) -> None:
+    content, expected = BROKEN[name]
+    path = tmp_path / name
+    path.write_bytes(content)
+    env = {"KSOCKET_CONFIG": str(path)}
+    # another setting is stored all the same, and the problem left is said in a warning naming the file
+    other = run_ksocket("config", "connect.name", "agent-7", env=env)
+    assert other.returncode == 0, other.stderr
+    assert other.stderr.startswith(f"ksocket: warning: {path}: ") and expected in other.stderr
+    assert other.stderr.count("\n") == 1
+    assert tomllib.loads(path.read_text())["connect"]["name"] == "agent-7"
+    assert run_ksocket("config", env=env).returncode == 2  # still broken
+    repair = REPAIRS[name]
+    if repair is None:
+        return
+    setting, value, shown = repair
+    repaired = run_ksocket("config", setting, value, env=env)
+    assert (repaired.returncode, repaired.stderr) == (0, "")
+    listing = run_ksocket("config", env=env)
+    assert listing.returncode == 0, listing.stderr
+    assert f"\n{setting}={shown}\n" in listing.stdout and "\nconnect.name=agent-7\n" in listing.stdout
+
+
+def test_config_loglevel_repairs_a_file_that_holds_verbose(home: Path) -> None:
+    """The issue's case: the only way out of loglevel = "VERBOSE" was an editor."""
+    assert run_ksocket("config", "connect.host", "hub.example.net").returncode == 0
+    path = config_file(home)
+    good = path.read_text()
+    path.write_text(good.replace('loglevel = "INFO"', 'loglevel = "VERBOSE"'))
+    assert run_ksocket("config").returncode == 2
+    repaired = run_ksocket("config", "loglevel", "INFO")
+    assert (repaired.returncode, repaired.stdout, repaired.stderr) == (0, "", "")
+    assert path.read_text() == good  # comments and order kept
+    assert run_ksocket("config").returncode == 0
+
+
+def test_setting_a_v1_names_successor_replaces_it(home: Path) -> None:
+    path = write_home_config(home, "[connect]\n# kept\nmax_running_operations = 3\nhost = 'a.example.net'\n")
+    assert run_ksocket("config", "connect.maxRunningOperations", "4").returncode == 0
+    assert path.read_text() == "[connect]\n# kept\nhost = 'a.example.net'\nmaxRunningOperations = 4\n"
+
+
+def test_every_problem_of_a_document_is_listed() -> None:
+    document = {"loglevel": "VERBOSE", "connect": {"port": "443", "host": "ok.example.net", "hots": 1}}
+    assert config.problems(document) == [
+        "loglevel: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'VERBOSE'",
+        "connect.port: must be an integer from 1 to 65535, got '443'",
+        "unknown setting 'connect.hots' (ksocket config lists them all)",
+    ]
+    assert config.problems({"connect": {"token": 12345678}}) == ["connect.token: must be a string, got an integer"]
+    assert config.problems({"connect": {"host": "ok.example.net"}}) == []
+
+
+def test_a_file_that_cannot_be_written_is_one_line(home: Path) -> None:
+    path = Path("/dev/null/etc/ksocket.toml")  # no folder can be made there, even by root
+    result = run_ksocket("config", "connect.host", "x.example.net", env={"KSOCKET_CONFIG": str(path)})
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"ksocket: error: {path}: cannot write: ")
+    assert result.stderr.count("\n") == 1
 
 
 def test_unreadable_config_is_named(home: Path, tmp_path: Path) -> None:
@@ -253,7 +479,9 @@ def test_a_mistyped_token_is_never_printed(home: Path, tmp_path: Path, name: str
     diagnostics = run_ksocket("diagnostics", "config", env=env)
     assert diagnostics.returncode == 1
     assert "Read KSOCKET_CONFIG as" in diagnostics.stdout and "NG [" in diagnostics.stdout
-    for output in (listing.stdout, listing.stderr, diagnostics.stdout, diagnostics.stderr):
+    stored = run_ksocket("config", "connect.host", "x.example.net", env=env)  # warns (TOML) or refuses (YAML)
+    assert "connect.token" in stored.stderr or "KSOCKET_CONFIG names a YAML file" in stored.stderr
+    for output in (listing.stdout, listing.stderr, diagnostics.stdout, diagnostics.stderr, stored.stderr):
         assert secret not in output
 
 

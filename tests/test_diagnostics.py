@@ -57,8 +57,14 @@ def test_bare_diagnostics_walks_system_config_connect_but_never_authenticates(tm
 
             status, output = await diagnose(home, "authenticate")
             assert status == 0, output
-            assert check_line(output, "Complete authentication") == "OK"
+            assert re.search(manual_form(hub.port, "OK"), output), output
             assert token not in output
+
+            status, output = await diagnose(home, "connect", "authenticate")
+            assert status == 0, output
+            assert check_line(output, "Establish websocket") == "OK"
+            assert check_line(output, "Complete authentication") == "OK"
+            assert output.count("Endpoint:") == 1
 
             write_config(home, hub.port, "wrong-token-value")
             status, output = await diagnose(home, "authenticate")
@@ -70,7 +76,42 @@ def test_bare_diagnostics_walks_system_config_connect_but_never_authenticates(tm
         assert status == 1
         assert "Establish TCP connection" in output and "NG [TCP connection with 127.0.0.1" in output
 
+        # the link cannot be made: authenticate says why on its own line, in the manual's form
+        status, output = await diagnose(home, "authenticate")
+        assert status == 1
+        why = rf"WebSocket handshake with 127\.0\.0\.1:{hub.port} failed: .+"
+        assert re.search(manual_form(hub.port, rf"NG \[{why}\]"), output), output
+        assert "wrong-token-value" not in output
+
+        # after connect's steps, the reason of the step that failed, without a second attempt
+        status, output = await diagnose(home, "connect", "authenticate")
+        assert status == 1
+        failed_step = check_line(output, "Establish TCP connection")
+        assert failed_step.startswith("NG [TCP connection with 127.0.0.1")
+        assert check_line(output, "Complete authentication") == failed_step
+
     asyncio.run(scenario())
+
+
+def manual_form(port: int, verdict: str) -> str:
+    """A pattern for the end of ``ksocket diagnostics authenticate`` (manual 2.3.4): no connect steps, no table."""
+    block = (
+        "KSOCKET_INSECURE: False\n\n"
+        "Host:      127.0.0.1\n"
+        f"Port:      {port}\n"
+        "Protocol:  ws\n"
+        f"Endpoint:  ws://127.0.0.1:{port}/api/ksocket/connect\n"
+    )
+    return rf"\n\$KSOCKET_CONFIG:\n\n{re.escape(block)}\nComplete authentication \.{{3,}} {verdict}\n\Z"
+
+
+def test_authenticate_without_a_host_says_so(home: Path) -> None:
+    result = run_ksocket("diagnostics", "authenticate")
+    assert result.returncode == 1
+    assert check_line(result.stdout, "Complete authentication") == (
+        "NG [connect.host is not set (ksocket config connect.host HOST)]"
+    )
+    assert "State: connecting" not in result.stdout and result.stderr == ""
 
 
 def test_diagnostics_config_names_the_failing_stage(home: Path) -> None:
@@ -126,6 +167,8 @@ def test_every_detail_is_masked(capsys: pytest.CaptureFixture[str]) -> None:
     output = capsys.readouterr().out
     assert "diag-Secret-42" not in output
     assert output.count(redact.MASK) == 2
+    report.line("A library's text", False, "first line\n  second line\n")
+    assert capsys.readouterr().out.endswith(" NG [first line second line]\n")
 
 
 def test_diagnostics_logs_where_the_command_line_and_the_config_say(home: Path, tmp_path: Path) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from ksocket import config, paths
+from ksocket import config, redact
 from ksocket.cli.common import load_settings
 
 
@@ -16,9 +17,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.value is not None:
-        config.check_name(args.name)
-        config.load(paths.config_path())  # a broken file is reported, not rewritten
-        config.set_value(args.name, args.value)
+        store(args.name, args.value)
         return 0
     settings = load_settings(args)
     if args.name is not None:
@@ -27,3 +26,12 @@ def run(args: argparse.Namespace) -> int:
     for name in config.NAMES:
         print(f"{name}={config.display(settings, name)}")
     return 0
+
+
+def store(name: str, raw: str) -> None:
+    """Stores the value even in a file that holds invalid ones, and says what the file still gets wrong."""
+    stored = config.set_value(name, raw)
+    if stored.backup is not None:
+        print(f"ksocket: converted the YAML file to {stored.path}; it is kept as {stored.backup}", file=sys.stderr)
+    for problem in stored.problems:
+        print(f"ksocket: warning: {stored.path}: {redact.redact(problem)}", file=sys.stderr)

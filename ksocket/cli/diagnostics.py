@@ -20,10 +20,11 @@ def run(args: argparse.Namespace) -> int:
     unknown = [name for name in args.sections if name not in diagnostics.SECTIONS]
     if unknown:
         raise ConfigError(f"no diagnostics {unknown[0]!r}; choose from {', '.join(diagnostics.SECTIONS)}")
+    # the report is the check lines: what the log says besides (the link probe giving up, say) stays in the log
     try:
-        settings: config.Settings | None = load_settings(args)
+        settings: config.Settings | None = load_settings(args, echo_warnings=False)
     except ConfigError:
         # the config section reports what is wrong with the file; the log goes where the defaults say
-        ksocket_log.configure(config.Settings(), logfile=args.logfile, loglevel=args.loglevel)
+        ksocket_log.configure(config.Settings(), logfile=args.logfile, loglevel=args.loglevel, echo_warnings=False)
         settings = None
     return diagnostics.run(args.sections or list(diagnostics.DEFAULT_SECTIONS), settings)
