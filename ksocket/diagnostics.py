@@ -14,12 +14,15 @@ import importlib
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ksocket import __version__, config, paths, redact
 from ksocket.errors import KsocketError
+
+if TYPE_CHECKING:
+    from statemachine import dial
 
 SECTIONS = ("system", "config", "connect", "authenticate")
 DEFAULT_SECTIONS = ("system", "config", "connect")
@@ -115,6 +118,7 @@ async def connect(report: Report, settings: config.Settings) -> None:
     print(f"Port:      {settings.port}")
     print(f"Protocol:  {settings.protocol}")
     print(f"Endpoint:  {settings.endpoint_url}")
+    print(f"Proxy:     {config.display(settings, 'connect.proxy')}")
     print()
     print(table.describe())
     print()
@@ -124,22 +128,50 @@ async def connect(report: Report, settings: config.Settings) -> None:
     except KsocketError as exc:
         report.line("Read the endpoint", False, str(exc))
         return
-    timeout = settings.resume_timeout
-    steps: list[tuple[str, Callable[[], object]]] = [
-        ("Resolve DNS forward lookup", lambda: dial.resolve(endpoint)),
-        ("Establish TCP connection", lambda: dial.open_tcp(endpoint, timeout)),
-    ]
-    context = dial.tls_context(endpoint)
-    if context is not None:
-        steps.append(("Establish TLS session", lambda: dial.open_tls(endpoint, context, timeout)))
-    steps.append(("Establish websocket", lambda: _websocket(endpoint, timeout)))
-    for label, step in steps:
+    try:
+        proxy = dial.choose_proxy(endpoint)
+    except KsocketError as exc:
+        report.line("Choose the proxy", False, str(exc))
+        return
+    report.line("Choose the proxy", True, f"{proxy.shown} ({proxy.origin})" if proxy else "none")
+    for label, step in _link_steps(endpoint, proxy, settings.resume_timeout):
         try:
-            value = await step()  # type: ignore[misc]
+            value = await step()
         except KsocketError as exc:
             report.line(label, False, str(exc))
             return
-        report.line(label, True, ", ".join(value) if isinstance(value, list) else "")
+        report.line(label, True, ", ".join(value) if isinstance(value, list) else str(value or ""))
+
+
+def _link_steps(
+    endpoint: dial.Endpoint, proxy: dial.Proxy | None, timeout: float
+) -> list[tuple[str, Callable[[], Awaitable[object]]]]:
+    """The steps of :func:`statemachine.dial.open_websocket` one by one: to the hub, or to the proxy and through it."""
+    from statemachine import dial
+
+    steps: list[tuple[str, Callable[[], Awaitable[object]]]]
+    if proxy is None:
+        steps = [
+            ("Resolve DNS forward lookup", lambda: dial.resolve(endpoint)),
+            ("Establish TCP connection", lambda: dial.open_tcp(endpoint, timeout)),
+        ]
+    else:
+        steps = [
+            ("Resolve DNS forward lookup of the proxy", lambda: dial.resolve(proxy.endpoint())),
+            ("Establish TCP connection to the proxy", lambda: dial.open_tcp(proxy.endpoint(), timeout)),
+            ("Open tunnel through the proxy", lambda: dial.open_tunnel(endpoint, proxy, timeout)),
+        ]
+    if endpoint.secure:
+        steps.append(("Load TLS trust store", lambda: _trust_store_name()))
+        steps.append(("Establish TLS session", lambda: dial.open_tls(endpoint, timeout, proxy)))
+    steps.append(("Establish websocket", lambda: _websocket(endpoint, timeout)))
+    return steps
+
+
+async def _trust_store_name() -> str:
+    from statemachine import dial
+
+    return dial.trust_store().name
 
 
 async def _websocket(endpoint: object, timeout: float) -> str:
