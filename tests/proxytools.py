@@ -1,7 +1,7 @@
 """Real proxies on loopback for the link's tests: Debian's tinyproxy (HTTP CONNECT, Basic auth) and
 microsocks (SOCKS5, user name and password), each started on a free port and stopped after the test.
 
-Each proxy writes its own log; :meth:`RunningProxy.tunnels_to` counts the connections it made to a
+Each proxy writes its own log; :meth:`RunningProxy.tunnels_to` counts the tunnels it opened to a
 port, so that a test sees that the link went through the proxy, not only that it worked.
 """
 
@@ -24,22 +24,20 @@ STARTUP = 10.0
 class RunningProxy:
     url: str  # with the credentials when the proxy requires them
     log: Path
-    tunnel_line: str  # the log's line for an open tunnel, with {port} for the destination's
-    after: str = ""  # a line that must follow it (tinyproxy logs the request, then whether it connected)
+    request_line: str  # how the log ends the line of a client's request, with {port} for the destination's
+    tunnel_line: str  # what the log says when a tunnel opened (tinyproxy's line does not name the port)
 
     def lines(self) -> list[str]:
         return self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
 
     def requests_to(self, port: int) -> int:
-        """How many tunnels to 127.0.0.1:``port`` a client asked for, per the proxy's own log."""
-        wanted = self.tunnel_line.format(port=port)
+        """How many tunnels to 127.0.0.1:``port`` clients asked for, per the proxy's own log."""
+        wanted = self.request_line.format(port=port)
         return sum(line.endswith(wanted) for line in self.lines())
 
     def tunnels_to(self, port: int) -> int:
-        """How many tunnels to 127.0.0.1:``port`` the proxy opened, per its own log."""
-        wanted = self.tunnel_line.format(port=port)
-        lines = [*self.lines(), ""]
-        return sum(line.endswith(wanted) and self.after in lines[i + 1] for i, line in enumerate(lines[:-1]))
+        """How many tunnels to 127.0.0.1:``port`` the proxy opened (for a test whose proxy serves one hub)."""
+        return min(self.requests_to(port), sum(self.tunnel_line in line for line in self.lines()))
 
 
 def _free_port() -> int:
@@ -102,6 +100,7 @@ def tinyproxy(folder: Path, user: str | None = None, password: str | None = None
     conf.write_text("\n".join(lines) + "\n")
     with _serving([_program("tinyproxy"), "-d", "-c", str(conf)], port, folder / "tinyproxy.out"):
         url = f"http://{_userinfo(user, password)}127.0.0.1:{port}"
+        # tinyproxy logs each request, then on a line of its own whether it connected
         yield RunningProxy(url, log, "CONNECT 127.0.0.1:{port} HTTP/1.1", "Established connection to host")
 
 
@@ -116,4 +115,4 @@ def microsocks(folder: Path, user: str | None = None, password: str | None = Non
     with _serving(command, port, log):
         url = f"socks5://{_userinfo(user, password)}127.0.0.1:{port}"
         # microsocks logs a tunnel once it is open, and nothing for a refused client
-        yield RunningProxy(url, log, "connected to 127.0.0.1:{port}")
+        yield RunningProxy(url, log, "connected to 127.0.0.1:{port}", "connected to ")
