@@ -7,8 +7,8 @@ become :class:`~ksocket.errors.LinkError` here, each with one line naming the pe
 The proxy is ``connect.proxy`` when set (``none``: never one), otherwise the environment's as
 websockets reads it (HTTPS_PROXY, HTTP_PROXY for ws://, NO_PROXY honoured); websockets dials
 through it. The diagnostics' tunnel step alone uses the two functions websockets' own ``connect``
-opens a tunnel with (``connect_http_proxy``, ``connect_socks_proxy``): not public API, so
-tests/test_proxy.py runs them against real proxies. A proxy's password is registered with
+opens a tunnel with (``connect_http_proxy``, ``connect_socks_proxy``): not public API, so the
+tests run them against real proxies (tests/test_diagnostics.py). A proxy's password is registered with
 :mod:`ksocket.redact` and every message shows the proxy with it masked.
 
 TLS trusts the system's store (SSL_CERT_FILE / SSL_CERT_DIR honoured) or, when that holds no
@@ -140,6 +140,7 @@ def trust_store() -> TrustStore:
         return TrustStore(context, name)
     import certifi  # here, not at the top: only a host without CAs needs it
 
+    log.info("the system's CA store is empty: trusting certifi's bundle (%s)", certifi.where())
     return TrustStore(ssl.create_default_context(cafile=certifi.where()), "certifi")
 
 
@@ -229,12 +230,13 @@ async def open_tls(endpoint: Endpoint, timeout: float, proxy: Proxy | None = Non
     store = trust_store()
     with link_errors("TLS handshake", endpoint, proxy):
         async with asyncio.timeout(timeout):
-            if proxy is None:
-                _, writer = await asyncio.open_connection(endpoint.host, endpoint.port, ssl=store.context)
-                transport: asyncio.BaseTransport = writer.transport
-            else:
-                transport = await _through(endpoint, proxy, store)
-        transport.close()
+            if proxy is not None:
+                (await _through(endpoint, proxy, store)).close()
+                return
+            _, writer = await asyncio.open_connection(endpoint.host, endpoint.port, ssl=store.context)
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
 
 
 async def open_tunnel(endpoint: Endpoint, proxy: Proxy, timeout: float) -> str:

@@ -7,12 +7,15 @@ port, so that a test sees that the link went through the proxy, not only that it
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import shutil
 import socket
+import ssl
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,3 +119,32 @@ def microsocks(folder: Path, user: str | None = None, password: str | None = Non
         url = f"socks5://{_userinfo(user, password)}127.0.0.1:{port}"
         # microsocks logs a tunnel once it is open, and nothing for a refused client
         yield RunningProxy(url, log, "connected to 127.0.0.1:{port}", "connected to ")
+
+
+@contextlib.asynccontextmanager
+async def tls_front(proxy: RunningProxy, context: ssl.SSLContext) -> AsyncIterator[RunningProxy]:
+    """``proxy`` behind TLS on another loopback port: an https:// proxy, since tinyproxy speaks no TLS.
+
+    The front only ends the TLS and relays bytes; the proxying, and the log, are still tinyproxy's.
+    """
+    backend = int(proxy.url.rpartition(":")[2])
+
+    async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+        sink.close()
+
+    async def relay(client: asyncio.StreamReader, answer: asyncio.StreamWriter) -> None:
+        upstream, request = await asyncio.open_connection("127.0.0.1", backend)
+        await asyncio.gather(pipe(client, request), pipe(upstream, answer))
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    rest = proxy.url.partition("://")[2]
+    try:
+        yield dataclasses.replace(proxy, url=f"https://{rest.rpartition(':')[0]}:{port}")
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -19,7 +19,7 @@ from ksocket.hub.server import Hub
 from statemachine import dial
 from tests.conftest import run_ksocket
 from tests.hubtools import hub_with_slot
-from tests.proxytools import RunningProxy, microsocks, tinyproxy
+from tests.proxytools import RunningProxy, microsocks, tinyproxy, tls_front
 from tests.test_link import agent_settings, finish, make_link, start
 from tests.tlstools import CertificateAuthority
 
@@ -207,6 +207,26 @@ def test_a_proxy_that_requires_basic_auth(tmp_path: Path, trusted_ca: Certificat
 
                 no_credentials = proxy.url.replace("alice:Tiny-Secret-7@", "")
                 assert "credentials are missing or wrong" in await agent_refused(tmp_path, hub, token, no_credentials)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.peer
+def test_an_https_proxy_is_trusted_as_the_hub_is(tmp_path: Path, trusted_ca: CertificateAuthority) -> None:
+    stranger = CertificateAuthority.create(tmp_path / "stranger", "someone else")
+
+    async def scenario() -> None:
+        tls = trusted_ca.server_context("hub", ["127.0.0.1"])
+        async with hub_with_slot(tmp_path / "hub.db", SLOT, ssl_context=tls) as (hub, token):
+            with tinyproxy(tmp_path / "tinyproxy") as plain:
+                async with tls_front(plain, trusted_ca.server_context("proxy", ["127.0.0.1"])) as proxy:
+                    assert proxy.url.startswith("https://127.0.0.1:")
+                    await agent_run(tmp_path, hub, token, proxy.url)  # TLS to the hub inside TLS to the proxy
+                    assert proxy.tunnels_to(hub.port) == 1
+                async with tls_front(plain, stranger.server_context("proxy", ["127.0.0.1"])) as untrusted:
+                    reason = await agent_refused(tmp_path, hub, token, untrusted.url)
+                    assert f"through proxy {untrusted.url} failed: unable to get local issuer certificate" in reason
+                    assert plain.requests_to(hub.port) == 1
 
     asyncio.run(scenario())
 
