@@ -147,7 +147,7 @@ def _proxy(value: object) -> str:
     if (
         parts.scheme not in PROXY_SCHEMES
         or not parts.hostname
-        or parts.path.strip("/")
+        or parts.path not in ("", "/")
         or parts.query
         or parts.fragment
     ):
@@ -158,7 +158,7 @@ def _proxy(value: object) -> str:
 
 
 def _split_password(url: str) -> tuple[str, str, str]:
-    """``url`` as (up to the password's colon, the password, from its ``@`` on); no colon: (url, "", "")."""
+    """``url`` cut around its password: (``SCHEME://USER:``, ``PASSWORD``, ``@HOST…``); (url, "", "") without one."""
     scheme, sep, rest = url.partition("://")
     netloc = rest.partition("/")[0]
     userinfo, at, _ = netloc.rpartition("@")

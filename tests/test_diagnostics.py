@@ -165,6 +165,7 @@ def write_proxied_config(home: Path, hub: Hub, token: str, proxy: str) -> None:
     )
 
 
+@pytest.mark.peer
 def test_connect_walks_to_the_proxy_through_its_tunnel_then_tls_to_the_hub(
     tmp_path: Path, home: Path, trusted_ca: CertificateAuthority
 ) -> None:
@@ -204,6 +205,7 @@ def test_connect_walks_to_the_proxy_through_its_tunnel_then_tls_to_the_hub(
     asyncio.run(scenario())
 
 
+@pytest.mark.peer
 def test_connect_through_a_socks5_proxy_from_the_environment(tmp_path: Path, home: Path) -> None:
     async def scenario() -> None:
         async with hub_with_slot(tmp_path / "hub.db", "diag") as (hub, token):
@@ -227,6 +229,7 @@ def test_connect_through_a_socks5_proxy_from_the_environment(tmp_path: Path, hom
     asyncio.run(scenario())
 
 
+@pytest.mark.peer
 def test_an_empty_system_store_falls_back_to_certifi_which_refuses_a_private_ca(
     tmp_path: Path, home: Path, trusted_ca: CertificateAuthority
 ) -> None:
