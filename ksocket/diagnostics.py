@@ -158,8 +158,10 @@ def _link_steps(endpoint: dial.Endpoint, proxy: dial.Proxy | None, timeout: floa
         steps = [
             ("Resolve DNS forward lookup of the proxy", lambda: dial.resolve(proxy.endpoint())),
             ("Establish TCP connection to the proxy", lambda: dial.open_tcp(proxy.endpoint(), timeout)),
-            ("Open tunnel through the proxy", lambda: dial.open_tunnel(endpoint, proxy, timeout)),
         ]
+        if proxy.resolves_here:
+            steps.append(("Resolve DNS forward lookup", lambda: dial.resolve(endpoint)))
+        steps.append(("Open tunnel through the proxy", lambda: dial.open_tunnel(endpoint, proxy, timeout)))
     if endpoint.secure:
         steps.append(("Load TLS trust store", _trust_store_name))
         steps.append(("Establish TLS session", lambda: dial.open_tls(endpoint, timeout, proxy)))

@@ -95,6 +95,11 @@ class Proxy:
     def tunnel(self) -> str:
         return SOCKS_VERSIONS.get(self.address.scheme, "HTTP CONNECT")
 
+    @property
+    def resolves_here(self) -> bool:
+        """Whether the agent resolves the hub's name (socks5://, socks4://) rather than the proxy."""
+        return self.address.scheme in ("socks5", "socks4")
+
     def endpoint(self) -> Endpoint:
         """The proxy itself as a peer, for the steps that reach it: DNS, TCP."""
         address = self.address

@@ -215,6 +215,8 @@ def test_connect_through_a_socks5_proxy_from_the_environment(tmp_path: Path, hom
                 assert status == 0, output
                 assert check_line(output, "Choose the proxy") == f"OK [{proxy.url} (the environment)]"
                 assert check_line(output, "Open tunnel through the proxy") == "OK [SOCKS5]"
+                # socks5:// leaves the hub's name to the agent (socks5h:// would leave it to the proxy)
+                assert check_line(output, "Resolve DNS forward lookup") == "OK [127.0.0.1]"
                 assert "Load TLS trust store" not in output  # ws://: no TLS
                 assert proxy.tunnels_to(hub.port) == 2
 
