@@ -2,8 +2,9 @@
 
 Each check prints one line, ``label ..... OK`` or ``NG [reason]``; the status is 0 only when
 every check passed. ``connect`` walks the link's early states the way ``ksocket connect`` does
-(DNS, TCP, TLS, WebSocket); ``authenticate`` goes on through ``authenticating`` and closes
-cleanly. Nothing printed here holds the token: only the settings' public parts are shown.
+(the proxy if any, DNS, TCP, the proxy's tunnel, the trust store, TLS, WebSocket); ``authenticate``
+goes on through ``authenticating`` and closes cleanly. Nothing printed here holds the token or a
+proxy's password: only the settings' public parts are shown.
 """
 
 from __future__ import annotations
