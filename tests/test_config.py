@@ -41,6 +41,7 @@ connect.maxRunningOperations=5
 operations.networksScanMode=intranet
 directories.credentials=${KSOCKET_HOME}/etc/ksocket/credentials
 broker.url=redislite://$KSOCKET_HOME/var/lib/ksocket/broker.db
+connect.proxy=
 """
 
 

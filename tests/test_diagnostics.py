@@ -14,18 +14,20 @@ from ksocket import diagnostics, redact
 from ksocket.hub.store import Store
 from statemachine import table
 from tests.conftest import run_ksocket, write_home_config
-from tests.hubtools import RecordingHub
+from tests.hubtools import RecordingHub, hub_with_slot
+from tests.proxytools import microsocks, tinyproxy
+from tests.tlstools import CertificateAuthority
 
 
 def write_config(home: Path, port: int, token: str) -> None:
     write_home_config(home, f'[connect]\nhost = "127.0.0.1"\nport = {port}\nprotocol = "ws"\ntoken = "{token}"\n')
 
 
-async def diagnose(home: Path, *sections: str) -> tuple[int, str]:
+async def diagnose(home: Path, *sections: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ksocket.cli", "diagnostics", *sections,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "KSOCKET_HOME": str(home)},
+        env={**os.environ, "KSOCKET_HOME": str(home), **(env or {})},
     )  # fmt: skip
     output, _ = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode is not None
@@ -182,3 +184,113 @@ def test_diagnostics_logs_where_the_command_line_and_the_config_say(home: Path, 
     from_option = tmp_path / "from-option.log"
     assert run_ksocket(f"--logfile={from_option}", "diagnostics", "config", env=env).returncode == 0
     assert "YAML config files are deprecated" in from_option.read_text()
+
+
+@pytest.fixture
+def trusted_ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CertificateAuthority:
+    """A throw-away CA that the diagnosed agent trusts (SSL_CERT_FILE); no proxy from this machine's environment."""
+    ca = CertificateAuthority.create(tmp_path / "ca")
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca.cert_path))
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    for name in ["https_proxy", "http_proxy", "wss_proxy", "socks_proxy", "no_proxy"]:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    return ca
+
+
+def write_proxied_config(home: Path, hub: RecordingHub, token: str, proxy: str) -> None:
+    protocol = "wss" if hub.ssl_context else "ws"
+    write_home_config(
+        home,
+        f'[connect]\nhost = "127.0.0.1"\nport = {hub.port}\nprotocol = "{protocol}"\ntoken = "{token}"\n'
+        f'proxy = "{proxy}"\n',
+    )
+
+
+@pytest.mark.peer
+def test_connect_walks_to_the_proxy_through_its_tunnel_then_tls_to_the_hub(
+    tmp_path: Path, home: Path, trusted_ca: CertificateAuthority
+) -> None:
+    async def scenario() -> None:
+        tls = trusted_ca.server_context("hub", ["127.0.0.1"])
+        async with hub_with_slot(tmp_path / "hub.db", "diag", ssl_context=tls) as (hub, token):
+            with tinyproxy(tmp_path / "tinyproxy", "alice", "Diag-Secret-9") as proxy:
+                shown = proxy.url.replace("Diag-Secret-9", redact.MASK)
+                write_proxied_config(home, hub, token, proxy.url)
+                status, output = await diagnose(home, "connect")
+                assert status == 0, output
+                assert f"\nProxy:     {shown}\n" in output
+                assert check_line(output, "Choose the proxy") == f"OK [{shown} (connect.proxy)]"
+                assert check_line(output, "Resolve DNS forward lookup of the proxy") == "OK [127.0.0.1]"
+                assert check_line(output, "Establish TCP connection to the proxy") == "OK"
+                assert check_line(output, "Open tunnel through the proxy") == "OK [HTTP CONNECT]"
+                assert check_line(output, "Load TLS trust store") == f"OK [{trusted_ca.cert_path}]"
+                assert check_line(output, "Establish TLS session") == "OK"
+                assert check_line(output, "Establish websocket") == "OK"
+                assert "Resolve DNS forward lookup ." not in output  # the proxy resolves the hub
+                # the tunnel, the TLS session and the websocket each went through the proxy
+                assert proxy.tunnels_to(hub.port) == 3
+
+                write_proxied_config(home, hub, token, proxy.url.replace("Diag-Secret-9", "Wrong-Secret-10"))
+                status, output = await diagnose(home, "connect")
+                assert status == 1
+                verdict = check_line(output, "Open tunnel through the proxy")
+                assert verdict.startswith(
+                    f"NG [HTTP CONNECT tunnel with 127.0.0.1:{hub.port} through proxy http://alice:"
+                )
+                assert (
+                    "the proxy answered HTTP 401 Unauthorized (the proxy's credentials are missing or wrong)" in verdict
+                )
+                assert "Wrong-Secret-10" not in output and "Establish TLS session" not in output
+                assert proxy.tunnels_to(hub.port) == 3
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.peer
+def test_connect_through_a_socks5_proxy_from_the_environment(tmp_path: Path, home: Path) -> None:
+    async def scenario() -> None:
+        async with hub_with_slot(tmp_path / "hub.db", "diag") as (hub, token):
+            with microsocks(tmp_path / "microsocks") as proxy:
+                write_proxied_config(home, hub, token, "")
+                status, output = await diagnose(home, "connect", env={"socks_proxy": proxy.url})
+                assert status == 0, output
+                assert check_line(output, "Choose the proxy") == f"OK [{proxy.url} (the environment)]"
+                assert check_line(output, "Open tunnel through the proxy") == "OK [SOCKS5]"
+                # socks5:// leaves the hub's name to the agent (socks5h:// would leave it to the proxy)
+                assert check_line(output, "Resolve DNS forward lookup") == "OK [127.0.0.1]"
+                assert "Load TLS trust store" not in output  # ws://: no TLS
+                assert proxy.tunnels_to(hub.port) == 2
+
+                status, output = await diagnose(
+                    home, "connect", env={"socks_proxy": proxy.url, "no_proxy": "127.0.0.1"}
+                )
+                assert status == 0, output
+                assert check_line(output, "Choose the proxy") == "OK [none]"
+                assert check_line(output, "Resolve DNS forward lookup") == "OK [127.0.0.1]"
+                assert proxy.tunnels_to(hub.port) == 2
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.peer
+def test_an_empty_system_store_falls_back_to_certifi_which_refuses_a_private_ca(
+    tmp_path: Path, home: Path, trusted_ca: CertificateAuthority
+) -> None:
+    (tmp_path / "empty.pem").write_text("")
+    (tmp_path / "empty").mkdir()
+
+    async def scenario() -> None:
+        tls = trusted_ca.server_context("hub", ["127.0.0.1"])
+        async with hub_with_slot(tmp_path / "hub.db", "diag", ssl_context=tls) as (hub, token):
+            write_proxied_config(home, hub, token, "none")
+            no_store = {"SSL_CERT_FILE": str(tmp_path / "empty.pem"), "SSL_CERT_DIR": str(tmp_path / "empty")}
+            status, output = await diagnose(home, "connect", env=no_store)
+            assert status == 1
+            assert check_line(output, "Choose the proxy") == "OK [none]"
+            assert check_line(output, "Load TLS trust store") == "OK [certifi]"
+            assert check_line(output, "Establish TLS session").endswith(
+                "failed: unable to get local issuer certificate]"
+            )
+
+    asyncio.run(scenario())
