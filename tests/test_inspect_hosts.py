@@ -19,6 +19,7 @@ from ksocket.collectors.base import Cancelled, Context, Document, InvalidParams,
 from ksocket.collectors.inspect import hosts
 from ksocket.collectors.inspect.hostkeys import HostKeyStore
 from ksocket.credentials.models import Credential
+from tests.conftest import write_private
 from tests.sshdtools import credential_file
 
 ADDRESS = "198.18.0.10"
@@ -60,9 +61,7 @@ def write_files(root: Path, kind: str, *names: str, includes: str = "198.18.0.0/
                 "snmp": '[authData]\ncommunity = "public"\n',
                 "winrm": '[account]\nusername = "u"\npassword = "winrm-pw-123456"\n',
             }
-            path = root / kind / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(f'includes = ["{includes}"]\n{body[kind]}')
+            write_private(root / kind / name, f'includes = ["{includes}"]\n{body[kind]}')
 
 
 def run(inspection: hosts.HostInspection, protocols: list[str] | None = None, **kw: Any) -> Document:

@@ -31,6 +31,7 @@ from ksocket.collectors.inspect import hosts
 from ksocket.collectors.inspect.base import AUTH_FAILED, TIMEOUT
 from ksocket.collectors.inspect.snmp import MAX_VALUE_BYTES, SNMPInspector
 from ksocket.credentials.models import AuthData, SNMPCredential
+from tests.conftest import write_private
 from tests.snmpdtools import SNMPD, HostileAgent, Snmpd, StaticAgent, User
 
 pytestmark = pytest.mark.skipif(not Path(SNMPD).exists(), reason="net-snmp's snmpd is not installed")
@@ -137,8 +138,8 @@ def test_v2c_collects_system_interfaces_addresses_and_arp(snmpd: Snmpd) -> None:
 def test_progress_through_the_orchestrator_has_one_total_and_never_goes_back(snmpd: Snmpd, tmp_path: Path) -> None:
     folder = tmp_path / "snmp"
     folder.mkdir()
-    (folder / "00.toml").write_text(
-        f'includes = ["{ADDRESS}"]\nport = {snmpd.port}\n[authData]\ncommunity = "public"\n'
+    write_private(
+        folder / "00.toml", f'includes = ["{ADDRESS}"]\nport = {snmpd.port}\n[authData]\ncommunity = "public"\n'
     )
     context = Recorder()
     result = asyncio.run(hosts.HostInspection(tmp_path).inspect_host(ADDRESS, ["snmp", "ssh"], context))

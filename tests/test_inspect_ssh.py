@@ -24,7 +24,7 @@ from ksocket.collectors.base import NullContext
 from ksocket.collectors.inspect import hosts, parsers, ssh
 from ksocket.collectors.inspect.hostkeys import HostKeyStore
 from tests import sshdtools
-from tests.conftest import write_home_config
+from tests.conftest import write_home_config, write_private
 from tests.sshdtools import PASSWORD, USER, Sshd, credential_file
 
 pytestmark = pytest.mark.skipif(sshdtools.available() is not None, reason=str(sshdtools.available()))
@@ -227,9 +227,10 @@ def test_no_matching_file_means_no_connection_at_all(lab: Path, store: HostKeySt
     with Sshd(lab, A) as server:
         credential_file(lab / "creds", "00_other.toml", ["198.18.0.0/24"], password=PASSWORD, port=server.port)
         credential_file(lab / "creds", "01_excluded.toml", ["127.0.0.0/8"], password=PASSWORD, port=server.port)
-        (lab / "creds" / "ssh" / "01_excluded.toml").write_text(
+        write_private(
+            lab / "creds" / "ssh" / "01_excluded.toml",
             f'includes = ["127.0.0.0/8"]\nexcludes = ["{A}"]\nport = {server.port}\n[account]\nusername = "{USER}"\n'
-            f'password = "{PASSWORD}"\n'
+            f'password = "{PASSWORD}"\n',
         )
         section = run_ssh(inspection(lab, store), A)
         connections = server.connections()

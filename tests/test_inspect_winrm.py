@@ -22,6 +22,7 @@ from ksocket.collectors.inspect import hosts, wmi
 from ksocket.collectors.inspect.base import AUTH_FAILED, NO_CREDENTIAL, TIMEOUT, UNREACHABLE
 from ksocket.collectors.inspect.winrm import WinRMInspector
 from ksocket.credentials.models import Account, SSHAccount, SSHCredential, WinRMCredential
+from tests.conftest import write_private
 from tests.tlstools import CertificateAuthority
 from tests.wsmanserver import RECORDED, WSManServer, closed_port, silent_listener
 
@@ -167,9 +168,10 @@ def test_a_basic_domain_account_file_is_found_and_fails_as_that_files_auth_failu
     folder = tmp_path / "creds" / "winrm"
     folder.mkdir(parents=True)
     basic = folder / "00_basic.toml"
-    basic.write_text(
+    write_private(
+        basic,
         f'includes = ["127.0.0.1"]\nport = {server.port}\n[account]\nusername = "MYDOMAIN\\\\USER01"\n'
-        'password = "domain-pass-1"\n'
+        'password = "domain-pass-1"\n',
     )
     section = asyncio.run(hosts.HostInspection(tmp_path / "creds").inspect_host("127.0.0.1", ["winrm"]))["winrm"]
     assert section["error"]["code"] == AUTH_FAILED
@@ -433,8 +435,9 @@ def test_ssh_tunnels_through_the_ssh_inspectors_chain(tmp_path: Path) -> None:
         port = listener.get_port()
         folder = tmp_path / "credentials" / "ssh"
         folder.mkdir(parents=True)
-        (folder / "jump.toml").write_text(
-            f'includes = ["127.0.0.1"]\nport = {port}\n[account]\nusername = "jump"\npassword = "jump-pass"\n'
+        write_private(
+            folder / "jump.toml",
+            f'includes = ["127.0.0.1"]\nport = {port}\n[account]\nusername = "jump"\npassword = "jump-pass"\n',
         )
         store = HostKeyStore(tmp_path / "ssh_known_hosts")
         inspector = WinRMInspector(credentials_root=tmp_path / "credentials", host_keys=store, limiter=HostLimiter())
