@@ -593,3 +593,17 @@ def test_a_fifo_or_a_huge_credential_file_is_refused_at_once(tmp_path: Path) -> 
     huge = write(tmp_path, "ssh/01_huge.toml", GOOD["ssh"] + "# padding\n" * (110 * 1024))
     with pytest.raises(CredentialError, match=f"^{re.escape(str(huge))}: larger than 1048576 bytes$"):
         load("ssh", huge)
+
+
+# --- IPv4-mapped IPv6 addresses are the IPv4 host ------------------------------------------------
+
+
+@pytest.mark.parametrize("address", ["::ffff:198.18.0.10", "::FFFF:c612:000a", "198.18.0.10"])
+def test_an_ipv4_mapped_address_is_matched_as_its_ipv4_address(tmp_path: Path, address: str) -> None:
+    write(tmp_path, "ssh/00.toml", GOOD["ssh"].replace("includes = [", 'excludes = ["198.18.0.10"]\nincludes = ['))
+    write(tmp_path, "ssh/01.toml", 'includes = ["::ffff:198.18.0.0/120"]\n[account]\nusername = "mapped"\n')
+    considered = explain("ssh", address, tmp_path)
+    assert [(c.path.name, c.verdict, c.reason) for c in considered] == [
+        ("00.toml", "skipped", "address in excludes"),
+        ("01.toml", "match", "match"),  # a mapped network in a file is folded too
+    ]

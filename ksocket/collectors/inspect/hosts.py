@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ksocket.addresses import fold_mapped
 from ksocket.collectors.base import Cancelled, Context, Document, InvalidParams, NullContext, OperationFailed
 from ksocket.collectors.inspect import DEFAULT_PROTOCOL_TIMEOUT, MAX_PROTOCOL_TIMEOUT, PROTOCOLS
 from ksocket.collectors.inspect.base import (
@@ -304,7 +305,7 @@ def parse_params(params: object) -> Request:
     try:
         if "%" in address:
             raise ValueError("scoped addresses are not supported")
-        address = str(ipaddress.ip_address(address.strip()))
+        address = fold_mapped(str(ipaddress.ip_address(address.strip())))
     except ValueError:
         raise InvalidParams(f"{OPERATION}: {address[:64]!r} is not an IPv4 or IPv6 address") from None
     protocols = params.get("protocols")
