@@ -607,3 +607,19 @@ def test_an_ipv4_mapped_address_is_matched_as_its_ipv4_address(tmp_path: Path, a
         ("00.toml", "skipped", "address in excludes"),
         ("01.toml", "match", "match"),  # a mapped network in a file is folded too
     ]
+
+
+@pytest.mark.timeout(30)
+def test_a_yaml_alias_bomb_in_a_credential_file_is_refused(tmp_path: Path) -> None:
+    lines = [
+        "includes: [198.18.0.0/24]",
+        "account:",
+        "  username: john",
+        "  password:",
+        "    - &a [x, x, x, x, x, x, x, x, x]",
+    ]
+    lines += [f"    - &{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefghi", "bcdefghij", strict=True)]
+    path = write(tmp_path, "ssh/00.yaml", "\n".join(lines) + "\n")
+    with pytest.raises(CredentialError) as caught:
+        load("ssh", path)
+    assert str(caught.value) == f"{path}:6: not YAML: an alias (*name), which these files may not use (column 11)"
