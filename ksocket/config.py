@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from ksocket import paths, redact
+from ksocket import bounded, paths, redact
 from ksocket.errors import ConfigError
 from ksocket.redact import described
 
@@ -311,10 +311,8 @@ def display(settings: Settings, name: str, *, reveal: bool = False) -> str:
 
 
 def read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    """The file's bytes: a regular file of at most :data:`~ksocket.bounded.MAX_FILE_SIZE` bytes."""
+    return bounded.read_file(path, ConfigError)
 
 
 def decode(path: Path, data: bytes) -> str:
@@ -326,27 +324,77 @@ def decode(path: Path, data: bytes) -> str:
 
 
 def parse_document(path: Path, text: str) -> dict[str, Any]:
-    """TOML, or YAML for a ``.yaml``/``.yml`` file; the result is a mapping of tables."""
-    if path.suffix in (".yaml", ".yml"):
-        import yaml  # here, not at the top: only legacy files need it, and every command pays for imports
+    """TOML, or YAML for a ``.yaml``/``.yml`` file; the result is a mapping of tables.
 
-        try:
-            document = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            # PyYAML's own text quotes the document (a tag or an alias may be a password): only the place
-            mark = getattr(exc, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark is not None else ""
-            column = f" (column {mark.column + 1})" if mark is not None else ""
-            raise ConfigError(f"{path}{where}: not YAML: {_yaml_problem(exc)}{column}") from None
-        if document is None:
-            return {}
-        if not isinstance(document, dict):
-            raise ConfigError(f"{path}: not a YAML mapping of settings")
-        return document
+    Nesting is bounded (:data:`~ksocket.bounded.MAX_DEPTH`) and YAML aliases are refused: a few
+    hundred bytes of nested aliases expand to gigabytes, and no settings or credential file needs one.
+    """
+    document = _parse_yaml(path, text) if path.suffix in (".yaml", ".yml") else _parse_toml(path, text)
+    if bounded.depth_exceeds(document):
+        raise ConfigError(f"{path}: nested more than {bounded.MAX_DEPTH} levels deep")
+    return document
+
+
+def _parse_toml(path: Path, text: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested more than {bounded.MAX_DEPTH} levels deep") from None
+    except ValueError:  # an integer with more digits than Python converts
+        raise ConfigError(f"{path}: not TOML: a number is too long") from None
+
+
+def _parse_yaml(path: Path, text: str) -> dict[str, Any]:
+    import yaml  # here, not at the top: only legacy files need it, and every command pays for imports
+
+    try:
+        document = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 (a SafeLoader without aliases)
+    except yaml.YAMLError as exc:
+        # PyYAML's own text quotes the document (a tag or an alias may be a password): only the place
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        column = f" (column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not YAML: {_yaml_problem(exc)}{column}") from None
+    except ValueError:  # an integer with more digits than Python converts
+        raise ConfigError(f"{path}: not YAML: a number is too long") from None
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: not a YAML mapping of settings")
+    return document
+
+
+def _yaml_loader() -> type[yaml.SafeLoader]:
+    """PyYAML's SafeLoader, refusing aliases and nesting deeper than MAX_DEPTH while composing."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                raise _refusal("an alias (*name), which these files may not use", self.next_mark())
+            if self.depth >= bounded.MAX_DEPTH:
+                raise _refusal(f"nested more than {bounded.MAX_DEPTH} levels deep", self.next_mark())
+            self.depth += 1
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+        def next_mark(self) -> Any:
+            return self.peek_event().start_mark  # type: ignore[no-untyped-call]
+
+    return Loader
+
+
+def _refusal(problem: str, mark: Any) -> yaml.MarkedYAMLError:
+    """What the loader refuses, as PyYAML's base error (its own errors are all subclasses of it)."""
+    import yaml
+
+    return yaml.MarkedYAMLError(problem=problem, problem_mark=mark)
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -356,6 +404,8 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
         return "a tag this file may not use"
     if isinstance(exc, yaml.composer.ComposerError):
         return "an undefined alias, a repeated anchor or more than one document"
+    if type(exc) is yaml.MarkedYAMLError:  # raised by _yaml_loader, in its own words
+        return str(exc.problem)
     return "invalid syntax"
 
 

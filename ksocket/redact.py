@@ -9,6 +9,7 @@ also catches a secret that a library quotes back in its own exception.
 from __future__ import annotations
 
 import re
+import reprlib
 import threading
 
 MASK = "********"
@@ -55,9 +56,16 @@ _TYPE_NAMES = {
 }
 
 
+# a table or list is shown a few items and levels deep: its whole repr() may be gigabytes (shared
+# references from YAML aliases) or too deep to build
+_CONTAINERS = reprlib.Repr()
+_CONTAINERS.maxlevel = 3
+_CONTAINERS.maxstring = _CONTAINERS.maxother = 80
+
+
 def described(value: object, *, secret: bool = False) -> str:
-    """How a message shows a value: quoted, or only its type for a secret."""
+    """How a message shows a value: quoted (cut at 80 characters), or only its type for a secret."""
     if secret:
         return _TYPE_NAMES.get(type(value), f"a {type(value).__name__}")
-    text = repr(value)
+    text = _CONTAINERS.repr(value) if isinstance(value, dict | list | tuple | set) else repr(value)
     return text if len(text) <= 80 else text[:77] + "..."

@@ -86,6 +86,18 @@ def write_home_config(home: Path, content: str | bytes, name: str = "ksocket.tom
     return path
 
 
+def write_private(path: Path, content: str | bytes) -> Path:
+    """Writes a file that holds a secret (a credential file), mode 0600 as ksocket requires; returns its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
 def run_ksocket(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """``ksocket ARGS`` in a subprocess, as a person would run it."""
     return subprocess.run(

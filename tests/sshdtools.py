@@ -25,6 +25,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from tests.conftest import write_private
+
 SSHD = "/usr/sbin/sshd"
 USER = "kstest"
 PASSWORD = "kstest-Pw-4d1f"  # the test account's password (a throwaway account made for the tests)
@@ -324,10 +326,7 @@ def credential_file(
         lines.append(f"password = {quote(password)}")
     for path, passphrase in keys:
         lines += ["", "[[account.clientKeys]]", f"filename = {quote(str(path))}", f"passphrase = {quote(passphrase)}"]
-    path = root / kind / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_private(root / kind / name, "\n".join(lines) + "\n")
 
 
 GARBAGE = r'''#!/usr/bin/python3

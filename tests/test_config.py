@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import resource
 import stat
 import subprocess
 import sys
@@ -571,3 +573,84 @@ def test_a_commands_help_has_the_arguments_its_module_adds() -> None:
     assert done.returncode == 0, done.stderr
     assert "add, list or revoke slot tokens" in done.stdout and "revoke" in done.stdout
     assert "--exclude" in run_ksocket("scan", "--help").stdout
+
+
+# --- hostile files: bounded reads, bounded nesting, regular files only ---------------------------
+
+# connect.host, a list of lists whose last one holds 9**10 strings once expanded
+ALIAS_BOMB = "connect:\n  host:\n    - &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"    - &{name} [{', '.join([f'*{previous}'] * 9)}]\n"
+    for previous, name in zip("abcdefghi", "bcdefghij", strict=True)
+)
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(home: Path, tmp_path: Path) -> None:
+    path = tmp_path / "ksocket.yaml"
+    path.write_text(ALIAS_BOMB)
+    assert len(path.read_bytes()) < 1024
+    result = subprocess.run(
+        [sys.executable, "-m", "ksocket.cli", "config"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "KSOCKET_CONFIG": str(path)},
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)),  # expanding it needs more
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"ksocket: error: {path}:4: not YAML: an alias (*name), which these files may not use (column 11)\n",
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("ksocket.toml", "a = " + "[" * 5000 + "]" * 5000 + "\n"),
+        ("ksocket.toml", "a" + ".a" * 5000 + " = 1\n"),
+        ("ksocket.toml", "[" + ".".join(["t"] * 100) + "]\n"),
+        ("ksocket.yaml", "a: " + "[" * 5000 + "]" * 5000 + "\n"),
+        ("ksocket.yaml", "a:\n" + "".join(f"{'  ' * level}k:\n" for level in range(1, 100))),
+    ],
+)
+def test_deep_nesting_is_one_line_naming_the_file(tmp_path: Path, name: str, text: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(f"{path}") + r"(:\d+)?: .*nested more than 64 levels deep"):
+        config.load(path)
+
+
+def test_a_huge_number_is_one_line(tmp_path: Path) -> None:
+    for name in ("ksocket.toml", "ksocket.yaml"):
+        path = tmp_path / name
+        path.write_text(("a = " if name.endswith("toml") else "a: ") + "9" * 5000 + "\n")
+        with pytest.raises(ConfigError, match=re.escape(f"{path}: not ") + ".*a number is too long"):
+            config.load(path)
+
+
+@pytest.mark.timeout(30)
+def test_a_fifo_or_a_device_as_the_config_is_refused_without_reading(home: Path, tmp_path: Path) -> None:
+    fifo = tmp_path / "ksocket.toml"
+    os.mkfifo(fifo)  # nobody ever writes to it: reading it would wait for ever
+    for path in (fifo, Path("/dev/zero")):
+        with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: not a regular file$"):
+            config.load(path)
+        result = run_ksocket("config", env={"KSOCKET_CONFIG": str(path)}, timeout=30)
+        assert (result.returncode, result.stderr) == (2, f"ksocket: error: {path}: not a regular file\n")
+
+
+def test_a_config_larger_than_a_mebibyte_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ksocket.toml"
+    path.write_text("# padding\n" * (110 * 1024))
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: larger than 1048576 bytes$"):
+        config.load(path)
+
+
+@pytest.mark.timeout(30)
+def test_a_value_shown_in_a_message_is_cut_before_it_is_built() -> None:
+    shared: list[object] = ["x" * 100]
+    for _ in range(60):
+        shared = [shared] * 10  # 10**60 leaves if repr() walked them all
+    shown = redact.described({"a": shared})
+    assert len(shown) <= 80 and shown.startswith("{'a': [[")
+    assert redact.described("y" * 200) == "'" + "y" * 76 + "..."

@@ -12,7 +12,7 @@ import pytest
 from ksocket import paths
 from ksocket.credentials import crypto, explain, find, load
 from ksocket.errors import CredentialError, DecryptionError
-from tests.conftest import run_ksocket
+from tests.conftest import run_ksocket, write_private
 
 PASSWORD = "Crypt0-Pa55word"
 PLAIN = (
@@ -120,7 +120,7 @@ def test_a_bad_key_file_is_named(plain: Path, tmp_path: Path) -> None:
 
 def test_an_unknown_format_is_refused(plain: Path, key: Path) -> None:
     crypto.load_key(key, create=True)
-    plain.write_text("#ksocket-encrypted:v9\nabc\n", encoding="utf-8")
+    write_private(plain, "#ksocket-encrypted:v9\nabc\n")
     with pytest.raises(DecryptionError, match="unknown format '#ksocket-encrypted:v9'"):
         crypto.read_text(plain, key_path=key)
 
@@ -167,7 +167,7 @@ def test_an_encrypted_file_with_the_wrong_key_is_skipped_by_the_search(home: Pat
     crypto.encrypt_file(plain, key_path=key)  # not the installation's key
     crypto.load_key(create=True)
     good = plain.parent / "20-good.toml"
-    good.write_text(PLAIN, encoding="utf-8")
+    write_private(good, PLAIN)
     considered = explain("ssh", "198.18.0.5", plain.parent.parent)
     assert [(c.path, c.verdict) for c in considered] == [(plain, "skipped"), (good, "match")]
     assert considered[0].reason == "invalid: cannot decrypt " + str(plain) + ": wrong key or the file was altered"
@@ -183,3 +183,12 @@ def test_the_command_line(home: Path, plain: Path) -> None:
     done = run_ksocket("decrypt", str(plain), env=env)
     assert done.returncode == 0, done.stderr
     assert plain.read_text(encoding="utf-8") == PLAIN
+
+
+def test_an_encrypted_file_open_to_others_is_refused_too(plain: Path, key: Path) -> None:
+    crypto.encrypt_file(plain, key_path=key)
+    plain.chmod(0o644)
+    with pytest.raises(CredentialError, match=re.escape(f"(mode 0644): run chmod 600 {plain}")):
+        crypto.read_text(plain, key_path=key)
+    crypto.decrypt_file(plain, key_path=key)  # what ksocket writes is 0600 again
+    assert mode(plain) == 0o600 and crypto.read_text(plain) == PLAIN

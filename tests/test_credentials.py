@@ -26,7 +26,7 @@ from ksocket.credentials import (
 )
 from ksocket.credentials.models import HOST_KEY_ACCEPT_NEW
 from ksocket.errors import CredentialError
-from tests.conftest import run_ksocket
+from tests.conftest import run_ksocket, write_private
 
 ANY = 'includes = ["198.18.0.0/15", "2001:db8::/32"]\n'
 
@@ -38,13 +38,7 @@ GOOD = {
 
 
 def write(root: Path, relative: str, text: str | bytes) -> Path:
-    path = root / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(text, bytes):
-        path.write_bytes(text)
-    else:
-        path.write_text(text, encoding="utf-8")
-    return path
+    return write_private(root / relative, text)
 
 
 def skeleton(kind: str) -> Path:
@@ -322,6 +316,7 @@ def test_the_skeletons_parse_and_use_test_addresses(tmp_path: Path, kind: str) -
     assert not re.search(r"(?<![\d.])10\.\d", text), "the examples use 198.18.0.0/15"
     assert text.isascii(), "the comments are translated"
     shutil.copy(source, tmp_path / "99-example.toml")
+    (tmp_path / "99-example.toml").chmod(0o600)  # as the README asks of a copied skeleton
     credential = load(kind, tmp_path / "99-example.toml")
     assert credential.kind == kind
     assert credential.matches("198.18.10.77") and credential.matches("198.18.20.3")
@@ -561,3 +556,70 @@ def test_encrypt_and_decrypt_log_where_the_command_line_says(home: Path, tmp_pat
         assert result.returncode == 0, result.stderr
         assert f" INFO ksocket.credentials:{verb}_file:" in result.stdout and f"{verb}ed {plain}" in result.stdout
     assert plain.read_text() == GOOD["ssh"]
+
+
+# --- files others may read are refused, as OpenSSH refuses such keys ---------------------------
+
+
+@pytest.mark.parametrize("kind", list(GOOD))
+@pytest.mark.parametrize("mode", [0o644, 0o666, 0o640, 0o604])
+def test_a_credential_file_open_to_others_is_refused(tmp_path: Path, kind: str, mode: int) -> None:
+    path = write(tmp_path, f"{kind}/00.toml", GOOD[kind])
+    path.chmod(mode)
+    expected = f"holds a secret but is open to others (mode {mode:04o}): run chmod 600 {path}"
+    with pytest.raises(CredentialError) as caught:
+        load(kind, path)
+    assert str(caught.value) == f"{path}: {expected}"
+    [considered] = explain(kind, "198.18.0.10", tmp_path)
+    assert (considered.verdict, considered.reason) == ("skipped", f"invalid: {expected}")
+    path.chmod(0o600)
+    assert load(kind, path).matches("198.18.0.10")
+
+
+def test_explain_says_which_chmod_to_run(home: Path) -> None:
+    path = write(home / "etc" / "ksocket" / "credentials", "snmp/00.yaml", "includes: [198.18.0.0/24]\n")
+    path.chmod(0o644)
+    result = run_ksocket("credentials", "explain", "198.18.0.10", "--kind", "snmp")
+    assert f"run chmod 600 {path}" in result.stdout
+
+
+@pytest.mark.timeout(30)
+def test_a_fifo_or_a_huge_credential_file_is_refused_at_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "ssh" / "00_fifo.toml"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo, 0o600)  # nobody ever writes to it
+    with pytest.raises(CredentialError, match=f"^{re.escape(str(fifo))}: not a regular file$"):
+        load("ssh", fifo)
+    huge = write(tmp_path, "ssh/01_huge.toml", GOOD["ssh"] + "# padding\n" * (110 * 1024))
+    with pytest.raises(CredentialError, match=f"^{re.escape(str(huge))}: larger than 1048576 bytes$"):
+        load("ssh", huge)
+
+
+# --- IPv4-mapped IPv6 addresses are the IPv4 host ------------------------------------------------
+
+
+@pytest.mark.parametrize("address", ["::ffff:198.18.0.10", "::FFFF:c612:000a", "198.18.0.10"])
+def test_an_ipv4_mapped_address_is_matched_as_its_ipv4_address(tmp_path: Path, address: str) -> None:
+    write(tmp_path, "ssh/00.toml", GOOD["ssh"].replace("includes = [", 'excludes = ["198.18.0.10"]\nincludes = ['))
+    write(tmp_path, "ssh/01.toml", 'includes = ["::ffff:198.18.0.0/120"]\n[account]\nusername = "mapped"\n')
+    considered = explain("ssh", address, tmp_path)
+    assert [(c.path.name, c.verdict, c.reason) for c in considered] == [
+        ("00.toml", "skipped", "address in excludes"),
+        ("01.toml", "match", "match"),  # a mapped network in a file is folded too
+    ]
+
+
+@pytest.mark.timeout(30)
+def test_a_yaml_alias_bomb_in_a_credential_file_is_refused(tmp_path: Path) -> None:
+    lines = [
+        "includes: [198.18.0.0/24]",
+        "account:",
+        "  username: john",
+        "  password:",
+        "    - &a [x, x, x, x, x, x, x, x, x]",
+    ]
+    lines += [f"    - &{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcdefghi", "bcdefghij", strict=True)]
+    path = write(tmp_path, "ssh/00.yaml", "\n".join(lines) + "\n")
+    with pytest.raises(CredentialError) as caught:
+        load("ssh", path)
+    assert str(caught.value) == f"{path}:6: not YAML: an alias (*name), which these files may not use (column 11)"

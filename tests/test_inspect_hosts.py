@@ -29,6 +29,7 @@ from ksocket.collectors.inspect.hostkeys import HostKeyStore
 from ksocket.collectors.inspect.limiter import HostLimiter
 from ksocket.collectors.inspect.params import Request, parse_params
 from ksocket.credentials.models import Credential
+from tests.conftest import write_private
 from tests.sshdtools import credential_file
 
 ADDRESS = "198.18.0.10"
@@ -70,9 +71,7 @@ def write_files(root: Path, kind: str, *names: str, includes: str = "198.18.0.0/
                 "snmp": '[authData]\ncommunity = "public"\n',
                 "winrm": '[account]\nusername = "u"\npassword = "winrm-pw-123456"\n',
             }
-            path = root / kind / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(f'includes = ["{includes}"]\n{body[kind]}')
+            write_private(root / kind / name, f'includes = ["{includes}"]\n{body[kind]}')
 
 
 def environment(root: Path, limiter: HostLimiter | None = None, **options: Any) -> Environment:

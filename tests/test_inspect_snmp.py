@@ -33,6 +33,7 @@ from ksocket.collectors.inspect.limiter import HostLimiter
 from ksocket.collectors.inspect.snmp import MAX_VALUE_BYTES, SNMPInspector
 from ksocket.credentials.models import AuthData, SNMPCredential
 from ksocket.protocol import ErrorCode
+from tests.conftest import write_private
 from tests.snmpdtools import SNMPD, HostileAgent, Snmpd, StaticAgent, User
 
 pytestmark = [
@@ -142,8 +143,8 @@ def test_v2c_collects_system_interfaces_addresses_and_arp(snmpd: Snmpd) -> None:
 def test_progress_through_the_orchestrator_has_one_total_and_never_goes_back(snmpd: Snmpd, tmp_path: Path) -> None:
     folder = tmp_path / "snmp"
     folder.mkdir()
-    (folder / "00.toml").write_text(
-        f'includes = ["{ADDRESS}"]\nport = {snmpd.port}\n[authData]\ncommunity = "public"\n'
+    write_private(
+        folder / "00.toml", f'includes = ["{ADDRESS}"]\nport = {snmpd.port}\n[authData]\ncommunity = "public"\n'
     )
     context = Recorder()
     environment = Environment(tmp_path, HostLimiter(), HostKeyStore(tmp_path / "known_hosts"))

@@ -25,7 +25,7 @@ from ksocket.collectors.inspect import hosts, parsers, ssh
 from ksocket.collectors.inspect.hostkeys import HostKeyStore
 from ksocket.collectors.inspect.limiter import HostLimiter
 from tests import sshdtools
-from tests.conftest import write_home_config
+from tests.conftest import write_home_config, write_private
 from tests.sshdtools import PASSWORD, USER, Sshd, credential_file
 
 pytestmark = [
@@ -230,9 +230,10 @@ def test_no_matching_file_means_no_connection_at_all(lab: Path, store: HostKeySt
     with Sshd(lab, A) as server:
         credential_file(lab / "creds", "00_other.toml", ["198.18.0.0/24"], password=PASSWORD, port=server.port)
         credential_file(lab / "creds", "01_excluded.toml", ["127.0.0.0/8"], password=PASSWORD, port=server.port)
-        (lab / "creds" / "ssh" / "01_excluded.toml").write_text(
+        write_private(
+            lab / "creds" / "ssh" / "01_excluded.toml",
             f'includes = ["127.0.0.0/8"]\nexcludes = ["{A}"]\nport = {server.port}\n[account]\nusername = "{USER}"\n'
-            f'password = "{PASSWORD}"\n'
+            f'password = "{PASSWORD}"\n',
         )
         section = run_ssh(inspection(lab, store), A)
         connections = server.connections()
@@ -468,6 +469,34 @@ def test_ksocket_inspect_prints_a_summary_or_the_document(
         cli.main(["inspect", A, "--protocols", "ssh,telnet"])
 
 
+def test_an_ipv4_mapped_address_is_the_ipv4_host_for_keys_and_excludes(lab: Path, store: HostKeyStore) -> None:
+    mapped = f"::ffff:{A}"
+    with Sshd(lab, A) as server:
+        creds = lab / "creds"
+        credential_file(creds, "00.toml", [A], password=PASSWORD, port=server.port)
+        assert "error" not in run_ssh(inspection(lab, store), A)
+        old = store.remembered(A, server.port)
+
+        server.restart(new_host_key=True)
+        mark = len(server.log())
+        result = asyncio.run(inspection(lab, store).inspect_host(mapped, ["ssh"]))
+        after = server.log()[mark:]
+        assert result["address"] == A
+        assert result["ssh"]["error"]["code"] == "host-key-changed"
+        assert "password" not in after.lower()  # the changed key was refused under this spelling too
+        assert store.remembered(mapped, server.port) == store.remembered(A, server.port) == old
+
+        write_private(
+            creds / "ssh" / "00.toml",
+            f'includes = ["127.0.0.0/8", "::/0"]\nexcludes = ["{A}"]\nport = {server.port}\n'
+            f'[account]\nusername = "{USER}"\npassword = "{PASSWORD}"\n',
+        )
+        mark = len(server.log())
+        excluded = run_ssh(inspection(lab, store), mapped)
+        assert excluded["error"]["code"] == "no-credential"
+        assert "Connection from" not in server.log()[mark:]
+
+
 def test_the_host_key_store(tmp_path: Path) -> None:
     from ksocket.collectors.inspect.hostkeys import HostKey, Verdict
 
@@ -494,6 +523,7 @@ def test_the_host_key_store(tmp_path: Path) -> None:
     other = HostKeyStore(store.path)
     assert other.check("198.18.0.1", 22, two, accept_changed=True) is Verdict.REPLACED
     assert store.remembered("198.18.0.1", 22) == [two]
+    assert store.remembered("::ffff:198.18.0.1", 2222) == [two]  # one host under either spelling
     assert store.forget("198.18.0.1", 22) and not store.forget("198.18.0.1", 22)
     assert store.check("198.18.0.1", 22, one) is Verdict.NEW
     assert one.fingerprint.startswith("SHA256:") and len(one.fingerprint) == 50

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,11 +22,13 @@ from ksocket.collectors.base import Cancelled, Environment, NullContext, Operati
 from ksocket.collectors.inspect import hosts, wmi
 from ksocket.collectors.inspect.hostkeys import HostKeyStore
 from ksocket.collectors.inspect.limiter import HostLimiter
-from ksocket.collectors.inspect.winrm import WinRMInspector
+from ksocket.collectors.inspect.winrm import MAX_REPLY, WinRMInspector
 from ksocket.credentials.models import Account, SSHAccount, SSHCredential, WinRMCredential
+from ksocket.errors import CredentialError
 from ksocket.protocol import ErrorCode
+from tests.conftest import write_private
 from tests.tlstools import CertificateAuthority
-from tests.wsmanserver import RECORDED, WSManServer, closed_port, silent_listener
+from tests.wsmanserver import HUGE_REPLY, RECORDED, WSManServer, closed_port, silent_listener
 
 PASSWORD = "Passw0rd!"
 USERS = {
@@ -37,6 +40,8 @@ CREDENTIAL_FILE = Path("/opt/fixpoint/ksocket/etc/ksocket/credentials/winrm/10_w
 
 
 def credential(port: int, username: str = "Administrator", password: str = PASSWORD, **fields: Any) -> WinRMCredential:
+    """A file for the loopback stand-in: Basic over its plain HTTP is opted in (allowBasicOverHttp = true)."""
+    fields.setdefault("allow_basic_over_http", True)
     return WinRMCredential(
         path=CREDENTIAL_FILE, port=port, account=Account(username=username, password=password), **fields
     )
@@ -131,21 +136,66 @@ def test_every_command_line_fits_cmd_exe() -> None:
         assert wmi.decode(arguments[-1]) == wmi.script(group)
 
 
-def test_basic_over_https_checks_the_certificate_when_asked(
+def test_basic_over_https_checks_the_certificate_unless_the_file_says_not_to(
     https_server: WSManServer, ca: CertificateAuthority
 ) -> None:
     port = https_server.port
-    checked = WinRMInspector(https_ports={port}, verify_tls=str(ca.cert_path))
-    document = inspect("127.0.0.1", credential(port), checked)
+    checked = WinRMInspector(https_ports={port}, ca_bundle=str(ca.cert_path))
+    document = inspect("127.0.0.1", credential(port, allow_basic_over_http=False), checked)
     assert document["endpoint"] == f"https://127.0.0.1:{port}/wsman"
     assert document["os"]["name"] and document["errors"] == []
     assert {(item.auth, item.encrypted) for item in https_server.log} == {("Basic", False)}
 
-    # by default any certificate is accepted (WinRM listeners are mostly self-signed) ...
-    assert inspect("127.0.0.1", credential(port), WinRMInspector(https_ports={port}))["bios"] is not None
-    # ... and with the system's CAs this test CA is not trusted
-    error = failure("127.0.0.1", credential(port), WinRMInspector(https_ports={port}, verify_tls=True))
+    # by default the certificate is checked: against the system's CAs this test CA is not trusted,
+    # and the TLS handshake fails before any request (and its password) is sent
+    https_server.log.clear()
+    error = failure("127.0.0.1", credential(port), WinRMInspector(https_ports={port}))
     assert error.code == ErrorCode.UNREACHABLE and "TLS" in str(error)
+    assert https_server.log == []
+    # ... unless the file accepts any certificate (verifyCertificate = false)
+    unchecked = credential(port, verify_certificate=False)
+    assert inspect("127.0.0.1", unchecked, WinRMInspector(https_ports={port}))["bios"] is not None
+
+
+def test_basic_over_http_is_refused_before_any_request_unless_the_file_allows_it(server: WSManServer) -> None:
+    error = failure("127.0.0.1", credential(server.port, allow_basic_over_http=False))
+    assert error.code == ErrorCode.AUTH_FAILED
+    assert str(error) == (
+        f'{CREDENTIAL_FILE}: authMethod = "basic" over HTTP (port {server.port}) would send the password in clear; '
+        'use HTTPS (port 5986) or authMethod = "ntlm", or set allowBasicOverHttp = true to accept that'
+    )
+    assert server.connections == 0 and server.log == []
+    # NTLM encrypts the messages over HTTP: nothing to allow
+    ntlm = credential(server.port, auth_method="ntlm", allow_basic_over_http=False)
+    assert inspect("127.0.0.1", ntlm)["bios"] is not None
+
+
+def test_the_transport_policy_is_read_from_the_file_and_explained(tmp_path: Path) -> None:
+    from ksocket.credentials import explain, load
+
+    base = 'includes = ["198.18.0.0/24"]\n[account]\nusername = "u"\npassword = "winrm-pw-123456"\n'
+    cases = {
+        "00_default.toml": ("", "basic over http refused (allowBasicOverHttp = true allows it)"),
+        "01_allowed.toml": (
+            "allowBasicOverHttp = true\n",
+            "basic over http, password in clear (allowBasicOverHttp = true)",
+        ),
+        "02_https.toml": ("port = 5986\n", "basic over https, certificate checked"),
+        "03_unchecked.toml": (
+            "port = 5986\nverifyCertificate = false\n",
+            "basic over https, certificate not checked (verifyCertificate = false)",
+        ),
+        "04_ntlm.toml": ('authMethod = "ntlm"\n', "ntlm over http, messages encrypted"),
+    }
+    for name, (fields, _) in cases.items():
+        write_private(tmp_path / "winrm" / name, fields + base)
+    considered = explain("winrm", "198.18.0.7", tmp_path)
+    assert [(c.path.name, c.reason) for c in considered] == [
+        (name, f"match: {note}") for name, (_, note) in cases.items()
+    ]
+    write_private(tmp_path / "bad.toml", "verifyCertificate = 0\n" + base)
+    with pytest.raises(CredentialError, match="verifyCertificate: must be true or false, got 0"):
+        load("winrm", tmp_path / "bad.toml")
 
 
 def test_wrong_password_is_auth_failed(server: WSManServer) -> None:
@@ -169,9 +219,10 @@ def test_a_basic_domain_account_file_is_found_and_fails_as_that_files_auth_failu
     folder = tmp_path / "creds" / "winrm"
     folder.mkdir(parents=True)
     basic = folder / "00_basic.toml"
-    basic.write_text(
+    write_private(
+        basic,
         f'includes = ["127.0.0.1"]\nport = {server.port}\n[account]\nusername = "MYDOMAIN\\\\USER01"\n'
-        'password = "domain-pass-1"\n'
+        'password = "domain-pass-1"\n',
     )
     environment = Environment(tmp_path / "creds", HostLimiter(), HostKeyStore(tmp_path / "known_hosts"))
     section = asyncio.run(hosts.HostInspection(environment).inspect_host("127.0.0.1", ["winrm"]))["winrm"]
@@ -204,8 +255,8 @@ def test_ntlm_with_encryption_never_sends_in_clear(server: WSManServer) -> None:
     assert server.log and not any(item.encrypted for item in server.log)
 
 
-def test_ntlm_over_https_relies_on_tls_unless_always(https_server: WSManServer) -> None:
-    inspector = WinRMInspector(https_ports={https_server.port})
+def test_ntlm_over_https_relies_on_tls_unless_always(https_server: WSManServer, ca: CertificateAuthority) -> None:
+    inspector = WinRMInspector(https_ports={https_server.port}, ca_bundle=str(ca.cert_path))
     inspect("127.0.0.1", credential(https_server.port, auth_method="ntlm"), inspector)
     assert https_server.log and not any(item.encrypted for item in https_server.log)
     https_server.log.clear()
@@ -253,6 +304,22 @@ def test_a_garbled_section_is_left_out_with_a_note(server: WSManServer) -> None:
     notes = {item["section"]: item["message"] for item in document["errors"]}
     assert set(notes) == {"bios", "updates"}
     assert "unreadable" in notes["bios"] and notes["updates"] == "Access is denied."
+
+
+@pytest.mark.parametrize("server", [{"huge_receive_of": "disks"}], indirect=True)
+def test_a_huge_reply_is_dropped_unread_and_costs_the_rest(server: WSManServer) -> None:
+    tracemalloc.start()
+    try:
+        document = inspect("127.0.0.1", credential(server.port))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert document["os"]["name"] and document["disks"] == []
+    notes = {item["section"]: item["message"] for item in document["errors"]}
+    assert notes["disks"] == f"a reply larger than {MAX_REPLY} bytes, dropped unread"
+    assert set(notes) >= {"disks", "networkAdapters"}
+    assert server.huge_sent < HUGE_REPLY  # the client hung up instead of reading on
+    assert peak < 4 * MAX_REPLY < HUGE_REPLY
 
 
 @pytest.mark.parametrize("server", [{"garble_receive_of": "disks"}], indirect=True)
@@ -434,8 +501,9 @@ def test_ssh_tunnels_through_the_ssh_inspectors_chain(tmp_path: Path) -> None:
         port = listener.get_port()
         folder = tmp_path / "credentials" / "ssh"
         folder.mkdir(parents=True)
-        (folder / "jump.toml").write_text(
-            f'includes = ["127.0.0.1"]\nport = {port}\n[account]\nusername = "jump"\npassword = "jump-pass"\n'
+        write_private(
+            folder / "jump.toml",
+            f'includes = ["127.0.0.1"]\nport = {port}\n[account]\nusername = "jump"\npassword = "jump-pass"\n',
         )
         store = HostKeyStore(tmp_path / "ssh_known_hosts")
         inspector = WinRMInspector(credentials_root=tmp_path / "credentials", host_keys=store, limiter=HostLimiter())

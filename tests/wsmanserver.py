@@ -21,8 +21,9 @@ code paths as against a Windows WinRM listener:
 Faults for tests: ``garble_sections`` (a section's payload is not base64 JSON), ``fail_sections``
 (a section prints PowerShell's error object instead), ``raw_sections`` (a section prints the
 base64 of these bytes, JSON or not), ``garble_receive_of`` (the Receive reply for the command
-holding that section is not XML), ``create_fault`` (creating a shell is answered with a
-WS-Management fault of that reason). ``connections`` counts accepted TCP
+holding that section is not XML), ``huge_receive_of`` (that Receive reply is HUGE_REPLY bytes,
+streamed; ``huge_sent`` counts what the client took before it hung up), ``create_fault``
+(creating a shell is answered with a WS-Management fault of that reason). ``connections`` counts accepted TCP
 connections, ``log`` records every request (action, auth scheme, encrypted or not) and
 ``logins`` every NTLM or CredSSP login that succeeded.
 """
@@ -231,6 +232,14 @@ class Command:
     sections: list[str]
     chunks: list[bytes]
     garbled: bool = False
+    huge: bool = False
+
+
+HUGE_REPLY = 64 * 1024 * 1024  # bytes of the reply of huge_receive_of
+
+
+class _Huge(Exception):
+    """Raised by the SOAP layer: answer with HUGE_REPLY bytes, streamed."""
 
 
 @dataclass
@@ -241,6 +250,7 @@ class _State:
     garble_sections: frozenset[str]
     fail_sections: Mapping[str, str]
     garble_receive_of: str | None
+    huge_receive_of: str | None
     raw_sections: Mapping[str, bytes]
     create_fault: str | None
     log: list[Request] = field(default_factory=list)
@@ -249,6 +259,7 @@ class _State:
     commands: dict[str, Command] = field(default_factory=dict)
     scripts: list[str] = field(default_factory=list)
     connections: int = 0
+    huge_sent: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -271,6 +282,7 @@ class WSManServer:
         garble_sections: Iterable[str] = (),
         fail_sections: Mapping[str, str] | None = None,
         garble_receive_of: str | None = None,
+        huge_receive_of: str | None = None,
         raw_sections: Mapping[str, bytes] | None = None,
         create_fault: str | None = None,
     ) -> None:
@@ -282,6 +294,7 @@ class WSManServer:
             garble_sections=frozenset(garble_sections),
             fail_sections=dict(fail_sections or {}),
             garble_receive_of=garble_receive_of,
+            huge_receive_of=huge_receive_of,
             raw_sections=dict(raw_sections or {}),
             create_fault=create_fault,
         )
@@ -307,6 +320,11 @@ class WSManServer:
     @property
     def connections(self) -> int:
         return self.state.connections
+
+    @property
+    def huge_sent(self) -> int:
+        """Bytes of the huge reply the client read (or the kernel buffered) before it hung up."""
+        return self.state.huge_sent
 
     @property
     def scripts(self) -> list[str]:
@@ -432,6 +450,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(200, b"", {})  # pywinrm's empty request that sets up encryption
         try:
             reply, status = self._soap(body, scheme or None, encrypted, user)
+        except _Huge:
+            return self._stream_huge()
         except Exception as exc:  # a request this stand-in does not understand
             reply, status = _fault(f"test server: {type(exc).__name__}: {exc}"), 500
         if encrypted:
@@ -463,6 +483,21 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Length", "0")
         self.end_headers()
+
+    def _stream_huge(self) -> None:
+        """HUGE_REPLY bytes of a never-ending XML text, written a MiB at a time (never held whole)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/soap+xml;charset=UTF-8")
+        self.send_header("Content-Length", str(HUGE_REPLY))
+        self.end_headers()
+        block = b"<s:Envelope>" + b" " * (1024 * 1024 - 12)
+        try:
+            for _ in range(HUGE_REPLY // len(block)):
+                self.wfile.write(block)
+                with self.state.lock:
+                    self.state.huge_sent += len(block)
+        except OSError:  # the client hung up, as it should
+            self.close_connection = True
 
     def _reply(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
         self.send_response(status)
@@ -540,6 +575,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return _fault("no such command"), 500
             if running.garbled:
                 return b"<s:Envelope><s:Body><rsp:ReceiveResponse><rsp:Stream Name=", 200
+            if running.huge:
+                raise _Huge
             return _envelope(f"{SHELL}/ReceiveResponse", message_id, _received(command_id, running)), 200
         if action == "Signal":
             return _envelope(f"{SHELL}/SignalResponse", message_id, "<rsp:SignalResponse/>"), 200
@@ -571,7 +608,8 @@ class _Handler(BaseHTTPRequestHandler):
         output = "".join(lines).encode("ascii")
         middle = len(output) // 2
         garbled = self.state.garble_receive_of in sections
-        return Command(sections, [output[:middle], output[middle:]], garbled)
+        huge = self.state.huge_receive_of in sections
+        return Command(sections, [output[:middle], output[middle:]], garbled, huge)
 
 
 def _delegated_user(credential: Any) -> str | None:

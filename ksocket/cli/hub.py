@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ksocket import bounded
 from ksocket.cli import render
 from ksocket.cli.common import add_command, subcommand_options
 from ksocket.errors import KsocketError
@@ -79,13 +80,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def _params(text: str) -> dict[str, object]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"--params is not JSON: {exc.msg} at column {exc.colno}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("--params must be a JSON object")
-    return value
+    return bounded.json_object(text, "--params", argparse.ArgumentTypeError)
 
 
 def result_document(record: ResultRecord) -> dict[str, object]:

@@ -4,7 +4,8 @@ An encrypted file keeps its name, so the search still finds it; its first line i
 and the second a Fernet token (AES-128-CBC with HMAC-SHA256: a wrong key, a changed byte or a cut
 file is detected, never read as garbage). The key is ``$KSOCKET_HOME/etc/ksocket/credentials.key``,
 made on the first encryption, readable by its owner only. :func:`read_text` gives the text of a
-credential file either way, which is how the loader reads them.
+credential file either way, which is how the loader reads them, and refuses one that others may
+read (:func:`ksocket.bounded.read_file`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ksocket import config, paths
+from ksocket import bounded, config, paths
 from ksocket.credentials.fields import one_line
 from ksocket.errors import ConfigError, CredentialError, DecryptionError
 
@@ -90,11 +91,12 @@ def load_key(key_path: Path | None = None, *, create: bool = False) -> Fernet:
 # --- files -----------------------------------------------------------------------------------
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise CredentialError(one_line(f"{path}: cannot read: {exc.strerror}")) from None
+def _credential_error(message: str) -> CredentialError:
+    return CredentialError(one_line(message))
+
+
+def _read_bytes(path: Path, *, private: bool = False) -> bytes:
+    return bounded.read_file(path, _credential_error, private=private)
 
 
 def _decode(path: Path, data: bytes) -> str:
@@ -136,9 +138,13 @@ def _canonical(token: bytes) -> bool:
 
 
 def read_text(path: Path | str, key_path: Path | None = None) -> str:
-    """The text of a credential file, decrypted when it is encrypted."""
+    """The text of a credential file, decrypted when it is encrypted.
+
+    A file its group or others may read is refused, encrypted or not (as OpenSSH refuses such a
+    private key): a file left open is a mistake to fix, and the key may be readable too.
+    """
     path = Path(path)
-    data = _read_bytes(path)
+    data = _read_bytes(path, private=True)
     if is_encrypted(data):
         return decrypt_bytes(path, data, key_path)
     return _decode(path, data)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import netaddr
 
+from ksocket.addresses import fold_mapped
 from ksocket.errors import CredentialError
 from ksocket.redact import described
 
@@ -22,6 +23,16 @@ from ksocket.redact import described
 def one_line(text: str) -> str:
     """Messages are one line, whatever a file name or a library's message holds."""
     return " ".join(text.splitlines())
+
+
+MAPPED = netaddr.IPNetwork("::ffff:0:0/96")
+
+
+def _folded(network: netaddr.IPNetwork) -> netaddr.IPNetwork:
+    """An IPv4-mapped IPv6 network as the IPv4 network it maps; any other as it is."""
+    if network.version == 6 and network in MAPPED:
+        return netaddr.IPNetwork(f"{network.network.ipv4()}/{network.prefixlen - 96}")
+    return network
 
 
 class Fields:
@@ -134,11 +145,14 @@ class Fields:
         return value
 
     def networks(self, key: str) -> netaddr.IPSet:
-        """A list of IPv4/IPv6 addresses and networks (``198.18.0.0/24``, ``2001:db8::/32``)."""
+        """A list of IPv4/IPv6 addresses and networks (``198.18.0.0/24``, ``2001:db8::/32``).
+
+        IPv4-mapped ones (``::ffff:198.18.0.0/120``) are folded to IPv4, as the addresses matched against them.
+        """
         networks = []
         for index, item in enumerate(self._strings(key)):
             try:
-                networks.append(netaddr.IPNetwork(item.strip()))
+                networks.append(_folded(netaddr.IPNetwork(item.strip())))
             except (netaddr.AddrFormatError, ValueError, TypeError):
                 raise self.error(f"{key}[{index}]", f"not an IP address or network: {described(item)}") from None
         return netaddr.IPSet(networks)
@@ -148,7 +162,7 @@ class Fields:
         found = []
         for index, item in enumerate(self._strings(key)):
             try:
-                found.append(str(netaddr.IPAddress(item.strip())))
+                found.append(fold_mapped(str(netaddr.IPAddress(item.strip()))))
             except (netaddr.AddrFormatError, ValueError, TypeError):
                 raise self.error(f"{key}[{index}]", f"not an IP address: {described(item)}") from None
         return tuple(found)

@@ -32,6 +32,7 @@ HOST_KEY_ACCEPT_NEW = "accept-new-keys"
 HOST_KEY_POLICIES = (HOST_KEY_STRICT, HOST_KEY_ACCEPT_NEW)
 
 AUTH_METHODS = ("basic", "ntlm", "credssp")
+HTTPS_PORT = 5986  # WinRM's HTTPS listener; its HTTP one is 5985
 MESSAGE_ENCRYPTIONS = ("auto", "always", "never")
 
 NO_AUTH = "usmNoAuthProtocol"
@@ -62,15 +63,15 @@ def secret(default: str = "") -> Any:
 
 
 def parse_address(address: object) -> netaddr.IPAddress:
-    """One IPv4 or IPv6 address (a string or an ``IPAddress``), or a CredentialError."""
-    if isinstance(address, netaddr.IPAddress):
-        return address
+    """One IPv4 or IPv6 address (a string or an ``IPAddress``; IPv4-mapped folded to IPv4), or a CredentialError."""
     try:
-        if not isinstance(address, str):
+        if isinstance(address, str):
+            address = netaddr.IPAddress(address.strip())
+        if not isinstance(address, netaddr.IPAddress):
             raise TypeError
-        return netaddr.IPAddress(address.strip())
     except (netaddr.AddrFormatError, ValueError, TypeError):
         raise CredentialError(f"{address!r} is not an IPv4 or IPv6 address") from None
+    return address.ipv4() if address.is_ipv4_mapped() else address
 
 
 @dataclass(frozen=True, repr=False)
@@ -192,6 +193,10 @@ class Credential(Masked):
     def matches(self, address: object) -> bool:
         return self.rejects(address) is None
 
+    def note(self) -> str:
+        """What ``ksocket credentials explain`` adds to a match ('' for nothing)."""
+        return ""
+
 
 # --- the three kinds -------------------------------------------------------------------------
 
@@ -231,7 +236,13 @@ class SSHCredential(Credential):
 @dataclass(frozen=True, kw_only=True, repr=False)
 class WinRMCredential(Credential):
     """``credentials/winrm`` (manual 3.2.2). Basic with a domain account loads: the inspector refuses
-    it before connecting, as that file's ``auth-failed`` (so the search still finds the file)."""
+    it before connecting, as that file's ``auth-failed`` (so the search still finds the file).
+
+    Two fields are this project's, both opt-outs of a safe default: ``allowBasicOverHttp = true``
+    lets Basic send the password over plain HTTP (base64 is not encryption: anyone on the path, or
+    whatever answers at the address, reads it), and ``verifyCertificate = false`` accepts any
+    certificate from an HTTPS listener (self-signed ones are common on WinRM).
+    """
 
     kind: ClassVar[str] = "winrm"
 
@@ -239,8 +250,39 @@ class WinRMCredential(Credential):
     auth_method: str = "basic"
     message_encryption: str = "auto"
     credssp_disable_tlsv1_2: bool = False
+    allow_basic_over_http: bool = False
+    verify_certificate: bool = True
     ssh_tunnels: tuple[str, ...] = ()
     account: Account
+
+    @property
+    def scheme(self) -> str:
+        """``https`` on the WinRM HTTPS listener's port (5986), ``http`` on any other."""
+        return "https" if self.port == HTTPS_PORT else "http"
+
+    def transport_problem(self, scheme: str) -> str | None:
+        """Why this file may not log in over ``scheme``, or None: Basic over HTTP sends the password in clear."""
+        if scheme == "http" and self.auth_method == "basic" and not self.allow_basic_over_http:
+            return (
+                f'{self.path}: authMethod = "basic" over HTTP (port {self.port}) would send the password in clear; '
+                'use HTTPS (port 5986) or authMethod = "ntlm", or set allowBasicOverHttp = true to accept that'
+            )
+        return None
+
+    def transport(self, scheme: str) -> str:
+        """The transport policy in a few words, as ``ksocket credentials explain`` shows it."""
+        if self.transport_problem(scheme) is not None:
+            return "basic over http refused (allowBasicOverHttp = true allows it)"
+        if scheme == "https":
+            checked = "checked" if self.verify_certificate else "not checked (verifyCertificate = false)"
+            return f"{self.auth_method} over https, certificate {checked}"
+        if self.auth_method == "basic":
+            return "basic over http, password in clear (allowBasicOverHttp = true)"
+        encrypted = "not encrypted" if self.message_encryption == "never" else "encrypted"
+        return f"{self.auth_method} over http, messages {encrypted}"
+
+    def note(self) -> str:
+        return self.transport(self.scheme)
 
     @classmethod
     def _read(cls, fields: Fields) -> dict[str, Any]:
@@ -250,6 +292,8 @@ class WinRMCredential(Credential):
             "auth_method": method,
             "message_encryption": fields.choice("authMessageEncryption", "auto", MESSAGE_ENCRYPTIONS),
             "credssp_disable_tlsv1_2": fields.boolean("authCredSSPDisableTLSv1.2", False),
+            "allow_basic_over_http": fields.boolean("allowBasicOverHttp", False),
+            "verify_certificate": fields.boolean("verifyCertificate", True),
             "ssh_tunnels": fields.addresses("sshTunnels"),
             "account": account,
         }

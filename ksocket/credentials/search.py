@@ -106,7 +106,8 @@ def _consider(kind: str, address: object, root: Path | str, key_path: Path | Non
         if rejected is not None:
             yield Considered(item, "skipped", rejected, credential)
         else:
-            yield Considered(item, "match", "match", credential)
+            note = credential.note()
+            yield Considered(item, "match", f"match: {note}" if note else "match", credential)
 
 
 def explain(kind: str, address: object, root: Path | str, *, key_path: Path | None = None) -> list[Considered]:

@@ -73,7 +73,7 @@ from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.core.exceptions import ARMErrorFormat
 from azure.mgmt.network import NetworkManagementClient
 
-from ksocket import paths, redact
+from ksocket import bounded, paths, redact
 from ksocket.collectors.base import Context, Document, InvalidParams, OperationFailed
 from ksocket.collectors.cloud import common
 from ksocket.collectors.cloud.common import dig
@@ -244,16 +244,9 @@ def _read_config(path: Path) -> tuple[str, str, str]:
 
     A secret others may read is refused, as ``etc/ksocket`` keeps every secret 0600.
     """
+    data = bounded.read_file(path, lambda message: OperationFailed(ErrorCode.NO_CREDENTIAL, message), private=True)
     try:
-        mode = path.stat().st_mode
-        if mode & 0o077:
-            raise OperationFailed(
-                ErrorCode.NO_CREDENTIAL,
-                f"{path}: holds a secret but is open to others (mode {mode & 0o777:04o}): run chmod 600 {path}",
-            )
-        text = path.read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise OperationFailed(ErrorCode.NO_CREDENTIAL, f"{path}: cannot read: {exc.strerror or exc}") from None
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise OperationFailed(ErrorCode.NO_CREDENTIAL, f"{path}: not UTF-8") from None
     try:

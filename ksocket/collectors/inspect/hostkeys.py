@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ksocket import paths
+from ksocket.addresses import fold_mapped
 from ksocket.errors import KsocketError
 
 logger = logging.getLogger("ksocket.inspect.ssh")
@@ -68,7 +69,8 @@ class HostKey:
 
 
 def host_label(address: str, port: int) -> str:
-    """``known_hosts``' name for a host: ``ADDRESS`` on port 22, ``[ADDRESS]:PORT`` otherwise."""
+    """``known_hosts``' name for a host: ``ADDRESS`` on port 22, ``[ADDRESS]:PORT`` otherwise (IPv4-mapped folded)."""
+    address = fold_mapped(address)
     return address if port == 22 else f"[{address}]:{port}"
 
 

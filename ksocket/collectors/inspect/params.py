@@ -6,6 +6,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ksocket.addresses import fold_mapped
 from ksocket.collectors.base import Document, Environment, InvalidParams
 from ksocket.collectors.inspect import MAX_PROTOCOL_TIMEOUT, PROTOCOLS
 
@@ -26,7 +27,7 @@ def _address(params: Mapping[str, object]) -> str:
     try:
         if "%" in address:
             raise ValueError("scoped addresses are not supported")
-        return str(ipaddress.ip_address(address.strip()))
+        return fold_mapped(str(ipaddress.ip_address(address.strip())))
     except ValueError:
         raise InvalidParams(f"{OPERATION}: {address[:64]!r} is not an IPv4 or IPv6 address") from None
 

@@ -9,10 +9,14 @@ returns the document below, or raises :class:`~ksocket.collectors.base.Operation
   encrypts the messages over HTTP when the method can (NTLM, CredSSP), and relies on TLS over HTTPS.
 - A domain account (``MYDOMAIN\\USER01``, ``user01@MYDOMAIN``) cannot log in with Basic (the
   manual's note in 3.2.2): such a file is refused before anything is sent, naming the file and
-  ``authMethod``. So is Basic with ``authMessageEncryption = "always"`` (Basic cannot encrypt).
+  ``authMethod``. So is Basic with ``authMessageEncryption = "always"`` (Basic cannot encrypt),
+  and Basic over plain HTTP unless the file says ``allowBasicOverHttp = true``: the password
+  would go in clear to whatever answers at the address.
 - The port is the file's (5985 by default); port 5986 (``https_ports``) speaks HTTPS. The
-  certificate of an HTTPS listener is not checked unless ``verify_tls`` says so: WinRM
-  listeners mostly carry self-signed certificates and the manual has no setting for a CA.
+  certificate of an HTTPS listener is checked (against the system's CAs, or ``ca_bundle``)
+  unless the file says ``verifyCertificate = false``.
+- A reply is read up to :data:`MAX_REPLY` bytes (8 MiB, as SSH's output): a larger one is
+  refused and its connection dropped, an error in the sections it was for.
 - ``sshTunnels``: every address but the last is an SSH hop, logged in to with the first
   ``credentials/ssh`` file that serves it and works; the WinRM connection goes through a local
   port forwarded over the whole chain (see :class:`WinRMInspector` for which chain code is used).
@@ -72,10 +76,11 @@ from winrm.exceptions import (
 )
 from winrm.protocol import Protocol
 
+from ksocket.addresses import fold_mapped
 from ksocket.collectors.base import Context, Document, OperationFailed
 from ksocket.collectors.inspect import ssh, wmi
 from ksocket.collectors.inspect.base import default_route, server_text
-from ksocket.credentials.models import Credential, SSHCredential, WinRMCredential
+from ksocket.credentials.models import HTTPS_PORT, Credential, SSHCredential, WinRMCredential
 from ksocket.protocol import ErrorCode
 
 if TYPE_CHECKING:
@@ -87,7 +92,8 @@ logger = logging.getLogger("ksocket.inspect.winrm")
 DEFAULT_BUDGET = 100.0  # seconds for one inspection (under the orchestrator's 120 s per protocol)
 OPERATION_TIMEOUT = 20  # WS-Man OperationTimeout of a Receive (the server answers by then)
 MAX_OUTPUT = 32 * 1024 * 1024  # bytes of stdout taken from one command
-HTTPS_PORTS = (5986,)
+MAX_REPLY = 8 * 1024 * 1024  # bytes of one HTTP reply, as the SSH inspector's output (8 MiB)
+HTTPS_PORTS = (HTTPS_PORT,)
 ACCESS_DENIED = 5  # WSManFault code of "Access is denied"
 
 SSHLookup = Callable[[str], Sequence[SSHCredential]]
@@ -95,6 +101,48 @@ SSHLookup = Callable[[str], Sequence[SSHCredential]]
 
 class _Stopped(Exception):
     """The inspection was cancelled or ran out of time while the worker was busy."""
+
+
+class ReplyTooLarge(Exception):
+    """A reply longer than MAX_REPLY: its connection is dropped unread."""
+
+    def __init__(self) -> None:
+        super().__init__(f"a reply larger than {MAX_REPLY} bytes")
+
+
+def _read_bounded(response: requests.Response, **_: Any) -> requests.Response:
+    """A response hook reading the body up to MAX_REPLY bytes (requests would read it whole).
+
+    It runs after the login's own hooks (NTLM and CredSSP read the connection's certificate
+    from the unread reply, and hand back the reply to their retried request).
+    """
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(64 * 1024):
+        size += len(chunk)
+        if size > MAX_REPLY:
+            response.close()
+            raise ReplyTooLarge
+        chunks.append(chunk)
+    response._content = b"".join(chunks)  # what response.content returns, stored as requests itself does
+    return response
+
+
+def _bound_replies(transport: Any) -> None:
+    """Makes every request of pywinrm's ``transport`` read its reply with :func:`_read_bounded`.
+
+    pywinrm prepares each request itself (and sends the first at once when it sets up message
+    encryption), so the hook is added as each prepared request is sent.
+    """
+    send = transport._send_message_request
+
+    def bounded_send(session: requests.Session, request: requests.PreparedRequest) -> requests.Response:
+        if _read_bounded not in request.hooks["response"]:
+            request.register_hook("response", _read_bounded)
+        response: requests.Response = send(session, request)
+        return response
+
+    transport._send_message_request = bounded_send
 
 
 class WinRMInspector:
@@ -105,9 +153,9 @@ class WinRMInspector:
     keys remembered in ``host_keys``, a ``limiter`` slot per hop) when those three are given, as
     the orchestrator does; otherwise with :func:`ssh_forward`, given ``ssh_credentials(hop)`` (the
     ``credentials/ssh`` files serving a hop, in search order) and ``ssh_known_hosts`` (asyncssh's
-    ``known_hosts``; ``()`` is ``~/.ssh/known_hosts``). ``verify_tls`` is False (accept any
-    certificate), True (the system's CAs) or a CA bundle's path. ``budget`` bounds one inspection
-    in seconds.
+    ``known_hosts``; ``()`` is ``~/.ssh/known_hosts``). ``ca_bundle`` is the CA bundle HTTPS
+    certificates are checked against (None: the system's CAs), unless a file says
+    ``verifyCertificate = false``. ``budget`` bounds one inspection in seconds.
     """
 
     kind = "winrm"
@@ -120,7 +168,7 @@ class WinRMInspector:
         limiter: HostLimiter | None = None,
         ssh_credentials: SSHLookup | None = None,
         ssh_known_hosts: Any = (),
-        verify_tls: bool | str = False,
+        ca_bundle: str | None = None,
         https_ports: Collection[int] = HTTPS_PORTS,
         budget: float = DEFAULT_BUDGET,
     ) -> None:
@@ -129,20 +177,20 @@ class WinRMInspector:
         self.limiter = limiter
         self.ssh_credentials = ssh_credentials
         self.ssh_known_hosts = ssh_known_hosts
-        self.verify_tls = verify_tls
+        self.ca_bundle = ca_bundle
         self.https_ports = frozenset(https_ports)
         self.budget = budget
 
     async def inspect(self, address: str, credential: Credential, context: Context) -> Document:
         if not isinstance(credential, WinRMCredential):
             raise TypeError(f"WinRMInspector needs a WinRMCredential, not {type(credential).__name__}")
-        address = str(ipaddress.ip_address(str(address).strip()))
-        refuse_before_connecting(credential)
+        address = fold_mapped(str(ipaddress.ip_address(str(address).strip())))
         scheme = self._scheme(credential.port)
+        refuse_before_connecting(credential, scheme)
         endpoint = _url(scheme, address, credential.port)
         async with self._route(address, credential) as (host, port):
             session = _Session(
-                _url(scheme, host, port), endpoint, credential, self.verify_tls, time.monotonic() + self.budget
+                _url(scheme, host, port), endpoint, credential, self.ca_bundle, time.monotonic() + self.budget
             )
             document = await _run(session, context)
         document["sshTunnels"] = list(credential.ssh_tunnels)
@@ -181,8 +229,9 @@ class WinRMInspector:
             )
 
 
-def refuse_before_connecting(credential: WinRMCredential) -> None:
-    """Raises ``auth-failed`` for a file that cannot work, before anything is sent (manual 3.2.2)."""
+def refuse_before_connecting(credential: WinRMCredential, scheme: str) -> None:
+    """Raises ``auth-failed`` for a file that cannot work or would send its password in clear over
+    ``scheme``, before anything is sent (manual 3.2.2)."""
     if credential.auth_method == "basic" and credential.account.is_domain_account:
         raise OperationFailed(
             ErrorCode.AUTH_FAILED,
@@ -195,6 +244,9 @@ def refuse_before_connecting(credential: WinRMCredential) -> None:
             f'{credential.path}: authMessageEncryption = "always" needs authMethod "ntlm" or "credssp" '
             "(basic cannot encrypt messages)",
         )
+    problem = credential.transport_problem(scheme)
+    if problem is not None:
+        raise OperationFailed(ErrorCode.AUTH_FAILED, problem)
 
 
 def _url(scheme: str, host: str, port: int) -> str:
@@ -245,25 +297,25 @@ class _Session:
     """One WinRM session, run in a worker thread: a shell, the groups' commands, the shell closed."""
 
     def __init__(
-        self, url: str, endpoint: str, credential: WinRMCredential, verify_tls: bool | str, deadline: float
+        self, url: str, endpoint: str, credential: WinRMCredential, ca_bundle: str | None, deadline: float
     ) -> None:
         self.url = url
         self.endpoint = endpoint
         self.credential = credential
-        self.verify_tls = verify_tls
+        self.ca_bundle = ca_bundle
         self.deadline = deadline
         self.stop = threading.Event()
 
     def protocol(self) -> Protocol:
         credential = self.credential
-        validation: Literal["validate", "ignore"] = "validate" if self.verify_tls else "ignore"
+        validation: Literal["validate", "ignore"] = "validate" if credential.verify_certificate else "ignore"
         protocol = Protocol(
             self.url,
             transport=credential.auth_method,  # type: ignore[arg-type]
             username=credential.account.username,
             password=credential.account.password,
             server_cert_validation=validation,
-            ca_trust_path=self.verify_tls if isinstance(self.verify_tls, str) else None,  # type: ignore[arg-type]
+            ca_trust_path=self.ca_bundle,  # type: ignore[arg-type]
             message_encryption=credential.message_encryption,  # type: ignore[arg-type]
             credssp_disable_tlsv1_2=credential.credssp_disable_tlsv1_2,
             operation_timeout_sec=OPERATION_TIMEOUT,
@@ -271,6 +323,7 @@ class _Session:
             proxy=None,  # never through an HTTP proxy from the environment
         )
         self._timeouts(protocol, long_poll=False)
+        _bound_replies(protocol.transport)
         return protocol
 
     def _timeouts(self, protocol: Protocol, *, long_poll: bool) -> None:
@@ -317,7 +370,7 @@ class _Session:
                 except Exception as exc:
                     message = server_text(_reply_problem(exc))
                     errors.extend({"section": section, "message": message} for section in group)
-                    if isinstance(exc, requests.exceptions.ConnectionError):
+                    if isinstance(exc, requests.exceptions.ConnectionError | ReplyTooLarge):
                         later = [name for rest in wmi.GROUPS[position + 1 :] for name in rest]
                         errors.extend(
                             {"section": name, "message": "not asked: the connection was lost"} for name in later
@@ -386,6 +439,8 @@ class _Session:
             return OperationFailed(ErrorCode.UNREACHABLE, f"{where}: TLS failed: {server_text(_reason(exc))}")
         if isinstance(exc, requests.exceptions.ConnectionError):
             return OperationFailed(ErrorCode.UNREACHABLE, f"{where}: {server_text(_reason(exc))}")
+        if isinstance(exc, ReplyTooLarge):
+            return OperationFailed(ErrorCode.UNREACHABLE, f"{where}: {exc}")
         if isinstance(exc, WinRMTransportError):
             return OperationFailed(ErrorCode.UNREACHABLE, f"{where}: HTTP {exc.code} from the server")
         if isinstance(exc, WinRMError):
@@ -420,6 +475,8 @@ def _reply_problem(exc: Exception) -> str:
         return f"timed out: {exc}"
     if isinstance(exc, requests.exceptions.ConnectionError):
         return f"connection lost: {_reason(exc)}"
+    if isinstance(exc, ReplyTooLarge):
+        return f"{exc}, dropped unread"
     return f"{type(exc).__name__}: {str(exc)[:200]}"
 
 
