@@ -133,7 +133,7 @@ def test_link_dropped_at_random_moments_while_operations_run(tmp_path: Path) -> 
                         dropping.cancel()
                 accepted.add(await barrier(hub))  # late duplicates, if any, have arrived by now
                 assert_exactly_one_result_each(hub, accepted)
-                assert len(accepted) == rounds * OPERATIONS
+                assert len(accepted) == rounds * OPERATIONS + 1  # and the barrier
                 assert_each_ran_once(link, accepted)
 
     asyncio.run(scenario())
