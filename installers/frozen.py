@@ -5,19 +5,37 @@
 ``ksocket --installer SCRIPT ARGS``: SCRIPT, the sh script's own path, names the installer's code
 (the modules ``ksinstall`` and ``ksuninstall``, frozen alongside) and its folder is where that
 installer runs from (the unpacked release, or the prefix for an installed ``ksuninstall``).
+
+PyInstaller's bootloader points ``LD_LIBRARY_PATH`` at the bundle's libraries (and leaves ``_PYI_…``
+variables) before Python starts; this process has loaded with them, but the programs it runs (``ip``,
+``systemctl``, another ksocket) get the host's environment back, so that they load their own.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+from collections.abc import MutableMapping
 from pathlib import Path
 
 INSTALLER_FLAG = "--installer"
 INSTALLERS = ("ksinstall", "ksuninstall")
 
 
+def restore_host_environment(environ: MutableMapping[str, str]) -> None:
+    """The environment as the host gave it: LD_LIBRARY_PATH as it was (PyInstaller keeps it in …_ORIG), no _PYI_…."""
+    original = environ.pop("LD_LIBRARY_PATH_ORIG", None)
+    if original is None:
+        environ.pop("LD_LIBRARY_PATH", None)
+    else:
+        environ["LD_LIBRARY_PATH"] = original
+    for name in [name for name in environ if name.startswith("_PYI_")]:
+        del environ[name]
+
+
 def main(argv: list[str]) -> int:
+    restore_host_environment(os.environ)
     if len(argv) >= 2 and argv[0] == INSTALLER_FLAG:
         script = Path(argv[1]).absolute()
         if script.name not in INSTALLERS:

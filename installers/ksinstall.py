@@ -89,27 +89,22 @@ def line(label: str, ok: bool | None, detail: str = "") -> None:
 
 
 def clean_environment(prefix: Path) -> dict[str, str]:
-    """The environment of the commands run: no Python or pip settings of the caller, KSOCKET_HOME the prefix."""
+    """The environment of the commands run: no Python settings of the caller, KSOCKET_HOME the prefix."""
     env = {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith(("PIP_", "PYTHON"))
+        if not name.startswith("PYTHON")
         and name not in ("VIRTUAL_ENV", "__PYVENV_LAUNCHER__", "KSOCKET_HOME", "KSOCKET_CONFIG")
     }
-    env["PIP_CONFIG_FILE"] = os.devnull
     env["KSOCKET_HOME"] = str(prefix)
     return env
 
 
-def run(
-    command: Sequence[str | Path], prefix: Path, *, stdin: str | None = None, secret: bool = False, shown: str = ""
-) -> subprocess.CompletedProcess[str]:
-    """Runs a command, logging it (as ``shown`` when given) and, unless ``secret``, what it printed."""
+def run(command: Sequence[str | Path], prefix: Path, *, secret: bool = False) -> subprocess.CompletedProcess[str]:
+    """Runs a command, logging it and, unless ``secret``, what it printed."""
     words = [str(word) for word in command]
-    LOG.write("$ " + (shown or " ".join(words)))
-    done = subprocess.run(
-        words, input=stdin, capture_output=True, text=True, env=clean_environment(prefix), check=False
-    )
+    LOG.write("$ " + " ".join(words))
+    done = subprocess.run(words, capture_output=True, text=True, env=clean_environment(prefix), check=False)
     if not secret:
         LOG.write(done.stdout + done.stderr)
     LOG.write(f"(exit status {done.returncode})")

@@ -227,6 +227,7 @@ def test_unattended_install_reinstall_and_uninstall(unpacked: Path, tmp_path: Pa
     assert diagnostics.returncode == 0, diagnostics.stdout + diagnostics.stderr
     assert f"KSOCKET_HOME:      {prefix}\n" in diagnostics.stdout
     assert run([SYSTEM_PYTHON, "-c", "import ksocket"]).returncode != 0
+    assert_worker_serves(prefix)
     assert setting(prefix, "operations.networksScanMode") == "aws"
     assert setting(prefix, "connect.host") == "hub.example"
     assert setting(prefix, "connect.token") == TOKEN
@@ -276,6 +277,26 @@ def test_unattended_install_reinstall_and_uninstall(unpacked: Path, tmp_path: Pa
     assert re.search(rf"^Remove the files \.+ OK \[{re.escape(str(prefix))}\]", done.stdout, re.M)
     assert not prefix.exists()
     assert prefix.parent.exists()
+
+
+def assert_worker_serves(prefix: Path) -> None:
+    """``ksocket worker`` of the bundle: its embedded redis-server starts, the actors serve, SIGTERM stops it."""
+    worker = subprocess.Popen(
+        [prefix / "bin" / "ksocket", "worker", "--threads", "1", "--logfile=-", "--loglevel=INFO"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env(), cwd="/",
+    )  # fmt: skip
+    try:
+        assert worker.stdout is not None
+        said = ""
+        deadline = time.monotonic() + 120
+        while "worker serving" not in said and time.monotonic() < deadline and (line := worker.stdout.readline()):
+            said += line
+        assert "embedded Redis on" in said and "worker serving hosts.inspect, networks.scan, system.info" in said, said
+        worker.terminate()
+        assert worker.wait(timeout=60) == 0
+    finally:
+        worker.kill()
+        worker.wait()
 
 
 def test_installers_refuse_what_they_must_not_touch(unpacked: Path, tmp_path: Path) -> None:
@@ -357,6 +378,23 @@ def test_ksinstall_checks_the_c_library_against_the_release_floor_before_install
     assert status == 1 and ng in "\n".join(manual_form(out))
     assert "lacks the C library the release needs (NG above); nothing was installed" in err
     assert not prefix.exists()
+
+
+@pytest.mark.parametrize(
+    ("original", "restored"),
+    [({"LD_LIBRARY_PATH_ORIG": "/opt/lib"}, {"LD_LIBRARY_PATH": "/opt/lib"}), ({}, {})],
+)
+def test_programs_the_bundle_runs_get_the_hosts_library_path(
+    monkeypatch: pytest.MonkeyPatch, original: dict[str, str], restored: dict[str, str]
+) -> None:
+    """The bootloader's LD_LIBRARY_PATH (the bundle's libraries) and _PYI_ variables are not handed on."""
+    monkeypatch.syspath_prepend(str(ROOT / "installers"))
+    import frozen
+
+    environ = {"PATH": "/usr/bin", "LD_LIBRARY_PATH": "/opt/ksocket/lib/ksocket/_internal", "_PYI_ARCHIVE_FILE": "x"}
+    environ = environ | original
+    frozen.restore_host_environment(environ)
+    assert environ == {"PATH": "/usr/bin", **restored}
 
 
 # --------------------------------------------------------------------------- interactive

@@ -1,8 +1,9 @@
 """The release installed where a user would: a minimal Debian without Python or libpcap.
 
-A Debian root file system made with ``debootstrap --variant=minbase`` (cached in
-build/rootfs/SUITE-minbase/, so that it is made once per machine; the mirror is the one the
-machine's apt uses), copied for the test; the release tarball (built by the ``release_tarball``
+A Debian root file system made with ``debootstrap --variant=minbase`` plus iproute2 (the agent runs
+``ip`` for interfaces and routes, as from a checkout; every Debian but a minbase has it), cached in
+build/rootfs/SUITE-minbase-iproute2/ so that it is made once per machine, from the mirror the
+machine's apt uses; copied for the test; the release tarball (built by the ``release_tarball``
 fixture of tests/test_installers.py) unpacked and installed in it with ``chroot``, then the
 installed ``ksocket`` run there: ``version``, ``diagnostics system config`` and a scan of a lab
 namespace. The scan runs from inside the chroot and inside the lab's scanner namespace, so that it
@@ -29,6 +30,7 @@ pytestmark = [pytest.mark.release, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITE = "bookworm"
+INCLUDE = "iproute2"
 PREFIX = "/opt/fixpoint/ksocket"
 # Inside a private mount namespace: mount what programs expect, then run the command in the chroot.
 IN_CHROOT = (
@@ -58,7 +60,7 @@ def minbase() -> Path:
     """The cached minbase root file system, made by debootstrap on first use."""
     if shutil.which("debootstrap") is None:
         pytest.skip("debootstrap is not installed (./dev install installs it)")
-    cache = ROOT / "build" / "rootfs" / f"{SUITE}-minbase"
+    cache = ROOT / "build" / "rootfs" / f"{SUITE}-minbase-{INCLUDE}"
     if (cache / ".complete").is_file():
         return cache
     mirror = apt_mirror(SUITE)
@@ -68,11 +70,11 @@ def minbase() -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
-        ["debootstrap", "--variant=minbase", SUITE, str(partial), mirror],
+        ["debootstrap", "--variant=minbase", f"--include={INCLUDE}", SUITE, str(partial), mirror],
         capture_output=True, text=True, timeout=1500, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    (partial / ".complete").write_text(f"debootstrap --variant=minbase {SUITE}\n")
+    (partial / ".complete").write_text(f"debootstrap --variant=minbase --include={INCLUDE} {SUITE}\n")
     shutil.rmtree(cache, ignore_errors=True)
     partial.rename(cache)
     return cache
