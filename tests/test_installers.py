@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.snmpdtools import Snmpd
 from tests.test_service import SHOW, StandIn, _service_is_wired, manual_form
 
 # `release` selects these tests (-m "not release" leaves them out); the first one builds the tarball
@@ -228,6 +229,7 @@ def test_unattended_install_reinstall_and_uninstall(unpacked: Path, tmp_path: Pa
     assert f"KSOCKET_HOME:      {prefix}\n" in diagnostics.stdout
     assert run([SYSTEM_PYTHON, "-c", "import ksocket"]).returncode != 0
     assert_worker_serves(prefix)
+    assert_snmp_inspection(prefix, tmp_path)
     assert setting(prefix, "operations.networksScanMode") == "aws"
     assert setting(prefix, "connect.host") == "hub.example"
     assert setting(prefix, "connect.token") == TOKEN
@@ -297,6 +299,17 @@ def assert_worker_serves(prefix: Path) -> None:
     finally:
         worker.kill()
         worker.wait()
+
+
+def assert_snmp_inspection(prefix: Path, tmp_path: Path) -> None:
+    """``ksocket inspect`` of the bundle against net-snmp's snmpd: pysnmp and its MIB modules are in the bundle."""
+    with Snmpd(tmp_path / "snmpd") as agent:
+        credentials = prefix / "etc" / "ksocket" / "credentials" / "snmp" / "10-loopback.toml"
+        credentials.write_text(f'includes = ["127.0.0.1"]\nport = {agent.port}\n[authData]\ncommunity = "public"\n')
+        done = run([prefix / "bin" / "ksocket", "inspect", "127.0.0.1", "--protocols", "snmp", "--json"])
+        credentials.unlink()
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["snmp"]["system"]["name"] == agent.sys_name
 
 
 def test_installers_refuse_what_they_must_not_touch(unpacked: Path, tmp_path: Path) -> None:
