@@ -2,13 +2,14 @@
 
 A Debian root file system made with ``debootstrap --variant=minbase`` plus iproute2 (the agent runs
 ``ip`` for interfaces and routes, as from a checkout; every Debian but a minbase has it), cached in
-build/rootfs/SUITE-minbase-iproute2/ so that it is made once per machine, from the mirror the
-machine's apt uses; copied for the test; the release tarball (built by the ``release_tarball``
-fixture of tests/test_installers.py) unpacked and installed in it with ``chroot``, then the
-installed ``ksocket`` run there: ``version``, ``diagnostics system config`` and a scan of a lab
-namespace. The scan runs from inside the chroot and inside the lab's scanner namespace, so that it
-reaches nothing but the lab. /proc, /dev and /sys are mounted in a private mount namespace
-(``unshare --mount``) of each command: they vanish with it, also when a test fails.
+/var/cache/ksocket-tests/rootfs/SUITE-minbase-iproute2/ so that it is made once per machine (CI's
+fresh clones included), from the mirror the machine's apt uses, and copied for the test. The
+release tarball (the ``release_tarball`` fixture of tests/test_installers.py) is unpacked and
+installed in it with ``chroot``, then the installed ``ksocket`` runs there: ``version``,
+``diagnostics system config`` and a scan of a lab namespace. The scan runs from inside the chroot
+and inside the lab's scanner namespace, so that it reaches nothing but the lab. /proc, /dev and /sys
+are mounted in a private mount namespace (``unshare --mount``) of each command: they vanish with it,
+also when a test fails.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from tests.test_installers import VERSION, release_tarball  # noqa: F401  (fixtu
 
 pytestmark = [pytest.mark.release, pytest.mark.slow, pytest.mark.timeout(1800)]
 
-ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path("/var/cache/ksocket-tests/rootfs")
 SUITE = "bookworm"
 INCLUDE = "iproute2"
 PREFIX = "/opt/fixpoint/ksocket"
@@ -60,7 +61,7 @@ def minbase() -> Path:
     """The cached minbase root file system, made by debootstrap on first use."""
     if shutil.which("debootstrap") is None:
         pytest.skip("debootstrap is not installed (./dev install installs it)")
-    cache = ROOT / "build" / "rootfs" / f"{SUITE}-minbase-{INCLUDE}"
+    cache = CACHE / f"{SUITE}-minbase-{INCLUDE}"
     if (cache / ".complete").is_file():
         return cache
     mirror = apt_mirror(SUITE)
