@@ -39,7 +39,10 @@ def main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[0] == INSTALLER_FLAG:
         script = Path(argv[1]).absolute()
         if script.name not in INSTALLERS:
-            print(f"ksocket: error: {INSTALLER_FLAG} names {script.name}, not one of {', '.join(INSTALLERS)}")
+            print(
+                f"ksocket: error: {INSTALLER_FLAG} names {script.name}, not one of {', '.join(INSTALLERS)}",
+                file=sys.stderr,
+            )
             return 2
         installer = importlib.import_module(script.name)
         status: int = installer.main(argv[2:], here=script.parent)

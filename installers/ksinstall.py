@@ -263,7 +263,7 @@ def installed_values(prefix: Path) -> dict[str, str] | None:
         print("Skip while ksocket executable is not found.")
         return None
     version = run([runner, "version"], prefix)
-    if version.returncode != 0:  # e.g. the Python it was made with is gone: read the file itself
+    if version.returncode != 0:  # e.g. an older release's environment whose Python is gone: read the file itself
         print(f"The installed ksocket does not run ({last_line(version)}); reading its ksocket.toml instead.")
         return settings_file_values(prefix)
     values: dict[str, str] = {}
