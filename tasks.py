@@ -71,7 +71,7 @@ def lab_down(c: Context) -> None:
 
 @task(help={"out": "the folder to write the tarball to (default dist)"})
 def release(c: Context, out: str = "dist") -> None:
-    """The release: dist/ksocket-VERSION-linux-x86_64.tar.gz with ksinstall, ksuninstall and every wheel."""
+    """The release: dist/ksocket-VERSION-linux-x86_64.tar.gz, ksocket frozen with its own runtime, the installers."""
     with c.cd(str(ROOT)):
         c.run(f"{PY} installers/release.py --out {out}", pty=False)
 

@@ -30,6 +30,8 @@ from tests.conftest import write_private
 from tests.tlstools import CertificateAuthority
 from tests.wsmanserver import HUGE_REPLY, RECORDED, WSManServer, closed_port, silent_listener
 
+pytestmark = pytest.mark.peer
+
 PASSWORD = "Passw0rd!"
 USERS = {
     "Administrator": PASSWORD,
