@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import write_private
 from tests.snmpdtools import Snmpd
 from tests.test_service import SHOW, StandIn, manual_form
 
@@ -305,7 +306,7 @@ def assert_snmp_inspection(prefix: Path, tmp_path: Path) -> None:
     """``ksocket inspect`` of the bundle against net-snmp's snmpd: pysnmp and its MIB modules are in the bundle."""
     with Snmpd(tmp_path / "snmpd") as agent:
         credentials = prefix / "etc" / "ksocket" / "credentials" / "snmp" / "10-loopback.toml"
-        credentials.write_text(f'includes = ["127.0.0.1"]\nport = {agent.port}\n[authData]\ncommunity = "public"\n')
+        write_private(credentials, f'includes = ["127.0.0.1"]\nport = {agent.port}\n[authData]\ncommunity = "public"\n')
         done = run([prefix / "bin" / "ksocket", "inspect", "127.0.0.1", "--protocols", "snmp", "--json"])
         credentials.unlink()
     assert done.returncode == 0, done.stderr
