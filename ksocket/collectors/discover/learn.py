@@ -392,8 +392,9 @@ def learn(address: str, inspection: object, *, expand_limit: int = DEFAULT_EXPAN
 
 
 def expand(network: Network, limit: int = DEFAULT_EXPAND_LIMIT) -> Iterator[str]:
-    """The addresses of an expandable ``network`` (an IPv4 network's hosts without its network and
-    broadcast addresses from /30 down, as ``ipaddress`` gives them); nothing for a larger one."""
+    """The addresses of ``network`` the loop may probe when it holds at most ``limit`` addresses
+    (``ipaddress``'s ``hosts()``: an IPv4 network without its network and broadcast addresses, a
+    /31 or /32 whole); nothing for a larger one."""
     if network.size > limit:
         return
     for ip in ipaddress.ip_network(network.network).hosts():
