@@ -152,6 +152,26 @@ def test_a_host_without_ip_is_asked_ifconfig_and_netstat(tmp_path: Path) -> None
     assert without["warnings"] == []
 
 
+IP_MILLION_NEIGHBOURS = """case " $* " in
+*" neigh show "*) awk 'BEGIN { for (n = 0; n < 1000000; n++)
+  printf "10.%d.%d.%d dev eth0 lladdr 02:00:00:00:00:01 STALE\\n", n / 65536 % 256, n / 256 % 256, n % 256 }';;
+*" -j "*) exit 1;;
+esac
+"""
+
+
+def test_a_million_row_neighbour_table_is_bounded(tmp_path: Path) -> None:
+    """A host whose ``ip neigh`` prints a million rows: the section is cut, the table capped."""
+    report = run_script_with(tmp_path, {"ip": IP_MILLION_NEIGHBOURS})
+    assert len(report["neighbors"]) == parsers.MAX_NEIGHBORS
+    assert report["neighbors"][1] == {
+        "address": "10.0.0.1",
+        "mac": "02:00:00:00:00:01",
+        "interface": "eth0",
+        "state": "STALE",
+    }
+
+
 @pytest.mark.parametrize(("groups", "tries_sudo"), [("someone users", False), ("someone wheel", True)])
 def test_sudo_is_tried_by_plausible_sudoers_only(tmp_path: Path, groups: str, tries_sudo: bool) -> None:
     """sudo logs "NOT in sudoers" (and mails root) for any other account that tries it."""
