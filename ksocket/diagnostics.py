@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ksocket import __version__, config, paths, redact
+from ksocket import __version__, config, paths, redact, sanitise
 from ksocket.errors import KsocketError
 
 if TYPE_CHECKING:
@@ -50,7 +50,8 @@ class Report:
         verdict = "OK" if ok else ("Skip" if ok is None else "NG")
         self.failed += ok is False
         dots = "." * max(3, WIDTH - len(label) - 1)
-        detail = " ".join(redact.redact(detail).split())  # one line, whatever a library said
+        # one line, whatever a library (or the hub, in its reply) said
+        detail = sanitise.inert(" ".join(redact.redact(detail).split()), sanitise.MAX_MESSAGE)
         print(f"{label} {dots} {verdict}{f' [{detail}]' if detail else ''}", flush=True)
 
     def check(self, label: str, action: Callable[[], object]) -> object | None:

