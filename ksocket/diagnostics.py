@@ -6,6 +6,7 @@ then walks the link's early states the way ``ksocket connect`` does (the proxy i
 proxy's tunnel, the trust store, TLS, WebSocket), one line each. ``authenticate`` prints one line,
 ``Complete authentication``, for one connection attempt that goes through ``authenticating`` and closes
 cleanly; it does not print connect's steps again: when the link cannot be made, its ``NG`` says why.
+``config`` also shows the operator's fence around operations (allow, deny, max rate, scan mode).
 Nothing printed here holds the token or a proxy's password: only the settings' public parts are shown.
 The command's arguments are read in :mod:`ksocket.cli.diagnostics`.
 """
@@ -101,6 +102,15 @@ def read_config(report: Report) -> config.Settings | None:
             return None
         report.line(label, True)
     return value if isinstance(value, config.Settings) else None
+
+
+def show_fence(settings: config.Settings) -> None:
+    """The operator's limits on what the hub may ask (:mod:`ksocket.fence`)."""
+    print()
+    print(f"Allow:     {', '.join(settings.scan_allow) or '(nothing)'} (operations.allow)")
+    print(f"Deny:      {', '.join(settings.scan_deny) or '(nothing)'} (operations.deny)")
+    print(f"Max rate:  {settings.max_rate} packets/s (operations.maxRate)")
+    print(f"Scan mode: {settings.networks_scan_mode} (operations.networksScanMode, the only one)")
 
 
 def cloud_api(report: Report, mode: str) -> None:
@@ -233,6 +243,8 @@ def run(sections: list[str], loaded: config.Settings | None = None) -> int:
     if "config" in sections:
         print()
         settings = read_config(report)
+        if settings is not None:
+            show_fence(settings)
     elif linking:
         settings = loaded or quiet_settings(report)
     if linking and settings is not None:

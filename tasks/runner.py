@@ -1,7 +1,8 @@
 """The agent's :class:`~statemachine.runner.OperationRunner`: admission into the pipeline, events out of it.
 
 :class:`PipelineRunner` is what the link talks to. ``submit`` admits an operation (dedupe by id,
-unknown names and invalid params refused, the ``connect.maxOperations`` quota) and enqueues it;
+unknown names and invalid params refused, params narrowed to the operator's fence or refused beyond
+it (:mod:`ksocket.fence`), the ``connect.maxOperations`` quota) and enqueues it;
 a Dramatiq worker in this process (``connect.maxRunningOperations`` threads) and any worker
 started with ``ksocket worker`` against the same Redis run it; its result lands in the journal.
 ``next_event`` hands out progress and new results as they appear in the journal, whichever
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -41,6 +43,7 @@ import redis
 from ksocket import paths
 from ksocket.collectors.base import Environment
 from ksocket.config import Settings
+from ksocket.fence import Fence
 from ksocket.identity import Identity
 from ksocket.protocol import Accepted, Admission, ErrorCode, Operation, Progress, Refused, Result
 from tasks.broker import NAMESPACE, warn_unless_append_only
@@ -129,6 +132,7 @@ class PipelineRunner:
     ) -> None:
         settings = settings or Settings()
         self.environment = Environment.from_settings(settings)
+        self.fence = Fence.from_settings(settings)
         self.broker_url = broker_url or settings.broker
         self.max_operations = settings.max_operations if max_operations is None else max_operations
         self.threads = settings.max_running_operations if max_running_operations is None else max_running_operations
@@ -220,15 +224,16 @@ class PipelineRunner:
         return await self._redis(self._submit, self.pipeline, operation)
 
     def _submit(self, pipeline: Pipeline, operation: Operation) -> Admission:
-        refusal = self._check(pipeline, operation)
-        if refusal is not None:
+        checked = self._check(pipeline, operation)
+        if isinstance(checked, Refused):
             known = pipeline.journal.lookup(operation.id)
             if isinstance(known, Result):
                 return known
-            return Accepted(id=operation.id) if known == "held" else refusal
-        return self._admit(pipeline, operation)
+            return Accepted(id=operation.id) if known == "held" else checked
+        return self._admit(pipeline, checked)
 
-    def _check(self, pipeline: Pipeline, operation: Operation) -> Refused | None:
+    def _check(self, pipeline: Pipeline, operation: Operation) -> Operation | Refused:
+        """The operation as the fence narrows it, or why it is refused (its params, then the fence)."""
         spec = self.registry.get(operation.name)
         if spec is None or operation.name not in pipeline.broker.actors:
             return Refused(
@@ -236,11 +241,12 @@ class PipelineRunner:
             )
         try:
             spec.validate(operation.params, self.environment)
+            params = self.fence.admit(operation.name, operation.params)
         except InvalidParams as exc:
             return Refused(id=operation.id, reason=ErrorCode.INVALID_PARAMS, message=str(exc))
         except OperationFailed as exc:
             return Refused(id=operation.id, reason=ErrorCode.INVALID_PARAMS, message=f"{exc.code}: {exc}")
-        return None
+        return dataclasses.replace(operation, params=params)
 
     def _admit(self, pipeline: Pipeline, operation: Operation) -> Admission:
         with pipeline.admitting(operation.id):

