@@ -336,15 +336,44 @@ def get(settings: Settings, name: str) -> object:
 
 
 def display(settings: Settings, name: str, *, reveal: bool = False) -> str:
+    """How ``ksocket config`` shows a setting; ``reveal`` (asked by name) shows a secret setting whole.
+
+    Any other setting is redacted even then: a token pasted into the wrong field is still a token.
+    """
     value = get(settings, name)
     metadata = _FIELDS[name].metadata
-    if isinstance(value, tuple):  # a list, written as ksocket config NAME VALUE takes it
-        return ",".join(value)
-    if reveal:
+    holds_secret = metadata["secret"] or metadata["shown"] is not None
+    if reveal and holds_secret:
         return str(value)
     if metadata["secret"]:
         return redact.mask(str(value))
-    return metadata["shown"](value) if metadata["shown"] is not None else str(value)
+    if isinstance(value, tuple):  # a list, written as ksocket config NAME VALUE takes it
+        return redact.redact(",".join(value))
+    return redact.redact(metadata["shown"](value) if metadata["shown"] is not None else str(value))
+
+
+def holds_secret(name: str) -> bool:
+    """Whether the setting's value is, or holds, a secret (the token; a proxy URL's password)."""
+    metadata = check_name(name).metadata
+    return bool(metadata["secret"] or metadata["shown"] is not None)
+
+
+TOKEN_SHAPE = re.compile(r"ks1_[A-Za-z0-9_-]{16,}")
+"""A slot token of the reference hub (``ksocket.hub.tokens``), wherever in a file it was pasted."""
+
+
+def register_secrets(document: dict[str, Any]) -> None:
+    """Registers the document's secrets for redaction before any of its values is checked or shown:
+    the token and the proxy's password as written (valid or not), and anything shaped like a token
+    in any other setting, so that no error message or listing prints one whole."""
+    for name, value in _flatten(document):
+        if not isinstance(value, str):
+            continue
+        if name == "connect.token":
+            redact.register(value)
+        elif name == "connect.proxy":
+            redact.register(*proxy_password(value))
+        redact.register(*TOKEN_SHAPE.findall(value))
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -459,6 +488,7 @@ def _flatten(document: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, 
 
 
 def to_settings(path: Path, document: dict[str, Any]) -> Settings:
+    register_secrets(document)
     values: dict[str, Any] = {}
     for name, value in _flatten(document):
         try:
@@ -516,6 +546,7 @@ class Stored:
 
 def problems(document: dict[str, Any]) -> list[str]:
     """Every setting of ``document`` that :func:`to_settings` would refuse, not only the first."""
+    register_secrets(document)
     found = []
     for name, value in _flatten(document):
         try:

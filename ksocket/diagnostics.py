@@ -136,10 +136,11 @@ def show_endpoint(settings: config.Settings) -> None:
     print()
     print(f"KSOCKET_INSECURE: {dial.insecure()}")
     print()
-    print(f"Host:      {settings.host}")
+    # redacted: a token pasted into connect.host or connect.endpoint is still a token
+    print(f"Host:      {redact.redact(settings.host)}")
     print(f"Port:      {settings.port}")
     print(f"Protocol:  {settings.protocol}")
-    print(f"Endpoint:  {settings.endpoint_url}")
+    print(f"Endpoint:  {redact.redact(settings.endpoint_url)}")
 
 
 async def connect(report: Report, settings: config.Settings) -> str:

@@ -670,3 +670,54 @@ def test_the_fence_lists_are_set_from_the_command_line_and_checked(home: Path) -
     assert "operations.deny: 'not-an-address' is not an address, CIDR or FIRST-LAST range" in result.stderr
     result = run_ksocket("config", "operations.maxRate", "1000000")
     assert result.returncode == 2 and "operations.maxRate: must be an integer from 1 to 100000" in result.stderr
+
+
+def ksocket_with_input(text: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ksocket.cli", *args],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_token_is_read_from_standard_input_never_from_the_command_line(home: Path) -> None:
+    stored = ksocket_with_input("ks1_from-stdin-0123456789abcdef\n", "config", "connect.token", "-")
+    assert stored.returncode == 0, stored.stderr
+    assert run_ksocket("config", "connect.token").stdout == "ks1_from-stdin-0123456789abcdef\n"
+    empty = ksocket_with_input("", "config", "connect.token", "-")
+    assert empty.returncode == 2 and "nothing read from standard input; the setting is unchanged" in empty.stderr
+    assert run_ksocket("config", "connect.token").stdout == "ks1_from-stdin-0123456789abcdef\n"
+    # for a setting that holds no secret, - is the value itself: the log to standard output
+    assert ksocket_with_input("ignored\n", "config", "logfile", "-").returncode == 0
+    assert run_ksocket("config", "logfile").stdout == "-\n"
+
+
+TOKEN = "ks1_Zq8Xv2Lr0Pn4Wm6Tb1Yc3Ud5Se7Hf9Jg-Ak_Ol2Mp4Nr6"
+
+
+def test_a_token_in_the_wrong_field_is_masked_before_the_settings_load(home: Path) -> None:
+    write_home_config(home, f'[connect]\nname = "{TOKEN}"\nhost = "{TOKEN}"\n')
+    listing = run_ksocket("config")
+    assert listing.returncode == 0, listing.stderr
+    assert "connect.name=********" in listing.stdout and "connect.host=********" in listing.stdout
+    assert run_ksocket("config", "connect.name").stdout == "********\n"
+    diagnostics = run_ksocket("diagnostics", "config", "connect")
+    assert "Host:      ********" in diagnostics.stdout
+    for output in (listing.stdout, listing.stderr, diagnostics.stdout, diagnostics.stderr):
+        assert TOKEN not in output and TOKEN[:12] not in output
+
+
+def test_a_token_where_validation_fails_is_masked_in_every_message(home: Path) -> None:
+    """The file never loads, so the Settings that would register the token are never made."""
+    write_home_config(home, f'[connect]\ntoken = "{TOKEN}"\nport = "{TOKEN}"\nendpoint = "%(nope)s {TOKEN}"\n')
+    listing = run_ksocket("config")
+    assert listing.returncode == 2 and "connect.port: must be an integer" in listing.stderr
+    diagnostics = run_ksocket("diagnostics", "config")
+    assert "Read KSOCKET_CONFIG as config file" in diagnostics.stdout and "NG [" in diagnostics.stdout
+    stored = run_ksocket("config", "connect.name", "lab-agent")
+    assert stored.returncode == 0 and "connect.endpoint" in stored.stderr
+    for output in (listing.stdout, listing.stderr, diagnostics.stdout, diagnostics.stderr, stored.stderr):
+        assert TOKEN not in output and TOKEN[:12] not in output
