@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from ksocket import cli, protocol, redact, sanitise
 from ksocket import log as ksocket_log
-from ksocket import protocol, redact, sanitise
 from ksocket.config import Settings
 from ksocket.identity import Identity
 from statemachine.link import Link
-from tests.hubtools import until
+from tests.hubtools import authenticated, hub_with_slot, until
 from tests.linktools import Recorder
 from tests.pipelinetools import embedded_url, running
 from tests.test_link import SLOT, agent_settings, finish, running_hub, start
@@ -94,3 +94,27 @@ def test_a_hostile_hub_flooding_cancels_and_errors_leaves_the_log_bounded(tmp_pa
         for line in f.read_text("utf-8").splitlines():
             assert LINE_START.match(line), line[:200]
             assert len(line) < sanitise.MAX_MESSAGE + 200
+
+
+@pytest.mark.peer
+def test_an_agent_can_forge_neither_the_hubs_log_nor_its_tables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = logged(tmp_path, logfilters="ksocket.hub")
+    forged = "agent-1\n2026-01-01 00:00:00,000 INFO ksocket.hub forged\x1b[2J\x1b]0;title\x07"
+
+    async def scenario() -> None:
+        async with hub_with_slot(tmp_path / "hub.db") as (hub, token):
+            client, _ = await authenticated(hub.url, token, agent=forged)
+            await client.send(protocol.ErrorMessage(code=f"bad{forged}", message=forged))
+            await until(lambda: "reports" in path.read_text("utf-8"))
+            await client.close()
+
+    asyncio.run(scenario())
+    lines = path.read_text("utf-8").splitlines()
+    assert lines and all(LINE_START.match(line) for line in lines), lines
+    assert "\x1b" not in "".join(lines) and any("reports" in line and "forged\\x1b[2J" in line for line in lines)
+    capsys.readouterr()
+    assert cli.main(["hub", "agents", "--db", str(tmp_path / "hub.db"), "--logfile", str(path)]) == 0
+    table = capsys.readouterr().out
+    assert "\x1b" not in table and "\x07" not in table and "agent-1\\n2026" in table
