@@ -205,11 +205,13 @@ def test_setting_a_value_converts_the_legacy_yaml_file_to_toml(home: Path) -> No
         "logfile": "$KSOCKET_HOME/var/log/ksocket/ksocket.log",
         "loglevel": "VERBOSE",
         "logformat": "%(levelname)s %(message)s",
+        "logmaxbytes": 10485760, "logbackups": 5,  # from the default document
         "connect": {
             "token": "tok-from-yaml", "host": "yaml.example.net", "protocol": "wss", "port": 8443,
             "heartbeatTimeout": 12, "maxOperations": 9, "resumeRetries": 5,
         },
-        "operations": {"networksScanMode": "aws"},
+        "operations": {"networksScanMode": "aws", "allow": list(config.Settings.scan_allow),
+                       "deny": list(config.DEFAULT_DENY), "maxRate": 10000},
     }  # fmt: skip
     assert run_ksocket("config", "loglevel", "warning").stderr == ""
     listing = run_ksocket("config")
