@@ -5,8 +5,8 @@
 - ``operations.allow``: the addresses an operation may reach (default: all);
 - ``operations.deny``: addresses it may never reach, even inside ``allow`` (default
   :data:`~ksocket.config.DEFAULT_DENY`: link-local with the cloud metadata address, multicast, the
-  limited broadcast; a scan never probes the network and broadcast addresses of the agent's own
-  on-link networks in any case);
+  limited broadcast), and always the broadcast addresses of the agent's own networks
+  (:meth:`Fence.with_broadcasts_of`, from the networks its driver finds);
 - ``operations.maxRate``: the highest ``rate`` of a ``networks.scan`` (packets/s);
 - ``operations.networksScanMode``: the only scan mode.
 
@@ -26,6 +26,7 @@ operator's own, as the settings are.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -68,6 +69,16 @@ class Fence:
             settings.max_rate,
             settings.networks_scan_mode,
         )
+
+    def with_broadcasts_of(self, networks: Iterable[str]) -> Fence:
+        """This fence, also denying the broadcast address of each IPv4 network of ``networks`` (CIDRs)
+        that has one (/30 or wider)."""
+        broadcasts = netaddr.IPSet()
+        for cidr in networks:
+            network = netaddr.IPNetwork(cidr)
+            if network.version == 4 and network.prefixlen <= 30:
+                broadcasts.add(network.broadcast)
+        return dataclasses.replace(self, deny=self.deny | broadcasts)
 
     def admit(self, name: str, params: Document) -> Document:
         """``params`` as the fence narrows them; InvalidParams naming the setting when they go beyond it.

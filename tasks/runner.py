@@ -42,6 +42,7 @@ import redis
 
 from ksocket import paths
 from ksocket.collectors.base import Environment
+from ksocket.collectors.discovery import routes
 from ksocket.config import Settings
 from ksocket.fence import Fence
 from ksocket.identity import Identity
@@ -108,6 +109,15 @@ class _Events:
             await self._ready.wait()
 
 
+def _own_networks() -> list[str]:
+    """The agent's on-link IPv4 networks, whose broadcast addresses the fence denies."""
+    try:
+        return routes.RoutingTable.from_kernel().onlink_networks()
+    except OperationFailed as exc:
+        log.warning("the agent's own networks are unknown (%s): their broadcast addresses are not fenced", exc)
+        return []
+
+
 class PipelineRunner:
     """Runs operations through the Dramatiq pipeline on ``broker.url``; implements OperationRunner.
 
@@ -157,6 +167,7 @@ class PipelineRunner:
     async def start(self) -> None:
         if self._pipeline is not None:
             return
+        self.fence = self.fence.with_broadcasts_of(await asyncio.to_thread(_own_networks))
         pipeline = await asyncio.to_thread(
             Pipeline,
             self.broker_url,

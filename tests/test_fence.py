@@ -9,10 +9,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+import netaddr
 import pytest
 
 from ksocket.collectors import discovery
 from ksocket.collectors.base import InvalidParams
+from ksocket.collectors.discovery.routes import RoutingTable
 from ksocket.collectors.discovery.targets import parse_targets, to_int
 from ksocket.config import Settings
 from ksocket.fence import Fence
@@ -87,6 +89,17 @@ def test_the_configured_scan_mode_is_the_only_one() -> None:
         aws.admit("networks.scan", {"mode": "intranet"})
 
 
+def test_the_broadcast_addresses_of_the_agents_own_networks_are_denied() -> None:
+    own = DEFAULT.with_broadcasts_of(["198.18.0.0/24", "198.19.0.4/30", "198.19.1.1/32", "2001:db8::/64"])
+    for address in ("198.18.0.255", "198.19.0.7"):
+        with pytest.raises(InvalidParams, match=f"address {re.escape(address)} is in operations.deny"):
+            own.admit("hosts.inspect", {"address": address})
+    for address in ("198.18.0.254", "198.19.1.1", "2001:db8::ffff:ffff:ffff:ffff"):
+        assert own.admit("hosts.inspect", {"address": address}) == {"address": address}
+    params = own.admit("networks.scan", {"targets": "198.18.0.0/24"})
+    assert to_int("198.18.0.255") not in parse_targets(params["targets"], params["exclude"])
+
+
 def test_an_everything_fence_leaves_params_as_they_are() -> None:
     everything = fence(scan_deny=(), max_rate=100_000)
     params = {"targets": ["169.254.169.254"], "rate": 100_000}
@@ -114,5 +127,9 @@ def test_admission_through_the_pipeline_refuses_beyond_the_fence(tmp_path: Path)
             assert isinstance(admitted, Accepted)
             held = {h.id: h for h in await runner.held()}
             assert held["e"].params["rate"] == 500  # narrowed at admission: every worker runs the narrowed params
+            # the runner found its host's networks when it started: their broadcast addresses are fenced
+            for network in RoutingTable.from_kernel().onlink_networks():
+                if netaddr.IPNetwork(network).prefixlen <= 30:
+                    assert netaddr.IPNetwork(network).broadcast in runner.fence.deny, network
 
     asyncio.run(scenario())
