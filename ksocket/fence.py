@@ -56,6 +56,8 @@ def address_set(specs: Iterable[str]) -> netaddr.IPSet:
 
 @dataclass(frozen=True)
 class Fence:
+    """The operator's limits, as address sets; :meth:`admit` applies them to one operation's params."""
+
     allow: netaddr.IPSet
     deny: netaddr.IPSet
     max_rate: int

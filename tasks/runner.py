@@ -47,6 +47,7 @@ from ksocket.config import Settings
 from ksocket.fence import Fence
 from ksocket.identity import Identity
 from ksocket.protocol import Accepted, Admission, ErrorCode, Operation, Progress, Refused, Result
+from ksocket.redact import described
 from tasks.broker import NAMESPACE, warn_unless_append_only
 from tasks.errors import BrokerError, InvalidParams, OperationFailed
 from tasks.journal import Held
@@ -248,7 +249,7 @@ class PipelineRunner:
         spec = self.registry.get(operation.name)
         if spec is None or operation.name not in pipeline.broker.actors:
             return Refused(
-                id=operation.id, reason=ErrorCode.UNKNOWN_OPERATION, message=f"no operation {operation.name!r}"
+                id=operation.id, reason=ErrorCode.UNKNOWN_OPERATION, message=f"no operation {described(operation.name)}"
             )
         try:
             spec.validate(operation.params, self.environment)

@@ -123,6 +123,9 @@ def test_admission_through_the_pipeline_refuses_beyond_the_fence(tmp_path: Path)
                 answer = await runner.submit(Operation(id=op_id, name=name, params=params))
                 assert isinstance(answer, Refused), answer
                 assert answer.reason == ErrorCode.INVALID_PARAMS and message in answer.message
+            unknown = await runner.submit(Operation(id="f", name="x" * 100_000))  # its refusal quotes it clipped
+            assert isinstance(unknown, Refused) and unknown.reason == ErrorCode.UNKNOWN_OPERATION
+            assert len(unknown.message) < 100
             admitted = await runner.submit(Operation(id="e", name="networks.scan", params={"targets": "198.18.0.0/30"}))
             assert isinstance(admitted, Accepted)
             held = {h.id: h for h in await runner.held()}
