@@ -5,7 +5,7 @@ name) may hold newlines that forge log lines, ANSI escapes that rewrite a termin
 fills a disk. :func:`inert` escapes every control character (``\\n``, ``\\x1b``, ``\\u2028``…) so that
 the attempt stays visible, and clips the text at :data:`MAX_TEXT` characters, saying how much was cut.
 It is applied where text leaves for a person: every log record's arguments and message
-(:mod:`ksocket.log`), every table cell (:mod:`ksocket.cli.render`), every diagnostics line.
+(:mod:`ksocket.log`), every table cell (:mod:`ksocket.cli.render`), every diagnostics detail.
 """
 
 from __future__ import annotations
