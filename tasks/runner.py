@@ -1,7 +1,8 @@
 """The agent's :class:`~statemachine.runner.OperationRunner`: admission into the pipeline, events out of it.
 
 :class:`PipelineRunner` is what the link talks to. ``submit`` admits an operation (dedupe by id,
-unknown names and invalid params refused, the ``connect.maxOperations`` quota) and enqueues it;
+unknown names and invalid params refused, params narrowed to the operator's fence or refused beyond
+it (:mod:`ksocket.fence`), the ``connect.maxOperations`` quota) and enqueues it;
 a Dramatiq worker in this process (``connect.maxRunningOperations`` threads) and any worker
 started with ``ksocket worker`` against the same Redis run it; its result lands in the journal.
 ``next_event`` hands out progress and new results as they appear in the journal, whichever
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -40,9 +42,12 @@ import redis
 
 from ksocket import paths
 from ksocket.collectors.base import Environment
+from ksocket.collectors.discovery import routes
 from ksocket.config import Settings
+from ksocket.fence import Fence
 from ksocket.identity import Identity
 from ksocket.protocol import Accepted, Admission, ErrorCode, Operation, Progress, Refused, Result
+from ksocket.redact import described
 from tasks.broker import NAMESPACE, warn_unless_append_only
 from tasks.errors import BrokerError, InvalidParams, OperationFailed
 from tasks.journal import Held
@@ -105,6 +110,15 @@ class _Events:
             await self._ready.wait()
 
 
+def _own_networks() -> list[str]:
+    """The agent's on-link IPv4 networks, whose broadcast addresses the fence denies."""
+    try:
+        return routes.RoutingTable.from_kernel().onlink_networks()
+    except OperationFailed as exc:
+        log.warning("the agent's own networks are unknown (%s): their broadcast addresses are not fenced", exc)
+        return []
+
+
 class PipelineRunner:
     """Runs operations through the Dramatiq pipeline on ``broker.url``; implements OperationRunner.
 
@@ -129,6 +143,7 @@ class PipelineRunner:
     ) -> None:
         settings = settings or Settings()
         self.environment = Environment.from_settings(settings)
+        self.fence = Fence.from_settings(settings)
         self.broker_url = broker_url or settings.broker
         self.max_operations = settings.max_operations if max_operations is None else max_operations
         self.threads = settings.max_running_operations if max_running_operations is None else max_running_operations
@@ -153,6 +168,7 @@ class PipelineRunner:
     async def start(self) -> None:
         if self._pipeline is not None:
             return
+        self.fence = self.fence.with_broadcasts_of(await asyncio.to_thread(_own_networks))
         pipeline = await asyncio.to_thread(
             Pipeline,
             self.broker_url,
@@ -220,27 +236,29 @@ class PipelineRunner:
         return await self._redis(self._submit, self.pipeline, operation)
 
     def _submit(self, pipeline: Pipeline, operation: Operation) -> Admission:
-        refusal = self._check(pipeline, operation)
-        if refusal is not None:
+        checked = self._check(pipeline, operation)
+        if isinstance(checked, Refused):
             known = pipeline.journal.lookup(operation.id)
             if isinstance(known, Result):
                 return known
-            return Accepted(id=operation.id) if known == "held" else refusal
-        return self._admit(pipeline, operation)
+            return Accepted(id=operation.id) if known == "held" else checked
+        return self._admit(pipeline, checked)
 
-    def _check(self, pipeline: Pipeline, operation: Operation) -> Refused | None:
+    def _check(self, pipeline: Pipeline, operation: Operation) -> Operation | Refused:
+        """The operation as the fence narrows it, or why it is refused (its params, then the fence)."""
         spec = self.registry.get(operation.name)
         if spec is None or operation.name not in pipeline.broker.actors:
             return Refused(
-                id=operation.id, reason=ErrorCode.UNKNOWN_OPERATION, message=f"no operation {operation.name!r}"
+                id=operation.id, reason=ErrorCode.UNKNOWN_OPERATION, message=f"no operation {described(operation.name)}"
             )
         try:
             spec.validate(operation.params, self.environment)
+            params = self.fence.admit(operation.name, operation.params)
         except InvalidParams as exc:
             return Refused(id=operation.id, reason=ErrorCode.INVALID_PARAMS, message=str(exc))
         except OperationFailed as exc:
             return Refused(id=operation.id, reason=ErrorCode.INVALID_PARAMS, message=f"{exc.code}: {exc}")
-        return None
+        return dataclasses.replace(operation, params=params)
 
     def _admit(self, pipeline: Pipeline, operation: Operation) -> Admission:
         with pipeline.admitting(operation.id):

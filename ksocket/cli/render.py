@@ -2,7 +2,9 @@
 
 At a terminal a table gets a ruled header and the width Rich gives it; anywhere else (a pipe, a
 file, a test) it is plain text that scripts can split: no colour, no box characters, no wrapping,
-columns two spaces apart, no trailing blanks. The progress bar is drawn only at a terminal.
+columns two spaces apart, no trailing blanks. Every cell is made inert first, at a terminal or not
+(:func:`ksocket.sanitise.inert`: control characters escaped, at most ``MAX_MESSAGE`` characters): a
+cell may be a peer's text. The progress bar is drawn only at a terminal.
 Rich is imported by the functions that draw, so that a command that draws nothing does not load it.
 """
 
@@ -12,6 +14,8 @@ import io
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
+
+from ksocket import sanitise
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -54,7 +58,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO | N
     for header in headers:
         drawn.add_column(header, no_wrap=not terminal)
     for row in rows:
-        drawn.add_row(*(str(cell) for cell in row))
+        # a cell may be a peer's text (an agent's id, a hub's error message): inert before it is drawn
+        drawn.add_row(*(sanitise.inert(str(cell), sanitise.MAX_MESSAGE) for cell in row))
     if terminal:
         _console(out, terminal=True).print(drawn)
         return

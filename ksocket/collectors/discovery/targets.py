@@ -80,7 +80,8 @@ def parse_one(spec: str) -> list[Interval]:
     raise InvalidParams(f"target {spec!r} is not an IPv4 address, CIDR, range or glob")
 
 
-def _specs(value: Any, name: str) -> list[str]:
+def split_specs(value: Any, name: str) -> list[str]:
+    """The target strings of a ``targets`` or ``exclude`` param (a list, or one string split at commas and blanks)."""
     if value is None:
         return []
     if isinstance(value, str):
@@ -160,8 +161,8 @@ class TargetSet:
 
 def parse_targets(targets: Any, exclude: Any = None, *, limit: int = MAX_ADDRESSES) -> TargetSet:
     """``targets`` minus ``exclude``; more than ``limit`` addresses is :class:`InvalidParams`."""
-    included = merge(interval for spec in _specs(targets, "targets") for interval in parse_one(spec))
-    holes = merge(interval for spec in _specs(exclude, "exclude") for interval in parse_one(spec))
+    included = merge(interval for spec in split_specs(targets, "targets") for interval in parse_one(spec))
+    holes = merge(interval for spec in split_specs(exclude, "exclude") for interval in parse_one(spec))
     result = TargetSet(subtract(included, holes))
     if result.size > limit:
         raise InvalidParams(f"the targets hold {result.size} addresses; at most {limit} are scanned at once")
