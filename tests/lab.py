@@ -34,11 +34,12 @@ for every ARP request it sees for another address, which made one broadcast floo
 ports cost some 40% more CPU on this 2-core machine (about 1.8 ms instead of 1.3 ms, all of it
 charged to the sender). Nothing a scanner sends or sees changes: no probe is routed through a host.
 
-IPv6 (``ipv6()``, optional): ULA addresses on the flat LAN (``fd00:18::N`` for ``198.18.0.N``) and
-the routed subnet (``fd00:18:16::N``), routed the same way; the tunnel and the bridges keep IPv6
-off. Policy routing (``policy_route(address)``, optional): the scanner gets a second leg ``eth1``
-(198.18.16.250/32) on the routed subnet's bridge, and a rule sends ``address`` to table 100, whose
-route goes out ``eth1`` via the router's 198.18.16.1, where the main table says ``eth0``.
+IPv6 (``ipv6()``, optional): ULA addresses on the flat LAN (``fd00:18::N`` for ``198.18.0.N``, N in
+hex) and the routed subnet (``fd00:18:16::N`` for ``198.18.16.N``), routed the same way; the tunnel
+and the bridges keep IPv6 off. Policy routing (``policy_route(address)``, optional): the scanner gets
+a second leg ``eth1`` (198.18.16.250/32) on the routed subnet's bridge, and a rule sends ``address``
+to table 100, whose route goes out ``eth1`` via the router's 198.18.16.1, where the main table says
+``eth0``.
 
 Kernel globals: the per-CPU backlog (``net.core.netdev_max_backlog``, 1000 by default) overflows when
 one broadcast is flooded to a thousand veth ports, which would be loss the lab did not ask for; it is
@@ -277,7 +278,7 @@ class LabHost:
     address: str
     mac: str
     segment: str  # "lan", "routed" or "tunnel"
-    icmp: bool = True  # False: an nftables rule drops ICMP echo requests
+    icmp: bool = True  # False: an nftables rule drops ICMP (and ICMPv6) echo requests
     ports: tuple[int, ...] = ()  # TCP ports with a listener
 
 
@@ -399,8 +400,9 @@ class Lab:
     def address6(self, address: str) -> str:
         """The IPv6 address of the lab's IPv4 ``address`` (LAN or routed subnet) in an IPv6 lab."""
         value = _ip(address)
-        base = ROUTED6 if self.segments.get("routed") and _ip(ROUTED_BASE) <= value <= _ip("198.18.31.255") else LAN6
-        return f"{base}{value & 0xFFFF:x}"
+        if "routed" in self.segments and _ip(ROUTED_BASE) <= value <= _ip("198.18.31.255"):
+            return f"{ROUTED6}{value - _ip(ROUTED_BASE):x}"
+        return f"{LAN6}{value - _ip(LAN_BASE):x}"
 
     def loss(self, percent: float) -> Lab:
         """Drops ``percent`` % of the frames in each direction at every host's bridge port."""
@@ -645,7 +647,7 @@ class Lab:
             if not host.icmp:
                 rules = (
                     "table inet kslab {\n  chain input {\n    type filter hook input priority 0; policy accept;\n"
-                    "    icmp type echo-request drop\n  }\n}\n"
+                    "    icmp type echo-request drop\n    icmpv6 type echo-request drop\n  }\n}\n"
                 )
                 self._nft(host.netns, rules)
         self._apply_switch()

@@ -225,6 +225,9 @@ class Scheduler:
             except StopIteration:
                 self._fresh_left = False
                 return None
+            if target in self.hosts:  # found before its turn: an IPv6 host answering our echo to all nodes
+                self.done += 1
+                continue
             probe = self._new_probe(target)
             if probe is not None:
                 return probe
