@@ -4,6 +4,7 @@ ICMPv6 echo and TCP SYN through the kernel; every record names its family."""
 from __future__ import annotations
 
 import ipaddress
+import json
 from typing import Any
 
 import dpkt
@@ -131,3 +132,16 @@ def probe_destination(packet: dpkt.ip6.IP6) -> ipaddress.IPv6Address | None:
     if body[0] == 135:  # neighbor solicitation
         return ipaddress.IPv6Address(body[8:24])
     return None  # router solicitations, MLD reports: the kernel's own
+
+
+def test_system_info_names_the_family_of_each_address(lab6: Lab) -> None:
+    code = (
+        "import json\nfrom ksocket.collectors import sysinfo\n"
+        "print(json.dumps([i for i in sysinfo.interfaces() if i['name'] == 'eth0']))"
+    )
+    done = lab6.python_in_scanner(code)
+    assert done.returncode == 0, done.stderr
+    (eth0,) = json.loads(done.stdout)
+    families = {item["address"]: item["family"] for item in eth0["addresses"]}
+    assert families[lab6.scanner_address] == "ipv4"
+    assert families[lab6.address6(lab6.scanner_address)] == "ipv6"
