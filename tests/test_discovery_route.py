@@ -56,3 +56,21 @@ def test_policy_routed_targets_are_probed_where_the_kernel_sends_them(make_lab) 
     for address in hosts:
         assert (on_policy if address in in_policy else on_main).get(address, 0) >= 3  # the echo and both SYNs
     assert result["skipped"] == {"local": 1} and result["stats"]["refused"] == 0
+
+
+def test_the_hosts_firewall_applies_to_routed_probes(make_lab) -> None:  # noqa: F811
+    """An nftables output rule of the scanner's own refuses the probes to one routed host: the kernel
+    never sends them (pcap injection went past the firewall), the scan counts them and goes on."""
+    lab: Lab = make_lab().flat(2).routed(4).up()
+    fenced, other = sorted(lab.addresses("routed"))[:2]
+    rules = (
+        "table inet ksfence {\n  chain output {\n    type filter hook output priority 0; policy accept;\n"
+        f"    ip daddr {fenced} drop\n  }}\n}}\n"
+    )
+    done = lab.run_in_scanner(["nft", "-f", "-"], input=rules)
+    assert done.returncode == 0, done.stderr
+    with lab.capture("scan0") as path:
+        result = scan_in(lab, {"targets": [fenced, other], "ports": [22], "rate": 1000, "dns": False})
+    assert {host["address"] for host in result["hosts"]} == {other}
+    assert result["stats"]["refused"] >= 4  # two tries of the echo and the SYN, at least
+    assert fenced not in probed(path, SCANNER_MAC) and probed(path, SCANNER_MAC)[other] >= 2

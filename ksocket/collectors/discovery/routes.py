@@ -116,7 +116,8 @@ class Route:
 
 @dataclass(frozen=True)
 class Decision:
-    """How one target is probed: ``arp`` on-link, or ``ip`` (via ``gateway`` when set)."""
+    """How one target is probed: ``arp`` on-link (ARP, or for IPv6 a Neighbor Solicitation), or ``ip``
+    (ICMP echo and TCP SYN through the kernel, via ``gateway`` when set)."""
 
     method: str  # "arp" or "ip"
     interface: Interface
