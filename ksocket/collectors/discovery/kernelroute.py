@@ -8,8 +8,8 @@ address it would pick and the table it came from.
 
 One request per target, lazily, when the scheduler first draws it: a rule may match a single address
 (``ip rule add to 198.18.16.5 table 100``) and a route's prefix from one table says nothing about its
-neighbours in another, so answers are not shared between addresses. A request costs some tens of
-microseconds, far below a probe's share of the send rate.
+neighbours in another, so answers are not shared between addresses. A request costs about ten
+microseconds (0.7 s for 65,536 targets), far below a probe's share of the send rate.
 
 :func:`request` and :func:`parse` are the codec (bytes in, bytes out, no I/O); :class:`RouteLookup`
 holds the netlink socket.
