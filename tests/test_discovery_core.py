@@ -108,7 +108,8 @@ def test_a_silent_target_gets_the_tries_the_policy_allows_then_is_parked_and_rev
         assert wire.send(5) == [(A, ARP_STAGE, 0)]
         scheduler.expire(expiry)
     assert not scheduler.has_work() and scheduler.inflight == {}
-    assert list(scheduler.parked_targets) == [A] and list(scheduler.parked_tries) == [2]
+    assert [scheduler.targets.at(position) for position in scheduler.parked_targets] == [A]
+    assert list(scheduler.parked_tries) == [2]
     assert scheduler.done == 1
     assert scheduler.revive() is False  # the policy still allows two tries
     scheduler.policy.record(2)  # some host needed a third try: silent ones get more

@@ -1,8 +1,12 @@
-"""The send/capture engine: probes out through pypcap at a paced rate, replies in through a BPF filter.
+"""The send/capture engine: probes out at a paced rate, replies in through pypcap and a BPF filter.
 
 One :class:`LinkIO` per interface holds a pcap handle (immediate mode, non-blocking, inbound only,
-filtered to the scan's replies) and sends with ``pcap_sendpacket``; on a Linux cooked link, where
-libpcap cannot inject, it sends through a raw IPv4 socket bound to the interface.
+filtered to the scan's replies) and sends the on-link questions with ``pcap_sendpacket``: ARP
+requests, IPv6 Neighbor Solicitations and the one echo to all nodes, and the follow-up probes of
+the hosts they found, to their MACs. Every other ICMP echo and TCP SYN (routed, or over a link
+without a link layer) goes through the kernel: :class:`KernelSender`'s raw sockets, bound to the
+source address the kernel's route picks, so that policy routing, IPsec, WireGuard and the firewall
+treat the probe as any packet of the host; the reply is captured on the interface that route names.
 
 The :class:`Engine` loop, single-threaded, only moves bytes: it reads every capture and hands each
 parsed reply to :func:`~.matcher.match` and its evidence to the :class:`~.scheduler.Scheduler`,
@@ -38,10 +42,9 @@ from ksocket.collectors.discovery.scheduler import (
     Scheduler,
     Settings,
 )
-from ksocket.collectors.discovery.targets import TargetSet, to_str
+from ksocket.collectors.discovery.targets import V6, TargetSet, family, to_str
 from ksocket.protocol import ErrorCode
 
-SO_BINDTODEVICE = 25
 LINGER = 0.03  # after the last probe's wait, one more look for late replies
 TICK = 0.1  # progress and cancellation checks
 SEND_BATCH = 32  # packets sent before the captures are read again
@@ -49,6 +52,14 @@ SEND_BATCH = 32  # packets sent before the captures are read again
 
 class SendBlocked(Exception):
     """The link's queue is full for now (ENOBUFS/EAGAIN): try the same packet again shortly."""
+
+
+class SendRefused(Exception):
+    """The kernel would not send this packet (a firewall rule, a route gone): no reply will come."""
+
+
+# the kernel refusing one packet: EPERM/EACCES from a firewall rule, no route (any more)
+_REFUSED = frozenset({errno.EPERM, errno.EACCES, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL})
 
 
 class LinkIO:
@@ -69,37 +80,23 @@ class LinkIO:
                 ErrorCode.INTERNAL, f"cannot capture on {iface.name}: {_text(error)} (needs root or CAP_NET_RAW)"
             ) from None
         self.link_type = int(self.capture.datalink())
-        self.raw: socket.socket | None = None
-        if self.link_type in (frames.DLT_LINUX_SLL, frames.DLT_LINUX_SLL2) or device == "any":
-            self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-            self.raw.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, iface.name.encode())
-            self.raw.setblocking(False)
-        elif self.link_type not in frames.KNOWN_LINK_TYPES:
+        if self.link_type not in frames.KNOWN_LINK_TYPES:
             self.close()
             raise OperationFailed(ErrorCode.INTERNAL, f"{iface.name}: link type {self.link_type} is not supported")
 
     @property
     def ethernet(self) -> bool:
-        return self.link_type == frames.DLT_EN10MB and self.raw is None
+        return self.link_type == frames.DLT_EN10MB
 
     def fileno(self) -> int:
         return int(self.capture.fileno())
 
-    def send(self, data: bytes, destination: int) -> None:
+    def send(self, data: bytes) -> None:
+        """Injects an Ethernet frame."""
         try:
-            if self.raw is not None:
-                self.raw.sendto(data, (to_str(destination), 0))
-            else:
-                self.capture.sendpacket(data)
-        except BlockingIOError:
-            raise SendBlocked from None
+            self.capture.sendpacket(data)
         except OSError as error:
-            text = _text(error)
-            if error.errno in (errno.ENOBUFS, errno.EAGAIN) or "No buffer space" in text or "temporarily" in text:
-                raise SendBlocked from None
-            raise OperationFailed(
-                ErrorCode.UNREACHABLE, f"sending on {self.iface.name}: {text}", transient=True
-            ) from None
+            raise _send_error(error, self.iface.name) from None
 
     def read(self) -> list[tuple[float, bytes]]:
         try:
@@ -111,8 +108,54 @@ class LinkIO:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.capture.close()
-        if self.raw is not None:
-            self.raw.close()
+
+
+class KernelSender:
+    """Raw sockets (``IPPROTO_RAW``: our IP header, the kernel's route) bound to each source address."""
+
+    def __init__(self) -> None:
+        self.sockets: dict[int, socket.socket] = {}
+
+    def _socket(self, source: int) -> socket.socket:
+        sock = self.sockets.get(source)
+        if sock is None:
+            af = socket.AF_INET6 if family(source) == 6 else socket.AF_INET
+            sock = socket.socket(af, socket.SOCK_RAW, socket.IPPROTO_RAW)
+            try:
+                sock.bind((to_str(source), 0))
+            except OSError as error:
+                sock.close()
+                raise OperationFailed(
+                    ErrorCode.INTERNAL, f"cannot send from {to_str(source)}: {_text(error)}"
+                ) from None
+            sock.setblocking(False)
+            self.sockets[source] = sock
+        return sock
+
+    def send(self, packet: bytes, source: int, destination: int) -> None:
+        """Hands ``packet`` (an IP packet from ``source``) to the kernel to route to ``destination``."""
+        sock = self._socket(source)
+        try:
+            sock.sendto(packet, (to_str(destination), 0))
+        except OSError as error:
+            if error.errno in _REFUSED:
+                raise SendRefused from None
+            raise _send_error(error, f"the route to {to_str(destination)}") from None
+
+    def close(self) -> None:
+        for sock in self.sockets.values():
+            sock.close()
+        self.sockets.clear()
+
+
+def _send_error(error: OSError, where: str) -> Exception:
+    """:class:`SendBlocked` for a full queue, else the operation's failure."""
+    text = _text(error)
+    if isinstance(error, BlockingIOError) or error.errno in (errno.ENOBUFS, errno.EAGAIN):
+        return SendBlocked()
+    if "No buffer space" in text or "temporarily" in text:
+        return SendBlocked()
+    return OperationFailed(ErrorCode.UNREACHABLE, f"sending on {where}: {text}", transient=True)
 
 
 def _text(error: BaseException) -> str:
@@ -126,7 +169,7 @@ class Stats:
     replies: int = 0
     ignored: dict[str, int] = field(default_factory=dict)  # frames let in that answer no probe of ours, by why
     blocked: int = 0
-    gateway_arp: list[str] = field(default_factory=list)
+    refused: int = 0  # probes the kernel would not send (a firewall rule, a route gone)
 
 
 class Engine:
@@ -153,9 +196,11 @@ class Engine:
         self.clock = clock
         self.scheduler = Scheduler(targets, table, settings, self._open_path)
         self.links: dict[str, LinkIO] = {}
+        self.kernel = KernelSender()
+        self.greeted: set[tuple[str, int]] = set()  # (interface, source) of the echoes to all nodes sent
         self.stats = Stats()
         self.cookies = Cookies.random()
-        self.sources: set[int] = set()
+        self.sources: set[int] = set(table.local)
         self.asked = Asked(targets, self.sources, self.cookies, settings.ports)
         self._blocked: tuple[Probe, bytes] | None = None  # a packet the link had no room for, to send again
         self.started = 0.0
@@ -173,10 +218,11 @@ class Engine:
     # --- set-up --------------------------------------------------------------------------------
 
     def _bpf(self, iface: routes.Interface) -> str:
-        hosts = [to_str(address) for address, _, _ in iface.addresses]
+        """Replies to any of the host's addresses (a policy route's source may be another interface's)."""
+        hosts = sorted(to_str(address) for address in self.sources)
         ip_part = " or ".join(f"dst host {host}" for host in hosts) or "dst host 0.0.0.0"
-        ip_filter = f"(ip and ({ip_part}) and (icmp or (tcp and dst port {self.cookies.sport})))"
-        arp_part = " or ".join(f"arp[24:4] = 0x{address:08x}" for address, _, _ in iface.addresses)
+        ip_filter = f"((ip or ip6) and ({ip_part}) and (icmp or icmp6 or (tcp and dst port {self.cookies.sport})))"
+        arp_part = " or ".join(f"arp[24:4] = 0x{address:08x}" for address, _, _ in iface.addresses_of(0))
         if iface.ethernet and arp_part and self.capture_device is None:
             return f"(arp and arp[6:2] = 2 and ({arp_part})) or {ip_filter}"
         return ip_filter
@@ -186,47 +232,15 @@ class Engine:
         if link is None:
             link = LinkIO(iface, self._bpf(iface), device=self.capture_device)
             self.links[iface.name] = link
-            self.sources.update(address for address, _, _ in iface.addresses)
         return link
 
     def _open_path(self, decision: routes.Decision, stage: str) -> Path | None:
-        """The scheduler's way out for ``decision``: a capture on its interface and, behind a gateway on
-        a link layer, the gateway's MAC; None when there is none."""
+        """The scheduler's way out for ``decision``: a capture on the interface the kernel's route names
+        (IP probes leave through the kernel); None for on-link questions on a link without a link layer."""
         link = self.link(decision.interface)
-        gateway_mac = None
-        if stage == IP_STAGE and link.ethernet:
-            if decision.gateway is None:
-                return None
-            gateway_mac = self._resolve(link, decision.source, decision.gateway)
-            if gateway_mac is None:
-                return None
         if stage == ARP_STAGE and not link.ethernet:
             return None
-        return Path.opened(link.iface.name, stage, decision.gateway, gateway_mac, self.settings.timeout)
-
-    def _resolve(self, link: LinkIO, source: int, gateway: int) -> bytes | None:
-        """The gateway's MAC: from the kernel's neighbour table, else by asking it (ARP, 3 tries)."""
-        known = self.table.neighbours.get((link.iface.name, gateway))
-        if known:
-            return known
-        assert link.iface.mac is not None
-        request = frames.arp_request(link.iface.mac, source, gateway)
-        self.stats.gateway_arp.append(to_str(gateway))
-        for _ in range(3):
-            with contextlib.suppress(SendBlocked):
-                link.send(request, gateway)
-                self.stats.sent += 1
-            end = self.clock() + 0.5
-            while self.clock() < end:
-                self.context.check_cancelled()
-                select.select([link.fileno()], [], [], 0.05)
-                for _, data in link.read():
-                    reply = frames.parse(link.link_type, data)
-                    if isinstance(reply, frames.ArpReply) and reply.src == gateway and reply.dst == source:
-                        return reply.mac
-                    if reply is not None:
-                        self._handle(reply, time.time(), link)  # a target answered meanwhile: keep it
-        return None
+        return Path.opened(link.iface.name, stage, decision.gateway, None, self.settings.timeout)
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -258,6 +272,7 @@ class Engine:
             self.finished = self.clock()
             for link in self.links.values():
                 link.close()
+            self.kernel.close()
         self.context.progress(self.targets.size, self.targets.size)
 
     def _has_work(self) -> bool:
@@ -300,20 +315,48 @@ class Engine:
                 probe, data = due[0], self._build(*due)
             wall = time.time()
             try:
-                self.links[probe.path.interface].send(data, probe.target)
+                self._out(probe, data)
             except SendBlocked:
                 self.stats.blocked += 1
                 self._blocked = (probe, data)
                 return
+            except SendRefused:
+                self.stats.refused += 1
+            else:
+                self.stats.sent += 1
             self._blocked = None
-            self.stats.sent += 1
             self.scheduler.sent(probe, now, wall)
+
+    def _out(self, probe: Probe, data: bytes) -> None:
+        """On-link questions and probes to a known MAC go out on the link; the others through the kernel."""
+        link = self.links[probe.path.interface]
+        if probe.path.stage == IP_STAGE and probe.dst_mac is None:
+            self.kernel.send(data, probe.source, probe.target)
+            return
+        link.send(data)
+        if probe.path.stage == ARP_STAGE and probe.target >= V6:
+            self._greet(link, probe.source)
+
+    def _greet(self, link: LinkIO, source: int) -> None:
+        """One echo to all nodes of the link from ``source``, with the first Neighbor Solicitation."""
+        if (link.iface.name, source) in self.greeted:
+            return
+        assert link.iface.mac is not None
+        self.greeted.add((link.iface.name, source))
+        echo = frames.all_nodes_echo(
+            link.iface.mac, source, self.cookies.echo_id, self.cookies.echo_seq(frames.ALL_NODES)
+        )
+        with contextlib.suppress(SendBlocked):
+            link.send(echo)
+            self.stats.sent += 1
 
     def _build(self, probe: Probe, bit: int) -> bytes:
         path = probe.path
         link = self.links[path.interface]
         if path.stage == ARP_STAGE:
             assert link.iface.mac is not None
+            if probe.target >= V6:
+                return frames.neighbor_solicitation(link.iface.mac, probe.source, probe.target)
             return frames.arp_request(link.iface.mac, probe.source, probe.target)
         if bit == ICMP_BIT:
             seq = self.cookies.echo_seq(probe.target)
@@ -322,7 +365,7 @@ class Engine:
             port = self.settings.ports[bit - 1]
             seq = self.cookies.tcp_seq(probe.target, port)
             packet = frames.tcp_syn(probe.source, probe.target, self.cookies.sport, port, seq)
-        if link.ethernet:
+        if probe.dst_mac is not None:
             return frames.frame(frames.DLT_EN10MB, packet, src_mac=link.iface.mac, dst_mac=probe.dst_mac)
         return packet
 
@@ -374,5 +417,5 @@ class Engine:
                 for path in self.scheduler.paths.values()
                 if path is not None
             ],
-            "gatewayArp": self.stats.gateway_arp,
+            "refused": self.stats.refused,
         }

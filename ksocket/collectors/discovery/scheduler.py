@@ -7,7 +7,8 @@ the order their waits end). The :class:`Scheduler` is fed the time and the :clas
 of replies and hands out packets in the order the :class:`~.timing.Pacer` allows: retries first,
 then the follow-up probes of hosts ARP found, then fresh targets drawn lazily from the target set.
 A try whose wait is over is retried while the :class:`~.timing.RetryPolicy` allows; a silent
-target that used up its tries is parked in two compact arrays (5 bytes a target) and gets more
+target that used up its tries is parked in two compact arrays (its position in the target set and
+its tries: 5 bytes a target, IPv6 ones too) and gets more
 tries at the end if the policy grew meanwhile.
 
 Opening a path may need I/O (a capture on the interface, the gateway's MAC): the scheduler asks its
@@ -106,6 +107,7 @@ class Scheduler:
     """The probes of one scan: fed the time, the packets sent and the evidence of replies; asked what to send."""
 
     def __init__(self, targets: TargetSet, table: routes.RoutingTable, settings: Settings, open_path: OpenPath) -> None:
+        self.targets = targets
         self.table = table
         self.settings = settings
         self.open_path = open_path
@@ -223,6 +225,9 @@ class Scheduler:
             except StopIteration:
                 self._fresh_left = False
                 return None
+            if target in self.hosts:  # found before its turn: an IPv6 host answering our echo to all nodes
+                self.done += 1
+                continue
             probe = self._new_probe(target)
             if probe is not None:
                 return probe
@@ -270,7 +275,7 @@ class Scheduler:
                     continue
                 self._finish(probe)
                 if probe.target not in self.hosts:
-                    self.parked_targets.append(probe.target)
+                    self.parked_targets.append(self.targets.index(probe.target))
                     self.parked_tries.append(min(probe.tries, 255))
 
     def _finish(self, probe: Probe) -> None:
@@ -289,11 +294,12 @@ class Scheduler:
         targets, tries_left = self.parked_targets, self.parked_tries
         self.parked_targets, self.parked_tries = array.array("I"), bytearray()
         revived = False
-        for target, tries in zip(targets, tries_left, strict=True):
+        for position, tries in zip(targets, tries_left, strict=True):
+            target = self.targets.at(position)
             if target in self.hosts:
                 continue
             if tries >= allowed:
-                self.parked_targets.append(target)
+                self.parked_targets.append(position)
                 self.parked_tries.append(tries)
                 continue
             probe = self._new_probe(target, revived=True)
