@@ -135,8 +135,9 @@ class RoutingTable:
     kernel: KernelLookup | None = None  # ``ip route get``; None: look up :attr:`routes`
 
     @classmethod
-    def from_kernel(cls, kernel: KernelLookup) -> RoutingTable:
-        """The interfaces, neighbours and IPv4 main table of the kernel, each target's route asked of ``kernel``."""
+    def from_kernel(cls, kernel: KernelLookup | None = None) -> RoutingTable:
+        """The interfaces, neighbours and IPv4 main table of the kernel, each target's route asked of ``kernel``
+        (without one, as a table read from JSON: the main table's own answer, enough for its on-link networks)."""
         links = sysinfo.run_ip("link", "show")
         addrs = sysinfo.run_ip("addr", "show")
         table = sysinfo.run_ip("-4", "route", "show", "table", "main")
