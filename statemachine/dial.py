@@ -2,13 +2,17 @@
 
 The agent's ``connecting`` state runs :func:`open_websocket`, which does all four; ``ksocket
 diagnostics connect`` runs the steps one at a time to say which of them fails. Library errors
-become :class:`~ksocket.errors.LinkError` here, each with one line naming the peer.
+become :class:`~ksocket.errors.LinkError` here, each with one line naming the peer. Dialling a hub
+that is not on this host over plain ``ws`` is allowed but warned about at every dial: the token
+crosses the network in clear.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import logging
 import os
 import socket
 import ssl
@@ -23,6 +27,8 @@ from websockets.typing import Subprotocol
 from ksocket import protocol
 from ksocket.config import Settings
 from ksocket.errors import LinkError
+
+log = logging.getLogger(__name__)
 
 TRUE_WORDS = ("1", "true", "yes", "on")
 
@@ -52,6 +58,16 @@ class Endpoint:
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
             raise LinkError(f"connect.endpoint gives {url!r}, not a ws:// or wss:// URL")
         return cls(url, parts.hostname, port, parts.scheme == "wss")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine: ``localhost``, 127.0.0.0/8 or ::1 (no lookup is made)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def tls_context(endpoint: Endpoint) -> ssl.SSLContext | None:
@@ -117,6 +133,12 @@ async def open_tls(endpoint: Endpoint, context: ssl.SSLContext, timeout: float) 
 
 async def open_websocket(endpoint: Endpoint, timeout: float) -> ClientConnection:
     """DNS, TCP, TLS and the WebSocket handshake in one, refusing a hub that does not speak ksocket.v1."""
+    if not endpoint.secure and not is_loopback(endpoint.host):
+        log.warning(
+            "connect.protocol is ws: the token goes to %s:%d in clear (use wss for a hub on another host)",
+            endpoint.host,
+            endpoint.port,
+        )
     with link_errors("WebSocket handshake", endpoint):
         async with asyncio.timeout(timeout):
             websocket = await connect(

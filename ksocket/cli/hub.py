@@ -1,7 +1,8 @@
 """``ksocket hub …``: run the reference hub and work its database.
 
-    ksocket hub serve [--listen HOST:PORT] [--tls-cert FILE --tls-key FILE] [--db FILE]
+    ksocket hub serve [--listen HOST:PORT] [--tls-cert FILE --tls-key FILE | --allow-plaintext] [--db FILE]
                       [--heartbeat-interval S] [--heartbeat-timeout S] [--auth-timeout S] [--poll-interval S]
+                      [--max-startups START:RATE:FULL] [--slot-quota MIB]
     ksocket hub token add NAME          prints the new slot's token, alone, once
     ksocket hub token list              name, created, revoked (never a token)
     ksocket hub token revoke NAME
@@ -9,6 +10,9 @@
     ksocket hub cancel ID
     ksocket hub agents                  slot, state, agent id, version, last heartbeat, session
     ksocket hub operations [SLOT]       id, slot, name, state, created, detail
+
+``serve`` listens on another host's reach (any address but localhost, 127.0.0.0/8 and ::1) only
+with TLS, or when ``--allow-plaintext`` says that tokens may cross the network in clear.
 
 Every command takes ``--db FILE`` (default ``$KSOCKET_HOME/var/lib/ksocket/hub.db``). The
 commands other than ``serve`` only touch the database, so they work beside a running server:
@@ -111,9 +115,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ksocket import log as ksocket_log
     from ksocket.hub.server import Hub
     from ksocket.hub.store import default_path
+    from statemachine.dial import is_loopback
 
     if (args.tls_cert is None) != (args.tls_key is None):
         raise HubCommandError("--tls-cert and --tls-key go together")
+    host, port = args.listen
+    if args.tls_cert is None and not is_loopback(host) and not args.allow_plaintext:
+        raise HubCommandError(
+            f"refusing to listen on {host}:{port} without TLS: agents' tokens would cross the network in clear"
+            " (give --tls-cert and --tls-key, or --allow-plaintext)"
+        )
     ksocket_log.configure(config.Settings(), logfile=args.logfile or "-", loglevel=args.loglevel)
     context = None
     if args.tls_cert is not None:
@@ -122,7 +133,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             context.load_cert_chain(args.tls_cert, args.tls_key)
         except (OSError, ssl.SSLError) as exc:
             raise HubCommandError(f"cannot load the TLS certificate or key: {exc}") from None
-    host, port = args.listen
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -248,6 +258,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     sub.add_argument("--tls-cert", metavar="FILE", help="serve wss with this certificate chain (PEM)")
     sub.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    sub.add_argument(
+        "--allow-plaintext",
+        action="store_true",
+        help="serve ws without TLS on an address other hosts reach (tokens cross the network in clear)",
+    )
     sub.add_argument("--heartbeat-interval", type=_positive, default=60.0, metavar="S", help="default 60")
     sub.add_argument(
         "--heartbeat-timeout",
