@@ -10,16 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
+import resource
+import socket
+import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from websockets.exceptions import InvalidStatus
 
 from ksocket import cli
 from ksocket.errors import LinkError
+from ksocket.hub.server import AUTH_FRAME_LIMIT, Hub
+from ksocket.hub.startups import StartupLimit, Startups
 from ksocket.hub.store import Store
+from ksocket.protocol import Ack, Authenticated, Result
 from statemachine import dial
+from tests.hubtools import RawClient, authenticated
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -81,3 +91,111 @@ def test_hub_serve_refuses_plaintext_on_an_address_other_hosts_reach(
     err = capsys.readouterr().err
     assert "without TLS" in err and "--allow-plaintext" in err
     assert not db.exists()  # refused before anything was opened
+
+
+# --------------------------------------------------------------------------- before authentication (item 2)
+
+
+def test_startups_admit_below_start_refuse_at_full_and_in_between_with_rising_odds() -> None:
+    draws = iter([0.5, 0.29, 0.99, 0.999, 0.9999])
+    startups = Startups(StartupLimit(2, 30, 4), chance=lambda: next(draws))
+    assert startups.begin() and startups.begin()  # below START: no draw
+    assert startups.refusal_odds() == pytest.approx(0.30)
+    assert startups.begin()  # 0.5 >= 0.30: admitted
+    assert startups.refusal_odds() == pytest.approx(0.65)
+    assert not startups.begin()  # 0.29 < 0.65: refused, not counted
+    assert startups.pending == 3
+    startups.end()
+    assert startups.begin()  # 0.99 >= 0.30
+    assert startups.begin()  # 0.999 >= 0.65
+    assert startups.pending == 4
+    assert startups.begin() is False and startups.refusal_odds() == 1.0  # at FULL: refused whatever the draw
+
+
+def test_a_startup_limit_is_start_rate_full_or_a_plain_cap() -> None:
+    assert StartupLimit.parse("10:30:100") == StartupLimit(10, 30, 100)
+    assert StartupLimit.parse("5") == StartupLimit(5, 100, 5)
+    assert str(StartupLimit.parse("5")) == "5:100:5"
+    for bad in ("", "1:2", "a:b:c", "10:30:5", "0", "1:0:2", "1:101:2"):
+        with pytest.raises(ValueError):
+            StartupLimit.parse(bad)
+
+
+def test_a_first_frame_larger_than_a_few_kib_closes_the_connection_and_later_frames_may_be_large(db: Path) -> None:
+    token = add_slot(db)
+
+    async def main() -> None:
+        async with Hub(db) as hub:
+            greedy = await RawClient.open(hub.url)
+            await greedy.send_text("x" * (AUTH_FRAME_LIMIT + 1))
+            assert await greedy.closed() == 1009  # message too big
+
+            client, _ = await authenticated(hub.url, token)
+            op_id = await hub.submit("s1", "system.info")
+            await client.recv()
+            await client.send(Result.success(id=op_id, seq=1, data={"blob": "x" * 1024 * 1024}))
+            assert await client.expect(Ack) == Ack(seq=1)
+
+    run(main())
+
+
+def test_unauthenticated_connections_beyond_max_startups_are_refused_with_503(db: Path) -> None:
+    token = add_slot(db)
+
+    async def main() -> None:
+        async with Hub(db, max_startups=StartupLimit.parse("2")) as hub:
+            idle = [await RawClient.open(hub.url) for _ in range(2)]
+            with pytest.raises(InvalidStatus) as refused:
+                await RawClient.open(hub.url)
+            assert refused.value.response.status_code == 503
+            assert isinstance(await idle[0].authenticate(token), Authenticated)  # no longer counts
+            newcomer = await RawClient.open(hub.url)
+            await idle[1].close()
+            await idle[1].closed()
+            await newcomer.close()
+            await newcomer.closed()
+            again = [await RawClient.open(hub.url) for _ in range(2)]  # both freed their place
+            assert len(again) == 2
+
+    run(main())
+
+
+def _low_descriptor_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (40, 64))
+
+
+def test_hub_serve_raises_its_descriptor_limit_and_logs_running_out_at_error(db: Path) -> None:
+    """With a hard limit of 64 descriptors, hub serve lifts its soft limit from 40 to 64, and when 80
+    connections exhaust them, says so in its log (asyncio's own line is filtered out by logfilters)."""
+    add_slot(db)
+
+    async def main() -> None:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *("-m", "ksocket.cli", "hub", "serve", "--listen", "127.0.0.1:0", "--db", str(db)),
+            stdout=asyncio.subprocess.PIPE,
+            preexec_fn=_low_descriptor_limit,
+            env={**os.environ, "KSOCKET_HOME": str(db.parent)},
+        )
+        assert process.stdout is not None
+        sockets: list[socket.socket] = []
+        try:
+            lines: list[str] = []
+            port = None
+            while port is None:
+                lines.append((await asyncio.wait_for(process.stdout.readline(), 20)).decode())
+                match = re.search(r"listening on ws://127.0.0.1:(\d+)", lines[-1])
+                port = int(match.group(1)) if match else None
+            assert any("descriptor limit raised from 40 to 64" in line for line in lines), lines
+            for _ in range(80):
+                sockets.append(socket.create_connection(("127.0.0.1", port)))
+            while "cannot accept connections" not in lines[-1]:
+                lines.append((await asyncio.wait_for(process.stdout.readline(), 20)).decode())
+            assert "ERROR" in lines[-1] and "descriptor limit 64" in lines[-1], lines[-1]
+        finally:
+            for sock in sockets:
+                sock.close()
+            process.kill()
+            await process.wait()
+
+    run(main())

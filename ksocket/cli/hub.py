@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 from ksocket.cli import render
 from ksocket.cli.common import add_command, subcommand_options
 from ksocket.errors import KsocketError
+from ksocket.hub.startups import DEFAULT_MAX_STARTUPS, StartupLimit
 
 if TYPE_CHECKING:
     from ksocket.hub.store import ResultRecord, Store
@@ -70,6 +71,29 @@ def _positive(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
     return value
+
+
+def _max_startups(text: str) -> StartupLimit:
+    try:
+        return StartupLimit.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _raise_descriptor_limit() -> None:
+    """Lifts the soft limit on open descriptors to the hard one: every agent holds one, and 1,024 is usual."""
+    import logging
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft >= hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as exc:
+        logging.getLogger("ksocket.hub").warning("cannot raise the descriptor limit from %d to %d: %s", soft, hard, exc)
+        return
+    logging.getLogger("ksocket.hub").info("descriptor limit raised from %d to %d", soft, hard)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -126,6 +150,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             " (give --tls-cert and --tls-key, or --allow-plaintext)"
         )
     ksocket_log.configure(config.Settings(), logfile=args.logfile or "-", loglevel=args.loglevel)
+    _raise_descriptor_limit()
     context = None
     if args.tls_cert is not None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -148,6 +173,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             heartbeat_timeout=args.heartbeat_timeout,
             auth_timeout=args.auth_timeout,
             poll_interval=args.poll_interval,
+            max_startups=args.max_startups,
         )
         async with hub:
             await stop.wait()
@@ -271,7 +297,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="an agent silent for interval + timeout is dropped (default 30)",
     )
-    sub.add_argument("--auth-timeout", type=_positive, default=60.0, metavar="S", help="default 60")
+    sub.add_argument(
+        "--auth-timeout",
+        type=_positive,
+        default=10.0,
+        metavar="S",
+        help="for the handshake, then for the authenticate frame (default 10)",
+    )
+    sub.add_argument(
+        "--max-startups",
+        type=_max_startups,
+        default=DEFAULT_MAX_STARTUPS,
+        metavar="START:RATE:FULL",
+        help="unauthenticated connections: from START on, refuse RATE%% of newcomers, rising to all at FULL"
+        f" (or N: a cap; default {DEFAULT_MAX_STARTUPS})",
+    )
     sub.add_argument(
         "--poll-interval", type=_positive, default=0.5, metavar="S", help="how often to look for new operations"
     )

@@ -7,9 +7,12 @@ connection, and the only channel by which other processes (``ksocket hub run``) 
 
 One connection, from handshake to close
 ---------------------------------------
-1. The handshake must select the subprotocol ``ksocket.v1``; a client that does not offer it
-   gets HTTP 400.
-2. The first frame must be ``authenticate`` within ``auth_timeout`` seconds, else close 4400
+1. While ``max_startups`` (``Startups``) says the hub has too many unauthenticated connections,
+   a newcomer's handshake is refused with HTTP 503. The handshake must take less than
+   ``auth_timeout`` seconds and select the subprotocol ``ksocket.v1``; a client that does not
+   offer it gets HTTP 400.
+2. The first frame must be ``authenticate``, at most ``AUTH_FRAME_LIMIT`` bytes (a larger one
+   closes the connection with 1009), within ``auth_timeout`` seconds, else close 4400
    (a bad or other first frame gets an ``error`` frame first). Then, in this order:
    protocol version ≠ 1 → ``rejected`` unsupported-protocol + close 4400; unknown or revoked
    token → ``rejected`` invalid-token + close 4401; slot held by a connected agent →
@@ -17,7 +20,8 @@ One connection, from handshake to close
    agent id: then the holder is closed (4409) and the newcomer takes its place, ``resumed``.
    With the slot free, a session equal to the slot's last one (same agent id) is resumed too;
    anything else gets a fresh session id.
-3. ``authenticated``, then every operation of the slot without a result, same ids (a ``cancel``
+3. The connection no longer counts as unauthenticated, takes frames of up to ``MAX_FRAME``
+   bytes, and gets ``authenticated``, then every operation of the slot without a result, same ids (a ``cancel``
    follows those whose cancel was asked for).
 4. Frames: ``heartbeat`` → ``heartbeat-ack``; ``result`` → stored, ``ack`` with its seq (a
    repeated (agent, seq) is acked again, stored once); ``accepted`` / ``refused`` /
@@ -33,6 +37,10 @@ on a local file, and the loop is this hub's only thread.
 
 What a connection holds
 -----------------------
+Before it authenticates, a connection holds at most one first frame of ``AUTH_FRAME_LIMIT``
+bytes, for at most ``auth_timeout`` seconds twice (handshake, then first frame), and there are
+at most ``max_startups.full`` such connections. The loop's "out of system resource" (no
+descriptor left for ``accept``) is logged at ERROR by this module, not by asyncio's logger.
 Nothing of what an agent sent outlives its handling: results go to the database, and the hub
 keeps no history. The socket is read on only once the frame read ahead has been taken
 (``max_queue=0``) and frames are never compressed (one compressed read of 256 KiB could inflate
@@ -54,20 +62,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import resource
 import ssl
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, NegotiationError
+from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from ksocket.errors import BadMessage, ProtocolError
 from ksocket.hub.errors import HubError, UnknownOperation
+from ksocket.hub.startups import DEFAULT_MAX_STARTUPS, StartupLimit, Startups
 from ksocket.hub.store import OperationRecord, Store
 from ksocket.hub.tokens import new_session
 from ksocket.protocol import (
@@ -108,6 +120,11 @@ ENDPOINT_PATH = "/api/ksocket/connect"
 
 HEARTBEAT_SAVE_INTERVAL = 1.0
 """Seconds between two writes of one agent's last heartbeat time to the database."""
+
+AUTH_FRAME_LIMIT = 4096
+"""Largest first frame, in bytes: an ``authenticate`` is a few hundred."""
+
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 @dataclass(eq=False)
@@ -194,6 +211,7 @@ class Hub:
     ``host`` / ``port`` are where to listen (port 0: any free port; with a host name that
     resolves to several addresses, ``port`` reports the first socket's). ``ssl_context`` makes
     it ``wss``. Times are in seconds. ``observer`` hears what happens (``HubObserver``).
+    ``max_startups`` bounds the unauthenticated connections (``ksocket.hub.startups``).
     """
 
     def __init__(
@@ -204,9 +222,10 @@ class Hub:
         ssl_context: ssl.SSLContext | None = None,
         heartbeat_interval: float = 60.0,
         heartbeat_timeout: float = 30.0,
-        auth_timeout: float = 60.0,
+        auth_timeout: float = 10.0,
         poll_interval: float = 0.05,
         observer: HubObserver | None = None,
+        max_startups: StartupLimit = DEFAULT_MAX_STARTUPS,
     ) -> None:
         self.db_path = db_path
         self.host = host
@@ -217,6 +236,10 @@ class Hub:
         self.auth_timeout = auth_timeout
         self.poll_interval = poll_interval
         self._observer = observer or HubObserver()
+        self._startups = Startups(max_startups)
+        self._unauthenticated: set[ServerConnection] = set()
+        self._refused_startups = 0
+        self._loop_handler: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None = None
         self._links: dict[str, _Link] = {}
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -238,6 +261,9 @@ class Hub:
     async def start(self) -> None:
         self._store = Store(self.db_path)
         self._store.reset_connections()
+        loop = asyncio.get_running_loop()
+        self._loop_handler = loop.get_exception_handler()
+        loop.set_exception_handler(self._on_loop_exception)
         try:
             self._server = await serve(
                 self._handle,
@@ -246,8 +272,10 @@ class Hub:
                 ssl=self.ssl_context,
                 subprotocols=[Subprotocol(SUBPROTOCOL)],
                 select_subprotocol=self._select_subprotocol,
+                process_request=self._process_request,
+                open_timeout=self.auth_timeout,
                 ping_interval=None,  # liveness is the protocol's heartbeat, not WebSocket pings
-                max_size=MAX_FRAME,
+                max_size=AUTH_FRAME_LIMIT,  # until authenticated: then MAX_FRAME
                 max_queue=0,  # read on only once the frame read ahead is taken: memory bounded in bytes
                 compression=None,  # agents never offer it, and one compressed read could inflate 1000-fold
                 logger=_websockets_logger,
@@ -255,6 +283,7 @@ class Hub:
         except OSError as exc:
             self._store.close()
             self._store = None
+            loop.set_exception_handler(self._loop_handler)
             raise HubError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
         self.port = self._server.sockets[0].getsockname()[1]
         self._poller = asyncio.create_task(self._poll(), name="ksocket-hub-poller")
@@ -274,6 +303,7 @@ class Hub:
         if self._store is not None:
             self._store.close()
             self._store = None
+        asyncio.get_running_loop().set_exception_handler(self._loop_handler)
         logger.info("hub stopped")
 
     @property
@@ -294,7 +324,47 @@ class Hub:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The loop's own errors: running out of descriptors is the hub's to say, at ERROR; the rest as before."""
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in _OUT_OF_RESOURCES:
+            soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+            logger.error(
+                "hub: cannot accept connections: %s (descriptor limit %d, %d connections waiting to authenticate)",
+                exc.strerror or exc,
+                soft,
+                self._startups.pending,
+            )
+        elif self._loop_handler is not None:
+            self._loop_handler(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
     # ------------------------------------------------------------------ one connection
+
+    def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        """Counts the newcomer as unauthenticated, or refuses it with 503 when there are too many."""
+        if not self._startups.begin():
+            if self._refused_startups == 0:
+                logger.warning(
+                    "refusing new connections: %d are waiting to authenticate (max-startups %s)",
+                    self._startups.pending,
+                    self._startups.limit,
+                )
+            self._refused_startups += 1
+            return ws.respond(503, "too many connections waiting to authenticate; try again later\n")
+        if self._refused_startups:
+            logger.info("accepting connections again (%d refused)", self._refused_startups)
+            self._refused_startups = 0
+        self._unauthenticated.add(ws)
+        ws.connection_lost_waiter.add_done_callback(lambda _: self._end_startup(ws))
+        return None
+
+    def _end_startup(self, ws: ServerConnection) -> None:
+        """The connection no longer counts as unauthenticated: it authenticated or closed (idempotent)."""
+        if ws in self._unauthenticated:
+            self._unauthenticated.discard(ws)
+            self._startups.end()
 
     def _select_subprotocol(self, ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol:
         """``ksocket.v1``, or HTTP 400 for a client that does not offer it."""
@@ -320,6 +390,8 @@ class Hub:
         if admitted is None:
             return
         link, resumed, backlog = admitted
+        self._end_startup(ws)
+        ws.protocol.max_message_size = MAX_FRAME  # read only when the next frame begins: none has yet
         try:
             await ws.send(serialize(Authenticated(session=link.session, resumed=resumed)))
             for op in backlog:
