@@ -96,6 +96,12 @@ def _raise_descriptor_limit() -> None:
     logging.getLogger("ksocket.hub").info("descriptor limit raised from %d to %d", soft, hard)
 
 
+def _mebibytes(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number of MiB, got {text!r}")
+    return int(text) * 1024 * 1024
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:PORT`` for IPv6) as (host, port)."""
     host, sep, port = text.rpartition(":")
@@ -174,6 +180,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             auth_timeout=args.auth_timeout,
             poll_interval=args.poll_interval,
             max_startups=args.max_startups,
+            **({} if args.slot_quota is None else {"slot_quota": args.slot_quota}),
         )
         async with hub:
             await stop.wait()
@@ -311,6 +318,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="START:RATE:FULL",
         help="unauthenticated connections: from START on, refuse RATE%% of newcomers, rising to all at FULL"
         f" (or N: a cap; default {DEFAULT_MAX_STARTUPS})",
+    )
+    sub.add_argument(
+        "--slot-quota",
+        type=_mebibytes,
+        metavar="MIB",
+        help="results kept per slot; past it, a result is stored as a storage-full failure (default 1024)",
     )
     sub.add_argument(
         "--poll-interval", type=_positive, default=0.5, metavar="S", help="how often to look for new operations"

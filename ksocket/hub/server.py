@@ -24,16 +24,24 @@ One connection, from handshake to close
    bytes, and gets ``authenticated``, then every operation of the slot without a result, same ids (a ``cancel``
    follows those whose cancel was asked for).
 4. Frames: ``heartbeat`` → ``heartbeat-ack``; ``result`` → stored, ``ack`` with its seq (a
-   repeated (agent, seq) is acked again, stored once); ``accepted`` / ``refused`` /
-   ``progress`` → the operation's row; a bad frame → ``error`` (the link stays). Nothing heard
-   for ``heartbeat_interval + heartbeat_timeout`` seconds → close 4408.
+   repeated (agent, seq), or a second result of one operation, is acked again and not stored;
+   past the slot's ``slot_quota`` bytes, a ``storage-full`` failure is stored in its place);
+   ``accepted`` / ``refused`` / ``progress`` → the operation's row. A result or record for an
+   operation never sent to the slot → ``error`` with code ``unknown-operation``, nothing
+   stored (a result is acked all the same, so that its agent lets go of it). A bad frame →
+   ``error`` (the link stays). Nothing heard for ``heartbeat_interval + heartbeat_timeout``
+   seconds → close 4408.
 
 Meanwhile one poller task reads the database every ``poll_interval`` seconds (sooner when this
 process queued something) and sends new pending operations and asked-for cancels to connected
 slots, and disconnects (4401) a slot whose token was revoked.
 
-The database is used synchronously from the event loop: every call is one short transaction
-on a local file, and the loop is this hub's only thread.
+The connections and the poller use the database through a ``StoreThread``: every write is a
+transaction with an fsync, in the database's own thread, so one slot's results never hold up
+another's heartbeats; a result is acked once committed. Frames over ``PARSED_ON_LOOP`` bytes
+are parsed in a worker thread for the same reason. The last heartbeat time and disconnections
+are written without waiting for them. Callers in this process (``submit``, ``results``, ``store``)
+use a second connection, on the loop.
 
 What a connection holds
 -----------------------
@@ -81,6 +89,7 @@ from ksocket.errors import BadMessage, ProtocolError
 from ksocket.hub.errors import HubError, UnknownOperation
 from ksocket.hub.startups import DEFAULT_MAX_STARTUPS, StartupLimit, Startups
 from ksocket.hub.store import OperationRecord, Store
+from ksocket.hub.storethread import StoreThread
 from ksocket.hub.tokens import new_session
 from ksocket.protocol import (
     CLOSE_AUTH_FAILED,
@@ -118,8 +127,18 @@ logger = logging.getLogger(__name__)
 ENDPOINT_PATH = "/api/ksocket/connect"
 """The path agents use by default; the hub accepts a connection on any path."""
 
+UNKNOWN_OPERATION = "unknown-operation"
+"""The code of the ``error`` frame that answers a result or record for an operation never sent to the slot."""
+
 HEARTBEAT_SAVE_INTERVAL = 1.0
 """Seconds between two writes of one agent's last heartbeat time to the database."""
+
+DEFAULT_SLOT_QUOTA = 1024**3
+"""Bytes of results the hub stores per slot; beyond, a result is stored as a ``storage-full`` failure."""
+
+PARSED_ON_LOOP = 64 * 1024
+"""Frames larger than this many bytes are parsed in a worker thread: 16 MiB of JSON takes the loop
+tens of milliseconds, and every other slot's heartbeats with it."""
 
 AUTH_FRAME_LIMIT = 4096
 """Largest first frame, in bytes: an ``authenticate`` is a few hundred."""
@@ -137,6 +156,8 @@ class _Link:
     ws: ServerConnection
     peer: str
     released: bool = False
+    ready: bool = False
+    """``authenticated`` and its backlog are sent: it is connected, and the poller may send it new operations."""
     heartbeat_saved: float = float("-inf")
 
 
@@ -146,7 +167,8 @@ class HubObserver:
     Each call is made on the hub's event loop, in the middle of the hub's handling of a
     connection: it must return at once and must not raise. A connection's calls come in the
     order of its frames: ``on_message`` with its ``authenticate``, ``on_connect`` once it holds
-    the slot, ``on_message`` / ``on_bad_frame`` for every later frame, ``on_disconnect``.
+    the slot and has been sent ``authenticated`` and its backlog, ``on_message`` /
+    ``on_bad_frame`` for every later frame, ``on_disconnect``.
     """
 
     def on_connect(self, slot: str, session: str) -> None:
@@ -226,6 +248,7 @@ class Hub:
         poll_interval: float = 0.05,
         observer: HubObserver | None = None,
         max_startups: StartupLimit = DEFAULT_MAX_STARTUPS,
+        slot_quota: int | None = DEFAULT_SLOT_QUOTA,
     ) -> None:
         self.db_path = db_path
         self.host = host
@@ -235,6 +258,7 @@ class Hub:
         self.heartbeat_timeout = heartbeat_timeout
         self.auth_timeout = auth_timeout
         self.poll_interval = poll_interval
+        self.slot_quota = slot_quota
         self._observer = observer or HubObserver()
         self._startups = Startups(max_startups)
         self._unauthenticated: set[ServerConnection] = set()
@@ -246,6 +270,7 @@ class Hub:
         self._server: Server | None = None
         self._poller: asyncio.Task[None] | None = None
         self._store: Store | None = None
+        self._db: StoreThread | None = None
 
     # ------------------------------------------------------------------ life cycle
 
@@ -261,6 +286,7 @@ class Hub:
     async def start(self) -> None:
         self._store = Store(self.db_path)
         self._store.reset_connections()
+        self._db = await StoreThread.open(self.db_path)
         loop = asyncio.get_running_loop()
         self._loop_handler = loop.get_exception_handler()
         loop.set_exception_handler(self._on_loop_exception)
@@ -281,6 +307,8 @@ class Hub:
                 logger=_websockets_logger,
             )
         except OSError as exc:
+            await self._db.close()
+            self._db = None
             self._store.close()
             self._store = None
             loop.set_exception_handler(self._loop_handler)
@@ -300,6 +328,9 @@ class Hub:
             self._server = None
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -312,6 +343,13 @@ class Hub:
         if self._store is None:
             raise HubError("the hub is not running")
         return self._store
+
+    @property
+    def db(self) -> StoreThread:
+        """The database as the hub's connections use it: off the event loop (between start and stop)."""
+        if self._db is None:
+            raise HubError("the hub is not running")
+        return self._db
 
     @property
     def url(self) -> str:
@@ -400,6 +438,8 @@ class Hub:
                     await ws.send(serialize(Cancel(id=op.id)))
             if backlog:
                 logger.info("slot %s: sent %d operation(s) without a result", link.slot, len(backlog))
+            link.ready = True
+            self._observer.on_connect(link.slot, link.session)
             await self._converse(link)
         except ConnectionClosed as exc:
             self._closed(link, exc)
@@ -446,19 +486,21 @@ class Hub:
     ) -> tuple[_Link, bool, list[OperationRecord]] | None:
         """Checks the authenticate frame; on success the link holds its slot when this returns.
 
-        Everything from the token check to taking the slot runs without yielding to the event
-        loop, so two connections never both take one slot and the poller never sends an
+        The database is read first; from the check of the slot's holder to taking the slot
+        nothing yields to the event loop, so two connections never both take one slot. The
+        poller leaves the link alone until its backlog is sent (``ready``), so it never sends an
         operation that is also in the backlog.
         """
         if auth.protocol != PROTOCOL_VERSION:
             text = f"this hub speaks protocol version {PROTOCOL_VERSION}, not {auth.protocol}"
             await self._reject(ws, peer, "unsupported-protocol", text, CLOSE_PROTOCOL_ERROR)
             return None
-        store = self.store
-        slot = store.slot_for_token(auth.token)
+        db = self.db
+        slot = await db.call(Store.slot_for_token, auth.token)
         if slot is None:
             await self._reject(ws, peer, "invalid-token", "unknown or revoked token", CLOSE_AUTH_FAILED)
             return None
+        last = await db.call(Store.agent, slot)
         self._observer.on_message(slot, auth)
         holder = self._links.get(slot)
         if holder is not None:
@@ -471,15 +513,13 @@ class Hub:
             self._spawn(holder.ws.close(CLOSE_SLOT_IN_USE, "replaced by a resumed connection"))
             session, resumed = holder.session, True
         else:
-            last = store.agent(slot)
             resumable = None if last is None else (last.session, last.agent)
             resumed = auth.session is not None and resumable == (auth.session, auth.agent)
             session = auth.session if resumed and auth.session is not None else new_session()
-        backlog = store.claim_backlog(slot)
         link = _Link(slot=slot, agent=auth.agent, session=session, ws=ws, peer=peer)
         self._links[slot] = link
-        store.agent_connected(slot, agent=auth.agent, version=auth.version, name=auth.name, session=session)
-        self._observer.on_connect(slot, session)
+        db.post(Store.agent_connected, slot, agent=auth.agent, version=auth.version, name=auth.name, session=session)
+        backlog = await db.call(Store.claim_backlog, slot)
         logger.info(
             "slot %s: agent %s (%s %s) connected from %s, session %s (%s)",
             slot,
@@ -525,8 +565,8 @@ class Hub:
         link.released = True
         if self._links.get(link.slot) is link:
             del self._links[link.slot]
-            if self._store is not None:
-                self._store.agent_disconnected(link.slot, link.session)
+            if self._db is not None:
+                self._db.post(Store.agent_disconnected, link.slot, link.session)
 
     async def _send(self, link: _Link, message: Message) -> bool:
         try:
@@ -537,8 +577,8 @@ class Hub:
 
     async def _on_frame(self, link: _Link, frame: str | bytes) -> None:
         try:
-            message = _decode(frame)
-            answer = self._act(link, message)
+            message = await asyncio.to_thread(_decode, frame) if len(frame) > PARSED_ON_LOOP else _decode(frame)
+            answer = await self._act(link, message)
         except ProtocolError as exc:
             self._observer.on_bad_frame(link.slot, frame, exc)
             safe = _safe(exc)
@@ -549,16 +589,16 @@ class Hub:
         if answer is not None:
             await self._send(link, answer)
 
-    def _act(self, link: _Link, message: Message) -> Message | None:
+    async def _act(self, link: _Link, message: Message) -> Message | None:
         """Does what ``message`` asks of the hub; returns the answer to send, if any.
         BadMessage for a message an agent has no business sending now."""
         if isinstance(message, Heartbeat):
             return self._on_heartbeat(link, message)
         if isinstance(message, Result):
-            return self._on_result(link, message)
+            return await self._on_result(link, message)
         if isinstance(message, Accepted | Refused | Progress):
-            self._on_operation_state(link, message)
-        elif isinstance(message, ErrorMessage):
+            return await self._on_operation_state(link, message)
+        if isinstance(message, ErrorMessage):
             logger.warning("slot %s: agent %s reports %s: %s", link.slot, link.agent, message.code, message.message)
         elif isinstance(message, Authenticate):
             raise BadMessage(f"{BadMessage.code}: already authenticated; authenticate is only the first frame")
@@ -569,27 +609,39 @@ class Hub:
 
     def _on_heartbeat(self, link: _Link, heartbeat: Heartbeat) -> HeartbeatAck:
         now = asyncio.get_running_loop().time()
-        if now - link.heartbeat_saved >= HEARTBEAT_SAVE_INTERVAL:  # a durable write per frame stalls the loop
+        if now - link.heartbeat_saved >= HEARTBEAT_SAVE_INTERVAL:  # not a durable write per frame; never awaited
             link.heartbeat_saved = now
-            self.store.agent_heartbeat(link.slot, link.session)
+            self.db.post(Store.agent_heartbeat, link.slot, link.session)
         return HeartbeatAck(n=heartbeat.n)
 
-    def _on_operation_state(self, link: _Link, message: Accepted | Refused | Progress) -> None:
-        store = self.store
-        if isinstance(message, Accepted):
-            if not store.mark_accepted(link.slot, message.id):
-                logger.debug("slot %s: accepted for operation %s, which is not waiting", link.slot, message.id)
-        elif isinstance(message, Refused):
-            if store.mark_refused(link.slot, message.id, message.reason, message.message):
-                logger.info(
-                    "slot %s: operation %s refused: %s: %s", link.slot, message.id, message.reason, message.message
-                )
-        else:
-            store.mark_progress(link.slot, message.id, message.done, message.total)
-
-    def _on_result(self, link: _Link, result: Result) -> Ack | ErrorMessage:
+    async def _on_operation_state(self, link: _Link, message: Accepted | Refused | Progress) -> ErrorMessage | None:
+        """Records the operation's new state; an ``unknown-operation`` error if it was never sent to this slot."""
+        db = self.db
         try:
-            new = self.store.add_result(link.slot, link.agent, result)
+            if isinstance(message, Accepted):
+                if not await db.call(Store.mark_accepted, link.slot, message.id):
+                    logger.debug("slot %s: accepted for operation %s, which is not waiting", link.slot, message.id)
+            elif isinstance(message, Refused):
+                if await db.call(Store.mark_refused, link.slot, message.id, message.reason, message.message):
+                    logger.info(
+                        "slot %s: operation %s refused: %s: %s", link.slot, message.id, message.reason, message.message
+                    )
+            else:
+                await db.call(Store.mark_progress, link.slot, message.id, message.done, message.total)
+        except UnknownOperation as exc:
+            return self._unknown(link, message, exc)
+        return None
+
+    def _unknown(self, link: _Link, message: Message, exc: UnknownOperation) -> ErrorMessage:
+        logger.info("slot %s: %s from agent %s refused: %s", link.slot, message.TYPE, link.agent, exc)
+        return ErrorMessage(code=UNKNOWN_OPERATION, message=f"{message.TYPE} not taken: {exc}")
+
+    async def _on_result(self, link: _Link, result: Result) -> Ack | ErrorMessage:
+        try:
+            new = await self.db.call(Store.add_result, link.slot, link.agent, result, quota=self.slot_quota)
+        except UnknownOperation as exc:
+            await self._send(link, self._unknown(link, result, exc))
+            return Ack(seq=result.seq)  # not stored, and never will be: the agent need not send it again
         except HubError as exc:
             return ErrorMessage(code=BadMessage.code, message=str(exc))
         if new:
@@ -612,20 +664,22 @@ class Hub:
             self._wake.clear()
 
     async def _poll_once(self) -> None:
-        slots = list(self._links)
+        slots = [slot for slot, link in self._links.items() if link.ready]
         if not slots:
             return
-        store = self.store
-        for slot in store.revoked_among(slots):
-            link = self._links[slot]
+        db = self.db
+        for slot in await db.call(Store.revoked_among, slots):
+            link = self._links.get(slot)
+            if link is None:
+                continue
             logger.info("slot %s: token revoked; disconnecting agent %s", slot, link.agent)
             self._release(link)
             self._spawn(link.ws.close(CLOSE_AUTH_FAILED, "token revoked"))
-        for op in store.claim_pending(slots):
+        for op in await db.call(Store.claim_pending, slots):
             link_or_none = self._links.get(op.slot)
             if link_or_none is not None and await self._send(link_or_none, op.to_message()):
                 logger.info("slot %s: sent operation %s (%s)", op.slot, op.id, op.name)
-        for op in store.claim_cancels(slots):
+        for op in await db.call(Store.claim_cancels, slots):
             link_or_none = self._links.get(op.slot)
             if link_or_none is not None and await self._send(link_or_none, Cancel(id=op.id)):
                 logger.info("slot %s: sent cancel of operation %s", op.slot, op.id)
@@ -633,13 +687,13 @@ class Hub:
     # ------------------------------------------------------------------ the API for callers
 
     def connected(self, slot: str) -> bool:
-        """Whether an authenticated agent holds ``slot`` now."""
-        return slot in self._links
+        """Whether an authenticated agent holds ``slot`` now (told so, and sent its backlog)."""
+        return self.session(slot) is not None
 
     def session(self, slot: str) -> str | None:
-        """The session id of the connection holding ``slot``, or None."""
+        """The session id of the connected agent holding ``slot``, or None."""
         link = self._links.get(slot)
-        return link.session if link is not None else None
+        return link.session if link is not None and link.ready else None
 
     async def submit(self, slot: str, name: str, params: JSONObject | None = None, id: str | None = None) -> str:
         """Queues operation ``name`` for ``slot`` in the database, as ``ksocket hub run`` does; returns its id.
