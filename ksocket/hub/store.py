@@ -591,8 +591,12 @@ def _result_columns(result: Result) -> tuple[str | None, str | None]:
 
 
 def _weight(*texts: str | None) -> int:
-    """Bytes of UTF-8 these texts take in the database."""
-    return sum(len(text.encode("utf-8", "surrogatepass")) for text in texts if text is not None)
+    """Bytes of UTF-8 these texts take in the database (without a copy of an ASCII one, the usual)."""
+    return sum(
+        len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+        for text in texts
+        if text is not None
+    )
 
 
 def _create_private(path: Path) -> None:
