@@ -105,6 +105,17 @@ def test_hub_serve_refuses_plaintext_on_an_address_other_hosts_reach(
     assert not db.exists()  # refused before anything was opened
 
 
+@pytest.mark.parametrize(
+    "option",
+    [["--max-startups", "5:30"], ["--max-startups", "10:30:5"], ["--slot-quota", "0"], ["--slot-quota", "1.5"]],
+)
+def test_hub_serve_refuses_bad_limits(db: Path, option: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["hub", "serve", "--db", str(db), *option])
+    assert exited.value.code == 2 and option[0] in capsys.readouterr().err
+    assert not db.exists()
+
+
 # --------------------------------------------------------------------------- before authentication (item 2)
 
 

@@ -176,7 +176,7 @@ class HubObserver:
 
     def on_message(self, slot: str, message: Message) -> None:
         """A message from the agent of ``slot``, once the hub has acted on it (the database
-        holds a result when this is called) and before it answers; the first is the
+        holds a result it took when this is called) and before it answers; the first is the
         ``authenticate`` that named the slot's token, even if the slot is then refused."""
 
     def on_bad_frame(self, slot: str, frame: str | bytes, error: ProtocolError) -> None:
