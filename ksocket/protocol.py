@@ -118,7 +118,8 @@ class ErrorCode(StrEnum):
 
     # a ``refused`` frame's reason, agent → hub (invalid-params is also a failed result's code)
     QUOTA = "quota"  # the agent holds connect.maxOperations operations already
-    UNKNOWN_OPERATION = "unknown-operation"  # the agent has no operation of that name
+    UNKNOWN_OPERATION = "unknown-operation"  # the agent has no operation of that name (the hub: in an
+    # ``error`` frame, about an operation it never sent to that slot)
     INVALID_PARAMS = "invalid-params"  # the params are wrong: no attempt will change that
 
     # a failed result's error.code, agent → hub (hosts.inspect also puts them in a protocol's error entry)
@@ -132,6 +133,9 @@ class ErrorCode(StrEnum):
     UNSUPPORTED = "unsupported"  # hosts.inspect: this version of the agent cannot inspect with that protocol
     INTERRUPTED = "interrupted"  # the worker stopped under the operation; it normally runs again instead
     INTERNAL = "internal"  # anything else: a fault of the agent or of its host
+
+    # the hub's own, never on the wire: what it stores in place of a result past the slot's quota
+    STORAGE_FULL = "storage-full"
 
 
 class ProtocolError(KsocketError):

@@ -2,7 +2,9 @@
 
 The agent's ``connecting`` state runs :func:`open_websocket`, which does all of them; ``ksocket
 diagnostics connect`` runs the steps one at a time to say which of them fails. Library errors
-become :class:`~ksocket.errors.LinkError` here, each with one line naming the peer and the proxy.
+become :class:`~ksocket.errors.LinkError` here, each with one line naming the peer and the proxy. Dialling a hub
+that is not on this host over plain ``ws`` is allowed but warned about at every dial: the token
+crosses the network in clear.
 
 The proxy is ``connect.proxy`` when set (``none``: never one), otherwise the environment's as
 websockets reads it (HTTPS_PROXY, HTTP_PROXY for ws://, NO_PROXY honoured); websockets dials
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import re
@@ -77,6 +80,16 @@ class Endpoint:
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
             raise LinkError(f"connect.endpoint gives {url!r}, not a ws:// or wss:// URL")
         return cls(url, parts.hostname, port, parts.scheme == "wss", settings.proxy)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine: ``localhost``, 127.0.0.0/8 or ::1 (no lookup is made)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -274,6 +287,12 @@ async def _through(endpoint: Endpoint, proxy: Proxy, store: TrustStore | None) -
 
 async def open_websocket(endpoint: Endpoint, timeout: float) -> ClientConnection:
     """Proxy, DNS, TCP, TLS and the WebSocket handshake in one, refusing a hub that does not speak ksocket.v1."""
+    if not endpoint.secure and not is_loopback(endpoint.host):
+        log.warning(
+            "connect.protocol is ws: the token goes to %s:%d in clear (use wss for a hub on another host)",
+            endpoint.host,
+            endpoint.port,
+        )
     proxy = choose_proxy(endpoint)
     # websockets hands every proxy_* option to the proxy's connection, which only an https:// one takes
     proxy_tls = proxy.tls_context() if proxy is not None else None

@@ -1,6 +1,6 @@
 """``inv bench``: every benchmark of the project, each printing its table against a reference tool.
 
-``python -m tests.bench [NAME…]`` runs the named ones (link, pipeline, discovery, inspect); all by default.
+``python -m tests.bench [NAME…]`` runs the named ones (link, pipeline, discovery, inspect, hostile); all by default.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["link", "pipeline", "discovery", "inspect"]
+BENCHMARKS = ["link", "pipeline", "discovery", "inspect", "hostile"]
 
 
 def main(argv: list[str]) -> int:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime
+import json
 import logging
 import os
 import ssl
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -26,6 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from ksocket.hub.server import Hub, HubObserver, _Link
+from ksocket.hub.store import Store
 from ksocket.protocol import (
     SUBPROTOCOL,
     Ack,
@@ -34,6 +37,7 @@ from ksocket.protocol import (
     Heartbeat,
     HeartbeatAck,
     Message,
+    Operation,
     ProtocolError,
     Rejected,
     Result,
@@ -144,8 +148,10 @@ class RecordingHub(Hub, HubObserver):
         return await self._signal.wait_for(lambda: self.session(slot), timeout)
 
     async def wait_disconnected(self, slot: str, timeout: float = TIMEOUT) -> None:
-        """Waits until no agent holds ``slot``. TimeoutError if one still does after ``timeout``."""
+        """Waits until no agent holds ``slot`` and the database says so (the hub's write of a
+        disconnection is not awaited). TimeoutError if one still does after ``timeout``."""
         await self._signal.wait_for(lambda: None if self.connected(slot) else True, timeout)
+        await self.db.call(Store.agent, slot)  # after the disconnection's write, in the database's thread
 
     async def wait_received(
         self, slot: str, kind: type[M], timeout: float = TIMEOUT, where: Callable[[M], bool] | None = None
@@ -194,12 +200,32 @@ class RecordingHub(Hub, HubObserver):
         await self._signal.wait_for(lambda: True if link.released else None, TIMEOUT)
 
     async def send_raw(self, slot: str, frame: str | bytes) -> None:
-        """Sends ``frame`` as it is (text, or bytes as a binary frame) to the agent holding ``slot``."""
+        """Sends ``frame`` as it is (text, or bytes as a binary frame) to the agent holding ``slot``.
+
+        An ``operation`` frame is an operation this hub issued: the database records it as sent
+        to ``slot`` (if it has no operation of that id yet), so that the hub takes its answers.
+        """
         link = self._link(slot)
+        if isinstance(frame, str) and '"operation"' in frame:
+            self._record_issued(slot, frame)
         try:
             await link.ws.send(frame)
         except ConnectionClosed:
             raise NotConnected(f"the connection of slot {slot!r} closed before the frame went out") from None
+
+    def _record_issued(self, slot: str, frame: str) -> None:
+        try:
+            message = parse(frame)
+        except ProtocolError:
+            return
+        if not isinstance(message, Operation) or self.store.operation(message.id) is not None:
+            return
+        now = time.time()
+        self.store._db.execute(  # sent, by this knob: never pending, which the poller would send again
+            "INSERT INTO operations (id, slot, name, params, created, state, updated)"
+            " VALUES (?, ?, ?, ?, ?, 'sent', ?)",
+            (message.id, slot, message.name, json.dumps(message.params), now, now),
+        )
 
 
 class RawClient:

@@ -18,6 +18,8 @@ from tests.hubtools import RecordingHub, hub_with_slot
 from tests.proxytools import microsocks, tinyproxy
 from tests.tlstools import CertificateAuthority
 
+pytestmark = pytest.mark.peer
+
 
 def write_config(home: Path, port: int, token: str) -> None:
     write_home_config(home, f'[connect]\nhost = "127.0.0.1"\nport = {port}\nprotocol = "ws"\ntoken = "{token}"\n')

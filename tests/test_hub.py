@@ -63,7 +63,7 @@ from tests.hubtools import (
     until,
 )
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.peer, pytest.mark.timeout(60)]
 
 T = TypeVar("T")
 
@@ -338,7 +338,7 @@ def test_heartbeats_are_answered_unless_the_hub_is_told_not_to(db: Path) -> None
         client, _ = await authenticated(hub.url, token)
         await client.heartbeat(1)
         assert await client.expect(HeartbeatAck) == HeartbeatAck(n=1)
-        assert hub.store.agent("s1").last_heartbeat is not None  # type: ignore[union-attr]
+        await until(lambda: hub.store.agent("s1").last_heartbeat is not None)  # type: ignore[union-attr]
 
         hub.answer_heartbeats = False
         await client.heartbeat(2)
@@ -421,22 +421,26 @@ def test_results_are_stored_once_and_acked(db: Path) -> None:
         assert await hub.wait_result(op_id) == result
         assert hub.operation(op_id).state == "done"
 
-        await client.send(Result.failure(id="elsewhere", seq=2, code="internal", message="boom"))
-        assert await client.expect(Ack) == Ack(seq=2)
-        assert len(hub.results("s1")) == 2
+        await client.send(Result.failure(id=op_id, seq=2, code="internal", message="boom"))
+        assert await client.expect(Ack) == Ack(seq=2)  # a second result of the operation: acked, not stored
+        assert hub.results("s1") == [result]
 
         # a new installation on the slot counts its seq afresh
         await client.close()
         await hub.wait_disconnected("s1")
+        other = await hub.submit("s1", "system.info")
         client, _ = await authenticated(hub.url, token, agent="a-2")
-        await client.send(Result.success(id="other", seq=1, data={}))
+        await client.expect(Operation)
+        await client.send(Result.success(id=other, seq=1, data={}))
         assert await client.expect(Ack) == Ack(seq=1)
-        assert [(r.agent, r.seq) for r in hub.store.results("s1")] == [("a-1", 1), ("a-1", 2), ("a-2", 1)]
+        assert [(r.agent, r.seq) for r in hub.store.results("s1")] == [("a-1", 1), ("a-2", 1)]
 
         hub.ack_results = False
-        await client.send(Result.success(id="other", seq=2, data={}))
+        last = await hub.submit("s1", "system.info")
+        await client.expect(Operation)
+        await client.send(Result.success(id=last, seq=2, data={}))
         await client.nothing()
-        assert len(hub.results("s1")) == 4
+        assert len(hub.results("s1")) == 3
 
     with_hub(db, test)
 
@@ -619,6 +623,8 @@ def test_an_observer_hears_each_connection_in_order_and_each_result_once_stored(
         async with Hub(db, observer=observer) as hub:
             observer.hub = hub
             client, _ = await authenticated(hub.url, token)
+            await hub.submit("s1", "system.info", id="op")
+            await client.expect(Operation)
             await client.send_text("{}")
             await client.expect(ErrorMessage)
             await client.send(Result.success(id="op", seq=1, data={}))
@@ -654,7 +660,11 @@ def test_an_agents_large_results_leave_nothing_behind_in_the_hub(db: Path) -> No
 
     async def main() -> None:
         async with Hub(db) as hub:
+            for seq in range(10):
+                await hub.submit("s1", "system.info", id=f"op-{seq}")
             client, _ = await authenticated(hub.url, token)
+            for _ in range(10):
+                await client.expect(Operation)
             tracemalloc.start()
             try:
                 for seq, frame in enumerate(frames):
@@ -695,7 +705,9 @@ def test_a_busy_hub_reads_no_more_than_a_frame_ahead_whatever_its_agent_sends(db
 
     async def main() -> None:
         async with StalledHub(db) as hub:
+            await hub.submit("s1", "system.info", id="op")
             client, _ = await authenticated(hub.url, token)
+            await client.expect(Operation)
             tracemalloc.start()
             try:
 

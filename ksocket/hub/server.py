@@ -7,9 +7,12 @@ connection, and the only channel by which other processes (``ksocket hub run``) 
 
 One connection, from handshake to close
 ---------------------------------------
-1. The handshake must select the subprotocol ``ksocket.v1``; a client that does not offer it
-   gets HTTP 400.
-2. The first frame must be ``authenticate`` within ``auth_timeout`` seconds, else close 4400
+1. While ``max_startups`` (``Startups``) says the hub has too many unauthenticated connections,
+   a newcomer's handshake is refused with HTTP 503. The handshake must take less than
+   ``auth_timeout`` seconds and select the subprotocol ``ksocket.v1``; a client that does not
+   offer it gets HTTP 400.
+2. The first frame must be ``authenticate``, at most ``AUTH_FRAME_LIMIT`` bytes (a larger one
+   closes the connection with 1009), within ``auth_timeout`` seconds, else close 4400
    (a bad or other first frame gets an ``error`` frame first). Then, in this order:
    protocol version ≠ 1 → ``rejected`` unsupported-protocol + close 4400; unknown or revoked
    token → ``rejected`` invalid-token + close 4401; slot held by a connected agent →
@@ -17,22 +20,35 @@ One connection, from handshake to close
    agent id: then the holder is closed (4409) and the newcomer takes its place, ``resumed``.
    With the slot free, a session equal to the slot's last one (same agent id) is resumed too;
    anything else gets a fresh session id.
-3. ``authenticated``, then every operation of the slot without a result, same ids (a ``cancel``
+3. The connection no longer counts as unauthenticated, takes frames of up to ``MAX_FRAME``
+   bytes, and gets ``authenticated``, then every operation of the slot without a result, same ids (a ``cancel``
    follows those whose cancel was asked for).
 4. Frames: ``heartbeat`` → ``heartbeat-ack``; ``result`` → stored, ``ack`` with its seq (a
-   repeated (agent, seq) is acked again, stored once); ``accepted`` / ``refused`` /
-   ``progress`` → the operation's row; a bad frame → ``error`` (the link stays). Nothing heard
-   for ``heartbeat_interval + heartbeat_timeout`` seconds → close 4408.
+   repeated (agent, seq), or a second result of one operation, is acked again and not stored;
+   past the slot's ``slot_quota`` bytes, a ``storage-full`` failure is stored in its place);
+   ``accepted`` / ``refused`` / ``progress`` → the operation's row. A result or record for an
+   operation never sent to the slot → ``error`` with code ``unknown-operation``, nothing
+   stored (a result is acked all the same, so that its agent lets go of it). A bad frame →
+   ``error`` (the link stays). Nothing heard for ``heartbeat_interval + heartbeat_timeout``
+   seconds → close 4408.
 
 Meanwhile one poller task reads the database every ``poll_interval`` seconds (sooner when this
 process queued something) and sends new pending operations and asked-for cancels to connected
 slots, and disconnects (4401) a slot whose token was revoked.
 
-The database is used synchronously from the event loop: every call is one short transaction
-on a local file, and the loop is this hub's only thread.
+The connections and the poller use the database through a ``StoreThread``: every write is a
+transaction with an fsync, in the database's own thread, so one slot's results never hold up
+another's heartbeats; a result is acked once committed. Frames over ``PARSED_ON_LOOP`` bytes
+are parsed in a worker thread for the same reason. The last heartbeat time and disconnections
+are written without waiting for them. Callers in this process (``submit``, ``results``, ``store``)
+use a second connection, on the loop.
 
 What a connection holds
 -----------------------
+Before it authenticates, a connection holds at most one first frame of ``AUTH_FRAME_LIMIT``
+bytes, for at most ``auth_timeout`` seconds twice (handshake, then first frame), and there are
+at most ``max_startups.full`` such connections. The loop's "out of system resource" (no
+descriptor left for ``accept``) is logged at ERROR by this module, not by asyncio's logger.
 Nothing of what an agent sent outlives its handling: results go to the database, and the hub
 keeps no history. The socket is read on only once the frame read ahead has been taken
 (``max_queue=0``) and frames are never compressed (one compressed read of 256 KiB could inflate
@@ -54,20 +70,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import resource
 import ssl
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, NegotiationError
+from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from ksocket.hub.errors import HubError, UnknownOperation
+from ksocket.hub.startups import DEFAULT_MAX_STARTUPS, StartupLimit, Startups
 from ksocket.hub.store import OperationRecord, Store
+from ksocket.hub.storethread import StoreThread
 from ksocket.hub.tokens import new_session
 from ksocket.protocol import (
     CLOSE_AUTH_FAILED,
@@ -108,8 +129,23 @@ logger = logging.getLogger(__name__)
 ENDPOINT_PATH = "/api/ksocket/connect"
 """The path agents use by default; the hub accepts a connection on any path."""
 
+UNKNOWN_OPERATION = ErrorCode.UNKNOWN_OPERATION
+"""The code of the ``error`` frame that answers a result or record for an operation never sent to the slot."""
+
 HEARTBEAT_SAVE_INTERVAL = 1.0
 """Seconds between two writes of one agent's last heartbeat time to the database."""
+
+DEFAULT_SLOT_QUOTA = 1024**3
+"""Bytes of results the hub stores per slot; beyond, a result is stored as a ``storage-full`` failure."""
+
+PARSED_ON_LOOP = 64 * 1024
+"""Frames larger than this many bytes are parsed in a worker thread: 16 MiB of JSON takes the loop
+tens of milliseconds, and every other slot's heartbeats with it."""
+
+AUTH_FRAME_LIMIT = 4096
+"""Largest first frame, in bytes: an ``authenticate`` is a few hundred."""
+
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 @dataclass(eq=False)
@@ -122,6 +158,8 @@ class _Link:
     ws: ServerConnection
     peer: str
     released: bool = False
+    ready: bool = False
+    """``authenticated`` and its backlog are sent: it is connected, and the poller may send it new operations."""
     heartbeat_saved: float = float("-inf")
 
 
@@ -131,7 +169,8 @@ class HubObserver:
     Each call is made on the hub's event loop, in the middle of the hub's handling of a
     connection: it must return at once and must not raise. A connection's calls come in the
     order of its frames: ``on_message`` with its ``authenticate``, ``on_connect`` once it holds
-    the slot, ``on_message`` / ``on_bad_frame`` for every later frame, ``on_disconnect``.
+    the slot and has been sent ``authenticated`` and its backlog, ``on_message`` /
+    ``on_bad_frame`` for every later frame, ``on_disconnect``.
     """
 
     def on_connect(self, slot: str, session: str) -> None:
@@ -139,7 +178,7 @@ class HubObserver:
 
     def on_message(self, slot: str, message: Message) -> None:
         """A message from the agent of ``slot``, once the hub has acted on it (the database
-        holds a result when this is called) and before it answers; the first is the
+        holds a result it took when this is called) and before it answers; the first is the
         ``authenticate`` that named the slot's token, even if the slot is then refused."""
 
     def on_bad_frame(self, slot: str, frame: str | bytes, error: ProtocolError) -> None:
@@ -196,6 +235,7 @@ class Hub:
     ``host`` / ``port`` are where to listen (port 0: any free port; with a host name that
     resolves to several addresses, ``port`` reports the first socket's). ``ssl_context`` makes
     it ``wss``. Times are in seconds. ``observer`` hears what happens (``HubObserver``).
+    ``max_startups`` bounds the unauthenticated connections (``ksocket.hub.startups``).
     """
 
     def __init__(
@@ -206,9 +246,11 @@ class Hub:
         ssl_context: ssl.SSLContext | None = None,
         heartbeat_interval: float = 60.0,
         heartbeat_timeout: float = 30.0,
-        auth_timeout: float = 60.0,
+        auth_timeout: float = 10.0,
         poll_interval: float = 0.05,
         observer: HubObserver | None = None,
+        max_startups: StartupLimit = DEFAULT_MAX_STARTUPS,
+        slot_quota: int | None = DEFAULT_SLOT_QUOTA,
     ) -> None:
         self.db_path = db_path
         self.host = host
@@ -218,13 +260,19 @@ class Hub:
         self.heartbeat_timeout = heartbeat_timeout
         self.auth_timeout = auth_timeout
         self.poll_interval = poll_interval
+        self.slot_quota = slot_quota
         self._observer = observer or HubObserver()
+        self._startups = Startups(max_startups)
+        self._unauthenticated: set[ServerConnection] = set()
+        self._refused_startups = 0
+        self._loop_handler: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None = None
         self._links: dict[str, _Link] = {}
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: Server | None = None
         self._poller: asyncio.Task[None] | None = None
         self._store: Store | None = None
+        self._db: StoreThread | None = None
 
     # ------------------------------------------------------------------ life cycle
 
@@ -240,6 +288,10 @@ class Hub:
     async def start(self) -> None:
         self._store = Store(self.db_path)
         self._store.reset_connections()
+        self._db = await StoreThread.open(self.db_path)
+        loop = asyncio.get_running_loop()
+        self._loop_handler = loop.get_exception_handler()
+        loop.set_exception_handler(self._on_loop_exception)
         try:
             self._server = await serve(
                 self._handle,
@@ -248,15 +300,20 @@ class Hub:
                 ssl=self.ssl_context,
                 subprotocols=[Subprotocol(SUBPROTOCOL)],
                 select_subprotocol=self._select_subprotocol,
+                process_request=self._process_request,
+                open_timeout=self.auth_timeout,
                 ping_interval=None,  # liveness is the protocol's heartbeat, not WebSocket pings
-                max_size=MAX_FRAME,
+                max_size=AUTH_FRAME_LIMIT,  # until authenticated: then MAX_FRAME
                 max_queue=0,  # read on only once the frame read ahead is taken: memory bounded in bytes
                 compression=None,  # agents never offer it, and one compressed read could inflate 1000-fold
                 logger=_websockets_logger,
             )
         except OSError as exc:
+            await self._db.close()
+            self._db = None
             self._store.close()
             self._store = None
+            loop.set_exception_handler(self._loop_handler)
             raise HubError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
         self.port = self._server.sockets[0].getsockname()[1]
         self._poller = asyncio.create_task(self._poll(), name="ksocket-hub-poller")
@@ -273,9 +330,13 @@ class Hub:
             self._server = None
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
         if self._store is not None:
             self._store.close()
             self._store = None
+        asyncio.get_running_loop().set_exception_handler(self._loop_handler)
         logger.info("hub stopped")
 
     @property
@@ -284,6 +345,13 @@ class Hub:
         if self._store is None:
             raise HubError("the hub is not running")
         return self._store
+
+    @property
+    def db(self) -> StoreThread:
+        """The database as the hub's connections use it: off the event loop (between start and stop)."""
+        if self._db is None:
+            raise HubError("the hub is not running")
+        return self._db
 
     @property
     def url(self) -> str:
@@ -296,7 +364,47 @@ class Hub:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The loop's own errors: running out of descriptors is the hub's to say, at ERROR; the rest as before."""
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in _OUT_OF_RESOURCES:
+            soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+            logger.error(
+                "hub: cannot accept connections: %s (descriptor limit %d, %d connections waiting to authenticate)",
+                exc.strerror or exc,
+                soft,
+                self._startups.pending,
+            )
+        elif self._loop_handler is not None:
+            self._loop_handler(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
     # ------------------------------------------------------------------ one connection
+
+    def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        """Counts the newcomer as unauthenticated, or refuses it with 503 when there are too many."""
+        if not self._startups.begin():
+            if self._refused_startups == 0:
+                logger.warning(
+                    "refusing new connections: %d are waiting to authenticate (max-startups %s)",
+                    self._startups.pending,
+                    self._startups.limit,
+                )
+            self._refused_startups += 1
+            return ws.respond(503, "too many connections waiting to authenticate; try again later\n")
+        if self._refused_startups:
+            logger.info("accepting connections again (%d refused)", self._refused_startups)
+            self._refused_startups = 0
+        self._unauthenticated.add(ws)
+        ws.connection_lost_waiter.add_done_callback(lambda _: self._end_startup(ws))
+        return None
+
+    def _end_startup(self, ws: ServerConnection) -> None:
+        """The connection no longer counts as unauthenticated: it authenticated or closed (idempotent)."""
+        if ws in self._unauthenticated:
+            self._unauthenticated.discard(ws)
+            self._startups.end()
 
     def _select_subprotocol(self, ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol:
         """``ksocket.v1``, or HTTP 400 for a client that does not offer it."""
@@ -322,6 +430,8 @@ class Hub:
         if admitted is None:
             return
         link, resumed, backlog = admitted
+        self._end_startup(ws)
+        ws.protocol.max_message_size = MAX_FRAME  # read only when the next frame begins: none has yet
         try:
             await ws.send(serialize(Authenticated(session=link.session, resumed=resumed)))
             for op in backlog:
@@ -330,6 +440,8 @@ class Hub:
                     await ws.send(serialize(Cancel(id=op.id)))
             if backlog:
                 logger.info("slot %s: sent %d operation(s) without a result", link.slot, len(backlog))
+            link.ready = True
+            self._observer.on_connect(link.slot, link.session)
             await self._converse(link)
         except ConnectionClosed as exc:
             self._closed(link, exc)
@@ -376,19 +488,21 @@ class Hub:
     ) -> tuple[_Link, bool, list[OperationRecord]] | None:
         """Checks the authenticate frame; on success the link holds its slot when this returns.
 
-        Everything from the token check to taking the slot runs without yielding to the event
-        loop, so two connections never both take one slot and the poller never sends an
+        The database is read first; from the check of the slot's holder to taking the slot
+        nothing yields to the event loop, so two connections never both take one slot. The
+        poller leaves the link alone until its backlog is sent (``ready``), so it never sends an
         operation that is also in the backlog.
         """
         if auth.protocol != PROTOCOL_VERSION:
             text = f"this hub speaks protocol version {PROTOCOL_VERSION}, not {auth.protocol}"
             await self._reject(ws, peer, ErrorCode.UNSUPPORTED_PROTOCOL, text, CLOSE_PROTOCOL_ERROR)
             return None
-        store = self.store
-        slot = store.slot_for_token(auth.token)
+        db = self.db
+        slot = await db.call(Store.slot_for_token, auth.token)
         if slot is None:
             await self._reject(ws, peer, ErrorCode.INVALID_TOKEN, "unknown or revoked token", CLOSE_AUTH_FAILED)
             return None
+        last = await db.call(Store.agent, slot)
         self._observer.on_message(slot, auth)
         holder = self._links.get(slot)
         if holder is not None:
@@ -401,15 +515,13 @@ class Hub:
             self._spawn(holder.ws.close(CLOSE_SLOT_IN_USE, "replaced by a resumed connection"))
             session, resumed = holder.session, True
         else:
-            last = store.agent(slot)
             resumable = None if last is None else (last.session, last.agent)
             resumed = auth.session is not None and resumable == (auth.session, auth.agent)
             session = auth.session if resumed and auth.session is not None else new_session()
-        backlog = store.claim_backlog(slot)
         link = _Link(slot=slot, agent=auth.agent, session=session, ws=ws, peer=peer)
         self._links[slot] = link
-        store.agent_connected(slot, agent=auth.agent, version=auth.version, name=auth.name, session=session)
-        self._observer.on_connect(slot, session)
+        db.post(Store.agent_connected, slot, agent=auth.agent, version=auth.version, name=auth.name, session=session)
+        backlog = await db.call(Store.claim_backlog, slot)
         logger.info(
             "slot %s: agent %s (%s %s) connected from %s, session %s (%s)",
             slot,
@@ -455,8 +567,8 @@ class Hub:
         link.released = True
         if self._links.get(link.slot) is link:
             del self._links[link.slot]
-            if self._store is not None:
-                self._store.agent_disconnected(link.slot, link.session)
+            if self._db is not None:
+                self._db.post(Store.agent_disconnected, link.slot, link.session)
 
     async def _send(self, link: _Link, message: Message) -> bool:
         try:
@@ -467,8 +579,8 @@ class Hub:
 
     async def _on_frame(self, link: _Link, frame: str | bytes) -> None:
         try:
-            message = _decode(frame)
-            answer = self._act(link, message)
+            message = await asyncio.to_thread(_decode, frame) if len(frame) > PARSED_ON_LOOP else _decode(frame)
+            answer = await self._act(link, message)
         except ProtocolError as exc:
             self._observer.on_bad_frame(link.slot, frame, exc)
             safe = _safe(exc)
@@ -479,16 +591,16 @@ class Hub:
         if answer is not None:
             await self._send(link, answer)
 
-    def _act(self, link: _Link, message: Message) -> Message | None:
+    async def _act(self, link: _Link, message: Message) -> Message | None:
         """Does what ``message`` asks of the hub; returns the answer to send, if any.
         BadMessage for a message an agent has no business sending now."""
         if isinstance(message, Heartbeat):
             return self._on_heartbeat(link, message)
         if isinstance(message, Result):
-            return self._on_result(link, message)
+            return await self._on_result(link, message)
         if isinstance(message, Accepted | Refused | Progress):
-            self._on_operation_state(link, message)
-        elif isinstance(message, ErrorMessage):
+            return await self._on_operation_state(link, message)
+        if isinstance(message, ErrorMessage):
             logger.warning("slot %s: agent %s reports %s: %s", link.slot, link.agent, message.code, message.message)
         elif isinstance(message, Authenticate):
             raise BadMessage(f"{BadMessage.code}: already authenticated; authenticate is only the first frame")
@@ -499,27 +611,39 @@ class Hub:
 
     def _on_heartbeat(self, link: _Link, heartbeat: Heartbeat) -> HeartbeatAck:
         now = asyncio.get_running_loop().time()
-        if now - link.heartbeat_saved >= HEARTBEAT_SAVE_INTERVAL:  # a durable write per frame stalls the loop
+        if now - link.heartbeat_saved >= HEARTBEAT_SAVE_INTERVAL:  # not a durable write per frame; never awaited
             link.heartbeat_saved = now
-            self.store.agent_heartbeat(link.slot, link.session)
+            self.db.post(Store.agent_heartbeat, link.slot, link.session)
         return HeartbeatAck(n=heartbeat.n)
 
-    def _on_operation_state(self, link: _Link, message: Accepted | Refused | Progress) -> None:
-        store = self.store
-        if isinstance(message, Accepted):
-            if not store.mark_accepted(link.slot, message.id):
-                logger.debug("slot %s: accepted for operation %s, which is not waiting", link.slot, message.id)
-        elif isinstance(message, Refused):
-            if store.mark_refused(link.slot, message.id, message.reason, message.message):
-                logger.info(
-                    "slot %s: operation %s refused: %s: %s", link.slot, message.id, message.reason, message.message
-                )
-        else:
-            store.mark_progress(link.slot, message.id, message.done, message.total)
-
-    def _on_result(self, link: _Link, result: Result) -> Ack | ErrorMessage:
+    async def _on_operation_state(self, link: _Link, message: Accepted | Refused | Progress) -> ErrorMessage | None:
+        """Records the operation's new state; an ``unknown-operation`` error if it was never sent to this slot."""
+        db = self.db
         try:
-            new = self.store.add_result(link.slot, link.agent, result)
+            if isinstance(message, Accepted):
+                if not await db.call(Store.mark_accepted, link.slot, message.id):
+                    logger.debug("slot %s: accepted for operation %s, which is not waiting", link.slot, message.id)
+            elif isinstance(message, Refused):
+                if await db.call(Store.mark_refused, link.slot, message.id, message.reason, message.message):
+                    logger.info(
+                        "slot %s: operation %s refused: %s: %s", link.slot, message.id, message.reason, message.message
+                    )
+            else:
+                await db.call(Store.mark_progress, link.slot, message.id, message.done, message.total)
+        except UnknownOperation as exc:
+            return self._unknown(link, message, exc)
+        return None
+
+    def _unknown(self, link: _Link, message: Message, exc: UnknownOperation) -> ErrorMessage:
+        logger.info("slot %s: %s from agent %s refused: %s", link.slot, message.TYPE, link.agent, exc)
+        return ErrorMessage(code=UNKNOWN_OPERATION, message=f"{message.TYPE} not taken: {exc}")
+
+    async def _on_result(self, link: _Link, result: Result) -> Ack | ErrorMessage:
+        try:
+            new = await self.db.call(Store.add_result, link.slot, link.agent, result, quota=self.slot_quota)
+        except UnknownOperation as exc:
+            await self._send(link, self._unknown(link, result, exc))
+            return Ack(seq=result.seq)  # not stored, and never will be: the agent need not send it again
         except HubError as exc:
             return ErrorMessage(code=BadMessage.code, message=str(exc))
         if new:
@@ -542,20 +666,22 @@ class Hub:
             self._wake.clear()
 
     async def _poll_once(self) -> None:
-        slots = list(self._links)
+        slots = [slot for slot, link in self._links.items() if link.ready]
         if not slots:
             return
-        store = self.store
-        for slot in store.revoked_among(slots):
-            link = self._links[slot]
+        db = self.db
+        for slot in await db.call(Store.revoked_among, slots):
+            link = self._links.get(slot)
+            if link is None:
+                continue
             logger.info("slot %s: token revoked; disconnecting agent %s", slot, link.agent)
             self._release(link)
             self._spawn(link.ws.close(CLOSE_AUTH_FAILED, "token revoked"))
-        for op in store.claim_pending(slots):
+        for op in await db.call(Store.claim_pending, slots):
             link_or_none = self._links.get(op.slot)
             if link_or_none is not None and await self._send(link_or_none, op.to_message()):
                 logger.info("slot %s: sent operation %s (%s)", op.slot, op.id, op.name)
-        for op in store.claim_cancels(slots):
+        for op in await db.call(Store.claim_cancels, slots):
             link_or_none = self._links.get(op.slot)
             if link_or_none is not None and await self._send(link_or_none, Cancel(id=op.id)):
                 logger.info("slot %s: sent cancel of operation %s", op.slot, op.id)
@@ -563,13 +689,13 @@ class Hub:
     # ------------------------------------------------------------------ the API for callers
 
     def connected(self, slot: str) -> bool:
-        """Whether an authenticated agent holds ``slot`` now."""
-        return slot in self._links
+        """Whether an authenticated agent holds ``slot`` now (told so, and sent its backlog)."""
+        return self.session(slot) is not None
 
     def session(self, slot: str) -> str | None:
-        """The session id of the connection holding ``slot``, or None."""
+        """The session id of the connected agent holding ``slot``, or None."""
         link = self._links.get(slot)
-        return link.session if link is not None else None
+        return link.session if link is not None and link.ready else None
 
     async def submit(self, slot: str, name: str, params: JSONObject | None = None, id: str | None = None) -> str:
         """Queues operation ``name`` for ``slot`` in the database, as ``ksocket hub run`` does; returns its id.
