@@ -10,6 +10,10 @@ The hub runs as ``ksocket hub serve`` in its own process on loopback (its memory
 * Meanwhile, another slot's heartbeat round trips, against the same slot's while nothing else
   happens (the reference).
 
+And one on the agent's side: a WinRM inspection whose host answers one query with a reply of
+768 MiB (the WS-Management stand-in, tests/wsmanserver.py, in a process of its own, streams it a
+MiB at a time): the peak RSS of the inspecting process, beside its peak for a reply of normal size.
+
 ``python -m tests.bench hostile`` (``inv bench hostile``).
 """
 
@@ -196,6 +200,54 @@ async def flood_case(folder: Path, count: int) -> tuple[list[float], list[float]
     return idle, flooded, seconds, before, peak, db.stat().st_size / MiB
 
 
+WINRM_REPLY_MIB = 768
+WINRM_SNIPPET = """
+import asyncio, json, re, sys
+from pathlib import Path
+from ksocket.collectors.base import NullContext
+from ksocket.collectors.inspect.winrm import WinRMInspector
+from ksocket.credentials.models import Account, WinRMCredential
+credential = WinRMCredential(path=Path("/bench.toml"), port=int(sys.argv[1]), allow_basic_over_http=True,
+                             account=Account(username="Administrator", password="bench-Passw0rd"))
+document = asyncio.run(WinRMInspector().inspect("127.0.0.1", credential, NullContext()))
+peak = int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1)) / 1024
+print(json.dumps({"peak": peak, "errors": [e["message"] for e in document["errors"]]}))
+"""
+
+
+def winrm_case(folder: Path, huge: bool) -> tuple[float, str]:
+    """The inspecting process's peak RSS (MiB) and its first error note, the server in another process."""
+    import json
+    import multiprocessing
+    import subprocess
+
+    ready: multiprocessing.Queue[int] = multiprocessing.Queue()
+    stop = multiprocessing.Event()
+    server = multiprocessing.Process(target=_serve_winrm, args=(folder, huge, ready, stop))
+    server.start()
+    try:
+        port = ready.get(timeout=30)
+        done = subprocess.run(
+            [sys.executable, "-c", WINRM_SNIPPET, str(port)], capture_output=True, text=True, timeout=300, check=True
+        )
+    finally:
+        stop.set()
+        server.join(30)
+    measured = json.loads(done.stdout)
+    return measured["peak"], (measured["errors"] or ["-"])[0]
+
+
+def _serve_winrm(folder: Path, huge: bool, ready: object, stop: object) -> None:
+    from tests import wsmanserver
+
+    wsmanserver.HUGE_REPLY = WINRM_REPLY_MIB * MiB
+    options = {"huge_receive_of": "disks"} if huge else {}
+    users = {"Administrator": "bench-Passw0rd"}
+    with wsmanserver.WSManServer(folder, users=users, auth=("basic",), **options) as running:
+        ready.put(running.port)  # type: ignore[attr-defined]
+        stop.wait()  # type: ignore[attr-defined]
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -207,6 +259,7 @@ def main() -> int:
         default = asyncio.run(unauthenticated_case(folder))
         unlimited = asyncio.run(unauthenticated_case(folder, "--max-startups", str(2 * IDLE_CONNECTIONS)))
         floods = {count: asyncio.run(flood_case(folder, count)) for count in (RESULTS // 4, RESULTS)}
+        winrm = {huge: winrm_case(folder, huge) for huge in (False, True)}
     print("\nHub under hostile peers (ksocket hub serve on loopback, its own process)")
     print(f"{'unauthenticated connections':44} {'taken':>6} {'RSS before MiB':>15} {'RSS holding MiB':>16}")
     for label, (taken, rss_before, rss_holding) in (
@@ -225,6 +278,11 @@ def main() -> int:
             f"{label:44} {len(rtts):6d} {percentile(rtts, 0.5) * 1e6:9.0f} {percentile(rtts, 0.99) * 1e6:9.0f}"
             f" {max(rtts) * 1e6:9.0f} {statistics.fmean(rtts) * 1e6:9.0f}"
         )
+    print("\nAgent: one WinRM inspection (the WS-Management stand-in in its own process)")
+    print(f"{'reply':44} {'peak RSS MiB':>13}  note")
+    for huge, (peak, note) in winrm.items():
+        label = f"one query answered with {WINRM_REPLY_MIB} MiB" if huge else "every reply of normal size"
+        print(f"{label:44} {peak:13.1f}  {note}")
     return 0
 
 
