@@ -30,8 +30,10 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import redis
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware, SkipMessage, TimeLimitExceeded
@@ -44,6 +46,10 @@ from tasks.errors import OperationFailed, classify
 from tasks.journal import Journal, encode_failure, encode_success
 
 log = logging.getLogger("ksocket.tasks")
+
+T = TypeVar("T")
+RECORD_RETRY_FIRST = 0.05  # seconds before a journal write that Redis refused is tried again
+RECORD_RETRY_MOST = 2.0  # the longest wait between two tries
 
 _current = threading.local()
 
@@ -159,14 +165,30 @@ class Lifecycle(Middleware):
         elif getattr(message, "failed", False):
             outcome = self._failure(broker, message, exception)
         else:
-            self.journal.requeued(op_id, attempt)
+            self._until_recorded(op_id, lambda: self.journal.requeued(op_id, attempt))
             log.info("operation %s (%s) waits for another attempt: %s", op_id, message.actor_name, exception)
             return
-        seq = self.journal.finish(op_id, outcome)
+        seq = self._until_recorded(op_id, lambda: self.journal.finish(op_id, outcome))
         if seq is None:
             log.info("operation %s (%s) already had its result: this outcome is dropped", op_id, message.actor_name)
         else:
             log.info("operation %s (%s) finished: result seq %d", op_id, message.actor_name, seq)
+
+    def _until_recorded(self, op_id: str, record: Callable[[], T]) -> T:
+        """Runs ``record`` (a journal write) until the broker's Redis takes it. Dramatiq acks the message
+        once this hook returns, whatever it raised: an outcome lost to a Redis outage here would leave the
+        operation held with no message to finish it. A worker that is stopping gives up (and Dramatiq,
+        which needs the same Redis to ack, leaves the message to run again)."""
+        delay = RECORD_RETRY_FIRST
+        while True:
+            try:
+                return record()
+            except redis.RedisError as exc:
+                if self.stopping.is_set():
+                    raise
+                log.warning("operation %s: its outcome waits for the broker's Redis (%s)", op_id, exc)
+                self.stopping.wait(delay)
+                delay = min(2 * delay, RECORD_RETRY_MOST)
 
     def _failure(self, broker: Broker, message: MessageProxy, exception: BaseException) -> str:
         if isinstance(exception, TimeLimitExceeded):

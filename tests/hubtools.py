@@ -18,7 +18,7 @@ import ssl
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -365,3 +365,14 @@ def self_signed(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return cert_path, key_path
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Runs a test's scenario on a fresh event loop, failing it after 30 s."""
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def add_slot(db: Path, name: str = "s1") -> str:
+    """Adds a slot to the hub database ``db``; returns its token."""
+    with Store(db) as store:
+        return store.add_slot(name)

@@ -19,9 +19,9 @@ import ssl
 import stat
 import sys
 import tracemalloc
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -56,30 +56,21 @@ from tests.hubtools import (
     NotConnected,
     RawClient,
     RecordingHub,
+    add_slot,
     authenticated,
     hub_with_slot,
     ksocket,
+    run,
     self_signed,
     until,
 )
 
 pytestmark = [pytest.mark.peer, pytest.mark.timeout(60)]
 
-T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(asyncio.wait_for(coro, 30))
-
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "hub.db"
-
-
-def add_slot(db: Path, name: str = "s1") -> str:
-    with Store(db) as store:
-        return store.add_slot(name)
 
 
 def with_hub(db: Path, test: Callable[[RecordingHub], Awaitable[None]], **options: Any) -> None:

@@ -16,9 +16,7 @@ import resource
 import socket
 import statistics
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -41,25 +39,14 @@ from ksocket.protocol import (
     serialize,
 )
 from statemachine import dial
-from tests.hubtools import RawClient, authenticated
+from tests.hubtools import RawClient, add_slot, authenticated, run
 
 pytestmark = [pytest.mark.peer, pytest.mark.timeout(60)]
-
-T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(asyncio.wait_for(coro, 30))
 
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "hub.db"
-
-
-def add_slot(db: Path, name: str = "s1") -> str:
-    with Store(db) as store:
-        return store.add_slot(name)
 
 
 # --------------------------------------------------------------------------- tokens in clear (item 8)
