@@ -75,7 +75,7 @@ def test_hosts_dropping_icmp_are_found_by_tcp_with_their_ports(scan_lab: Lab) ->
 def test_tunnel_without_link_layer_raw_ip(scan_lab: Lab) -> None:  # noqa: F811
     result = scan_in(scan_lab, {"targets": [scan_lab.cidr("tunnel"), TUNNEL_PEER], "rate": 4000})
     hosts = found(result)
-    assert set(hosts) == scan_lab.expected("tunnel") | {TUNNEL_PEER}
+    assert set(hosts) == scan_lab.expected("tunnel") | {TUNNEL_PEER}, result["stats"]
     assert {host["interface"] for host in hosts.values()} == {"tun0"}
     assert all(host["mac"] is None and host["via"] is None for host in hosts.values())
     link_types = {path["linkType"] for path in result["stats"]["paths"] if path["interface"] == "tun0"}
