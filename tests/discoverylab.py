@@ -7,8 +7,8 @@ namespace, ``down``, ``exec_in``, ``start_sshd``, ``capture`` on ``scan0``) with
 own (:data:`NODES`), all in 198.18.0.0/15::
 
     agent (PREFIX-s) 198.18.0.1 ── A lan 198.18.0.0/24 ── .254 R1 (PREFIX-r1, snmpd v3 authPriv)
-                                                            R1 .1 ── B 198.18.1.0/24 ── arp1..3 .11-.13 (answer ARP only)
-                                                            R1 .1 ── transit 198.18.2.0/24 ── .2 R2 (PREFIX-r2, no SNMP)
+        R1 .1 ── B 198.18.1.0/24 ── arp1..3 .11-.13 (answer ARP only)
+        R1 .1 ── transit 198.18.2.0/24 ── .2 R2 (PREFIX-r2, no SNMP)
         R2 .1 ── C 198.18.3.0/24 ── .10 H (PREFIX-linux, sshd) .1 ── E 198.18.5.0/24 ── edge1, edge2 .10-.11
         R2 .1 ── D 198.18.4.0/24 ── denied .10     (the fence's deny: counters)
         R2 .1 ── F 198.19.6.0/24 ── outside .10    (outside the fence's allow: counters)
@@ -20,7 +20,7 @@ What the tables reveal:
   (R1 talked to each of them while the lab was built, so the entries are complete), its routing
   table has C, D and F via R2 (and a default via R2, which reaches E without naming it), its own
   addresses name A, B and the transit network;
-- H (SSH as root with a key, ``ssh/10-discovery-h.toml``): ``ip route`` shows E (connected),
+- H (SSH as the test account ``kstest`` with a key, ``ssh/10-discovery-h.toml``): ``ip route`` shows E (connected),
   ``ip neigh`` E's hosts (H talked to them at build time);
 - R2 reveals nothing (no SNMP, no login); the hosts of B drop every IP packet (an nftables input
   policy, with a counter of what they dropped) and answer ARP only.
@@ -65,6 +65,7 @@ from tests.lab import (
     remove_namespaces,
     write_sysctl,
 )
+from tests.timing import scaled
 
 SEGMENTS = {  # name -> network; "lan" is the agent's segment A
     "lan": "198.18.0.0/24",
@@ -79,7 +80,7 @@ FENCE_ALLOW = ("198.18.0.0/16",)
 FENCE_DENY = (SEGMENTS["d"],)
 SNMP_USER = ("ksdiscovery", "SHA", "disco-auth-7Rq2x", "AES", "disco-priv-9Lm4w")  # name, auth, key, priv, key
 SNMP_COMMUNITY = "v2c-is-not-what-the-agent-uses-3f9a"  # snmpd always has one; the agent's file is v3
-NEIGHBOUR_WAIT = 10.0  # seconds for the kernel to resolve a neighbour that answers ARP (it does at once)
+NEIGHBOUR_WAIT = scaled(10.0)  # seconds for the kernel to resolve a neighbour that answers ARP (it does at once)
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ NODES = (
         "r1",
         "snmp-router",
         (("lan", 254), ("b", 1), ("transit", 1)),
-        tuple(f"{SEGMENTS[name]} via {R2_TRANSIT}" for name in "cdf") + (f"default via {R2_TRANSIT}",),
+        (*(f"{SEGMENTS[name]} via {R2_TRANSIT}" for name in "cdf"), f"default via {R2_TRANSIT}"),
         forwards=True,
         talks_to=(*ARP_ONLY, R2_TRANSIT),
     ),
@@ -208,11 +209,14 @@ class ExpectedNetwork:
 
 
 def _revealers(address: str) -> tuple[Provenance, ...]:
-    """The tables of the inspected nodes that name ``address`` (neighbour, own address, next hop)."""
+    """The tables of the inspected nodes that name ``address`` (neighbour, own address, next hop); not
+    those of the host inspected at ``address`` itself (it has to be found before it names itself)."""
     found = []
     for name, protocol in INSPECTED.items():
         inspected = node(name)
         host = inspected.address()
+        if host == address:
+            continue
         neighbours, own, routes = TABLES[protocol]
         if address in inspected.talks_to:
             found.append(Provenance(host, protocol, neighbours))
@@ -250,7 +254,8 @@ class DiscoveryLab(Lab):
 
     prefix: str = "kslab-disco"
     home: Path | None = None  # the agent's KSOCKET_HOME: credentials go to HOME/etc/ksocket
-    snmpd: Any = None  # the tests.snmpdtools.Snmpd of R1
+    snmpd: Any = None  # R1's tests.snmpdtools.Snmpd
+    sshd: Any = None  # H's tests.sshdtools.Sshd
     credentials: dict[str, str] = field(default_factory=dict)  # "snmp", "ssh", "sshKey" -> path
 
     def __post_init__(self) -> None:
@@ -323,7 +328,6 @@ class DiscoveryLab(Lab):
             for position, item in enumerate(NODES)
             if item.role not in ("agent", "snmp-router", "router")
         ]
-        self.names = {}
 
     # building ------------------------------------------------------------------------------------
 
@@ -409,7 +413,7 @@ class DiscoveryLab(Lab):
 
     def _write_credentials(self) -> None:
         from tests.conftest import write_private
-        from tests.sshdtools import credential_file, make_key
+        from tests.sshdtools import USER, credential_file, make_key
 
         name, auth, auth_key, priv, priv_key = SNMP_USER
         snmp = write_private(
@@ -421,11 +425,15 @@ class DiscoveryLab(Lab):
         keys = self.credentials_root.parent / "keys"
         keys.mkdir(parents=True, exist_ok=True)
         key = make_key(keys / "discovery_ed25519")
-        ssh = credential_file(self.credentials_root, "10-discovery-h.toml", [SEGMENTS["c"]], username="root", keys=[(key, "")])
+        ssh = credential_file(
+            self.credentials_root, "10-discovery-h.toml", [SEGMENTS["c"]], username=USER, keys=[(key, "")]
+        )
         self.credentials = {"snmp": str(snmp), "ssh": str(ssh), "sshKey": str(key)}
 
     def _start_services(self) -> None:
+        """snmpd on R1, sshd on H: each logs to a file and holds no pipe of ours (``up`` may exit)."""
         from tests.snmpdtools import Snmpd, User
+        from tests.sshdtools import Sshd, ensure_user
 
         assert self.workdir is not None
         name, auth, auth_key, priv, priv_key = SNMP_USER
@@ -438,7 +446,10 @@ class DiscoveryLab(Lab):
             sys_name="r1.discovery.lab",
             prefix=["ip", "netns", "exec", self.ns("r1")],
         ).start()
-        self.start_sshd(H_C, authorized_keys=Path(f"{self.credentials['sshKey']}.pub").read_text())
+        ensure_user()
+        self.workdir.chmod(0o711)  # sshd reads the authorized keys as the test user
+        public_key = Path(f"{self.credentials['sshKey']}.pub").read_text().strip()
+        self.sshd = Sshd(self.workdir, H_C, 22, netns=self.ns("linux"), authorized_keys=[public_key]).start()
 
     # reading the fences ----------------------------------------------------------------------------
 
