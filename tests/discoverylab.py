@@ -2,9 +2,9 @@
 not route to, and fences that count every packet (``python -m tests.discoverylab up|down``,
 ``inv lab.up --discovery``).
 
-It is a :class:`~tests.lab.Lab` (same namespaces ``PREFIX-*``, bridge namespace, scanner
-namespace, ``down``, ``exec_in``, ``start_sshd``, ``capture`` on ``scan0``) with a topology of its
-own (:data:`NODES`), all in 198.18.0.0/15::
+It is a :class:`~tests.lab.Lab` (namespaces ``PREFIX-*``, one bridge per segment in the bridge
+namespace, the agent in the scanner namespace; ``up``, ``down``, ``exec_in``, ``run_in_scanner``,
+``capture`` on ``scan0``) with a topology of its own (:data:`NODES`), all in 198.18.0.0/15::
 
     agent (PREFIX-s) 198.18.0.1 ── A lan 198.18.0.0/24 ── .254 R1 (PREFIX-r1, snmpd v3 authPriv)
         R1 .1 ── B 198.18.1.0/24 ── arp1..3 .11-.13 (answer ARP only)
@@ -20,21 +20,26 @@ What the tables reveal:
   (R1 talked to each of them while the lab was built, so the entries are complete), its routing
   table has C, D and F via R2 (and a default via R2, which reaches E without naming it), its own
   addresses name A, B and the transit network;
-- H (SSH as the test account ``kstest`` with a key, ``ssh/10-discovery-h.toml``): ``ip route`` shows E (connected),
-  ``ip neigh`` E's hosts (H talked to them at build time);
+- H (SSH as the test account ``kstest`` with a key, ``ssh/10-discovery-h.toml``): ``ip route``
+  shows E (connected), ``ip neigh`` E's hosts (H talked to them at build time);
 - R2 reveals nothing (no SNMP, no login); the hosts of B drop every IP packet (an nftables input
   policy, with a counter of what they dropped) and answer ARP only.
 
 Fences: D is covered by :data:`FENCE_DENY` and F is outside :data:`FENCE_ALLOW`. Their hosts' namespaces
 count what arrives: a netdev ingress counter on ``eth0`` (every frame, ARP included, and ARP alone) and
 inet ``input`` and ``forward`` counters (:meth:`DiscoveryLab.fence_counters`); they are loaded before
-any address is configured, so they read zero after the build unless something reached the host.
+any address is configured, so they read zero after the build unless something reached the host. The
+bridge namespace sends nothing of its own (an nftables output policy): a bridge port that is up sends
+IGMP reports to the host at its other end otherwise, which a fence would count.
 
 Ground truth (:meth:`DiscoveryLab.expected_addresses`, :meth:`DiscoveryLab.expected_networks`, the
 credentials written) is also saved in ``/run/kslab/PREFIX.json`` under ``discovery``. The credential
 files and the SSH key are written mode 0600 under ``HOME/etc/ksocket/`` (``home``: a ``KSOCKET_HOME``
 given by the caller, or ``home`` in the lab's work folder), so ``KSOCKET_HOME=HOME ip netns exec
 PREFIX-s ksocket inspect 198.18.0.254`` inspects R1 as the agent would.
+
+``python -m tests.discoverylab down`` removes this lab alone (prefix ``kslab-disco``); ``inv lab.down``
+removes every lab named ``kslab-*``, test runs' included.
 """
 
 from __future__ import annotations
@@ -137,6 +142,7 @@ NODES = (
     Node("denied", "denied", (("d", 10),), ("default via 198.18.4.1",)),
     Node("outside", "outside", (("f", 10),), ("default via 198.19.6.1",)),
 )
+ROUTERS = ("r1", "r2")
 INSPECTED = {"r1": "snmp", "linux": "ssh"}  # node -> the protocol its credential file serves
 TABLES = {  # protocol -> (neighbours, own addresses, routes), as hosts.inspect names them
     "snmp": ("arp", "ipAddresses", "routes"),
@@ -261,8 +267,8 @@ class DiscoveryLab(Lab):
     def __post_init__(self) -> None:
         for name, network in SEGMENTS.items():
             net = ipaddress.ip_network(network)
-            members = sum(1 for item in NODES for leg, _ in item.legs if leg == name)
-            self.segments[name] = Segment(name, int(net.network_address), net.prefixlen, members)
+            hosts = sum(1 for item in NODES if item.legs[0][0] == name and item.name not in (*ROUTERS, "s"))
+            self.segments[name] = Segment(name, int(net.network_address), net.prefixlen, hosts)
 
     # names ---------------------------------------------------------------------------------------
 
@@ -290,7 +296,8 @@ class DiscoveryLab(Lab):
     # ground truth --------------------------------------------------------------------------------
 
     def routers(self, segment: str | None = None) -> dict[str, str]:
-        found = {item.address(leg): name for item in NODES[1:3] for leg, (name, _) in enumerate(item.legs)}
+        """R1's and R2's addresses: address -> segment."""
+        found = {item.address(leg): name for item in map(node, ROUTERS) for leg, (name, _) in enumerate(item.legs)}
         return {address: name for address, name in found.items() if segment is None or name == segment}
 
     def expected_addresses(self) -> list[ExpectedAddress]:
@@ -326,7 +333,7 @@ class DiscoveryLab(Lab):
         self.hosts = [
             LabHost(self.ns(item.name), item.address(), _mac(position, 0), item.legs[0][0], item.role != "arp-only")
             for position, item in enumerate(NODES)
-            if item.role not in ("agent", "snmp-router", "router")
+            if item.name not in (*ROUTERS, "s")
         ]
 
     # building ------------------------------------------------------------------------------------

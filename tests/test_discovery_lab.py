@@ -253,7 +253,8 @@ def probe(address: str) -> dict[str, bool]:
 
 
 def checksum(data: bytes) -> int:
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    """The internet checksum of ``data`` (an even number of bytes)."""
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     total = (total >> 16) + (total & 0xFFFF)
     total += total >> 16
     return ~total & 0xFFFF
