@@ -13,6 +13,7 @@ import stat
 import struct
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from tests.discoverylab import (
     EDGE,
     FENCE_DENY,
     NODES,
+    R2_TRANSIT,
     SEGMENTS,
     SNMP_USER,
     DiscoveryLab,
@@ -107,8 +109,8 @@ def test_r1_answers_snmp_v3_with_b_in_its_arp_table_and_c_d_f_in_its_routes(disc
     name, _, auth_key, _, priv_key = SNMP_USER
     v3 = ["-v3", "-l", "authPriv", "-u", name, "-a", "SHA", "-A", auth_key, "-x", "AES", "-X", priv_key]
 
-    def walk(*arguments: str) -> str:
-        done = lab.run_in_scanner(["snmpwalk", "-On", "-t", "2", "-r", "1", *arguments], env=SNMP_ENV, timeout=60)
+    def walk(*arguments: str, wait: str = f"{scaled(2):g}") -> str:
+        done = lab.run_in_scanner(["snmpwalk", "-On", "-t", wait, "-r", "1", *arguments], env=SNMP_ENV, timeout=60)
         return done.stdout
 
     arp = walk(*v3, lab.r1, "1.3.6.1.2.1.4.35.1.4")  # ipNetToPhysicalPhysAddress: ifIndex.1.4.address
@@ -120,7 +122,7 @@ def test_r1_answers_snmp_v3_with_b_in_its_arp_table_and_c_d_f_in_its_routes(disc
         network, length = SEGMENTS[segment].split("/")
         assert re.search(rf"\.1\.4\.{re.escape(network)}\.{length}\.[.\d]+\.1\.4\.198\.18\.2\.2 = ", routes), routes
     assert SEGMENTS["e"].split("/")[0] not in routes  # E is behind H: R1 reaches it by its default route
-    assert walk("-v2c", "-c", "public", lab.r1, "1.3.6.1.2.1.1.5") == ""  # only the v3 user is the agent's
+    assert walk("-v2c", "-c", "public", lab.r1, "1.3.6.1.2.1.1.5", wait="0.5") == ""  # the agent's is v3
 
 
 SNMP_ENV = {**os.environ, "MIBS": "", "MIBDIRS": "/nonexistent"}  # numeric OIDs; no MIB parse noise
@@ -207,49 +209,75 @@ def wait_for(read: Any, done: Any, limit: float = 10.0) -> Any:
 def test_the_arp_only_hosts_answer_arp_and_nothing_else(discovery_lab: DiscoveryLab) -> None:  # noqa: F811
     lab = discovery_lab
     r1 = lab.ns("r1")
+    names = {address: lab.host(address).netns.rsplit("-", 1)[1] for address in ARP_ONLY}
+    before = {address: lab.fence_counters(name)["dropped"] for address, name in names.items()}
     for address in ARP_ONLY:
-        host = lab.host(address)
-        before = lab.fence_counters(host.netns.rsplit("-", 1)[1])["dropped"]
         lab.exec_in(r1, ["ip", "neigh", "flush", "to", address], check=True)
-        lab.talk(r1, [address])  # resolved again: the host answered ARP
-        assert lab.neighbours(r1)[address] == "REACHABLE"
-        with in_netns(r1):
-            answers = probe(address)
-        assert answers == {"icmp": False, "tcp": False, "udp": False}, (address, answers)
-        dropped = lab.fence_counters(host.netns.rsplit("-", 1)[1])["dropped"]
-        assert dropped >= before + 4, (address, before, dropped)  # the datagram of talk() and the three probes
+    lab.talk(r1, ARP_ONLY)  # resolved again: each host answered ARP
+    for address in ARP_ONLY:
+        entry = lab.exec_in(r1, ["ip", "neigh", "show", "to", address], check=True).stdout
+        assert f"lladdr {lab.host(address).mac} " in entry, entry
+
+    def from_r1(address: str) -> dict[str, bool]:
+        with in_netns(r1):  # this thread only
+            return probe(address)
+
+    targets = (*ARP_ONLY, R2_TRANSIT)  # R2 answers all three: the probes can tell
+    with ThreadPoolExecutor(len(targets)) as pool:
+        answers = dict(zip(targets, pool.map(from_r1, targets), strict=True))
+    assert answers.pop(R2_TRANSIT) == {"icmp": True, "tcp": True, "udp": True}
+    assert answers == {address: {"icmp": False, "tcp": False, "udp": False} for address in ARP_ONLY}
+    for address, name in names.items():  # the datagram of talk() and the three probes reached the host
+        dropped = lab.fence_counters(name)["dropped"]
+        assert dropped >= before[address] + 4, (address, before[address], dropped)
 
 
 def probe(address: str) -> dict[str, bool]:
     """Whether ``address`` answers an ICMP echo, a TCP SYN to port 22 (accept or reset) and a UDP datagram
     to port 9 (an ICMP port unreachable), each waiting :data:`NO_ANSWER` seconds."""
-    answers = {}
+    return {"icmp": echo(address), "tcp": tcp_answers(address), "udp": udp_answers(address)}
+
+
+def echo(address: str) -> bool:
+    """An ICMP echo request to ``address``: whether an echo reply from it came within :data:`NO_ANSWER`."""
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as icmp:
         header = struct.pack("!BBHHH", 8, 0, 0, 0x6B73, 1)
         icmp.sendto(header[:2] + struct.pack("!H", checksum(header)) + header[4:], (address, 0))
-        ready, _, _ = select.select([icmp], [], [], NO_ANSWER)
-        answers["icmp"] = bool(ready) and icmp.recvfrom(1500)[1][0] == address
+        end = time.monotonic() + NO_ANSWER
+        while (left := end - time.monotonic()) > 0:
+            ready, _, _ = select.select([icmp], [], [], left)
+            if not ready:
+                break
+            packet, (source, _) = icmp.recvfrom(1500)
+            if source == address and packet[(packet[0] & 0x0F) * 4] == 0:  # type 0: echo reply
+                return True
+    return False
+
+
+def tcp_answers(address: str) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
         tcp.settimeout(NO_ANSWER)
         try:
             tcp.connect((address, 22))
-            answers["tcp"] = True
         except ConnectionRefusedError:
-            answers["tcp"] = True
+            return True
         except TimeoutError:
-            answers["tcp"] = False
+            return False
+        return True
+
+
+def udp_answers(address: str) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         udp.settimeout(NO_ANSWER)
         udp.connect((address, 9))
         udp.send(b"probe")
         try:
             udp.recv(1500)
-            answers["udp"] = True
         except ConnectionRefusedError:
-            answers["udp"] = True
+            return True
         except TimeoutError:
-            answers["udp"] = False
-    return answers
+            return False
+        return True
 
 
 def checksum(data: bytes) -> int:
