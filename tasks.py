@@ -55,11 +55,11 @@ def bench(c: Context, only: str = "") -> None:
         c.run(f"{PY} -m tests.bench {only.replace(',', ' ')}", pty=False)
 
 
-@task(name="up")
-def lab_up(c: Context) -> None:
+@task(name="up", help={"discovery": "the discovery loop's routed topology (tests/discoverylab.py) instead"})
+def lab_up(c: Context, discovery: bool = False) -> None:
     """Build the network lab (namespaces in 198.18.0.0/15)."""
     with c.cd(str(ROOT)):
-        c.run(f"{PY} -m tests.lab up", pty=False)
+        c.run(f"{PY} -m {'tests.discoverylab' if discovery else 'tests.lab'} up", pty=False)
 
 
 @task(name="down")
