@@ -62,11 +62,11 @@ def lab_up(c: Context, discovery: bool = False) -> None:
         c.run(f"{PY} -m {'tests.discoverylab' if discovery else 'tests.lab'} up", pty=False)
 
 
-@task(name="down")
-def lab_down(c: Context) -> None:
-    """Remove every namespace, link and process of the lab."""
+@task(name="down", help={"all": "also the labs of test runs still running (they will fail)"})
+def lab_down(c: Context, all: bool = False) -> None:  # `all`: the flag's name on the command line
+    """Remove the labs of lab.up and of test runs that are gone (--all: running test runs' too)."""
     with c.cd(str(ROOT)):
-        c.run(f"{PY} -m tests.lab down", pty=False)
+        c.run(f"{PY} -m tests.lab down{' --all' if all else ''}", pty=False)
 
 
 @task(help={"out": "the folder to write the tarball to (default dist)"})

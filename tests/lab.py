@@ -1030,6 +1030,18 @@ def demo() -> int:
         lab.down()
 
 
+def down(*, everything: bool) -> int:
+    """``inv lab.down``: the labs ``up`` made (``kslab``, ``kslab-disco``) and those of test runs whose process
+    is gone; a running test's lab is left alone unless ``everything`` says otherwise (it would fail that test)."""
+    if everything:
+        names = remove_namespaces("kslab", own=False)
+    else:
+        remove_stale()
+        names = [*remove_namespaces("kslab"), *remove_namespaces("kslab-disco")]
+    print(f"lab down: removed {len(names)} namespaces")
+    return 0
+
+
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.lab", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -1042,7 +1054,8 @@ def main(argv: Sequence[str]) -> int:
     up.add_argument("--listen", type=int, default=3, help="LAN hosts that listen on TCP 22 and 80")
     up.add_argument("--loss", type=float, default=0.0, help="percent of frames dropped in each direction")
     up.add_argument("--seed", type=int, default=1)
-    sub.add_parser("down", help="remove every kslab-* namespace, process and file")
+    down = sub.add_parser("down", help="remove the labs of `up` and of test runs that are gone")
+    down.add_argument("--all", action="store_true", help="every kslab-* lab, running test runs' included")
     sub.add_parser("demo", help="bring up a small lab, run `ksocket scan` on it in the scanner namespace, tear down")
     sub.add_parser("status", help="list the lab's namespaces and the hosts of the saved ground truth")
     daemon_parser = sub.add_parser("daemon", help=argparse.SUPPRESS)
@@ -1054,9 +1067,7 @@ def main(argv: Sequence[str]) -> int:
         print("the lab needs root (network namespaces)", file=sys.stderr)
         return 1
     if args.command == "down":
-        names = remove_namespaces("kslab", own=False)
-        print(f"lab down: removed {len(names)} namespaces")
-        return 0
+        return down(everything=args.all)
     if args.command == "demo":
         return demo()
     if args.command == "status":
