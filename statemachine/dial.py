@@ -1,4 +1,4 @@
-"""Opening the link, step by step: proxy, DNS, TCP, TLS, WebSocket with the ``ksocket.v1`` subprotocol.
+"""Opening the link, step by step: proxy, DNS, TCP, TLS, WebSocket with a ``ksocket.v2`` or ``ksocket.v1`` subprotocol.
 
 The agent's ``connecting`` state runs :func:`open_websocket`, which does all of them; ``ksocket
 diagnostics connect`` runs the steps one at a time to say which of them fails. Library errors
@@ -273,7 +273,8 @@ async def _through(endpoint: Endpoint, proxy: Proxy, store: TrustStore | None) -
 
 
 async def open_websocket(endpoint: Endpoint, timeout: float) -> ClientConnection:
-    """Proxy, DNS, TCP, TLS and the WebSocket handshake in one, refusing a hub that does not speak ksocket.v1."""
+    """Proxy, DNS, TCP, TLS and the WebSocket handshake in one, offering ksocket.v2 then ksocket.v1 and
+    refusing a hub that selects neither."""
     proxy = choose_proxy(endpoint)
     # websockets hands every proxy_* option to the proxy's connection, which only an https:// one takes
     proxy_tls = proxy.tls_context() if proxy is not None else None
@@ -285,7 +286,7 @@ async def open_websocket(endpoint: Endpoint, timeout: float) -> ClientConnection
             websocket = await connect(
                 endpoint.url,
                 ssl=trust_store().context if endpoint.secure else None,
-                subprotocols=[Subprotocol(protocol.SUBPROTOCOL)],
+                subprotocols=[Subprotocol(name) for name in protocol.SUBPROTOCOLS],
                 max_size=protocol.MAX_FRAME,
                 ping_interval=None,  # the protocol's own heartbeat is the one liveness check
                 close_timeout=2,
@@ -293,7 +294,8 @@ async def open_websocket(endpoint: Endpoint, timeout: float) -> ClientConnection
                 compression=None,
                 **proxy_options,
             )
-    if websocket.subprotocol != protocol.SUBPROTOCOL:
-        await websocket.close(protocol.CLOSE_PROTOCOL_ERROR, "subprotocol ksocket.v1 required")
-        raise LinkError(f"hub at {endpoint.host}:{endpoint.port} did not select subprotocol {protocol.SUBPROTOCOL}")
+    if protocol.version_of(websocket.subprotocol) is None:
+        offered = " or ".join(protocol.SUBPROTOCOLS)
+        await websocket.close(protocol.CLOSE_PROTOCOL_ERROR, f"subprotocol {offered} required")
+        raise LinkError(f"hub at {endpoint.host}:{endpoint.port} did not select subprotocol {offered}")
     return websocket

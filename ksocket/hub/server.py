@@ -7,11 +7,11 @@ connection, and the only channel by which other processes (``ksocket hub run``) 
 
 One connection, from handshake to close
 ---------------------------------------
-1. The handshake must select the subprotocol ``ksocket.v1``; a client that does not offer it
-   gets HTTP 400.
+1. The handshake selects the subprotocol ``ksocket.v2`` when offered, else ``ksocket.v1``; a
+   client that offers neither gets HTTP 400.
 2. The first frame must be ``authenticate`` within ``auth_timeout`` seconds, else close 4400
    (a bad or other first frame gets an ``error`` frame first). Then, in this order:
-   protocol version ≠ 1 → ``rejected`` unsupported-protocol + close 4400; unknown or revoked
+   protocol version ≠ the selected subprotocol's → ``rejected`` unsupported-protocol + close 4400; unknown or revoked
    token → ``rejected`` invalid-token + close 4401; slot held by a connected agent →
    ``rejected`` slot-in-use + close 4409, unless the newcomer presents the holder's session and
    agent id: then the holder is closed (4409) and the newcomer takes its place, ``resumed``.
@@ -20,7 +20,8 @@ One connection, from handshake to close
 3. ``authenticated``, then every operation of the slot without a result, same ids (a ``cancel``
    follows those whose cancel was asked for).
 4. Frames: ``heartbeat`` → ``heartbeat-ack``; ``result`` → stored, ``ack`` with its seq (a
-   repeated (agent, seq) is acked again, stored once); ``accepted`` / ``refused`` /
+   repeated (agent, seq) is acked again, stored once); ``record`` (version 2 only) → stored
+   likewise, by the same (agent, seq) count, then acked; ``accepted`` / ``refused`` /
    ``progress`` → the operation's row; a bad frame → ``error`` (the link stays). Nothing heard
    for ``heartbeat_interval + heartbeat_timeout`` seconds → close 4408.
 
@@ -76,8 +77,7 @@ from ksocket.protocol import (
     CLOSE_SLOT_IN_USE,
     FROM_AGENT,
     MAX_FRAME,
-    PROTOCOL_VERSION,
-    SUBPROTOCOL,
+    SUBPROTOCOLS,
     Accepted,
     Ack,
     Authenticate,
@@ -92,6 +92,7 @@ from ksocket.protocol import (
     Message,
     Progress,
     ProtocolError,
+    Record,
     Refused,
     Rejected,
     RejectReason,
@@ -99,6 +100,7 @@ from ksocket.protocol import (
     error_reply,
     parse,
     serialize,
+    version_of,
 )
 
 __all__ = ["ENDPOINT_PATH", "Hub", "HubObserver"]
@@ -121,6 +123,7 @@ class _Link:
     session: str
     ws: ServerConnection
     peer: str
+    version: int
     released: bool = False
     heartbeat_saved: float = float("-inf")
 
@@ -246,7 +249,7 @@ class Hub:
                 self.host,
                 self.port,
                 ssl=self.ssl_context,
-                subprotocols=[Subprotocol(SUBPROTOCOL)],
+                subprotocols=[Subprotocol(name) for name in SUBPROTOCOLS],
                 select_subprotocol=self._select_subprotocol,
                 ping_interval=None,  # liveness is the protocol's heartbeat, not WebSocket pings
                 max_size=MAX_FRAME,
@@ -299,21 +302,23 @@ class Hub:
     # ------------------------------------------------------------------ one connection
 
     def _select_subprotocol(self, ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol:
-        """``ksocket.v1``, or HTTP 400 for a client that does not offer it."""
-        if SUBPROTOCOL in offered:
-            return Subprotocol(SUBPROTOCOL)
+        """The newest ksocket subprotocol offered, or HTTP 400 for a client that offers none."""
+        for name in SUBPROTOCOLS:
+            if name in offered:
+                return Subprotocol(name)
+        known = " or ".join(SUBPROTOCOLS)
         logger.info(
             "connection from %s refused: it does not offer subprotocol %s (offered: %s)",
             _peer(ws),
-            SUBPROTOCOL,
+            known,
             ", ".join(offered) or "none",
         )
-        raise NegotiationError(f"the hub speaks subprotocol {SUBPROTOCOL} only")
+        raise NegotiationError(f"the hub speaks subprotocol {known} only")
 
     async def _handle(self, ws: ServerConnection) -> None:
         peer = _peer(ws)
-        if ws.subprotocol != SUBPROTOCOL:  # websockets refuses such handshakes already; be sure anyway
-            await ws.close(CLOSE_PROTOCOL_ERROR, f"subprotocol {SUBPROTOCOL} required")
+        if version_of(ws.subprotocol) is None:  # websockets refuses such handshakes already; be sure anyway
+            await ws.close(CLOSE_PROTOCOL_ERROR, f"subprotocol {' or '.join(SUBPROTOCOLS)} required")
             return
         auth = await self._first_frame(ws, peer)
         if auth is None:
@@ -380,8 +385,9 @@ class Hub:
         loop, so two connections never both take one slot and the poller never sends an
         operation that is also in the backlog.
         """
-        if auth.protocol != PROTOCOL_VERSION:
-            text = f"this hub speaks protocol version {PROTOCOL_VERSION}, not {auth.protocol}"
+        version = version_of(ws.subprotocol)
+        if auth.protocol != version:
+            text = f"this link speaks protocol version {version} (subprotocol {ws.subprotocol}), not {auth.protocol}"
             await self._reject(ws, peer, ErrorCode.UNSUPPORTED_PROTOCOL, text, CLOSE_PROTOCOL_ERROR)
             return None
         store = self.store
@@ -406,7 +412,7 @@ class Hub:
             resumed = auth.session is not None and resumable == (auth.session, auth.agent)
             session = auth.session if resumed and auth.session is not None else new_session()
         backlog = store.claim_backlog(slot)
-        link = _Link(slot=slot, agent=auth.agent, session=session, ws=ws, peer=peer)
+        link = _Link(slot=slot, agent=auth.agent, session=session, ws=ws, peer=peer, version=auth.protocol)
         self._links[slot] = link
         store.agent_connected(slot, agent=auth.agent, version=auth.version, name=auth.name, session=session)
         self._observer.on_connect(slot, session)
@@ -486,12 +492,16 @@ class Hub:
             return self._on_heartbeat(link, message)
         if isinstance(message, Result):
             return self._on_result(link, message)
+        if isinstance(message, Record) and link.version >= 2:
+            return self._on_record(link, message)
         if isinstance(message, Accepted | Refused | Progress):
             self._on_operation_state(link, message)
         elif isinstance(message, ErrorMessage):
             logger.warning("slot %s: agent %s reports %s: %s", link.slot, link.agent, message.code, message.message)
         elif isinstance(message, Authenticate):
             raise BadMessage(f"{BadMessage.code}: already authenticated; authenticate is only the first frame")
+        elif isinstance(message, Record):
+            raise BadMessage(f'{BadMessage.code}: "record" is a message of protocol version 2, not {link.version}')
         else:
             assert not isinstance(message, FROM_AGENT)
             raise BadMessage(f'{BadMessage.code}: "{message.TYPE}" is a message of the hub, not of an agent')
@@ -528,6 +538,15 @@ class Hub:
         else:
             logger.debug("slot %s: result seq %d already received; acking it again", link.slot, result.seq)
         return Ack(seq=result.seq)
+
+    def _on_record(self, link: _Link, record: Record) -> Ack | ErrorMessage:
+        try:
+            new = self.store.add_record(link.slot, link.agent, record)
+        except HubError as exc:
+            return ErrorMessage(code=BadMessage.code, message=str(exc))
+        if not new:
+            logger.debug("slot %s: record seq %d already received; acking it again", link.slot, record.seq)
+        return Ack(seq=record.seq)
 
     # ------------------------------------------------------------------ the poller
 
@@ -597,3 +616,7 @@ class Hub:
     def results(self, slot: str) -> list[Result]:
         """Every result stored for ``slot``, in the order received (each (agent, seq) once)."""
         return [record.to_message() for record in self.store.results(slot)]
+
+    def records(self, op_id: str) -> list[Record]:
+        """Every record stored for operation ``op_id`` from the slot it was sent to, in seq order."""
+        return [stored.to_message() for stored in self.store.records(op_id)]

@@ -8,6 +8,8 @@ Tables
 ``operations``  id (unique), slot, name, params (JSON), created, state, refusal reason and
                 message, progress, cancel requested / cancel sent.
 ``results``     (slot, agent id, seq) unique, operation id, ok, data or error (JSON), received.
+``records``     (slot, agent id, seq) unique, operation id, kind, document (JSON), received: what an
+                operation reported before its result (protocol version 2), stored as it arrives.
 
 An operation moves ``pending`` (queued, not yet sent) → ``sent`` → ``accepted``, and from any
 of these three to ``done`` (a result arrived; ``cancelled`` when its error code is
@@ -38,7 +40,7 @@ from typing import Any, Final
 from ksocket import paths
 from ksocket.hub import tokens
 from ksocket.hub.errors import HubError, UnknownOperation, UnknownSlot
-from ksocket.protocol import ErrorCode, ErrorInfo, JSONObject, Operation, Result
+from ksocket.protocol import ErrorCode, ErrorInfo, JSONObject, Operation, Record, Result
 
 PENDING: Final = "pending"
 SENT: Final = "sent"
@@ -103,6 +105,17 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (slot, agent, seq)
 );
 CREATE INDEX IF NOT EXISTS results_by_operation ON results (operation_id);
+CREATE TABLE IF NOT EXISTS records (
+    slot TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    operation_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    document TEXT NOT NULL,
+    received REAL NOT NULL,
+    PRIMARY KEY (slot, agent, seq)
+);
+CREATE INDEX IF NOT EXISTS records_by_operation ON records (operation_id, seq);
 """
 
 
@@ -169,6 +182,26 @@ class ResultRecord:
 
     def to_message(self) -> Result:
         return Result(id=self.operation_id, seq=self.seq, ok=self.ok, data=self.data, error=self.error)
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    slot: str
+    agent: str
+    seq: int
+    operation_id: str
+    kind: str
+    document: JSONObject
+    received: float
+
+    def to_message(self) -> Record:
+        return Record(id=self.operation_id, seq=self.seq, record=self.document)
+
+
+def _stored_record(row: sqlite3.Row) -> StoredRecord:
+    values = dict(zip(row.keys(), row, strict=True))
+    values["document"] = json.loads(values["document"])
+    return StoredRecord(**values)
 
 
 def _slot(row: sqlite3.Row) -> Slot:
@@ -525,6 +558,29 @@ class Store:
                 (state, now, result.id, slot),
             )
         return True
+
+    def add_record(self, slot: str, agent: str, record: Record) -> bool:
+        """Stores ``record`` from ``agent`` on ``slot``; False if that (agent, seq) was already received."""
+        if record.seq > _INT64_MAX:
+            raise HubError(f"seq {record.seq} is larger than the hub can store")
+        document = json.dumps(record.record, ensure_ascii=False)
+        with self._write() as db:
+            cursor = db.execute(
+                "INSERT INTO records (slot, agent, seq, operation_id, kind, document, received)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (slot, agent, record.seq, record.id, record.kind, document, self._now()),
+            )
+            return cursor.rowcount > 0
+
+    def records(self, op_id: str) -> list[StoredRecord]:
+        """The records of operation ``op_id`` from the slot it was sent to, in the order received (seq order:
+        an agent sends them so, and a repeated one is not stored)."""
+        rows = self._rows(
+            "SELECT r.* FROM records r JOIN operations o ON r.operation_id = o.id AND r.slot = o.slot"
+            " WHERE o.id = ? ORDER BY r.received, r.rowid",
+            (op_id,),
+        )
+        return [_stored_record(row) for row in rows]
 
     def result_for(self, op_id: str) -> ResultRecord | None:
         """The first result received for operation ``op_id`` from the slot it was sent to."""
