@@ -21,7 +21,10 @@ One connection, from handshake to close
    follows those whose cancel was asked for).
 4. Frames: ``heartbeat`` → ``heartbeat-ack``; ``result`` → stored, ``ack`` with its seq (a
    repeated (agent, seq) is acked again, stored once); ``record`` (version 2 only) → stored
-   likewise, by the same (agent, seq) count, then acked; ``accepted`` / ``refused`` /
+   likewise, by the same (agent, seq) count, in batches: records that come one right after another
+   (within ``RECORD_LINGER``, up to ``RECORD_BATCH``) are stored in one transaction, then one ``ack``
+   for the highest seq answers them all (before any other frame is handled, so a result is stored
+   after its records); ``accepted`` / ``refused`` /
    ``progress`` → the operation's row; a bad frame → ``error`` (the link stays). Nothing heard
    for ``heartbeat_interval + heartbeat_timeout`` seconds → close 4408.
 
@@ -59,7 +62,7 @@ import logging
 import os
 import ssl
 from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
@@ -68,7 +71,7 @@ from websockets.exceptions import ConnectionClosed, NegotiationError
 from websockets.typing import Subprotocol
 
 from ksocket.hub.errors import HubError, UnknownOperation
-from ksocket.hub.store import OperationRecord, Store
+from ksocket.hub.store import MAX_SEQ, OperationRecord, Store
 from ksocket.hub.tokens import new_session
 from ksocket.protocol import (
     CLOSE_AUTH_FAILED,
@@ -113,6 +116,11 @@ ENDPOINT_PATH = "/api/ksocket/connect"
 HEARTBEAT_SAVE_INTERVAL = 1.0
 """Seconds between two writes of one agent's last heartbeat time to the database."""
 
+RECORD_BATCH = 500
+"""Records stored in one transaction (one fsync) at most."""
+RECORD_LINGER = 0.002
+"""Seconds the hub waits for another record before it stores (and acks) those it holds."""
+
 
 @dataclass(eq=False)
 class _Link:
@@ -126,6 +134,8 @@ class _Link:
     version: int
     released: bool = False
     heartbeat_saved: float = float("-inf")
+    records: list[Record] = field(default_factory=list)
+    """Records received and not yet stored (nor acked)."""
 
 
 class HubObserver:
@@ -339,6 +349,8 @@ class Hub:
         except ConnectionClosed as exc:
             self._closed(link, exc)
         finally:
+            if self._store is not None:  # what arrived is kept; the agent sends it again, as it is unacked
+                self._store_records(link)
             self._release(link)
             close = ws.protocol.close_rcvd
             self._observer.on_disconnect(link.slot, close.code if close is not None else None)
@@ -441,8 +453,12 @@ class Hub:
                 await link.ws.close(CLOSE_HEARTBEAT_LOST, "heartbeat lost")
                 return
             try:
-                frame = await asyncio.wait_for(link.ws.recv(), remaining)
+                # holding records, wait for more only briefly (cancelling recv loses nothing)
+                frame = await asyncio.wait_for(
+                    link.ws.recv(), min(remaining, RECORD_LINGER) if link.records else remaining
+                )
             except TimeoutError:
+                await self._flush_records(link)
                 continue
             heard = loop.time()
             await self._on_frame(link, frame)
@@ -474,6 +490,8 @@ class Hub:
     async def _on_frame(self, link: _Link, frame: str | bytes) -> None:
         try:
             message = _decode(frame)
+            if not isinstance(message, Record) or len(link.records) >= RECORD_BATCH:
+                await self._flush_records(link)
             answer = self._act(link, message)
         except ProtocolError as exc:
             self._observer.on_bad_frame(link.slot, frame, exc)
@@ -539,14 +557,28 @@ class Hub:
             logger.debug("slot %s: result seq %d already received; acking it again", link.slot, result.seq)
         return Ack(seq=result.seq)
 
-    def _on_record(self, link: _Link, record: Record) -> Ack | ErrorMessage:
-        try:
-            new = self.store.add_record(link.slot, link.agent, record)
-        except HubError as exc:
-            return ErrorMessage(code=BadMessage.code, message=str(exc))
-        if not new:
-            logger.debug("slot %s: record seq %d already received; acking it again", link.slot, record.seq)
-        return Ack(seq=record.seq)
+    def _on_record(self, link: _Link, record: Record) -> ErrorMessage | None:
+        """Holds the record for the next batch (see :meth:`_flush_records`)."""
+        if record.seq > MAX_SEQ:
+            return ErrorMessage(code=BadMessage.code, message=f"seq {record.seq} is larger than the hub can store")
+        link.records.append(record)
+        return None
+
+    def _store_records(self, link: _Link) -> int | None:
+        """Stores the records the link holds, in one transaction; returns the highest seq, None if none."""
+        records, link.records = link.records, []
+        if not records:
+            return None
+        new = self.store.add_records(link.slot, link.agent, records)
+        if new < len(records):
+            logger.debug("slot %s: %d records already received", link.slot, len(records) - new)
+        return max(record.seq for record in records)
+
+    async def _flush_records(self, link: _Link) -> None:
+        """Stores the records the link holds, then acks them (one ack: acks are cumulative)."""
+        seq = self._store_records(link)
+        if seq is not None:
+            await self._send(link, Ack(seq=seq))
 
     # ------------------------------------------------------------------ the poller
 

@@ -57,6 +57,8 @@ DISCONNECTED: Final = "disconnected"
 SCHEMA_VERSION: Final = 1
 BUSY_TIMEOUT: Final = 10.0
 _INT64_MAX: Final = 2**63 - 1
+MAX_SEQ: Final = _INT64_MAX
+"""The largest seq the hub can store."""
 _SLOT_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 _SCHEMA: Final = """
@@ -559,18 +561,21 @@ class Store:
             )
         return True
 
-    def add_record(self, slot: str, agent: str, record: Record) -> bool:
-        """Stores ``record`` from ``agent`` on ``slot``; False if that (agent, seq) was already received."""
-        if record.seq > _INT64_MAX:
-            raise HubError(f"seq {record.seq} is larger than the hub can store")
-        document = json.dumps(record.record, ensure_ascii=False)
+    def add_records(self, slot: str, agent: str, records: Sequence[Record]) -> int:
+        """Stores ``records`` from ``agent`` on ``slot`` in one transaction; returns how many were new (an
+        (agent, seq) already received is not stored again)."""
+        if any(record.seq > _INT64_MAX for record in records):
+            raise HubError(f"a seq of {max(record.seq for record in records)} is larger than the hub can store")
+        now = self._now()
+        rows = [(slot, agent, r.seq, r.id, r.kind, json.dumps(r.record, ensure_ascii=False), now) for r in records]
         with self._write() as db:
-            cursor = db.execute(
+            before = db.total_changes
+            db.executemany(
                 "INSERT INTO records (slot, agent, seq, operation_id, kind, document, received)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (slot, agent, record.seq, record.id, record.kind, document, self._now()),
+                rows,
             )
-            return cursor.rowcount > 0
+            return db.total_changes - before
 
     def records(self, op_id: str) -> list[StoredRecord]:
         """The records of operation ``op_id`` from the slot it was sent to, in the order received (seq order:
