@@ -33,12 +33,15 @@ SEQUENTIAL = 300
 BURST = 1000
 RECORDS = 20_000
 OPERATIONS = ("system.info", "test.echo")
+HUB_FOLDER: Path | None = None
 
 
 @contextlib.asynccontextmanager
 async def agent_and_hub(folder: Path, broker: str) -> AsyncIterator[RecordingHub]:
-    """A hub on loopback and an agent connected to it (link, runner, worker) on ``broker``."""
-    async with RecordingHub(folder / "hub.db") as hub:
+    """A hub on loopback and an agent connected to it (link, runner, worker) on ``broker``. The hub's
+    database is in HUB_FOLDER when set (a tmpfs: the hub's fsyncs, on the event loop it shares with the
+    agent here, are then free)."""
+    async with RecordingHub((HUB_FOLDER or folder) / "hub.db") as hub:
         token = hub.store.add_slot("bench")
         settings = dataclasses.replace(
             Settings(host="127.0.0.1", port=hub.port, protocol="ws", token=token, broker_url=broker),
