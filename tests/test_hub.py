@@ -481,6 +481,28 @@ def test_records_are_stored_as_they_arrive_once_each_and_acked(db: Path, capsys:
     with_hub(db, test)
 
 
+def test_records_sent_back_to_back_are_stored_before_the_result_that_follows_and_acked_cumulatively(
+    db: Path,
+) -> None:
+    token = add_slot(db)
+
+    async def test(hub: RecordingHub) -> None:
+        op_id = await hub.submit("s1", "networks.discover")
+        client, _ = await authenticated(hub.url, token)
+        await client.expect(Operation)
+        records = [Record(id=op_id, seq=seq, record={"kind": "host", "n": seq}) for seq in range(1, 1201)]
+        for record in records:  # more than one batch, without waiting for an ack
+            await client.send(record)
+        await client.send(Result.success(id=op_id, seq=1201, data={"hosts": 1200}))
+        acks = []
+        while not acks or acks[-1] < 1201:
+            acks.append((await client.expect(Ack)).seq)
+        assert acks == sorted(set(acks)), "acks only grow"
+        assert hub.records(op_id) == records and hub.operation(op_id).state == "done"
+
+    with_hub(db, test)
+
+
 def test_a_version_1_link_is_selected_for_a_v1_agent_and_carries_no_records(db: Path) -> None:
     token = add_slot(db)
 

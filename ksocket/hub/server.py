@@ -38,12 +38,14 @@ on a local file, and the loop is this hub's only thread.
 What a connection holds
 -----------------------
 Nothing of what an agent sent outlives its handling: results go to the database, and the hub
-keeps no history. The socket is read on only once the frame read ahead has been taken
-(``max_queue=0``) and frames are never compressed (one compressed read of 256 KiB could inflate
-to hundreds of MiB), so a connection holds the frame being handled, one more, and the rest of
-one socket read: at most about two frames of ``MAX_FRAME`` bytes, however many its agent
-sends. (websockets' parser keeps the last frame read until the next one arrives: an idle
-agent's next heartbeat.) What the hub sends waits behind websockets' 32 KiB write limit.
+keeps no history; records wait for their batch, at most ``RECORD_BATCH`` of them and
+``RECORD_BATCH_BYTES`` of their frames, then go to the database too. The socket is read on only
+once the frame read ahead has been taken (``max_queue=0``) and frames are never compressed (one
+compressed read of 256 KiB could inflate to hundreds of MiB), so a connection holds the frame
+being handled, one more, the rest of one socket read and the records of one batch: at most about
+three frames of ``MAX_FRAME`` bytes and ``RECORD_BATCH_BYTES``, however many its agent sends.
+(websockets' parser keeps the last frame read until the next one arrives: an idle agent's next
+heartbeat.) What the hub sends waits behind websockets' 32 KiB write limit.
 
 Watching a hub
 --------------
@@ -118,6 +120,8 @@ HEARTBEAT_SAVE_INTERVAL = 1.0
 
 RECORD_BATCH = 500
 """Records stored in one transaction (one fsync) at most."""
+RECORD_BATCH_BYTES = 4 * 1024 * 1024
+"""Frame bytes of the records a connection holds for its batch, at most (then they are stored)."""
 RECORD_LINGER = 0.002
 """Seconds the hub waits for another record before it stores (and acks) those it holds."""
 
@@ -136,6 +140,8 @@ class _Link:
     heartbeat_saved: float = float("-inf")
     records: list[Record] = field(default_factory=list)
     """Records received and not yet stored (nor acked)."""
+    record_bytes: int = 0
+    """The size of their frames."""
 
 
 class HubObserver:
@@ -179,6 +185,10 @@ class _WebsocketsLog(logging.Filter):
 
 _websockets_logger = logging.getLogger("ksocket.hub.websockets")
 _websockets_logger.addFilter(_WebsocketsLog())
+
+
+def _batch_full(link: _Link) -> bool:
+    return len(link.records) >= RECORD_BATCH or link.record_bytes >= RECORD_BATCH_BYTES
 
 
 def _peer(ws: ServerConnection) -> str:
@@ -490,8 +500,9 @@ class Hub:
     async def _on_frame(self, link: _Link, frame: str | bytes) -> None:
         try:
             message = _decode(frame)
-            if not isinstance(message, Record) or len(link.records) >= RECORD_BATCH:
+            if not isinstance(message, Record) or _batch_full(link):
                 await self._flush_records(link)
+            link.record_bytes += len(frame) if isinstance(message, Record) else 0
             answer = self._act(link, message)
         except ProtocolError as exc:
             self._observer.on_bad_frame(link.slot, frame, exc)
@@ -567,6 +578,7 @@ class Hub:
     def _store_records(self, link: _Link) -> int | None:
         """Stores the records the link holds, in one transaction; returns the highest seq, None if none."""
         records, link.records = link.records, []
+        link.record_bytes = 0
         if not records:
             return None
         new = self.store.add_records(link.slot, link.agent, records)
