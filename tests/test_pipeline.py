@@ -400,6 +400,54 @@ def test_records_of_an_operation_without_its_hold_are_dropped(url: str) -> None:
         pipeline.close()
 
 
+class RecordingJournal:
+    """Stands in for the journal: keeps each batch of records the context writes."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[str, str]]] = []
+
+    def record(self, operation_id: str, records: list[tuple[str, str]]) -> int:
+        self.batches.append(list(records))
+        return len(records)
+
+    def is_cancelled(self, operation_id: str) -> bool:
+        return False
+
+
+def test_the_context_writes_records_in_batches_by_count_and_by_age_and_each_key_once() -> None:
+    from tasks.context import OperationContext
+
+    now = [0.0]
+    journal = RecordingJournal()
+    context = OperationContext(
+        journal,  # type: ignore[arg-type]
+        "op",
+        NullContext().environment,
+        record_interval=0.05,
+        record_batch=3,
+        clock=lambda: now[0],
+    )
+    for n in range(4):
+        context.record({"kind": "host", "n": n}, key=f"host:{n}")
+    context.record({"kind": "host", "n": 0}, key="host:0")  # given again: not written again
+    assert [len(batch) for batch in journal.batches] == [3]  # full at 3; the 4th waits
+    now[0] = 0.04
+    context.check_cancelled()
+    assert len(journal.batches) == 1  # 40 ms old: not yet due
+    now[0] = 0.05
+    context.check_cancelled()
+    assert [len(batch) for batch in journal.batches] == [3, 1]
+    context.record({"kind": "network"})
+    context.flush()  # what the Lifecycle middleware does before the result
+    context.flush()  # nothing left: no empty write
+    assert [[key for key, _ in batch] for batch in journal.batches] == [
+        ["host:0", "host:1", "host:2"],
+        ["host:3"],
+        [""],
+    ]
+    assert json.loads(journal.batches[2][0][1]) == {"id": "op", "record": {"kind": "network"}}
+
+
 def test_a_context_outside_the_pipeline_keeps_records_once_per_key_and_refuses_bad_ones() -> None:
     context = NullContext()
     context.record({"kind": "host", "address": "198.18.0.5"}, key="host:198.18.0.5")
