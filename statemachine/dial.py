@@ -1,4 +1,4 @@
-"""Opening the link, step by step: proxy, DNS, TCP, TLS, WebSocket with the ``ksocket.v1`` subprotocol.
+"""Opening the link, step by step: proxy, DNS, TCP, TLS, WebSocket with a ``ksocket.v2`` or ``ksocket.v1`` subprotocol.
 
 The agent's ``connecting`` state runs :func:`open_websocket`, which does all of them; ``ksocket
 diagnostics connect`` runs the steps one at a time to say which of them fails. Library errors
@@ -286,7 +286,8 @@ async def _through(endpoint: Endpoint, proxy: Proxy, store: TrustStore | None) -
 
 
 async def open_websocket(endpoint: Endpoint, timeout: float) -> ClientConnection:
-    """Proxy, DNS, TCP, TLS and the WebSocket handshake in one, refusing a hub that does not speak ksocket.v1."""
+    """Proxy, DNS, TCP, TLS and the WebSocket handshake in one, offering ksocket.v2 then ksocket.v1 and
+    refusing a hub that selects neither."""
     if not endpoint.secure and not is_loopback(endpoint.host):
         log.warning(
             "connect.protocol is ws: the token goes to %s:%d in clear (use wss for a hub on another host)",
@@ -304,7 +305,7 @@ async def open_websocket(endpoint: Endpoint, timeout: float) -> ClientConnection
             websocket = await connect(
                 endpoint.url,
                 ssl=trust_store().context if endpoint.secure else None,
-                subprotocols=[Subprotocol(protocol.SUBPROTOCOL)],
+                subprotocols=[Subprotocol(name) for name in protocol.SUBPROTOCOLS],
                 max_size=protocol.MAX_FRAME,
                 ping_interval=None,  # the protocol's own heartbeat is the one liveness check
                 close_timeout=2,
@@ -312,7 +313,8 @@ async def open_websocket(endpoint: Endpoint, timeout: float) -> ClientConnection
                 compression=None,
                 **proxy_options,
             )
-    if websocket.subprotocol != protocol.SUBPROTOCOL:
-        await websocket.close(protocol.CLOSE_PROTOCOL_ERROR, "subprotocol ksocket.v1 required")
-        raise LinkError(f"hub at {endpoint.host}:{endpoint.port} did not select subprotocol {protocol.SUBPROTOCOL}")
+    if protocol.version_of(websocket.subprotocol) is None:
+        offered = " or ".join(protocol.SUBPROTOCOLS)
+        await websocket.close(protocol.CLOSE_PROTOCOL_ERROR, f"subprotocol {offered} required")
+        raise LinkError(f"hub at {endpoint.host}:{endpoint.port} did not select subprotocol {offered}")
     return websocket

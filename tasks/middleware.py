@@ -13,6 +13,9 @@ Dramatiq calls ``before_*`` hooks in list order and ``after_*`` hooks in reverse
   classified error is the result;
 * an exception and the message did not fail: Retries re-enqueued it; the operation stays held.
 
+Whichever it is, the records the body gave and its context has not written yet are written first,
+so that every record has a lower seq than its operation's result.
+
 ``before_process_message`` asks the journal whether to run the message at all: not if the operation
 already has a result (a message redelivered after its worker died between the result and the ack)
 or is no longer held, nor if it was cancelled while it waited; those messages are skipped (acked).
@@ -160,6 +163,8 @@ class Lifecycle(Middleware):
         if op_id is None:
             return
         attempt = self._forget_attempt(op_id)
+        if context is not None:
+            context.flush()
         if exception is None:
             outcome = self._success(op_id, message.actor_name, context)
         elif getattr(message, "failed", False):

@@ -5,13 +5,15 @@ unknown names and invalid params refused, params narrowed to the operator's fenc
 it (:mod:`ksocket.fence`), the ``connect.maxOperations`` quota) and enqueues it;
 a Dramatiq worker in this process (``connect.maxRunningOperations`` threads) and any worker
 started with ``ksocket worker`` against the same Redis run it; its result lands in the journal.
-``next_event`` hands out progress and new results as they appear in the journal, whichever
-process produced them; ``unacked`` and ``acknowledge`` read and trim the journal.
+``next_event`` hands out progress, new records and new results as they appear in the journal,
+whichever process produced them, records and results in seq order; ``unacked`` and ``acknowledge``
+read and trim the journal.
 
 Blocking Redis calls run in threads (``asyncio.to_thread``). A background task follows the
 journal's event stream (and, as a safety net, the journal itself) and fills a small buffer that
 ``next_event`` drains: progress reports of one operation coalesce to the latest, and no more than
-:data:`BUFFERED_RESULTS` results wait there; the rest stay in Redis until there is room.
+:data:`BUFFERED` results and records wait there; the rest stay in Redis until there is room (and
+are read without waiting for another event once there is).
 
 After a restart on the same broker, every operation still held finishes: its message is still
 queued, or Dramatiq requeues it once the dead worker's heartbeat is ``heartbeat_timeout`` old, or
@@ -46,7 +48,7 @@ from ksocket.collectors.discovery import routes
 from ksocket.config import Settings
 from ksocket.fence import Fence
 from ksocket.identity import Identity
-from ksocket.protocol import Accepted, Admission, ErrorCode, Operation, Progress, Refused, Result
+from ksocket.protocol import Accepted, Admission, ErrorCode, Operation, Progress, Record, Refused, Result, Sequenced
 from ksocket.redact import described
 from tasks.broker import NAMESPACE, warn_unless_append_only
 from tasks.errors import BrokerError, InvalidParams, OperationFailed
@@ -56,35 +58,39 @@ from tasks.pipeline import Pipeline, Timings
 
 log = logging.getLogger("ksocket.tasks")
 
-BUFFERED_RESULTS: Final = 64
+BUFFERED: Final = 1000
+"""Results and records read from the journal and not yet handed to the link, at most."""
 FINISHED_REMEMBERED: Final = 10_000
 """Ids of the latest results handed out, whose late progress reports are dropped."""
 T = TypeVar("T")
 
 
 class _Events:
-    """The runner's outbox: results in seq order, progress coalesced per operation.
+    """The runner's outbox: results and records in seq order, progress coalesced per operation.
 
     A progress report read after its operation's result (the stream is read in batches, and a
     worker's last report may land after its result) is dropped: the hub must not see it after the result.
     """
 
     def __init__(self) -> None:
-        self._order: deque[Result | str] = deque()
+        self._order: deque[Sequenced | str] = deque()
         self._progress: dict[str, Progress] = {}
-        self._results = 0
+        self._sequenced = 0
         self._finished: dict[str, None] = {}  # an ordered set, oldest first
         self._ready = asyncio.Event()
 
     @property
     def room(self) -> int:
-        return max(0, BUFFERED_RESULTS - self._results)
+        return max(0, BUFFERED - self._sequenced)
 
-    def put(self, event: Progress | Result) -> None:
-        if isinstance(event, Result):
+    def put(self, event: Progress | Sequenced) -> None:
+        if isinstance(event, Record):
+            self._order.append(event)
+            self._sequenced += 1
+        elif isinstance(event, Result):
             self._progress.pop(event.id, None)
             self._order.append(event)
-            self._results += 1
+            self._sequenced += 1
             self._finished[event.id] = None
             if len(self._finished) > FINISHED_REMEMBERED:
                 del self._finished[next(iter(self._finished))]
@@ -96,12 +102,12 @@ class _Events:
             self._progress[event.id] = event
         self._ready.set()
 
-    async def get(self) -> Progress | Result:
+    async def get(self) -> Progress | Sequenced:
         while True:
             while self._order:
                 item = self._order.popleft()
-                if isinstance(item, Result):
-                    self._results -= 1
+                if not isinstance(item, str):
+                    self._sequenced -= 1
                     return item
                 progress = self._progress.pop(item, None)
                 if progress is not None:
@@ -291,10 +297,10 @@ class PipelineRunner:
         state = await self._redis(self.pipeline.journal.cancel, operation_id)
         log.info("cancel %s: %s", operation_id, state)
 
-    async def unacked(self) -> list[Result]:
-        return await self._redis(self.pipeline.journal.results)
+    async def unacked(self) -> list[Sequenced]:
+        return await self._redis(self.pipeline.journal.outbox)
 
-    async def next_event(self) -> Progress | Result:
+    async def next_event(self) -> Progress | Sequenced:
         return await self._events.get()
 
     async def acknowledge(self, seq: int) -> None:
@@ -312,25 +318,31 @@ class PipelineRunner:
     # --- following the journal ----------------------------------------------------------------
 
     async def _follow(self, last_event: str) -> None:
-        """Moves progress and new results from Redis into the outbox, until cancelled."""
+        """Moves progress, new records and new results from Redis into the outbox, until cancelled."""
         pipeline = self.pipeline
         journal = pipeline.journal
         wait = self.timings.event_wait
         next_recovery = time.monotonic() + self.timings.recover_interval
+        more = False  # the last read of the journal filled the outbox: more may wait there
         while True:
             try:
-                events = await asyncio.to_thread(journal.read_events, last_event, wait)
+                events = await asyncio.to_thread(journal.read_events, last_event, 0.0 if more else wait)
                 for event_id, fields in events:
                     last_event = event_id
                     if fields.get("kind") == "progress":
                         self._events.put(
                             Progress(id=fields["id"], done=int(fields["done"]), total=int(fields["total"]))
                         )
-                # Results come from the journal itself, so a trimmed stream or a missed event loses none.
-                if self._events.room:
-                    for result in await asyncio.to_thread(journal.results, self._last_seq, self._events.room):
-                        self._last_seq = result.seq
-                        self._events.put(result)
+                # Results and records come from the journal itself, so a trimmed stream or a missed event
+                # loses none.
+                room = self._events.room
+                more = False
+                if room:
+                    found = await asyncio.to_thread(journal.outbox, self._last_seq, room)
+                    more = len(found) == room
+                    for item in found:
+                        self._last_seq = item.seq
+                        self._events.put(item)
                 if time.monotonic() >= next_recovery:
                     next_recovery = time.monotonic() + self.timings.recover_interval
                     await asyncio.to_thread(pipeline.recover)

@@ -30,6 +30,7 @@ from websockets.typing import Subprotocol
 from ksocket.hub.server import Hub, HubObserver, _Link
 from ksocket.hub.store import Store
 from ksocket.protocol import (
+    PROTOCOL_VERSION,
     SUBPROTOCOL,
     Ack,
     Authenticate,
@@ -43,6 +44,7 @@ from ksocket.protocol import (
     Result,
     parse,
     serialize,
+    version_of,
 )
 from tests.timing import scaled
 
@@ -267,10 +269,12 @@ class RawClient:
         raise AssertionError(f"expected no message, got {message!r}")
 
     async def authenticate(
-        self, token: str, *, agent: str = "agent-1", session: str | None = None, protocol: int = 1
+        self, token: str, *, agent: str = "agent-1", session: str | None = None, protocol: int | None = None
     ) -> Authenticated | Rejected:
+        """Authenticates with ``protocol``, by default the version of the subprotocol the hub selected."""
+        version = protocol if protocol is not None else version_of(self.ws.subprotocol) or PROTOCOL_VERSION
         await self.send(
-            Authenticate(protocol=protocol, token=token, name="ksocket", version="2.1.1", agent=agent, session=session)
+            Authenticate(protocol=version, token=token, name="ksocket", version="2.1.1", agent=agent, session=session)
         )
         reply = await self.recv()
         assert isinstance(reply, Authenticated | Rejected), reply

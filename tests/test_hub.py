@@ -47,6 +47,7 @@ from ksocket.protocol import (
     Operation,
     Progress,
     ProtocolError,
+    Record,
     Refused,
     Rejected,
     Result,
@@ -133,7 +134,7 @@ def test_authenticate_records_the_agent_and_its_disconnection(db: Path) -> None:
 
     async def test(hub: RecordingHub) -> None:
         client = await RawClient.open(hub.url)
-        assert client.ws.subprotocol == "ksocket.v1"
+        assert client.ws.subprotocol == "ksocket.v2"
         reply = await client.authenticate(token, agent="a-1")
         assert isinstance(reply, Authenticated) and not reply.resumed and reply.session
         assert await hub.wait_connected("s1") == reply.session
@@ -184,10 +185,12 @@ def test_another_protocol_version_is_rejected_with_4400(db: Path) -> None:
     token = add_slot(db)
 
     async def test(hub: RecordingHub) -> None:
-        client = await RawClient.open(hub.url)
-        reply = await client.authenticate(token, protocol=2)
-        assert isinstance(reply, Rejected) and reply.reason == "unsupported-protocol"
-        assert await client.closed() == CLOSE_PROTOCOL_ERROR
+        # a version the hub does not know, and one other than the subprotocol's (v1 on a ksocket.v2 link)
+        for subprotocol, version in (("ksocket.v2", 3), ("ksocket.v2", 1), ("ksocket.v1", 2)):
+            client = await RawClient.open(hub.url, subprotocols=[subprotocol])
+            reply = await client.authenticate(token, protocol=version)
+            assert isinstance(reply, Rejected) and reply.reason == "unsupported-protocol", (subprotocol, version)
+            assert await client.closed() == CLOSE_PROTOCOL_ERROR
 
     with_hub(db, test)
 
@@ -271,7 +274,7 @@ def test_a_client_without_the_subprotocol_is_refused(db: Path) -> None:
             with pytest.raises(InvalidStatus) as caught:
                 await RawClient.open(hub.url, subprotocols=offered)
             assert caught.value.response.status_code == 400
-            assert b"ksocket.v1" in caught.value.response.body
+            assert b"ksocket.v2 or ksocket.v1" in caught.value.response.body
 
     with_hub(db, test)
 
@@ -432,6 +435,87 @@ def test_results_are_stored_once_and_acked(db: Path) -> None:
         await client.send(Result.success(id=last, seq=2, data={}))
         await client.nothing()
         assert len(hub.results("s1")) == 3
+
+    with_hub(db, test)
+
+
+def test_records_are_stored_as_they_arrive_once_each_and_acked(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    token = add_slot(db)
+
+    async def test(hub: RecordingHub) -> None:
+        op_id = await hub.submit("s1", "networks.discover")
+        client, _ = await authenticated(hub.url, token, agent="a-1")
+        assert client.ws.subprotocol == "ksocket.v2"
+        await client.expect(Operation)
+        hosts = [Record(id=op_id, seq=seq, record={"kind": "host", "address": f"198.18.0.{seq}"}) for seq in (1, 2)]
+        network = Record(id=op_id, seq=3, record={"kind": "network", "network": "198.18.0.0/24", "note": "ü"})
+        for record in [*hosts, network]:
+            await client.send(record)
+            assert await client.expect(Ack) == Ack(seq=record.seq)
+        assert hub.records(op_id) == [*hosts, network]  # stored before the result, as they arrive
+        assert hub.operation(op_id).state == "sent"
+
+        await client.send(hosts[1])  # re-sent after a resume: acked again, stored once
+        assert await client.expect(Ack) == Ack(seq=2)
+        await client.send(Result.success(id=op_id, seq=4, data={"hosts": 2}))
+        assert await client.expect(Ack) == Ack(seq=4)
+        assert hub.records(op_id) == [*hosts, network]
+        assert hub.operation(op_id).state == "done"
+
+        assert cli.main(["hub", "records", op_id, "--json", "--db", str(db)]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert [json.loads(line) for line in lines] == [{"seq": r.seq, "record": r.record} for r in [*hosts, network]]
+        assert cli.main(["hub", "records", op_id, "--db", str(db)]) == 0
+        table = capsys.readouterr().out
+        assert table.splitlines()[0].split() == ["SEQ", "KIND", "RECEIVED", "RECORD"]
+        assert [line.split()[:2] for line in table.splitlines()[1:]] == [["1", "host"], ["2", "host"], ["3", "network"]]
+        assert "198.18.0.0/24" in table
+        assert cli.main(["hub", "records", "no-such-id", "--db", str(db)]) != 0
+        assert "no operation with id 'no-such-id'" in capsys.readouterr().err
+
+    with_hub(db, test)
+
+
+def test_records_sent_back_to_back_are_stored_before_the_result_that_follows_and_acked_cumulatively(
+    db: Path,
+) -> None:
+    token = add_slot(db)
+
+    async def test(hub: RecordingHub) -> None:
+        op_id = await hub.submit("s1", "networks.discover")
+        client, _ = await authenticated(hub.url, token)
+        await client.expect(Operation)
+        records = [Record(id=op_id, seq=seq, record={"kind": "host", "n": seq}) for seq in range(1, 1201)]
+        for record in records:  # more than one batch, without waiting for an ack
+            await client.send(record)
+        await client.send(Result.success(id=op_id, seq=1201, data={"hosts": 1200}))
+        acks = []
+        while not acks or acks[-1] < 1201:
+            acks.append((await client.expect(Ack)).seq)
+        assert acks == sorted(set(acks)), "acks only grow"
+        assert hub.records(op_id) == records and hub.operation(op_id).state == "done"
+
+    with_hub(db, test)
+
+
+def test_a_version_1_link_is_selected_for_a_v1_agent_and_carries_no_records(db: Path) -> None:
+    token = add_slot(db)
+
+    async def test(hub: RecordingHub) -> None:
+        op_id = await hub.submit("s1", "system.info")
+        client = await RawClient.open(hub.url, subprotocols=["ksocket.v1"])
+        assert client.ws.subprotocol == "ksocket.v1"
+        assert isinstance(await client.authenticate(token, protocol=1), Authenticated)
+        await client.expect(Operation)
+        await client.send(Record(id=op_id, seq=1, record={"kind": "host"}))
+        error = await client.expect(ErrorMessage)
+        assert error.code == "bad-message" and "protocol version 2" in error.message
+        assert hub.records(op_id) == []
+        await client.send(Result.success(id=op_id, seq=1, data={}))  # seq 1 was not received: a result takes it
+        assert await client.expect(Ack) == Ack(seq=1)
+
+        both = await RawClient.open(hub.url, subprotocols=["ksocket.v1", "ksocket.v2"])
+        assert both.ws.subprotocol == "ksocket.v2"  # the newest offered, whatever the order
 
     with_hub(db, test)
 

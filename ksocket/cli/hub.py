@@ -10,6 +10,7 @@
     ksocket hub cancel ID
     ksocket hub agents                  slot, state, agent id, version, last heartbeat, session
     ksocket hub operations [SLOT]       id, slot, name, state, created, detail
+    ksocket hub records ID [--json]     seq, kind, received, document of each record (JSON Lines with --json)
 
 ``serve`` listens on another host's reach (any address but localhost, 127.0.0.0/8 and ::1) only
 with TLS, or when ``--allow-plaintext`` says that tokens may cross the network in clear.
@@ -267,6 +268,23 @@ def cmd_operations(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_records(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        if store.operation(args.id) is None:
+            raise HubCommandError(f"no operation with id {args.id!r}")
+        records = store.records(args.id)
+    if args.json:  # one line per record: a discovery may have thousands
+        for record in records:
+            print(json.dumps({"seq": record.seq, "record": record.document}, ensure_ascii=False))
+        return 0
+    rows = [
+        (str(record.seq), record.kind, _when(record.received), json.dumps(record.document, ensure_ascii=False))
+        for record in records
+    ]
+    render.table(("SEQ", "KIND", "RECEIVED", "RECORD"), rows)
+    return 0
+
+
 # --------------------------------------------------------------------------- the parser
 
 
@@ -351,3 +369,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     sub = add_command(commands, "operations", cmd_operations, "list operations and their states", parents)
     sub.add_argument("slot", nargs="?")
+
+    sub = add_command(commands, "records", cmd_records, "print the records an operation has sent so far", parents)
+    sub.add_argument("id")
+    sub.add_argument("--json", action="store_true", help="one JSON object per line: seq and record")

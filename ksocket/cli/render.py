@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from ksocket import sanitise
+from ksocket.collectors.base import Document, RecordList
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -79,6 +80,10 @@ class ProgressBar:
         self.enabled = stream.isatty()
         self.clock = clock
         self.drawn: tuple[Progress, TaskID] | None = None
+        self.records = RecordList()
+
+    def record(self, document: Document, *, key: str | None = None) -> None:
+        self.records.add(document, key)
 
     def progress(self, done: int, total: int) -> None:
         if not self.enabled:

@@ -9,12 +9,12 @@ One connection, from handshake to close
 ---------------------------------------
 1. While ``max_startups`` (``Startups``) says the hub has too many unauthenticated connections,
    a newcomer's handshake is refused with HTTP 503. The handshake must take less than
-   ``auth_timeout`` seconds and select the subprotocol ``ksocket.v1``; a client that does not
-   offer it gets HTTP 400.
+   ``auth_timeout`` seconds and select the subprotocol ``ksocket.v2`` when offered, else ``ksocket.v1``;
+   a client that offers neither gets HTTP 400.
 2. The first frame must be ``authenticate``, at most ``AUTH_FRAME_LIMIT`` bytes (a larger one
    closes the connection with 1009), within ``auth_timeout`` seconds, else close 4400
    (a bad or other first frame gets an ``error`` frame first). Then, in this order:
-   protocol version ≠ 1 → ``rejected`` unsupported-protocol + close 4400; unknown or revoked
+   protocol version ≠ the selected subprotocol's → ``rejected`` unsupported-protocol + close 4400; unknown or revoked
    token → ``rejected`` invalid-token + close 4401; slot held by a connected agent →
    ``rejected`` slot-in-use + close 4409, unless the newcomer presents the holder's session and
    agent id: then the holder is closed (4409) and the newcomer takes its place, ``resumed``.
@@ -26,6 +26,10 @@ One connection, from handshake to close
 4. Frames: ``heartbeat`` → ``heartbeat-ack``; ``result`` → stored, ``ack`` with its seq (a
    repeated (agent, seq), or a second result of one operation, is acked again and not stored;
    past the slot's ``slot_quota`` bytes, a ``storage-full`` failure is stored in its place);
+   ``record`` (version 2 only) → stored likewise, by the same (agent, seq)
+   count, in batches: records that come one right after another (within ``RECORD_LINGER``, up to
+   ``RECORD_BATCH``) are stored in one transaction, then one ``ack`` for the highest seq answers them
+   all (before any other frame is handled, so a result is stored after its records);
    ``accepted`` / ``refused`` / ``progress`` → the operation's row. A result or record for an
    operation never sent to the slot → ``error`` with code ``unknown-operation``, nothing
    stored (a result is acked all the same, so that its agent lets go of it). A bad frame →
@@ -50,12 +54,14 @@ bytes, for at most ``auth_timeout`` seconds twice (handshake, then first frame),
 at most ``max_startups.full`` such connections. The loop's "out of system resource" (no
 descriptor left for ``accept``) is logged at ERROR by this module, not by asyncio's logger.
 Nothing of what an agent sent outlives its handling: results go to the database, and the hub
-keeps no history. The socket is read on only once the frame read ahead has been taken
-(``max_queue=0``) and frames are never compressed (one compressed read of 256 KiB could inflate
-to hundreds of MiB), so a connection holds the frame being handled, one more, and the rest of
-one socket read: at most about two frames of ``MAX_FRAME`` bytes, however many its agent
-sends. (websockets' parser keeps the last frame read until the next one arrives: an idle
-agent's next heartbeat.) What the hub sends waits behind websockets' 32 KiB write limit.
+keeps no history; records wait for their batch, at most ``RECORD_BATCH`` of them and
+``RECORD_BATCH_BYTES`` of their frames, then go to the database too. The socket is read on only
+once the frame read ahead has been taken (``max_queue=0``) and frames are never compressed (one
+compressed read of 256 KiB could inflate to hundreds of MiB), so a connection holds the frame
+being handled, one more, the rest of one socket read and the records of one batch: at most about
+three frames of ``MAX_FRAME`` bytes and ``RECORD_BATCH_BYTES``, however many its agent sends.
+(websockets' parser keeps the last frame read until the next one arrives: an idle agent's next
+heartbeat.) What the hub sends waits behind websockets' 32 KiB write limit.
 
 Watching a hub
 --------------
@@ -76,7 +82,7 @@ import os
 import resource
 import ssl
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
@@ -87,7 +93,7 @@ from websockets.typing import Subprotocol
 
 from ksocket.hub.errors import HubError, UnknownOperation
 from ksocket.hub.startups import DEFAULT_MAX_STARTUPS, StartupLimit, Startups
-from ksocket.hub.store import OperationRecord, Store
+from ksocket.hub.store import MAX_SEQ, OperationRecord, Store
 from ksocket.hub.storethread import StoreThread
 from ksocket.hub.tokens import new_session
 from ksocket.protocol import (
@@ -97,8 +103,7 @@ from ksocket.protocol import (
     CLOSE_SLOT_IN_USE,
     FROM_AGENT,
     MAX_FRAME,
-    PROTOCOL_VERSION,
-    SUBPROTOCOL,
+    SUBPROTOCOLS,
     Accepted,
     Ack,
     Authenticate,
@@ -113,6 +118,7 @@ from ksocket.protocol import (
     Message,
     Progress,
     ProtocolError,
+    Record,
     Refused,
     Rejected,
     RejectReason,
@@ -120,6 +126,7 @@ from ksocket.protocol import (
     error_reply,
     parse,
     serialize,
+    version_of,
 )
 
 __all__ = ["ENDPOINT_PATH", "Hub", "HubObserver"]
@@ -147,6 +154,13 @@ AUTH_FRAME_LIMIT = 4096
 
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
+RECORD_BATCH = 500
+"""Records stored in one transaction (one fsync) at most."""
+RECORD_BATCH_BYTES = 4 * 1024 * 1024
+"""Frame bytes of the records a connection holds for its batch, at most (then they are stored)."""
+RECORD_LINGER = 0.002
+"""Seconds the hub waits for another record before it stores (and acks) those it holds."""
+
 
 @dataclass(eq=False)
 class _Link:
@@ -157,10 +171,15 @@ class _Link:
     session: str
     ws: ServerConnection
     peer: str
+    version: int
     released: bool = False
     ready: bool = False
     """``authenticated`` and its backlog are sent: it is connected, and the poller may send it new operations."""
     heartbeat_saved: float = float("-inf")
+    records: list[Record] = field(default_factory=list)
+    """Records received and not yet stored (nor acked)."""
+    record_bytes: int = 0
+    """The size of their frames."""
 
 
 class HubObserver:
@@ -205,6 +224,10 @@ class _WebsocketsLog(logging.Filter):
 
 _websockets_logger = logging.getLogger("ksocket.hub.websockets")
 _websockets_logger.addFilter(_WebsocketsLog())
+
+
+def _batch_full(link: _Link) -> bool:
+    return len(link.records) >= RECORD_BATCH or link.record_bytes >= RECORD_BATCH_BYTES
 
 
 def _peer(ws: ServerConnection) -> str:
@@ -298,7 +321,7 @@ class Hub:
                 self.host,
                 self.port,
                 ssl=self.ssl_context,
-                subprotocols=[Subprotocol(SUBPROTOCOL)],
+                subprotocols=[Subprotocol(name) for name in SUBPROTOCOLS],
                 select_subprotocol=self._select_subprotocol,
                 process_request=self._process_request,
                 open_timeout=self.auth_timeout,
@@ -407,21 +430,23 @@ class Hub:
             self._startups.end()
 
     def _select_subprotocol(self, ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol:
-        """``ksocket.v1``, or HTTP 400 for a client that does not offer it."""
-        if SUBPROTOCOL in offered:
-            return Subprotocol(SUBPROTOCOL)
+        """The newest ksocket subprotocol offered, or HTTP 400 for a client that offers none."""
+        for name in SUBPROTOCOLS:
+            if name in offered:
+                return Subprotocol(name)
+        known = " or ".join(SUBPROTOCOLS)
         logger.info(
             "connection from %s refused: it does not offer subprotocol %s (offered: %s)",
             _peer(ws),
-            SUBPROTOCOL,
+            known,
             ", ".join(offered) or "none",
         )
-        raise NegotiationError(f"the hub speaks subprotocol {SUBPROTOCOL} only")
+        raise NegotiationError(f"the hub speaks subprotocol {known} only")
 
     async def _handle(self, ws: ServerConnection) -> None:
         peer = _peer(ws)
-        if ws.subprotocol != SUBPROTOCOL:  # websockets refuses such handshakes already; be sure anyway
-            await ws.close(CLOSE_PROTOCOL_ERROR, f"subprotocol {SUBPROTOCOL} required")
+        if version_of(ws.subprotocol) is None:  # websockets refuses such handshakes already; be sure anyway
+            await ws.close(CLOSE_PROTOCOL_ERROR, f"subprotocol {' or '.join(SUBPROTOCOLS)} required")
             return
         auth = await self._first_frame(ws, peer)
         if auth is None:
@@ -446,6 +471,8 @@ class Hub:
         except ConnectionClosed as exc:
             self._closed(link, exc)
         finally:
+            if self._db is not None and link.records:  # kept; the agent sends them again, as they are unacked
+                self.db.post(Store.add_records, link.slot, link.agent, link.records, quota=self.slot_quota)
             self._release(link)
             close = ws.protocol.close_rcvd
             self._observer.on_disconnect(link.slot, close.code if close is not None else None)
@@ -493,8 +520,9 @@ class Hub:
         poller leaves the link alone until its backlog is sent (``ready``), so it never sends an
         operation that is also in the backlog.
         """
-        if auth.protocol != PROTOCOL_VERSION:
-            text = f"this hub speaks protocol version {PROTOCOL_VERSION}, not {auth.protocol}"
+        version = version_of(ws.subprotocol)
+        if auth.protocol != version:
+            text = f"this link speaks protocol version {version} (subprotocol {ws.subprotocol}), not {auth.protocol}"
             await self._reject(ws, peer, ErrorCode.UNSUPPORTED_PROTOCOL, text, CLOSE_PROTOCOL_ERROR)
             return None
         db = self.db
@@ -518,7 +546,7 @@ class Hub:
             resumable = None if last is None else (last.session, last.agent)
             resumed = auth.session is not None and resumable == (auth.session, auth.agent)
             session = auth.session if resumed and auth.session is not None else new_session()
-        link = _Link(slot=slot, agent=auth.agent, session=session, ws=ws, peer=peer)
+        link = _Link(slot=slot, agent=auth.agent, session=session, ws=ws, peer=peer, version=auth.protocol)
         self._links[slot] = link
         db.post(Store.agent_connected, slot, agent=auth.agent, version=auth.version, name=auth.name, session=session)
         backlog = await db.call(Store.claim_backlog, slot)
@@ -547,8 +575,12 @@ class Hub:
                 await link.ws.close(CLOSE_HEARTBEAT_LOST, "heartbeat lost")
                 return
             try:
-                frame = await asyncio.wait_for(link.ws.recv(), remaining)
+                # holding records, wait for more only briefly (cancelling recv loses nothing)
+                frame = await asyncio.wait_for(
+                    link.ws.recv(), min(remaining, RECORD_LINGER) if link.records else remaining
+                )
             except TimeoutError:
+                await self._flush_records(link)
                 continue
             heard = loop.time()
             await self._on_frame(link, frame)
@@ -580,6 +612,9 @@ class Hub:
     async def _on_frame(self, link: _Link, frame: str | bytes) -> None:
         try:
             message = await asyncio.to_thread(_decode, frame) if len(frame) > PARSED_ON_LOOP else _decode(frame)
+            if not isinstance(message, Record) or _batch_full(link):
+                await self._flush_records(link)
+            link.record_bytes += len(frame) if isinstance(message, Record) else 0
             answer = await self._act(link, message)
         except ProtocolError as exc:
             self._observer.on_bad_frame(link.slot, frame, exc)
@@ -598,12 +633,16 @@ class Hub:
             return self._on_heartbeat(link, message)
         if isinstance(message, Result):
             return await self._on_result(link, message)
+        if isinstance(message, Record) and link.version >= 2:
+            return self._on_record(link, message)
         if isinstance(message, Accepted | Refused | Progress):
             return await self._on_operation_state(link, message)
         if isinstance(message, ErrorMessage):
             logger.warning("slot %s: agent %s reports %s: %s", link.slot, link.agent, message.code, message.message)
         elif isinstance(message, Authenticate):
             raise BadMessage(f"{BadMessage.code}: already authenticated; authenticate is only the first frame")
+        elif isinstance(message, Record):
+            raise BadMessage(f'{BadMessage.code}: "record" is a message of protocol version 2, not {link.version}')
         else:
             assert not isinstance(message, FROM_AGENT)
             raise BadMessage(f'{BadMessage.code}: "{message.TYPE}" is a message of the hub, not of an agent')
@@ -652,6 +691,39 @@ class Hub:
         else:
             logger.debug("slot %s: result seq %d already received; acking it again", link.slot, result.seq)
         return Ack(seq=result.seq)
+
+    def _on_record(self, link: _Link, record: Record) -> ErrorMessage | None:
+        """Holds the record for the next batch (see :meth:`_flush_records`)."""
+        if record.seq > MAX_SEQ:
+            return ErrorMessage(code=BadMessage.code, message=f"seq {record.seq} is larger than the hub can store")
+        link.records.append(record)
+        return None
+
+    async def _flush_records(self, link: _Link) -> None:
+        """Stores the records the link holds in one transaction (in the database's thread), then acks them
+        with one ack (acks are cumulative); records of an operation never sent to the slot are not stored,
+        each such operation answered ``unknown-operation``, and acked all the same, as such a result is."""
+        records, link.records = link.records, []
+        link.record_bytes = 0
+        if not records:
+            return
+        try:
+            new, unknown = await self.db.call(Store.add_records, link.slot, link.agent, records, quota=self.slot_quota)
+        except HubError as exc:
+            await self._send(link, ErrorMessage(code=BadMessage.code, message=str(exc)))
+            return
+        if new < len(records):
+            logger.debug(
+                "slot %s: %d records not stored (repeated, unknown or past the quota)", link.slot, len(records) - new
+            )
+        for op_id in sorted(unknown):
+            await self._send(
+                link,
+                self._unknown(
+                    link, records[0], UnknownOperation(f"operation {op_id!r} was never sent to slot {link.slot}")
+                ),
+            )
+        await self._send(link, Ack(seq=max(record.seq for record in records)))
 
     # ------------------------------------------------------------------ the poller
 
@@ -723,3 +795,7 @@ class Hub:
     def results(self, slot: str) -> list[Result]:
         """Every result stored for ``slot``, in the order received (each (agent, seq) once)."""
         return [record.to_message() for record in self.store.results(slot)]
+
+    def records(self, op_id: str) -> list[Record]:
+        """Every record stored for operation ``op_id`` from the slot it was sent to, in seq order."""
+        return [stored.to_message() for stored in self.store.records(op_id)]

@@ -9,6 +9,8 @@ Tables
 ``operations``  id (unique), slot, name, params (JSON), created, state, refusal reason and
                 message, progress, cancel requested / cancel sent.
 ``results``     (slot, agent id, seq) unique, operation id, ok, data or error (JSON), received.
+``records``     (slot, agent id, seq) unique, operation id, kind, document (JSON), received: what an
+                operation reported before its result (protocol version 2), stored as it arrives.
 
 Agents write only what answers operations issued to their slot: a result, ``accepted``,
 ``refused`` or ``progress`` for an operation that is not the slot's, or was never sent, raises
@@ -44,7 +46,7 @@ from typing import Any, Final
 from ksocket import paths
 from ksocket.hub import tokens
 from ksocket.hub.errors import HubError, UnknownOperation, UnknownSlot
-from ksocket.protocol import ErrorCode, ErrorInfo, JSONObject, Operation, Result
+from ksocket.protocol import ErrorCode, ErrorInfo, JSONObject, Operation, Record, Result
 
 PENDING: Final = "pending"
 SENT: Final = "sent"
@@ -63,6 +65,8 @@ STORAGE_FULL: Final = ErrorCode.STORAGE_FULL
 """The error code of a result stored in place of one that would pass its slot's quota."""
 BUSY_TIMEOUT: Final = 10.0
 _INT64_MAX: Final = 2**63 - 1
+MAX_SEQ: Final = _INT64_MAX
+"""The largest seq the hub can store."""
 _SLOT_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 _SCHEMA: Final = """
@@ -112,6 +116,17 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (slot, agent, seq)
 );
 CREATE INDEX IF NOT EXISTS results_by_operation ON results (operation_id);
+CREATE TABLE IF NOT EXISTS records (
+    slot TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    operation_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    document TEXT NOT NULL,
+    received REAL NOT NULL,
+    PRIMARY KEY (slot, agent, seq)
+);
+CREATE INDEX IF NOT EXISTS records_by_operation ON records (operation_id, seq);
 """
 
 
@@ -178,6 +193,26 @@ class ResultRecord:
 
     def to_message(self) -> Result:
         return Result(id=self.operation_id, seq=self.seq, ok=self.ok, data=self.data, error=self.error)
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    slot: str
+    agent: str
+    seq: int
+    operation_id: str
+    kind: str
+    document: JSONObject
+    received: float
+
+    def to_message(self) -> Record:
+        return Record(id=self.operation_id, seq=self.seq, record=self.document)
+
+
+def _stored_record(row: sqlite3.Row) -> StoredRecord:
+    values = dict(zip(row.keys(), row, strict=True))
+    values["document"] = json.loads(values["document"])
+    return StoredRecord(**values)
 
 
 def _slot(row: sqlite3.Row) -> Slot:
@@ -557,6 +592,46 @@ class Store:
             )
         return True
 
+    def add_records(
+        self, slot: str, agent: str, records: Sequence[Record], *, quota: int | None = None
+    ) -> tuple[int, set[str]]:
+        """Stores ``records`` from ``agent`` on ``slot`` in one transaction; returns how many were new (an
+        (agent, seq) already received is not stored again) and the ids of operations never sent to the slot,
+        whose records are not stored. Past ``quota`` bytes of the slot's results and records, a record is
+        dropped (and counted as not new): the operation's result will say ``storage-full``."""
+        if any(record.seq > _INT64_MAX for record in records):
+            raise HubError(f"a seq of {max(record.seq for record in records)} is larger than the hub can store")
+        now = self._now()
+        with self._write() as db:
+            unknown = {op_id for op_id in {r.id for r in records} if not _was_issued(db, slot=slot, op_id=op_id)}
+            stored = db.execute("SELECT result_bytes FROM slots WHERE name = ?", (slot,)).fetchone()[0]
+            rows = []
+            for r in records:
+                document = json.dumps(r.record, ensure_ascii=False)
+                if r.id in unknown or (quota is not None and stored + len(document) > quota):
+                    continue
+                stored += len(document)
+                rows.append((slot, agent, r.seq, r.id, r.kind, document, now))
+            before = db.total_changes
+            db.executemany(
+                "INSERT INTO records (slot, agent, seq, operation_id, kind, document, received)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                rows,
+            )
+            new = db.total_changes - before
+            db.execute("UPDATE slots SET result_bytes = ? WHERE name = ?", (stored, slot))
+            return new, unknown
+
+    def records(self, op_id: str) -> list[StoredRecord]:
+        """The records of operation ``op_id`` from the slot it was sent to, in the order received (seq order:
+        an agent sends them so, and a repeated one is not stored)."""
+        rows = self._rows(
+            "SELECT r.* FROM records r JOIN operations o ON r.operation_id = o.id AND r.slot = o.slot"
+            " WHERE o.id = ? ORDER BY r.received, r.rowid",
+            (op_id,),
+        )
+        return [_stored_record(row) for row in rows]
+
     def result_for(self, op_id: str) -> ResultRecord | None:
         """The first result received for operation ``op_id`` from the slot it was sent to."""
         rows = self._rows(
@@ -574,10 +649,15 @@ class Store:
         ]
 
 
-def _issued(db: sqlite3.Connection, *, slot: str, op_id: str) -> None:
-    """UnknownOperation unless operation ``op_id`` was sent to ``slot`` (it is the slot's and not pending)."""
+def _was_issued(db: sqlite3.Connection, *, slot: str, op_id: str) -> bool:
+    """Whether operation ``op_id`` was sent to ``slot`` (it is the slot's and not pending)."""
     row = db.execute("SELECT state FROM operations WHERE id = ? AND slot = ?", (op_id, slot)).fetchone()
-    if row is None or row["state"] == PENDING:
+    return row is not None and row["state"] != PENDING
+
+
+def _issued(db: sqlite3.Connection, *, slot: str, op_id: str) -> None:
+    """UnknownOperation unless operation ``op_id`` was sent to ``slot``."""
+    if not _was_issued(db, slot=slot, op_id=op_id):
         raise UnknownOperation(f"operation {op_id!r} was never sent to slot {slot}")
 
 
