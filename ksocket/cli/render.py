@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ksocket import sanitise
 
@@ -79,6 +79,9 @@ class ProgressBar:
         self.enabled = stream.isatty()
         self.clock = clock
         self.drawn: tuple[Progress, TaskID] | None = None
+        self.records: list[dict[str, Any]] = []
+        """What the collector recorded (``ksocket discover`` prints them), each key once."""
+        self._keys: set[str] = set()
 
     def progress(self, done: int, total: int) -> None:
         if not self.enabled:
@@ -105,6 +108,11 @@ class ProgressBar:
 
     def check_cancelled(self) -> None:
         return None
+
+    def record(self, document: dict[str, Any], *, key: str) -> None:
+        if key not in self._keys:
+            self._keys.add(key)
+            self.records.append(document)
 
     def close(self) -> None:
         if self.drawn is not None:

@@ -77,6 +77,10 @@ class Context(Protocol):
         """Raises Cancelled once the operation is cancelled; call it between units of work."""
         ...
 
+    def record(self, document: Document, *, key: str) -> None:
+        """Sends ``document`` to the hub as a record of the operation, once per ``key``."""
+        ...
+
 
 Collect = Callable[[Document, Context], Document]
 
@@ -108,6 +112,9 @@ class NullContext:
 
     def __init__(self, environment: Environment | None = None) -> None:
         self._environment = environment
+        self.records: list[Document] = []
+        """What :meth:`record` was given, each key once, in order."""
+        self._keys: set[str] = set()
 
     @functools.cached_property
     def environment(self) -> Environment:
@@ -118,3 +125,8 @@ class NullContext:
 
     def check_cancelled(self) -> None:
         return None
+
+    def record(self, document: Document, *, key: str) -> None:
+        if key not in self._keys:
+            self._keys.add(key)
+            self.records.append(document)
