@@ -44,6 +44,8 @@ class OperationContext:
         self.document: dict[str, Any] | None = None
         """What the body returned: the result's ``data`` (kept here rather than returned to Dramatiq)."""
         self.cancelled = False
+        self.continued = False
+        """Set by :meth:`continue_later`: the attempt ends without a result."""
         self._last_progress = float("-inf")
         self._last_check = float("-inf")
 
@@ -54,6 +56,15 @@ class OperationContext:
         if now - self._last_progress >= self.progress_interval:
             self._last_progress = now
             self.journal.progress(self.operation_id, max(0, int(done)), max(0, int(total)))
+
+    def continue_later(self) -> None:
+        """This attempt ends without a result: a later message of the operation completes it
+        (:mod:`tasks.middleware`); the operation stays held meanwhile."""
+        self.continued = True
+
+    def record(self, document: dict[str, Any], *, key: str) -> None:
+        """A record of the operation for the hub: the records engineer's journal entry (not on this branch)."""
+        raise NotImplementedError("records are not journaled yet")
 
     def check_cancelled(self) -> None:
         """Raises Cancelled once the operation is cancelled, Interrupted once its worker is stopping."""

@@ -8,6 +8,7 @@ from ksocket.collectors.base import InvalidParams, NullContext
 from ksocket.collectors.discover import drivers, loop
 from ksocket.collectors.discover.loop import Discovery, Origin, Sweep
 from ksocket.collectors.discover.params import parse_params
+from ksocket.fence import Fence, address_set
 from tests.discoverworld import World, router
 
 pytestmark = pytest.mark.unit
@@ -161,3 +162,17 @@ def test_invalid_params_are_refused_naming_the_field(params: dict, field: str) -
 
 def test_65536_seed_addresses_are_accepted() -> None:
     assert len(parse_params({"seeds": ["198.18.0.0/16"]}).seeds) == 65_536
+
+
+def test_the_operators_fence_joins_the_discoverys_deny_and_bounds_its_rate() -> None:
+    fence = Fence(address_set(["198.18.0.0/15"]), address_set(["198.18.0.9"]), 500, "intranet")
+    narrowed = fence.admit("networks.discover", {"deny": ["198.18.1.0/24"]})
+    assert narrowed["deny"][0] == "198.18.1.0/24" and narrowed["rate"] == 500
+    request = parse_params(narrowed)
+    loop_fence = Discovery.start(request, [], [], []).fence
+    assert loop_fence.refusal("198.18.0.9") == "in-deny"
+    assert loop_fence.refusal("8.8.8.8") == "in-deny"
+    assert loop_fence.refusal("fd00::1") == "in-deny"
+    assert loop_fence.refusal("198.18.0.10") is None
+    with pytest.raises(InvalidParams, match=r"operations\.maxRate"):
+        fence.admit("networks.discover", {"rate": 501})
