@@ -13,7 +13,7 @@ An operation may be completed by a later message than the one that started it: `
 runs as steps (its own actor, on the agent's host) and ``discover.learn`` continuations (any worker),
 its loop's state in the same Redis between them; the last step's summary is the result::
 
-    admit ─▶ step ─sweep─▶ records: host ─▶ discover.learn × live hosts ─▶ records: network, details
+    admit ─▶ step ─sweep─▶ records: host ─▶ discover.learn per live host ─▶ records: network, details
                ▲                                    │ the round's last learn
                └────────────── next step ◀──────────┘      … until a round adds nothing: result
 

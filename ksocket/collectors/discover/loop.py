@@ -236,9 +236,10 @@ class Discovery:
         self.networks[cidr] = document = {"network": cidr, "size": network.size, "expanded": expandable, **document}
         self.fence = self.fence.with_subnets([cidr])
         records = [Record("network", f"network:{cidr}", document)]
+        origin = {"source": "connected", "network": cidr} if document["type"] == "connected" else {"network": cidr}
         if expandable:
             for address in expand(network, self.expand_limit):
-                records.extend(self._candidate(address, None, {"network": cidr}))
+                records.extend(self._candidate(address, None, origin))
         return records
 
     @staticmethod
