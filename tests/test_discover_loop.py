@@ -31,6 +31,8 @@ def test_the_loop_walks_from_the_gateway_through_routers_until_nothing_is_new() 
     assert set(found) == {"198.18.0.2", "198.18.0.6", "198.18.1.1", "198.18.1.2", "198.18.2.1", "198.18.0.5"}
     assert found["198.18.0.6"]["learnedFrom"][0] == {"source": "gateway"}
     assert found["198.18.0.6"]["evidence"] == ["icmp"]
+    assert found["198.18.0.6"]["identity"] == [{"kind": "mac", "value": "02:00:00:00:00:06"}]
+    assert found["198.18.0.2"]["identity"] == []
     # the host that drops every probe, with the router's ARP table as its only evidence
     assert found["198.18.0.5"]["evidence"] == [loop.NEIGHBOUR_EVIDENCE]
     assert {"host": "198.18.0.6", "protocol": "ssh", "table": "neighbors"} in found["198.18.0.5"]["learnedFrom"]

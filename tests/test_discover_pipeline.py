@@ -88,6 +88,8 @@ def test_invalid_params_are_refused_at_admission_naming_the_field(url: str, worl
             assert "expandLimit" in answer.message
             answer = await runner.submit(op("many", "networks.discover", seeds=["198.18.0.0/15"]))
             assert isinstance(answer, Refused) and "seeds" in answer.message
+            answer = await runner.submit(op("inner", "discover.learn", round=0, address="198.18.0.6"))
+            assert isinstance(answer, Refused) and answer.reason == "unknown-operation"  # a continuation
             assert await runner.held() == []
 
     asyncio.run(scenario())

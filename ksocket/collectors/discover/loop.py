@@ -250,11 +250,13 @@ class Discovery:
         if len(self.hosts) >= MAX_HOSTS:
             self._note(f"more than {MAX_HOSTS} live hosts: the others are not reported")
             return None
+        mac = (host or {}).get("mac") or entry.get("mac")
         document = {
             "address": address,
-            "mac": (host or {}).get("mac") or entry.get("mac"),
+            "mac": mac,
             "evidence": list((host or {}).get("evidence") or [NEIGHBOUR_EVIDENCE]),
             "learnedFrom": entry["learnedFrom"],
+            "identity": identity_keys({}, mac),  # the details record has the stronger ones
             "round": self.round,
         }
         self.hosts[address] = document
