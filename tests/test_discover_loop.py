@@ -178,3 +178,19 @@ def test_the_operators_fence_joins_the_discoverys_deny_and_bounds_its_rate() -> 
     assert loop_fence.refusal("198.18.0.10") is None
     with pytest.raises(InvalidParams, match=r"operations\.maxRate"):
         fence.admit("networks.discover", {"rate": 501})
+
+
+def test_a_candidate_that_a_later_subnet_makes_a_broadcast_address_is_never_swept() -> None:
+    state = Discovery.start(parse_params({"seeds": ["198.18.7.255", "198.18.0.6"]}), [], [], [])
+    first = state.next_sweep()
+    assert first is not None and set(first.addresses) == {"198.18.7.255", "198.18.0.6"}
+    state.swept(first, [{"address": "198.18.0.6", "evidence": ["icmp"]}])
+    state = Discovery.from_json(state.to_json())
+    state.pending["198.18.7.255"] = {"mac": None, "learnedFrom": [{"source": "seed"}]}  # as if it came late
+    interface = {"ssh": {"interfaces": [{"addresses": [{"address": "198.18.7.1", "prefixlen": 24}]}]}}
+    state.learned(0, "198.18.0.6", interface)
+    second = state.next_sweep()
+    assert second is not None and "198.18.7.255" not in second.addresses and "198.18.7.0" not in second.addresses
+    assert "198.18.7.254" in second.addresses
+    state.swept(second, [])
+    assert "198.18.7.255" not in state.pending and state.dropped["network-or-broadcast"] >= 1

@@ -50,6 +50,8 @@ class DiscoverStatus(render.LiveStatus):
             self.records.append(document)
 
     def watch(self, state: Discovery) -> None:
+        if not self.enabled:
+            return  # nobody sees the panel: the counters are not worth their cost
         summary = state.summary()
         per_source = ", ".join(f"{name} {count}" for name, count in summary["learnedPerSource"].items())
         self.show(

@@ -264,10 +264,12 @@ class Discovery:
 
     def _dropped_from_pending(self) -> None:
         """Pending addresses the fence now refuses (a subnet edge learnt after they came) are dropped."""
-        for address in [a for a in self.pending if self.fence.refusal(a, self.handled) is not None]:
-            del self.pending[address]
-            self.handled.add(address)
-            self._drop("network-or-broadcast")
+        refused = {address: self.fence.refusal(address, self.handled) for address in self.pending}
+        for address, reason in refused.items():
+            if reason is not None:
+                del self.pending[address]
+                self.handled.add(address)
+                self._drop(reason)
 
     def _advance_when_learnt(self) -> None:
         if self.waiting():
