@@ -18,7 +18,9 @@ setting. A scan target that only overlaps ``deny`` (a /16 around the metadata ad
 instead: the denied addresses, and everything outside ``allow``, join the params' ``exclude``, so
 that the scan engine, on whichever worker runs it, never gets one (nor when the targets are the
 on-link networks, found only when the scan runs). A scan without a rate gets ``maxRate`` when that
-is below the default rate.
+is below the default rate. A ``networks.discover`` is narrowed the same way, whatever it learns on
+its way: every address outside ``allow`` or inside ``deny`` (both families) joins its own ``deny``,
+which its loop's fence applies to every candidate; its ``rate`` is bounded as a scan's.
 
 Commands the operator runs (``ksocket scan``, ``ksocket inspect``) are not fenced: they are the
 operator's own, as the settings are.
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from ksocket.config import Settings
 
 _IPV4 = netaddr.IPSet(["0.0.0.0/0"])
+_EVERY_ADDRESS = netaddr.IPSet(["0.0.0.0/0", "::/0"])
 
 
 def address_set(specs: Iterable[str]) -> netaddr.IPSet:
@@ -89,6 +92,8 @@ class Fence:
         """
         if name == "networks.scan":
             return self._scan(params)
+        if name == "networks.discover":
+            return self._discover(params)
         if name == inspect_params.OPERATION:
             self._reachable(inspect_params.parse_params(params).address, "address")
         return params
@@ -114,6 +119,20 @@ class Fence:
             exclude = params.get("exclude")
             given = [exclude] if isinstance(exclude, str) else list(exclude or [])
             narrowed["exclude"] = given + [str(cidr) for cidr in carved.iter_cidrs()]
+        return narrowed
+
+    def _discover(self, params: Document) -> Document:
+        rate = params.get("rate")
+        if isinstance(rate, int | float) and rate > self.max_rate:
+            raise InvalidParams(f"rate {rate:g} is over operations.maxRate ({self.max_rate})")
+        narrowed = dict(params)
+        if rate is None and self.max_rate < DEFAULT_RATE:
+            narrowed["rate"] = self.max_rate
+        carved = self.deny | (_EVERY_ADDRESS - self.allow)
+        if carved:
+            deny = params.get("deny")
+            given = [deny] if isinstance(deny, str) else list(deny or [])
+            narrowed["deny"] = given + [str(cidr) for cidr in carved.iter_cidrs()]
         return narrowed
 
     def _reachable(self, shown: str, what: str, addresses: netaddr.IPSet | None = None) -> None:

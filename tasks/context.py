@@ -63,6 +63,8 @@ class OperationContext:
         self.document: dict[str, Any] | None = None
         """What the body returned: the result's ``data`` (kept here rather than returned to Dramatiq)."""
         self.cancelled = False
+        self.continued = False
+        """Set by :meth:`continue_later`: the attempt ends without a result."""
         self._last_progress = float("-inf")
         self._last_check = float("-inf")
         self._records: list[tuple[str, str]] = []  # (key or "", encoded record) not yet in the journal
@@ -85,10 +87,11 @@ class OperationContext:
             self._flush_if_due()
 
     def flush(self) -> None:
-        """Writes the records given so far to the journal (one round trip)."""
-        records, self._records = self._records, []
-        if records and self.journal.record(self.operation_id, records) is None:
-            log.info("operation %s has its result already: %d records dropped", self.operation_id, len(records))
+        """Writes the records given so far to the journal (one round trip); they stay here until it took them,
+        so a flush that Redis refused can be tried again."""
+        if self._records and self.journal.record(self.operation_id, self._records) is None:
+            log.info("operation %s has its result already: %d records dropped", self.operation_id, len(self._records))
+        self._records = []
 
     def _flush_if_due(self) -> None:
         if self._records and self.clock() - self._first_record >= self.record_interval:
@@ -101,6 +104,11 @@ class OperationContext:
         if now - self._last_progress >= self.progress_interval:
             self._last_progress = now
             self.journal.progress(self.operation_id, max(0, int(done)), max(0, int(total)))
+
+    def continue_later(self) -> None:
+        """This attempt ends without a result: a later message of the operation completes it
+        (:mod:`tasks.middleware`); the operation stays held meanwhile."""
+        self.continued = True
 
     def check_cancelled(self) -> None:
         """Raises Cancelled once the operation is cancelled, Interrupted once its worker is stopping."""

@@ -294,7 +294,10 @@ def assert_worker_serves(prefix: Path) -> None:
         deadline = time.monotonic() + 120
         while "worker serving" not in said and time.monotonic() < deadline and (line := worker.stdout.readline()):
             said += line
-        assert "embedded Redis on" in said and "worker serving hosts.inspect, networks.scan, system.info" in said, said
+        assert (
+            "embedded Redis on" in said
+            and "worker serving discover.learn, hosts.inspect, networks.discover, networks.scan, system.info" in said
+        ), said
         worker.terminate()
         assert worker.wait(timeout=60) == 0
     finally:

@@ -36,6 +36,9 @@ class OutageJournal:
         self.requeues.append(op_id)
 
 
+BROKER: Any = SimpleNamespace(actors={})  # knows no continuation actor
+
+
 def message(failed: bool = False) -> Any:
     return SimpleNamespace(args=["op-1"], actor_name="test.body", failed=failed, options={})
 
@@ -43,7 +46,7 @@ def message(failed: bool = False) -> Any:
 def test_an_outcome_refused_by_redis_is_recorded_once_redis_is_back() -> None:
     journal = OutageJournal(outage=3)
     lifecycle = Lifecycle(journal, default_environment())  # type: ignore[arg-type]
-    lifecycle.after_process_message(None, message(failed=True), exception=RuntimeError("failed for good"))  # type: ignore[arg-type]
+    lifecycle.after_process_message(BROKER, message(failed=True), exception=RuntimeError("failed for good"))  # type: ignore[arg-type]
     assert journal.outage == 0
     assert [op_id for op_id, _ in journal.finished] == ["op-1"]
 
@@ -51,7 +54,7 @@ def test_an_outcome_refused_by_redis_is_recorded_once_redis_is_back() -> None:
 def test_a_requeue_refused_by_redis_is_recorded_once_redis_is_back() -> None:
     journal = OutageJournal(outage=2)
     lifecycle = Lifecycle(journal, default_environment())  # type: ignore[arg-type]
-    lifecycle.after_process_message(None, message(failed=False), exception=RuntimeError("try again"))  # type: ignore[arg-type]
+    lifecycle.after_process_message(BROKER, message(failed=False), exception=RuntimeError("try again"))  # type: ignore[arg-type]
     assert journal.requeues == ["op-1"] and journal.finished == []
 
 
@@ -61,5 +64,5 @@ def test_a_stopping_worker_gives_up_and_leaves_the_message_to_run_again() -> Non
     stopper = threading.Timer(0.2, lifecycle.stopping.set)
     stopper.start()
     with pytest.raises(redis.ConnectionError):
-        lifecycle.after_process_message(None, message(failed=True), exception=RuntimeError("failed for good"))  # type: ignore[arg-type]
+        lifecycle.after_process_message(BROKER, message(failed=True), exception=RuntimeError("failed for good"))  # type: ignore[arg-type]
     assert journal.finished == []

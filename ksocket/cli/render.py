@@ -4,7 +4,7 @@ At a terminal a table gets a ruled header and the width Rich gives it; anywhere 
 file, a test) it is plain text that scripts can split: no colour, no box characters, no wrapping,
 columns two spaces apart, no trailing blanks. Every cell is made inert first, at a terminal or not
 (:func:`ksocket.sanitise.inert`: control characters escaped, at most ``MAX_MESSAGE`` characters): a
-cell may be a peer's text. The progress bar is drawn only at a terminal.
+cell may be a peer's text. The progress bar and the live status panel are drawn only at a terminal.
 Rich is imported by the functions that draw, so that a command that draws nothing does not load it.
 """
 
@@ -13,13 +13,14 @@ from __future__ import annotations
 import io
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ksocket import sanitise
 from ksocket.collectors.base import Document, RecordList
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.live import Live
     from rich.progress import Progress, TaskID
 
 PLAIN_WIDTH = 1_000_000
@@ -115,3 +116,41 @@ class ProgressBar:
         if self.drawn is not None:
             self.drawn[0].stop()
             self.drawn = None
+
+
+class LiveStatus:
+    """A panel of named counters on ``stream``, redrawn in place as they change, when it is a terminal.
+
+    :meth:`show` sets counters (a value may be a peer's text: cells are made inert); the panel
+    leaves the screen at :meth:`close`.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.counters: dict[str, str] = {}
+        self.live: Live | None = None
+
+    def show(self, **counters: object) -> None:
+        self.counters.update({name: str(value) for name, value in counters.items()})
+        if not self.enabled:
+            return
+        from rich.live import Live
+
+        if self.live is None:
+            self.live = Live(console=_console(self.stream, terminal=True), transient=True, auto_refresh=False)
+            self.live.start()
+        self.live.update(self._panel(), refresh=True)
+
+    def _panel(self) -> Any:
+        from rich.table import Table
+
+        drawn = Table.grid(padding=(0, 2))
+        for name, value in self.counters.items():
+            drawn.add_row(name, sanitise.inert(value, sanitise.MAX_MESSAGE))
+        return drawn
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
