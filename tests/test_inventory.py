@@ -150,6 +150,28 @@ def test_two_nodes_proven_one_merge_into_the_older_and_the_merge_is_recorded() -
     assert list(applied.snapshot.members) == [1]
 
 
+def test_a_merge_late_in_a_discovery_gathers_the_sightings_made_before_it() -> None:
+    feed = Feed()
+    feed.run(host("198.18.0.5", "02:00:00:00:00:05"))  # node 1
+    feed.run(details("198.18.1.7", [("machine-id", MID_A)]))  # node 2
+    applied = feed.run(
+        details("198.18.0.1", [("machine-id", MID_A)]),  # node 2 at first
+        details("198.18.0.2", [("machine-id", MID_A), ("mac", "02:00:00:00:00:05")]),  # then node 2 is node 1
+    )
+    assert applied.merges == [Merge(kept=1, merged=2, key=("mac", "02:00:00:00:00:05"))]
+    assert [node.id for node in applied.nodes] == [1]
+    assert applied.snapshot.members[1].addresses == ("198.18.0.1", "198.18.0.2")
+
+
+def test_a_mac_shared_with_a_stronger_key_of_another_kind_is_the_same_machine() -> None:
+    feed = Feed()
+    mac = "02:00:00:00:00:05"
+    feed.run(details("198.18.0.5", [("snmp-engine-id", "80000002"), ("mac", mac)]))
+    applied = feed.run(details("198.18.0.5", [("machine-id", MID_A), ("mac", mac)]))
+    assert only_node(feed.inventory) == 1 and applied.merges == []
+    assert feed.inventory.nodes[1].keys == [("machine-id", MID_A), ("snmp-engine-id", "80000002"), ("mac", mac)]
+
+
 def test_two_addresses_of_one_machine_in_one_discovery_are_one_node() -> None:
     feed = Feed()
     applied = feed.run(

@@ -79,6 +79,23 @@ def test_node_shows_its_history(capsys: pytest.CaptureFixture[str], db: Path) ->
     assert status == 1 and "no node 42" in out
 
 
+def test_a_merged_node_names_the_node_it_became(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "hub.db"
+    feed = Feed()
+    with InventoryStore(path) as store:
+        for documents in (
+            [host("198.18.0.5", "02:00:00:00:00:05")],
+            [details("198.18.1.7", [("machine-id", MID_A)])],
+            [details("198.18.0.5", [("machine-id", MID_A), ("mac", "02:00:00:00:00:05")])],
+        ):
+            discovery = feed.discovery()
+            store.apply(discovery, feed.records(discovery, documents))
+    status, out = hub(capsys, path, "node", "2")
+    assert status == 1 and "node 2 was merged into node 1" in out
+    document = json.loads(hub(capsys, path, "node", "1", "--json")[1])
+    assert document["merged"] == [2]
+
+
 def test_snapshots_and_the_default_diff(capsys: pytest.CaptureFixture[str], db: Path) -> None:
     status, out = hub(capsys, db, "snapshots")
     assert status == 0

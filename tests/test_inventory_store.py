@@ -14,7 +14,7 @@ from ksocket.hub.inventory import Change, Edge, Inventory
 from ksocket.hub.inventorystore import InventoryStore
 from ksocket.hub.store import Store
 from ksocket.protocol import Result
-from tests.test_inventory import MID_A, Feed, details, host, linux
+from tests.test_inventory import MID_A, UUID_A, Feed, details, host, linux
 
 
 @pytest.fixture
@@ -90,6 +90,20 @@ def test_a_merge_rewrites_the_merged_nodes_history_to_the_kept_one(inventory: In
     assert view.snapshots == [1, 2, 3]
     assert {address for _, address, _, _ in view.addresses} == {"198.18.0.5", "198.18.1.7"}
     assert inventory.node_keys() == {1: [("machine-id", MID_A), ("mac", "02:00:00:00:00:05")]}
+    feed.inventory = inventory.load()
+    _, applied = run(inventory, feed, host("198.18.0.8", "02:00:00:00:00:08"))
+    assert [node.id for node in applied.nodes] == [3]  # the merged node's id is never given again
+
+
+def test_merges_stay_flat_when_the_kept_node_is_merged_in_turn(inventory: InventoryStore) -> None:
+    feed = Feed()
+    run(inventory, feed, host("198.18.0.1", "02:00:00:00:00:01"))  # 1
+    run(inventory, feed, details("198.18.0.2", [("machine-id", MID_A)]))  # 2
+    run(inventory, feed, details("198.18.0.3", [("smbios-uuid", UUID_A)]))  # 3
+    run(inventory, feed, details("198.18.0.2", [("machine-id", MID_A), ("smbios-uuid", UUID_A)]))  # 3 into 2
+    run(inventory, feed, details("198.18.0.2", [("machine-id", MID_A), ("mac", "02:00:00:00:00:01")]))  # 2 into 1
+    assert [row.id for row in inventory.nodes()] == [1]
+    assert (inventory.merged_into(2), inventory.merged_into(3)) == (1, 1)
 
 
 def test_diff_of_the_last_two_snapshots_of_a_network(inventory: InventoryStore) -> None:

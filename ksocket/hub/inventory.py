@@ -387,7 +387,10 @@ class Applied:
 class Inventory:
     """Nodes by id with their key and address indexes; fed one discovery at a time."""
 
-    def __init__(self, nodes: Iterable[Node] = (), addresses: Mapping[tuple[str, str], int] | None = None) -> None:
+    def __init__(
+        self, nodes: Iterable[Node] = (), addresses: Mapping[tuple[str, str], int] | None = None, next_id: int = 1
+    ) -> None:
+        """``next_id``: above every id ever given, merged ones included (an id is never given twice)."""
         self.nodes: dict[int, Node] = {}
         self.key_index: dict[Key, int] = {}
         self.address_index: dict[tuple[str, str], int] = dict(addresses or {})
@@ -395,7 +398,7 @@ class Inventory:
         for node in nodes:
             self.nodes[node.id] = node
             self.key_index.update((key, node.id) for key in node.keys)
-        self.next_id = max(self.nodes, default=0) + 1
+        self.next_id = max(next_id, max(self.nodes, default=0) + 1)
 
     def apply(self, discovery: Discovery, records: Iterable[ScanRecord]) -> Applied:
         """Takes one discovery's records (all of them so far; a repeated seq counts once)."""

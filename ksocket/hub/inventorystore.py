@@ -245,7 +245,8 @@ class InventoryStore:
                 "SELECT slot, address, node FROM node_addresses ORDER BY last_seen, node"
             )
         }
-        return Inventory(nodes, addresses)
+        (merged,) = self._db.execute("SELECT max(merged) FROM merges").fetchone()
+        return Inventory(nodes, addresses, next_id=(merged or 0) + 1)
 
     def apply(self, discovery: Discovery, records: Iterable[ScanRecord], inventory: Inventory | None = None) -> Applied:
         """Applies one discovery to ``inventory`` (else the stored one) and writes what changed."""
@@ -389,16 +390,12 @@ class InventoryStore:
         )
 
     def merged_into(self, node_id: int) -> int | None:
-        """The node that ``node_id`` was merged into (followed to the end), or None."""
-        row = self._db.execute("SELECT kept FROM merges WHERE merged = ? ORDER BY rowid DESC", (node_id,)).fetchone()
-        while row is not None:
-            node_id = row[0]
-            row = self._db.execute(
-                "SELECT kept FROM merges WHERE merged = ? ORDER BY rowid DESC", (node_id,)
-            ).fetchone()
-            if row is None:
-                return int(node_id)
-        return None
+        """The node that ``node_id`` was merged into, or None (merges stay flat: when the kept node is
+        merged in turn, its earlier merges name the new keeper)."""
+        row = self._db.execute(
+            "SELECT kept FROM merges WHERE merged = ? ORDER BY rowid DESC LIMIT 1", (node_id,)
+        ).fetchone()
+        return None if row is None else int(row[0])
 
     def node_keys(self) -> dict[int, list[tuple[str, str]]]:
         keys: dict[int, list[tuple[str, str]]] = {}
