@@ -108,6 +108,11 @@ Key = tuple[str, str]
 """(kind, value) of an identity key."""
 
 
+def key_order(key: Key) -> tuple[int, str]:
+    """Sorts keys strongest first (a kind this hub does not know last)."""
+    return (KEY_ORDER.index(key[0]) if key[0] in KEY_ORDER else len(KEY_ORDER), key[1])
+
+
 # --------------------------------------------------------------------------- classification
 
 
@@ -377,7 +382,8 @@ class Applied:
 
     snapshot: Snapshot
     nodes: list[Node]
-    """The nodes created or changed, as they are now."""
+    """The nodes the discovery saw (merged ones: their keepers), as they are now. A node it did not see
+    may have lost a key to one of these: the key is written with its new holder."""
     removed: list[int]
     """Nodes merged into others (each has its :class:`Merge`)."""
     changes: list[Change]
@@ -460,14 +466,14 @@ class Inventory:
             self.nodes[holder].keys.remove(key)
         self.key_index[key] = node_id
         self.nodes[node_id].keys.append(key)
-        self.nodes[node_id].keys.sort(key=lambda k: (KEY_ORDER.index(k[0]), k[1]))
+        self.nodes[node_id].keys.sort(key=key_order)
 
     def _merge(self, first: int, second: int, key: Key, merges: list[Merge]) -> int:
         kept, merged = sorted((first, second))
         keeper, gone = self.nodes[kept], self.nodes.pop(merged)
         for held in gone.keys:
             self.key_index[held] = kept
-        keeper.keys = sorted(set(keeper.keys) | set(gone.keys), key=lambda k: (KEY_ORDER.index(k[0]), k[1]))
+        keeper.keys = sorted(set(keeper.keys) | set(gone.keys), key=key_order)
         newer, older = (gone, keeper) if gone.last_seen > keeper.last_seen else (keeper, gone)
         keeper.details = {**older.details, **newer.details}
         keeper.first_seen = min(keeper.first_seen, gone.first_seen)

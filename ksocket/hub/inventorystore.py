@@ -46,6 +46,7 @@ from ksocket.hub.inventory import (
     Node,
     ScanRecord,
     diff,
+    key_order,
 )
 
 SCHEMA_VERSION: Final = 1
@@ -223,15 +224,13 @@ class InventoryStore:
 
     def load(self) -> Inventory:
         """The inventory as stored: nodes with their keys and details, and who last held each address."""
-        keys: dict[int, list[tuple[str, str]]] = {}
-        for kind, value, node_id in self._db.execute("SELECT kind, value, node FROM node_keys"):
-            keys.setdefault(node_id, []).append((kind, value))
+        keys = self.node_keys()
         nodes = [
             Node(
                 id=node_id,
                 first_seen=first,
                 last_seen=last,
-                keys=sorted(keys.get(node_id, []), key=_key_order),
+                keys=keys.get(node_id, []),
                 fields=_fields(fields),
                 details=json.loads(details),
             )
@@ -370,7 +369,7 @@ class InventoryStore:
         return NodeView(
             node=NodeRow(row[0], row[1], row[2], _fields(row[3])),
             keys=sorted(
-                self._db.execute("SELECT kind, value FROM node_keys WHERE node = ?", (node_id,)), key=_key_order
+                self._db.execute("SELECT kind, value FROM node_keys WHERE node = ?", (node_id,)), key=key_order
             ),
             addresses=list(
                 self._db.execute(
@@ -398,10 +397,11 @@ class InventoryStore:
         return None if row is None else int(row[0])
 
     def node_keys(self) -> dict[int, list[tuple[str, str]]]:
+        """Every node's identity keys, strongest first."""
         keys: dict[int, list[tuple[str, str]]] = {}
         for kind, value, node_id in self._db.execute("SELECT kind, value, node FROM node_keys"):
             keys.setdefault(node_id, []).append((kind, value))
-        return {node_id: sorted(held, key=_key_order) for node_id, held in keys.items()}
+        return {node_id: sorted(held, key=key_order) for node_id, held in keys.items()}
 
     def snapshots(self) -> list[SnapshotRow]:
         return self._snapshots("1 ORDER BY id")
@@ -504,9 +504,3 @@ def _snapshot_row(row: Sequence[Any]) -> SnapshotRow:
     return SnapshotRow(
         snapshot_id, operation_id, slot, agent, network, json.loads(params), json.loads(summary), taken, nodes
     )
-
-
-def _key_order(key: tuple[str, str]) -> tuple[int, str]:
-    from ksocket.hub.inventory import KEY_ORDER
-
-    return (KEY_ORDER.index(key[0]) if key[0] in KEY_ORDER else len(KEY_ORDER), key[1])
