@@ -332,6 +332,7 @@ def test_diff_new_gone_back_and_changed() -> None:
     assert result.gone == [1]
     assert result.back == [4]
     assert result.changed == [Change(2, "os", "Debian 11", "Debian 12")]
+    assert result.fields == {1: a[1], 3: b[3], 4: b[4]}
 
 
 def test_a_snapshot_diffed_with_itself_is_empty() -> None:

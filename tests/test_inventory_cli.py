@@ -113,7 +113,8 @@ def test_snapshots_and_the_default_diff(capsys: pytest.CaptureFixture[str], db: 
     status, out = hub(capsys, db, "diff", "2", "1")
     assert status == 0
     assert out.splitlines()[0].startswith("snapshot 2 ")
-    assert ["gone", "3", "-", "-", "-"] in [line.split() for line in out.splitlines()]
+    assert ["gone", "3", "addresses", "198.18.0.7", "-"] in [line.split() for line in out.splitlines()]
+    assert ["new", "2", "addresses", "-", "198.18.0.6"] in [line.split() for line in out.splitlines()]
     assert hub(capsys, db, "diff", "1")[0] == 1
 
 

@@ -444,10 +444,20 @@ def cmd_diff(args: argparse.Namespace) -> int:
         print(json.dumps({"from": first.id, "to": second.id, **_diff_document(difference)}, ensure_ascii=False))
         return 0
     print(f"snapshot {first.id} ({_when(first.taken)}) -> snapshot {second.id} ({_when(second.taken)})")
-    rows = [(what, str(node), "-", "-", "-") for what in ("new", "gone", "back") for node in getattr(difference, what)]
+    rows = [
+        (what, str(node), "addresses", *_arrived_or_gone(what, difference.fields[node].addresses))
+        for what in ("new", "gone", "back")
+        for node in getattr(difference, what)
+    ]
     rows += [("changed", str(c.node), c.field, _cell(c.old), _cell(c.new)) for c in difference.changed]
     render.table(("WHAT", "NODE", "FIELD", "OLD", "NEW"), rows)
     return 0
+
+
+def _arrived_or_gone(what: str, addresses: tuple[str, ...]) -> tuple[str, str]:
+    """(old, new) of a node that came (new, back) or went: its addresses on the side where it was."""
+    shown = ",".join(addresses) or "-"
+    return (shown, "-") if what == "gone" else ("-", shown)
 
 
 def _diff_document(difference: Diff) -> dict[str, object]:

@@ -552,6 +552,8 @@ class Diff:
     """In B, not in A, but in an earlier snapshot."""
     changed: list[Change]
     """In both, with fields that differ (A's value, B's value)."""
+    fields: Mapping[int, Fields]
+    """The fields of each new and back node in B, of each gone node in A."""
 
 
 def diff(first: Mapping[int, Fields], second: Mapping[int, Fields], seen_before: Iterable[int]) -> Diff:
@@ -559,13 +561,15 @@ def diff(first: Mapping[int, Fields], second: Mapping[int, Fields], seen_before:
     snapshots before B (A's among them)."""
     earlier = set(seen_before)
     arrived = sorted(second.keys() - first.keys())
+    gone = sorted(first.keys() - second.keys())
     changed: list[Change] = []
     for node_id in sorted(first.keys() & second.keys()):
         if first[node_id] != second[node_id]:
             changed.extend(field_changes(node_id, first[node_id], second[node_id]))
     return Diff(
         new=[node_id for node_id in arrived if node_id not in earlier],
-        gone=sorted(first.keys() - second.keys()),
+        gone=gone,
         back=[node_id for node_id in arrived if node_id in earlier],
         changed=changed,
+        fields={**{node_id: second[node_id] for node_id in arrived}, **{node_id: first[node_id] for node_id in gone}},
     )
