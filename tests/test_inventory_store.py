@@ -14,7 +14,7 @@ from ksocket.hub.inventory import Change, Edge, Inventory
 from ksocket.hub.inventorystore import InventoryStore
 from ksocket.hub.store import Store
 from ksocket.protocol import Result
-from tests.test_inventory import MID_A, UUID_A, Feed, details, host, linux
+from tests.test_inventory import MID_A, MID_B, UUID_A, Feed, details, host, linux
 
 
 @pytest.fixture
@@ -212,3 +212,26 @@ def test_the_core_can_be_kept_between_applies(inventory: InventoryStore) -> None
     inventory.apply(discovery, feed.records(discovery, [host("198.18.0.5", "02:00:00:00:00:05")]), feed.inventory)
     assert feed.inventory.nodes[1].fields.addresses == ("198.18.0.5",)
     assert inventory.load().nodes[1].fields == feed.inventory.nodes[1].fields
+
+
+def test_reloading_between_discoveries_gives_what_the_core_kept_in_memory(tmp_path: Path) -> None:
+    mac = "02:00:00:00:00:05"
+    discoveries = [
+        [host("198.18.0.5", mac), host("198.18.2.1")],
+        [details("198.18.1.7", [("machine-id", MID_A)], linux("a")), host("198.18.2.1")],
+        [details("198.18.0.5", [("machine-id", MID_A), ("mac", mac)], linux("a"))],  # 2 merges into 1
+        [details("198.18.0.6", [("machine-id", MID_B), ("mac", mac)]), host("198.18.2.1")],  # the MAC moves
+    ]
+    dumps = []
+    for reload in (False, True):
+        feed = Feed()
+        with InventoryStore(tmp_path / f"{reload}.db") as store:
+            for documents in discoveries:
+                if reload:
+                    feed.inventory = store.load()
+                discovery = feed.discovery()
+                store.apply(discovery, feed.records(discovery, documents), feed.inventory)
+            dumps.append(_dump(store))
+            assert store.node_keys() == {1: [("machine-id", MID_A)], 4: [("machine-id", MID_B), ("mac", mac)]}
+            assert [row.id for row in store.nodes()] == [1, 2, 4]  # 2: 198.18.2.1, known by its address alone
+    assert dumps[0] == dumps[1]
