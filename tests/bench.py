@@ -1,6 +1,7 @@
 """``inv bench``: every benchmark of the project, each printing its table against a reference tool.
 
-``python -m tests.bench [NAME…]`` runs the named ones (link, pipeline, discovery, inspect, hostile); all by default.
+``python -m tests.bench [NAME…]`` runs the named ones (link, pipeline, discovery, inspect, hostile, hub);
+all by default.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["link", "pipeline", "discovery", "inspect", "hostile"]
+BENCHMARKS = ["link", "pipeline", "discovery", "inspect", "hostile", "hub"]
 
 
 def main(argv: list[str]) -> int:

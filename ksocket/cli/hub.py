@@ -11,6 +11,12 @@
     ksocket hub agents                  slot, state, agent id, version, last heartbeat, session
     ksocket hub operations [SLOT]       id, slot, name, state, created, detail
     ksocket hub records ID [--json]     seq, kind, received, document of each record (JSON Lines with --json)
+    ksocket hub inventory import ID     builds the snapshot of a networks.discover operation from its records
+    ksocket hub nodes [--json] [--since SNAPSHOT]   the inventory's nodes
+    ksocket hub node ID [--json]        one node: keys, addresses, details, history, merges
+    ksocket hub snapshots               every discovery's snapshot
+    ksocket hub diff [A B] [--json]     new, gone, back and changed nodes (default: the last two of a network)
+    ksocket hub export --format json|csv   one row per node (the JSON is docs/inventory.md's schema)
 
 ``serve`` listens on another host's reach (any address but localhost, 127.0.0.0/8 and ::1) only
 with TLS, or when ``--allow-plaintext`` says that tokens may cross the network in clear.
@@ -39,6 +45,8 @@ from ksocket.errors import KsocketError
 from ksocket.hub.startups import DEFAULT_MAX_STARTUPS, StartupLimit
 
 if TYPE_CHECKING:
+    from ksocket.hub.inventory import Diff
+    from ksocket.hub.inventorystore import InventoryStore, NodeRow
     from ksocket.hub.store import ResultRecord, Store
 
 DEFAULT_LISTEN = "127.0.0.1:8765"
@@ -285,6 +293,227 @@ def cmd_records(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- the inventory
+
+INVENTORY_SCHEMA = "ksocket.inventory/1"
+"""The ``schema`` of ``hub export --format json`` (docs/inventory.md)."""
+CSV_COLUMNS = (
+    "id",
+    "kind",
+    "vendor",
+    "os",
+    "osFamily",
+    "addresses",
+    "macs",
+    "names",
+    "ports",
+    "keys",
+    "firstSeen",
+    "lastSeen",
+)
+
+
+def _inventory(args: argparse.Namespace) -> InventoryStore:
+    from ksocket.hub.inventorystore import InventoryStore
+    from ksocket.hub.store import default_path
+
+    return InventoryStore(args.db or default_path())
+
+
+def node_document(row: NodeRow, keys: list[tuple[str, str]]) -> dict[str, object]:
+    """One node as ``hub export`` and ``hub nodes --json`` give it (docs/inventory.md)."""
+    fields = row.fields
+    return {
+        "id": row.id,
+        "kind": fields.kind,
+        "vendor": fields.vendor,
+        "os": fields.os,
+        "osFamily": fields.os_family,
+        "addresses": list(fields.addresses),
+        "macs": list(fields.macs),
+        "names": list(fields.names),
+        "ports": list(fields.ports),
+        "keys": [{"kind": kind, "value": value} for kind, value in keys],
+        "firstSeen": _when(row.first_seen),
+        "lastSeen": _when(row.last_seen),
+    }
+
+
+def cmd_inventory_import(args: argparse.Namespace) -> int:
+    from ksocket.hub.errors import HubError
+
+    with _inventory(args) as inventory:
+        try:
+            discovery = inventory.discovery(args.id)
+        except HubError as exc:
+            raise HubCommandError(str(exc)) from None
+        records = inventory.records(args.id)
+        if not records:
+            raise HubCommandError(f"operation {args.id} has no records stored")
+        applied = inventory.apply(discovery, records)
+        snapshot = inventory.snapshot(args.id)
+    print(
+        f"snapshot {snapshot.id} ({discovery.slot} {discovery.network}): {len(applied.snapshot.members)} nodes,"
+        f" {len(applied.changes)} changes, {len(applied.merges)} merges, {len(applied.snapshot.edges)} edges"
+    )
+    return 0
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    from ksocket.hub.errors import HubError
+
+    with _inventory(args) as inventory:
+        try:
+            rows = inventory.nodes(since=None if args.since is None else inventory.snapshot(args.since).id)
+        except HubError as exc:
+            raise HubCommandError(str(exc)) from None
+        keys = inventory.node_keys() if args.json else {}
+    if args.json:
+        for row in rows:
+            print(json.dumps(node_document(row, keys.get(row.id, [])), ensure_ascii=False))
+        return 0
+    render.table(
+        ("ID", "KIND", "VENDOR", "OS", "ADDRESSES", "MACS", "NAMES", "LAST SEEN"),
+        [
+            (
+                str(row.id),
+                row.fields.kind,
+                row.fields.vendor or "-",
+                row.fields.os or "-",
+                ",".join(row.fields.addresses) or "-",
+                ",".join(row.fields.macs) or "-",
+                ",".join(row.fields.names) or "-",
+                _when(row.last_seen),
+            )
+            for row in rows
+        ],
+    )
+    return 0
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    with _inventory(args) as inventory:
+        view = inventory.node(args.id)
+        merged_into = inventory.merged_into(args.id) if view is None else None
+    if view is None:
+        if merged_into is not None:
+            raise HubCommandError(f"node {args.id} was merged into node {merged_into}")
+        raise HubCommandError(f"no node {args.id}")
+    document = node_document(view.node, view.keys)
+    if args.json:
+        document |= {
+            "details": view.details,
+            "snapshots": view.snapshots,
+            "merged": view.merged,
+            "history": [
+                {"snapshot": e.snapshot, "field": e.change.field, "old": e.change.old, "new": e.change.new}
+                for e in view.history
+            ],
+        }
+        print(json.dumps(document, ensure_ascii=False))
+        return 0
+    render.table(("FIELD", "VALUE"), [(name, _cell(value)) for name, value in document.items()])
+    print()
+    render.table(
+        ("SLOT", "ADDRESS", "FIRST SEEN", "LAST SEEN"),
+        [(slot, address, _when(first), _when(last)) for slot, address, first, last in view.addresses],
+    )
+    print()
+    render.table(
+        ("SNAPSHOT", "FIELD", "OLD", "NEW"),
+        [(str(e.snapshot), e.change.field, _cell(e.change.old), _cell(e.change.new)) for e in view.history],
+    )
+    return 0
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, list):
+        return ",".join(_cell(item) for item in value) or "-"
+    if isinstance(value, dict):
+        return "=".join(str(item) for item in value.values())
+    return str(value) if value not in ("", None) else "-"
+
+
+def cmd_snapshots(args: argparse.Namespace) -> int:
+    with _inventory(args) as inventory:
+        snapshots = inventory.snapshots()
+    render.table(
+        ("ID", "OPERATION", "SLOT", "AGENT", "NETWORK", "TAKEN", "NODES"),
+        [(str(s.id), s.operation_id, s.slot, s.agent, s.network, _when(s.taken), str(s.nodes)) for s in snapshots],
+    )
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from ksocket.hub.errors import HubError
+
+    if len(args.snapshots) not in (0, 2):
+        raise HubCommandError("give two snapshots, or none for the last two of the newest snapshot's network")
+    with _inventory(args) as inventory:
+        try:
+            if args.snapshots:
+                first, second = (inventory.snapshot(text) for text in args.snapshots)
+            else:
+                first, second = inventory.latest_pair()
+            difference = inventory.diff(first, second)
+        except HubError as exc:
+            raise HubCommandError(str(exc)) from None
+    if args.json:
+        print(json.dumps({"from": first.id, "to": second.id, **_diff_document(difference)}, ensure_ascii=False))
+        return 0
+    print(f"snapshot {first.id} ({_when(first.taken)}) -> snapshot {second.id} ({_when(second.taken)})")
+    rows = [
+        (what, str(node), "addresses", *_arrived_or_gone(what, difference.fields[node].addresses))
+        for what in ("new", "gone", "back")
+        for node in getattr(difference, what)
+    ]
+    rows += [("changed", str(c.node), c.field, _cell(c.old), _cell(c.new)) for c in difference.changed]
+    render.table(("WHAT", "NODE", "FIELD", "OLD", "NEW"), rows)
+    return 0
+
+
+def _arrived_or_gone(what: str, addresses: tuple[str, ...]) -> tuple[str, str]:
+    """(old, new) of a node that came (new, back) or went: its addresses on the side where it was."""
+    shown = ",".join(addresses) or "-"
+    return (shown, "-") if what == "gone" else ("-", shown)
+
+
+def _diff_document(difference: Diff) -> dict[str, object]:
+    return {
+        "new": difference.new,
+        "gone": difference.gone,
+        "back": difference.back,
+        "changed": [{"node": c.node, "field": c.field, "old": c.old, "new": c.new} for c in difference.changed],
+    }
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import csv
+
+    with _inventory(args) as inventory:
+        rows = inventory.nodes()
+        keys = inventory.node_keys()
+    documents = [node_document(row, keys.get(row.id, [])) for row in rows]
+    if args.format == "json":
+        json.dump({"schema": INVENTORY_SCHEMA, "nodes": documents}, sys.stdout, ensure_ascii=False, indent=1)
+        print()
+        return 0
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for document in documents:
+        writer.writerow([_csv_cell(document[column]) for column in CSV_COLUMNS])
+    return 0
+
+
+def _csv_cell(value: object) -> str:
+    """Lists are joined by spaces, keys written ``kind=value``."""
+    if isinstance(value, list):
+        return " ".join(_csv_cell(item) for item in value)
+    if isinstance(value, dict):
+        return f"{value['kind']}={value['value']}"
+    return str(value)
+
+
 # --------------------------------------------------------------------------- the parser
 
 
@@ -373,3 +602,38 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sub = add_command(commands, "records", cmd_records, "print the records an operation has sent so far", parents)
     sub.add_argument("id")
     sub.add_argument("--json", action="store_true", help="one JSON object per line: seq and record")
+    _configure_inventory(commands, parents)
+
+
+def _configure_inventory(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]
+) -> None:
+    inventory = commands.add_parser(
+        "inventory", parents=parents[:1], help="build the inventory from stored records", description="the inventory"
+    )
+    actions = inventory.add_subparsers(dest="inventory_command", required=True, metavar="ACTION")
+    sub = add_command(
+        actions,
+        "import",
+        cmd_inventory_import,
+        "build a networks.discover operation's snapshot from its records",
+        parents,
+    )
+    sub.add_argument("id", help="the networks.discover operation's id")
+
+    sub = add_command(commands, "nodes", cmd_nodes, "list the inventory's nodes", parents)
+    sub.add_argument("--json", action="store_true", help="one JSON object per node and line")
+    sub.add_argument("--since", metavar="SNAPSHOT", help="only nodes seen in SNAPSHOT (id or operation id) or later")
+
+    sub = add_command(commands, "node", cmd_node, "show one node: keys, addresses, history", parents)
+    sub.add_argument("id", type=int)
+    sub.add_argument("--json", action="store_true", help="the node with its details, snapshots and history")
+
+    add_command(commands, "snapshots", cmd_snapshots, "list the discoveries' snapshots", parents)
+
+    sub = add_command(commands, "diff", cmd_diff, "compare two snapshots (default: the last two of a network)", parents)
+    sub.add_argument("snapshots", nargs="*", metavar="SNAPSHOT", help="A B: ids or operation ids")
+    sub.add_argument("--json", action="store_true")
+
+    sub = add_command(commands, "export", cmd_export, "every node, one row each", parents)
+    sub.add_argument("--format", choices=("json", "csv"), default="json")

@@ -6,7 +6,10 @@
     startups.py     how many unauthenticated connections the server entertains (MaxStartups)
     server.py       ``Hub``: the WebSocket server, its database poller and its observer hooks
     errors.py       ``HubError`` and its kin, under ``KsocketError``
+    inventory.py    the inventory's pure core: nodes across discoveries, snapshots, diffs, topology
+    inventorystore.py  its tables in the same SQLite file (docs/inventory.md)
 
 It shares ``ksocket.protocol`` with the agent and nothing else of it. Its commands,
-``ksocket hub serve|token|run|cancel|agents|operations``, are :mod:`ksocket.cli.hub`.
+``ksocket hub serve|token|run|cancel|agents|operations`` and the inventory's
+``inventory import|nodes|node|snapshots|diff|export``, are :mod:`ksocket.cli.hub`.
 """
