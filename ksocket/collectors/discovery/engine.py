@@ -2,7 +2,14 @@
 
 One :class:`LinkIO` per interface holds a pcap handle (immediate mode, non-blocking, inbound only,
 filtered to the scan's replies) and sends with ``pcap_sendpacket``; on a Linux cooked link, where
-libpcap cannot inject, it sends through a raw IPv4 socket bound to the interface.
+libpcap cannot inject, it sends through a raw IPv4 socket bound to the interface. An interface that
+cannot be opened, or fails while the scan runs, ends only its own paths: the others go on, and the
+summary's ``failedInterfaces`` says which and why (when none could be opened, the scan fails).
+
+The TCP SYN probes leave from one source port outside the kernel's ephemeral range
+(``ip_local_port_range``), bound by a TCP socket for the scan's life, so no connection of the host
+ever gets it; the kernel answers a SYN-ACK to it with a reset, as it does for any port without a
+listener.
 
 The :class:`Engine` loop, single-threaded, only moves bytes: it reads every capture and hands each
 parsed reply to :func:`~.matcher.match` and its evidence to the :class:`~.scheduler.Scheduler`,
@@ -15,12 +22,15 @@ parked targets (5 bytes a target) and the hosts found.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import random
 import select
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path as FilePath
 from typing import Any
 
 import pcap
@@ -31,6 +41,7 @@ from ksocket.collectors.discovery.matcher import Asked, Cookies, Ignored, match
 from ksocket.collectors.discovery.scheduler import (
     ARP_STAGE,
     ICMP_BIT,
+    INTERFACE_FAILED,
     IP_STAGE,
     Host,
     Path,
@@ -45,10 +56,46 @@ SO_BINDTODEVICE = 25
 LINGER = 0.03  # after the last probe's wait, one more look for late replies
 TICK = 0.1  # progress and cancellation checks
 SEND_BATCH = 32  # packets sent before the captures are read again
+EPHEMERAL_RANGE = FilePath("/proc/sys/net/ipv4/ip_local_port_range")
+PORT_TRIES = 64
+_RANDOM = random.SystemRandom()
 
 
 class SendBlocked(Exception):
     """The link's queue is full for now (ENOBUFS/EAGAIN): try the same packet again shortly."""
+
+
+class LinkFailed(OperationFailed):
+    """The interface can no longer capture or send (it went away, say)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.UNREACHABLE, message, transient=True)
+
+
+def _ephemeral_range(path: FilePath) -> tuple[int, int]:
+    try:
+        low, high = (int(part) for part in path.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+    return low, high
+
+
+def reserve_source_port(
+    ephemeral: FilePath = EPHEMERAL_RANGE, choose: Callable[[range], int] = _RANDOM.choice
+) -> socket.socket:
+    """A TCP socket bound to a port outside the ephemeral range (above it if there is room, else below),
+    held for the scan's life so that the kernel never gives the port to a connection."""
+    low, high = _ephemeral_range(ephemeral)
+    ports = range(high + 1, 65536) if 65535 - high >= 256 else range(1024, max(1025, low))
+    for _ in range(PORT_TRIES):
+        reservation = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            reservation.bind(("0.0.0.0", choose(ports)))  # noqa: S104 - every address's port, never listened on
+        except OSError:
+            reservation.close()
+            continue
+        return reservation
+    raise OperationFailed(ErrorCode.INTERNAL, f"no free TCP port in {ports.start}-{ports.stop - 1} for the SYN probes")
 
 
 class LinkIO:
@@ -97,15 +144,15 @@ class LinkIO:
             text = _text(error)
             if error.errno in (errno.ENOBUFS, errno.EAGAIN) or "No buffer space" in text or "temporarily" in text:
                 raise SendBlocked from None
-            raise OperationFailed(
-                ErrorCode.UNREACHABLE, f"sending on {self.iface.name}: {text}", transient=True
-            ) from None
+            raise LinkFailed(f"sending on {self.iface.name}: {text}") from None
 
     def read(self) -> list[tuple[float, bytes]]:
         try:
             packets: list[tuple[float, bytes]] = self.capture.readpkts()
-        except OSError:
-            return []
+        except OSError as error:
+            if error.errno in (errno.EAGAIN, errno.EINTR):
+                return []
+            raise LinkFailed(f"capturing on {self.iface.name}: {_text(error)}") from None
         return packets
 
     def close(self) -> None:
@@ -153,11 +200,14 @@ class Engine:
         self.clock = clock
         self.scheduler = Scheduler(targets, table, settings, self._open_path)
         self.links: dict[str, LinkIO] = {}
+        self.link_types: dict[str, int] = {}
+        self.failed: dict[str, str] = {}  # interface -> why it could not be used
         self.stats = Stats()
         self.cookies = Cookies.random()
         self.sources: set[int] = set()
         self.asked = Asked(targets, self.sources, self.cookies, settings.ports)
         self._blocked: tuple[Probe, bytes] | None = None  # a packet the link had no room for, to send again
+        self._port: socket.socket | None = None  # holds the SYN probes' source port
         self.started = 0.0
         self.finished = 0.0
 
@@ -186,12 +236,34 @@ class Engine:
         if link is None:
             link = LinkIO(iface, self._bpf(iface), device=self.capture_device)
             self.links[iface.name] = link
+            self.link_types[iface.name] = link.link_type
             self.sources.update(address for address, _, _ in iface.addresses)
         return link
 
-    def _open_path(self, decision: routes.Decision, stage: str) -> Path | None:
+    def _open_path(self, decision: routes.Decision, stage: str) -> Path | str | None:
         """The scheduler's way out for ``decision``: a capture on its interface and, behind a gateway on
-        a link layer, the gateway's MAC; None when there is none."""
+        a link layer, the gateway's MAC; None when there is none, ``interface-failed`` when the
+        interface cannot be used (the scan goes on with the others)."""
+        name = decision.interface.name
+        if name in self.failed:
+            return INTERFACE_FAILED
+        try:
+            return self._path(decision, stage)
+        except OperationFailed as error:
+            self._fail(name, str(error))
+            return INTERFACE_FAILED
+
+    def _fail(self, name: str, reason: str) -> None:
+        """``name`` is out of the scan: its capture closed, its paths ended."""
+        self.failed[name] = reason
+        link = self.links.pop(name, None)
+        if link is not None:
+            link.close()
+        if self._blocked is not None and self._blocked[0].path.interface == name:
+            self._blocked = None
+        self.scheduler.fail_interface(name)
+
+    def _path(self, decision: routes.Decision, stage: str) -> Path | None:
         link = self.link(decision.interface)
         gateway_mac = None
         if stage == IP_STAGE and link.ethernet:
@@ -230,7 +302,16 @@ class Engine:
 
     # --- the loop ------------------------------------------------------------------------------
 
+    def _reserve_port(self) -> None:
+        """The SYN probes' source port, reserved (see the module's docstring)."""
+        if "tcp" not in self.settings.methods:
+            return
+        self._port = reserve_source_port()
+        self.cookies = dataclasses.replace(self.cookies, sport=self._port.getsockname()[1])
+        self.asked = dataclasses.replace(self.asked, cookies=self.cookies)
+
     def run(self) -> None:
+        self._reserve_port()
         self.started = self.clock()
         self.scheduler.start(self.started)
         next_tick = self.started
@@ -258,6 +339,11 @@ class Engine:
             self.finished = self.clock()
             for link in self.links.values():
                 link.close()
+            if self._port is not None:
+                self._port.close()
+        if self.failed and not self.link_types:
+            name, reason = next(iter(self.failed.items()))
+            raise OperationFailed(ErrorCode.INTERNAL, reason if len(self.failed) == 1 else f"{name}: {reason}")
         self.context.progress(self.targets.size, self.targets.size)
 
     def _has_work(self) -> bool:
@@ -277,8 +363,13 @@ class Engine:
                 time.sleep(delay)
 
     def _drain(self) -> None:
-        for link in self.links.values():
-            for stamp, data in link.read():
+        for link in list(self.links.values()):
+            try:
+                packets = link.read()
+            except LinkFailed as error:
+                self._fail(link.iface.name, str(error))
+                continue
+            for stamp, data in packets:
                 reply = frames.parse(link.link_type, data)
                 if reply is None:
                     self._ignore("unparsed")
@@ -305,6 +396,9 @@ class Engine:
                 self.stats.blocked += 1
                 self._blocked = (probe, data)
                 return
+            except LinkFailed as error:
+                self._fail(probe.path.interface, str(error))
+                continue
             self._blocked = None
             self.stats.sent += 1
             self.scheduler.sent(probe, now, wall)
@@ -365,14 +459,16 @@ class Engine:
             "paths": [
                 {
                     "interface": path.interface,
-                    "linkType": self.links[path.interface].link_type,
+                    "linkType": self.link_types[path.interface],
                     "stage": path.stage,
                     "gateway": to_str(path.gateway) if path.gateway is not None else None,
                     "srtt": round(path.rtt.srtt * 1000, 3) if path.rtt.srtt is not None else None,
                     "wait": round(path.rtt.timeout * 1000, 3),
+                    "window": round(path.window.cwnd, 1),
+                    "windowDecreases": path.window.decreases,
                 }
-                for path in self.scheduler.paths.values()
-                if path is not None
+                for path in self.scheduler.open_paths()
             ],
+            "failedInterfaces": dict(self.failed),
             "gatewayArp": self.stats.gateway_arp,
         }
