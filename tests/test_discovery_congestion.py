@@ -5,6 +5,7 @@ interface that fails, and the SYN probes' reserved source port."""
 from __future__ import annotations
 
 import errno
+import json
 import socket
 from pathlib import Path as FilePath
 from typing import Any
@@ -18,9 +19,11 @@ from ksocket.collectors.discovery import frames, matcher, routes
 from ksocket.collectors.discovery.engine import Engine, reserve_source_port
 from ksocket.collectors.discovery.matcher import Evidence
 from ksocket.collectors.discovery.scheduler import ARP_STAGE, INTERFACE_FAILED, IP_STAGE, Path, Scheduler, Settings
-from ksocket.collectors.discovery.targets import parse_targets, to_int
+from ksocket.collectors.discovery.targets import parse_targets, to_int, to_str
 from ksocket.collectors.discovery.timing import Window
 from ksocket.protocol import ErrorCode
+from tests.lab import Lab
+from tests.labtools import make_lab, scan_in  # noqa: F401  (fixture)
 
 SCANNER, SCANNER1 = to_int("198.18.0.1"), to_int("198.18.4.1")
 GATEWAY = to_int("198.18.0.254")
@@ -439,3 +442,57 @@ def test_the_engine_sends_its_syns_from_the_reserved_port(monkeypatch: pytest.Mo
     syns = [dpkt.ethernet.Ethernet(data).data.data for data in link.sent]
     assert len(syns) >= 2 and {syn.sport for syn in syns} == {ports[0]}
     assert engine._port is not None and engine._port.fileno() == -1  # given back when the scan ended
+
+
+# --- in the lab ----------------------------------------------------------------------------------
+
+
+@pytest.mark.lab
+@pytest.mark.timeout(300)
+def test_a_slow_path_is_scanned_at_what_it_carries(make_lab) -> None:  # noqa: F811
+    """The scanner's port carries 100 frames a second; the scan asks for 1,000: its window shrinks to what
+    the path carries, and the retries find everyone."""
+    lab: Lab = make_lab().flat(200, prefixlen=24).slow_path(100).up()
+    result = scan_in(lab, {"targets": [lab.cidr("lan")], "methods": ["arp"], "rate": 1000, "dns": False})
+    hosts = {host["address"] for host in result["hosts"]}
+    expected = lab.expected("lan")
+    assert hosts <= expected  # never a false positive
+    assert len(hosts) >= len(expected) - 1
+    (path,) = result["stats"]["paths"]
+    assert path["windowDecreases"] >= 1 and path["window"] < 1000
+
+
+DEVICE_GONE = """
+import json, subprocess
+from ksocket.collectors.base import NullContext
+from ksocket.collectors.discovery import routes
+from ksocket.collectors.discovery.engine import Engine
+from ksocket.collectors.discovery.scheduler import Settings
+from ksocket.collectors.discovery.targets import parse_targets
+
+table = routes.RoutingTable.from_kernel()
+subprocess.run(["ip", "link", "del", "gone0"], check=True)  # it was there when the routes were read
+settings = Settings(frozenset({"arp"}), (22,), 1000, 0.5)
+engine = Engine(parse_targets(["198.18.40.0/29", "198.18.0.0/28"]), table, settings, NullContext())
+engine.run()
+print(json.dumps({"hosts": sorted(engine.hosts), "failed": engine.failed, "skipped": engine.skipped}))
+"""
+
+
+@pytest.mark.lab
+def test_an_interface_that_is_gone_when_the_scan_opens_it_leaves_the_others_scanning(make_lab) -> None:  # noqa: F811
+    lab: Lab = make_lab().flat(6, prefixlen=28).up()
+    for command in (
+        "link add gone0 type veth peer name gone1",
+        "link set gone1 up",
+        "addr add 198.18.40.1/29 dev gone0",
+        "link set gone0 up",
+    ):
+        lab.run_in_scanner(["ip", *command.split()], check=True)
+    done = lab.python_in_scanner(DEVICE_GONE)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert {to_str(address) for address in report["hosts"]} == lab.expected("lan")
+    assert list(report["failed"]) == ["gone0"] and "gone0" in report["failed"]["gone0"]
+    assert report["skipped"]["interface-failed"] == 5  # .2-.6: the network, broadcast and own address aside
+    print(report["failed"])

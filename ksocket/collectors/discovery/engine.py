@@ -112,9 +112,9 @@ class LinkIO:
                 self.capture.setdirection(pcap.PCAP_D_IN)
             self.capture.setnonblock(True)
         except OSError as error:
-            raise OperationFailed(
-                ErrorCode.INTERNAL, f"cannot capture on {iface.name}: {_text(error)} (needs root or CAP_NET_RAW)"
-            ) from None
+            text = _text(error)
+            hint = " (needs root or CAP_NET_RAW)" if "ermission" in text or "not permitted" in text else ""
+            raise OperationFailed(ErrorCode.INTERNAL, f"cannot capture on {iface.name}: {text}{hint}") from None
         self.link_type = int(self.capture.datalink())
         self.raw: socket.socket | None = None
         if self.link_type in (frames.DLT_LINUX_SLL, frames.DLT_LINUX_SLL2) or device == "any":
