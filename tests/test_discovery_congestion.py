@@ -66,23 +66,23 @@ def test_drops_beyond_random_loss_halve_the_window_once_per_epoch() -> None:
     window = Window(ceiling=1000)
     for _ in range(40):
         window.take()  # 40 tries in their wait: a window of 1000 means nothing more
-    for _ in range(3):
-        window.dropped(lost=1.0, now=2.0)
+    window.dropped(lost=1.0, now=2.0, tries=3)
+    assert window.decreases == 0  # three lost tries in four: not yet significant
+    window.dropped(lost=1.0, now=2.0, tries=3)
     assert window.decreases == 1
     assert window.cwnd == pytest.approx(41 / 2) and window.ssthresh == pytest.approx(41 * 3 / 4)
     assert window.epoch == 2.0
     for _ in range(10):
-        window.dropped(lost=1.5, now=2.5)  # lost before the decrease: already answered for
+        window.dropped(lost=1.5, now=2.5, tries=9)  # lost before the decrease: already answered for
     assert window.decreases == 1 and window.drops == 0
-    for _ in range(3):
-        window.dropped(lost=2.1, now=3.0)
+    window.dropped(lost=2.1, now=3.0, tries=9)
     assert window.decreases == 2 and window.cwnd == pytest.approx(41 / 4)
 
 
 def test_random_loss_within_the_tolerance_never_shrinks_the_window() -> None:
     window = Window(ceiling=50)
     for index in range(2000):
-        if index % 7 == 3:  # one answer in seven needed a retry: ~14% loss
+        if index % 5 == 3:  # one answer in five needed a second try: one try in six lost
             window.dropped(lost=float(index), now=float(index))
         else:
             window.answered(sent=float(index))
@@ -93,8 +93,7 @@ def test_slow_start_below_ssthresh_then_one_per_window_above_it_never_above_the_
     window = Window(ceiling=100)
     for _ in range(16):
         window.take()
-    for _ in range(3):
-        window.dropped(lost=0.0, now=1.0)
+    window.dropped(lost=0.0, now=1.0, tries=9)  # a target answered its tenth try
     assert (window.cwnd, window.ssthresh) == (8.5, 12.75)
     for _ in range(4):
         window.answered(sent=1.5)
@@ -115,17 +114,16 @@ def test_no_growth_while_the_drops_exceed_the_tolerance() -> None:
     window.cwnd = 10
     window.dropped(lost=0.0, now=0.0)
     window.answered(sent=0.0)
-    assert window.cwnd == 10  # one drop in two answers
-    for _ in range(4):
+    assert window.cwnd == 10  # one try lost in three
+    for _ in range(2):
         window.answered(sent=0.0)
-    assert window.cwnd > 10  # one in six: within the tolerance
+    assert window.cwnd > 10  # one in five: within the tolerance
 
 
 def test_repeated_congestion_stops_at_the_floor() -> None:
     window = Window(ceiling=1000, floor=2)
     for round_ in range(20):
-        for _ in range(3):
-            window.dropped(lost=float(round_), now=float(round_) + 0.5)
+        window.dropped(lost=float(round_), now=float(round_) + 0.5, tries=9)
     assert window.cwnd == 2 and window.decreases == 20
 
 
@@ -210,25 +208,24 @@ def test_an_answer_to_a_retry_is_a_drop_an_answer_to_a_first_try_an_ack() -> Non
     scheduler.expire(2.0)
     assert wire.send(1) == [(A, ARP_STAGE, 0)]
     scheduler.answer(arp_answer(A), "eth0", 0.503)
-    assert (window.acks, window.drops) == (1, 1)
+    assert (window.acks, window.drops) == (2, 1)  # the retry answered, the first try lost
     scheduler.answer(arp_answer(A), "eth0", 0.504)
-    assert (window.acks, window.drops) == (1, 1)  # once per try
+    assert (window.acks, window.drops) == (2, 1)  # once per try
 
 
 def test_a_path_that_drops_what_exceeds_its_rate_gets_a_smaller_window() -> None:
     scheduler = scheduler_for("198.18.0.0/24", "arp")
+    scheduler.policy.min_tries = 4  # silent targets get four tries
     wire = Wire(scheduler)
-    wire.send(40)
-    path = arp_path(scheduler)
-    for target in range(A, A + 40, 5):  # the path carried one in five
-        scheduler.answer(arp_answer(target), "eth0", wire.now)
-    scheduler.expire(wire.now + 1.0)
-    wire.now += 1.0
-    retried = wire.send(32)
-    assert len(retried) == 32 and all(stage == ARP_STAGE for _, stage, _ in retried)
-    for target, _, _ in retried[:8]:  # their second tries were answered: the first ones were lost
-        scheduler.answer(arp_answer(target), "eth0", wire.now)
-    assert path.window.decreases >= 1 and path.window.cwnd < 40
+    for _ in range(3):  # each round, the path carries one try in five: those targets answer
+        sent = [target for target, _, _ in wire.send(300)]
+        for target in sent[::5]:
+            scheduler.answer(arp_answer(target), "eth0", wire.now)
+        wire.now += 1.0
+        scheduler.expire(wire.now)
+    window = arp_path(scheduler).window
+    assert window.decreases == 1  # the third round's answers showed two lost tries each
+    assert window.cwnd < 100  # half of what was in its wait then, not of the ceiling
 
 
 def test_retries_back_off() -> None:

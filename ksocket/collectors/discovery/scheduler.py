@@ -2,18 +2,19 @@
 
 A target is in flight as one :class:`Probe` (a bit per unanswered packet: on an ARP path the one
 ARP request; on an IP path bit 0 the ICMP echo and bit ``1 + i`` the TCP SYN to ``ports[i]``) on a
-:class:`Path` (an interface, a stage and a next hop, with its own RTT estimate and its probes in
-the order their waits end). The :class:`Scheduler` is fed the time and the :class:`~.matcher.Evidence`
+:class:`Path` (an interface, a stage and a next hop, with its own RTT estimate and its tries in
+the order their waits end, one queue per backoff: each retry waits half as long again as the try
+before it). The :class:`Scheduler` is fed the time and the :class:`~.matcher.Evidence`
 of replies and hands out packets in the order the :class:`~.timing.Pacer` allows: retries first,
 then the follow-up probes of hosts ARP found, then fresh targets drawn lazily from the target set.
 A try whose wait is over is retried while the :class:`~.timing.RetryPolicy` allows; a silent
-target that used up its tries is parked in two compact arrays (5 bytes a target) and gets more
-tries at the end if the policy grew meanwhile.
+target that used up its tries is parked in two compact arrays (5 bytes a target) and goes again
+as soon as the policy allows more tries (and once more at the end).
 
 Each path has a congestion :class:`~.timing.Window`: a try begins only while its path's window is
-open, else it is held on the path until an answer or an expiry frees a place (held fresh targets
-stop the drawing of more, so what is held stays bounded). The window learns from the answers: a
-first try answered grows it, a retry answered after its earlier try went unanswered is a drop.
+open, else it is held on the path until the end of a wait frees a place (a held fresh target stops
+the drawing of more, so what is held stays bounded). The window learns from the answers: a try
+answered grows it; a retry answered shows the tries before it lost (drops).
 The RTT is measured from the packet that was answered (each packet's own send time); an answer to
 a packet sent more than once is ambiguous and, by Karn's rule, never an RTT sample of the path.
 
@@ -163,6 +164,7 @@ class Scheduler:
         self._fresh_left = True
         self._fresh_held_on: Path | None = None  # no fresh target is drawn while this path holds one
         self._now = 0.0  # the latest time the scheduler was told
+        self._allowed = self.policy.allowed_tries()  # the tries the policy allowed at the last expiry
         self._sending: tuple[Probe, list[int]] | None = None  # the try going out, and its bits still to send
 
     def start(self, now: float) -> None:
@@ -362,9 +364,13 @@ class Scheduler:
     # --- waits ---------------------------------------------------------------------------------
 
     def expire(self, now: float) -> None:
-        """Tries whose wait is over at ``now`` go to the retries, or their targets are parked."""
+        """Tries whose wait is over at ``now`` go to the retries, or their targets are parked; when the
+        policy allows more tries than before, the parked targets go again at once."""
         self._now = max(self._now, now)
         allowed = self.policy.allowed_tries()
+        if allowed > self._allowed:
+            self._allowed = allowed
+            self.revive()
         for path in self.open_paths():
             for backoff, waiting in enumerate(path.waiting):
                 wait = path.wait(backoff)
@@ -468,7 +474,7 @@ class Scheduler:
         if probe.tries == 1:
             probe.path.window.answered(sent)
         elif before:  # not a revived target's first new try: when its last try went out is not kept
-            probe.path.window.dropped(before, self._now)
+            probe.path.window.dropped(before, self._now, probe.tries - 1)
 
     def _settle(self, probe: Probe, answered: int, *, counts: bool) -> None:
         if counts and not probe.counted:

@@ -14,10 +14,12 @@ path, and a retry count sized to the loss the scan observes.
   ``rate`` times the longest wait), so a clean path, or one of silent addresses, is paced by ``rate``
   alone. A drop is a try that went unanswered though a later try at the same target was answered
   (nmap's drop detection by retransmit answers). When the drops are significantly more than
-  ``tolerance`` of the answers, more than random loss explains, the window halves (once per epoch:
-  only tries sent after the last decrease count); it grows on answers while the drops stay within
-  ``tolerance``, by one per answer below ``ssthresh`` (slow start) and by ``1/cwnd`` above it, never
-  above its ceiling nor below its floor.
+  ``tolerance`` of the tries they and the answers make, more than random loss explains, the window
+  halves (once per epoch: only tries sent after the last decrease count); it grows on answers while
+  the drops stay within ``tolerance``, by one per answer below ``ssthresh`` (slow start) and by
+  ``1/cwnd`` above it, never above its ceiling nor below its floor. Retries back off (see
+  :meth:`~.scheduler.Path.wait`): on a path that drops what exceeds its rate, a retry sent exactly
+  one wait after its try would meet the same moment of the limiter's cycle again.
 - :class:`RetryPolicy` decides how many tries a silent target gets: at least two, at least one
   more than the latest try that ever drew a first answer (nmap's ``max_successful_tryno + 1``),
   and enough that, at the loss rate estimated from the tries live hosts needed, fewer than
@@ -29,7 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-DROP_TOLERANCE = 0.2  # the share of answers that may need a retry before a path is congested: random loss
+DROP_TOLERANCE = 0.25  # the share of tries a path may lose before it counts as congested: random loss
 DROP_CONFIDENCE = 2.5  # standard deviations above the tolerated share before the window shrinks
 
 
@@ -97,8 +99,8 @@ class Window:
     ssthresh: float = field(init=False)
     inflight: int = field(default=0, init=False)  # tries in their wait
     epoch: float = field(default=-math.inf, init=False)  # when the window last shrank
-    acks: int = field(default=0, init=False)  # answers to first tries sent in this epoch
-    drops: int = field(default=0, init=False)  # tries lost in this epoch whose retry was answered
+    acks: int = field(default=0, init=False)  # tries answered, sent in this epoch
+    drops: int = field(default=0, init=False)  # tries lost before an answered retry, sent in this epoch
     decreases: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -127,11 +129,13 @@ class Window:
         growth = 1.0 if self.cwnd < self.ssthresh else 1.0 / self.cwnd
         self.cwnd = min(self.ceiling, self.cwnd + growth)
 
-    def dropped(self, lost: float, now: float) -> None:
-        """A try sent at ``lost`` went unanswered, and a later try at the same target was answered."""
+    def dropped(self, lost: float, now: float, tries: int = 1) -> None:
+        """``tries`` tries, the last sent at ``lost``, went unanswered, and the next one at the same target
+        was answered."""
         if lost < self.epoch:
             return  # sent before the last decrease: that one already answered for it
-        self.drops += 1
+        self.acks += 1
+        self.drops += tries
         if not self.congested():
             return
         waiting = min(self.cwnd, self.inflight + 1.0)  # a window far above what is waiting means nothing
@@ -143,9 +147,9 @@ class Window:
 
     def congested(self) -> bool:
         """More drops this epoch than random loss of ``tolerance`` would give, by ``confidence`` deviations."""
-        answers = self.acks + self.drops
-        spread = math.sqrt(answers * self.tolerance * (1 - self.tolerance))
-        return self.drops - answers * self.tolerance > self.confidence * spread
+        tries = self.acks + self.drops
+        spread = math.sqrt(tries * self.tolerance * (1 - self.tolerance))
+        return self.drops - tries * self.tolerance > self.confidence * spread
 
 
 @dataclass
