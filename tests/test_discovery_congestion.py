@@ -459,6 +459,15 @@ def test_a_slow_path_is_scanned_at_what_it_carries(make_lab) -> None:  # noqa: F
     assert path["windowDecreases"] >= 1 and path["window"] < 1000
 
 
+@pytest.mark.lab
+def test_without_the_switch_the_bridge_floods_and_the_scan_still_finds_everyone(make_lab) -> None:  # noqa: F811
+    lab: Lab = make_lab(switch=False).flat(20, prefixlen=27).up()
+    rules = lab.exec_in(lab.bridge_ns, ["nft", "list", "ruleset"]).stdout
+    assert "fwd to" not in rules
+    result = scan_in(lab, {"targets": [lab.cidr("lan")], "methods": ["arp"], "dns": False})
+    assert {host["address"] for host in result["hosts"]} == lab.expected("lan")
+
+
 DEVICE_GONE = """
 import json, subprocess
 from ksocket.collectors.base import NullContext
