@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench discovery: needs root (network namespaces); skipped")
         return 0
-    lab = Lab(prefix="kslab-bench").flat(args.hosts, prefixlen=22)
+    lab = Lab(prefix=f"kslab-{os.getpid()}-0").flat(args.hosts, prefixlen=22)  # unique: other runs leave it be
     try:
         lab.up()
         print(

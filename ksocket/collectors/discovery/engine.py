@@ -341,9 +341,8 @@ class Engine:
                 link.close()
             if self._port is not None:
                 self._port.close()
-        if self.failed and not self.link_types:
-            name, reason = next(iter(self.failed.items()))
-            raise OperationFailed(ErrorCode.INTERNAL, reason if len(self.failed) == 1 else f"{name}: {reason}")
+        if self.failed and not self.link_types:  # no interface could be opened: nothing was scanned
+            raise OperationFailed(ErrorCode.INTERNAL, "; ".join(self.failed.values()))
         self.context.progress(self.targets.size, self.targets.size)
 
     def _has_work(self) -> bool:
