@@ -48,30 +48,30 @@ def demo(c: Context) -> None:
         c.run(f"{PY} -m tests.demo", pty=False)
 
 
-@task(help={"only": "comma-separated benchmark names (link, pipeline, discovery, inspect)"})
+@task(help={"only": "comma-separated benchmark names (link, pipeline, discovery, inspect, hostile)"})
 def bench(c: Context, only: str = "") -> None:
     """Benchmarks against the reference tools; each prints its table."""
     with c.cd(str(ROOT)):
         c.run(f"{PY} -m tests.bench {only.replace(',', ' ')}", pty=False)
 
 
-@task(name="up")
-def lab_up(c: Context) -> None:
+@task(name="up", help={"discovery": "the discovery loop's routed topology (tests/discoverylab.py) instead"})
+def lab_up(c: Context, discovery: bool = False) -> None:
     """Build the network lab (namespaces in 198.18.0.0/15)."""
     with c.cd(str(ROOT)):
-        c.run(f"{PY} -m tests.lab up", pty=False)
+        c.run(f"{PY} -m {'tests.discoverylab' if discovery else 'tests.lab'} up", pty=False)
 
 
-@task(name="down")
-def lab_down(c: Context) -> None:
-    """Remove every namespace, link and process of the lab."""
+@task(name="down", help={"all": "also the labs of test runs still running (they will fail)"})
+def lab_down(c: Context, all: bool = False) -> None:  # `all`: the flag's name on the command line
+    """Remove the labs of lab.up and of test runs that are gone (--all: running test runs' too)."""
     with c.cd(str(ROOT)):
-        c.run(f"{PY} -m tests.lab down", pty=False)
+        c.run(f"{PY} -m tests.lab down{' --all' if all else ''}", pty=False)
 
 
 @task(help={"out": "the folder to write the tarball to (default dist)"})
 def release(c: Context, out: str = "dist") -> None:
-    """The release: dist/ksocket-VERSION-linux-x86_64.tar.gz with ksinstall, ksuninstall and every wheel."""
+    """The release: dist/ksocket-VERSION-linux-x86_64.tar.gz, ksocket frozen with its own runtime, the installers."""
     with c.cd(str(ROOT)):
         c.run(f"{PY} installers/release.py --out {out}", pty=False)
 

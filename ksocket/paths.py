@@ -1,8 +1,9 @@
 """Where ksocket keeps its files: ``$KSOCKET_HOME`` and the layout below it (manual 2.1, 6.1).
 
-KSOCKET_HOME is the environment variable when set; otherwise the install prefix (the private
-environment ksinstall creates there); run from a source checkout, the checkout's ``state/`` folder,
-so that developing never writes outside the work tree.
+KSOCKET_HOME is the environment variable when set; otherwise the install prefix (for the release's
+bundled runtime, the folder ksinstall put it in; else the environment's ``sys.prefix``); run from a
+source checkout, the checkout's ``state/`` folder, so that developing never writes outside the work
+tree.
 """
 
 from __future__ import annotations
@@ -18,13 +19,20 @@ def _is_checkout(root: Path) -> bool:
     return (root / "pyproject.toml").is_file() and (root / "ksocket" / "__init__.py").is_file()
 
 
+def install_prefix() -> Path:
+    """The prefix ksocket is installed in: the release's bundle is PREFIX/lib/ksocket/ksocket (frozen)."""
+    if getattr(sys, "frozen", False):
+        return Path(sys.executable).resolve().parent.parent.parent
+    return Path(sys.prefix)
+
+
 def ksocket_home() -> Path:
     env = os.environ.get("KSOCKET_HOME")
     if env:
         return Path(env)
     if _is_checkout(CHECKOUT):
         return CHECKOUT / "state"
-    return Path(sys.prefix)
+    return install_prefix()
 
 
 def etc_dir(home: Path | None = None) -> Path:

@@ -1,4 +1,4 @@
-"""The ksocket wire protocol, version 1, as values: a sans-I/O core.
+"""The ksocket wire protocol, versions 2 and 1, as values: a sans-I/O core.
 
 This module turns WebSocket text frames into typed messages and back, and does nothing
 else: no sockets, no asyncio, no clocks, no logging, no files. The agent's link, its state
@@ -28,6 +28,10 @@ Design
 * Forward compatibility: unknown fields are ignored. Strictness where it matters: a JSON
   ``true`` is not an integer, counters are non-negative, ids are non-empty, ``NaN`` and
   ``Infinity`` are refused, frames are at most ``MAX_FRAME`` bytes of UTF-8.
+* Versions: the agent offers the subprotocols ``SUBPROTOCOLS`` (``ksocket.v2`` first, then
+  ``ksocket.v1``) and the hub selects one; ``version_of`` says which protocol version it names.
+  Version 2 adds the ``record`` frame and nothing else, so one parser serves both: which frames
+  a link may carry is the link's rule (a v1 link carries no ``record``).
 * Secrets: ``repr(Authenticate(...))`` leaves out the token. A serialized ``authenticate``
   frame necessarily holds it, so never log raw outbound frames of that type.
 """
@@ -52,8 +56,10 @@ __all__ = [
     "FROM_AGENT",
     "FROM_HUB",
     "MAX_FRAME",
+    "MAX_RECORD",
     "PROTOCOL_VERSION",
     "SUBPROTOCOL",
+    "SUBPROTOCOLS",
     "Accepted",
     "Ack",
     "Admission",
@@ -71,21 +77,37 @@ __all__ = [
     "Operation",
     "Progress",
     "ProtocolError",
+    "Record",
     "RefuseReason",
     "Refused",
     "RejectReason",
     "Rejected",
     "Result",
+    "Sequenced",
     "UnknownType",
     "error_reply",
     "parse",
     "serialize",
+    "version_of",
 ]
 
-PROTOCOL_VERSION: Final = 1
-SUBPROTOCOL: Final = "ksocket.v1"
+PROTOCOL_VERSION: Final = 2
+"""The newest version of the protocol, the one an agent offers first."""
+SUBPROTOCOLS: Final[dict[str, int]] = {"ksocket.v2": 2, "ksocket.v1": 1}
+"""The WebSocket subprotocols of each version, newest (most preferred) first."""
+SUBPROTOCOL: Final = "ksocket.v2"
+"""The subprotocol of ``PROTOCOL_VERSION``."""
 MAX_FRAME: Final = 16 * 1024 * 1024
 """Largest frame, in bytes of UTF-8, that either side sends or accepts."""
+MAX_RECORD: Final = 1024 * 1024
+"""Largest ``record`` document, in bytes of compact UTF-8 JSON, that an agent sends: a record is one
+host, network or host's details, and many fit in the time one large frame would hold the link."""
+
+
+def version_of(subprotocol: str | None) -> int | None:
+    """The protocol version a WebSocket subprotocol names, or None for one that is not ksocket's."""
+    return SUBPROTOCOLS.get(subprotocol or "")
+
 
 CLOSE_NORMAL: Final = 1000
 CLOSE_PROTOCOL_ERROR: Final = 4400
@@ -118,7 +140,8 @@ class ErrorCode(StrEnum):
 
     # a ``refused`` frame's reason, agent → hub (invalid-params is also a failed result's code)
     QUOTA = "quota"  # the agent holds connect.maxOperations operations already
-    UNKNOWN_OPERATION = "unknown-operation"  # the agent has no operation of that name
+    UNKNOWN_OPERATION = "unknown-operation"  # the agent has no operation of that name (the hub: in an
+    # ``error`` frame, about an operation it never sent to that slot)
     INVALID_PARAMS = "invalid-params"  # the params are wrong: no attempt will change that
 
     # a failed result's error.code, agent → hub (hosts.inspect also puts them in a protocol's error entry)
@@ -132,6 +155,9 @@ class ErrorCode(StrEnum):
     UNSUPPORTED = "unsupported"  # hosts.inspect: this version of the agent cannot inspect with that protocol
     INTERRUPTED = "interrupted"  # the worker stopped under the operation; it normally runs again instead
     INTERNAL = "internal"  # anything else: a fault of the agent or of its host
+
+    # the hub's own, never on the wire: what it stores in place of a result past the slot's quota
+    STORAGE_FULL = "storage-full"
 
 
 class ProtocolError(KsocketError):
@@ -287,8 +313,35 @@ class Result:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Record:
+    """agent → hub (version 2): one piece of an operation's output, sent before its result.
+
+    ``record`` is a JSON object with a non-empty string ``kind`` (``host``, ``network``,
+    ``details``, ...). Records take their ``seq`` from the same count as results and follow the
+    same rules: owned by the agent until acked, re-sent in seq order, a repeated seq dropped.
+    """
+
+    TYPE: ClassVar[str] = "record"
+    id: str
+    seq: int
+    record: JSONObject
+
+    def __post_init__(self) -> None:
+        if _record_kind(self.record) is None:
+            raise ValueError('a record must be a JSON object with a non-empty string "kind"')
+
+    @property
+    def kind(self) -> str:
+        return str(self.record["kind"])
+
+
+Sequenced: TypeAlias = Result | Record
+"""What the agent numbers with ``seq`` and owns until the hub acks it."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class Ack:
-    """hub → agent: every result with a ``seq`` up to this one has arrived (cumulative)."""
+    """hub → agent: every result and record with a ``seq`` up to this one has arrived (cumulative)."""
 
     TYPE: ClassVar[str] = "ack"
     seq: int
@@ -323,6 +376,7 @@ Message: TypeAlias = (
     | Refused
     | Progress
     | Result
+    | Record
     | Ack
     | Cancel
     | ErrorMessage
@@ -338,6 +392,7 @@ FROM_AGENT: Final[tuple[type[Message], ...]] = (
     Refused,
     Progress,
     Result,
+    Record,
     ErrorMessage,
 )
 """The message classes an agent sends (usable with ``isinstance``)."""
@@ -518,6 +573,18 @@ def _result_problem(ok: bool, data: object, error: object) -> tuple[str, str] | 
     return None
 
 
+def _record_kind(record: object) -> str | None:
+    kind = record.get("kind") if isinstance(record, dict) else None
+    return kind if isinstance(kind, str) and kind and _encodable(kind) else None
+
+
+def _record(obj: Mapping[str, Any], name: str, type_name: str) -> JSONObject:
+    value = _object(obj, name, type_name)
+    if _record_kind(value) is None:
+        raise _wrong({f"{name}.kind": value.get("kind", _MISSING)}, f"{name}.kind", type_name, "a non-empty string")
+    return value
+
+
 def _check_result(values: dict[str, Any]) -> None:
     problem = _result_problem(values["ok"], values["data"], values["error"])
     if problem is not None:
@@ -560,6 +627,7 @@ _SCHEMAS: Final[dict[str, _Schema]] = {
             ),
             check=_check_result,
         ),
+        _Schema(Record, (_Field("id", _id), _Field("seq", _uint), _Field("record", _record))),
         _Schema(Ack, (_Field("seq", _uint),)),
         _Schema(Cancel, (_Field("id", _id),)),
         _Schema(ErrorMessage, (_Field("code", _id), _Field("message", _str))),

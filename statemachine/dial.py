@@ -1,8 +1,10 @@
-"""Opening the link, step by step: proxy, DNS, TCP, TLS, WebSocket with the ``ksocket.v1`` subprotocol.
+"""Opening the link, step by step: proxy, DNS, TCP, TLS, WebSocket with a ``ksocket.v2`` or ``ksocket.v1`` subprotocol.
 
 The agent's ``connecting`` state runs :func:`open_websocket`, which does all of them; ``ksocket
 diagnostics connect`` runs the steps one at a time to say which of them fails. Library errors
-become :class:`~ksocket.errors.LinkError` here, each with one line naming the peer and the proxy.
+become :class:`~ksocket.errors.LinkError` here, each with one line naming the peer and the proxy. Dialling a hub
+that is not on this host over plain ``ws`` is allowed but warned about at every dial: the token
+crosses the network in clear.
 
 The proxy is ``connect.proxy`` when set (``none``: never one), otherwise the environment's as
 websockets reads it (HTTPS_PROXY, HTTP_PROXY for ws://, NO_PROXY honoured); websockets dials
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import re
@@ -77,6 +80,16 @@ class Endpoint:
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
             raise LinkError(f"connect.endpoint gives {url!r}, not a ws:// or wss:// URL")
         return cls(url, parts.hostname, port, parts.scheme == "wss", settings.proxy)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine: ``localhost``, 127.0.0.0/8 or ::1 (no lookup is made)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -273,7 +286,14 @@ async def _through(endpoint: Endpoint, proxy: Proxy, store: TrustStore | None) -
 
 
 async def open_websocket(endpoint: Endpoint, timeout: float) -> ClientConnection:
-    """Proxy, DNS, TCP, TLS and the WebSocket handshake in one, refusing a hub that does not speak ksocket.v1."""
+    """Proxy, DNS, TCP, TLS and the WebSocket handshake in one, offering ksocket.v2 then ksocket.v1 and
+    refusing a hub that selects neither."""
+    if not endpoint.secure and not is_loopback(endpoint.host):
+        log.warning(
+            "connect.protocol is ws: the token goes to %s:%d in clear (use wss for a hub on another host)",
+            endpoint.host,
+            endpoint.port,
+        )
     proxy = choose_proxy(endpoint)
     # websockets hands every proxy_* option to the proxy's connection, which only an https:// one takes
     proxy_tls = proxy.tls_context() if proxy is not None else None
@@ -285,7 +305,7 @@ async def open_websocket(endpoint: Endpoint, timeout: float) -> ClientConnection
             websocket = await connect(
                 endpoint.url,
                 ssl=trust_store().context if endpoint.secure else None,
-                subprotocols=[Subprotocol(protocol.SUBPROTOCOL)],
+                subprotocols=[Subprotocol(name) for name in protocol.SUBPROTOCOLS],
                 max_size=protocol.MAX_FRAME,
                 ping_interval=None,  # the protocol's own heartbeat is the one liveness check
                 close_timeout=2,
@@ -293,7 +313,8 @@ async def open_websocket(endpoint: Endpoint, timeout: float) -> ClientConnection
                 compression=None,
                 **proxy_options,
             )
-    if websocket.subprotocol != protocol.SUBPROTOCOL:
-        await websocket.close(protocol.CLOSE_PROTOCOL_ERROR, "subprotocol ksocket.v1 required")
-        raise LinkError(f"hub at {endpoint.host}:{endpoint.port} did not select subprotocol {protocol.SUBPROTOCOL}")
+    if protocol.version_of(websocket.subprotocol) is None:
+        offered = " or ".join(protocol.SUBPROTOCOLS)
+        await websocket.close(protocol.CLOSE_PROTOCOL_ERROR, f"subprotocol {offered} required")
+        raise LinkError(f"hub at {endpoint.host}:{endpoint.port} did not select subprotocol {offered}")
     return websocket

@@ -206,6 +206,7 @@ class Link:
     async def _authenticating(self) -> Outcome:
         assert self.websocket is not None
         hello = Authenticate(
+            protocol=self._version(),
             token=self.settings.token,
             name=self.settings.name,
             version=__version__,
@@ -230,6 +231,11 @@ class Link:
             return Outcome("lost", f"rejected by the hub: {answer.reason}: {answer.message}")
         return Outcome("lost", f"hub answered authenticate with {answer.TYPE!r}")
 
+    def _version(self) -> int:
+        """The protocol version of the subprotocol the hub selected (dial refuses any other)."""
+        assert self.websocket is not None
+        return protocol.version_of(self.websocket.subprotocol) or protocol.PROTOCOL_VERSION
+
     async def _resuming(self) -> Outcome:
         self.attempt += 1
         delay = resume_delay(
@@ -247,7 +253,7 @@ class Link:
         websocket = self.websocket
         assert websocket is not None
         # what a lost link left unread, the hub sends again: every connection starts a fresh session
-        session = Session(self.settings, self.clock.monotonic(), backlog=self.backlog)
+        session = Session(self.settings, self.clock.monotonic(), backlog=self.backlog, version=self._version())
         try:
             await _Connection(websocket, session, self.runner, self.clock).run()
         except LinkLost as lost:
@@ -262,13 +268,14 @@ class Link:
 
 
 class _Connection:
-    """Drives one connected WebSocket through its :class:`Session`: four tasks, each moving one kind of I/O.
+    """Drives one connected WebSocket through its :class:`Session`: five tasks, each moving one kind of I/O.
 
     The reader hands every frame to the session as it comes (while the inbound queue has room);
     the hand-over gives the queued operations and cancels to the runner one at a time; the timer
     sleeps until the session's next deadline and polls it; the result sender writes the runner's
-    unacked results, then its progress and new results. Whatever the session answers is written
-    at once. The first task to fail ends the connection with its exception.
+    unacked results and records, then its progress, new records and new results; the trimmer hands
+    the latest ack to the runner. Whatever the session answers is written at once. The first task to
+    fail ends the connection with its exception.
     """
 
     def __init__(self, websocket: ClientConnection, session: Session, runner: OperationRunner, clock: Clock) -> None:
@@ -279,10 +286,13 @@ class _Connection:
         self._arrived = asyncio.Event()  # the inbound queue may have work
         self._room = asyncio.Event()  # the inbound queue may have room
         self._tracked = asyncio.Event()  # a result went out: the session's deadline may be nearer
+        self._acked = 0  # the highest seq the hub acked on this connection
+        self._trimmed = 0  # the highest seq the runner was told of
+        self._ack_arrived = asyncio.Event()
 
     async def run(self) -> NoReturn:
         """Runs until the first task fails; its exception ends the connection (a bug's, with its traceback)."""
-        parts = [self._read(), self._hand_over(), self._keep_time(), self._send_results()]
+        parts = [self._read(), self._hand_over(), self._keep_time(), self._send_results(), self._trim()]
         tasks = [asyncio.ensure_future(part) for part in parts]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -308,8 +318,9 @@ class _Connection:
                 continue
             await self._send(self.session.receive(message, now))
             self._arrived.set()
-            if isinstance(message, Ack):
-                await self.runner.acknowledge(message.seq)
+            if isinstance(message, Ack) and message.seq > self._acked:
+                self._acked = message.seq
+                self._ack_arrived.set()
             await _until(lambda: self.session.has_room, self._room)
         raise LinkLost(f"hub closed the connection ({websocket.close_code} {websocket.close_reason or ''})".strip())
 
@@ -325,6 +336,15 @@ class _Connection:
             answer = await self.runner.submit(message)
             await self._send_tracked(self.session.admitted(answer, self.clock.monotonic()))
 
+    async def _trim(self) -> None:
+        """Has the runner forget what the hub acked: the latest ack only, as acks are cumulative, so that a hub
+        acking frame by frame costs one journal write per round, not per frame."""
+        self._trimmed = 0
+        while True:
+            await _until(lambda: self._acked > self._trimmed, self._ack_arrived)
+            self._trimmed = self._acked
+            await self.runner.acknowledge(self._trimmed)
+
     async def _keep_time(self) -> None:
         """Sleeps until the session's next deadline (or a result sent), then sends what is due."""
         while True:
@@ -338,7 +358,8 @@ class _Connection:
                     await self._tracked.wait()
 
     async def _send_results(self) -> None:
-        """Every unacked result first, in seq order; then progress and new results as they come."""
+        """Every unacked result and record first, in seq order; then progress, new records and results as they
+        come."""
         unacked = await self.runner.unacked()
         await self._send_tracked(self.session.send_unacked(unacked, self.clock.monotonic()))
         while True:

@@ -15,7 +15,7 @@ from typing import Protocol
 from ksocket import protocol
 from ksocket.collectors import system
 from ksocket.collectors.base import Context, Document, NullContext, OperationFailed
-from ksocket.protocol import Accepted, Admission, ErrorCode, Operation, Progress, Refused, Result
+from ksocket.protocol import Accepted, Admission, ErrorCode, Operation, Progress, Refused, Result, Sequenced
 
 
 class OperationRunner(Protocol):
@@ -25,16 +25,16 @@ class OperationRunner(Protocol):
 
     async def cancel(self, operation_id: str) -> None: ...
 
-    async def unacked(self) -> list[Result]:
-        """Every result not yet acked, in seq order: what a new connection sends first."""
+    async def unacked(self) -> list[Sequenced]:
+        """Every result and record not yet acked, in seq order: what a new connection sends first."""
         ...
 
-    async def next_event(self) -> Progress | Result:
-        """Waits for the next progress report or new result to send."""
+    async def next_event(self) -> Progress | Sequenced:
+        """Waits for the next progress report, new record or new result to send (these two in seq order)."""
         ...
 
     async def acknowledge(self, seq: int) -> None:
-        """The hub has every result with seq up to ``seq``: they may be forgotten."""
+        """The hub has every result and record with seq up to ``seq``: they may be forgotten."""
         ...
 
 
@@ -48,7 +48,7 @@ class InlineRunner:
         self._seq = 0
         self._done: dict[str, Result] = {}
         self._journal: dict[int, Result] = {}
-        self._events: asyncio.Queue[Progress | Result] = asyncio.Queue()
+        self._events: asyncio.Queue[Progress | Sequenced] = asyncio.Queue()
 
     async def submit(self, operation: Operation) -> Admission:
         if operation.id in self._done:
@@ -72,10 +72,10 @@ class InlineRunner:
     async def cancel(self, operation_id: str) -> None:
         return None  # everything it runs is already done
 
-    async def unacked(self) -> list[Result]:
+    async def unacked(self) -> list[Sequenced]:
         return [self._journal[seq] for seq in sorted(self._journal)]
 
-    async def next_event(self) -> Progress | Result:
+    async def next_event(self) -> Progress | Sequenced:
         return await self._events.get()
 
     async def acknowledge(self, seq: int) -> None:

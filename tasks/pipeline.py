@@ -130,6 +130,7 @@ class Pipeline:
         if not self._booted:  # what Dramatiq's CLI does in each worker process: starts TimeLimit's timer thread
             compat.boot_process(self.broker)
             self._booted = True
+        compat.wake_consumers_on_enqueue()  # the agent's own operations start at once, not after a poll's backoff
         self.lifecycle.stopping.clear()
         self.worker = start_worker(self.broker, threads, self.timings)
         log.info("worker %s: %d threads on %s", compat.broker_id(self.broker), threads, self.broker.namespace)
@@ -149,6 +150,7 @@ class Pipeline:
 
     def enqueue(self, operation_id: str, name: str, params: JSONObject) -> None:
         self.broker.get_actor(name).send(operation_id, params)
+        compat.enqueued()
 
     @contextlib.contextmanager
     def admitting(self, operation_id: str) -> Iterator[None]:

@@ -1,16 +1,19 @@
 """The agent's :class:`~statemachine.runner.OperationRunner`: admission into the pipeline, events out of it.
 
 :class:`PipelineRunner` is what the link talks to. ``submit`` admits an operation (dedupe by id,
-unknown names and invalid params refused, the ``connect.maxOperations`` quota) and enqueues it;
+unknown names and invalid params refused, params narrowed to the operator's fence or refused beyond
+it (:mod:`ksocket.fence`), the ``connect.maxOperations`` quota) and enqueues it;
 a Dramatiq worker in this process (``connect.maxRunningOperations`` threads) and any worker
 started with ``ksocket worker`` against the same Redis run it; its result lands in the journal.
-``next_event`` hands out progress and new results as they appear in the journal, whichever
-process produced them; ``unacked`` and ``acknowledge`` read and trim the journal.
+``next_event`` hands out progress, new records and new results as they appear in the journal,
+whichever process produced them, records and results in seq order; ``unacked`` and ``acknowledge``
+read and trim the journal.
 
 Blocking Redis calls run in threads (``asyncio.to_thread``). A background task follows the
 journal's event stream (and, as a safety net, the journal itself) and fills a small buffer that
 ``next_event`` drains: progress reports of one operation coalesce to the latest, and no more than
-:data:`BUFFERED_RESULTS` results wait there; the rest stay in Redis until there is room.
+:data:`BUFFERED` results and records wait there; the rest stay in Redis until there is room (and
+are read without waiting for another event once there is).
 
 After a restart on the same broker, every operation still held finishes: its message is still
 queued, or Dramatiq requeues it once the dead worker's heartbeat is ``heartbeat_timeout`` old, or
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -40,9 +44,12 @@ import redis
 
 from ksocket import paths
 from ksocket.collectors.base import Environment
+from ksocket.collectors.discovery import routes
 from ksocket.config import Settings
+from ksocket.fence import Fence
 from ksocket.identity import Identity
-from ksocket.protocol import Accepted, Admission, ErrorCode, Operation, Progress, Refused, Result
+from ksocket.protocol import Accepted, Admission, ErrorCode, Operation, Progress, Record, Refused, Result, Sequenced
+from ksocket.redact import described
 from tasks.broker import NAMESPACE, warn_unless_append_only
 from tasks.errors import BrokerError, InvalidParams, OperationFailed
 from tasks.journal import Held
@@ -51,35 +58,39 @@ from tasks.pipeline import Pipeline, Timings
 
 log = logging.getLogger("ksocket.tasks")
 
-BUFFERED_RESULTS: Final = 64
+BUFFERED: Final = 1000
+"""Results and records read from the journal and not yet handed to the link, at most."""
 FINISHED_REMEMBERED: Final = 10_000
 """Ids of the latest results handed out, whose late progress reports are dropped."""
 T = TypeVar("T")
 
 
 class _Events:
-    """The runner's outbox: results in seq order, progress coalesced per operation.
+    """The runner's outbox: results and records in seq order, progress coalesced per operation.
 
     A progress report read after its operation's result (the stream is read in batches, and a
     worker's last report may land after its result) is dropped: the hub must not see it after the result.
     """
 
     def __init__(self) -> None:
-        self._order: deque[Result | str] = deque()
+        self._order: deque[Sequenced | str] = deque()
         self._progress: dict[str, Progress] = {}
-        self._results = 0
+        self._sequenced = 0
         self._finished: dict[str, None] = {}  # an ordered set, oldest first
         self._ready = asyncio.Event()
 
     @property
     def room(self) -> int:
-        return max(0, BUFFERED_RESULTS - self._results)
+        return max(0, BUFFERED - self._sequenced)
 
-    def put(self, event: Progress | Result) -> None:
-        if isinstance(event, Result):
+    def put(self, event: Progress | Sequenced) -> None:
+        if isinstance(event, Record):
+            self._order.append(event)
+            self._sequenced += 1
+        elif isinstance(event, Result):
             self._progress.pop(event.id, None)
             self._order.append(event)
-            self._results += 1
+            self._sequenced += 1
             self._finished[event.id] = None
             if len(self._finished) > FINISHED_REMEMBERED:
                 del self._finished[next(iter(self._finished))]
@@ -91,18 +102,27 @@ class _Events:
             self._progress[event.id] = event
         self._ready.set()
 
-    async def get(self) -> Progress | Result:
+    async def get(self) -> Progress | Sequenced:
         while True:
             while self._order:
                 item = self._order.popleft()
-                if isinstance(item, Result):
-                    self._results -= 1
+                if not isinstance(item, str):
+                    self._sequenced -= 1
                     return item
                 progress = self._progress.pop(item, None)
                 if progress is not None:
                     return progress
             self._ready.clear()
             await self._ready.wait()
+
+
+def _own_networks() -> list[str]:
+    """The agent's on-link IPv4 networks, whose broadcast addresses the fence denies."""
+    try:
+        return routes.RoutingTable.from_kernel().onlink_networks()
+    except OperationFailed as exc:
+        log.warning("the agent's own networks are unknown (%s): their broadcast addresses are not fenced", exc)
+        return []
 
 
 class PipelineRunner:
@@ -129,6 +149,7 @@ class PipelineRunner:
     ) -> None:
         settings = settings or Settings()
         self.environment = Environment.from_settings(settings)
+        self.fence = Fence.from_settings(settings)
         self.broker_url = broker_url or settings.broker
         self.max_operations = settings.max_operations if max_operations is None else max_operations
         self.threads = settings.max_running_operations if max_running_operations is None else max_running_operations
@@ -153,6 +174,7 @@ class PipelineRunner:
     async def start(self) -> None:
         if self._pipeline is not None:
             return
+        self.fence = self.fence.with_broadcasts_of(await asyncio.to_thread(_own_networks))
         pipeline = await asyncio.to_thread(
             Pipeline,
             self.broker_url,
@@ -220,27 +242,29 @@ class PipelineRunner:
         return await self._redis(self._submit, self.pipeline, operation)
 
     def _submit(self, pipeline: Pipeline, operation: Operation) -> Admission:
-        refusal = self._check(pipeline, operation)
-        if refusal is not None:
+        checked = self._check(pipeline, operation)
+        if isinstance(checked, Refused):
             known = pipeline.journal.lookup(operation.id)
             if isinstance(known, Result):
                 return known
-            return Accepted(id=operation.id) if known == "held" else refusal
-        return self._admit(pipeline, operation)
+            return Accepted(id=operation.id) if known == "held" else checked
+        return self._admit(pipeline, checked)
 
-    def _check(self, pipeline: Pipeline, operation: Operation) -> Refused | None:
+    def _check(self, pipeline: Pipeline, operation: Operation) -> Operation | Refused:
+        """The operation as the fence narrows it, or why it is refused (its params, then the fence)."""
         spec = self.registry.get(operation.name)
         if spec is None or operation.name not in pipeline.broker.actors:
             return Refused(
-                id=operation.id, reason=ErrorCode.UNKNOWN_OPERATION, message=f"no operation {operation.name!r}"
+                id=operation.id, reason=ErrorCode.UNKNOWN_OPERATION, message=f"no operation {described(operation.name)}"
             )
         try:
             spec.validate(operation.params, self.environment)
+            params = self.fence.admit(operation.name, operation.params)
         except InvalidParams as exc:
             return Refused(id=operation.id, reason=ErrorCode.INVALID_PARAMS, message=str(exc))
         except OperationFailed as exc:
             return Refused(id=operation.id, reason=ErrorCode.INVALID_PARAMS, message=f"{exc.code}: {exc}")
-        return None
+        return dataclasses.replace(operation, params=params)
 
     def _admit(self, pipeline: Pipeline, operation: Operation) -> Admission:
         with pipeline.admitting(operation.id):
@@ -273,10 +297,10 @@ class PipelineRunner:
         state = await self._redis(self.pipeline.journal.cancel, operation_id)
         log.info("cancel %s: %s", operation_id, state)
 
-    async def unacked(self) -> list[Result]:
-        return await self._redis(self.pipeline.journal.results)
+    async def unacked(self) -> list[Sequenced]:
+        return await self._redis(self.pipeline.journal.outbox)
 
-    async def next_event(self) -> Progress | Result:
+    async def next_event(self) -> Progress | Sequenced:
         return await self._events.get()
 
     async def acknowledge(self, seq: int) -> None:
@@ -294,25 +318,31 @@ class PipelineRunner:
     # --- following the journal ----------------------------------------------------------------
 
     async def _follow(self, last_event: str) -> None:
-        """Moves progress and new results from Redis into the outbox, until cancelled."""
+        """Moves progress, new records and new results from Redis into the outbox, until cancelled."""
         pipeline = self.pipeline
         journal = pipeline.journal
         wait = self.timings.event_wait
         next_recovery = time.monotonic() + self.timings.recover_interval
+        more = False  # the last read of the journal filled the outbox: more may wait there
         while True:
             try:
-                events = await asyncio.to_thread(journal.read_events, last_event, wait)
+                events = await asyncio.to_thread(journal.read_events, last_event, 0.0 if more else wait)
                 for event_id, fields in events:
                     last_event = event_id
                     if fields.get("kind") == "progress":
                         self._events.put(
                             Progress(id=fields["id"], done=int(fields["done"]), total=int(fields["total"]))
                         )
-                # Results come from the journal itself, so a trimmed stream or a missed event loses none.
-                if self._events.room:
-                    for result in await asyncio.to_thread(journal.results, self._last_seq, self._events.room):
-                        self._last_seq = result.seq
-                        self._events.put(result)
+                # Results and records come from the journal itself, so a trimmed stream or a missed event
+                # loses none.
+                room = self._events.room
+                more = False
+                if room:
+                    found = await asyncio.to_thread(journal.outbox, self._last_seq, room)
+                    more = len(found) == room
+                    for item in found:
+                        self._last_seq = item.seq
+                        self._events.put(item)
                 if time.monotonic() >= next_recovery:
                     next_recovery = time.monotonic() + self.timings.recover_interval
                     await asyncio.to_thread(pipeline.recover)

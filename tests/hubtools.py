@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime
+import json
 import logging
 import os
 import ssl
 import sys
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -26,7 +28,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from ksocket.hub.server import Hub, HubObserver, _Link
+from ksocket.hub.store import Store
 from ksocket.protocol import (
+    PROTOCOL_VERSION,
     SUBPROTOCOL,
     Ack,
     Authenticate,
@@ -34,11 +38,13 @@ from ksocket.protocol import (
     Heartbeat,
     HeartbeatAck,
     Message,
+    Operation,
     ProtocolError,
     Rejected,
     Result,
     parse,
     serialize,
+    version_of,
 )
 from tests.timing import scaled
 
@@ -144,8 +150,10 @@ class RecordingHub(Hub, HubObserver):
         return await self._signal.wait_for(lambda: self.session(slot), timeout)
 
     async def wait_disconnected(self, slot: str, timeout: float = TIMEOUT) -> None:
-        """Waits until no agent holds ``slot``. TimeoutError if one still does after ``timeout``."""
+        """Waits until no agent holds ``slot`` and the database says so (the hub's write of a
+        disconnection is not awaited). TimeoutError if one still does after ``timeout``."""
         await self._signal.wait_for(lambda: None if self.connected(slot) else True, timeout)
+        await self.db.call(Store.agent, slot)  # after the disconnection's write, in the database's thread
 
     async def wait_received(
         self, slot: str, kind: type[M], timeout: float = TIMEOUT, where: Callable[[M], bool] | None = None
@@ -194,12 +202,32 @@ class RecordingHub(Hub, HubObserver):
         await self._signal.wait_for(lambda: True if link.released else None, TIMEOUT)
 
     async def send_raw(self, slot: str, frame: str | bytes) -> None:
-        """Sends ``frame`` as it is (text, or bytes as a binary frame) to the agent holding ``slot``."""
+        """Sends ``frame`` as it is (text, or bytes as a binary frame) to the agent holding ``slot``.
+
+        An ``operation`` frame is an operation this hub issued: the database records it as sent
+        to ``slot`` (if it has no operation of that id yet), so that the hub takes its answers.
+        """
         link = self._link(slot)
+        if isinstance(frame, str) and '"operation"' in frame:
+            self._record_issued(slot, frame)
         try:
             await link.ws.send(frame)
         except ConnectionClosed:
             raise NotConnected(f"the connection of slot {slot!r} closed before the frame went out") from None
+
+    def _record_issued(self, slot: str, frame: str) -> None:
+        try:
+            message = parse(frame)
+        except ProtocolError:
+            return
+        if not isinstance(message, Operation) or self.store.operation(message.id) is not None:
+            return
+        now = time.time()
+        self.store._db.execute(  # sent, by this knob: never pending, which the poller would send again
+            "INSERT INTO operations (id, slot, name, params, created, state, updated)"
+            " VALUES (?, ?, ?, ?, ?, 'sent', ?)",
+            (message.id, slot, message.name, json.dumps(message.params), now, now),
+        )
 
 
 class RawClient:
@@ -241,10 +269,12 @@ class RawClient:
         raise AssertionError(f"expected no message, got {message!r}")
 
     async def authenticate(
-        self, token: str, *, agent: str = "agent-1", session: str | None = None, protocol: int = 1
+        self, token: str, *, agent: str = "agent-1", session: str | None = None, protocol: int | None = None
     ) -> Authenticated | Rejected:
+        """Authenticates with ``protocol``, by default the version of the subprotocol the hub selected."""
+        version = protocol if protocol is not None else version_of(self.ws.subprotocol) or PROTOCOL_VERSION
         await self.send(
-            Authenticate(protocol=protocol, token=token, name="ksocket", version="2.1.1", agent=agent, session=session)
+            Authenticate(protocol=version, token=token, name="ksocket", version="2.1.1", agent=agent, session=session)
         )
         reply = await self.recv()
         assert isinstance(reply, Authenticated | Rejected), reply
@@ -339,3 +369,14 @@ def self_signed(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return cert_path, key_path
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Runs a test's scenario on a fresh event loop, failing it after 30 s."""
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def add_slot(db: Path, name: str = "s1") -> str:
+    """Adds a slot to the hub database ``db``; returns its token."""
+    with Store(db) as store:
+        return store.add_slot(name)

@@ -42,6 +42,13 @@ for every ARP request it sees for another address, which made one broadcast floo
 ports cost some 40% more CPU on this 2-core machine (about 1.8 ms instead of 1.3 ms, all of it
 charged to the sender). Nothing a scanner sends or sees changes: no probe is routed through a host.
 
+IPv6 (``ipv6()``, optional): ULA addresses on the flat LAN (``fd00:18::N`` for ``198.18.0.N``, N in
+hex) and the routed subnet (``fd00:18:16::N`` for ``198.18.16.N``), routed the same way; the tunnel
+and the bridges keep IPv6 off. Policy routing (``policy_route(address)``, optional): the scanner gets
+a second leg ``eth1`` (198.18.16.250/32) on the routed subnet's bridge, and a rule sends ``address``
+to table 100, whose route goes out ``eth1`` via the router's 198.18.16.1, where the main table says
+``eth0``.
+
 Kernel globals: the per-CPU backlog (``net.core.netdev_max_backlog``, 1000 by default) overflows when
 one broadcast is flooded to a thousand veth ports, which would be loss the lab did not ask for; it is
 raised while a lab is up and restored when the last lab goes down.
@@ -86,6 +93,11 @@ TUNNEL_LOCAL = "198.18.32.1"
 TUNNEL_PEER = "198.18.32.2"
 TUNNEL_BASE = "198.18.33.0"
 SCANNER_MAC = "02:6b:73:00:00:01"
+SCANNER_LEG = "198.18.16.250"  # the scanner's second leg, on the routed subnet (policy routing)
+SCANNER_LEG_MAC = "02:6b:73:00:00:02"
+POLICY_TABLE = 100
+LAN6 = "fd00:18::"
+ROUTED6 = "fd00:18:16::"
 # host MACs cycle through a few registered OUIs (and one locally administered, vendor-less one)
 OUIS = ("00:16:3e", "00:50:56", "08:00:27", "00:15:5d", "52:54:00")
 
@@ -274,7 +286,7 @@ class LabHost:
     address: str
     mac: str
     segment: str  # "lan", "routed" or "tunnel"
-    icmp: bool = True  # False: an nftables rule drops ICMP echo requests
+    icmp: bool = True  # False: an nftables rule drops ICMP (and ICMPv6) echo requests
     ports: tuple[int, ...] = ()  # TCP ports with a listener
 
 
@@ -317,6 +329,8 @@ class Lab:
     fast_arp: bool = True  # hosts forward IPv4: see the module's docstring
     switch: bool = True  # ARP requests go to their owner's port only: see the module's docstring
     path_limit: int = 0  # frames a second from the scanner into the lab, 0: no limit
+    with_ipv6: bool = False  # ULA addresses on the LAN and the routed subnet
+    policy: list[str] = field(default_factory=list)  # addresses the scanner routes by table 100 (eth1)
 
     # names
     @property
@@ -382,6 +396,24 @@ class Lab:
         self.listeners.append((segment, n_hosts, tuple(ports)))
         return self
 
+    def ipv6(self) -> Lab:
+        """IPv6 ULA addresses too: ``fd00:18::N`` on the LAN, ``fd00:18:16::N`` on the routed subnet."""
+        self.with_ipv6 = True
+        return self
+
+    def policy_route(self, *addresses: str) -> Lab:
+        """A rule sends ``addresses`` (routed ones) to table 100: out the scanner's ``eth1`` on the routed
+        subnet's bridge via its router 198.18.16.1, not the main table's ``eth0`` via the LAN's router."""
+        self.policy.extend(addresses)
+        return self
+
+    def address6(self, address: str) -> str:
+        """The IPv6 address of the lab's IPv4 ``address`` (LAN or routed subnet) in an IPv6 lab."""
+        value = _ip(address)
+        if "routed" in self.segments and _ip(ROUTED_BASE) <= value <= _ip("198.18.31.255"):
+            return f"{ROUTED6}{value - _ip(ROUTED_BASE):x}"
+        return f"{LAN6}{value - _ip(LAN_BASE):x}"
+
     def loss(self, percent: float) -> Lab:
         """Drops ``percent`` % of the frames in each direction at every host's bridge port."""
         self.loss_percent = percent
@@ -446,6 +478,8 @@ class Lab:
                 reserved |= {_ip(self.scanner_address), segment.broadcast - 1}  # scanner, router
             else:
                 reserved.add(_ip(segment.gateway or "0.0.0.0"))
+            if name == "routed" and self.policy:
+                reserved.add(_ip(SCANNER_LEG))
             free = [a for a in range(segment.network, segment.broadcast + 1) if a not in reserved]
             for address in sorted(rng.sample(free, segment.hosts)):
                 oui = OUIS[index % len(OUIS)]
@@ -506,8 +540,12 @@ class Lab:
         hosts = {h.netns for h in self.hosts}
         for name in infra + [h.netns for h in self.hosts]:
             with in_netns(name):
-                write_sysctl("net.ipv6.conf.default.disable_ipv6", "1")
-                write_sysctl("net.ipv6.conf.all.disable_ipv6", "1")
+                if self._ipv6_in(name):
+                    write_sysctl("net.ipv6.conf.default.accept_dad", "0")
+                    write_sysctl("net.ipv6.conf.all.accept_dad", "0")
+                else:
+                    write_sysctl("net.ipv6.conf.default.disable_ipv6", "1")
+                    write_sysctl("net.ipv6.conf.all.disable_ipv6", "1")
                 if name in hosts and self.fast_arp:
                     write_sysctl("net.ipv4.ip_forward", "1")
         with in_netns(self.bridge_ns):
@@ -526,6 +564,11 @@ class Lab:
             f"link add eth0 netns {self.scanner_ns} address {SCANNER_MAC} type veth"
             f" peer name scan0 netns {self.bridge_ns}"
         ]
+        if self.policy:
+            links.append(
+                f"link add eth1 netns {self.scanner_ns} address {SCANNER_LEG_MAC} type veth"
+                f" peer name scan1 netns {self.bridge_ns}"
+            )
         bridge_cmds = []
         for number in range(lan_bridges):
             bridge_cmds += [f"link add lan{number} type bridge", f"link set lan{number} up"]
@@ -549,6 +592,8 @@ class Lab:
                 f"link add sub netns {self.router_ns} type veth peer name rr0 netns {self.bridge_ns}",
             ]
             bridge_cmds += ["link set rl0 master lan0 up", "link set rr0 master rt0 up"]
+            if self.policy:
+                bridge_cmds.append("link set scan1 master rt0 up")
         if tunnel:
             bridge_cmds += ["link add tn0 type bridge", "link set tn0 up"]
             links.append(f"link add sub netns {self.tunnel_ns} type veth peer name tr0 netns {self.bridge_ns}")
@@ -603,13 +648,15 @@ class Lab:
                     ],
                 )
             )
-        configs.append((self.scanner_ns, scanner))
+        configs.append((self.scanner_ns, scanner + self._policy_lines()))
         for host in self.hosts:
             segment = self.segments[host.segment]
             lines = ["link set lo up", f"addr add {host.address}/{segment.prefixlen} dev eth0", "link set eth0 up"]
             if segment.gateway:
                 lines.append(f"route add default via {segment.gateway}")
             configs.append((host.netns, lines))
+        if self.with_ipv6:
+            self._add_ipv6(configs)
         self._parallel_batches(configs)
 
         # ICMP dropped where asked
@@ -617,7 +664,7 @@ class Lab:
             if not host.icmp:
                 rules = (
                     "table inet kslab {\n  chain input {\n    type filter hook input priority 0; policy accept;\n"
-                    "    icmp type echo-request drop\n  }\n}\n"
+                    "    icmp type echo-request drop\n    icmpv6 type echo-request drop\n  }\n}\n"
                 )
                 self._nft(host.netns, rules)
         self._apply_switch()
@@ -630,6 +677,49 @@ class Lab:
         (etc / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
 
         self._start_daemon()
+
+    def _ipv6_in(self, netns: str) -> bool:
+        """IPv6 is on in ``netns``: an IPv6 lab's scanner, router and hosts of the LAN and routed subnet."""
+        if not self.with_ipv6 or netns in (self.bridge_ns, self.tunnel_ns):
+            return False
+        return netns in (self.scanner_ns, self.router_ns) or self.host_by_netns(netns).segment != "tunnel"
+
+    def host_by_netns(self, netns: str) -> LabHost:
+        return next(host for host in self.hosts if host.netns == netns)
+
+    def _add_ipv6(self, configs: list[tuple[str, list[str]]]) -> None:
+        """The IPv6 addresses and routes of each namespace's batch (an IPv6 lab)."""
+        lan = self.segments["lan"]
+        lan_router = self.address6(_addr(lan.broadcast - 1))
+        extra: dict[str, list[str]] = {self.scanner_ns: [f"addr add {self.address6(self.scanner_address)}/64 dev eth0"]}
+        routed = self.segments.get("routed")
+        router6 = ""
+        if routed:
+            router6 = self.address6(str(routed.gateway))
+            extra[self.scanner_ns].append(f"route add {ROUTED6}/64 via {lan_router} dev eth0")
+            extra[self.router_ns] = [f"addr add {lan_router}/64 dev lan", f"addr add {router6}/64 dev sub"]
+            with in_netns(self.router_ns):
+                write_sysctl("net.ipv6.conf.all.forwarding", "1")
+        for host in self.hosts:
+            if host.segment in ("lan", "routed"):
+                lines = [f"addr add {self.address6(host.address)}/64 dev eth0"]
+                if host.segment == "routed":
+                    lines.append(f"route add default via {router6}")
+                extra[host.netns] = lines
+        for netns, lines in configs:
+            lines.extend(extra.get(netns, []))
+
+    def _policy_lines(self) -> list[str]:
+        """The scanner's second leg and the rule and table 100 that send the policy addresses out of it."""
+        if not self.policy:
+            return []
+        routed = self.segments["routed"]
+        lines = [
+            f"addr add {SCANNER_LEG}/32 dev eth1",
+            "link set eth1 up",
+            f"route add {routed.cidr} via {routed.gateway} dev eth1 onlink table {POLICY_TABLE}",
+        ]
+        return lines + [f"rule add to {address} table {POLICY_TABLE}" for address in self.policy]
 
     def _parallel_batches(self, configs: Sequence[tuple[str, list[str]]], width: int = 24) -> None:
         running: list[tuple[str, subprocess.Popen[str]]] = []
@@ -961,6 +1051,18 @@ def demo() -> int:
         lab.down()
 
 
+def down(*, everything: bool) -> int:
+    """``inv lab.down``: the labs ``up`` made (``kslab``, ``kslab-disco``) and those of test runs whose process
+    is gone; a running test's lab is left alone unless ``everything`` says otherwise (it would fail that test)."""
+    if everything:
+        names = remove_namespaces("kslab", own=False)
+    else:
+        remove_stale()
+        names = [*remove_namespaces("kslab"), *remove_namespaces("kslab-disco")]
+    print(f"lab down: removed {len(names)} namespaces")
+    return 0
+
+
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.lab", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -973,7 +1075,8 @@ def main(argv: Sequence[str]) -> int:
     up.add_argument("--listen", type=int, default=3, help="LAN hosts that listen on TCP 22 and 80")
     up.add_argument("--loss", type=float, default=0.0, help="percent of frames dropped in each direction")
     up.add_argument("--seed", type=int, default=1)
-    sub.add_parser("down", help="remove every kslab-* namespace, process and file")
+    down_parser = sub.add_parser("down", help="remove the labs of `up` and of test runs that are gone")
+    down_parser.add_argument("--all", action="store_true", help="every kslab-* lab, running test runs' included")
     sub.add_parser("demo", help="bring up a small lab, run `ksocket scan` on it in the scanner namespace, tear down")
     sub.add_parser("status", help="list the lab's namespaces and the hosts of the saved ground truth")
     daemon_parser = sub.add_parser("daemon", help=argparse.SUPPRESS)
@@ -985,9 +1088,7 @@ def main(argv: Sequence[str]) -> int:
         print("the lab needs root (network namespaces)", file=sys.stderr)
         return 1
     if args.command == "down":
-        names = remove_namespaces("kslab", own=False)
-        print(f"lab down: removed {len(names)} namespaces")
-        return 0
+        return down(everything=args.all)
     if args.command == "demo":
         return demo()
     if args.command == "status":

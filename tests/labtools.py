@@ -4,6 +4,8 @@
 - ``scan_lab`` (module scope): one small lab for the discovery tests: a flat LAN of 30 hosts (3 of
   them listening on TCP 22 and 80), 12 hosts behind a router (4 drop ICMP and listen on 22 and
   443), 6 hosts behind a tun point-to-point link.
+- ``discovery_lab`` (module scope): the discovery loop's routed topology (tests/discoverylab.py),
+  its credential files in a ``KSOCKET_HOME`` of its own.
 
 Prefixes are ``kslab-PID-N``, so a lab left behind by a killed test run is recognised by its dead
 PID and removed by the next one (``tests.lab.remove_stale``). Use them from a test module with
@@ -24,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from tests.discoverylab import DiscoveryLab
 from tests.lab import Lab
 
 _serial = itertools.count()
@@ -79,6 +82,17 @@ def scan_lab() -> Iterator[Lab]:
         .icmp_blocked(4, ports=(22, 443), segment="routed")
         .listen(3, ports=(22, 80), segment="lan")
     )
+    try:
+        lab.up()
+        yield lab
+    finally:
+        lab.down()
+
+
+@pytest.fixture(scope="module")
+def discovery_lab() -> Iterator[DiscoveryLab]:
+    require_lab()
+    lab = DiscoveryLab(prefix=lab_prefix())
     try:
         lab.up()
         yield lab

@@ -174,6 +174,24 @@ def counted_body(params: Document, context: Context) -> Document:
     return {}
 
 
+def records_body(params: Document, context: Context) -> Document:
+    """Records ``count`` hosts (keyed ``host:N`` unless ``keyed`` is false), sleeping ``seconds`` between two,
+    and fails, transiently, the first ``failures`` attempts (counted in Redis as :func:`counted_body` counts)
+    after recording them all; a summary is its result."""
+    assert isinstance(context, OperationContext)
+    journal = context.journal
+    attempt = journal.client.hincrby(runs_key(journal.namespace), context.operation_id, 1)
+    count, keyed = int(params.get("count", 10)), bool(params.get("keyed", True))
+    for n in range(count):
+        context.record(
+            {"kind": "host", "n": n, "address": f"198.18.{n // 256}.{n % 256}"}, key=f"host:{n}" if keyed else None
+        )
+        time.sleep(float(params.get("seconds", 0)))
+    if attempt <= int(params.get("failures", 0)):
+        raise OperationFailed("unreachable", f"attempt {attempt} failed", transient=True)
+    return {"hosts": count, "attempts": attempt}
+
+
 def where_body(params: Document, context: Context) -> Document:
     """A host-bound operation: says which process ran it."""
     return {"pid": os.getpid()}
@@ -192,6 +210,7 @@ register("test.count", count_body, validate=check_count, min_backoff=0.05, max_b
 register("test.echo", echo_body, min_backoff=0.05, max_backoff=0.2)
 register("test.nan", nan_body, min_backoff=0.05, max_backoff=0.2)
 register("test.counted", counted_body, min_backoff=0.05, max_backoff=0.2)
+register("test.records", records_body, time_limit=120, min_backoff=0.05, max_backoff=0.2)
 register("test.where", where_body, host_bound=True, min_backoff=0.05, max_backoff=0.2)
 
 OTHER_HOST_ENV = "KSOCKET_TEST_OTHER_HOST"
@@ -234,7 +253,7 @@ async def collect(
             if isinstance(event, Result):
                 assert event.id not in found, f"a second result for {event.id}: {event}"
                 found[event.id] = event
-            elif progress is not None:
+            elif isinstance(event, Progress) and progress is not None:
                 progress.append(event)
     return found
 

@@ -88,8 +88,10 @@ class Snmpd:
         sys_contact: str = "ops@example.test",
         prefix: Sequence[str] = (),
         ipv6: str | None = None,
+        engine_id: str | None = None,
     ) -> None:
         self.folder = folder
+        self.engine_id = engine_id  # snmpd.conf's engineID (text; snmpd's default is random per install)
         self.ipv6 = ipv6  # an IPv6 address to listen on as well, on the same port
         self.address = address
         self.port = port or free_udp_port(address)
@@ -120,6 +122,8 @@ class Snmpd:
             f"sysContact {self.sys_contact}",
             "sysServices 72",
         ]
+        if self.engine_id is not None:
+            lines.append(f"engineID {self.engine_id}")
         lines += [user.create_line() for user in self.users]
         lines += [f"rouser {user.name} {user.level}" for user in self.users]
         return "\n".join(lines) + "\n"

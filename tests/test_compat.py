@@ -109,6 +109,29 @@ def test_a_workers_prefetch_is_the_attribute_its_consumers_take() -> None:
         stub.close()
 
 
+def test_an_idle_redis_consumer_sleeps_through_its_modules_time_and_wakes_when_this_process_enqueues(
+    broker: KsocketBroker,
+) -> None:
+    import threading
+    import time
+
+    import dramatiq.brokers.redis
+
+    source = inspect.getsource(dramatiq.brokers.redis._RedisConsumer.__next__)
+    assert "time.sleep(backoff_ms / 1000)" in source
+    compat.wake_consumers_on_enqueue()
+    consumer = broker.consume("empty", prefetch=1, timeout=60_000)
+    consumer.misses = 20  # backed off to the full minute
+    woken: list[float] = []
+    thread = threading.Thread(target=lambda: (next(consumer), woken.append(time.monotonic())))
+    started = time.monotonic()
+    thread.start()
+    while thread.is_alive() and time.monotonic() - started < 10:  # rings until the sleeper hears one
+        compat.enqueued()
+        thread.join(0.05)
+    assert woken and woken[0] - started < 10  # unwoken, it would sleep 30 s or more
+
+
 def test_boot_process_is_the_event_middleware_hears_as_after_process_boot() -> None:
     booted: list[object] = []
 

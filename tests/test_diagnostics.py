@@ -18,6 +18,8 @@ from tests.hubtools import RecordingHub, hub_with_slot
 from tests.proxytools import microsocks, tinyproxy
 from tests.tlstools import CertificateAuthority
 
+pytestmark = pytest.mark.peer
+
 
 def write_config(home: Path, port: int, token: str) -> None:
     write_home_config(home, f'[connect]\nhost = "127.0.0.1"\nport = {port}\nprotocol = "ws"\ntoken = "{token}"\n')
@@ -171,6 +173,25 @@ def test_every_detail_is_masked(capsys: pytest.CaptureFixture[str]) -> None:
     assert output.count(redact.MASK) == 2
     report.line("A library's text", False, "first line\n  second line\n")
     assert capsys.readouterr().out.endswith(" NG [first line second line]\n")
+
+
+def test_a_detail_is_made_inert(capsys: pytest.CaptureFixture[str]) -> None:
+    diagnostics.Report().line("The hub's reply", False, "refused\x1b[2J\x1b]0;owned\x07" + "r" * 10_000)
+    output = capsys.readouterr().out
+    assert "\x1b" not in output and "\\x1b[2J" in output and "more characters]" in output
+
+
+def test_diagnostics_config_prints_the_fence(home: Path) -> None:
+    write_home_config(home, '[operations]\nallow = ["198.18.0.0/15"]\nmaxRate = 500\n')
+    result = run_ksocket("diagnostics", "config")
+    assert result.returncode == 0, result.stdout
+    assert "Allow:     198.18.0.0/15 (operations.allow)" in result.stdout
+    assert (
+        "Deny:      169.254.0.0/16, fe80::/10, 224.0.0.0/4, ff00::/8, 255.255.255.255 (operations.deny)"
+        in result.stdout
+    )
+    assert "Max rate:  500 packets/s (operations.maxRate)" in result.stdout
+    assert "Scan mode: intranet (operations.networksScanMode, the only one)" in result.stdout
 
 
 def test_diagnostics_logs_where_the_command_line_and_the_config_say(home: Path, tmp_path: Path) -> None:

@@ -134,7 +134,7 @@ def scheduler_for(targets: str, methods: str = "arp icmp tcp", *, rate: float = 
     settings = Settings(frozenset(methods.split()), PORTS, rate=rate, timeout=1.0)
 
     def open_path(decision: routes.Decision, stage: str) -> Path | str | None:
-        return Path.opened(decision.interface.name, stage, decision.gateway, MAC if decision.gateway else None, 1.0)
+        return Path.opened(decision.interface.name, stage, decision.gateway, 1.0)
 
     scheduler = Scheduler(parse_targets([targets]), TABLE, settings, open_path)
     scheduler.start(0.0)
@@ -303,7 +303,7 @@ class FakeLinkIO:
         self.ethernet = True
         self.sent: list[bytes] = []
 
-    def send(self, data: bytes, destination: int) -> None:
+    def send(self, data: bytes) -> None:
         self.sent.append(data)
 
     def read(self) -> list[tuple[float, bytes]]:
@@ -415,8 +415,22 @@ def test_a_taken_port_is_skipped(tmp_path: FilePath) -> None:
         taken.close()
 
 
+class FakeKernelSender:
+    """Keeps the packets the kernel would have routed."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, packet: bytes, source: int, destination: int) -> None:
+        self.sent.append(packet)
+
+    def close(self) -> None:
+        pass
+
+
 def test_the_engine_sends_its_syns_from_the_reserved_port(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine_module, "LinkIO", FakeLinkIO)
+    monkeypatch.setattr(engine_module, "KernelSender", FakeKernelSender)
     monkeypatch.setattr(engine_module.select, "select", lambda *args: ([], [], []))
     ports = []
     real = engine_module.reserve_source_port
@@ -428,15 +442,13 @@ def test_the_engine_sends_its_syns_from_the_reserved_port(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(engine_module, "reserve_source_port", reserve)
     settings = Settings(frozenset({"tcp"}), PORTS, 1000, 0.05)
-    table = routes.RoutingTable(TABLE.interfaces, TABLE.routes, TABLE.local, {("eth0", GATEWAY): MAC})
-    engine = Engine(parse_targets(["198.18.16.5"]), table, settings, NullContext(), clock=Clock())
+    engine = Engine(parse_targets(["198.18.16.5"]), TABLE, settings, NullContext(), clock=Clock())
     engine.run()
     low, high = (int(part) for part in FilePath("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     assert not low <= ports[0] <= high
     assert engine.cookies.sport == ports[0] and engine.asked.cookies.sport == ports[0]
-    link = engine.links["eth0"]
-    assert isinstance(link, FakeLinkIO)
-    syns = [dpkt.ethernet.Ethernet(data).data.data for data in link.sent]
+    assert isinstance(engine.kernel, FakeKernelSender)  # routed: the SYNs go through the kernel
+    syns = [dpkt.ip.IP(packet).data for packet in engine.kernel.sent]
     assert len(syns) >= 2 and {syn.sport for syn in syns} == {ports[0]}
     assert engine._port is not None and engine._port.fileno() == -1  # given back when the scan ended
 

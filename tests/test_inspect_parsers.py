@@ -417,6 +417,196 @@ def test_deeply_nested_json_is_not_a_crash() -> None:
 
 # --- fuzz --------------------------------------------------------------------------------------
 
+# --- hosts without ip: ifconfig, arp -an, netstat -rn; /etc/machine-id ------------------------
+
+# net-tools 2.10 on Debian 12 (this project's CI machine), as printed
+IFCONFIG_NET_TOOLS = """eth0: flags=4163<UP,BROADCAST,RUNNING,MULTICAST>  mtu 1400
+        inet 192.0.2.2  netmask 255.255.255.0  broadcast 192.0.2.255
+        inet6 fd00::2  prefixlen 64  scopeid 0x0<global>
+        inet6 fe80::fc:ff:fe00:1  prefixlen 64  scopeid 0x20<link>
+        ether 02:fc:00:00:00:01  txqueuelen 1000  (Ethernet)
+        RX packets 25573  bytes 639265418 (609.6 MiB)
+        TX errors 0  dropped 0 overruns 0  carrier 0  collisions 0
+
+ifb0: flags=130<BROADCAST,NOARP>  mtu 1500
+        ether c2:7f:e8:a2:4d:f3  txqueuelen 32  (Ethernet)
+
+lo: flags=73<UP,LOOPBACK,RUNNING>  mtu 65536
+        inet 127.0.0.1  netmask 255.0.0.0
+        inet6 ::1  prefixlen 128  scopeid 0x10<host>
+        loop  txqueuelen 1000  (Local Loopback)
+"""
+# busybox 1.36 and net-tools before 1.60-25 (the recorded shape, with an alias interface)
+IFCONFIG_BUSYBOX = """eth0      Link encap:Ethernet  HWaddr 02:42:AC:11:00:02
+          inet addr:172.17.0.2  Bcast:172.17.255.255  Mask:255.255.0.0
+          inet6 addr: fe80::42:acff:fe11:2/64 Scope:Link
+          UP BROADCAST RUNNING MULTICAST  MTU:1500  Metric:1
+          RX packets:12 errors:0 dropped:0 overruns:0 frame:0
+
+eth0:1    Link encap:Ethernet  HWaddr 02:42:AC:11:00:02
+          inet addr:172.18.0.9  Bcast:172.18.0.255  Mask:255.255.255.0
+          UP BROADCAST RUNNING MULTICAST  MTU:1500  Metric:1
+
+lo        Link encap:Local Loopback
+          inet addr:127.0.0.1  Mask:255.0.0.0
+          UP LOOPBACK RUNNING  MTU:65536  Metric:1
+"""
+# FreeBSD 14 (the recorded shape: hex netmasks, %scope, lladdr on OpenBSD, ether on FreeBSD)
+IFCONFIG_BSD = """em0: flags=8863<UP,BROADCAST,RUNNING,SIMPLEX,MULTICAST> metric 0 mtu 1500
+\toptions=481009b<RXCSUM,TXCSUM,VLAN_MTU,VLAN_HWTAGGING,VLAN_HWCSUM,VLAN_HWFILTER,NOMAP>
+\tether 08:00:27:aa:bb:cc
+\tinet 10.0.2.15 netmask 0xffffff00 broadcast 10.0.2.255
+\tinet6 fe80::a00:27ff:feaa:bbcc%em0 prefixlen 64 scopeid 0x1
+\tmedia: Ethernet autoselect (1000baseT <full-duplex>)
+\tstatus: active
+lo0: flags=8049<UP,LOOPBACK,RUNNING,MULTICAST> metric 0 mtu 16384
+\tinet 127.0.0.1 netmask 0xff000000
+\tinet6 ::1 prefixlen 128
+"""
+# Debian 12's arp -an (first line), FreeBSD's (the others)
+ARP_AN = """? (192.0.2.1) at 02:fc:00:00:00:05 [ether] on eth0
+? (10.0.2.2) at 52:54:00:12:35:02 on em0 expires in 1195 seconds [ethernet]
+? (10.0.2.5) at (incomplete) on em0 expired [ethernet]
+gw.example (10.0.2.3) at <incomplete> on em0
+"""
+# net-tools 2.10 on Debian 12: netstat -rn; netstat -rn -A inet6
+NETSTAT_LINUX = """Kernel IP routing table
+Destination     Gateway         Genmask         Flags   MSS Window  irtt Iface
+0.0.0.0         192.0.2.1       0.0.0.0         UG        0 0          0 eth0
+192.0.2.0       0.0.0.0         255.255.255.0   U         0 0          0 eth0
+Kernel IPv6 routing table
+Destination                    Next Hop                   Flag Met Ref  Use If
+fd00::/64                      ::                         U    256 1      0 eth0
+::/0                           fd00::1                    UG   1024 2      0 eth0
+::1/128                        ::                         Un   0   4      0 lo
+::/0                           ::                         !n   -1  1      0 lo
+"""
+# FreeBSD 14 netstat -rn (the recorded shape), with macOS's abbreviated destinations added
+NETSTAT_BSD = """Routing tables
+
+Internet:
+Destination        Gateway            Flags     Netif Expire
+default            10.0.2.2           UGS         em0
+10.0.2.0/24        link#1             U           em0
+127.0.0.1          link#2             UH          lo0
+10.9/16            10.0.2.7           UGS         em0
+172.16             10.0.2.8           UGSc        em0
+
+Internet6:
+Destination                       Gateway                       Flags     Netif Expire
+default                           link#1                        UGS         em0
+::/96                             ::1                           UGRS        lo0
+fe80::%em0/64                     link#1                        U           em0
+"""
+
+
+def test_ifconfig_in_three_dialects() -> None:
+    eth0, ifb0, lo = parsers.parse_ifconfig(IFCONFIG_NET_TOOLS)
+    assert eth0 == {
+        "name": "eth0",
+        "mac": "02:fc:00:00:00:01",
+        "mtu": 1400,
+        "state": "UP",
+        "addresses": [
+            {"family": "inet", "address": "192.0.2.2", "prefixlen": 24},
+            {"family": "inet6", "address": "fd00::2", "prefixlen": 64},
+            {"family": "inet6", "address": "fe80::fc:ff:fe00:1", "prefixlen": 64},
+        ],
+    }
+    assert (ifb0["state"], ifb0["addresses"]) == ("DOWN", [])
+    assert (lo["mac"], lo["addresses"][0]["prefixlen"]) == ("", 8)
+    eth0, alias, lo = parsers.parse_ifconfig(IFCONFIG_BUSYBOX)
+    assert (eth0["name"], eth0["mac"], eth0["mtu"], eth0["state"]) == ("eth0", "02:42:ac:11:00:02", 1500, "UP")
+    assert eth0["addresses"] == [
+        {"family": "inet", "address": "172.17.0.2", "prefixlen": 16},
+        {"family": "inet6", "address": "fe80::42:acff:fe11:2", "prefixlen": 64},
+    ]
+    assert (alias["name"], alias["addresses"][0]["address"]) == ("eth0:1", "172.18.0.9")
+    em0, lo0 = parsers.parse_ifconfig(IFCONFIG_BSD)
+    assert (em0["mac"], em0["mtu"]) == ("08:00:27:aa:bb:cc", 1500)
+    assert [(a["address"], a["prefixlen"]) for a in em0["addresses"]] == [
+        ("10.0.2.15", 24),
+        ("fe80::a00:27ff:feaa:bbcc", 64),
+    ]
+    assert [(a["address"], a["prefixlen"]) for a in lo0["addresses"]] == [("127.0.0.1", 8), ("::1", 128)]
+
+
+def test_arp_an_keeps_incomplete_rows_marked_as_such() -> None:
+    assert parsers.parse_neighbors(ARP_AN) == [
+        {"address": "192.0.2.1", "mac": "02:fc:00:00:00:05", "interface": "eth0", "state": ""},
+        {"address": "10.0.2.2", "mac": "52:54:00:12:35:02", "interface": "em0", "state": ""},
+        {"address": "10.0.2.5", "mac": "", "interface": "em0", "state": "INCOMPLETE"},
+        {"address": "10.0.2.3", "mac": "", "interface": "em0", "state": "INCOMPLETE"},
+    ]
+
+
+def test_netstat_routes_linux_and_bsd() -> None:
+    routes = [
+        (r["destination"], r["family"], r["gateway"], r["interface"], r["type"])
+        for r in parsers.parse_netstat_routes(NETSTAT_LINUX)
+    ]
+    assert routes == [
+        ("default", "inet", "192.0.2.1", "eth0", "unicast"),
+        ("192.0.2.0/24", "inet", "", "eth0", "unicast"),
+        ("fd00::/64", "inet6", "", "eth0", "unicast"),
+        ("default", "inet6", "fd00::1", "eth0", "unicast"),
+        ("::1/128", "inet6", "", "lo", "unicast"),
+        ("default", "inet6", "", "lo", "unreachable"),
+    ]
+    routes = [
+        (r["destination"], r["family"], r["gateway"], r["interface"], r["type"])
+        for r in parsers.parse_netstat_routes(NETSTAT_BSD)
+    ]
+    assert routes == [
+        ("default", "inet", "10.0.2.2", "em0", "unicast"),
+        ("10.0.2.0/24", "inet", "", "em0", "unicast"),
+        ("127.0.0.1/32", "inet", "", "lo0", "unicast"),
+        ("10.9.0.0/16", "inet", "10.0.2.7", "em0", "unicast"),
+        ("172.16.0.0/16", "inet", "10.0.2.8", "em0", "unicast"),
+        ("default", "inet6", "", "em0", "unicast"),
+        ("::/96", "inet6", "::1", "lo0", "unreachable"),
+        ("fe80::/64", "inet6", "", "em0", "unicast"),
+    ]
+
+
+def test_machine_id() -> None:
+    assert parsers.parse_machine_id("3d1219c7c4c5404aaa1f6d2a48adfda4\n") == "3d1219c7c4c5404aaa1f6d2a48adfda4"
+    for junk in ("", "uninitialized\n", "0" * 32, "3d1219c7c4c5404aaa1f6d2a48adfda", "x" * 10_000):
+        assert parsers.parse_machine_id(junk) == ""
+
+
+def test_a_report_without_ip_reads_ifconfig_and_netstat() -> None:
+    sections = {
+        "ip-addr": "",
+        "ip-link": "",
+        "ifconfig": IFCONFIG_BSD,
+        "neigh": ARP_AN,
+        "route": "",
+        "netstat": NETSTAT_BSD,
+        "machine-id": "3d1219c7c4c5404aaa1f6d2a48adfda4",
+    }
+    report = parsers.parse_report(sections)
+    assert [i["name"] for i in report["interfaces"]] == ["em0", "lo0"]
+    assert len(report["neighbors"]) == 4 and len(report["routes"]) == 8
+    assert report["machine_id"] == "3d1219c7c4c5404aaa1f6d2a48adfda4"
+
+
+def test_a_million_row_arp_table_and_routing_table_are_capped() -> None:
+    arp = "".join(
+        f"? (10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}) at 02:00:00:00:00:01 on em0\n" for n in range(10**6)
+    )
+    assert len(parsers.parse_neighbors(arp)) == parsers.MAX_NEIGHBORS
+    routes = "Destination Gateway Flags Netif\n" + "".join(
+        f"10.{n >> 8 & 255}.{n & 255}/24 link#1 U em0\n" for n in range(10**5)
+    )
+    assert len(parsers.parse_netstat_routes(routes)) == parsers.MAX_ROUTES
+    ifconfig = "".join(
+        f"if{n}: flags=1<UP> mtu 1500\n\tinet 10.0.0.{n % 256} netmask 0xffffff00\n" for n in range(10**5)
+    )
+    interfaces = parsers.parse_ifconfig(ifconfig)
+    assert len(interfaces) == parsers.MAX_INTERFACES
+
+
 SAMPLES = [
     OS_RELEASE_DEBIAN,
     OS_RELEASE_ROCKY,
@@ -437,6 +627,12 @@ SAMPLES = [
     RPM,
     APK,
     DMI,
+    IFCONFIG_NET_TOOLS,
+    IFCONFIG_BUSYBOX,
+    IFCONFIG_BSD,
+    ARP_AN,
+    NETSTAT_LINUX,
+    NETSTAT_BSD,
     "12345.67 45678.90",
     "1000\nkstest",
 ]
@@ -459,6 +655,9 @@ PARSERS: list[Any] = [
     parsers.parse_apk,
     parsers.parse_dmi,
     parsers.parse_uptime,
+    parsers.parse_ifconfig,
+    parsers.parse_netstat_routes,
+    parsers.parse_machine_id,
 ]
 
 JUNK = [

@@ -10,10 +10,12 @@ values; a hostile stub checks that endless, huge, backwards and ill-typed answer
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -582,3 +584,78 @@ class SilentPort:
         self.stop.set()
         self.thread.join(5)
         self.sock.close()
+
+
+# --- what the discovery loop learns: routes, the engine ID, the chassis serial ------------------
+
+
+def test_routes_and_engine_id_from_snmpd(tmp_path: Path) -> None:
+    """snmpd's inetCidrRouteTable is the machine's own routing table (read from /proc)."""
+    with Snmpd(tmp_path, address=ADDRESS, engine_id="ksocket-test") as agent:
+        document = inspect(ADDRESS, credential(agent.port, community="public"))
+    assert document["errors"] == []
+    assert document["snmpEngineId"] == "80001f8804" + b"ksocket-test".hex()  # net-snmp's enterprise, text format
+    assert document["chassisSerial"] is None  # snmpd has no ENTITY-MIB
+    table = json.loads(
+        subprocess.run(["ip", "-j", "-4", "route", "show", "table", "main"], capture_output=True, check=True).stdout
+    )
+    expected = {
+        ("0.0.0.0/0" if route["dst"] == "default" else str(ipaddress.ip_network(route["dst"])), route.get("gateway"))
+        for route in table
+    }
+    found = {(route["destination"], route["nextHop"]) for route in document["routes"]}
+    assert expected and expected <= found
+    indexes = {item["index"] for item in document["interfaces"]}
+    assert all(route["ifIndex"] in indexes for route in document["routes"])
+    assert {route["type"] for route in document["routes"]} <= {"local", "remote", "other"}
+
+
+OLD_ROUTER = {
+    # ipCidrRouteTable only: dest.mask.tos.nextHop
+    "1.3.6.1.2.1.4.24.4.1.5.0.0.0.0.0.0.0.0.0.198.18.0.1": v2c.Integer(2),
+    "1.3.6.1.2.1.4.24.4.1.6.0.0.0.0.0.0.0.0.0.198.18.0.1": v2c.Integer(4),
+    "1.3.6.1.2.1.4.24.4.1.7.0.0.0.0.0.0.0.0.0.198.18.0.1": v2c.Integer(3),
+    "1.3.6.1.2.1.4.24.4.1.5.198.18.0.0.255.255.255.0.0.0.0.0.0": v2c.Integer(2),
+    "1.3.6.1.2.1.4.24.4.1.6.198.18.0.0.255.255.255.0.0.0.0.0.0": v2c.Integer(3),
+    "1.3.6.1.2.1.4.24.4.1.7.198.18.0.0.255.255.255.0.0.0.0.0.0": v2c.Integer(2),
+    "1.3.6.1.2.1.4.24.4.1.5.198.19.0.0.255.255.0.0.0.198.18.0.7": v2c.Integer(2),
+    "1.3.6.1.2.1.4.24.4.1.6.198.19.0.0.255.255.0.0.0.198.18.0.7": v2c.Integer(4),
+    "1.3.6.1.2.1.4.24.4.1.7.198.19.0.0.255.255.0.0.0.198.18.0.7": v2c.Integer(13),
+    "1.3.6.1.2.1.4.24.4.1.5.1.2.3": v2c.Integer(2),  # a garbled index: skipped
+    "1.3.6.1.6.3.10.2.1.1.0": v2c.OctetString(bytes.fromhex("800000090300aabbccdd0001")),
+}
+OLDEST_ROUTER = {
+    # ipRouteTable (RFC 1213) only: dest -> ifIndex, nextHop, type, proto, mask
+    "1.3.6.1.2.1.4.21.1.2.198.18.4.0": v2c.Integer(3),
+    "1.3.6.1.2.1.4.21.1.7.198.18.4.0": v2c.IpAddress("198.18.0.9"),
+    "1.3.6.1.2.1.4.21.1.8.198.18.4.0": v2c.Integer(4),
+    "1.3.6.1.2.1.4.21.1.9.198.18.4.0": v2c.Integer(8),
+    "1.3.6.1.2.1.4.21.1.11.198.18.4.0": v2c.IpAddress("255.255.252.0"),
+    "1.3.6.1.2.1.4.21.1.2.198.18.9.0": v2c.Integer(3),
+    "1.3.6.1.2.1.4.21.1.7.198.18.9.0": v2c.IpAddress("198.18.0.9"),
+    "1.3.6.1.2.1.4.21.1.8.198.18.9.0": v2c.Integer(2),  # invalid: a deleted route
+    "1.3.6.1.2.1.4.21.1.11.198.18.9.0": v2c.IpAddress("255.255.255.0"),
+}
+
+
+def test_older_route_tables_are_read_when_the_newer_are_empty() -> None:
+    with StaticAgent(OLD_ROUTER) as agent:
+        document = inspect(agent.address, credential(agent.port, community="x"))
+    assert document["routes"] == [
+        {"destination": "0.0.0.0/0", "nextHop": "198.18.0.1", "ifIndex": 2, "type": "remote", "protocol": "netmgmt"},
+        {"destination": "198.18.0.0/24", "nextHop": None, "ifIndex": 2, "type": "local", "protocol": "local"},
+        {"destination": "198.19.0.0/16", "nextHop": "198.18.0.7", "ifIndex": 2, "type": "remote", "protocol": "ospf"},
+    ]
+    assert document["snmpEngineId"] == "800000090300aabbccdd0001"
+    with StaticAgent(OLDEST_ROUTER) as agent:
+        document = inspect(agent.address, credential(agent.port, community="x"))
+    assert document["routes"] == [
+        {"destination": "198.18.4.0/22", "nextHop": "198.18.0.9", "ifIndex": 3, "type": "remote", "protocol": "rip"}
+    ]
+    assert document["snmpEngineId"] is None and document["errors"] == []
+
+
+def test_the_chassis_serial_is_the_chassis_entitys() -> None:
+    with StaticAgent(SWITCH) as agent:
+        document = inspect(agent.address, credential(agent.port, community="x"))
+    assert document["chassisSerial"] == "FOC1234X0AB"

@@ -127,6 +127,51 @@ def test_a_listing_that_fails_late_is_not_run_again_in_another_form(tmp_path: Pa
     assert [(i["name"], i["mac"]) for i in report["interfaces"]] == [("json0", "02:00:00:00:00:01")]
 
 
+def test_a_host_without_ip_is_asked_ifconfig_and_netstat(tmp_path: Path) -> None:
+    """Where ``ip`` fails (a BSD, an old busybox), net-tools' real output gives the same tables."""
+    (tmp_path / "with").mkdir()
+    (tmp_path / "without").mkdir()
+    with_ip = run_script_with(tmp_path / "with", {})
+    without = run_script_with(tmp_path / "without", {"ip": "exit 1\n"})
+
+    def interfaces(report: dict[str, Any]) -> set[tuple[str, str, frozenset[tuple[str, int]]]]:
+        return {
+            (i["name"], i["mac"], frozenset((a["address"], a["prefixlen"]) for a in i["addresses"]))
+            for i in report["interfaces"]
+        }
+
+    def routes(report: dict[str, Any]) -> set[tuple[str, str]]:
+        return {(r["destination"], r["gateway"]) for r in report["routes"] if r["family"] == "inet"}
+
+    assert interfaces(without) == interfaces(with_ip) and interfaces(with_ip)
+    assert routes(without) == routes(with_ip) and routes(with_ip)
+    assert {r["destination"] for r in without["routes"] if r["family"] == "inet6"} >= {
+        r["destination"] for r in with_ip["routes"] if r["family"] == "inet6" and r["type"] == "unicast"
+    }
+    assert without["machine_id"] == with_ip["machine_id"] == Path("/etc/machine-id").read_text().strip()
+    assert without["warnings"] == []
+
+
+IP_MILLION_NEIGHBOURS = """case " $* " in
+*" neigh show "*) awk 'BEGIN { for (n = 0; n < 1000000; n++)
+  printf "10.%d.%d.%d dev eth0 lladdr 02:00:00:00:00:01 STALE\\n", n / 65536 % 256, n / 256 % 256, n % 256 }';;
+*" -j "*) exit 1;;
+esac
+"""
+
+
+def test_a_million_row_neighbour_table_is_bounded(tmp_path: Path) -> None:
+    """A host whose ``ip neigh`` prints a million rows: the section is cut, the table capped."""
+    report = run_script_with(tmp_path, {"ip": IP_MILLION_NEIGHBOURS})
+    assert len(report["neighbors"]) == parsers.MAX_NEIGHBORS
+    assert report["neighbors"][1] == {
+        "address": "10.0.0.1",
+        "mac": "02:00:00:00:00:01",
+        "interface": "eth0",
+        "state": "STALE",
+    }
+
+
 @pytest.mark.parametrize(("groups", "tries_sudo"), [("someone users", False), ("someone wheel", True)])
 def test_sudo_is_tried_by_plausible_sudoers_only(tmp_path: Path, groups: str, tries_sudo: bool) -> None:
     """sudo logs "NOT in sudoers" (and mails root) for any other account that tries it."""
@@ -158,6 +203,8 @@ def test_password_login_collects_the_host(lab: Path, store: HostKeyStore) -> Non
         p for p in section["packages"] if p["name"] == "openssh-server"
     ).items()
     assert section["uptime_seconds"] > 0
+    assert section["machine_id"] == Path("/etc/machine-id").read_text().strip()  # read as an unprivileged user
+    assert section["routes"]
     assert section["connection"]["server_version"].startswith("SSH-2.0-OpenSSH")
     assert section["warnings"] == []
     assert f"Accepted password for {USER}" in log

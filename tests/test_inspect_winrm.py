@@ -30,6 +30,8 @@ from tests.conftest import write_private
 from tests.tlstools import CertificateAuthority
 from tests.wsmanserver import HUGE_REPLY, RECORDED, WSManServer, closed_port, silent_listener
 
+pytestmark = pytest.mark.peer
+
 PASSWORD = "Passw0rd!"
 USERS = {
     "Administrator": PASSWORD,
@@ -112,6 +114,27 @@ def test_basic_over_http_collects_every_section(server: WSManServer) -> None:
         ("KB4589208", None),
     ]
     assert context.progress_calls == []  # only the host level reports, with one total
+    assert document["computerSystemProduct"]["uuid"] == "421A2B3C-4D5E-6F70-8192-A3B4C5D6E7F8"
+    assert document["cryptography"] == {"machineGuid": "5a1c9e3b-7f2d-4c8a-9b6e-0d4f3a2e1c7b"}
+    assert document["neighbors"][0] == {
+        "address": "198.18.10.1",
+        "mac": "00:50:56:9a:00:01",
+        "state": "stale",
+        "interface": "Ethernet0",
+        "ifIndex": 6,
+    }
+    assert [(n["address"], n["mac"], n["state"]) for n in document["neighbors"][2:4]] == [
+        ("198.18.10.99", "00:00:00:00:00:00", "unreachable"),
+        ("198.18.10.255", "ff:ff:ff:ff:ff:ff", "permanent"),
+    ]
+    assert [(a["address"], a["prefixLength"]) for a in document["ipAddresses"][:2]] == [
+        ("198.18.10.20", 24),
+        ("fe80::b1c2:d3e4:f5a6:7b8c", 64),
+    ]
+    assert document["routes"][:2] == [
+        {"destination": "0.0.0.0/0", "nextHop": "198.18.10.1", "interface": "Ethernet0", "ifIndex": 6, "metric": 0},
+        {"destination": "198.18.10.0/24", "nextHop": None, "interface": "Ethernet0", "ifIndex": 6, "metric": 256},
+    ]
 
     # what went over the wire: Basic, in clear (never), one shell, one PowerShell per group
     assert {(item.auth, item.encrypted, item.user) for item in server.log} == {("Basic", False, "Administrator")}
@@ -341,6 +364,10 @@ WRONG_TYPES = {
     "processors": ["not an object", {"DeviceID": "CPU0", "NumberOfCores": "four", "MaxClockSpeed": 2993.0}],
     "disks": [{"DeviceID": "C:", "DriveType": 99, "Size": "85372956672", "FreeSpace": True}],
     "networkAdapters": [{"MACAddress": "not-a-mac", "IPAddress": "198.18.0.9", "IPSubnet": None}],
+    "neighbors": [{"IPAddress": 198, "LinkLayerAddress": ["00-50-56-9A-00-01"], "State": "Reachable"}],
+    "ipAddresses": [{"IPAddress": "198.18.0.999", "PrefixLength": 4000}],
+    "routes": [{"DestinationPrefix": "somewhere", "NextHop": {"a": 1}, "RouteMetric": -1}],
+    "cryptography": [{"MachineGuid": False}],
 }
 
 
@@ -369,6 +396,12 @@ def test_values_of_the_wrong_type_become_null(server: WSManServer) -> None:
     )
     assert document["networkAdapters"][0]["mac"] is None
     assert document["networkAdapters"][0]["addresses"] == ["198.18.0.9"]
+    assert document["neighbors"] == [{"address": None, "mac": None, "state": None, "interface": None, "ifIndex": None}]
+    assert document["ipAddresses"] == [{"address": None, "prefixLength": None, "interface": None, "ifIndex": None}]
+    assert document["routes"] == [
+        {"destination": None, "nextHop": None, "interface": None, "ifIndex": None, "metric": None}
+    ]
+    assert document["cryptography"] == {"machineGuid": None}
 
 
 HOSTILE_NUMBERS = {

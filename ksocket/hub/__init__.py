@@ -1,9 +1,11 @@
 """The reference hub: a small controller that agents dial out to (protocol.md, the hub's half).
 
-    tokens.py   slot tokens (made once, kept as SHA-256) and session ids
-    store.py    the SQLite database: slots, agents, operations, results
-    server.py   ``Hub``: the WebSocket server, its database poller and its observer hooks
-    errors.py   ``HubError`` and its kin, under ``KsocketError``
+    tokens.py       slot tokens (made once, kept as SHA-256) and session ids
+    store.py        the SQLite database: slots, agents, operations, results
+    storethread.py  that database in a thread of its own, for the server's event loop
+    startups.py     how many unauthenticated connections the server entertains (MaxStartups)
+    server.py       ``Hub``: the WebSocket server, its database poller and its observer hooks
+    errors.py       ``HubError`` and its kin, under ``KsocketError``
 
 It shares ``ksocket.protocol`` with the agent and nothing else of it. Its commands,
 ``ksocket hub serve|token|run|cancel|agents|operations``, are :mod:`ksocket.cli.hub`.

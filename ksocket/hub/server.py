@@ -7,39 +7,61 @@ connection, and the only channel by which other processes (``ksocket hub run``) 
 
 One connection, from handshake to close
 ---------------------------------------
-1. The handshake must select the subprotocol ``ksocket.v1``; a client that does not offer it
-   gets HTTP 400.
-2. The first frame must be ``authenticate`` within ``auth_timeout`` seconds, else close 4400
+1. While ``max_startups`` (``Startups``) says the hub has too many unauthenticated connections,
+   a newcomer's handshake is refused with HTTP 503. The handshake must take less than
+   ``auth_timeout`` seconds and select the subprotocol ``ksocket.v2`` when offered, else ``ksocket.v1``;
+   a client that offers neither gets HTTP 400.
+2. The first frame must be ``authenticate``, at most ``AUTH_FRAME_LIMIT`` bytes (a larger one
+   closes the connection with 1009), within ``auth_timeout`` seconds, else close 4400
    (a bad or other first frame gets an ``error`` frame first). Then, in this order:
-   protocol version ≠ 1 → ``rejected`` unsupported-protocol + close 4400; unknown or revoked
+   protocol version ≠ the selected subprotocol's → ``rejected`` unsupported-protocol + close 4400; unknown or revoked
    token → ``rejected`` invalid-token + close 4401; slot held by a connected agent →
    ``rejected`` slot-in-use + close 4409, unless the newcomer presents the holder's session and
    agent id: then the holder is closed (4409) and the newcomer takes its place, ``resumed``.
    With the slot free, a session equal to the slot's last one (same agent id) is resumed too;
    anything else gets a fresh session id.
-3. ``authenticated``, then every operation of the slot without a result, same ids (a ``cancel``
+3. The connection no longer counts as unauthenticated, takes frames of up to ``MAX_FRAME``
+   bytes, and gets ``authenticated``, then every operation of the slot without a result, same ids (a ``cancel``
    follows those whose cancel was asked for).
 4. Frames: ``heartbeat`` → ``heartbeat-ack``; ``result`` → stored, ``ack`` with its seq (a
-   repeated (agent, seq) is acked again, stored once); ``accepted`` / ``refused`` /
-   ``progress`` → the operation's row; a bad frame → ``error`` (the link stays). Nothing heard
-   for ``heartbeat_interval + heartbeat_timeout`` seconds → close 4408.
+   repeated (agent, seq), or a second result of one operation, is acked again and not stored;
+   past the slot's ``slot_quota`` bytes, a ``storage-full`` failure is stored in its place);
+   ``record`` (version 2 only) → stored likewise, by the same (agent, seq)
+   count, in batches: records that come one right after another (within ``RECORD_LINGER``, up to
+   ``RECORD_BATCH``) are stored in one transaction, then one ``ack`` for the highest seq answers them
+   all (before any other frame is handled, so a result is stored after its records);
+   ``accepted`` / ``refused`` / ``progress`` → the operation's row. A result or record for an
+   operation never sent to the slot → ``error`` with code ``unknown-operation``, nothing
+   stored (a result is acked all the same, so that its agent lets go of it). A bad frame →
+   ``error`` (the link stays). Nothing heard for ``heartbeat_interval + heartbeat_timeout``
+   seconds → close 4408.
 
 Meanwhile one poller task reads the database every ``poll_interval`` seconds (sooner when this
 process queued something) and sends new pending operations and asked-for cancels to connected
 slots, and disconnects (4401) a slot whose token was revoked.
 
-The database is used synchronously from the event loop: every call is one short transaction
-on a local file, and the loop is this hub's only thread.
+The connections and the poller use the database through a ``StoreThread``: every write is a
+transaction with an fsync, in the database's own thread, so one slot's results never hold up
+another's heartbeats; a result is acked once committed. Frames over ``PARSED_ON_LOOP`` bytes
+are parsed in a worker thread for the same reason. The last heartbeat time and disconnections
+are written without waiting for them. Callers in this process (``submit``, ``results``, ``store``)
+use a second connection, on the loop.
 
 What a connection holds
 -----------------------
+Before it authenticates, a connection holds at most one first frame of ``AUTH_FRAME_LIMIT``
+bytes, for at most ``auth_timeout`` seconds twice (handshake, then first frame), and there are
+at most ``max_startups.full`` such connections. The loop's "out of system resource" (no
+descriptor left for ``accept``) is logged at ERROR by this module, not by asyncio's logger.
 Nothing of what an agent sent outlives its handling: results go to the database, and the hub
-keeps no history. The socket is read on only once the frame read ahead has been taken
-(``max_queue=0``) and frames are never compressed (one compressed read of 256 KiB could inflate
-to hundreds of MiB), so a connection holds the frame being handled, one more, and the rest of
-one socket read: at most about two frames of ``MAX_FRAME`` bytes, however many its agent
-sends. (websockets' parser keeps the last frame read until the next one arrives: an idle
-agent's next heartbeat.) What the hub sends waits behind websockets' 32 KiB write limit.
+keeps no history; records wait for their batch, at most ``RECORD_BATCH`` of them and
+``RECORD_BATCH_BYTES`` of their frames, then go to the database too. The socket is read on only
+once the frame read ahead has been taken (``max_queue=0``) and frames are never compressed (one
+compressed read of 256 KiB could inflate to hundreds of MiB), so a connection holds the frame
+being handled, one more, the rest of one socket read and the records of one batch: at most about
+three frames of ``MAX_FRAME`` bytes and ``RECORD_BATCH_BYTES``, however many its agent sends.
+(websockets' parser keeps the last frame read until the next one arrives: an idle agent's next
+heartbeat.) What the hub sends waits behind websockets' 32 KiB write limit.
 
 Watching a hub
 --------------
@@ -54,20 +76,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import resource
 import ssl
-from collections.abc import Coroutine, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, NegotiationError
+from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from ksocket.hub.errors import HubError, UnknownOperation
-from ksocket.hub.store import OperationRecord, Store
+from ksocket.hub.startups import DEFAULT_MAX_STARTUPS, StartupLimit, Startups
+from ksocket.hub.store import MAX_SEQ, OperationRecord, Store
+from ksocket.hub.storethread import StoreThread
 from ksocket.hub.tokens import new_session
 from ksocket.protocol import (
     CLOSE_AUTH_FAILED,
@@ -76,8 +103,7 @@ from ksocket.protocol import (
     CLOSE_SLOT_IN_USE,
     FROM_AGENT,
     MAX_FRAME,
-    PROTOCOL_VERSION,
-    SUBPROTOCOL,
+    SUBPROTOCOLS,
     Accepted,
     Ack,
     Authenticate,
@@ -92,6 +118,7 @@ from ksocket.protocol import (
     Message,
     Progress,
     ProtocolError,
+    Record,
     Refused,
     Rejected,
     RejectReason,
@@ -99,6 +126,7 @@ from ksocket.protocol import (
     error_reply,
     parse,
     serialize,
+    version_of,
 )
 
 __all__ = ["ENDPOINT_PATH", "Hub", "HubObserver"]
@@ -108,8 +136,30 @@ logger = logging.getLogger(__name__)
 ENDPOINT_PATH = "/api/ksocket/connect"
 """The path agents use by default; the hub accepts a connection on any path."""
 
+UNKNOWN_OPERATION = ErrorCode.UNKNOWN_OPERATION
+"""The code of the ``error`` frame that answers a result or record for an operation never sent to the slot."""
+
 HEARTBEAT_SAVE_INTERVAL = 1.0
 """Seconds between two writes of one agent's last heartbeat time to the database."""
+
+DEFAULT_SLOT_QUOTA = 1024**3
+"""Bytes of results the hub stores per slot; beyond, a result is stored as a ``storage-full`` failure."""
+
+PARSED_ON_LOOP = 64 * 1024
+"""Frames larger than this many bytes are parsed in a worker thread: 16 MiB of JSON takes the loop
+tens of milliseconds, and every other slot's heartbeats with it."""
+
+AUTH_FRAME_LIMIT = 4096
+"""Largest first frame, in bytes: an ``authenticate`` is a few hundred."""
+
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+RECORD_BATCH = 500
+"""Records stored in one transaction (one fsync) at most."""
+RECORD_BATCH_BYTES = 4 * 1024 * 1024
+"""Frame bytes of the records a connection holds for its batch, at most (then they are stored)."""
+RECORD_LINGER = 0.002
+"""Seconds the hub waits for another record before it stores (and acks) those it holds."""
 
 
 @dataclass(eq=False)
@@ -121,8 +171,15 @@ class _Link:
     session: str
     ws: ServerConnection
     peer: str
+    version: int
     released: bool = False
+    ready: bool = False
+    """``authenticated`` and its backlog are sent: it is connected, and the poller may send it new operations."""
     heartbeat_saved: float = float("-inf")
+    records: list[Record] = field(default_factory=list)
+    """Records received and not yet stored (nor acked)."""
+    record_bytes: int = 0
+    """The size of their frames."""
 
 
 class HubObserver:
@@ -131,7 +188,8 @@ class HubObserver:
     Each call is made on the hub's event loop, in the middle of the hub's handling of a
     connection: it must return at once and must not raise. A connection's calls come in the
     order of its frames: ``on_message`` with its ``authenticate``, ``on_connect`` once it holds
-    the slot, ``on_message`` / ``on_bad_frame`` for every later frame, ``on_disconnect``.
+    the slot and has been sent ``authenticated`` and its backlog, ``on_message`` /
+    ``on_bad_frame`` for every later frame, ``on_disconnect``.
     """
 
     def on_connect(self, slot: str, session: str) -> None:
@@ -139,7 +197,7 @@ class HubObserver:
 
     def on_message(self, slot: str, message: Message) -> None:
         """A message from the agent of ``slot``, once the hub has acted on it (the database
-        holds a result when this is called) and before it answers; the first is the
+        holds a result it took when this is called) and before it answers; the first is the
         ``authenticate`` that named the slot's token, even if the slot is then refused."""
 
     def on_bad_frame(self, slot: str, frame: str | bytes, error: ProtocolError) -> None:
@@ -166,6 +224,10 @@ class _WebsocketsLog(logging.Filter):
 
 _websockets_logger = logging.getLogger("ksocket.hub.websockets")
 _websockets_logger.addFilter(_WebsocketsLog())
+
+
+def _batch_full(link: _Link) -> bool:
+    return len(link.records) >= RECORD_BATCH or link.record_bytes >= RECORD_BATCH_BYTES
 
 
 def _peer(ws: ServerConnection) -> str:
@@ -196,6 +258,7 @@ class Hub:
     ``host`` / ``port`` are where to listen (port 0: any free port; with a host name that
     resolves to several addresses, ``port`` reports the first socket's). ``ssl_context`` makes
     it ``wss``. Times are in seconds. ``observer`` hears what happens (``HubObserver``).
+    ``max_startups`` bounds the unauthenticated connections (``ksocket.hub.startups``).
     """
 
     def __init__(
@@ -206,9 +269,11 @@ class Hub:
         ssl_context: ssl.SSLContext | None = None,
         heartbeat_interval: float = 60.0,
         heartbeat_timeout: float = 30.0,
-        auth_timeout: float = 60.0,
+        auth_timeout: float = 10.0,
         poll_interval: float = 0.05,
         observer: HubObserver | None = None,
+        max_startups: StartupLimit = DEFAULT_MAX_STARTUPS,
+        slot_quota: int | None = DEFAULT_SLOT_QUOTA,
     ) -> None:
         self.db_path = db_path
         self.host = host
@@ -218,13 +283,19 @@ class Hub:
         self.heartbeat_timeout = heartbeat_timeout
         self.auth_timeout = auth_timeout
         self.poll_interval = poll_interval
+        self.slot_quota = slot_quota
         self._observer = observer or HubObserver()
+        self._startups = Startups(max_startups)
+        self._unauthenticated: set[ServerConnection] = set()
+        self._refused_startups = 0
+        self._loop_handler: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None = None
         self._links: dict[str, _Link] = {}
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: Server | None = None
         self._poller: asyncio.Task[None] | None = None
         self._store: Store | None = None
+        self._db: StoreThread | None = None
 
     # ------------------------------------------------------------------ life cycle
 
@@ -240,23 +311,32 @@ class Hub:
     async def start(self) -> None:
         self._store = Store(self.db_path)
         self._store.reset_connections()
+        self._db = await StoreThread.open(self.db_path)
+        loop = asyncio.get_running_loop()
+        self._loop_handler = loop.get_exception_handler()
+        loop.set_exception_handler(self._on_loop_exception)
         try:
             self._server = await serve(
                 self._handle,
                 self.host,
                 self.port,
                 ssl=self.ssl_context,
-                subprotocols=[Subprotocol(SUBPROTOCOL)],
+                subprotocols=[Subprotocol(name) for name in SUBPROTOCOLS],
                 select_subprotocol=self._select_subprotocol,
+                process_request=self._process_request,
+                open_timeout=self.auth_timeout,
                 ping_interval=None,  # liveness is the protocol's heartbeat, not WebSocket pings
-                max_size=MAX_FRAME,
+                max_size=AUTH_FRAME_LIMIT,  # until authenticated: then MAX_FRAME
                 max_queue=0,  # read on only once the frame read ahead is taken: memory bounded in bytes
                 compression=None,  # agents never offer it, and one compressed read could inflate 1000-fold
                 logger=_websockets_logger,
             )
         except OSError as exc:
+            await self._db.close()
+            self._db = None
             self._store.close()
             self._store = None
+            loop.set_exception_handler(self._loop_handler)
             raise HubError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
         self.port = self._server.sockets[0].getsockname()[1]
         self._poller = asyncio.create_task(self._poll(), name="ksocket-hub-poller")
@@ -273,9 +353,13 @@ class Hub:
             self._server = None
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
         if self._store is not None:
             self._store.close()
             self._store = None
+        asyncio.get_running_loop().set_exception_handler(self._loop_handler)
         logger.info("hub stopped")
 
     @property
@@ -284,6 +368,13 @@ class Hub:
         if self._store is None:
             raise HubError("the hub is not running")
         return self._store
+
+    @property
+    def db(self) -> StoreThread:
+        """The database as the hub's connections use it: off the event loop (between start and stop)."""
+        if self._db is None:
+            raise HubError("the hub is not running")
+        return self._db
 
     @property
     def url(self) -> str:
@@ -296,24 +387,66 @@ class Hub:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The loop's own errors: running out of descriptors is the hub's to say, at ERROR; the rest as before."""
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in _OUT_OF_RESOURCES:
+            soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+            logger.error(
+                "hub: cannot accept connections: %s (descriptor limit %d, %d connections waiting to authenticate)",
+                exc.strerror or exc,
+                soft,
+                self._startups.pending,
+            )
+        elif self._loop_handler is not None:
+            self._loop_handler(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
     # ------------------------------------------------------------------ one connection
 
+    def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        """Counts the newcomer as unauthenticated, or refuses it with 503 when there are too many."""
+        if not self._startups.begin():
+            if self._refused_startups == 0:
+                logger.warning(
+                    "refusing new connections: %d are waiting to authenticate (max-startups %s)",
+                    self._startups.pending,
+                    self._startups.limit,
+                )
+            self._refused_startups += 1
+            return ws.respond(503, "too many connections waiting to authenticate; try again later\n")
+        if self._refused_startups:
+            logger.info("accepting connections again (%d refused)", self._refused_startups)
+            self._refused_startups = 0
+        self._unauthenticated.add(ws)
+        ws.connection_lost_waiter.add_done_callback(lambda _: self._end_startup(ws))
+        return None
+
+    def _end_startup(self, ws: ServerConnection) -> None:
+        """The connection no longer counts as unauthenticated: it authenticated or closed (idempotent)."""
+        if ws in self._unauthenticated:
+            self._unauthenticated.discard(ws)
+            self._startups.end()
+
     def _select_subprotocol(self, ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol:
-        """``ksocket.v1``, or HTTP 400 for a client that does not offer it."""
-        if SUBPROTOCOL in offered:
-            return Subprotocol(SUBPROTOCOL)
+        """The newest ksocket subprotocol offered, or HTTP 400 for a client that offers none."""
+        for name in SUBPROTOCOLS:
+            if name in offered:
+                return Subprotocol(name)
+        known = " or ".join(SUBPROTOCOLS)
         logger.info(
             "connection from %s refused: it does not offer subprotocol %s (offered: %s)",
             _peer(ws),
-            SUBPROTOCOL,
+            known,
             ", ".join(offered) or "none",
         )
-        raise NegotiationError(f"the hub speaks subprotocol {SUBPROTOCOL} only")
+        raise NegotiationError(f"the hub speaks subprotocol {known} only")
 
     async def _handle(self, ws: ServerConnection) -> None:
         peer = _peer(ws)
-        if ws.subprotocol != SUBPROTOCOL:  # websockets refuses such handshakes already; be sure anyway
-            await ws.close(CLOSE_PROTOCOL_ERROR, f"subprotocol {SUBPROTOCOL} required")
+        if version_of(ws.subprotocol) is None:  # websockets refuses such handshakes already; be sure anyway
+            await ws.close(CLOSE_PROTOCOL_ERROR, f"subprotocol {' or '.join(SUBPROTOCOLS)} required")
             return
         auth = await self._first_frame(ws, peer)
         if auth is None:
@@ -322,6 +455,8 @@ class Hub:
         if admitted is None:
             return
         link, resumed, backlog = admitted
+        self._end_startup(ws)
+        ws.protocol.max_message_size = MAX_FRAME  # read only when the next frame begins: none has yet
         try:
             await ws.send(serialize(Authenticated(session=link.session, resumed=resumed)))
             for op in backlog:
@@ -330,10 +465,14 @@ class Hub:
                     await ws.send(serialize(Cancel(id=op.id)))
             if backlog:
                 logger.info("slot %s: sent %d operation(s) without a result", link.slot, len(backlog))
+            link.ready = True
+            self._observer.on_connect(link.slot, link.session)
             await self._converse(link)
         except ConnectionClosed as exc:
             self._closed(link, exc)
         finally:
+            if self._db is not None and link.records:  # kept; the agent sends them again, as they are unacked
+                self.db.post(Store.add_records, link.slot, link.agent, link.records, quota=self.slot_quota)
             self._release(link)
             close = ws.protocol.close_rcvd
             self._observer.on_disconnect(link.slot, close.code if close is not None else None)
@@ -376,19 +515,22 @@ class Hub:
     ) -> tuple[_Link, bool, list[OperationRecord]] | None:
         """Checks the authenticate frame; on success the link holds its slot when this returns.
 
-        Everything from the token check to taking the slot runs without yielding to the event
-        loop, so two connections never both take one slot and the poller never sends an
+        The database is read first; from the check of the slot's holder to taking the slot
+        nothing yields to the event loop, so two connections never both take one slot. The
+        poller leaves the link alone until its backlog is sent (``ready``), so it never sends an
         operation that is also in the backlog.
         """
-        if auth.protocol != PROTOCOL_VERSION:
-            text = f"this hub speaks protocol version {PROTOCOL_VERSION}, not {auth.protocol}"
+        version = version_of(ws.subprotocol)
+        if auth.protocol != version:
+            text = f"this link speaks protocol version {version} (subprotocol {ws.subprotocol}), not {auth.protocol}"
             await self._reject(ws, peer, ErrorCode.UNSUPPORTED_PROTOCOL, text, CLOSE_PROTOCOL_ERROR)
             return None
-        store = self.store
-        slot = store.slot_for_token(auth.token)
+        db = self.db
+        slot = await db.call(Store.slot_for_token, auth.token)
         if slot is None:
             await self._reject(ws, peer, ErrorCode.INVALID_TOKEN, "unknown or revoked token", CLOSE_AUTH_FAILED)
             return None
+        last = await db.call(Store.agent, slot)
         self._observer.on_message(slot, auth)
         holder = self._links.get(slot)
         if holder is not None:
@@ -401,15 +543,13 @@ class Hub:
             self._spawn(holder.ws.close(CLOSE_SLOT_IN_USE, "replaced by a resumed connection"))
             session, resumed = holder.session, True
         else:
-            last = store.agent(slot)
             resumable = None if last is None else (last.session, last.agent)
             resumed = auth.session is not None and resumable == (auth.session, auth.agent)
             session = auth.session if resumed and auth.session is not None else new_session()
-        backlog = store.claim_backlog(slot)
-        link = _Link(slot=slot, agent=auth.agent, session=session, ws=ws, peer=peer)
+        link = _Link(slot=slot, agent=auth.agent, session=session, ws=ws, peer=peer, version=auth.protocol)
         self._links[slot] = link
-        store.agent_connected(slot, agent=auth.agent, version=auth.version, name=auth.name, session=session)
-        self._observer.on_connect(slot, session)
+        db.post(Store.agent_connected, slot, agent=auth.agent, version=auth.version, name=auth.name, session=session)
+        backlog = await db.call(Store.claim_backlog, slot)
         logger.info(
             "slot %s: agent %s (%s %s) connected from %s, session %s (%s)",
             slot,
@@ -435,8 +575,12 @@ class Hub:
                 await link.ws.close(CLOSE_HEARTBEAT_LOST, "heartbeat lost")
                 return
             try:
-                frame = await asyncio.wait_for(link.ws.recv(), remaining)
+                # holding records, wait for more only briefly (cancelling recv loses nothing)
+                frame = await asyncio.wait_for(
+                    link.ws.recv(), min(remaining, RECORD_LINGER) if link.records else remaining
+                )
             except TimeoutError:
+                await self._flush_records(link)
                 continue
             heard = loop.time()
             await self._on_frame(link, frame)
@@ -455,8 +599,8 @@ class Hub:
         link.released = True
         if self._links.get(link.slot) is link:
             del self._links[link.slot]
-            if self._store is not None:
-                self._store.agent_disconnected(link.slot, link.session)
+            if self._db is not None:
+                self._db.post(Store.agent_disconnected, link.slot, link.session)
 
     async def _send(self, link: _Link, message: Message) -> bool:
         try:
@@ -467,8 +611,11 @@ class Hub:
 
     async def _on_frame(self, link: _Link, frame: str | bytes) -> None:
         try:
-            message = _decode(frame)
-            answer = self._act(link, message)
+            message = await asyncio.to_thread(_decode, frame) if len(frame) > PARSED_ON_LOOP else _decode(frame)
+            if not isinstance(message, Record) or _batch_full(link):
+                await self._flush_records(link)
+            link.record_bytes += len(frame) if isinstance(message, Record) else 0
+            answer = await self._act(link, message)
         except ProtocolError as exc:
             self._observer.on_bad_frame(link.slot, frame, exc)
             safe = _safe(exc)
@@ -479,19 +626,23 @@ class Hub:
         if answer is not None:
             await self._send(link, answer)
 
-    def _act(self, link: _Link, message: Message) -> Message | None:
+    async def _act(self, link: _Link, message: Message) -> Message | None:
         """Does what ``message`` asks of the hub; returns the answer to send, if any.
         BadMessage for a message an agent has no business sending now."""
         if isinstance(message, Heartbeat):
             return self._on_heartbeat(link, message)
         if isinstance(message, Result):
-            return self._on_result(link, message)
+            return await self._on_result(link, message)
+        if isinstance(message, Record) and link.version >= 2:
+            return self._on_record(link, message)
         if isinstance(message, Accepted | Refused | Progress):
-            self._on_operation_state(link, message)
-        elif isinstance(message, ErrorMessage):
+            return await self._on_operation_state(link, message)
+        if isinstance(message, ErrorMessage):
             logger.warning("slot %s: agent %s reports %s: %s", link.slot, link.agent, message.code, message.message)
         elif isinstance(message, Authenticate):
             raise BadMessage(f"{BadMessage.code}: already authenticated; authenticate is only the first frame")
+        elif isinstance(message, Record):
+            raise BadMessage(f'{BadMessage.code}: "record" is a message of protocol version 2, not {link.version}')
         else:
             assert not isinstance(message, FROM_AGENT)
             raise BadMessage(f'{BadMessage.code}: "{message.TYPE}" is a message of the hub, not of an agent')
@@ -499,27 +650,39 @@ class Hub:
 
     def _on_heartbeat(self, link: _Link, heartbeat: Heartbeat) -> HeartbeatAck:
         now = asyncio.get_running_loop().time()
-        if now - link.heartbeat_saved >= HEARTBEAT_SAVE_INTERVAL:  # a durable write per frame stalls the loop
+        if now - link.heartbeat_saved >= HEARTBEAT_SAVE_INTERVAL:  # not a durable write per frame; never awaited
             link.heartbeat_saved = now
-            self.store.agent_heartbeat(link.slot, link.session)
+            self.db.post(Store.agent_heartbeat, link.slot, link.session)
         return HeartbeatAck(n=heartbeat.n)
 
-    def _on_operation_state(self, link: _Link, message: Accepted | Refused | Progress) -> None:
-        store = self.store
-        if isinstance(message, Accepted):
-            if not store.mark_accepted(link.slot, message.id):
-                logger.debug("slot %s: accepted for operation %s, which is not waiting", link.slot, message.id)
-        elif isinstance(message, Refused):
-            if store.mark_refused(link.slot, message.id, message.reason, message.message):
-                logger.info(
-                    "slot %s: operation %s refused: %s: %s", link.slot, message.id, message.reason, message.message
-                )
-        else:
-            store.mark_progress(link.slot, message.id, message.done, message.total)
-
-    def _on_result(self, link: _Link, result: Result) -> Ack | ErrorMessage:
+    async def _on_operation_state(self, link: _Link, message: Accepted | Refused | Progress) -> ErrorMessage | None:
+        """Records the operation's new state; an ``unknown-operation`` error if it was never sent to this slot."""
+        db = self.db
         try:
-            new = self.store.add_result(link.slot, link.agent, result)
+            if isinstance(message, Accepted):
+                if not await db.call(Store.mark_accepted, link.slot, message.id):
+                    logger.debug("slot %s: accepted for operation %s, which is not waiting", link.slot, message.id)
+            elif isinstance(message, Refused):
+                if await db.call(Store.mark_refused, link.slot, message.id, message.reason, message.message):
+                    logger.info(
+                        "slot %s: operation %s refused: %s: %s", link.slot, message.id, message.reason, message.message
+                    )
+            else:
+                await db.call(Store.mark_progress, link.slot, message.id, message.done, message.total)
+        except UnknownOperation as exc:
+            return self._unknown(link, message, exc)
+        return None
+
+    def _unknown(self, link: _Link, message: Message, exc: UnknownOperation) -> ErrorMessage:
+        logger.info("slot %s: %s from agent %s refused: %s", link.slot, message.TYPE, link.agent, exc)
+        return ErrorMessage(code=UNKNOWN_OPERATION, message=f"{message.TYPE} not taken: {exc}")
+
+    async def _on_result(self, link: _Link, result: Result) -> Ack | ErrorMessage:
+        try:
+            new = await self.db.call(Store.add_result, link.slot, link.agent, result, quota=self.slot_quota)
+        except UnknownOperation as exc:
+            await self._send(link, self._unknown(link, result, exc))
+            return Ack(seq=result.seq)  # not stored, and never will be: the agent need not send it again
         except HubError as exc:
             return ErrorMessage(code=BadMessage.code, message=str(exc))
         if new:
@@ -528,6 +691,39 @@ class Hub:
         else:
             logger.debug("slot %s: result seq %d already received; acking it again", link.slot, result.seq)
         return Ack(seq=result.seq)
+
+    def _on_record(self, link: _Link, record: Record) -> ErrorMessage | None:
+        """Holds the record for the next batch (see :meth:`_flush_records`)."""
+        if record.seq > MAX_SEQ:
+            return ErrorMessage(code=BadMessage.code, message=f"seq {record.seq} is larger than the hub can store")
+        link.records.append(record)
+        return None
+
+    async def _flush_records(self, link: _Link) -> None:
+        """Stores the records the link holds in one transaction (in the database's thread), then acks them
+        with one ack (acks are cumulative); records of an operation never sent to the slot are not stored,
+        each such operation answered ``unknown-operation``, and acked all the same, as such a result is."""
+        records, link.records = link.records, []
+        link.record_bytes = 0
+        if not records:
+            return
+        try:
+            new, unknown = await self.db.call(Store.add_records, link.slot, link.agent, records, quota=self.slot_quota)
+        except HubError as exc:
+            await self._send(link, ErrorMessage(code=BadMessage.code, message=str(exc)))
+            return
+        if new < len(records):
+            logger.debug(
+                "slot %s: %d records not stored (repeated, unknown or past the quota)", link.slot, len(records) - new
+            )
+        for op_id in sorted(unknown):
+            await self._send(
+                link,
+                self._unknown(
+                    link, records[0], UnknownOperation(f"operation {op_id!r} was never sent to slot {link.slot}")
+                ),
+            )
+        await self._send(link, Ack(seq=max(record.seq for record in records)))
 
     # ------------------------------------------------------------------ the poller
 
@@ -542,20 +738,22 @@ class Hub:
             self._wake.clear()
 
     async def _poll_once(self) -> None:
-        slots = list(self._links)
+        slots = [slot for slot, link in self._links.items() if link.ready]
         if not slots:
             return
-        store = self.store
-        for slot in store.revoked_among(slots):
-            link = self._links[slot]
+        db = self.db
+        for slot in await db.call(Store.revoked_among, slots):
+            link = self._links.get(slot)
+            if link is None:
+                continue
             logger.info("slot %s: token revoked; disconnecting agent %s", slot, link.agent)
             self._release(link)
             self._spawn(link.ws.close(CLOSE_AUTH_FAILED, "token revoked"))
-        for op in store.claim_pending(slots):
+        for op in await db.call(Store.claim_pending, slots):
             link_or_none = self._links.get(op.slot)
             if link_or_none is not None and await self._send(link_or_none, op.to_message()):
                 logger.info("slot %s: sent operation %s (%s)", op.slot, op.id, op.name)
-        for op in store.claim_cancels(slots):
+        for op in await db.call(Store.claim_cancels, slots):
             link_or_none = self._links.get(op.slot)
             if link_or_none is not None and await self._send(link_or_none, Cancel(id=op.id)):
                 logger.info("slot %s: sent cancel of operation %s", op.slot, op.id)
@@ -563,13 +761,13 @@ class Hub:
     # ------------------------------------------------------------------ the API for callers
 
     def connected(self, slot: str) -> bool:
-        """Whether an authenticated agent holds ``slot`` now."""
-        return slot in self._links
+        """Whether an authenticated agent holds ``slot`` now (told so, and sent its backlog)."""
+        return self.session(slot) is not None
 
     def session(self, slot: str) -> str | None:
-        """The session id of the connection holding ``slot``, or None."""
+        """The session id of the connected agent holding ``slot``, or None."""
         link = self._links.get(slot)
-        return link.session if link is not None else None
+        return link.session if link is not None and link.ready else None
 
     async def submit(self, slot: str, name: str, params: JSONObject | None = None, id: str | None = None) -> str:
         """Queues operation ``name`` for ``slot`` in the database, as ``ksocket hub run`` does; returns its id.
@@ -597,3 +795,7 @@ class Hub:
     def results(self, slot: str) -> list[Result]:
         """Every result stored for ``slot``, in the order received (each (agent, seq) once)."""
         return [record.to_message() for record in self.store.results(slot)]
+
+    def records(self, op_id: str) -> list[Record]:
+        """Every record stored for operation ``op_id`` from the slot it was sent to, in seq order."""
+        return [stored.to_message() for stored in self.store.records(op_id)]

@@ -2,12 +2,20 @@
 
 Tables
 ------
-``slots``       name, SHA-256 of the token, created, revoked (a time, or NULL).
+``slots``       name, SHA-256 of the token, created, revoked (a time, or NULL), and the bytes of
+                results stored for it (what ``add_result``'s quota weighs).
 ``agents``      per slot, the agent last seen on it: agent id, version, name, session id,
                 state (connected / disconnected), last heartbeat, connected since.
 ``operations``  id (unique), slot, name, params (JSON), created, state, refusal reason and
                 message, progress, cancel requested / cancel sent.
 ``results``     (slot, agent id, seq) unique, operation id, ok, data or error (JSON), received.
+``records``     (slot, agent id, seq) unique, operation id, kind, document (JSON), received: what an
+                operation reported before its result (protocol version 2), stored as it arrives.
+
+Agents write only what answers operations issued to their slot: a result, ``accepted``,
+``refused`` or ``progress`` for an operation that is not the slot's, or was never sent, raises
+``UnknownOperation``. An operation keeps its first result; a slot's results weigh at most its
+quota, and a result that would pass it is stored as a failure with code ``storage-full``.
 
 An operation moves ``pending`` (queued, not yet sent) → ``sent`` → ``accepted``, and from any
 of these three to ``done`` (a result arrived; ``cancelled`` when its error code is
@@ -38,7 +46,7 @@ from typing import Any, Final
 from ksocket import paths
 from ksocket.hub import tokens
 from ksocket.hub.errors import HubError, UnknownOperation, UnknownSlot
-from ksocket.protocol import ErrorCode, ErrorInfo, JSONObject, Operation, Result
+from ksocket.protocol import ErrorCode, ErrorInfo, JSONObject, Operation, Record, Result
 
 PENDING: Final = "pending"
 SENT: Final = "sent"
@@ -52,9 +60,13 @@ UNRESOLVED: Final = (PENDING, SENT, ACCEPTED)
 CONNECTED: Final = "connected"
 DISCONNECTED: Final = "disconnected"
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+STORAGE_FULL: Final = ErrorCode.STORAGE_FULL
+"""The error code of a result stored in place of one that would pass its slot's quota."""
 BUSY_TIMEOUT: Final = 10.0
 _INT64_MAX: Final = 2**63 - 1
+MAX_SEQ: Final = _INT64_MAX
+"""The largest seq the hub can store."""
 _SLOT_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 _SCHEMA: Final = """
@@ -62,7 +74,8 @@ CREATE TABLE IF NOT EXISTS slots (
     name TEXT PRIMARY KEY,
     token_hash TEXT NOT NULL,
     created REAL NOT NULL,
-    revoked REAL
+    revoked REAL,
+    result_bytes INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS agents (
     slot TEXT PRIMARY KEY REFERENCES slots (name),
@@ -103,6 +116,17 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (slot, agent, seq)
 );
 CREATE INDEX IF NOT EXISTS results_by_operation ON results (operation_id);
+CREATE TABLE IF NOT EXISTS records (
+    slot TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    operation_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    document TEXT NOT NULL,
+    received REAL NOT NULL,
+    PRIMARY KEY (slot, agent, seq)
+);
+CREATE INDEX IF NOT EXISTS records_by_operation ON records (operation_id, seq);
 """
 
 
@@ -169,6 +193,26 @@ class ResultRecord:
 
     def to_message(self) -> Result:
         return Result(id=self.operation_id, seq=self.seq, ok=self.ok, data=self.data, error=self.error)
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    slot: str
+    agent: str
+    seq: int
+    operation_id: str
+    kind: str
+    document: JSONObject
+    received: float
+
+    def to_message(self) -> Record:
+        return Record(id=self.operation_id, seq=self.seq, record=self.document)
+
+
+def _stored_record(row: sqlite3.Row) -> StoredRecord:
+    values = dict(zip(row.keys(), row, strict=True))
+    values["document"] = json.loads(values["document"])
+    return StoredRecord(**values)
 
 
 def _slot(row: sqlite3.Row) -> Slot:
@@ -239,6 +283,12 @@ class Store:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            if version == 1:  # slots had no result_bytes: weigh what is stored
+                db.execute("ALTER TABLE slots ADD COLUMN result_bytes INTEGER NOT NULL DEFAULT 0")
+                db.execute(
+                    "UPDATE slots SET result_bytes = (SELECT COALESCE(SUM(COALESCE(length(CAST(data AS BLOB)), 0)"
+                    " + COALESCE(length(CAST(error AS BLOB)), 0)), 0) FROM results WHERE results.slot = slots.name)"
+                )
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -445,29 +495,29 @@ class Store:
             db.execute(f"UPDATE operations SET cancel_sent = ? WHERE {where}", (now, *slots))  # noqa: S608
         return [_operation(row) for row in rows]
 
-    def _update(self, sql: str, args: tuple[Any, ...]) -> bool:
+    def _update(self, slot: str, op_id: str, assignments: str, values: tuple[Any, ...], states: str = "") -> bool:
+        """``UPDATE operations SET assignments`` for operation ``op_id`` of ``slot`` (if in ``states``,
+        an SQL list); False if it was in none of them, UnknownOperation if it was never sent there."""
+        where = "id = ? AND slot = ?" + (f" AND state IN {states}" if states else "")
         with self._write() as db:
-            return db.execute(sql, args).rowcount > 0
+            _issued(db, slot=slot, op_id=op_id)
+            sql = f"UPDATE operations SET {assignments}, updated = ? WHERE {where}"  # noqa: S608
+            return db.execute(sql, (*values, self._now(), op_id, slot)).rowcount > 0
 
     def mark_accepted(self, slot: str, op_id: str) -> bool:
-        return self._update(
-            "UPDATE operations SET state = 'accepted', updated = ?"
-            " WHERE id = ? AND slot = ? AND state IN ('pending', 'sent')",
-            (self._now(), op_id, slot),
-        )
+        return self._update(slot, op_id, "state = 'accepted'", (), "('pending', 'sent')")
 
     def mark_refused(self, slot: str, op_id: str, reason: str, message: str) -> bool:
         return self._update(
-            "UPDATE operations SET state = 'refused', reason = ?, message = ?, updated = ?"
-            " WHERE id = ? AND slot = ? AND state IN ('pending', 'sent', 'accepted')",
-            (reason, message, self._now(), op_id, slot),
+            slot,
+            op_id,
+            "state = 'refused', reason = ?, message = ?",
+            (reason, message),
+            "('pending', 'sent', 'accepted')",
         )
 
     def mark_progress(self, slot: str, op_id: str, done: int, total: int) -> bool:
-        return self._update(
-            "UPDATE operations SET done = ?, total = ?, updated = ? WHERE id = ? AND slot = ?",
-            (_clamp(done), _clamp(total), self._now(), op_id, slot),
-        )
+        return self._update(slot, op_id, "done = ?, total = ?", (_clamp(done), _clamp(total)))
 
     def request_cancel(self, op_id: str) -> str:
         """Asks for operation ``op_id`` to be cancelled; returns its state afterwards.
@@ -497,27 +547,43 @@ class Store:
 
     # ------------------------------------------------------------------ results
 
-    def add_result(self, slot: str, agent: str, result: Result) -> bool:
-        """Stores ``result`` from ``agent`` on ``slot``; False if that (agent, seq) was already received.
+    def add_result(self, slot: str, agent: str, result: Result, *, quota: int | None = None) -> bool:
+        """Stores ``result`` from ``agent`` on ``slot``; False if it is not stored because that (agent,
+        seq) was already received or its operation already has a result.
 
-        The operation it answers (if it is this slot's) becomes done, or cancelled when the
-        error code is ``cancelled``.
+        UnknownOperation if its operation was never issued to ``slot``. The operation becomes
+        done, or cancelled when the error code is ``cancelled``. With a ``quota`` (bytes), a result
+        that would take the slot's results past it is stored as a ``storage-full`` failure instead.
         """
         if result.seq > _INT64_MAX:
             raise HubError(f"seq {result.seq} is larger than the hub can store")
-        error = None
-        if result.error is not None:
-            error = json.dumps({"code": result.error.code, "message": result.error.message}, ensure_ascii=False)
-        data = None if result.data is None else json.dumps(result.data, ensure_ascii=False)
+        data, error = _result_columns(result)
+        size = _weight(data, error)
         now = self._now()
         with self._write() as db:
-            cursor = db.execute(
+            if db.execute(
+                "SELECT 1 FROM results WHERE slot = ? AND agent = ? AND seq = ?", (slot, agent, result.seq)
+            ).fetchone():
+                return False
+            _issued(db, slot=slot, op_id=result.id)
+            if db.execute("SELECT 1 FROM results WHERE slot = ? AND operation_id = ?", (slot, result.id)).fetchone():
+                return False
+            stored = db.execute("SELECT result_bytes FROM slots WHERE name = ?", (slot,)).fetchone()[0]
+            if quota is not None and stored + size > quota:
+                result = Result.failure(
+                    id=result.id,
+                    seq=result.seq,
+                    code=STORAGE_FULL,
+                    message=f"a result of {size} bytes was not kept: slot {slot} holds {stored} of {quota}",
+                )
+                data, error = _result_columns(result)
+                size = _weight(data, error)
+            db.execute(
                 "INSERT INTO results (slot, agent, seq, operation_id, ok, data, error, received)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (slot, agent, result.seq, result.id, result.ok, data, error, now),
             )
-            if cursor.rowcount == 0:
-                return False
+            db.execute("UPDATE slots SET result_bytes = result_bytes + ? WHERE name = ?", (size, slot))
             state = CANCELLED if result.error is not None and result.error.code == ErrorCode.CANCELLED else DONE
             db.execute(
                 "UPDATE operations SET state = ?, updated = ?"
@@ -525,6 +591,46 @@ class Store:
                 (state, now, result.id, slot),
             )
         return True
+
+    def add_records(
+        self, slot: str, agent: str, records: Sequence[Record], *, quota: int | None = None
+    ) -> tuple[int, set[str]]:
+        """Stores ``records`` from ``agent`` on ``slot`` in one transaction; returns how many were new (an
+        (agent, seq) already received is not stored again) and the ids of operations never sent to the slot,
+        whose records are not stored. Past ``quota`` bytes of the slot's results and records, a record is
+        dropped (and counted as not new): the operation's result will say ``storage-full``."""
+        if any(record.seq > _INT64_MAX for record in records):
+            raise HubError(f"a seq of {max(record.seq for record in records)} is larger than the hub can store")
+        now = self._now()
+        with self._write() as db:
+            unknown = {op_id for op_id in {r.id for r in records} if not _was_issued(db, slot=slot, op_id=op_id)}
+            stored = db.execute("SELECT result_bytes FROM slots WHERE name = ?", (slot,)).fetchone()[0]
+            rows = []
+            for r in records:
+                document = json.dumps(r.record, ensure_ascii=False)
+                if r.id in unknown or (quota is not None and stored + len(document) > quota):
+                    continue
+                stored += len(document)
+                rows.append((slot, agent, r.seq, r.id, r.kind, document, now))
+            before = db.total_changes
+            db.executemany(
+                "INSERT INTO records (slot, agent, seq, operation_id, kind, document, received)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                rows,
+            )
+            new = db.total_changes - before
+            db.execute("UPDATE slots SET result_bytes = ? WHERE name = ?", (stored, slot))
+            return new, unknown
+
+    def records(self, op_id: str) -> list[StoredRecord]:
+        """The records of operation ``op_id`` from the slot it was sent to, in the order received (seq order:
+        an agent sends them so, and a repeated one is not stored)."""
+        rows = self._rows(
+            "SELECT r.* FROM records r JOIN operations o ON r.operation_id = o.id AND r.slot = o.slot"
+            " WHERE o.id = ? ORDER BY r.received, r.rowid",
+            (op_id,),
+        )
+        return [_stored_record(row) for row in rows]
 
     def result_for(self, op_id: str) -> ResultRecord | None:
         """The first result received for operation ``op_id`` from the slot it was sent to."""
@@ -543,11 +649,51 @@ class Store:
         ]
 
 
+def _was_issued(db: sqlite3.Connection, *, slot: str, op_id: str) -> bool:
+    """Whether operation ``op_id`` was sent to ``slot`` (it is the slot's and not pending)."""
+    row = db.execute("SELECT state FROM operations WHERE id = ? AND slot = ?", (op_id, slot)).fetchone()
+    return row is not None and row["state"] != PENDING
+
+
+def _issued(db: sqlite3.Connection, *, slot: str, op_id: str) -> None:
+    """UnknownOperation unless operation ``op_id`` was sent to ``slot``."""
+    if not _was_issued(db, slot=slot, op_id=op_id):
+        raise UnknownOperation(f"operation {op_id!r} was never sent to slot {slot}")
+
+
+def _result_columns(result: Result) -> tuple[str | None, str | None]:
+    """The JSON of a result's data and of its error, as stored."""
+    error = None
+    if result.error is not None:
+        error = json.dumps({"code": result.error.code, "message": result.error.message}, ensure_ascii=False)
+    data = None if result.data is None else json.dumps(result.data, ensure_ascii=False)
+    return data, error
+
+
+def _weight(*texts: str | None) -> int:
+    """Bytes of UTF-8 these texts take in the database (without a copy of an ASCII one, the usual)."""
+    return sum(
+        len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+        for text in texts
+        if text is not None
+    )
+
+
 def _create_private(path: Path) -> None:
-    """Creates the database file (and its folder) readable by the owner only."""
+    """Creates the database file (and its folder) readable by the owner only.
+
+    An existing file is never opened here: closing a descriptor drops every POSIX lock this
+    process holds on the file, SQLite's included, and a hub opens the file twice (its event
+    loop's store and its database thread's), so another process could then checkpoint and
+    remove the WAL under it ("database disk image is malformed").
+    """
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            path.chmod(0o600)
+            return
         try:
             os.fchmod(fd, 0o600)
         finally:

@@ -20,7 +20,6 @@ import dataclasses
 import os
 import re
 import subprocess
-import sys
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -59,7 +58,7 @@ class Layout:
 
     @classmethod
     def current(cls) -> Layout:
-        return cls(prefix=Path(sys.prefix), home=paths.ksocket_home())
+        return cls(prefix=paths.install_prefix(), home=paths.ksocket_home())
 
     @property
     def runner(self) -> Path:

@@ -3,8 +3,9 @@
 ``collect(params, context)`` with params (all optional but the scan needs somewhere to look):
 
 =========== ===================================================================================
-``targets``  CIDRs, addresses, ranges (``a.b.c.d-e.f.g.h``, ``a.b.c.d-N``), globs; default: the
-             on-link networks of the agent's non-loopback interfaces. At most 65,536 addresses.
+``targets``  CIDRs, addresses, ranges (``a.b.c.d-e.f.g.h``, ``a.b.c.d-N``), globs, IPv6 addresses,
+             prefixes and ranges; default: the IPv4 on-link networks of the agent's non-loopback
+             interfaces. At most 65,536 addresses.
 ``exclude``  the same forms, taken out of ``targets``
 ``methods``  any of ``arp``, ``icmp``, ``tcp`` (default all three)
 ``ports``    TCP ports of the SYN probes (default 22, 80, 443, 3389, 5985, 135, 139, 445)
@@ -13,16 +14,19 @@
 ``dns``      reverse DNS names of the hosts found, from the system resolver (default true)
 =========== ===================================================================================
 
-Each target goes where the kernel's routing table sends it: on-link targets behind a link layer
-get ARP requests, and the hosts that answer get the ICMP echo and TCP SYN probes too (for evidence
-and open ports); targets behind a gateway or a link without a link layer get ICMP echo and TCP SYN
-probes. A host is up only on a reply from it that answers one of our probes. Each path (an interface
-for ARP, a gateway for routed probes) is sent no more than it carries (a congestion window, see
-:mod:`.timing`). An interface that cannot be opened or fails during the scan ends only its own
-targets: they are counted in ``skipped`` as ``interface-failed``, and ``stats.failedInterfaces``
-gives the interface and why (when none can be opened, the scan fails).
+Each target goes where the kernel sends it (``ip route get``: policy rules and every table): on-link
+targets behind a link layer get ARP requests (IPv6: a Neighbor Solicitation, and each link one echo
+to all nodes), and the hosts that answer get the ICMP echo and TCP SYN probes too (for evidence and
+open ports); targets behind a gateway or a link without a link layer get ICMP echo and TCP SYN
+probes, sent through the kernel's own route. A host is up only on a reply from it that answers one
+of our probes; its record names its family (``ipv4``/``ipv6``). Each path (an interface for ARP, a
+gateway for routed probes) is sent no more than it carries (a congestion window, see :mod:`.timing`).
+An interface that cannot be opened or fails during the scan ends only its own targets: they are
+counted in ``skipped`` as ``interface-failed``, and ``stats.failedInterfaces`` gives the interface
+and why (when none can be opened, the scan fails).
 
-The modules: :mod:`.targets` (parsing, lazy expansion), :mod:`.routes` (the kernel's routes),
+The modules: :mod:`.targets` (parsing, lazy expansion), :mod:`.routes` (interfaces and routes),
+:mod:`.kernelroute` (the kernel's route to one address),
 :mod:`.frames` (dpkt, no I/O), :mod:`.timing` (pacing, congestion windows, RTT, retries),
 :mod:`.scheduler` (what to send next and when, no I/O), :mod:`.matcher` (which replies answer our
 probes, no I/O), :mod:`.engine` (the pypcap loop around those two), :mod:`.vendor` (OUI registry).
@@ -40,10 +44,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ksocket.collectors.base import Context, Document, InvalidParams
-from ksocket.collectors.discovery import routes
+from ksocket.collectors.discovery import kernelroute, routes
 from ksocket.collectors.discovery.engine import Engine
 from ksocket.collectors.discovery.scheduler import Host, Settings
-from ksocket.collectors.discovery.targets import TargetSet, parse_targets, to_str
+from ksocket.collectors.discovery.targets import TargetSet, family_name, parse_targets, to_str
 from ksocket.collectors.discovery.vendor import format_mac, preload, vendor
 
 __all__ = ["DEFAULT_PORTS", "DEFAULT_RATE", "DEFAULT_TIMEOUT", "METHODS", "Request", "collect", "scan", "validate"]
@@ -199,7 +203,7 @@ class Resolver:
             self._queue.put(None)
 
 
-_EVIDENCE_ORDER = {"arp": 0, "icmp": 1, "icmp-unreachable": 2}
+_EVIDENCE_ORDER = {"arp": 0, "ndp": 0, "icmp": 1, "icmp-unreachable": 2}
 
 
 def _evidence_key(item: str) -> tuple[int, int]:
@@ -211,6 +215,7 @@ def _evidence_key(item: str) -> tuple[int, int]:
 def host_document(host: Host, name: str | None) -> Document:
     return {
         "address": to_str(host.address),
+        "family": family_name(host.address),
         "mac": format_mac(host.mac),
         "vendor": vendor(host.mac),
         "rtt": round(host.rtt * 1000, 3) if host.rtt is not None else None,
@@ -225,7 +230,11 @@ def host_document(host: Host, name: str | None) -> Document:
 
 def scan(request: Request, context: Context, *, capture_device: str | None = None) -> Document:
     """Runs the scan ``request`` describes (``capture_device``: capture elsewhere, for tests)."""
-    table = routes.RoutingTable.from_kernel()
+    with kernelroute.RouteLookup() as lookup:
+        return _scan(request, context, routes.RoutingTable.from_kernel(lookup.get), capture_device)
+
+
+def _scan(request: Request, context: Context, table: routes.RoutingTable, capture_device: str | None) -> Document:
     targets = request.targets
     if targets is None:
         networks = table.onlink_networks()

@@ -1,10 +1,15 @@
-"""The send/capture engine: probes out through pypcap at a paced rate, replies in through a BPF filter.
+"""The send/capture engine: probes out at a paced rate, replies in through pypcap and a BPF filter.
 
 One :class:`LinkIO` per interface holds a pcap handle (immediate mode, non-blocking, inbound only,
-filtered to the scan's replies) and sends with ``pcap_sendpacket``; on a Linux cooked link, where
-libpcap cannot inject, it sends through a raw IPv4 socket bound to the interface. An interface that
-cannot be opened, or fails while the scan runs, ends only its own paths: the others go on, and the
-summary's ``failedInterfaces`` says which and why (when none could be opened, the scan fails).
+filtered to the scan's replies) and sends the on-link questions with ``pcap_sendpacket``: ARP
+requests, IPv6 Neighbor Solicitations and the one echo to all nodes, and the follow-up probes of
+the hosts they found, to their MACs. Every other ICMP echo and TCP SYN (routed, or over a link
+without a link layer) goes through the kernel: :class:`KernelSender`'s raw sockets, bound to the
+source address the kernel's route picks, so that policy routing, IPsec, WireGuard and the firewall
+treat the probe as any packet of the host; the reply is captured on the interface that route names.
+An interface that cannot be opened, or fails while the scan runs, ends only its own paths: the
+others go on, and the summary's ``failedInterfaces`` says which and why (when none could be opened,
+the scan fails).
 
 The TCP SYN probes leave from one source port outside the kernel's ephemeral range
 (``ip_local_port_range``), bound by a TCP socket for the scan's life, so no connection of the host
@@ -49,10 +54,9 @@ from ksocket.collectors.discovery.scheduler import (
     Scheduler,
     Settings,
 )
-from ksocket.collectors.discovery.targets import TargetSet, to_str
+from ksocket.collectors.discovery.targets import V6, TargetSet, family, to_str
 from ksocket.protocol import ErrorCode
 
-SO_BINDTODEVICE = 25
 LINGER = 0.03  # after the last probe's wait, one more look for late replies
 TICK = 0.1  # progress and cancellation checks
 SEND_BATCH = 32  # packets sent before the captures are read again
@@ -98,6 +102,14 @@ def reserve_source_port(
     raise OperationFailed(ErrorCode.INTERNAL, f"no free TCP port in {ports.start}-{ports.stop - 1} for the SYN probes")
 
 
+class SendRefused(Exception):
+    """The kernel would not send this packet (a firewall rule, a route gone): no reply will come."""
+
+
+# the kernel refusing one packet: EPERM/EACCES from a firewall rule, no route (any more)
+_REFUSED = frozenset({errno.EPERM, errno.EACCES, errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL})
+
+
 class LinkIO:
     """Capture and send on one interface."""
 
@@ -116,35 +128,23 @@ class LinkIO:
             hint = " (needs root or CAP_NET_RAW)" if "ermission" in text or "not permitted" in text else ""
             raise OperationFailed(ErrorCode.INTERNAL, f"cannot capture on {iface.name}: {text}{hint}") from None
         self.link_type = int(self.capture.datalink())
-        self.raw: socket.socket | None = None
-        if self.link_type in (frames.DLT_LINUX_SLL, frames.DLT_LINUX_SLL2) or device == "any":
-            self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-            self.raw.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, iface.name.encode())
-            self.raw.setblocking(False)
-        elif self.link_type not in frames.KNOWN_LINK_TYPES:
+        if self.link_type not in frames.KNOWN_LINK_TYPES:
             self.close()
             raise OperationFailed(ErrorCode.INTERNAL, f"{iface.name}: link type {self.link_type} is not supported")
 
     @property
     def ethernet(self) -> bool:
-        return self.link_type == frames.DLT_EN10MB and self.raw is None
+        return self.link_type == frames.DLT_EN10MB
 
     def fileno(self) -> int:
         return int(self.capture.fileno())
 
-    def send(self, data: bytes, destination: int) -> None:
+    def send(self, data: bytes) -> None:
+        """Injects an Ethernet frame."""
         try:
-            if self.raw is not None:
-                self.raw.sendto(data, (to_str(destination), 0))
-            else:
-                self.capture.sendpacket(data)
-        except BlockingIOError:
-            raise SendBlocked from None
+            self.capture.sendpacket(data)
         except OSError as error:
-            text = _text(error)
-            if error.errno in (errno.ENOBUFS, errno.EAGAIN) or "No buffer space" in text or "temporarily" in text:
-                raise SendBlocked from None
-            raise LinkFailed(f"sending on {self.iface.name}: {text}") from None
+            raise _send_error(error, self.iface.name) from None
 
     def read(self) -> list[tuple[float, bytes]]:
         try:
@@ -158,8 +158,54 @@ class LinkIO:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.capture.close()
-        if self.raw is not None:
-            self.raw.close()
+
+
+class KernelSender:
+    """Raw sockets (``IPPROTO_RAW``: our IP header, the kernel's route) bound to each source address."""
+
+    def __init__(self) -> None:
+        self.sockets: dict[int, socket.socket] = {}
+
+    def _socket(self, source: int) -> socket.socket:
+        sock = self.sockets.get(source)
+        if sock is None:
+            af = socket.AF_INET6 if family(source) == 6 else socket.AF_INET
+            sock = socket.socket(af, socket.SOCK_RAW, socket.IPPROTO_RAW)
+            try:
+                sock.bind((to_str(source), 0))
+            except OSError as error:
+                sock.close()
+                raise OperationFailed(
+                    ErrorCode.INTERNAL, f"cannot send from {to_str(source)}: {_text(error)}"
+                ) from None
+            sock.setblocking(False)
+            self.sockets[source] = sock
+        return sock
+
+    def send(self, packet: bytes, source: int, destination: int) -> None:
+        """Hands ``packet`` (an IP packet from ``source``) to the kernel to route to ``destination``."""
+        sock = self._socket(source)
+        try:
+            sock.sendto(packet, (to_str(destination), 0))
+        except OSError as error:
+            if error.errno in _REFUSED:
+                raise SendRefused from None
+            raise _send_error(error, f"the route to {to_str(destination)}") from None
+
+    def close(self) -> None:
+        for sock in self.sockets.values():
+            sock.close()
+        self.sockets.clear()
+
+
+def _send_error(error: OSError, where: str) -> Exception:
+    """:class:`SendBlocked` for a full queue, else :class:`LinkFailed`."""
+    text = _text(error)
+    if isinstance(error, BlockingIOError) or error.errno in (errno.ENOBUFS, errno.EAGAIN):
+        return SendBlocked()
+    if "No buffer space" in text or "temporarily" in text:
+        return SendBlocked()
+    return LinkFailed(f"sending on {where}: {text}")
 
 
 def _text(error: BaseException) -> str:
@@ -173,7 +219,7 @@ class Stats:
     replies: int = 0
     ignored: dict[str, int] = field(default_factory=dict)  # frames let in that answer no probe of ours, by why
     blocked: int = 0
-    gateway_arp: list[str] = field(default_factory=list)
+    refused: int = 0  # probes the kernel would not send (a firewall rule, a route gone)
 
 
 class Engine:
@@ -202,9 +248,11 @@ class Engine:
         self.links: dict[str, LinkIO] = {}
         self.link_types: dict[str, int] = {}
         self.failed: dict[str, str] = {}  # interface -> why it could not be used
+        self.kernel = KernelSender()
+        self.greeted: set[tuple[str, int]] = set()  # (interface, source) of the echoes to all nodes sent
         self.stats = Stats()
         self.cookies = Cookies.random()
-        self.sources: set[int] = set()
+        self.sources: set[int] = set(table.local)
         self.asked = Asked(targets, self.sources, self.cookies, settings.ports)
         self._blocked: tuple[Probe, bytes] | None = None  # a packet the link had no room for, to send again
         self._port: socket.socket | None = None  # holds the SYN probes' source port
@@ -223,10 +271,11 @@ class Engine:
     # --- set-up --------------------------------------------------------------------------------
 
     def _bpf(self, iface: routes.Interface) -> str:
-        hosts = [to_str(address) for address, _, _ in iface.addresses]
+        """Replies to any of the host's addresses (a policy route's source may be another interface's)."""
+        hosts = sorted(to_str(address) for address in self.sources)
         ip_part = " or ".join(f"dst host {host}" for host in hosts) or "dst host 0.0.0.0"
-        ip_filter = f"(ip and ({ip_part}) and (icmp or (tcp and dst port {self.cookies.sport})))"
-        arp_part = " or ".join(f"arp[24:4] = 0x{address:08x}" for address, _, _ in iface.addresses)
+        ip_filter = f"((ip or ip6) and ({ip_part}) and (icmp or icmp6 or (tcp and dst port {self.cookies.sport})))"
+        arp_part = " or ".join(f"arp[24:4] = 0x{address:08x}" for address, _, _ in iface.addresses_of(0))
         if iface.ethernet and arp_part and self.capture_device is None:
             return f"(arp and arp[6:2] = 2 and ({arp_part})) or {ip_filter}"
         return ip_filter
@@ -237,13 +286,12 @@ class Engine:
             link = LinkIO(iface, self._bpf(iface), device=self.capture_device)
             self.links[iface.name] = link
             self.link_types[iface.name] = link.link_type
-            self.sources.update(address for address, _, _ in iface.addresses)
         return link
 
     def _open_path(self, decision: routes.Decision, stage: str) -> Path | str | None:
-        """The scheduler's way out for ``decision``: a capture on its interface and, behind a gateway on
-        a link layer, the gateway's MAC; None when there is none, ``interface-failed`` when the
-        interface cannot be used (the scan goes on with the others)."""
+        """The scheduler's way out for ``decision``: a capture on the interface the kernel's route names
+        (IP probes leave through the kernel); None for on-link questions on a link without a link layer,
+        ``interface-failed`` when the interface cannot be used (the scan goes on with the others)."""
         name = decision.interface.name
         if name in self.failed:
             return INTERFACE_FAILED
@@ -265,40 +313,9 @@ class Engine:
 
     def _path(self, decision: routes.Decision, stage: str) -> Path | None:
         link = self.link(decision.interface)
-        gateway_mac = None
-        if stage == IP_STAGE and link.ethernet:
-            if decision.gateway is None:
-                return None
-            gateway_mac = self._resolve(link, decision.source, decision.gateway)
-            if gateway_mac is None:
-                return None
         if stage == ARP_STAGE and not link.ethernet:
             return None
-        return Path.opened(link.iface.name, stage, decision.gateway, gateway_mac, self.settings.timeout)
-
-    def _resolve(self, link: LinkIO, source: int, gateway: int) -> bytes | None:
-        """The gateway's MAC: from the kernel's neighbour table, else by asking it (ARP, 3 tries)."""
-        known = self.table.neighbours.get((link.iface.name, gateway))
-        if known:
-            return known
-        assert link.iface.mac is not None
-        request = frames.arp_request(link.iface.mac, source, gateway)
-        self.stats.gateway_arp.append(to_str(gateway))
-        for _ in range(3):
-            with contextlib.suppress(SendBlocked):
-                link.send(request, gateway)
-                self.stats.sent += 1
-            end = self.clock() + 0.5
-            while self.clock() < end:
-                self.context.check_cancelled()
-                select.select([link.fileno()], [], [], 0.05)
-                for _, data in link.read():
-                    reply = frames.parse(link.link_type, data)
-                    if isinstance(reply, frames.ArpReply) and reply.src == gateway and reply.dst == source:
-                        return reply.mac
-                    if reply is not None:
-                        self._handle(reply, time.time(), link)  # a target answered meanwhile: keep it
-        return None
+        return Path.opened(link.iface.name, stage, decision.gateway, self.settings.timeout)
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -339,6 +356,7 @@ class Engine:
             self.finished = self.clock()
             for link in self.links.values():
                 link.close()
+            self.kernel.close()
             if self._port is not None:
                 self._port.close()
         if self.failed and not self.link_types:  # no interface could be opened: nothing was scanned
@@ -390,23 +408,51 @@ class Engine:
                 probe, data = due[0], self._build(*due)
             wall = time.time()
             try:
-                self.links[probe.path.interface].send(data, probe.target)
+                self._out(probe, data)
             except SendBlocked:
                 self.stats.blocked += 1
                 self._blocked = (probe, data)
                 return
+            except SendRefused:
+                self.stats.refused += 1
             except LinkFailed as error:
                 self._fail(probe.path.interface, str(error))
                 continue
+            else:
+                self.stats.sent += 1
             self._blocked = None
-            self.stats.sent += 1
             self.scheduler.sent(probe, now, wall)
+
+    def _out(self, probe: Probe, data: bytes) -> None:
+        """On-link questions and probes to a known MAC go out on the link; the others through the kernel."""
+        link = self.links[probe.path.interface]
+        if probe.path.stage == IP_STAGE and probe.dst_mac is None:
+            self.kernel.send(data, probe.source, probe.target)
+            return
+        link.send(data)
+        if probe.path.stage == ARP_STAGE and probe.target >= V6:
+            self._greet(link, probe.source)
+
+    def _greet(self, link: LinkIO, source: int) -> None:
+        """One echo to all nodes of the link from ``source``, with the first Neighbor Solicitation."""
+        if (link.iface.name, source) in self.greeted:
+            return
+        assert link.iface.mac is not None
+        self.greeted.add((link.iface.name, source))
+        echo = frames.all_nodes_echo(
+            link.iface.mac, source, self.cookies.echo_id, self.cookies.echo_seq(frames.ALL_NODES)
+        )
+        with contextlib.suppress(SendBlocked):
+            link.send(echo)
+            self.stats.sent += 1
 
     def _build(self, probe: Probe, bit: int) -> bytes:
         path = probe.path
         link = self.links[path.interface]
         if path.stage == ARP_STAGE:
             assert link.iface.mac is not None
+            if probe.target >= V6:
+                return frames.neighbor_solicitation(link.iface.mac, probe.source, probe.target)
             return frames.arp_request(link.iface.mac, probe.source, probe.target)
         if bit == ICMP_BIT:
             seq = self.cookies.echo_seq(probe.target)
@@ -415,7 +461,7 @@ class Engine:
             port = self.settings.ports[bit - 1]
             seq = self.cookies.tcp_seq(probe.target, port)
             packet = frames.tcp_syn(probe.source, probe.target, self.cookies.sport, port, seq)
-        if link.ethernet:
+        if probe.dst_mac is not None:
             return frames.frame(frames.DLT_EN10MB, packet, src_mac=link.iface.mac, dst_mac=probe.dst_mac)
         return packet
 
@@ -469,5 +515,5 @@ class Engine:
                 for path in self.scheduler.open_paths()
             ],
             "failedInterfaces": dict(self.failed),
-            "gatewayArp": self.stats.gateway_arp,
+            "refused": self.stats.refused,
         }

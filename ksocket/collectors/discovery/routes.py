@@ -1,19 +1,24 @@
-"""Where each target goes: the kernel's IPv4 main routing table, its interfaces and neighbours.
+"""Where each target goes: the kernel's routes, its interfaces (IPv4 and IPv6 addresses) and neighbours.
 
-:meth:`RoutingTable.from_kernel` reads them once (``ip -j``); :meth:`RoutingTable.decide` is a
-longest-prefix match (lowest metric first among equals) that says, for one target, which interface
-and source address to use, whether the target is on-link behind a link layer (ARP) or reached
-through a gateway or over a link without a link layer (IP probes), or why it is skipped.
+:meth:`RoutingTable.from_kernel` reads the interfaces, the neighbours and the IPv4 main table once
+(``ip -j``: the main table gives the default targets) and asks the kernel for each target's route
+as ``ip route get`` does (:mod:`.kernelroute`: every policy rule and table considered); a table
+built :meth:`~RoutingTable.from_json` alone (the tests) looks up its own routes instead, longest
+prefix first, lowest metric among equals. :meth:`RoutingTable.decide` says, for one target, which
+interface and source address to use, whether the target is on-link behind a link layer (``arp``:
+ARP for IPv4, Neighbor Solicitation for IPv6) or reached through a gateway or over a link without a
+link layer (``ip``: ICMP echo and TCP SYN, sent through the kernel), or why it is skipped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ksocket.collectors import sysinfo
-from ksocket.collectors.discovery.targets import to_int, to_str
+from ksocket.collectors.discovery.kernelroute import KernelRoute
+from ksocket.collectors.discovery.targets import V6, family, to_int, to_str, width
 
 ETHERNET_LINK_TYPES = frozenset({"ether"})
 
@@ -21,19 +26,41 @@ ETHERNET_LINK_TYPES = frozenset({"ether"})
 LOCAL = "local"  # one of this host's own addresses
 UNREACHABLE = "unreachable"  # no route, or a blackhole/unreachable/prohibit route
 BROADCAST = "broadcast"  # the network or broadcast address of an on-link subnet
-NO_ADDRESS = "no-source"  # the outgoing interface has no IPv4 address
+NO_ADDRESS = "no-source"  # the outgoing interface has no address of the target's family
 DOWN = "interface-down"
-RESERVED = "reserved"  # 0/8, loopback, multicast, 240/4 and the limited broadcast: never a host's address
+RESERVED = "reserved"  # 0/8, loopback, multicast, 240/4, the limited broadcast; IPv6 ::/96, fe80::/10, ff00::/8
 
-# (network, prefix length) of the ranges no probe is sent to, whatever the routing table says
-RESERVED_NETWORKS = ((0x00000000, 8), (0x7F000000, 8), (0xE0000000, 4), (0xF0000000, 4))
+# (network, prefix length) of the ranges no probe is sent to, whatever the routing table says; the IPv6
+# ones: unspecified, loopback and IPv4-compatible (::/96), link-local (it needs a zone), multicast
+RESERVED_NETWORKS = (
+    (0x00000000, 8),
+    (0x7F000000, 8),
+    (0xE0000000, 4),
+    (0xF0000000, 4),
+    (V6, 96),
+    (V6 | 0xFE80 << 112, 10),
+    (V6 | 0xFF00 << 112, 8),
+)
 # link-local autoconfiguration (and the clouds' metadata service): never a default target
 LINK_LOCAL = (0xA9FE0000, 16)
+MAIN_TABLE = 254
+
+KernelLookup = Callable[[int], KernelRoute]
 
 
 def _within(address: int, network: tuple[int, int]) -> bool:
     base, prefixlen = network
-    return address >> (32 - prefixlen) == base >> (32 - prefixlen)
+    if family(address) != family(base):
+        return False
+    bits = width(address)
+    return address >> (bits - prefixlen) == base >> (bits - prefixlen)
+
+
+def _mask(address: int, prefixlen: int) -> int:
+    """``address``'s network of ``prefixlen`` bits (the family's tag kept)."""
+    bits = width(address)
+    host_bits = (1 << (bits - prefixlen)) - 1
+    return address & ~host_bits
 
 
 @dataclass(frozen=True)
@@ -43,20 +70,33 @@ class Interface:
     link_type: str
     mac: bytes | None
     up: bool
-    addresses: tuple[tuple[int, int, int | None], ...]  # (address, prefixlen, peer)
+    addresses: tuple[tuple[int, int, int | None], ...]  # (address, prefixlen, peer), IPv4 and IPv6
     carrier: bool = True  # False: up but unplugged (an empty docker0, a cable out)
 
     @property
     def ethernet(self) -> bool:
         return self.link_type in ETHERNET_LINK_TYPES and self.mac is not None
 
+    def addresses_of(self, family_of: int) -> list[tuple[int, int, int | None]]:
+        """The addresses of the family of the address ``family_of``."""
+        return [entry for entry in self.addresses if family(entry[0]) == family(family_of)]
+
     def source_for(self, target: int) -> int | None:
-        """The interface address in the same subnet as ``target``, else its first address."""
-        for address, prefixlen, peer in self.addresses:
-            mask = (0xFFFFFFFF << (32 - prefixlen)) & 0xFFFFFFFF
-            if (peer is not None and peer == target) or (address & mask) == (target & mask):
+        """The interface address in the same subnet as ``target``, else its first of that family."""
+        candidates = self.addresses_of(target)
+        for address, prefixlen, peer in candidates:
+            if (peer is not None and peer == target) or _mask(address, prefixlen) == _mask(target, prefixlen):
                 return address
-        return self.addresses[0][0] if self.addresses else None
+        return candidates[0][0] if candidates else None
+
+    def subnet_edge(self, target: int) -> bool:
+        """``target`` is the network or broadcast address of one of the interface's IPv4 subnets."""
+        for address, prefixlen, peer in self.addresses_of(target):
+            if peer is None and family(address) == 4 and prefixlen <= 30:
+                network = _mask(address, prefixlen)
+                if target in (network, network | ((1 << (32 - prefixlen)) - 1)):
+                    return True
+        return False
 
 
 @dataclass(frozen=True)
@@ -68,23 +108,16 @@ class Route:
     source: int | None = None
     metric: int = 0
     type: str = "unicast"
+    table: int = MAIN_TABLE  # the table the route is in (the kernel's answer names it)
 
     def contains(self, address: int) -> bool:
-        mask = (0xFFFFFFFF << (32 - self.prefixlen)) & 0xFFFFFFFF if self.prefixlen else 0
-        return (address & mask) == self.network
-
-    @property
-    def first(self) -> int:
-        return self.network
-
-    @property
-    def last(self) -> int:
-        return self.network | ((1 << (32 - self.prefixlen)) - 1)
+        return family(address) == family(self.network) and _mask(address, self.prefixlen) == self.network
 
 
 @dataclass(frozen=True)
 class Decision:
-    """How one target is probed: ``arp`` on-link, or ``ip`` (via ``gateway`` when set)."""
+    """How one target is probed: ``arp`` on-link (ARP, or for IPv6 a Neighbor Solicitation), or ``ip``
+    (ICMP echo and TCP SYN through the kernel, via ``gateway`` when set)."""
 
     method: str  # "arp" or "ip"
     interface: Interface
@@ -96,17 +129,22 @@ class Decision:
 @dataclass
 class RoutingTable:
     interfaces: dict[str, Interface]
-    routes: list[Route]
+    routes: list[Route]  # the IPv4 main table
     local: frozenset[int] = frozenset()
     neighbours: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    kernel: KernelLookup | None = None  # ``ip route get``; None: look up :attr:`routes`
 
     @classmethod
-    def from_kernel(cls) -> RoutingTable:
+    def from_kernel(cls, kernel: KernelLookup | None = None) -> RoutingTable:
+        """The interfaces, neighbours and IPv4 main table of the kernel, each target's route asked of ``kernel``
+        (without one, as a table read from JSON: the main table's own answer, enough for its on-link networks)."""
         links = sysinfo.run_ip("link", "show")
-        addrs = sysinfo.run_ip("-4", "addr", "show")
+        addrs = sysinfo.run_ip("addr", "show")
         table = sysinfo.run_ip("-4", "route", "show", "table", "main")
-        neigh = sysinfo.run_ip("-4", "neigh", "show")
-        return cls.from_json(links, addrs, table, neigh)
+        neigh = sysinfo.run_ip("neigh", "show")
+        read = cls.from_json(links, addrs, table, neigh)
+        read.kernel = kernel
+        return read
 
     @classmethod
     def from_json(
@@ -119,7 +157,7 @@ class RoutingTable:
         by_index: dict[int, list[tuple[int, int, int | None]]] = {}
         for entry in addrs:
             for info in entry.get("addr_info", []):
-                if info.get("family") != "inet" or "local" not in info:
+                if info.get("family") not in ("inet", "inet6") or "local" not in info:
                     continue
                 peer = info.get("address")
                 by_index.setdefault(int(entry["ifindex"]), []).append(
@@ -182,10 +220,17 @@ class RoutingTable:
         return cls(interfaces, routes, local, neighbours)
 
     def lookup(self, address: int) -> Route | None:
+        """The route to ``address``: the kernel's answer, or without one the longest prefix of :attr:`routes`."""
+        if self.kernel is not None:
+            return self._kernel_route(address, self.kernel(address))
         for route in self.routes:
             if route.contains(address):
                 return route
         return None
+
+    def _kernel_route(self, address: int, answer: KernelRoute) -> Route:
+        dev = next((iface.name for iface in self.interfaces.values() if iface.index == answer.oif), "")
+        return Route(address, width(address), dev, answer.gateway, answer.source, type=answer.type, table=answer.table)
 
     def decide(self, target: int) -> Decision | str:
         """A :class:`Decision`, or the reason (a string) the target is not probed."""
@@ -194,6 +239,8 @@ class RoutingTable:
         if any(_within(target, network) for network in RESERVED_NETWORKS):
             return RESERVED
         route = self.lookup(target)
+        if route is not None and route.type in (LOCAL, BROADCAST):
+            return route.type
         if route is None or route.type != "unicast":
             return UNREACHABLE
         iface = self.interfaces.get(route.dev)
@@ -205,7 +252,7 @@ class RoutingTable:
         if source is None:
             return NO_ADDRESS
         if iface.ethernet and route.gateway is None:
-            if route.prefixlen <= 30 and target in (route.first, route.last):
+            if iface.subnet_edge(target):
                 return BROADCAST
             return Decision("arp", iface, source, None, route)
         return Decision("ip", iface, source, route.gateway if iface.ethernet else None, route)
@@ -217,21 +264,9 @@ class RoutingTable:
         for iface in self.interfaces.values():
             if iface.link_type == "loopback" or not iface.up or not iface.carrier:
                 continue
-            for address, prefixlen, peer in iface.addresses:
+            for address, prefixlen, peer in iface.addresses_of(0):
                 if _within(address, LINK_LOCAL):
                     continue
-                if peer is not None:
-                    networks.append(f"{to_str(peer)}/{prefixlen}")
-                else:
-                    mask = (0xFFFFFFFF << (32 - prefixlen)) & 0xFFFFFFFF
-                    networks.append(f"{to_str(address & mask)}/{prefixlen}")
+                network = peer if peer is not None else _mask(address, prefixlen)
+                networks.append(f"{to_str(network)}/{prefixlen}")
         return networks
-
-    def gateways(self, overlapping: Iterable[Route]) -> set[tuple[str, int]]:
-        """(interface, gateway) of the routes given that need a gateway's MAC."""
-        found: set[tuple[str, int]] = set()
-        for route in overlapping:
-            iface = self.interfaces.get(route.dev)
-            if route.gateway is not None and iface is not None and iface.ethernet:
-                found.add((route.dev, route.gateway))
-        return found

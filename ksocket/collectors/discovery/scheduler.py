@@ -8,8 +8,9 @@ before it). The :class:`Scheduler` is fed the time and the :class:`~.matcher.Evi
 of replies and hands out packets in the order the :class:`~.timing.Pacer` allows: retries first,
 then the follow-up probes of hosts ARP found, then fresh targets drawn lazily from the target set.
 A try whose wait is over is retried while the :class:`~.timing.RetryPolicy` allows; a silent
-target that used up its tries is parked in two compact arrays (5 bytes a target) and goes again
-as soon as the policy allows more tries (and once more at the end).
+target that used up its tries is parked in two compact arrays (its position in the target set and
+its tries: 5 bytes a target, IPv6 ones too) and goes again as soon as the policy allows more tries
+(and once more at the end).
 
 Each path has a congestion :class:`~.timing.Window`: a try begins only while its path's window is
 open, else it is held on the path until the end of a wait frees a place (a held fresh target stops
@@ -18,7 +19,7 @@ answered grows it; a retry answered shows the tries before it lost (drops).
 The RTT is measured from the packet that was answered (each packet's own send time); an answer to
 a packet sent more than once is ambiguous and, by Karn's rule, never an RTT sample of the path.
 
-Opening a path may need I/O (a capture on the interface, the gateway's MAC): the scheduler asks its
+Opening a path may need I/O (a capture on the interface): the scheduler asks its
 ``open_path`` for one the first time a route needs it; it answers a :class:`Path`, or why there is
 none. An interface that fails during the scan (:meth:`Scheduler.fail_interface`) ends its paths:
 their targets are skipped as ``interface-failed``, the other paths go on.
@@ -60,7 +61,6 @@ class Path:
     interface: str
     stage: str
     gateway: int | None
-    gateway_mac: bytes | None
     rtt: RttEstimator
     # tries sent, by backoff (the n-th try waits 2**(n-1) times the first), each in the order its waits end
     waiting: list[deque[Probe]] = field(default_factory=lambda: [deque() for _ in range(BACKOFFS)])
@@ -69,9 +69,9 @@ class Path:
     failed: bool = False
 
     @classmethod
-    def opened(cls, interface: str, stage: str, gateway: int | None, gateway_mac: bytes | None, timeout: float) -> Path:
+    def opened(cls, interface: str, stage: str, gateway: int | None, timeout: float) -> Path:
         """A path with no RTT sample yet: it waits ``timeout`` for a reply until it has one."""
-        return cls(interface, stage, gateway, gateway_mac, RttEstimator(timeout, MIN_WAIT, timeout))
+        return cls(interface, stage, gateway, RttEstimator(timeout, MIN_WAIT, timeout))
 
     def wait(self, backoff: int) -> float:
         """How long a try of ``backoff`` waits for its answer: retries back off, so that a path that
@@ -146,6 +146,7 @@ class Scheduler:
     """The probes of one scan: fed the time, the packets sent and the evidence of replies; asked what to send."""
 
     def __init__(self, targets: TargetSet, table: routes.RoutingTable, settings: Settings, open_path: OpenPath) -> None:
+        self.targets = targets
         self.table = table
         self.settings = settings
         self.open_path = open_path
@@ -185,7 +186,7 @@ class Scheduler:
         if key not in self.paths:
             path = self.open_path(decision, stage)
             if path is None:
-                path = "gateway-unresolved" if stage == IP_STAGE and decision.gateway else routes.UNREACHABLE
+                path = routes.UNREACHABLE
             self.paths[key] = self._sized(path)
         return self.paths[key]
 
@@ -199,7 +200,7 @@ class Scheduler:
         key = (interface, IP_STAGE, None)
         path = self.paths.get(key)
         if path is None:
-            path = self._sized(Path.opened(interface, IP_STAGE, None, None, self.settings.timeout))
+            path = self._sized(Path.opened(interface, IP_STAGE, None, self.settings.timeout))
             self.paths[key] = path
         return path if isinstance(path, Path) else None
 
@@ -334,6 +335,9 @@ class Scheduler:
             except StopIteration:
                 self._fresh_left = False
                 return None
+            if target in self.hosts:  # found before its turn: an IPv6 host answering our echo to all nodes
+                self.done += 1
+                continue
             probe = self._new_probe(target)
             if probe is not None:
                 self._fresh_held_on = probe.path
@@ -360,7 +364,7 @@ class Scheduler:
             return Probe(target, path, decision.source, 1, None), ""
         if not self.ip_mask:
             return None, "no-method"
-        return Probe(target, path, decision.source, self.ip_mask, path.gateway_mac), ""
+        return Probe(target, path, decision.source, self.ip_mask, None), ""
 
     # --- waits ---------------------------------------------------------------------------------
 
@@ -388,7 +392,7 @@ class Scheduler:
             return
         self._finish(probe)
         if probe.target not in self.hosts:
-            self.parked_targets.append(probe.target)
+            self.parked_targets.append(self.targets.index(probe.target))
             self.parked_tries.append(min(probe.tries, 255))
 
     def _finish(self, probe: Probe) -> None:
@@ -408,11 +412,12 @@ class Scheduler:
         targets, tries_left = self.parked_targets, self.parked_tries
         self.parked_targets, self.parked_tries = array.array("I"), bytearray()
         revived = False
-        for target, tries in zip(targets, tries_left, strict=True):
+        for position, tries in zip(targets, tries_left, strict=True):
+            target = self.targets.at(position)
             if target in self.hosts:
                 continue
             if tries >= allowed:
-                self.parked_targets.append(target)
+                self.parked_targets.append(position)
                 self.parked_tries.append(tries)
                 continue
             probe = self._new_probe(target, revived=True)

@@ -533,6 +533,78 @@ def _ip_text(addr_text: str, link_text: str) -> list[Document]:
     return list(interfaces.values())
 
 
+def _netmask_prefix(mask: str) -> int | None:
+    """An IPv4 netmask as a prefix length: ``255.255.255.0``, ``0xffffff00`` (BSD) or ``ffffff00`` (Solaris)."""
+    text = mask.lower().removeprefix("0x")
+    if re.fullmatch(r"[0-9a-f]{8}", text):
+        text = str(ipaddress.IPv4Address(int(text, 16)))
+    try:
+        return ipaddress.IPv4Network(f"0.0.0.0/{text}").prefixlen
+    except ValueError:
+        return None
+
+
+_IFCONFIG_KEYS = re.compile(r"^(addr|Mask|MTU|Bcast|Metric):(.+)$")
+
+
+def _ifconfig_words(line: str) -> list[str]:
+    """A line of ``ifconfig`` in words, with the old net-tools' ``addr:X``, ``Mask:X``, ``MTU:X`` split."""
+    words: list[str] = []
+    for word in line.split():
+        match = _IFCONFIG_KEYS.match(word)
+        words.extend([match[1].lower(), match[2]] if match else [word.rstrip(":") if word == "addr:" else word])
+    return words
+
+
+def _ifconfig_address(iface: Document, words: list[str]) -> None:
+    """``inet A netmask M``, ``inet addr A mask M``, ``inet6 A prefixlen N`` or ``inet6 addr A/N``."""
+    values = dict(itertools.pairwise(word.lower() for word in words))
+    address = words[2] if len(words) > 2 and words[1] == "addr" else words[1]
+    if words[0] == "inet":
+        prefix: object = _netmask_prefix(values.get("netmask") or values.get("mask") or "255.255.255.255")
+    else:
+        address, _, prefix = address.partition("/")
+        prefix = prefix or values.get("prefixlen") or "128"
+    entry = _address(words[0], address, prefix)
+    if entry and len(iface["addresses"]) < MAX_ADDRESSES:
+        iface["addresses"].append(entry)
+
+
+def _ifconfig_line(iface: Document, line: str) -> None:
+    words = _ifconfig_words(line)
+    if len(words) > 1 and words[0] in ("inet", "inet6"):
+        _ifconfig_address(iface, words)
+        return
+    flags = re.search(r"flags=\w+<([^>]*)>", line)
+    if flags or (words and words[0] in ("UP", "BROADCAST", "LOOPBACK")):
+        iface["state"] = "UP" if "UP" in (flags[1].split(",") if flags else words) else "DOWN"
+    for key, value in itertools.pairwise(words):
+        if key.lower() == "mtu":
+            iface["mtu"] = _int(value, 0, 1 << 20)
+        elif key in ("ether", "HWaddr", "lladdr") and not iface["mac"]:
+            iface["mac"] = _mac(value)
+
+
+def parse_ifconfig(text: str) -> list[Document]:
+    """``ifconfig -a`` (net-tools old and new, busybox, the BSDs, macOS): interfaces, as :func:`parse_ip_addr`.
+
+    An interface starts on an unindented line (``eth0: flags=…``, ``eth0  Link encap:…``); its other
+    lines are indented.
+    """
+    interfaces: dict[str, Document] = {}
+    current: Document | None = None
+    for line in _lines(text):
+        if not line.strip():
+            continue
+        if not line[0].isspace():
+            name, _, rest = line.partition(" ")
+            current = _named(interfaces, clean(name.rstrip(":"), 64)) if name.rstrip(":") else None
+            line = rest
+        if current is not None:
+            _ifconfig_line(current, line)
+    return list(interfaces.values())
+
+
 def parse_ip_addr(addr_text: str, link_text: str = "") -> list[Document]:
     """``ip -j addr`` (JSON), or ``ip -o addr`` with ``ip -o link`` for the MACs: interfaces."""
     data = _json(addr_text)
@@ -560,8 +632,23 @@ def _neighbors_json(data: object) -> list[Document]:
     return result[:MAX_NEIGHBORS]
 
 
+def _arp_an_words(words: list[str]) -> Document | None:
+    """``? (10.0.0.1) at 00:11:22:33:44:55 [ether] on eth0`` (net-tools, busybox, BSD ``arp -an``).
+
+    A row still waiting for an answer says ``(incomplete)`` or ``<incomplete>`` where the MAC goes.
+    """
+    address = _ip(words[1][1:-1])
+    if not address or words[2] != "at":
+        return None
+    mac = _mac(words[3])
+    interface = next((clean(value, 64) for key, value in itertools.pairwise(words) if key == "on"), "")
+    return {"address": address, "mac": mac, "interface": interface, "state": "" if mac else "INCOMPLETE"}
+
+
 def _neighbor_words(words: list[str]) -> Document | None:
-    """One line of ``ip neigh`` or ``/proc/net/arp``, split; None when it names no neighbour."""
+    """One line of ``ip neigh``, ``/proc/net/arp`` or ``arp -an``, split; None when it names no neighbour."""
+    if len(words) >= 4 and words[1].startswith("(") and words[1].endswith(")"):  # arp -an
+        return _arp_an_words(words)
     if len(words) >= 6 and _ip(words[0]) and words[1].startswith("0x"):  # /proc/net/arp
         if not _mac(words[3]):
             return None
@@ -581,7 +668,7 @@ def _neighbor_words(words: list[str]) -> Document | None:
 
 
 def parse_neighbors(text: str) -> list[Document]:
-    """``ip -j neigh``, ``ip neigh`` or ``/proc/net/arp``: address, MAC, interface, state."""
+    """``ip -j neigh``, ``ip neigh``, ``/proc/net/arp`` or ``arp -an``: address, MAC, interface, state."""
     data = _json(text)
     if data is not None:
         return _neighbors_json(data)
@@ -702,6 +789,80 @@ def parse_routes(text: str, family: str = "") -> list[Document]:
     return result[:MAX_ROUTES]
 
 
+def _netstat_destination(destination: str, mask: str, flags: str) -> str:
+    """A destination of ``netstat -rn`` as a network: Linux gives a separate Genmask; the BSDs write
+    ``10.0.2/24``, ``127`` (classful) or ``fe80::%lo0/64``."""
+    destination = re.sub(r"%[^/]*", "", destination)
+    if destination == "default":
+        return "default"
+    if mask:
+        network = _network(f"{destination}/{mask}")
+    elif ":" in destination:
+        network = _network(destination)
+    else:
+        address, _, prefix = destination.partition("/")
+        parts = address.split(".")
+        if not prefix:
+            prefix = "32" if "H" in flags or len(parts) == 4 else str(8 * len(parts))
+        network = _network(".".join(parts + ["0"] * (4 - len(parts))) + "/" + prefix)
+    return "default" if network.endswith("/0") else network
+
+
+def _netstat_route(form: str, family: str, columns: list[str], words: list[str]) -> Document | None:
+    """One row of ``netstat -rn`` in one of its forms (``linux``, ``linux6``, ``bsd``) and families."""
+    if len(words) < (4 if form == "linux" else 3):
+        return None
+    flags = words[3] if form == "linux" else words[2]
+    if form == "linux":
+        destination = _netstat_destination(words[0], words[2], flags)
+    else:
+        destination = _netstat_destination(words[0], "", flags)
+    gateway = _ip(words[1])
+    if gateway and ipaddress.ip_address(gateway).is_unspecified:
+        gateway = ""  # Linux's "no gateway"; the BSDs write link#N or a MAC
+    interface = (
+        words[columns.index("Netif")] if "Netif" in columns and columns.index("Netif") < len(words) else words[-1]
+    )
+    kind = "unreachable" if "!" in flags or (form == "bsd" and "R" in flags) else ""
+    kind = "blackhole" if form == "bsd" and "B" in flags else kind
+    metric = words[3] if form == "linux6" and len(words) > 3 else None
+    route = _route(destination, gateway, interface, metric, None, None, None, kind)
+    if route is not None:
+        route["family"] = "inet6" if ":" in words[0] else family
+    return route
+
+
+def parse_netstat_routes(text: str) -> list[Document]:
+    """``netstat -rn`` (and Linux's ``netstat -rn -A inet6``): routes, as :func:`parse_routes`.
+
+    Each table starts with a ``Destination`` header whose columns say its form.
+    """
+    result: list[Document] = []
+    form = ""
+    family = "inet"
+    columns: list[str] = []
+    for line in _lines(text):
+        if len(result) >= MAX_ROUTES:
+            break
+        words = line.split()
+        if words and words[0] in ("Internet:", "Internet6:"):  # the BSDs' table titles
+            family = "inet6" if words[0] == "Internet6:" else "inet"
+        if words and words[0] == "Destination":
+            form = "linux" if "Genmask" in words else "linux6" if "Next" in words else "bsd"
+            columns = words
+            continue
+        route = _netstat_route(form, family, columns, words) if form else None
+        if route:
+            result.append(route)
+    return result
+
+
+def parse_machine_id(text: str) -> str:
+    """``/etc/machine-id``: 32 hex digits in lower case ('' when it is not one)."""
+    value = text.strip().lower()
+    return value if re.fullmatch(r"[0-9a-f]{32}", value) and value.strip("0") else ""
+
+
 # --- packages ----------------------------------------------------------------------------------
 
 
@@ -780,9 +941,12 @@ SECTIONS = (
     "df",
     "ip-addr",
     "ip-link",
+    "ifconfig",
     "neigh",
     "route",
     "route6",
+    "netstat",
+    "machine-id",
     "dpkg",
     "rpm",
     "apk",
@@ -830,6 +994,10 @@ def parse_report(sections: dict[str, str]) -> Document:
             packages.extend(found[: MAX_PACKAGES - len(packages)])
     routes = _guarded(lambda: parse_routes(section("route")), [], problems, "route")
     routes6 = _guarded(lambda: parse_routes(section("route6"), "inet6"), [], problems, "route6")
+    routes += _guarded(lambda: parse_netstat_routes(section("netstat")), [], problems, "netstat")
+    interfaces = _guarded(lambda: parse_ip_addr(section("ip-addr"), section("ip-link")), [], problems, "ip")
+    if not interfaces:
+        interfaces = _guarded(lambda: parse_ifconfig(section("ifconfig")), [], problems, "ifconfig")
 
     report: Document = {
         "hostname": _guarded(lambda: parse_hostname(section("hostname")), "", problems, "hostname"),
@@ -851,11 +1019,12 @@ def parse_report(sections: dict[str, str]) -> Document:
         "memory": _guarded(lambda: parse_meminfo(section("meminfo")), {}, problems, "meminfo"),
         "disks": _guarded(lambda: parse_lsblk(section("lsblk")), [], problems, "lsblk"),
         "filesystems": _guarded(lambda: parse_df(section("df")), [], problems, "df"),
-        "interfaces": _guarded(lambda: parse_ip_addr(section("ip-addr"), section("ip-link")), [], problems, "ip"),
+        "interfaces": interfaces,
         "neighbors": _guarded(lambda: parse_neighbors(section("neigh")), [], problems, "neigh"),
         "routes": (routes + routes6)[:MAX_ROUTES],
         "packages": packages,
         "dmi": dmi,
+        "machine_id": _guarded(lambda: parse_machine_id(section("machine-id")), "", problems, "machine-id"),
         "uptime_seconds": _guarded(lambda: parse_uptime(section("uptime")), None, problems, "uptime"),
         "privileges": {"user": ident["user"], "uid": ident["uid"], "root": ident["root"], "sudo": bool(private)},
     }

@@ -36,12 +36,19 @@ The document (keys are stable; a section whose table the agent lacks is an empty
                       "adminStatus", "operStatus", "addresses": ["192.0.2.1/24", ...]}],
       "ipAddresses": [{"address", "prefixLength", "ifIndex"}],
       "arp": [{"ifIndex", "ipAddress", "mac", "type"}],                    # ipNetToPhysical + ipNetToMedia
+      "routes": [{"destination" (CIDR), "nextHop" (null when on-link), "ifIndex", "type", "protocol"}],
+                                    # inetCidrRouteTable, else ipCidrRouteTable, else ipRouteTable
       "lldpNeighbors": [{"localPort", "localPortId", "chassisId", "portId", "portDescription",
                          "systemName", "systemDescription", "managementAddresses"}],
       "entities": [{"index", "class", "description", "name", "hardwareRevision", "firmwareRevision",
                     "softwareRevision", "serialNumber", "manufacturer", "model"}],
+      "snmpEngineId": "800000020109840301" | null,                         # snmpEngineID.0, in hex
+      "chassisSerial": "FOC1234X0AB" | null,       # entPhysicalSerialNum of the first chassis entity
       "errors": [{"section", "message"}]                                   # what was cut or failed
     }
+
+The route tables are asked for newest first and an older one only when the newer is empty (an agent
+that has inetCidrRouteTable usually serves the same routes in the deprecated ones too).
 """
 
 from __future__ import annotations
@@ -111,6 +118,19 @@ IP_ADDRESS_IFINDEX, IP_ADDRESS_TYPE, IP_ADDRESS_PREFIX = (_oid(f"1.3.6.1.2.1.4.3
 NET_TO_MEDIA_PHYS, NET_TO_MEDIA_TYPE = _oid("1.3.6.1.2.1.4.22.1.2"), _oid("1.3.6.1.2.1.4.22.1.4")
 NET_TO_PHYS_PHYS, NET_TO_PHYS_TYPE = _oid("1.3.6.1.2.1.4.35.1.4"), _oid("1.3.6.1.2.1.4.35.1.6")
 
+INET_CIDR_ROUTE = "1.3.6.1.2.1.4.24.7.1"
+INET_CIDR_ROUTE_IFINDEX, INET_CIDR_ROUTE_TYPE, INET_CIDR_ROUTE_PROTO = (
+    _oid(f"{INET_CIDR_ROUTE}.{n}") for n in (7, 8, 9)
+)
+IP_CIDR_ROUTE = "1.3.6.1.2.1.4.24.4.1"
+IP_CIDR_ROUTE_IFINDEX, IP_CIDR_ROUTE_TYPE, IP_CIDR_ROUTE_PROTO = (_oid(f"{IP_CIDR_ROUTE}.{n}") for n in (5, 6, 7))
+IP_ROUTE = "1.3.6.1.2.1.4.21.1"
+IP_ROUTE_IFINDEX, IP_ROUTE_NEXT_HOP, IP_ROUTE_TYPE, IP_ROUTE_PROTO, IP_ROUTE_MASK = (
+    _oid(f"{IP_ROUTE}.{n}") for n in (2, 7, 8, 9, 11)
+)
+
+SNMP_ENGINE_ID = _oid("1.3.6.1.6.3.10.2.1.1.0")
+
 LLDP = "1.0.8802.1.1.2.1"
 LLDP_LOC_PORT_ID, LLDP_LOC_PORT_DESC = _oid(f"{LLDP}.3.7.1.3"), _oid(f"{LLDP}.3.7.1.4")
 LLDP_REM = f"{LLDP}.4.1.1"
@@ -155,6 +175,27 @@ ENTITY_CLASSES = {
     12: "cpu",
 }
 IF_SPEED_SATURATED = 4294967295
+ROUTE_TYPES = {1: "other", 2: "reject", 3: "local", 4: "remote", 5: "blackhole"}  # inetCidr-, ipCidrRouteType
+IP_ROUTE_TYPES = {1: "other", 2: "invalid", 3: "local", 4: "remote"}  # ipRouteType: direct = local, indirect = remote
+ROUTE_PROTOCOLS = {  # IANAipRouteProtocol
+    1: "other",
+    2: "local",
+    3: "netmgmt",
+    4: "icmp",
+    5: "egp",
+    6: "ggp",
+    7: "hello",
+    8: "rip",
+    9: "isIs",
+    10: "esIs",
+    11: "ciscoIgrp",
+    12: "bbnSpfIgp",
+    13: "ospf",
+    14: "bgp",
+    15: "idpr",
+    16: "ciscoEigrp",
+    17: "dvmrp",
+}
 
 AUTH_INDICATIONS = (
     errind.WrongDigest,
@@ -498,15 +539,19 @@ class SNMPInspector:
             "ipAddresses": [],
             "arp": [],
             "lldpNeighbors": [],
+            "routes": [],
             "entities": [],
+            "snmpEngineId": None,
             "errors": [],
         }
         sections: list[tuple[str, Callable[[_Agent, list[str]], Any]]] = [
             ("interfaces", self._interfaces),
             ("ipAddresses", self._ip_addresses),
             ("arp", self._arp),
+            ("routes", self._routes),
             ("lldpNeighbors", self._lldp),
             ("entities", self._entities),
+            ("snmpEngineId", self._engine_id),
         ]
         for section, collect in sections:
             notes: list[str] = []
@@ -522,6 +567,7 @@ class SNMPInspector:
                 notes.append(f"refused: {exc}")
             document["errors"].extend({"section": section, "message": note} for note in notes)
         _attach_addresses(document)
+        document["chassisSerial"] = _chassis_serial(document["entities"])
         logger.debug("%s: %d requests", where, agent.requests)
         return document
 
@@ -637,6 +683,30 @@ class SNMPInspector:
             kind = NEIGHBOUR_TYPES.get(_int(legacy[NET_TO_MEDIA_TYPE].get(index)) or 0)
             found[(index[0], address)] = {"ifIndex": index[0], "ipAddress": address, "mac": _mac(value), "type": kind}
         return [entry for entry in found.values() if entry["type"] != "invalid"]
+
+    async def _routes(self, agent: _Agent, notes: list[str]) -> list[Document]:
+        """The routing table from the newest of the three route tables the agent fills."""
+        walk = agent.walk
+        limits = (self.max_rows, self.max_repetitions, notes)
+        modern = await walk([INET_CIDR_ROUTE_IFINDEX, INET_CIDR_ROUTE_TYPE, INET_CIDR_ROUTE_PROTO], *limits)
+        routes = _inet_cidr_routes(modern)
+        if not routes:
+            older = await walk([IP_CIDR_ROUTE_IFINDEX, IP_CIDR_ROUTE_TYPE, IP_CIDR_ROUTE_PROTO], *limits)
+            routes = _ip_cidr_routes(older)
+        if not routes:
+            oldest = await walk(
+                [IP_ROUTE_IFINDEX, IP_ROUTE_NEXT_HOP, IP_ROUTE_TYPE, IP_ROUTE_PROTO, IP_ROUTE_MASK], *limits
+            )
+            routes = _ip_routes(oldest)
+        return routes
+
+    async def _engine_id(self, agent: _Agent, notes: list[str]) -> str | None:
+        """snmpEngineID.0 in hex (SNMP-FRAMEWORK-MIB: every v2c/v3 agent has one, stable across restarts)."""
+        if not agent.has_room:
+            return None
+        pairs = await agent.get([SNMP_ENGINE_ID])
+        value = _octets(dict(pairs).get(SNMP_ENGINE_ID))
+        return value.hex() if value else None
 
     async def _lldp(self, agent: _Agent, notes: list[str]) -> list[Document]:
         columns = [
@@ -778,6 +848,94 @@ def _lldp_id(subtype: Value, value: Value, mac_subtype: int) -> str | None:
     if _int(subtype) == 5 and len(data) in (5, 17):  # networkAddress: IANA family byte + address
         return _ip_of(data[1:]) or _text_of(data)
     return _text_of(data)
+
+
+def _route(
+    destination: str | None, prefix: int, next_hop: str | None, row: tuple[Value, Value, Value]
+) -> Document | None:
+    """One route document, or None when its destination is not a network."""
+    if destination is None:
+        return None
+    try:
+        network = ipaddress.ip_network(f"{destination}/{prefix}", strict=False)
+    except ValueError:
+        return None
+    if next_hop is not None and ipaddress.ip_address(next_hop).is_unspecified:
+        next_hop = None  # on-link: 0.0.0.0 / :: is the agents' "no next hop"
+    if_index, kind, protocol = row
+    return {
+        "destination": str(network),
+        "nextHop": next_hop,
+        "ifIndex": _int(if_index) or None,
+        "type": ROUTE_TYPES.get(_int(kind) or 0),
+        "protocol": ROUTE_PROTOCOLS.get(_int(protocol) or 0),
+    }
+
+
+def _inet_cidr_routes(rows: dict[OID, Row]) -> list[Document]:
+    """inetCidrRouteTable: INDEX {destType, dest, pfxLen, policy (an OID, length first), nextHopType, nextHop}."""
+    if_index, kind, protocol = (
+        rows[column] for column in (INET_CIDR_ROUTE_IFINDEX, INET_CIDR_ROUTE_TYPE, INET_CIDR_ROUTE_PROTO)
+    )
+    routes: list[Document] = []
+    for index in if_index:
+        destination, rest = _inet_index(index)
+        if len(rest) < 2 or len(rest) < 2 + rest[1]:
+            continue
+        prefix, policy_length = rest[0], rest[1]
+        next_hop, tail = _inet_index(rest[2 + policy_length :])
+        if tail:
+            continue
+        route = _route(destination, prefix, next_hop, (if_index[index], kind.get(index), protocol.get(index)))
+        if route is not None:
+            routes.append(route)
+    return routes
+
+
+def _ip_cidr_routes(rows: dict[OID, Row]) -> list[Document]:
+    """ipCidrRouteTable: INDEX {dest, mask, tos, nextHop}, all IPv4."""
+    if_index, kind, protocol = (
+        rows[column] for column in (IP_CIDR_ROUTE_IFINDEX, IP_CIDR_ROUTE_TYPE, IP_CIDR_ROUTE_PROTO)
+    )
+    routes: list[Document] = []
+    for index in if_index:
+        if len(index) != 13:
+            continue
+        prefix = _prefix_length(_ip_of(index[4:8]))
+        if prefix is None:
+            continue
+        row = (if_index[index], kind.get(index), protocol.get(index))
+        route = _route(_ip_of(index[:4]), prefix, _ip_of(index[9:13]), row)
+        if route is not None:
+            routes.append(route)
+    return routes
+
+
+def _ip_routes(rows: dict[OID, Row]) -> list[Document]:
+    """ipRouteTable (RFC 1213): INDEX {dest}, one route per destination, IPv4 only."""
+    routes: list[Document] = []
+    for index, if_index in rows[IP_ROUTE_IFINDEX].items():
+        prefix = _prefix_length(_ip(rows[IP_ROUTE_MASK].get(index)))
+        kind = _int(rows[IP_ROUTE_TYPE].get(index))
+        if prefix is None or len(index) != 4 or kind == 2:  # invalid: a deleted route
+            continue
+        route = _route(
+            _ip_of(index),
+            prefix,
+            _ip(rows[IP_ROUTE_NEXT_HOP].get(index)),
+            (if_index, None, rows[IP_ROUTE_PROTO].get(index)),
+        )
+        if route is not None:
+            route["type"] = IP_ROUTE_TYPES.get(kind or 0)
+            routes.append(route)
+    return routes
+
+
+def _chassis_serial(entities: list[Document]) -> str | None:
+    """entPhysicalSerialNum of the first chassis-class entity that has one (the device's identity)."""
+    return next(
+        (entity["serialNumber"] for entity in entities if entity["class"] == "chassis" and entity["serialNumber"]), None
+    )
 
 
 def _attach_addresses(document: Document) -> None:

@@ -23,7 +23,10 @@ Collecting
     password) by an account in the group ``sudo``, ``wheel`` or ``admin``: sudo logs and mails
     every attempt of an account it does not know. Which form of ``df`` and ``ip`` to run is
     decided by trying them on something small first, never by ``||`` on a listing's exit status
-    (GNU df exits 1 when one mount fails, after printing the rest).
+    (GNU df exits 1 when one mount fails, after printing the rest); a host without a working ``ip``
+    (a BSD, an old busybox) is asked ``ifconfig -a``, ``arp -an`` (when there is no
+    ``/proc/net/arp``) and ``netstat -rn`` instead. ``/etc/machine-id`` is read (``cat``), never
+    written: with the SMBIOS UUID it is the host's identity key for the discovery loop.
 
 Failures map to the codes of :mod:`~ksocket.collectors.inspect.base`: PermissionDenied (and "too
 many authentication failures") is ``auth-failed``; a refused, reset or unroutable connection, or a
@@ -89,15 +92,21 @@ s nproc; nproc 2>/dev/null || getconf _NPROCESSORS_ONLN
 s meminfo; cat /proc/meminfo
 s lsblk; t lsblk -P -b -o NAME,KNAME,TYPE,SIZE,MODEL,SERIAL,FSTYPE,MOUNTPOINT,PKNAME
 s df; if t df -P -k -T / >/dev/null 2>&1; then t df -P -k -T; else t df -P -k; fi
-J=; if ip -j link show lo >/dev/null 2>&1; then J=1; fi
-s ip-addr; if [ -n "$J" ]; then ip -j addr show; else ip -o addr show; fi
-s ip-link; if [ -z "$J" ]; then ip -o link show; fi
+I=; if ip -o link show lo >/dev/null 2>&1; then I=1; fi
+J=; if [ -n "$I" ] && ip -j link show lo >/dev/null 2>&1; then J=1; fi
+s ip-addr; if [ -n "$J" ]; then ip -j addr show; elif [ -n "$I" ]; then ip -o addr show; fi
+s ip-link; if [ -z "$J" ] && [ -n "$I" ]; then ip -o link show; fi
+s ifconfig; if [ -z "$I" ]; then t ifconfig -a; fi
 s neigh
 if [ -n "$J" ]; then ip -j neigh show
-elif command -v ip >/dev/null 2>&1; then ip neigh show
-else cat /proc/net/arp; fi
-s route; if [ -n "$J" ]; then ip -j route show; else ip route show; fi
-s route6; if [ -n "$J" ]; then ip -j -6 route show; else ip -6 route show; fi
+elif [ -n "$I" ]; then ip neigh show
+elif [ -r /proc/net/arp ]; then cat /proc/net/arp
+else t arp -an; fi
+s route; if [ -n "$J" ]; then ip -j route show; elif [ -n "$I" ]; then ip route show; fi
+s route6; if [ -n "$J" ]; then ip -j -6 route show; elif [ -n "$I" ]; then ip -6 route show; fi
+s netstat
+if [ -z "$I" ]; then t netstat -rn; if [ "$(uname -s)" = Linux ]; then t netstat -rn -A inet6; fi; fi
+s machine-id; cat /etc/machine-id 2>/dev/null || cat /var/lib/dbus/machine-id
 s dpkg
 if command -v dpkg-query >/dev/null 2>&1; then
   t dpkg-query -W -f='${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n'

@@ -45,6 +45,11 @@ not collected)::
       "disks": [{"deviceId", "type", "fileSystem", "size", "freeSpace", "volumeName", "volumeSerialNumber"}],
       "networkAdapters": [{"index", "description", "mac", "ipEnabled", "addresses" (CIDR), "gateways",
                            "dnsServers", "dhcpEnabled", "dhcpServer", "dnsHostName", "dnsDomain"}],
+      "neighbors": [{"address", "mac", "state", "interface", "ifIndex"}],      # MSFT_NetNeighbor
+      "ipAddresses": [{"address", "prefixLength", "interface", "ifIndex"}],   # MSFT_NetIPAddress
+      "routes": [{"destination" (CIDR), "nextHop" (null when on-link), "interface", "ifIndex", "metric"}],
+      "computerSystemProduct": {"uuid" (SMBIOS), "identifyingNumber", "vendor", "name"},
+      "cryptography": {"machineGuid"},
       "software": [{"name", "version", "publisher", "installDate", "id"}],
       "updates": [{"id", "description", "installedOn", "installedBy"}],
       "errors": [{"section", "message"}]

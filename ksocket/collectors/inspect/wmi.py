@@ -8,6 +8,12 @@ console code page nor line wrapping can damage it. ``Get-CimInstance`` is used w
 (PowerShell 3.0+), ``Get-WmiObject`` otherwise; ``ConvertTo-Json`` needs PowerShell 3.0
 (Windows Server 2012, or 2008 R2 with WMF 3.0 or later).
 
+The network tables (neighbours, addresses, routes: what ``Get-NetNeighbor``, ``Get-NetIPAddress``
+and ``Get-NetRoute`` show) are the ``MSFT_Net*`` classes of ``root/StandardCimv2`` (Windows 8 /
+Server 2012 and later; older hosts answer with an error for those sections). The identity keys are
+read, never written: ``MachineGuid`` under ``HKLM\\SOFTWARE\\Microsoft\\Cryptography`` and the
+SMBIOS UUID of ``Win32_ComputerSystemProduct``.
+
 Installed software is read from the Uninstall registry keys (64- and 32-bit views, without system
 components and updates), not from Win32_Product, which is slow and makes MSI re-check every
 package it lists.
@@ -40,14 +46,15 @@ MAX_ITEMS = 20_000  # objects kept per section
 
 PRELUDE = (
     "$ProgressPreference='SilentlyContinue';$ErrorActionPreference='Stop'\n"
-    "function W($c,$p){if(Get-Command Get-CimInstance -EA 0){$o=Get-CimInstance -ClassName $c}"
-    "else{$o=Get-WmiObject -Class $c};$o|Select-Object -Property $p}\n"
+    "function W($c,$p,$n='root\\cimv2'){if(Get-Command Get-CimInstance -EA 0){$o=Get-CimInstance -Namespace $n "
+    "-ClassName $c}else{$o=Get-WmiObject -Namespace $n -Class $c};$o|Select-Object -Property $p}\n"
     "function S($n,$b){try{$j=ConvertTo-Json -Compress -Depth 4 -InputObject @{v=@(& $b)}}"
     'catch{$j=ConvertTo-Json -Compress -InputObject @{e="$_"}}\n'
     "[Console]::Out.WriteLine($n+' '+[Convert]::ToBase64String([Text.Encoding]::UTF8.GetBytes($j)))}\n"
 )
 
 UNINSTALL = "\\Microsoft\\Windows\\CurrentVersion\\Uninstall\\*"
+NET = "root\\StandardCimv2"  # the namespace of the MSFT_Net* classes
 
 QUERIES: dict[str, str] = {
     "os": "W Win32_OperatingSystem Caption,Version,BuildNumber,OSArchitecture,CSDVersion,SerialNumber,"
@@ -66,17 +73,26 @@ QUERIES: dict[str, str] = {
     "?{$_.DisplayName -and $_.SystemComponent -ne 1 -and !$_.ParentKeyName}|"
     "Select-Object DisplayName,DisplayVersion,Publisher,InstallDate,PSChildName",
     "updates": "W Win32_QuickFixEngineering HotFixID,Description,InstalledOn,InstalledBy",
+    "computerSystemProduct": "W Win32_ComputerSystemProduct UUID,IdentifyingNumber,Vendor,Name",
+    "cryptography": "Get-ItemProperty 'HKLM:\\SOFTWARE\\Microsoft\\Cryptography' -Name MachineGuid|"
+    "Select-Object MachineGuid",
+    "neighbors": f"W MSFT_NetNeighbor IPAddress,LinkLayerAddress,State,InterfaceAlias,InterfaceIndex {NET}",
+    "ipAddresses": f"W MSFT_NetIPAddress IPAddress,PrefixLength,InterfaceAlias,InterfaceIndex {NET}",
+    "routes": f"W MSFT_NetRoute DestinationPrefix,NextHop,InterfaceAlias,InterfaceIndex,RouteMetric {NET}",
 }
 
 # One PowerShell process per group: a query that hangs (Win32_QuickFixEngineering can take
 # minutes on a busy host) costs only its own group.
 GROUPS: tuple[tuple[str, ...], ...] = (
-    ("os", "computerSystem", "bios", "processors", "memory"),
+    ("os", "computerSystem", "bios", "processors", "memory", "computerSystemProduct", "cryptography"),
     ("disks", "networkAdapters"),
+    ("neighbors", "ipAddresses", "routes"),
     ("software", "updates"),
 )
 SECTIONS: tuple[str, ...] = tuple(name for group in GROUPS for name in group)
-LIST_SECTIONS = frozenset({"processors", "memory", "disks", "networkAdapters", "software", "updates"})
+LIST_SECTIONS = frozenset(
+    {"processors", "memory", "disks", "networkAdapters", "neighbors", "ipAddresses", "routes", "software", "updates"}
+)
 POWERSHELL_ARGS = ("-NoLogo", "-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass", "-EncodedCommand")
 MAX_COMMAND_LINE = 8191  # cmd.exe's limit on a command line
 
@@ -223,6 +239,15 @@ def _mac(item: Mapping[str, Any], key: str) -> str | None:
     return text.replace("-", ":").lower()
 
 
+def _ip(item: Mapping[str, Any], key: str) -> str | None:
+    """An IPv4 or IPv6 address, without its ``%zone``; None when it is not one."""
+    text = _text(item, key)
+    try:
+        return None if text is None else str(ipaddress.ip_address(text.split("%", 1)[0]))
+    except ValueError:
+        return None
+
+
 def _addresses(addresses: list[str], subnets: list[str]) -> list[str]:
     """``IPAddress`` and ``IPSubnet`` side by side (a mask for IPv4, a prefix length for IPv6) as CIDR."""
     found = []
@@ -343,6 +368,67 @@ def _network_adapter(item: Mapping[str, Any]) -> Document:
     }
 
 
+def _computer_system_product(item: Mapping[str, Any]) -> Document:
+    return {
+        "uuid": _text(item, "UUID"),
+        "identifyingNumber": _text(item, "IdentifyingNumber"),
+        "vendor": _text(item, "Vendor"),
+        "name": _text(item, "Name"),
+    }
+
+
+def _cryptography(item: Mapping[str, Any]) -> Document:
+    return {"machineGuid": _text(item, "MachineGuid")}
+
+
+NEIGHBOR_STATES = {
+    0: "unreachable",
+    1: "incomplete",
+    2: "probe",
+    3: "delay",
+    4: "stale",
+    5: "reachable",
+    6: "permanent",
+}
+
+
+def _neighbor(item: Mapping[str, Any]) -> Document:
+    state = _int(item, "State")
+    return {
+        "address": _ip(item, "IPAddress"),
+        "mac": _mac(item, "LinkLayerAddress"),
+        "state": None if state is None else NEIGHBOR_STATES.get(state, str(state)),
+        "interface": _text(item, "InterfaceAlias"),
+        "ifIndex": _int(item, "InterfaceIndex"),
+    }
+
+
+def _ip_address(item: Mapping[str, Any]) -> Document:
+    prefix = _int(item, "PrefixLength")
+    return {
+        "address": _ip(item, "IPAddress"),
+        "prefixLength": prefix if prefix is not None and prefix <= 128 else None,
+        "interface": _text(item, "InterfaceAlias"),
+        "ifIndex": _int(item, "InterfaceIndex"),
+    }
+
+
+def _route(item: Mapping[str, Any]) -> Document:
+    try:
+        destination: str | None = str(ipaddress.ip_network(_text(item, "DestinationPrefix") or "", strict=False))
+    except ValueError:
+        destination = None
+    next_hop = _ip(item, "NextHop")
+    metric = _int(item, "RouteMetric")
+    return {
+        "destination": destination,
+        "nextHop": None if next_hop is None or ipaddress.ip_address(next_hop).is_unspecified else next_hop,
+        "interface": _text(item, "InterfaceAlias"),
+        "ifIndex": _int(item, "InterfaceIndex"),
+        "metric": metric if metric is not None and metric >= 0 else None,  # a uint32
+    }
+
+
 def _software(item: Mapping[str, Any]) -> Document:
     return {
         "name": _text(item, "DisplayName"),
@@ -372,6 +458,11 @@ READERS: dict[str, Callable[[Mapping[str, Any]], Document]] = {
     "networkAdapters": _network_adapter,
     "software": _software,
     "updates": _update,
+    "computerSystemProduct": _computer_system_product,
+    "cryptography": _cryptography,
+    "neighbors": _neighbor,
+    "ipAddresses": _ip_address,
+    "routes": _route,
 }
 
 

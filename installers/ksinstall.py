@@ -1,20 +1,21 @@
-#!/usr/bin/env python3
-"""ksinstall: installs ksocket from an unpacked release into a private environment (manual 1.1).
+"""ksinstall: installs ksocket from an unpacked release under a prefix (manual 1.1).
 
     tar xf ksocket-VERSION-linux-x86_64.tar.gz
     ./ksinstall                                  # asks Prefix, Scan mode, Host and Token
     ./ksinstall --yes [--prefix DIR] [--scan-mode intranet|azure|aws] [--host HOST]
                 [--token TOKEN | --token-file FILE] [--no-service]       # asks nothing
 
-The release holds this script, ksuninstall, release.json and wheels/ (ksocket's wheel and every
-dependency's), so nothing is downloaded. ksocket goes into a virtual environment at the prefix
-(default /opt/fixpoint/ksocket): PREFIX/bin/ksocket, with KSOCKET_HOME the prefix; the host's PATH
-and Python are left as they are (manual 2.1). Installing over an installed ksocket keeps
-PREFIX/etc/ksocket (settings and credentials) and offers its values as the defaults. Settings and
-credentials are root-owned, 0600 in 0700 folders. The token is never printed, logged or passed on a
-command line (it goes to the new environment's Python on standard input). Last, ``ksocket service
-install`` registers and starts the service (``--no-service`` leaves that out, e.g. in a container;
-a running service of the ksocket being replaced is stopped either way).
+The release's ``ksinstall`` is a sh script that runs this module with the release's bundled runtime
+(``installers/frozen.py``), so the host needs no Python. The release holds that script (also as
+``ksuninstall``), release.json (version, platform, the glibc floor) and ``ksocket/``, the bundle:
+it is copied to PREFIX/lib/ksocket (default prefix /opt/fixpoint/ksocket), with PREFIX/bin/ksocket
+a link to its executable, whose KSOCKET_HOME is the prefix; the host's PATH is left as it is
+(manual 2.1). Installing over an installed ksocket keeps PREFIX/etc/ksocket (settings and
+credentials) and offers its values as the defaults. Settings and credentials are root-owned, 0600
+in 0700 folders. The token is never printed, logged or passed on a command line (this process
+writes it with ksocket's own code). Last, ``ksocket service install`` registers and starts the
+service (``--no-service`` leaves that out, e.g. in a container; a running service of the ksocket
+being replaced is stopped either way).
 
 A log of each run is appended to PREFIX/var/log/ksocket/ksinstall.log.
 """
@@ -22,7 +23,6 @@ A log of each run is appended to PREFIX/var/log/ksocket/ksinstall.log.
 from __future__ import annotations
 
 import argparse
-import ctypes.util
 import getpass
 import json
 import os
@@ -34,47 +34,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
 DEFAULT_PREFIX = "/opt/fixpoint/ksocket"
 SCAN_MODES = ("intranet", "azure", "aws")
 SETTINGS = {"scan_mode": "operations.networksScanMode", "host": "connect.host", "token": "connect.token"}
-ENVIRONMENT_PARTS = ("bin", "include", "lib", "lib64", "pyvenv.cfg")
+# What an install puts under the prefix besides etc/ and var/: the bundle (lib/ksocket), the link to
+# its executable (bin/ksocket), and what older releases' virtual environments left there.
+INSTALLED_PARTS = ("bin", "include", "lib", "lib64", "pyvenv.cfg")
+BUNDLE = "ksocket"
 PRIVATE_FOLDERS = (("etc", "ksocket"), ("var", "lib", "ksocket"), ("var", "log", "ksocket"))
 WIDTH = 44
-PCAP_LIBRARY = "libpcap.so.0.8"  # what the release's pypcap wheel links
-MIN_GLIBC = (2, 34)  # the oldest C library the release's cryptography and bcrypt wheels run on
-
-# Run by the new environment's Python: writes the settings (comments kept) and the credential
-# skeletons with ksocket's own code. The answers, token included, arrive on standard input.
-SETUP = """
-import json, sys
-from ksocket import config, paths
-from ksocket.errors import KsocketError
-try:
-    answers = json.load(sys.stdin)
-    path = paths.config_path()
-    created = not path.exists()
-    if created:
-        config.write_private(path, config.default_document())
-    current = config.load(path)
-    changed = []
-    for name, value in answers.items():
-        if str(config.get(current, name)) != value:
-            config.set_value(name, value, path)
-            changed.append(name)
-    import importlib.resources as resources
-    source = resources.files("ksocket").joinpath("etc/ksocket/credentials")
-    written = []
-    for kind in ("ssh", "winrm", "snmp"):
-        target = paths.etc_dir() / "credentials" / kind / "99-example.toml.skeleton"
-        if not target.exists():
-            config.write_private(target, source.joinpath(kind, "99-example.toml.skeleton").read_text("utf-8"))
-            written.append(str(target))
-except KsocketError as exc:
-    print(exc, file=sys.stderr)
-    sys.exit(2)
-print(json.dumps({"config": str(path), "created": created, "changed": changed, "skeletons": written}))
-"""
 
 
 class InstallError(Exception):
@@ -121,27 +89,22 @@ def line(label: str, ok: bool | None, detail: str = "") -> None:
 
 
 def clean_environment(prefix: Path) -> dict[str, str]:
-    """The environment of the commands run: no Python or pip settings of the caller, KSOCKET_HOME the prefix."""
+    """The environment of the commands run: no Python settings of the caller, KSOCKET_HOME the prefix."""
     env = {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith(("PIP_", "PYTHON"))
+        if not name.startswith("PYTHON")
         and name not in ("VIRTUAL_ENV", "__PYVENV_LAUNCHER__", "KSOCKET_HOME", "KSOCKET_CONFIG")
     }
-    env["PIP_CONFIG_FILE"] = os.devnull
     env["KSOCKET_HOME"] = str(prefix)
     return env
 
 
-def run(
-    command: Sequence[str | Path], prefix: Path, *, stdin: str | None = None, secret: bool = False, shown: str = ""
-) -> subprocess.CompletedProcess[str]:
-    """Runs a command, logging it (as ``shown`` when given) and, unless ``secret``, what it printed."""
+def run(command: Sequence[str | Path], prefix: Path, *, secret: bool = False) -> subprocess.CompletedProcess[str]:
+    """Runs a command, logging it and, unless ``secret``, what it printed."""
     words = [str(word) for word in command]
-    LOG.write("$ " + (shown or " ".join(words)))
-    done = subprocess.run(
-        words, input=stdin, capture_output=True, text=True, env=clean_environment(prefix), check=False
-    )
+    LOG.write("$ " + " ".join(words))
+    done = subprocess.run(words, capture_output=True, text=True, env=clean_environment(prefix), check=False)
     if not secret:
         LOG.write(done.stdout + done.stderr)
     LOG.write(f"(exit status {done.returncode})")
@@ -156,18 +119,14 @@ def last_line(done: subprocess.CompletedProcess[str]) -> str:
 # --------------------------------------------------------------------------- the release
 
 
-def release(wheels: Path) -> dict[str, str]:
-    """What the release holds: its version and the Python its wheels are for."""
-    info: dict[str, str] = {}
-    described = HERE / "release.json"
-    if described.is_file():
-        info = json.loads(described.read_text("utf-8"))
-    own = sorted(wheels.glob("ksocket-*.whl")) if wheels.is_dir() else []
-    if not own:
+def release(here: Path) -> dict[str, str]:
+    """What the release unpacked in ``here`` holds: its version and the glibc its bundle needs."""
+    described = here / "release.json"
+    if not (here / BUNDLE / BUNDLE).is_file() or not described.is_file():
         raise InstallError(
-            f"{wheels}: no ksocket wheel; run ksinstall from an unpacked release (`inv release` builds one)"
+            f"{here}: no ksocket bundle; run ksinstall from an unpacked release (`inv release` builds one)"
         )
-    info.setdefault("version", own[-1].name.split("-")[1])
+    info: dict[str, str] = json.loads(described.read_text("utf-8"))
     return info
 
 
@@ -232,23 +191,23 @@ def banner(version: str) -> None:
 # --------------------------------------------------------------------------- the system
 
 
-def check_system() -> None:
-    """The shared libraries the release's binary wheels load, checked before anything is installed."""
+def glibc_version(text: str) -> tuple[int, ...]:
+    """``(2, 36)`` of ``"2.36"``."""
+    return tuple(int(part) for part in text.split(".")[:2] if part.isdigit())
+
+
+def check_system(floor: str) -> None:
+    """The C library, the one thing the bundle takes from the host: glibc ``floor`` or later."""
     try:
         libc = os.confstr("CS_GNU_LIBC_VERSION") or ""  # "glibc 2.36"
     except (ValueError, OSError):  # a C library that is not glibc does not know the name
         libc = ""
     name, _, number = libc.partition(" ")
-    version = tuple(int(part) for part in number.split(".")[:2] if part.isdigit())
-    glibc_ok = name == "glibc" and version >= MIN_GLIBC
-    needed = "glibc {}.{} or later is needed".format(*MIN_GLIBC)
+    glibc_ok = name == "glibc" and glibc_version(number) >= glibc_version(floor)
+    needed = f"glibc {floor} or later is needed"
     line("Check the C library", glibc_ok, libc if glibc_ok else f"{libc or 'not glibc'}: {needed}")
-    pcap = ctypes.util.find_library("pcap")
-    pcap_ok = pcap == PCAP_LIBRARY
-    found = f" (found {pcap})" if pcap else ""
-    line("Check libpcap", pcap_ok, pcap if pcap_ok else f"{PCAP_LIBRARY} not found{found}: apt-get install libpcap0.8")
-    if not (glibc_ok and pcap_ok):
-        raise InstallError("this system lacks a library the release needs (NG above); nothing was installed")
+    if not glibc_ok:
+        raise InstallError("this system lacks the C library the release needs (NG above); nothing was installed")
 
 
 # --------------------------------------------------------------------------- questions
@@ -304,7 +263,7 @@ def installed_values(prefix: Path) -> dict[str, str] | None:
         print("Skip while ksocket executable is not found.")
         return None
     version = run([runner, "version"], prefix)
-    if version.returncode != 0:  # e.g. the Python it was made with is gone: read the file itself
+    if version.returncode != 0:  # e.g. an older release's environment whose Python is gone: read the file itself
         print(f"The installed ksocket does not run ({last_line(version)}); reading its ksocket.toml instead.")
         return settings_file_values(prefix)
     values: dict[str, str] = {}
@@ -334,8 +293,8 @@ def settings_file_values(prefix: Path) -> dict[str, str]:
     return values
 
 
-def answers(args: argparse.Namespace, interactive: bool) -> tuple[Path, dict[str, str | None], bool]:
-    """The prefix, the settings to store (None: keep the installed value) and whether ksocket is installed there."""
+def ask_prefix(args: argparse.Namespace, interactive: bool) -> Path:
+    """The installation prefix: the flag's, else the one confirmed at the prompt, else the default."""
     prefix_text = args.prefix
     if prefix_text is None:
         prefix_text = DEFAULT_PREFIX
@@ -344,7 +303,29 @@ def answers(args: argparse.Namespace, interactive: bool) -> tuple[Path, dict[str
             while not (prefix_text := ask("Prefix (ksocket installation directory)", DEFAULT_PREFIX)):
                 print("The prefix cannot be empty.")
         print()
-    prefix = Path(prefix_text).expanduser().absolute()
+    return Path(prefix_text).expanduser().absolute()
+
+
+def ask_connection(chosen: dict[str, str | None], current: dict[str, str], installed: bool) -> None:
+    """The manual's questions for the values the flags left open (``None``), asked in its order."""
+    print("Please confirm informations below for connecting to your space in the Kompira cloud:")
+    if chosen["scan_mode"] is None:
+        print("Scan mode")
+        while (mode := ask(f"Scan mode {list(SCAN_MODES)}", current["scan_mode"])) not in SCAN_MODES:
+            print(f"Choose one of {', '.join(SCAN_MODES)}.")
+        chosen["scan_mode"] = mode
+    if chosen["host"] is None:
+        print("Host")
+        chosen["host"] = ask("Host (e.g. fixpoint.cloud.kompira.jp)", current["host"])
+    if chosen["token"] is None:
+        print("Ksocket token")
+        where = f" (https://{chosen['host']}/preference/ksocket/ksockets)" if chosen["host"] else ""
+        chosen["token"] = ask_secret(f"Token{where}", keep=installed)
+
+
+def answers(args: argparse.Namespace, interactive: bool) -> tuple[Path, dict[str, str | None], bool]:
+    """The prefix, the settings to store (None: keep the installed value) and whether ksocket is installed there."""
+    prefix = ask_prefix(args, interactive)
     check_prefix(prefix)
     found = installed_values(prefix)
     installed = found is not None
@@ -354,23 +335,10 @@ def answers(args: argparse.Namespace, interactive: bool) -> tuple[Path, dict[str
         source = Path(args.token_file)
         chosen["token"] = (sys.stdin.read() if str(source) == "-" else source.read_text("utf-8")).strip()
     if interactive and any(value is None for value in chosen.values()):
-        print("Please confirm informations below for connecting to your space in the Kompira cloud:")
-    if chosen["scan_mode"] is None:
-        chosen["scan_mode"] = current["scan_mode"]
-        if interactive:
-            print("Scan mode")
-            while (mode := ask(f"Scan mode {list(SCAN_MODES)}", current["scan_mode"])) not in SCAN_MODES:
-                print(f"Choose one of {', '.join(SCAN_MODES)}.")
-            chosen["scan_mode"] = mode
+        ask_connection(chosen, current, installed)
+    chosen["scan_mode"] = chosen["scan_mode"] or current["scan_mode"]
     if chosen["host"] is None:
         chosen["host"] = current["host"]
-        if interactive:
-            print("Host")
-            chosen["host"] = ask("Host (e.g. fixpoint.cloud.kompira.jp)", current["host"])
-    if chosen["token"] is None and interactive:
-        print("Ksocket token")
-        where = f" (https://{chosen['host']}/preference/ksocket/ksockets)" if chosen["host"] else ""
-        chosen["token"] = ask_secret(f"Token{where}", keep=installed)
     if chosen["token"] is None and not installed:
         chosen["token"] = ""
     print()
@@ -414,38 +382,60 @@ def stop_running_service(prefix: Path) -> None:
     line("Stop the running service", done.returncode == 0, "" if done.returncode == 0 else last_line(done))
 
 
-def create_environment(prefix: Path) -> None:
-    for part in ENVIRONMENT_PARTS:
+def install_bundle(prefix: Path, bundle: Path) -> None:
+    """The release's bundle at PREFIX/lib/ksocket, PREFIX/bin/ksocket a link to its executable.
+
+    What an earlier install left there (its bundle, or an older release's virtual environment) goes
+    first; etc/ and var/ stay.
+    """
+    for part in INSTALLED_PARTS:
         path = prefix / part
         if path.is_symlink() or path.is_file():
             path.unlink()
         elif path.is_dir():
             shutil.rmtree(path)
-    done = run([sys.executable, "-m", "venv", prefix], prefix)
-    if done.returncode != 0:
-        raise InstallError(f"python3 -m venv: {last_line(done)} (Debian/Ubuntu: apt-get install python3-venv)")
-
-
-def install_packages(prefix: Path, wheels: Path, version: str) -> int:
-    done = run(
-        [
-            prefix / "bin" / "python", "-m", "pip", "install", "--no-index", "--find-links", wheels,
-            "--no-cache-dir", "--disable-pip-version-check", "--quiet", f"ksocket=={version}",
-        ],
-        prefix,
-    )  # fmt: skip
-    if done.returncode != 0:
-        raise InstallError(f"pip install: {last_line(done)}")
-    return len(list(wheels.glob("*.whl"))) - 1
+    target = prefix / "lib" / BUNDLE
+    LOG.write(f"$ cp -a {bundle} {target}")
+    shutil.copytree(bundle, target, symlinks=True)
+    (prefix / "bin").mkdir(mode=0o755)
+    (prefix / "bin" / "ksocket").symlink_to(Path("..") / "lib" / BUNDLE / BUNDLE)
 
 
 def write_settings(prefix: Path, settings: dict[str, str]) -> dict[str, object]:
-    shown = f"{prefix}/bin/python -c SETUP  # settings {', '.join(settings)} on standard input"
-    done = run([prefix / "bin" / "python", "-c", SETUP], prefix, stdin=json.dumps(settings), shown=shown)
-    if done.returncode != 0:
-        raise InstallError(last_line(done))
-    report: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
-    return report
+    """ksocket.toml from the default file with the answers set (comments kept), and the credential skeletons.
+
+    ksocket's own code, run in this process (the release's runtime is the one being installed),
+    with the prefix as its home; the token stays in this process.
+    """
+    from importlib import resources
+
+    from ksocket import config, paths
+    from ksocket.errors import KsocketError
+
+    LOG.write(f"(writing the settings {', '.join(settings)} with ksocket's config code)")
+    path = paths.etc_dir(prefix) / "ksocket.toml"
+    os.environ["KSOCKET_HOME"] = str(prefix)  # the defaults ksocket derives from its home are the prefix's
+    os.environ.pop("KSOCKET_CONFIG", None)
+    try:
+        created = not path.exists()
+        if created:
+            config.write_private(path, config.default_document())
+        current = config.load(path)
+        changed = []
+        for name, value in settings.items():
+            if str(config.get(current, name)) != value:
+                config.set_value(name, value, path)
+                changed.append(name)
+        source = resources.files("ksocket").joinpath("etc/ksocket/credentials")
+        written = []
+        for kind in ("ssh", "winrm", "snmp"):
+            target = paths.etc_dir(prefix) / "credentials" / kind / "99-example.toml.skeleton"
+            if not target.exists():
+                config.write_private(target, source.joinpath(kind, "99-example.toml.skeleton").read_text("utf-8"))
+                written.append(str(target))
+    except KsocketError as exc:
+        raise InstallError(str(exc)) from None
+    return {"config": str(path), "created": created, "changed": changed, "skeletons": written}
 
 
 def restrict(prefix: Path) -> None:
@@ -479,18 +469,18 @@ def install_service(prefix: Path) -> None:
         )
 
 
-def install(
-    prefix: Path, wheels: Path, version: str, settings: dict[str, str | None], args: argparse.Namespace
-) -> None:
+def install(here: Path, prefix: Path, info: dict[str, str], settings: dict[str, str | None], no_service: bool) -> None:
     replacing = (prefix / "bin" / "ksocket").exists()
     create_prefix(prefix)
     line("Create the installation directory", True, str(prefix))
-    if replacing:  # even with --no-service: the old agent must not run on the environment rebuilt below
+    if replacing:  # even with --no-service: the old agent must not run on the files replaced below
         stop_running_service(prefix)
-    create_environment(prefix)
-    line("Create a private Python environment", True, f"Python {platform.python_version()}")
-    count = install_packages(prefix, wheels, version)
-    line("Install ksocket and its dependencies", True, f"ksocket {version} and {count} packages")
+    install_bundle(prefix, here / BUNDLE)
+    line(
+        "Install ksocket and its runtime",
+        True,
+        f"ksocket {info['version']}, Python {platform.python_version()}, in {prefix / 'lib' / BUNDLE}",
+    )
     report = write_settings(prefix, {SETTINGS[key]: value for key, value in settings.items() if value is not None})
     changed = report["changed"]
     line(
@@ -500,12 +490,12 @@ def install(
     )
     skeletons = report["skeletons"]
     line("Write the credential skeletons", True if skeletons else None, "" if skeletons else "already there")
-    shutil.copy2(HERE / "ksuninstall", prefix / "ksuninstall")
+    shutil.copy2(here / "ksuninstall", prefix / "ksuninstall")
     (prefix / "ksuninstall").chmod(0o755)
     line("Install the uninstaller", True, str(prefix / "ksuninstall"))
     restrict(prefix)
     line("Restrict the permissions", True, "root only: 0700 folders, 0600 files")
-    if args.no_service:
+    if no_service:
         line("Install the service", None, "--no-service")
     else:
         install_service(prefix)
@@ -528,25 +518,22 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-service", action="store_true", help="do not install or start the service (a running one is still stopped)"
     )
-    parser.add_argument("--wheels", type=Path, default=HERE / "wheels", help="the release's wheels (default ./wheels)")
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, here: Path | None = None) -> int:
+    """ksinstall run from ``here``, the unpacked release (the sh script's folder)."""
     args = parse(argv)
+    here = here or Path.cwd()
     started = False
     try:
-        info = release(args.wheels)
-        wanted = info.get("python")
-        have = f"{sys.version_info.major}.{sys.version_info.minor}"
-        if wanted and wanted != have:
-            raise InstallError(f"this release's wheels are for Python {wanted}: run it as python{wanted} {sys.argv[0]}")
+        info = release(here)
         banner(info["version"])
-        check_system()
+        check_system(info["glibc"])
         print()
         prefix, settings, _ = answers(args, interactive=not args.yes)
         started = True
-        install(prefix, args.wheels.absolute(), info["version"], settings, args)
+        install(here, prefix, info, settings, args.no_service)
     except (InstallError, OSError) as exc:
         message = str(exc)
         if isinstance(exc, OSError):
@@ -564,7 +551,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Run its commands in a ksocket shell:  PATH={prefix}/bin:$PATH $SHELL")
     print(f"Uninstall it with:  {prefix}/ksuninstall")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

