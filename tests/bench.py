@@ -1,7 +1,8 @@
 """``inv bench``: every benchmark of the project, each printing its table against a reference tool.
 
-``python -m tests.bench [NAME…]`` runs the named ones (link, pipeline, discovery, inspect, hostile, hub);
-all by default.
+``python -m tests.bench [NAME…] [--OPTION …]`` runs the named ones (link, pipeline, discovery, inspect,
+hostile, hub); all by default. Options after the names go to each benchmark named (``discovery --runs 1`` for
+a quick check).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ BENCHMARKS = ["link", "pipeline", "discovery", "inspect", "hostile", "hub"]
 
 
 def main(argv: list[str]) -> int:
-    names = argv or BENCHMARKS
+    split = next((index for index, arg in enumerate(argv) if arg.startswith("--")), len(argv))
+    names, options = argv[:split] or BENCHMARKS, argv[split:]
     unknown = [name for name in names if name not in BENCHMARKS]
     if unknown:
         print(f"no benchmark {unknown[0]!r}; choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
@@ -21,7 +23,7 @@ def main(argv: list[str]) -> int:
     status = 0
     for name in names:
         module = importlib.import_module(f"tests.bench_{name}")
-        status |= module.main()
+        status |= module.main(options) if options else module.main()
     return status
 
 

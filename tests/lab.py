@@ -23,6 +23,14 @@ An nftables netdev rule on the scanner's port therefore hands each ARP request t
 host that owns the address (``fwd``, one map lookup, 0.13 ms); a request for an address nobody owns
 is flooded as before. Every host still answers for itself, and every tool gets the same switch.
 
+The slow path (:meth:`Lab.slow_path`), for the scanners' congestion control: real paths carry less
+than a scanner sends (a router or firewall rate-limiting ARP and ICMP, a slow WAN link, a switch's
+CPU path). An nftables ``limit rate over N/second drop`` on the scanner's port lets N frames a second
+from the scanner into the lab and drops the rest silently, deterministically on any machine. The
+switch can also be left off (``switch=False``): then the bridge floods every ARP request in software
+and the sender's CPU pays for it (about 150 requests/s for a thousand ports here, but that depends
+on the machine and its load).
+
 One helper process (the lab daemon, ``python -m tests.lab daemon``) relays the tunnel and holds the
 TCP listeners of every host that has open ports; sshd and snmpd are started on demand
 (:meth:`Lab.start_sshd`, :meth:`Lab.start_snmpd`). Teardown kills every process whose network
@@ -319,6 +327,8 @@ class Lab:
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     setup_seconds: float = 0.0
     fast_arp: bool = True  # hosts forward IPv4: see the module's docstring
+    switch: bool = True  # ARP requests go to their owner's port only: see the module's docstring
+    path_limit: int = 0  # frames a second from the scanner into the lab, 0: no limit
     with_ipv6: bool = False  # ULA addresses on the LAN and the routed subnet
     policy: list[str] = field(default_factory=list)  # addresses the scanner routes by table 100 (eth1)
 
@@ -407,6 +417,13 @@ class Lab:
     def loss(self, percent: float) -> Lab:
         """Drops ``percent`` % of the frames in each direction at every host's bridge port."""
         self.loss_percent = percent
+        if self.is_up:
+            self._apply_switch()
+        return self
+
+    def slow_path(self, per_second: int) -> Lab:
+        """The scanner's port carries at most ``per_second`` frames a second; the rest are dropped."""
+        self.path_limit = per_second
         if self.is_up:
             self._apply_switch()
         return self
@@ -745,7 +762,8 @@ class Lab:
         host (or router) that owns the address (netdev ``fwd``); a request for an address nobody
         owns is flooded by the bridge as before. Loss drops ``percent`` of the frames entering and
         of those leaving the hosts' ports: in the bridge's forward hook, and for the forwarded ARP
-        requests, which bypass it, on the scanner's port.
+        requests, which bypass it, on the scanner's port. The slow path's limit comes first on the
+        scanner's port: what it drops reaches neither the switch nor the bridge.
         """
         for family, table in (("bridge", "kslab"), ("netdev", "kslab_switch")):
             subprocess.run(
@@ -758,12 +776,15 @@ class Lab:
         owners = {host.address: host.netns.rsplit("-", 1)[1] for host in self.hosts if host.segment == "lan"}
         owners.update({address: "rl0" for address in self.routers("lan")})
         elements = ", ".join(f'{address} : "{port}"' for address, port in owners.items())
+        limit = f"    limit rate over {self.path_limit}/second burst 5 packets drop\n" if self.path_limit else ""
         rules = (
             "table netdev kslab_switch {\n"
             f"  map port_of {{ type ipv4_addr : iface_index;{f' elements = {{ {elements} }}' if elements else ''} }}\n"
             '  chain scanner_port {\n    type filter hook ingress device "scan0" priority 0; policy accept;\n'
-            + (f"    arp operation request arp daddr ip @port_of {drop}\n" if drop else "")
-            + "    arp operation request fwd to arp daddr ip map @port_of\n  }\n}\n"
+            + limit
+            + (f"    arp operation request arp daddr ip @port_of {drop}\n" if drop and self.switch else "")
+            + ("    arp operation request fwd to arp daddr ip map @port_of\n" if self.switch else "")
+            + "  }\n}\n"
         )
         if drop:
             rules += (

@@ -39,7 +39,7 @@ def scheduler_for(targets: str, methods: str = "arp icmp tcp", *, open_paths: bo
     def open_path(decision: routes.Decision, stage: str) -> Path | None:
         if not open_paths:
             return None
-        return Path.opened(decision.interface.name, stage, decision.gateway, MAC if decision.gateway else None, 1.0)
+        return Path.opened(decision.interface.name, stage, decision.gateway, 1.0)
 
     scheduler = Scheduler(parse_targets([targets]), TABLE, settings, open_path)
     scheduler.start(0.0)
@@ -124,7 +124,7 @@ def test_an_answer_clears_the_packets_it_answers_and_settles_the_probe() -> None
     wire = Wire(scheduler)
     assert wire.send(1) == [(ROUTED, IP_STAGE, 0)]
     probe = scheduler.inflight[ROUTED]
-    assert probe.pending == 0b111 and probe.dst_mac == MAC
+    assert probe.pending == 0b111 and probe.dst_mac is None  # the kernel routes it
     assert scheduler.answer(Evidence(ROUTED, "tcp/80", matcher.TCP, port=80, port_open=False), "eth0", 0.0) is True
     assert probe.pending == 0b011
     assert wire.send(5) == [(ROUTED, IP_STAGE, 1)]  # the answered SYN is not sent on this try
@@ -162,9 +162,9 @@ def test_targets_the_scan_cannot_probe_are_skipped_and_counted() -> None:
     no_arp = scheduler_for("198.18.0.2-198.18.0.3", "icmp tcp")
     assert Wire(no_arp).send(5) == [] and not no_arp.has_work()
     assert no_arp.skipped == {"arp-disabled": 2} and no_arp.done == 2
-    unresolved = scheduler_for("198.18.16.5,198.18.0.255", open_paths=False)
-    assert Wire(unresolved).send(5) == []
-    assert unresolved.skipped == {routes.BROADCAST: 1, "gateway-unresolved": 1}
+    no_path = scheduler_for("198.18.16.5,198.18.0.255", open_paths=False)
+    assert Wire(no_path).send(5) == []
+    assert no_path.skipped == {routes.BROADCAST: 1, routes.UNREACHABLE: 1}
     arp_only = scheduler_for("198.18.16.5", "arp")
     assert Wire(arp_only).send(5) == [] and arp_only.skipped == {"no-method": 1}
 

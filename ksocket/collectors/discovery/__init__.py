@@ -19,13 +19,17 @@ targets behind a link layer get ARP requests (IPv6: a Neighbor Solicitation, and
 to all nodes), and the hosts that answer get the ICMP echo and TCP SYN probes too (for evidence and
 open ports); targets behind a gateway or a link without a link layer get ICMP echo and TCP SYN
 probes, sent through the kernel's own route. A host is up only on a reply from it that answers one
-of our probes; its record names its family (``ipv4``/``ipv6``).
+of our probes; its record names its family (``ipv4``/``ipv6``). Each path (an interface for ARP, a
+gateway for routed probes) is sent no more than it carries (a congestion window, see :mod:`.timing`).
+An interface that cannot be opened or fails during the scan ends only its own targets: they are
+counted in ``skipped`` as ``interface-failed``, and ``stats.failedInterfaces`` gives the interface
+and why (when none can be opened, the scan fails).
 
 The modules: :mod:`.targets` (parsing, lazy expansion), :mod:`.routes` (interfaces and routes),
 :mod:`.kernelroute` (the kernel's route to one address),
-:mod:`.frames` (dpkt, no I/O), :mod:`.timing` (pacing, RTT, retries), :mod:`.scheduler` (what to
-send next and when, no I/O), :mod:`.matcher` (which replies answer our probes, no I/O),
-:mod:`.engine` (the pypcap loop around those two), :mod:`.vendor` (OUI registry).
+:mod:`.frames` (dpkt, no I/O), :mod:`.timing` (pacing, congestion windows, RTT, retries),
+:mod:`.scheduler` (what to send next and when, no I/O), :mod:`.matcher` (which replies answer our
+probes, no I/O), :mod:`.engine` (the pypcap loop around those two), :mod:`.vendor` (OUI registry).
 """
 
 from __future__ import annotations

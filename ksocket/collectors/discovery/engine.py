@@ -7,6 +7,14 @@ the hosts they found, to their MACs. Every other ICMP echo and TCP SYN (routed, 
 without a link layer) goes through the kernel: :class:`KernelSender`'s raw sockets, bound to the
 source address the kernel's route picks, so that policy routing, IPsec, WireGuard and the firewall
 treat the probe as any packet of the host; the reply is captured on the interface that route names.
+An interface that cannot be opened, or fails while the scan runs, ends only its own paths: the
+others go on, and the summary's ``failedInterfaces`` says which and why (when none could be opened,
+the scan fails).
+
+The TCP SYN probes leave from one source port outside the kernel's ephemeral range
+(``ip_local_port_range``), bound by a TCP socket for the scan's life, so no connection of the host
+ever gets it; the kernel answers a SYN-ACK to it with a reset, as it does for any port without a
+listener.
 
 The :class:`Engine` loop, single-threaded, only moves bytes: it reads every capture and hands each
 parsed reply to :func:`~.matcher.match` and its evidence to the :class:`~.scheduler.Scheduler`,
@@ -19,12 +27,15 @@ parked targets (5 bytes a target) and the hosts found.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import random
 import select
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path as FilePath
 from typing import Any
 
 import pcap
@@ -35,6 +46,7 @@ from ksocket.collectors.discovery.matcher import Asked, Cookies, Ignored, match
 from ksocket.collectors.discovery.scheduler import (
     ARP_STAGE,
     ICMP_BIT,
+    INTERFACE_FAILED,
     IP_STAGE,
     Host,
     Path,
@@ -48,10 +60,46 @@ from ksocket.protocol import ErrorCode
 LINGER = 0.03  # after the last probe's wait, one more look for late replies
 TICK = 0.1  # progress and cancellation checks
 SEND_BATCH = 32  # packets sent before the captures are read again
+EPHEMERAL_RANGE = FilePath("/proc/sys/net/ipv4/ip_local_port_range")
+PORT_TRIES = 64
+_RANDOM = random.SystemRandom()
 
 
 class SendBlocked(Exception):
     """The link's queue is full for now (ENOBUFS/EAGAIN): try the same packet again shortly."""
+
+
+class LinkFailed(OperationFailed):
+    """The interface can no longer capture or send (it went away, say)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.UNREACHABLE, message, transient=True)
+
+
+def _ephemeral_range(path: FilePath) -> tuple[int, int]:
+    try:
+        low, high = (int(part) for part in path.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+    return low, high
+
+
+def reserve_source_port(
+    ephemeral: FilePath = EPHEMERAL_RANGE, choose: Callable[[range], int] = _RANDOM.choice
+) -> socket.socket:
+    """A TCP socket bound to a port outside the ephemeral range (above it if there is room, else below),
+    held for the scan's life so that the kernel never gives the port to a connection."""
+    low, high = _ephemeral_range(ephemeral)
+    ports = range(high + 1, 65536) if 65535 - high >= 256 else range(1024, max(1025, low))
+    for _ in range(PORT_TRIES):
+        reservation = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            reservation.bind(("0.0.0.0", choose(ports)))  # noqa: S104 - every address's port, never listened on
+        except OSError:
+            reservation.close()
+            continue
+        return reservation
+    raise OperationFailed(ErrorCode.INTERNAL, f"no free TCP port in {ports.start}-{ports.stop - 1} for the SYN probes")
 
 
 class SendRefused(Exception):
@@ -76,9 +124,9 @@ class LinkIO:
                 self.capture.setdirection(pcap.PCAP_D_IN)
             self.capture.setnonblock(True)
         except OSError as error:
-            raise OperationFailed(
-                ErrorCode.INTERNAL, f"cannot capture on {iface.name}: {_text(error)} (needs root or CAP_NET_RAW)"
-            ) from None
+            text = _text(error)
+            hint = " (needs root or CAP_NET_RAW)" if "ermission" in text or "not permitted" in text else ""
+            raise OperationFailed(ErrorCode.INTERNAL, f"cannot capture on {iface.name}: {text}{hint}") from None
         self.link_type = int(self.capture.datalink())
         if self.link_type not in frames.KNOWN_LINK_TYPES:
             self.close()
@@ -101,8 +149,10 @@ class LinkIO:
     def read(self) -> list[tuple[float, bytes]]:
         try:
             packets: list[tuple[float, bytes]] = self.capture.readpkts()
-        except OSError:
-            return []
+        except OSError as error:
+            if error.errno in (errno.EAGAIN, errno.EINTR):
+                return []
+            raise LinkFailed(f"capturing on {self.iface.name}: {_text(error)}") from None
         return packets
 
     def close(self) -> None:
@@ -149,13 +199,13 @@ class KernelSender:
 
 
 def _send_error(error: OSError, where: str) -> Exception:
-    """:class:`SendBlocked` for a full queue, else the operation's failure."""
+    """:class:`SendBlocked` for a full queue, else :class:`LinkFailed`."""
     text = _text(error)
     if isinstance(error, BlockingIOError) or error.errno in (errno.ENOBUFS, errno.EAGAIN):
         return SendBlocked()
     if "No buffer space" in text or "temporarily" in text:
         return SendBlocked()
-    return OperationFailed(ErrorCode.UNREACHABLE, f"sending on {where}: {text}", transient=True)
+    return LinkFailed(f"sending on {where}: {text}")
 
 
 def _text(error: BaseException) -> str:
@@ -196,6 +246,8 @@ class Engine:
         self.clock = clock
         self.scheduler = Scheduler(targets, table, settings, self._open_path)
         self.links: dict[str, LinkIO] = {}
+        self.link_types: dict[str, int] = {}
+        self.failed: dict[str, str] = {}  # interface -> why it could not be used
         self.kernel = KernelSender()
         self.greeted: set[tuple[str, int]] = set()  # (interface, source) of the echoes to all nodes sent
         self.stats = Stats()
@@ -203,6 +255,7 @@ class Engine:
         self.sources: set[int] = set(table.local)
         self.asked = Asked(targets, self.sources, self.cookies, settings.ports)
         self._blocked: tuple[Probe, bytes] | None = None  # a packet the link had no room for, to send again
+        self._port: socket.socket | None = None  # holds the SYN probes' source port
         self.started = 0.0
         self.finished = 0.0
 
@@ -232,19 +285,50 @@ class Engine:
         if link is None:
             link = LinkIO(iface, self._bpf(iface), device=self.capture_device)
             self.links[iface.name] = link
+            self.link_types[iface.name] = link.link_type
         return link
 
-    def _open_path(self, decision: routes.Decision, stage: str) -> Path | None:
+    def _open_path(self, decision: routes.Decision, stage: str) -> Path | str | None:
         """The scheduler's way out for ``decision``: a capture on the interface the kernel's route names
-        (IP probes leave through the kernel); None for on-link questions on a link without a link layer."""
+        (IP probes leave through the kernel); None for on-link questions on a link without a link layer,
+        ``interface-failed`` when the interface cannot be used (the scan goes on with the others)."""
+        name = decision.interface.name
+        if name in self.failed:
+            return INTERFACE_FAILED
+        try:
+            return self._path(decision, stage)
+        except OperationFailed as error:
+            self._fail(name, str(error))
+            return INTERFACE_FAILED
+
+    def _fail(self, name: str, reason: str) -> None:
+        """``name`` is out of the scan: its capture closed, its paths ended."""
+        self.failed[name] = reason
+        link = self.links.pop(name, None)
+        if link is not None:
+            link.close()
+        if self._blocked is not None and self._blocked[0].path.interface == name:
+            self._blocked = None
+        self.scheduler.fail_interface(name)
+
+    def _path(self, decision: routes.Decision, stage: str) -> Path | None:
         link = self.link(decision.interface)
         if stage == ARP_STAGE and not link.ethernet:
             return None
-        return Path.opened(link.iface.name, stage, decision.gateway, None, self.settings.timeout)
+        return Path.opened(link.iface.name, stage, decision.gateway, self.settings.timeout)
 
     # --- the loop ------------------------------------------------------------------------------
 
+    def _reserve_port(self) -> None:
+        """The SYN probes' source port, reserved (see the module's docstring)."""
+        if "tcp" not in self.settings.methods:
+            return
+        self._port = reserve_source_port()
+        self.cookies = dataclasses.replace(self.cookies, sport=self._port.getsockname()[1])
+        self.asked = dataclasses.replace(self.asked, cookies=self.cookies)
+
     def run(self) -> None:
+        self._reserve_port()
         self.started = self.clock()
         self.scheduler.start(self.started)
         next_tick = self.started
@@ -273,6 +357,10 @@ class Engine:
             for link in self.links.values():
                 link.close()
             self.kernel.close()
+            if self._port is not None:
+                self._port.close()
+        if self.failed and not self.link_types:  # no interface could be opened: nothing was scanned
+            raise OperationFailed(ErrorCode.INTERNAL, "; ".join(self.failed.values()))
         self.context.progress(self.targets.size, self.targets.size)
 
     def _has_work(self) -> bool:
@@ -292,8 +380,13 @@ class Engine:
                 time.sleep(delay)
 
     def _drain(self) -> None:
-        for link in self.links.values():
-            for stamp, data in link.read():
+        for link in list(self.links.values()):
+            try:
+                packets = link.read()
+            except LinkFailed as error:
+                self._fail(link.iface.name, str(error))
+                continue
+            for stamp, data in packets:
                 reply = frames.parse(link.link_type, data)
                 if reply is None:
                     self._ignore("unparsed")
@@ -322,6 +415,9 @@ class Engine:
                 return
             except SendRefused:
                 self.stats.refused += 1
+            except LinkFailed as error:
+                self._fail(probe.path.interface, str(error))
+                continue
             else:
                 self.stats.sent += 1
             self._blocked = None
@@ -408,14 +504,16 @@ class Engine:
             "paths": [
                 {
                     "interface": path.interface,
-                    "linkType": self.links[path.interface].link_type,
+                    "linkType": self.link_types[path.interface],
                     "stage": path.stage,
                     "gateway": to_str(path.gateway) if path.gateway is not None else None,
                     "srtt": round(path.rtt.srtt * 1000, 3) if path.rtt.srtt is not None else None,
                     "wait": round(path.rtt.timeout * 1000, 3),
+                    "window": round(path.window.cwnd, 1),
+                    "windowDecreases": path.window.decreases,
                 }
-                for path in self.scheduler.paths.values()
-                if path is not None
+                for path in self.scheduler.open_paths()
             ],
+            "failedInterfaces": dict(self.failed),
             "refused": self.stats.refused,
         }
