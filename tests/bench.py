@@ -1,6 +1,7 @@
 """``inv bench``: every benchmark of the project, each printing its table against a reference tool.
 
-``python -m tests.bench [NAME…]`` runs the named ones (link, pipeline, discovery, inspect, hostile, hub);
+``python -m tests.bench [NAME…]`` runs the named ones (link, pipeline, discovery, discover, inspect, hostile,
+hub);
 all by default.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["link", "pipeline", "discovery", "inspect", "hostile", "hub"]
+BENCHMARKS = ["link", "pipeline", "discovery", "discover", "inspect", "hostile", "hub"]
 
 
 def main(argv: list[str]) -> int:
