@@ -218,7 +218,10 @@ def test_the_agents_pipeline_with_one_running_operation_stores_every_host_once_a
                     assert result.data["hosts"] == len(expected_hosts(lab)), result.data
             finally:
                 kill_embedded(home / "var" / "lib" / "ksocket" / "broker.db")
-            return hub.records(op_id)
+            records = hub.records(op_id)
+            seqs = [record.seq for record in records]
+            assert seqs == sorted(set(seqs)) and seqs[-1] < result.seq  # in seq order, all before the result
+            return records
         finally:
             await hub.stop()
 
