@@ -48,7 +48,7 @@ def demo(c: Context) -> None:
         c.run(f"{PY} -m tests.demo", pty=False)
 
 
-@task(help={"only": "comma-separated benchmark names (link, pipeline, discovery, inspect, hostile, hub)"})
+@task(help={"only": "comma-separated benchmark names (link, pipeline, discovery, discover, inspect, hostile, hub)"})
 def bench(c: Context, only: str = "") -> None:
     """Benchmarks against the reference tools; each prints its table."""
     with c.cd(str(ROOT)):

@@ -1,8 +1,8 @@
 """``inv bench``: every benchmark of the project, each printing its table against a reference tool.
 
-``python -m tests.bench [NAME…] [--OPTION …]`` runs the named ones (link, pipeline, discovery, inspect,
-hostile, hub); all by default. Options after the names go to each benchmark named (``discovery --runs 1`` for
-a quick check).
+``python -m tests.bench [NAME…] [--OPTION …]`` runs the named ones (link, pipeline, discovery, discover,
+inspect, hostile, hub); all by default. Options after the names go to each benchmark named (``discovery --runs
+1`` for a quick check).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["link", "pipeline", "discovery", "inspect", "hostile", "hub"]
+BENCHMARKS = ["link", "pipeline", "discovery", "discover", "inspect", "hostile", "hub"]
 
 
 def main(argv: list[str]) -> int:

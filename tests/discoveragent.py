@@ -1,10 +1,11 @@
 """An agent process running ``networks.discover`` on the fake world, for the SIGKILL test.
 
 ``python -m tests.discoveragent URL FOLDER [--submit ID] [--block ADDRESS]``: a PipelineRunner on URL
-with one running operation, the fake world's sweeps and inspections logged to ``FOLDER/world.log``
-and records to ``FOLDER/records.log``; ``--block`` makes the inspection of ADDRESS hang (the test
-kills the process there). Prints ``accepted ID``, ``ready``, then for each result ``data JSON`` and
-``result ID SEQ``.
+with one running operation, the fake world's sweeps and inspections logged to ``FOLDER/world.log``;
+``--block`` makes the inspection of ADDRESS hang (the test kills the process there). Prints
+``accepted ID``, ``ready``, then for each result ``data SEQ JSON``, a ``record ID SEQ JSON`` line
+per record still in the journal's outbox (nothing acks them: every one the operation gave, whichever
+process journalled it), and ``result ID``.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from pathlib import Path
 
 from ksocket.collectors.base import Context, Document
 from ksocket.collectors.discover.params import Request
-from ksocket.protocol import Result
+from ksocket.protocol import Record, Result
 from tasks import discover
-from tasks.context import OperationContext
 from tasks.runner import PipelineRunner
 from tests.discoverworld import World
 from tests.pipelinetools import KILLABLE, op
@@ -52,13 +52,6 @@ class LoggedWorld(World):
 async def _agent(args: argparse.Namespace) -> None:
     folder = Path(args.folder)
     discover.DRIVERS.append(LoggedWorld(folder, args.block))
-    records = folder / "records.log"
-
-    def record(context: OperationContext, document: Document, *, key: str) -> None:
-        with records.open("a") as handle:
-            handle.write(json.dumps({"id": context.operation_id, "key": key}) + "\n")
-
-    OperationContext.record = record  # type: ignore[method-assign]  # the records engineer journals them
     runner = PipelineRunner(broker_url=args.url, max_running_operations=1, timings=KILLABLE, identity_folder=folder)
     await runner.start()
     if args.submit:
@@ -68,8 +61,11 @@ async def _agent(args: argparse.Namespace) -> None:
     while True:
         event = await runner.next_event()
         if isinstance(event, Result):
-            print(f"data {json.dumps(event.data)}", flush=True)
-            print(f"result {event.id} {event.seq}", flush=True)
+            print(f"data {event.seq} {json.dumps(event.data)}", flush=True)
+            for item in await runner.unacked():
+                if isinstance(item, Record) and item.id == event.id:
+                    print(f"record {item.id} {item.seq} {json.dumps(item.record)}", flush=True)
+            print(f"result {event.id}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

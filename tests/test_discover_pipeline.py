@@ -15,42 +15,26 @@ import pytest
 
 from ksocket.collectors.base import Context, Document
 from ksocket.collectors.discover.params import Request
-from ksocket.protocol import Accepted, Refused
+from ksocket.protocol import Accepted, Record, Refused, Sequenced
 from tasks import discover
-from tasks.context import OperationContext
 from tests.discoverworld import World
 from tests.pipelinetools import collect, drained, embedded_url, kill_embedded, op, running, wait_until
 
 pytestmark = pytest.mark.redis
 
 
-class Records:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.seen: list[tuple[str, str, Document]] = []
-
-    def record(self, context: OperationContext, document: Document, *, key: str) -> None:
-        with self.lock:
-            self.seen.append((context.operation_id, key, document))
-
-    def hosts(self, operation_id: str) -> set[str]:
-        return {doc["address"] for op_id, _, doc in self.seen if op_id == operation_id and doc["kind"] == "host"}
+def records_of(outbox: list[Sequenced], operation_id: str) -> list[Record]:
+    """The operation's records in the journal's outbox (nothing acked them), each kind and key at most once."""
+    records = [item for item in outbox if isinstance(item, Record) and item.id == operation_id]
+    keys = [(record.kind, record.record.get("address") or record.record.get("network")) for record in records]
+    assert len(keys) == len(set(keys)), keys  # no message ran twice, no record was journalled twice
+    return records
 
 
 @pytest.fixture
 def url(tmp_path: Path) -> Iterator[str]:
     yield embedded_url(tmp_path)
     kill_embedded(tmp_path / "broker.db")
-
-
-@pytest.fixture
-def records(monkeypatch: pytest.MonkeyPatch) -> Records:
-    """The records engineer journals them; here they are only collected."""
-    found = Records()
-    monkeypatch.setattr(
-        OperationContext, "record", lambda self, document, *, key: found.record(self, document, key=key)
-    )
-    return found
 
 
 @pytest.fixture
@@ -61,10 +45,8 @@ def world() -> Iterator[World]:
     discover.DRIVERS.remove(fake)
 
 
-def test_a_discovery_finishes_with_one_running_operation_and_reports_every_host_once(
-    url: str, records: Records, world: World
-) -> None:
-    async def scenario() -> None:
+def test_a_discovery_finishes_with_one_running_operation_and_reports_every_host_once(url: str, world: World) -> None:
+    async def scenario() -> list[Record]:
         async with running(url, max_running_operations=1) as runner:
             assert await runner.submit(op("walk", "networks.discover")) == Accepted(id="walk")
             result = (await collect(runner, ["walk"]))["walk"]
@@ -72,11 +54,15 @@ def test_a_discovery_finishes_with_one_running_operation_and_reports_every_host_
             assert result.data["hosts"] == 6 and result.data["rounds"] == 3
             assert set(result.data) >= {"networks", "swept", "detailed", "learnedPerSource", "dropped", "notes"}
             assert await runner.held() == []
+            records = records_of(await runner.unacked(), "walk")
+            assert records and all(record.seq < result.seq for record in records)  # before its result
+            return records
 
-    asyncio.run(scenario())
-    assert records.hosts("walk") == {"198.18.0.2", "198.18.0.6", "198.18.1.1", "198.18.1.2", "198.18.2.1", "198.18.0.5"}
-    keys = [key for _, key, _ in records.seen]
-    assert len(keys) == len(set(keys))  # no message ran twice
+    records = asyncio.run(scenario())
+    hosts = {record.record["address"] for record in records if record.kind == "host"}
+    assert hosts == {"198.18.0.2", "198.18.0.6", "198.18.1.1", "198.18.1.2", "198.18.2.1", "198.18.0.5"}
+    assert {record.record["address"] for record in records if record.kind == "details"} == set(world.tables)
+    assert {record.record["network"] for record in records if record.kind == "network"} >= {"198.18.1.0/30"}
     assert sorted(world.inspected) == ["198.18.0.2", "198.18.0.6", "198.18.1.1", "198.18.1.2", "198.18.2.1"]
 
 
@@ -110,7 +96,7 @@ class Gate(World):
         return super().inspect(address, request, context)
 
 
-def test_a_cancel_between_messages_stops_the_loop(url: str, records: Records) -> None:
+def test_a_cancel_between_messages_stops_the_loop(url: str) -> None:
     gate = Gate()
     discover.DRIVERS.append(gate)
 

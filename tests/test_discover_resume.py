@@ -45,15 +45,16 @@ def test_an_agent_killed_mid_discovery_is_followed_by_one_that_finishes_it_from_
         before = lines(world)
         second = start(url, tmp_path)
         try:
-            found = read_lines_until(second, "result walk 1", timeout=60)
+            found = read_lines_until(second, "result walk", timeout=60)
         finally:
             second.kill()
             second.wait(10)
     finally:
         first.kill()
         kill_embedded(tmp_path / "broker.db")
-    assert found.count("result walk 1") == 1
-    summary = json.loads(found[-2].removeprefix("data "))
+    assert found.count("result walk") == 1
+    _, seq, data = next(line for line in found if line.startswith("data ")).split(" ", 2)
+    summary = json.loads(data)
     assert summary["hosts"] == 6 and summary["rounds"] == 3
     after = lines(world)[len(before) :]
     sweeps = [line for line in lines(world) if line.startswith("sweep ")]
@@ -62,8 +63,13 @@ def test_an_agent_killed_mid_discovery_is_followed_by_one_that_finishes_it_from_
     inspected = [line.split()[1] for line in lines(world) if line.startswith("inspect ")]
     assert sorted(set(inspected)) == ["198.18.0.2", "198.18.0.6", "198.18.1.1", "198.18.1.2", "198.18.2.1"]
     assert [address for address in inspected if inspected.count(address) > 1] == ["198.18.1.2", "198.18.1.2"]
-    keys = [json.loads(line)["key"] for line in lines(tmp_path / "records.log")]
-    assert {key for key in keys if key.startswith("host:")} == {
-        f"host:{address}"
-        for address in ("198.18.0.2", "198.18.0.6", "198.18.1.1", "198.18.1.2", "198.18.2.1", "198.18.0.5")
-    }
+    records = [line.split(" ", 3) for line in found if line.startswith("record walk ")]
+    seqs = [int(seq) for _, _, seq, _ in records]
+    assert seqs == sorted(set(seqs)) and seqs[-1] < int(seq)  # in order, before the result
+    documents = [json.loads(document) for *_, document in records]
+    keys = [(document["kind"], document.get("address") or document.get("network")) for document in documents]
+    assert len(keys) == len(set(keys)), keys  # each record once, though round 1's learn ran twice
+    assert sorted(address for kind, address in keys if kind == "host") == sorted(
+        ("198.18.0.2", "198.18.0.6", "198.18.1.1", "198.18.1.2", "198.18.2.1", "198.18.0.5")
+    )
+    assert sorted(address for kind, address in keys if kind == "details") == ["198.18.0.6", "198.18.1.2"]
