@@ -42,8 +42,10 @@ def test(c: Context, k: str = "", fast: bool = False, args: str = "") -> None:
 
 @task
 def demo(c: Context) -> None:
-    """The main job that ``./dev install`` ends with: scan a small lab, then one operation via a hub."""
+    """The main job that ``./dev install`` ends with: a discovery that learns a routed lab, a scan of a small
+    lab, then one operation via a hub."""
     with c.cd(str(ROOT)):
+        c.run(f"{PY} -m tests.discoverylab demo", pty=False)
         c.run(f"{PY} -m tests.lab demo", pty=False)
         c.run(f"{PY} -m tests.demo", pty=False)
 

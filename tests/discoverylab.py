@@ -51,6 +51,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -491,16 +492,43 @@ class DiscoveryLab(Lab):
 # --- command line ------------------------------------------------------------------------------
 
 
+def demo() -> int:
+    """The product's main job on this lab: ``ksocket discover`` from the agent's segment, learning the rest,
+    then the fences' counters (nothing may reach D or F); the lab is removed after."""
+    with tempfile.TemporaryDirectory(prefix="kslab-disco-home-") as home:
+        lab = DiscoveryLab(home=Path(home))
+        try:
+            lab.up()
+            command = ["discover", "--seed", SEGMENTS["lan"], *(f"--allow={c}" for c in FENCE_ALLOW)]
+            command += [f"--deny={c}" for c in FENCE_DENY]
+            print(f"discovery lab up in {lab.setup_seconds:.1f} s; from {lab.scanner_ns}:")
+            print("$ ksocket " + " ".join(command))
+            done = lab.run_in_scanner(
+                [sys.executable, "-m", "ksocket.cli", *command],
+                env={**os.environ, "KSOCKET_HOME": str(lab.home)},
+                capture_output=False,
+                timeout=300,
+            )
+            for name in ("denied", "outside"):
+                print(f"fence, the {name} segment's host: {lab.fence_counters(name)}")
+            return done.returncode
+        finally:
+            lab.down()
+
+
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.discoverylab", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="build the discovery lab (namespaces kslab-disco-*)")
     up.add_argument("--home", type=Path, help="the KSOCKET_HOME to write the credential files to")
     sub.add_parser("down", help="remove the discovery lab")
+    sub.add_parser("demo", help="bring the lab up, run ksocket discover in it, show the fences, remove it")
     args = parser.parse_args(list(argv[1:]))
     if os.geteuid() != 0:
         print("the lab needs root (network namespaces)", file=sys.stderr)
         return 1
+    if args.command == "demo":
+        return demo()
     if args.command == "down":
         names = remove_namespaces(DiscoveryLab.prefix)
         print(f"discovery lab down: removed {len(names)} namespaces")
