@@ -18,6 +18,8 @@ flow inside one module, and never leave it, are not KsocketErrors and are not dr
     │   │                         an ErrorCode, one line, and whether a retry may heal it (``transient``)
     │   ├── InvalidParams         invalid-params: refused up front; never retried
     │   ├── Cancelled             cancelled: the hub cancelled it; never retried
+    │   ├── LinkFailed            ksocket.collectors.discovery.engine: an interface can no longer capture or
+    │   │                         send; it ends that interface's paths, the scan goes on with the others
     │   └── Interrupted           tasks.errors: interrupted: its worker is stopping, it runs again later
     │                             (also a dramatiq ``Retry``, so Dramatiq re-enqueues it at once)
     ├── HostKeyStoreError         ksocket.collectors.inspect.hostkeys: the SSH host key file cannot be written
