@@ -46,7 +46,7 @@ def test_flat_lan_full_recall_no_false_positives(scan_lab: Lab) -> None:  # noqa
 def test_routed_subnet_through_the_gateway(scan_lab: Lab) -> None:  # noqa: F811
     result = scan_in(scan_lab, {"targets": [scan_lab.cidr("routed")], "rate": 4000})
     hosts = found(result)
-    assert set(hosts) == scan_lab.expected("routed")
+    assert set(hosts) == scan_lab.expected("routed"), result["stats"]
     router = next(address for address, segment in scan_lab.routers("lan").items())
     for address in scan_lab.truth("routed"):
         assert (
@@ -149,7 +149,7 @@ def test_lossy_lan_still_finds_everyone(scan_lab: Lab) -> None:  # noqa: F811
     hosts = set(found(result))
     expected = scan_lab.expected("lan")
     assert hosts <= expected  # never a false positive
-    assert len(hosts) >= len(expected) - 1
+    assert len(hosts) >= len(expected) - 1, result["stats"]
     assert result["stats"]["lossEstimate"] > 0.15  # 25% each way: ~44% of tries go unanswered
     assert result["stats"]["tries"] >= 4
 
