@@ -105,12 +105,7 @@ class Fence:
             raise InvalidParams(f"mode {described(mode)} is not operations.networksScanMode ({self.scan_mode})")
         if mode != "intranet":
             return params  # a cloud's networks are named by id, not by address
-        rate = params.get("rate")
-        if isinstance(rate, int | float) and rate > self.max_rate:
-            raise InvalidParams(f"rate {rate:g} is over operations.maxRate ({self.max_rate})")
-        narrowed = dict(params)
-        if rate is None and self.max_rate < DEFAULT_RATE:
-            narrowed["rate"] = self.max_rate
+        narrowed = self._rate_capped(params)
         for spec in split_specs(params.get("targets"), "targets"):
             for first, last in parse_one(spec):
                 self._reachable(spec, "target", netaddr.IPSet(netaddr.IPRange(first, last)))
@@ -121,13 +116,18 @@ class Fence:
             narrowed["exclude"] = given + [str(cidr) for cidr in carved.iter_cidrs()]
         return narrowed
 
-    def _discover(self, params: Document) -> Document:
+    def _rate_capped(self, params: Document) -> Document:
+        """A copy of ``params`` whose ``rate`` is within operations.maxRate (InvalidParams for one above it)."""
         rate = params.get("rate")
         if isinstance(rate, int | float) and rate > self.max_rate:
             raise InvalidParams(f"rate {rate:g} is over operations.maxRate ({self.max_rate})")
         narrowed = dict(params)
         if rate is None and self.max_rate < DEFAULT_RATE:
             narrowed["rate"] = self.max_rate
+        return narrowed
+
+    def _discover(self, params: Document) -> Document:
+        narrowed = self._rate_capped(params)
         carved = self.deny | (_EVERY_ADDRESS - self.allow)
         if carved:
             deny = params.get("deny")

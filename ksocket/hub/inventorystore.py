@@ -28,8 +28,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -48,6 +47,7 @@ from ksocket.hub.inventory import (
     diff,
     key_order,
 )
+from ksocket.hub.store import Database, Store
 
 SCHEMA_VERSION: Final = 1
 BUSY_TIMEOUT: Final = 10.0
@@ -175,12 +175,10 @@ def _fields(text: str) -> Fields:
     return Fields.from_document(json.loads(text))
 
 
-class InventoryStore:
+class InventoryStore(Database):
     """One connection to the hub's database for the inventory; used from one thread."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        from ksocket.hub.store import Store
-
         self.path = Path(path)
         Store(self.path).close()  # the hub's file, created private, with the tables records come from
         try:
@@ -200,25 +198,6 @@ class InventoryStore:
                 db.execute("INSERT INTO inventory_schema (version) VALUES (?)", (SCHEMA_VERSION,))
             elif row[0] > SCHEMA_VERSION:
                 raise HubError(f"{self.path}: inventory made by a newer hub (schema {row[0]}, this one knows 1)")
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> InventoryStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     # ------------------------------------------------------------------ the core in and out
 

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Self
 
 from ksocket import paths
 from ksocket.hub import tokens
@@ -254,7 +254,34 @@ def _clamp(value: int) -> int:
 # --------------------------------------------------------------------------- the store
 
 
-class Store:
+class Database:
+    """An open SQLite file of the hub's (``_db``): closed by :meth:`close` or a ``with`` block, written in short
+    transactions (:meth:`_write`). :class:`Store` and the inventory's store are ones."""
+
+    _db: sqlite3.Connection
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction, taken at once so that it never waits half-way."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+
+class Store(Database):
     """One open connection to the hub's database; see the module docstring."""
 
     def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time) -> None:
@@ -290,26 +317,6 @@ class Store:
                     " + COALESCE(length(CAST(error AS BLOB)), 0)), 0) FROM results WHERE results.slot = slots.name)"
                 )
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-    def close(self) -> None:
-        self._db.close()
-
-    def __enter__(self) -> Store:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One short write transaction, taken at once so that it never waits half-way."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     def _rows(self, sql: str, args: Iterable[object] = ()) -> list[sqlite3.Row]:
         return list(self._db.execute(sql, tuple(args)).fetchall())
