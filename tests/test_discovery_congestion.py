@@ -24,6 +24,7 @@ from ksocket.collectors.discovery.timing import Window
 from ksocket.protocol import ErrorCode
 from tests.lab import Lab
 from tests.labtools import make_lab, scan_in  # noqa: F401  (fixture)
+from tests.test_discovery_core import Wire
 
 SCANNER, SCANNER1 = to_int("198.18.0.1"), to_int("198.18.4.1")
 GATEWAY = to_int("198.18.0.254")
@@ -139,26 +140,6 @@ def scheduler_for(targets: str, methods: str = "arp icmp tcp", *, rate: float = 
     scheduler = Scheduler(parse_targets([targets]), TABLE, settings, open_path)
     scheduler.start(0.0)
     return scheduler
-
-
-class Wire:
-    """Sends what the scheduler has due, a packet a millisecond (its rate)."""
-
-    def __init__(self, scheduler: Scheduler, now: float = 0.0) -> None:
-        self.scheduler = scheduler
-        self.now = now
-
-    def send(self, count: int) -> list[tuple[int, str, int]]:
-        out = []
-        for _ in range(count):
-            due = self.scheduler.next_packet(self.now)
-            if due is None:
-                break
-            probe, bit = due
-            self.scheduler.sent(probe, self.now, self.now)
-            out.append((probe.target, probe.path.stage, bit))
-            self.now += 0.001
-        return out
 
 
 def arp_answer(target: int) -> Evidence:

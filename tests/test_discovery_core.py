@@ -49,9 +49,9 @@ def scheduler_for(targets: str, methods: str = "arp icmp tcp", *, open_paths: bo
 class Wire:
     """Sends what the scheduler has due at 1 ms a packet (its rate) and remembers it."""
 
-    def __init__(self, scheduler: Scheduler) -> None:
+    def __init__(self, scheduler: Scheduler, now: float = 0.0) -> None:
         self.scheduler = scheduler
-        self.now = 0.0
+        self.now = now
         self.sent: list[tuple[int, str, int]] = []  # target, stage, bit
 
     def send(self, count: int) -> list[tuple[int, str, int]]:

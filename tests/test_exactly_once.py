@@ -303,6 +303,16 @@ def agent_process(home: Path, *, test_operations: bool = False) -> Iterator[subp
         log.close()
 
 
+def write_agent_home(home: Path, port: int, token: str) -> None:
+    """The settings of an agent process that resumes patiently to the hub on ``port`` of this host."""
+    write_home_config(
+        home,
+        f'logfile = "-"\nloglevel = "WARNING"\n[connect]\nhost = "127.0.0.1"\nport = {port}\n'
+        f'protocol = "ws"\ntoken = "{token}"\nheartbeatInterval = 0.5\nheartbeatTimeout = 1.0\n'
+        "resumeRetries = 1000\nresumeThreshold = 1.0\nmaxOperations = 1000\n",
+    )
+
+
 def test_agent_sigkilled_and_restarted_loses_nothing(tmp_path: Path) -> None:
     rounds = ROUNDS or 3
     rng = random.Random(9)
@@ -311,12 +321,7 @@ def test_agent_sigkilled_and_restarted_loses_nothing(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with RecordingHub(tmp_path / "hub.db", heartbeat_interval=0.5, heartbeat_timeout=1.0) as hub:
             token = hub.store.add_slot(SLOT)
-            write_home_config(
-                home,
-                f'logfile = "-"\nloglevel = "WARNING"\n[connect]\nhost = "127.0.0.1"\nport = {hub.port}\n'
-                f'protocol = "ws"\ntoken = "{token}"\nheartbeatInterval = 0.5\nheartbeatTimeout = 1.0\n'
-                "resumeRetries = 1000\nresumeThreshold = 1.0\nmaxOperations = 1000\n",
-            )
+            write_agent_home(home, hub.port, token)
             accepted: set[str] = set()
             for _ in range(rounds):
                 with agent_process(home) as process:
@@ -345,12 +350,7 @@ def test_agent_sigkilled_in_the_middle_of_recording_ends_with_every_record_once(
     async def scenario() -> None:
         async with RecordingHub(tmp_path / "hub.db", heartbeat_interval=0.5, heartbeat_timeout=1.0) as hub:
             token = hub.store.add_slot(SLOT)
-            write_home_config(
-                home,
-                f'logfile = "-"\nloglevel = "WARNING"\n[connect]\nhost = "127.0.0.1"\nport = {hub.port}\n'
-                f'protocol = "ws"\ntoken = "{token}"\nheartbeatInterval = 0.5\nheartbeatTimeout = 1.0\n'
-                "resumeRetries = 1000\nresumeThreshold = 1.0\nmaxOperations = 1000\n",
-            )
+            write_agent_home(home, hub.port, token)
             counts: dict[str, int] = {}
             for _ in range(rounds):
                 with agent_process(home, test_operations=True) as process:
