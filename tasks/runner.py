@@ -35,7 +35,7 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -52,6 +52,7 @@ from ksocket.protocol import Accepted, Admission, ErrorCode, Operation, Progress
 from ksocket.redact import described
 from tasks.broker import NAMESPACE, warn_unless_append_only
 from tasks.errors import BrokerError, InvalidParams, OperationFailed
+from tasks.journal import Admission as JournalAdmission
 from tasks.journal import Held
 from tasks.operations import REGISTRY, Registry
 from tasks.pipeline import Pipeline, Timings
@@ -238,17 +239,25 @@ class PipelineRunner:
             raise BrokerError(f"the broker's Redis cannot be reached: {exc}") from None
 
     async def submit(self, operation: Operation) -> Admission:
-        # in a thread, validation too: it may parse thousands of targets or import a cloud SDK
-        return await self._redis(self._submit, self.pipeline, operation)
+        return (await self.submit_many([operation]))[0]
 
-    def _submit(self, pipeline: Pipeline, operation: Operation) -> Admission:
-        checked = self._check(pipeline, operation)
-        if isinstance(checked, Refused):
-            known = pipeline.journal.lookup(operation.id)
-            if isinstance(known, Result):
-                return known
-            return Accepted(id=operation.id) if known == "held" else checked
-        return self._admit(pipeline, checked)
+    async def submit_many(self, operations: Sequence[Operation]) -> list[Admission]:
+        # in a thread, validation too: it may parse thousands of targets or import a cloud SDK
+        return await self._redis(self._submit, self.pipeline, operations)
+
+    def _submit(self, pipeline: Pipeline, operations: Sequence[Operation]) -> list[Admission]:
+        """The answers in order: those refused before admission, then the others admitted in one step."""
+        checked = [self._check(pipeline, operation) for operation in operations]
+        admitted = iter(self._admit(pipeline, [op for op in checked if isinstance(op, Operation)]))
+        return [self._refused(pipeline, op) if isinstance(op, Refused) else next(admitted) for op in checked]
+
+    @staticmethod
+    def _refused(pipeline: Pipeline, refused: Refused) -> Admission:
+        """A refusal, unless the id is known already: its stored result, or Accepted while it is held."""
+        known = pipeline.journal.lookup(refused.id)
+        if isinstance(known, Result):
+            return known
+        return Accepted(id=refused.id) if known == "held" else refused
 
     def _check(self, pipeline: Pipeline, operation: Operation) -> Operation | Refused:
         """The operation as the fence narrows it, or why it is refused (its params, then the fence)."""
@@ -266,32 +275,27 @@ class PipelineRunner:
             return Refused(id=operation.id, reason=ErrorCode.INVALID_PARAMS, message=f"{exc.code}: {exc}")
         return dataclasses.replace(operation, params=params)
 
-    def _admit(self, pipeline: Pipeline, operation: Operation) -> Admission:
-        with pipeline.admitting(operation.id):
-            return self._admit_and_enqueue(pipeline, operation)
+    def _admit(self, pipeline: Pipeline, operations: list[Operation]) -> list[Admission]:
+        if not operations:
+            return []
+        return [
+            self._answer(op.id, answer)
+            for op, answer in zip(operations, pipeline.admit(operations, self.max_operations), strict=True)
+        ]
 
-    def _admit_and_enqueue(self, pipeline: Pipeline, operation: Operation) -> Admission:
-        answer = pipeline.journal.admit(operation.id, operation.name, operation.params, self.max_operations)
+    def _answer(self, operation_id: str, answer: Result | JournalAdmission) -> Admission:
         if isinstance(answer, Result):
             return answer
-        if answer == "held":
-            return Accepted(id=operation.id)
         if answer == "acked":
             # The hub acked its result, so it has it: never run it again, and nothing more will come.
-            log.info("operation %s was sent again after its result was acked: not run again", operation.id)
-            return Accepted(id=operation.id)
+            log.info("operation %s was sent again after its result was acked: not run again", operation_id)
         if answer == "quota":
             return Refused(
-                id=operation.id,
+                id=operation_id,
                 reason=ErrorCode.QUOTA,
                 message=f"{self.max_operations} operations are queued or running (connect.maxOperations)",
             )
-        try:
-            pipeline.enqueue(operation.id, operation.name, operation.params)
-        except BaseException:
-            pipeline.journal.release(operation.id)
-            raise
-        return Accepted(id=operation.id)
+        return Accepted(id=operation_id)
 
     async def cancel(self, operation_id: str) -> None:
         state = await self._redis(self.pipeline.journal.cancel, operation_id)

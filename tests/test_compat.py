@@ -90,6 +90,38 @@ def test_messages_live_in_the_hashes_message_hashes_names_queued_delayed_and_fet
     consumer.close()
 
 
+class Hooks(Middleware):
+    def __init__(self) -> None:
+        self.heard: list[tuple[str, str | None]] = []
+
+    def before_enqueue(self, broker: Any, message: Message[Any], delay: int) -> None:
+        self.heard.append(("before", message.options.get("redis_message_id")))
+
+    def after_enqueue(self, broker: Any, message: Message[Any], delay: int) -> None:
+        self.heard.append(("after", message.options.get("redis_message_id")))
+
+
+def test_a_message_queued_message_prepares_is_written_as_enqueue_writes_it_and_a_consumer_takes_it(
+    broker: KsocketBroker,
+) -> None:
+    broker.declare_queue("q")
+    hooks = Hooks()
+    broker.add_middleware(hooks)
+    broker.enqueue(_message("q", "by dramatiq"))
+    ids = [data.decode() for data in broker.redis.lrange("compat:q", 0, -1)]
+    assert [Message.decode(broker.redis.hget("compat:q.msgs", id)).args for id in ids] == [("by dramatiq",)]
+    message, queued = compat.queued_message(broker, _message("q", "by a script"))
+    assert (queued.queue, queued.messages) == ("compat:q", "compat:q.msgs")
+    assert queued.id == message.options["redis_message_id"] and Message.decode(queued.data).args == ("by a script",)
+    broker.redis.hset(queued.messages, queued.id, queued.data)  # what the journal's admission script does
+    broker.redis.rpush(queued.queue, queued.id)
+    compat.after_enqueue(broker, message)
+    assert hooks.heard[2:] == [("before", queued.id), ("after", queued.id)]  # as enqueue's hooks heard them
+    consumer = broker.consume("q", prefetch=2, timeout=1000)
+    assert [next(consumer).args for _ in range(2)] == [("by dramatiq",), ("by a script",)]  # type: ignore[union-attr]
+    consumer.close()
+
+
 def test_a_redis_broker_has_an_id_and_a_stub_broker_gets_a_stand_in(broker: KsocketBroker) -> None:
     assert compat.broker_id(broker) == broker.broker_id and len(broker.broker_id) >= 32
     assert compat.broker_id(StubBroker()) == "worker"

@@ -592,6 +592,24 @@ def test_finishing_is_at_most_once_per_id(url: str) -> None:
         pipeline.close()
 
 
+def test_a_batch_is_admitted_in_order_with_its_messages_and_the_quota_counts_the_batch(url: str) -> None:
+    pipeline = Pipeline(url, timings=FAST, namespace="unit")
+    try:
+        journal = pipeline.journal
+        assert journal.admit("done", "test.echo", {}, 5) == "admitted"
+        journal.start("done", "w/1", lease=10)
+        journal.finish("done", encode_success({"x": 1}))
+        batch = [op(name, "test.echo", n=n) for n, name in enumerate(["a", "b", "a", "done", "c", "d"])]
+        answers = pipeline.admit(batch, 3)
+        assert answers == ["admitted", "admitted", "held", Result.success(id="done", seq=1, data={"x": 1}), "admitted",
+                           "quota"]  # fmt: skip
+        assert pipeline.queued_ids() == {"a", "b", "c"}  # each admitted one's message, in the same step
+        assert {held.id: held.params for held in journal.held()} == {"a": {"n": 0}, "b": {"n": 1}, "c": {"n": 4}}
+        assert pipeline.orphans(age=0) == []
+    finally:
+        pipeline.close()
+
+
 def test_an_attempt_holds_its_operation_while_its_lease_lasts_and_renewals_extend_it(url: str) -> None:
     pipeline = Pipeline(url, timings=FAST, namespace="unit")
     try:
