@@ -2,23 +2,25 @@
 
 :class:`PipelineRunner` is what the link talks to. ``submit`` admits an operation (dedupe by id,
 unknown names and invalid params refused, params narrowed to the operator's fence or refused beyond
-it (:mod:`ksocket.fence`), the ``connect.maxOperations`` quota) and enqueues it;
-a Dramatiq worker in this process (``connect.maxRunningOperations`` threads) and any worker
-started with ``ksocket worker`` against the same Redis run it; its result lands in the journal.
+it (:mod:`ksocket.fence`), the ``connect.maxOperations`` quota) and enqueues it; ``submit_many``
+does the same for the operations that arrived together, held and enqueued in one step (one Redis
+call, one fsync, however many there are: :meth:`tasks.pipeline.Pipeline.admit`). A Dramatiq
+worker in this process (``connect.maxRunningOperations`` threads) and any worker started with
+``ksocket worker`` against the same Redis run it; its result lands in the journal.
 ``next_event`` hands out progress, new records and new results as they appear in the journal,
 whichever process produced them, records and results in seq order; ``unacked`` and ``acknowledge``
 read and trim the journal.
 
 Blocking Redis calls run in threads (``asyncio.to_thread``). A background task follows the
-journal's event stream (and, as a safety net, the journal itself) and fills a small buffer that
-``next_event`` drains: progress reports of one operation coalesce to the latest, and no more than
-:data:`BUFFERED` results and records wait there; the rest stay in Redis until there is room (and
-are read without waiting for another event once there is).
+journal's event stream, reads the journal's new results and records in the same thread hop, and
+fills a small buffer that ``next_event`` drains: progress reports of one operation coalesce to the
+latest, and no more than :data:`BUFFERED` results and records wait there; the rest stay in Redis
+until there is room (and are read without waiting for another event once there is).
 
 After a restart on the same broker, every operation still held finishes: its message is still
 queued, or Dramatiq requeues it once the dead worker's heartbeat is ``heartbeat_timeout`` old, or
-the runner finds it has no message at all (killed between admitting and enqueueing) and enqueues
-it again (``recover_interval``, ``orphan_age``).
+the runner finds it has no message at all (a message lost) and enqueues it again
+(``recover_interval``, ``orphan_age``).
 
 The seq count lives in Redis, the agent id in a file (:class:`~ksocket.identity.Identity`). If the
 Redis lost its data (no append-only file, broker.db deleted), seq would start again at 1 under the
@@ -53,7 +55,7 @@ from ksocket.redact import described
 from tasks.broker import NAMESPACE, warn_unless_append_only
 from tasks.errors import BrokerError, InvalidParams, OperationFailed
 from tasks.journal import Admission as JournalAdmission
-from tasks.journal import Held
+from tasks.journal import Held, Journal
 from tasks.operations import REGISTRY, Registry
 from tasks.pipeline import Pipeline, Timings
 
@@ -115,6 +117,16 @@ class _Events:
                     return progress
             self._ready.clear()
             await self._ready.wait()
+
+
+def _read_journal(
+    journal: Journal, last_event: str, block: float, after: int, room: int
+) -> tuple[list[tuple[str, dict[str, str]]], list[Sequenced]]:
+    """In one thread hop: the journal's events after ``last_event`` (waiting up to ``block`` for the first), then
+    up to ``room`` results and records above seq ``after``. These come from the journal itself, not from the
+    events, so a trimmed stream or a missed event loses none."""
+    events = journal.read_events(last_event, block)
+    return events, journal.outbox(after, room) if room else []
 
 
 def _own_networks() -> list[str]:
@@ -330,23 +342,20 @@ class PipelineRunner:
         more = False  # the last read of the journal filled the outbox: more may wait there
         while True:
             try:
-                events = await asyncio.to_thread(journal.read_events, last_event, 0.0 if more else wait)
+                room = self._events.room
+                events, found = await asyncio.to_thread(
+                    _read_journal, journal, last_event, 0.0 if more else wait, self._last_seq, room
+                )
                 for event_id, fields in events:
                     last_event = event_id
                     if fields.get("kind") == "progress":
                         self._events.put(
                             Progress(id=fields["id"], done=int(fields["done"]), total=int(fields["total"]))
                         )
-                # Results and records come from the journal itself, so a trimmed stream or a missed event
-                # loses none.
-                room = self._events.room
-                more = False
-                if room:
-                    found = await asyncio.to_thread(journal.outbox, self._last_seq, room)
-                    more = len(found) == room
-                    for item in found:
-                        self._last_seq = item.seq
-                        self._events.put(item)
+                more = bool(room) and len(found) == room
+                for item in found:
+                    self._last_seq = item.seq
+                    self._events.put(item)
                 if time.monotonic() >= next_recovery:
                     next_recovery = time.monotonic() + self.timings.recover_interval
                     await asyncio.to_thread(pipeline.recover)

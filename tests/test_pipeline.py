@@ -546,7 +546,7 @@ def test_stop_interrupts_a_running_operation_and_the_next_runner_finishes_it(url
 def test_an_operation_held_without_a_message_is_enqueued_again(url: str) -> None:
     async def scenario() -> None:
         async with running(url) as runner:
-            # what an agent killed between admitting and enqueueing leaves behind
+            # a held operation whose message was lost (admission holds and enqueues in one step)
             journal = runner.pipeline.journal
             assert await asyncio.to_thread(journal.admit, "orphan", "test.echo", {"x": 1}, 10) == "admitted"
             result = (await collect(runner, ["orphan"], timeout=FAST.recover_interval + FAST.orphan_age + 5))["orphan"]
