@@ -120,13 +120,14 @@ class _Events:
 
 
 def _read_journal(
-    journal: Journal, last_event: str, block: float, after: int, room: int
-) -> tuple[list[tuple[str, dict[str, str]]], list[Sequenced]]:
+    journal: Journal, last_event: str, block: float, after: int, room: Callable[[], int]
+) -> tuple[list[tuple[str, dict[str, str]]], list[Sequenced], int]:
     """In one thread hop: the journal's events after ``last_event`` (waiting up to ``block`` for the first), then
-    up to ``room`` results and records above seq ``after``. These come from the journal itself, not from the
-    events, so a trimmed stream or a missed event loses none."""
+    as many results and records above seq ``after`` as there is ``room()`` for once they came (returned too).
+    These come from the journal itself, not from the events, so a trimmed stream or a missed event loses none."""
     events = journal.read_events(last_event, block)
-    return events, journal.outbox(after, room) if room else []
+    space = room()  # an int the loop's thread keeps: read here, it may only have grown since
+    return events, journal.outbox(after, space) if space else [], space
 
 
 def _own_networks() -> list[str]:
@@ -342,9 +343,8 @@ class PipelineRunner:
         more = False  # the last read of the journal filled the outbox: more may wait there
         while True:
             try:
-                room = self._events.room
-                events, found = await asyncio.to_thread(
-                    _read_journal, journal, last_event, 0.0 if more else wait, self._last_seq, room
+                events, found, room = await asyncio.to_thread(
+                    _read_journal, journal, last_event, 0.0 if more else wait, self._last_seq, lambda: self._events.room
                 )
                 for event_id, fields in events:
                     last_event = event_id
