@@ -34,12 +34,12 @@ def test_calls_made_together_share_commits_and_each_is_on_disk_once_answered(tmp
             statements: list[str] = []
             await db.call(trace_commits, statements)
             count = 2 * GROUP_LIMIT + 10
-            ids = await asyncio.gather(
-                *(db.call(Store.add_operation, "a", "test.echo", {"n": n}) for n in range(count))
-            )
-            commits = statements.count("COMMIT")
-            assert 3 <= commits < count // 10  # a few groups, none over the limit
-            assert statements.count("BEGIN IMMEDIATE") == commits
+            release = await hold(db)
+            calls = asyncio.gather(*(db.call(Store.add_operation, "a", "test.echo", {"n": n}) for n in range(count)))
+            await asyncio.sleep(0)  # every call queued behind the held thread
+            release.set()
+            ids = await calls
+            assert statements.count("BEGIN IMMEDIATE") == statements.count("COMMIT") == 3  # groups of at most the limit
             with Store(tmp_path / "hub.db") as other:  # another connection sees every answered write
                 assert [op.params["n"] for op in other.operations("a")] == list(range(count))
                 assert {op.id for op in other.operations("a")} == set(ids)
@@ -85,6 +85,33 @@ def test_a_call_cancelled_before_it_ran_is_not_run(tmp_path: Path) -> None:
             with pytest.raises(asyncio.CancelledError):
                 await dropped
             assert [op.id for op in await db.call(Store.operations, "a")] == ["kept"]
+        finally:
+            await db.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_job_a_call_queues_runs_after_its_commit_and_before_any_call_made_once_that_call_is_answered(
+    tmp_path: Path,
+) -> None:
+    """What the hub's import of a result relies on: queued in the thread by the call that commits the result,
+    it runs before anything asked once that result is acked, however the calls were grouped."""
+
+    async def scenario() -> None:
+        db = await StoreThread.open(tmp_path / "hub.db")
+        order: list[str] = []
+
+        def hand_a_job(store: Store) -> None:
+            db.then(lambda store: order.append("handed"))
+
+        try:
+            release = await hold(db)
+            calls = asyncio.gather(db.call(hand_a_job), *(db.call(Store.slots) for _ in range(5)))
+            await asyncio.sleep(0)
+            release.set()
+            await calls
+            await db.call(lambda store: order.append("asked after"))
+            assert order == ["handed", "asked after"]
         finally:
             await db.close()
 

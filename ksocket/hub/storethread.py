@@ -12,7 +12,8 @@ poller's claims, heartbeats) wait for it together, and it runs them, up to ``GRO
 transaction (``Store.group``), each call in a savepoint of its own, so that one call that fails
 undoes its own writes only. One fsync then makes them all durable, and no call is answered before
 it: a call's answer always means its writes are on disk. A call that finds the thread idle runs in
-its own transaction, as before.
+its own transaction, as before. A job that a call queues for after its commit (:meth:`StoreThread.then`)
+runs alone, before every call made after it.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ T = TypeVar("T")
 GROUP_LIMIT: Final = 256
 """Calls committed together, at most: a group holds the database's write lock while it runs."""
 
-_Call = tuple[Callable[[], Any], "Future[Any]"]
+_Call = tuple[Callable[[], Any], "Future[Any]", bool]  # the job, its answer, whether it may join a group
 
 
 class StoreThread:
@@ -76,19 +77,30 @@ class StoreThread:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._store.close)
         self._executor.shutdown()
 
-    def _queue(self, job: Callable[[], Any]) -> Future[Any]:
+    def then(self, method: Callable[[Store], object]) -> None:
+        """From a call running in the database's thread: ``method(store)`` runs next, alone, once that call is
+        committed, and before every call made after it (so before any made once that call's caller has its
+        answer); an error is logged."""
+        self._queue(functools.partial(method, self._store), grouped=False).add_done_callback(
+            functools.partial(_log_failure, getattr(method, "__name__", "a job"))
+        )
+
+    def _queue(self, job: Callable[[], Any], *, grouped: bool = True) -> Future[Any]:
         future: Future[Any] = Future()
-        self._waiting.append((job, future))
+        self._waiting.append((job, future, grouped))
         self._executor.submit(self._run_waiting)
         return future
 
     def _run_waiting(self) -> None:
-        """In the database's thread: the calls waiting (up to GROUP_LIMIT), alone or as one group commit."""
+        """In the database's thread: the calls waiting, in order, up to GROUP_LIMIT and the first that may not join
+        a group, alone or as one group commit."""
         calls: list[_Call] = []
-        while self._waiting and len(calls) < GROUP_LIMIT:
+        while self._waiting and len(calls) < GROUP_LIMIT and (not calls or self._waiting[0][2]):
             call = self._waiting.popleft()
             if call[1].set_running_or_notify_cancel():  # a call cancelled before it ran is not run, as in an executor
                 calls.append(call)
+            if not call[2]:
+                break
         if len(calls) == 1:
             _answer(calls[0][1], *_outcome(calls[0][0]))
         elif calls:
@@ -97,12 +109,12 @@ class StoreThread:
     def _run_group(self, calls: list[_Call]) -> None:
         try:
             with self._store.group():
-                outcomes = [_outcome(job) for job, _ in calls]
+                outcomes = [_outcome(job) for job, _, _ in calls]
         except BaseException as exc:  # the commit failed: nothing of the group was written
-            for _, future in calls:
+            for _, future, _ in calls:
                 future.set_exception(exc)
             return
-        for (_, future), outcome in zip(calls, outcomes, strict=True):
+        for (_, future, _), outcome in zip(calls, outcomes, strict=True):
             _answer(future, *outcome)
 
 
