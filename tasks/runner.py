@@ -120,14 +120,13 @@ class _Events:
 
 
 def _read_journal(
-    journal: Journal, last_event: str, block: float, after: int, room: Callable[[], int]
-) -> tuple[list[tuple[str, dict[str, str]]], list[Sequenced], int]:
+    journal: Journal, last_event: str, block: float, after: int, room: int
+) -> tuple[list[tuple[str, dict[str, str]]], list[Sequenced]]:
     """In one thread hop: the journal's events after ``last_event`` (waiting up to ``block`` for the first), then
-    as many results and records above seq ``after`` as there is ``room()`` for once they came (returned too).
-    These come from the journal itself, not from the events, so a trimmed stream or a missed event loses none."""
+    up to ``room`` results and records above seq ``after``. These come from the journal itself, not from the
+    events, so a trimmed stream or a missed event loses none."""
     events = journal.read_events(last_event, block)
-    space = room()  # an int the loop's thread keeps: read here, it may only have grown since
-    return events, journal.outbox(after, space) if space else [], space
+    return events, journal.outbox(after, room) if room else []
 
 
 def _own_networks() -> list[str]:
@@ -343,8 +342,9 @@ class PipelineRunner:
         more = False  # the last read of the journal filled the outbox: more may wait there
         while True:
             try:
-                events, found, room = await asyncio.to_thread(
-                    _read_journal, journal, last_event, 0.0 if more else wait, self._last_seq, lambda: self._events.room
+                room = self._events.room
+                events, found = await asyncio.to_thread(
+                    _read_journal, journal, last_event, 0.0 if more else wait, self._last_seq, room
                 )
                 for event_id, fields in events:
                     last_event = event_id
