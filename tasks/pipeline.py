@@ -42,7 +42,8 @@ class Timings:
     """A worker silent this long counts as dead: the messages it held go back on the queue. Also the
     lease of a running operation (on Redis's clock): another attempt may start it once that ends."""
     requeue_interval: float = brokers.DEFAULT_REQUEUE_INTERVAL
-    """How often each consumer thread looks for dead workers' messages to requeue."""
+    """How often each consumer thread looks for dead workers' messages to requeue, and for the messages a lost
+    fetch reply left in its own worker's ack set (:meth:`tasks.compat.MaintainedRedisBroker.reclaim`)."""
     worker_timeout: float = 1.0
     """Longest idle poll of a consumer (also how often an idle worker heartbeats)."""
     time_limit_interval: float = 1.0

@@ -555,6 +555,36 @@ def test_an_operation_held_without_a_message_is_enqueued_again(url: str) -> None
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("lost_as", ["an error", "a retry"])
+def test_an_operation_whose_fetch_lost_its_reply_still_runs_once(url: str, lost_as: str) -> None:
+    # Issue 13's lost operation: Redis ran a consumer's fetch (the message went into this live worker's ack set)
+    # and the reply never came back (a Redis restart, a broken socket): the consumer gets the error, or redis-py
+    # retries the command and the consumer gets the reply of a second fetch. The worker keeps heartbeating, so
+    # Dramatiq's maintenance never gives the message back, and the journal counts it as queued.
+    async def scenario() -> None:
+        async with running(url, max_running_operations=1) as runner:
+            broker = runner.pipeline.broker
+            fetch = broker.do_fetch
+            lost: list[bytes] = []
+
+            def fetch_losing_the_first_reply(queue: str, count: int) -> list[bytes]:
+                fetched: list[bytes] = fetch(queue, count)
+                if fetched and not lost:
+                    lost.extend(fetched)
+                    if lost_as == "an error":
+                        raise redis.ConnectionError("the reply of a fetch, lost")
+                    return list(fetch(queue, count))
+                return fetched
+
+            broker.do_fetch = fetch_losing_the_first_reply  # type: ignore[attr-defined]
+            assert await runner.submit(op("lost", name="test.counted")) == Accepted(id="lost")
+            result = (await collect(runner, ["lost"], timeout=FAST.heartbeat_timeout + 5))["lost"]
+            assert lost and result.ok
+            assert runs(broker.redis) == {"lost": 1}
+
+    asyncio.run(scenario())
+
+
 def test_a_message_for_an_actor_no_worker_has_ends_its_operation_with_internal(url: str) -> None:
     async def scenario() -> None:
         async with running(url) as runner:
