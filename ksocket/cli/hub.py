@@ -550,8 +550,7 @@ def cmd_topology(args: argparse.Namespace) -> int:
             raise HubCommandError(str(exc)) from None
         topology = inventory.topology(snapshot)
     if args.json:
-        document = topology.as_document()
-        print(json.dumps(document | {"taken": _when(snapshot.taken)}, ensure_ascii=False))
+        print(json.dumps(topology.as_document(), ensure_ascii=False))
         return 0
     node_of = topology.node_of()
 

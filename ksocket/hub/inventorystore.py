@@ -21,6 +21,10 @@ Tables
 
 A merge rewrites the merged node's history (snapshots, changes, addresses) to the kept id, so that
 diffs see one machine; ``hub node`` of a merged id names the node it became.
+
+The running hub imports a discovery as its result is stored (:func:`import_result`, in its database
+thread, through :meth:`InventoryStore.sharing` its one connection); :meth:`InventoryStore.topology` is what
+``hub topology`` and the web page draw.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -535,7 +540,7 @@ class Topology:
             "operation": self.snapshot.operation_id,
             "slot": self.snapshot.slot,
             "network": self.snapshot.network,
-            "taken": self.snapshot.taken,
+            "taken": datetime.fromtimestamp(self.snapshot.taken, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "nodes": [
                 {
                     "id": node.id,
