@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import time
 import uuid
 from collections.abc import Collection, Sequence
@@ -58,24 +59,17 @@ class Schedules:
         row = self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schedules'").fetchone()
         return row is not None
 
-    def _setup(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
-            row = self._db.execute("SELECT version FROM schedule_schema").fetchone()
-            if row is None:
-                self._db.execute("INSERT INTO schedule_schema (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif row[0] > SCHEMA_VERSION:
-                raise HubError(
-                    f"{self._store.path}: schedules made by a newer hub (schema {row[0]}, this one knows"
-                    f" {SCHEMA_VERSION})"
-                )
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _setup(self, db: sqlite3.Connection) -> None:
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        row = db.execute("SELECT version FROM schedule_schema").fetchone()
+        if row is None:
+            db.execute("INSERT INTO schedule_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+        elif row[0] > SCHEMA_VERSION:
+            raise HubError(
+                f"{self._store.path}: schedules made by a newer hub (schema {row[0]}, this one knows {SCHEMA_VERSION})"
+            )
 
     def add(self, slot: str, params: dict[str, Any], every: float, first_due: float) -> int:
         """A schedule of ``networks.discover`` with ``params`` (checked by the caller) on ``slot``, due first at
@@ -85,11 +79,12 @@ class Schedules:
             raise HubError(f"no slot named {slot!r} (ksocket hub token list shows them)")
         if found.revoked is not None:
             raise HubError(f"slot {slot!r} is revoked")
-        self._setup()
-        cursor = self._db.execute(
-            "INSERT INTO schedules (slot, params, every, created, next_due) VALUES (?, ?, ?, ?, ?)",
-            (slot, json.dumps(params, ensure_ascii=False), every, time.time(), first_due),
-        )
+        with self._store._write() as db:  # the store's own transaction, on its connection
+            self._setup(db)
+            cursor = db.execute(
+                "INSERT INTO schedules (slot, params, every, created, next_due) VALUES (?, ?, ?, ?, ?)",
+                (slot, json.dumps(params, ensure_ascii=False), every, time.time(), first_due),
+            )
         return int(cursor.lastrowid or 0)
 
     def schedules(self) -> list[Schedule]:
