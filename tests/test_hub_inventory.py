@@ -122,15 +122,24 @@ def test_a_failing_import_is_one_line_and_loses_neither_the_result_nor_the_link(
     assert cli.main(["hub", "inventory", "import", op_id, "--db", str(db)]) == 0  # taken again by hand
 
 
-def test_a_result_of_another_operation_is_not_imported(db: Path) -> None:
+def test_another_operations_result_or_a_failed_discovery_is_not_imported(
+    db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     token = add_slot(db)
 
     async def main() -> None:
         async with RecordingHub(db) as hub:
-            op_id = await hub.submit("s1", "system.info")
+            info = await hub.submit("s1", "system.info")
+            discover = await hub.submit("s1", "networks.discover")
             client, _ = await authenticated(hub.url, token)
             await client.expect(Operation)
-            await client.send(Result.success(id=op_id, seq=1, data={}))
+            await client.expect(Operation)
+            await client.send(Result.success(id=info, seq=1, data={}))
+            await client.expect(Ack)
+            kind, document = DISCOVERED[0]
+            await client.send(Record(id=discover, seq=2, record={"kind": kind, **document}))
+            await client.expect(Ack)
+            await client.send(Result.failure(id=discover, seq=3, code="internal", message="the sweep failed"))
             await client.expect(Ack)
             await settled(hub)
             await client.close()
@@ -138,6 +147,7 @@ def test_a_result_of_another_operation_is_not_imported(db: Path) -> None:
     run(main())
     with InventoryStore(db) as inventory:
         assert inventory.snapshots() == []
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_a_due_schedule_fires_once_across_a_restart_of_the_hub(db: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -582,16 +582,19 @@ def import_result(store: Store, operation_id: str) -> int | None:
     """Imports operation ``operation_id``'s discovery into the inventory, on ``store``'s connection, when it
     is a ``networks.discover`` whose result is a success: returns its snapshot's id, else None. Idempotent,
     as ``hub inventory import`` (which does the same on a connection of its own)."""
-    operation = store.operation(operation_id)
-    result = store.result_for(operation_id)
-    if operation is None or operation.name != "networks.discover" or result is None or not result.ok:
+    operation = store.operation(operation_id)  # its name first: another operation's result is never read
+    if operation is None or operation.name != "networks.discover":
         return None
     with plain_rows(store):
         inventory = InventoryStore.sharing(store)
+        try:
+            discovery = inventory.discovery(operation_id)
+        except HubError:  # a failure: nothing to import
+            return None
         records = inventory.records(operation_id)
         if not records:
             return None
-        inventory.apply(inventory.discovery(operation_id), records)
+        inventory.apply(discovery, records)
         return inventory.snapshot(operation_id).id
 
 
