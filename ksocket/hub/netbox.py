@@ -1,14 +1,12 @@
 """The inventory as the CSV files of NetBox's bulk import (``hub export --format netbox --out DIR``).
 
-Four files, imported in this order (NetBox: each menu's *Import*, or ``/dcim/devices/import/`` …):
+Four files, imported in this order (NetBox: each object list's *Import*, e.g. ``/dcim/devices/import/``):
 
-==================== ===================== =====================================================
-``devices.csv``      Devices               one per node: name, role, manufacturer, device type,
-                                           status, site, serial, description, ``cf_ksocket_node``
-``interfaces.csv``   Interfaces            one per node: ``ksocket0``, type ``other``
-``mac-addresses.csv`` MAC addresses        the node's MACs on that interface
-``ip-addresses.csv`` IP addresses          the node's addresses on that interface (/32, /128)
-==================== ===================== =====================================================
+- ``devices.csv``: one device per node (name, role, manufacturer, device type, status, site, serial,
+  description, and the node's id in the custom field ``cf_ksocket_node``);
+- ``interfaces.csv``: one interface per node, ``ksocket0`` of type ``other``;
+- ``mac-addresses.csv``: the node's MACs on that interface;
+- ``ip-addresses.csv``: the node's addresses on that interface (``/32``, ``/128``).
 
 The columns are fields of NetBox 4.6's import forms (``netbox/dcim/forms/bulk_import.py``:
 ``DeviceImportForm``, ``InterfaceImportForm``, ``MACAddressImportForm``; ``netbox/ipam/forms/
@@ -33,6 +31,9 @@ from ksocket.hub.inventorystore import NodeRow
 
 CUSTOM_FIELD: Final = "cf_ksocket_node"
 INTERFACE: Final = "ksocket0"
+STATUS: Final = "active"
+"""Of devices and IP addresses: the one status both NetBox's devices and its IP addresses have that says
+"seen in service"."""
 DEVICE_COLUMNS: Final = (
     "name",
     "role",
@@ -46,7 +47,7 @@ DEVICE_COLUMNS: Final = (
 )
 INTERFACE_COLUMNS: Final = ("device", "name", "type", "description")
 MAC_COLUMNS: Final = ("mac_address", "device", "interface", "is_primary")
-IP_COLUMNS: Final = ("address", "status", "device", "interface", "is_primary", "description")
+IP_COLUMNS: Final = ("address", "status", "device", "interface", "is_primary")
 FILES: Final = {
     "devices.csv": DEVICE_COLUMNS,
     "interfaces.csv": INTERFACE_COLUMNS,
@@ -67,7 +68,6 @@ class Options:
     """A role's name; ``{kind}`` stands for the node's kind."""
     manufacturer: str = "Generic"
     device_type: str = "Discovered device"
-    status: str = "active"
 
 
 Rows = list[tuple[str, ...]]
@@ -96,12 +96,12 @@ def tables(nodes: Sequence[NodeRow], keys: dict[int, list[tuple[str, str]]], opt
         role = options.role.replace(BY_KIND, fields.kind)
         description = " ".join(part for part in (fields.vendor, fields.os) if part)
         devices.append(
-            (name, role, options.manufacturer, options.device_type, options.status, options.site, serial,
+            (name, role, options.manufacturer, options.device_type, STATUS, options.site, serial,
              description, str(node.id))
         )  # fmt: skip
         interfaces.append((name, INTERFACE, "other", "the addresses ksocket's discovery saw"))
         macs += [(mac, name, INTERFACE, _flag(index == 0)) for index, mac in enumerate(fields.macs)]
-        addresses += _addresses(name, fields.addresses, options.status)
+        addresses += _addresses(name, fields.addresses)
     return {
         "devices.csv": devices,
         "interfaces.csv": interfaces,
@@ -110,14 +110,14 @@ def tables(nodes: Sequence[NodeRow], keys: dict[int, list[tuple[str, str]]], opt
     }
 
 
-def _addresses(device: str, addresses: Iterable[str], status: str) -> Rows:
+def _addresses(device: str, addresses: Iterable[str]) -> Rows:
     """The device's addresses with their host prefix; the first of each family is its primary one."""
     rows: Rows = []
     primary: set[int] = set()
     for text in addresses:
         address = ipaddress.ip_address(text)
         rows.append(
-            (f"{address}/{address.max_prefixlen}", status, device, INTERFACE, _flag(address.version not in primary), "")
+            (f"{address}/{address.max_prefixlen}", STATUS, device, INTERFACE, _flag(address.version not in primary))
         )
         primary.add(address.version)
     return rows
