@@ -8,9 +8,10 @@ awaits the answer (the hub acks a result only once ``add_result`` has committed 
 does not (a heartbeat's time, a disconnection: nobody waits for them, and a failure is logged).
 
 A ``networks.discover`` result, once committed, is imported into the inventory in the same thread, on the
-same connection, as the next job (:func:`~ksocket.hub.inventorystore.import_result`): after its ``ack``,
-before any call made later. A failing import is logged on one line naming the operation; the result stays
-stored, and ``ksocket hub inventory import`` can take it again.
+same connection, as a job queued when the result is committed
+(:func:`~ksocket.hub.inventorystore.import_result`): the result is acked without waiting for it, and any
+call made once the result is acked runs after it. A failing import is logged on one line naming the
+operation; the result stays stored, and ``ksocket hub inventory import`` can take it again.
 """
 
 from __future__ import annotations
