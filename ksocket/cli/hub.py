@@ -17,6 +17,13 @@
     ksocket hub snapshots               every discovery's snapshot
     ksocket hub diff [A B] [--json]     new, gone, back and changed nodes (default: the last two of a network)
     ksocket hub export --format json|csv   one row per node (the JSON is docs/inventory.md's schema)
+    ksocket hub export --format netbox --out DIR [--site S] [--role R] [--manufacturer M] [--device-type T]
+                                        the CSV files of NetBox's bulk import
+    ksocket hub topology [SNAPSHOT] [--json]   a snapshot's learned edges and LLDP neighbours
+    ksocket hub discover SLOT [--seed …] [--allow …] [--deny …] [--expand-limit N] [--no-details]
+                         [--every DURATION]   queue a networks.discover now, or every DURATION (30m, 6h, 1d)
+    ksocket hub schedules               the discoveries' schedules
+    ksocket hub unschedule ID
 
 ``serve`` listens on another host's reach (any address but localhost, 127.0.0.0/8 and ::1) only
 with TLS, or when ``--allow-plaintext`` says that tokens may cross the network in clear.
@@ -493,6 +500,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     with _inventory(args) as inventory:
         rows = inventory.nodes()
         keys = inventory.node_keys()
+    if args.format == "netbox":
+        return _export_netbox(args, rows, keys)
     documents = [node_document(row, keys.get(row.id, [])) for row in rows]
     if args.format == "json":
         json.dump({"schema": INVENTORY_SCHEMA, "nodes": documents}, sys.stdout, ensure_ascii=False, indent=1)
@@ -505,6 +514,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_netbox(args: argparse.Namespace, rows: list[NodeRow], keys: dict[int, list[tuple[str, str]]]) -> int:
+    from ksocket.hub import netbox
+
+    if args.out is None:
+        raise HubCommandError("--format netbox writes files: give --out DIR")
+    options = netbox.Options(
+        site=args.site, role=args.role, manufacturer=args.manufacturer, device_type=args.device_type
+    )
+    try:
+        written = netbox.write(args.out, netbox.tables(rows, keys, options))
+    except OSError as exc:
+        raise HubCommandError(f"{args.out}: cannot write the NetBox files: {exc.strerror or exc}") from None
+    for path in written:
+        print(path)
+    return 0
+
+
 def _csv_cell(value: object) -> str:
     """Lists are joined by spaces, keys written ``kind=value``."""
     if isinstance(value, list):
@@ -512,6 +538,111 @@ def _csv_cell(value: object) -> str:
     if isinstance(value, dict):
         return f"{value['kind']}={value['value']}"
     return str(value)
+
+
+def cmd_topology(args: argparse.Namespace) -> int:
+    from ksocket.hub.errors import HubError
+
+    with _inventory(args) as inventory:
+        try:
+            snapshot = inventory.snapshot(args.snapshot) if args.snapshot else inventory.latest()
+        except HubError as exc:
+            raise HubCommandError(str(exc)) from None
+        topology = inventory.topology(snapshot)
+    if args.json:
+        print(json.dumps(topology.as_document(), ensure_ascii=False))
+        return 0
+    node_of = topology.node_of()
+
+    def named(address: str) -> str:
+        return f"{address} (node {node_of[address]})" if address in node_of else address
+
+    print(f"snapshot {snapshot.id} ({snapshot.slot} {snapshot.network}, {_when(snapshot.taken)})")
+    render.table(
+        ("SOURCE", "REVEALED", "KIND", "PROTOCOL", "TABLE"),
+        [(named(e.source), named(e.target), e.kind, e.protocol or "-", e.table or "-") for e in topology.edges],
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- discoveries and their schedules
+
+
+def _duration(text: str) -> float:
+    from ksocket.hub.schedule import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def discover_params(args: argparse.Namespace) -> dict[str, object]:
+    """``networks.discover``'s params from ``hub discover``'s options, checked by the agent's own parser."""
+    from ksocket.collectors.base import InvalidParams
+    from ksocket.collectors.discover.params import parse_params
+
+    params: dict[str, object] = {
+        name: value
+        for name, value in (("seeds", args.seed), ("allow", args.allow), ("deny", args.deny))
+        if value is not None
+    }
+    if args.expand_limit is not None:
+        params["expandLimit"] = args.expand_limit
+    if args.no_details:
+        params["details"] = False
+    try:
+        parse_params(params)
+    except InvalidParams as exc:
+        raise HubCommandError(f"invalid discovery: {exc}") from None
+    return params
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    from ksocket.hub.schedule import format_duration
+    from ksocket.hub.schedulestore import DISCOVER, Schedules
+
+    params = discover_params(args)
+    with _open(args) as store:
+        if args.every is None:
+            print(store.add_operation(args.slot, DISCOVER, params))
+            return 0
+        now = time.time()
+        schedule = Schedules(store).add(args.slot, params, args.every, first_due=now)
+    print(f"schedule {schedule}: {DISCOVER} on {args.slot} every {format_duration(args.every)}, first at {_when(now)}")
+    return 0
+
+
+def cmd_schedules(args: argparse.Namespace) -> int:
+    from ksocket.hub.schedule import format_duration
+    from ksocket.hub.schedulestore import Schedules
+
+    with _open(args) as store:
+        schedules = Schedules(store).schedules()
+    render.table(
+        ("ID", "SLOT", "EVERY", "NEXT DUE", "LAST OPERATION", "PARAMS"),
+        [
+            (
+                str(s.id),
+                s.slot,
+                format_duration(s.every),
+                _when(s.next_due),
+                s.last_operation or "-",
+                json.dumps(s.params, ensure_ascii=False),
+            )
+            for s in schedules
+        ],
+    )
+    return 0
+
+
+def cmd_unschedule(args: argparse.Namespace) -> int:
+    from ksocket.hub.schedulestore import Schedules
+
+    with _open(args) as store:
+        if not Schedules(store).remove(args.id):
+            raise HubCommandError(f"no schedule {args.id}")
+    return 0
 
 
 # --------------------------------------------------------------------------- the parser
@@ -636,4 +767,36 @@ def _configure_inventory(
     sub.add_argument("--json", action="store_true")
 
     sub = add_command(commands, "export", cmd_export, "every node, one row each", parents)
-    sub.add_argument("--format", choices=("json", "csv"), default="json")
+    sub.add_argument("--format", choices=("json", "csv", "netbox"), default="json")
+    netbox = sub.add_argument_group("--format netbox (docs/inventory.md; the objects named must exist in NetBox)")
+    netbox.add_argument("--out", type=Path, metavar="DIR", help="the folder of the CSV files")
+    netbox.add_argument("--site", default="ksocket", help="the devices' site (default ksocket)")
+    netbox.add_argument("--role", default="{kind}", help="the devices' role (default {kind}: the node's kind)")
+    netbox.add_argument("--manufacturer", default="Generic", help="of the device type (default Generic)")
+    netbox.add_argument(
+        "--device-type", default="Discovered device", help="the device type's model (default 'Discovered device')"
+    )
+
+    sub = add_command(commands, "topology", cmd_topology, "a snapshot's learned edges and LLDP neighbours", parents)
+    sub.add_argument("snapshot", nargs="?", metavar="SNAPSHOT", help="id or operation id (default: the newest)")
+    sub.add_argument("--json", action="store_true", help="the documented JSON (docs/inventory.md)")
+    _configure_schedules(commands, parents)
+
+
+def _configure_schedules(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]
+) -> None:
+    sub = add_command(
+        commands, "discover", cmd_discover, "queue a networks.discover for a slot, now or on a schedule", parents
+    )
+    sub.add_argument("slot")
+    sub.add_argument("--seed", action="append", metavar="ADDRESS|CIDR|RANGE", help="where to start (repeatable)")
+    sub.add_argument("--allow", action="append", metavar="SPEC", help="what the loop may reach (repeatable)")
+    sub.add_argument("--deny", action="append", metavar="SPEC", help="what it may never reach (repeatable)")
+    sub.add_argument("--expand-limit", type=int, metavar="N", help="probe learned networks of at most N addresses")
+    sub.add_argument("--no-details", action="store_true", help="no hosts.inspect of the hosts found")
+    sub.add_argument("--every", type=_duration, metavar="DURATION", help="store a schedule: 30m, 6h, 1d (at least 1m)")
+
+    add_command(commands, "schedules", cmd_schedules, "list the discoveries' schedules", parents)
+    sub = add_command(commands, "unschedule", cmd_unschedule, "remove a schedule", parents)
+    sub.add_argument("id", type=int)

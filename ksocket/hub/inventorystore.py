@@ -21,6 +21,10 @@ Tables
 
 A merge rewrites the merged node's history (snapshots, changes, addresses) to the kept id, so that
 diffs see one machine; ``hub node`` of a merged id names the node it became.
+
+The running hub imports a discovery as its result is stored (:func:`import_result`, in its database
+thread, through :meth:`InventoryStore.sharing` its one connection); :meth:`InventoryStore.topology` is what
+``hub topology`` and the web page draw.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -476,6 +482,120 @@ class InventoryStore(Database):
             ScanRecord(operation_id, slot, agent, seq, received, kind, json.loads(document))
             for operation_id, slot, agent, seq, received, kind, document in rows
         ]
+
+    # ------------------------------------------------------------------ the hub's own use: its import, topology
+
+    @classmethod
+    def sharing(cls, store: Store) -> InventoryStore:
+        """The inventory on ``store``'s connection, in ``store``'s thread: the hub's database thread writes
+        through one connection (a second one writing the same file is what made lock errors). Close ``store``,
+        not this; use it inside :func:`plain_rows`."""
+        inventory = cls.__new__(cls)
+        inventory.path = store.path
+        inventory._db = store._db  # both are Databases of the same file
+        inventory._setup()
+        return inventory
+
+    def latest(self) -> SnapshotRow:
+        """The newest snapshot."""
+        newest = self._snapshots("1 ORDER BY id DESC LIMIT 1")
+        if not newest:
+            raise HubError("no snapshot yet")
+        return newest[0]
+
+    def topology(self, snapshot: SnapshotRow) -> Topology:
+        """What ``hub topology`` and the web page draw: the snapshot's edges and the nodes they touch."""
+        members = {node_id: _fields(fields) for node_id, fields in self._members(snapshot.id).items()}
+        return Topology(
+            snapshot=snapshot,
+            nodes=[TopologyNode(node_id, members[node_id]) for node_id in sorted(members)],
+            edges=self.edges(snapshot.id),
+        )
+
+
+@dataclass(frozen=True)
+class TopologyNode:
+    id: int
+    fields: Fields
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A snapshot's learned topology: who revealed whom (``Edge``), and the snapshot's nodes, so that an
+    edge's address can be named by its node (:meth:`node_of`)."""
+
+    snapshot: SnapshotRow
+    nodes: list[TopologyNode]
+    edges: list[Edge]
+
+    def node_of(self) -> dict[str, int]:
+        """Address -> the node that held it in this snapshot."""
+        return {address: node.id for node in self.nodes for address in node.fields.addresses}
+
+    def as_document(self) -> dict[str, Any]:
+        """The JSON of ``hub topology --json`` (docs/inventory.md)."""
+        node_of = self.node_of()
+        return {
+            "snapshot": self.snapshot.id,
+            "operation": self.snapshot.operation_id,
+            "slot": self.snapshot.slot,
+            "network": self.snapshot.network,
+            "taken": datetime.fromtimestamp(self.snapshot.taken, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "nodes": [
+                {
+                    "id": node.id,
+                    "kind": node.fields.kind,
+                    "addresses": list(node.fields.addresses),
+                    "names": list(node.fields.names),
+                }
+                for node in self.nodes
+            ],
+            "edges": [
+                {
+                    "source": edge.source,
+                    "sourceNode": node_of.get(edge.source),
+                    "target": edge.target,
+                    "targetNode": node_of.get(edge.target),
+                    "kind": edge.kind,
+                    "protocol": edge.protocol,
+                    "table": edge.table,
+                }
+                for edge in self.edges
+            ],
+        }
+
+
+@contextmanager
+def plain_rows(store: Store) -> Iterator[None]:
+    """Rows as tuples on ``store``'s connection for a while: the inventory reads tuples, the hub's store
+    ``sqlite3.Row``s."""
+    connection = store._db
+    factory = connection.row_factory
+    connection.row_factory = None
+    try:
+        yield
+    finally:
+        connection.row_factory = factory
+
+
+def import_result(store: Store, operation_id: str) -> int | None:
+    """Imports operation ``operation_id``'s discovery into the inventory, on ``store``'s connection, when it
+    is a ``networks.discover`` whose result is a success: returns its snapshot's id, else None. Idempotent,
+    as ``hub inventory import`` (which does the same on a connection of its own)."""
+    operation = store.operation(operation_id)  # its name first: another operation's result is never read
+    if operation is None or operation.name != "networks.discover":
+        return None
+    with plain_rows(store):
+        inventory = InventoryStore.sharing(store)
+        try:
+            discovery = inventory.discovery(operation_id)
+        except HubError:  # a failure: nothing to import
+            return None
+        records = inventory.records(operation_id)
+        if not records:
+            return None
+        inventory.apply(discovery, records)
+        return inventory.snapshot(operation_id).id
 
 
 def _snapshot_row(row: Sequence[Any]) -> SnapshotRow:

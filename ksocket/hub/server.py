@@ -92,6 +92,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from ksocket.hub.errors import HubError, UnknownOperation
+from ksocket.hub.schedulestore import fire_due
 from ksocket.hub.startups import DEFAULT_MAX_STARTUPS, StartupLimit, Startups
 from ksocket.hub.store import MAX_SEQ, OperationRecord, Store
 from ksocket.hub.storethread import StoreThread
@@ -749,6 +750,7 @@ class Hub:
             logger.info("slot %s: token revoked; disconnecting agent %s", slot, link.agent)
             self._release(link)
             self._spawn(link.ws.close(CLOSE_AUTH_FAILED, "token revoked"))
+        await db.call(fire_due, slots)
         for op in await db.call(Store.claim_pending, slots):
             link_or_none = self._links.get(op.slot)
             if link_or_none is not None and await self._send(link_or_none, op.to_message()):

@@ -23,6 +23,10 @@ of these three to ``done`` (a result arrived; ``cancelled`` when its error code 
 ``cancelled`` at once. Pending, sent and accepted operations have no result yet: the hub
 sends them again, same id, whenever their slot's agent connects.
 
+A ``Store`` may be given an ``on_result`` hook: called with the store, the slot and the operation's id
+after each new result is committed, on the store's own connection and thread (the hub's database thread
+imports a discovery's result into the inventory so).
+
 Concurrency: the server and short-lived commands (``hub run``, ``hub token add``) open the
 same file; WAL mode lets readers run beside the writer, every write is one short
 ``BEGIN IMMEDIATE`` transaction, and a busy timeout absorbs the rest. A ``Store`` is used
@@ -284,9 +288,16 @@ class Database:
 class Store(Database):
     """One open connection to the hub's database; see the module docstring."""
 
-    def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        on_result: Callable[[Store, str, str], None] | None = None,
+    ) -> None:
         self.path = Path(path)
         self._now = clock
+        self._on_result = on_result
         _create_private(self.path)
         try:
             self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
@@ -597,6 +608,8 @@ class Store(Database):
                 " WHERE id = ? AND slot = ? AND state NOT IN ('done', 'cancelled')",
                 (state, now, result.id, slot),
             )
+        if self._on_result is not None:
+            self._on_result(self, slot, result.id)
         return True
 
     def add_records(
