@@ -44,8 +44,9 @@ def router(address: str, name: str) -> tuple[str, dict[str, Any]]:
     )
 
 
-def small_world(path: Path, *, operator: bool = True) -> None:
-    """Two discoveries of the slot ``lab`` (seeds 198.18.0.0/24): the second moves a host, loses one, adds one."""
+def small_world(path: Path, *, operator: bool = True, crowd: int = 0) -> None:
+    """Two discoveries of the slot ``lab`` (seeds 198.18.0.0/24): the second moves a host, loses one, adds one;
+    ``crowd`` more hosts (MACs alone, no edge) in both, for the node list's pages."""
     with Store(path) as store:
         store.add_slot("lab")
     if operator:
@@ -62,6 +63,10 @@ def small_world(path: Path, *, operator: bool = True) -> None:
         details("198.18.4.20", [("machine-id", MID_A)], linux("db-1")),
         host("198.18.4.66", "02:00:00:00:04:66", ports=(22,), learned=[source]),
         details("198.18.4.66", [("machine-id", "ab" * 16)], linux(HOSTILE)),
+        *(
+            host(f"198.18.{8 + n // 250}.{1 + n % 250}", f"02:00:00:01:{n // 256:02x}:{n % 256:02x}")
+            for n in range(crowd)
+        ),
     ]
     feed = Feed()
     with InventoryStore(path) as inventory:

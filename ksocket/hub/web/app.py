@@ -75,6 +75,13 @@ def _when(stamp: float | None) -> str:
     return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _cell(value: object) -> str:
+    """A field's value in a table: a list joined by commas, nothing as ``-``."""
+    if isinstance(value, list | tuple):
+        return ", ".join(str(item) for item in value) or "-"
+    return "-" if value in ("", None) else str(value)
+
+
 @dataclass
 class Web:
     """What every endpoint shares (``request.app.state.web``)."""
@@ -89,6 +96,7 @@ class Web:
     def __post_init__(self) -> None:
         self.templates = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True)
         self.templates.filters["when"] = _when
+        self.templates.filters["cell"] = _cell
         self.connections = Connections(self.db_path)
 
     def render(self, template: str, status_code: int = 200, **values: Any) -> HTMLResponse:

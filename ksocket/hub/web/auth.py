@@ -130,11 +130,16 @@ async def login(request: Request) -> Response:
     return state.render("login.html", 429, error=error, name=name)
 
 
+def _log_out(state: Web, session: Session) -> None:
+    state.connections.operators.close_session(session.id)  # the pool thread's connection, looked up there
+    log.info("operator %r logged out", session.name)
+
+
 async def logout(request: Request) -> Response:
     session, form = await form_of(request)
     if session is None or form is None:
         return refused("not this session's form")
-    await run_in_threadpool(web(request).connections.operators.close_session, session.id)
+    await run_in_threadpool(_log_out, web(request), session)
     response = RedirectResponse("/", status_code=303)
     response.delete_cookie(COOKIE, path="/", secure=web(request).secure_cookies, httponly=True, samesite="strict")
     return response
