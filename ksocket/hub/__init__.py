@@ -8,6 +8,7 @@
     errors.py       ``HubError`` and its kin, under ``KsocketError``
     inventory.py    the inventory's pure core: nodes across discoveries, snapshots, diffs, topology
     inventorystore.py  its tables in the same SQLite file (docs/inventory.md)
+    web/            the operators' web interface: a Starlette app, operators and sessions (docs/web.md)
 
 It shares ``ksocket.protocol`` with the agent and nothing else of it. Its commands,
 ``ksocket hub serve|token|run|cancel|agents|operations`` and the inventory's

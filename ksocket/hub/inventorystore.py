@@ -3,8 +3,10 @@
 :class:`InventoryStore` loads the :class:`~ksocket.hub.inventory.Inventory` core, writes what one
 :meth:`~ksocket.hub.inventory.Inventory.apply` changed (an :class:`~ksocket.hub.inventory.Applied`)
 in one transaction, and answers the ``ksocket hub nodes | node | snapshots | diff | export``
-commands with indexed queries. The tables are created on first use; their schema version is the
-row of ``inventory_schema`` (the hub's own ``user_version`` stays the hub store's).
+commands and the web pages (:meth:`InventoryStore.node_page`: the node list searched, filtered,
+sorted and paged in SQL; the running discoveries' records so far) with indexed queries. The tables
+are created on first use; their schema version is the row of ``inventory_schema`` (the hub's own
+``user_version`` stays the hub store's).
 
 Tables
 ------
@@ -581,8 +583,9 @@ def _node_conditions(query: NodeQuery) -> tuple[list[str], list[object]]:
         conditions.append("json_extract(fields, '$.kind') = ?")
         args.append(query.kind)
     if query.network:
-        conditions.append(
-            "id IN (SELECT n.node FROM snapshot_nodes n JOIN snapshots s ON s.id = n.snapshot WHERE s.network = ?)"
+        conditions.append(  # a few probes of (node, snapshot) per node, not every snapshot's rows
+            "EXISTS (SELECT 1 FROM snapshot_nodes n WHERE n.node = nodes.id"
+            " AND n.snapshot IN (SELECT id FROM snapshots WHERE network = ?))"
         )
         args.append(query.network)
     if query.state in NODE_STATES:
