@@ -174,3 +174,22 @@ def test_node_list_pages_filters_and_an_unknown_node(client: Client) -> None:
     assert client.get("/nodes/99").status == 404
     assert client.get("/nodes/99999999999999999999999").status == 404
     assert client.get("/diff?a=1&b=nope").body.count("no snapshot nope") == 1
+
+
+def test_an_oversized_form_is_refused_before_it_is_read(client: Client) -> None:
+    answer = client.post("/discover", {"slot": "lab", "seeds": "198.18.0.1 " * 10_000, "csrf": client.csrf()})
+    assert answer.status == 413
+
+
+def test_a_failed_log_in_names_a_known_operator_but_never_what_may_be_a_password(
+    base: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = Client(base)
+    with caplog.at_level("INFO", logger="ksocket.hub.web"):
+        client.log_in(password="guess-1")
+        client.log_in(name="s3cret-typed-as-a-name", password="guess-2")
+        client.log_in()
+    text = caplog.text
+    assert "failed log-in as 'alice' from 127.0.0.1" in text and "an unknown name" in text
+    assert "s3cret" not in text and "guess" not in text and PASSWORD not in text
+    assert client.cookies["ksocket_session"] not in text

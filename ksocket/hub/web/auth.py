@@ -96,13 +96,15 @@ def _log_in(state: Web, name: str, password: str, peer: str) -> Session | float 
     wait = state.throttle.wait(keys)
     if wait > 0:
         return wait
-    if not state.connections.operators.verify(name, password):
+    operators = state.connections.operators
+    if not operators.verify(name, password):
         state.throttle.failed(keys)
-        log.warning("failed log-in as operator %r from %s", name, peer)
+        # an unknown name may be a password typed in the wrong field: it is not logged
+        log.warning("failed log-in as %s from %s", repr(name) if operators.exists(name) else "an unknown name", peer)
         return None
     state.throttle.succeeded(keys)
     log.info("operator %r logged in from %s", name, peer)
-    return state.connections.operators.open_session(name)
+    return operators.open_session(name)
 
 
 async def login(request: Request) -> Response:
@@ -148,6 +150,6 @@ async def logout(request: Request) -> Response:
 def routes() -> list[Route]:
     return [
         Route("/", entry, name="entry"),
-        Route("/login", login, methods=["POST"], name="login"),
-        Route("/logout", logout, methods=["POST"], name="logout"),
+        Route("/login", login, methods=["POST"], name="login", max_body_size=MAX_FORM),
+        Route("/logout", logout, methods=["POST"], name="logout", max_body_size=MAX_FORM),
     ]

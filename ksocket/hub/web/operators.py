@@ -156,6 +156,9 @@ class Operators(Database):
         rows = self._db.execute("SELECT name, created, last_login FROM operators ORDER BY name")
         return [Operator(*row) for row in rows]
 
+    def exists(self, name: str) -> bool:
+        return self._db.execute("SELECT 1 FROM operators WHERE name = ?", (name,)).fetchone() is not None
+
     def verify(self, name: str, password: str) -> bool:
         """Whether ``password`` is ``name``'s; an unknown name takes as long as a wrong password."""
         row = self._db.execute("SELECT password_hash FROM operators WHERE name = ?", (name,)).fetchone()

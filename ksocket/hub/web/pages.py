@@ -24,7 +24,7 @@ from ksocket.hub.errors import HubError
 from ksocket.hub.inventory import PROTOCOLS
 from ksocket.hub.inventorystore import NODE_SORTS, NODE_STATES, NodeQuery, SnapshotRow
 from ksocket.hub.web.app import web
-from ksocket.hub.web.auth import form_of, operator_page, refused
+from ksocket.hub.web.auth import MAX_FORM, form_of, operator_page, refused
 from ksocket.hub.web.forms import FORM_FIELDS, DiscoveryForm, discovery_params
 from ksocket.hub.web.operators import Session
 from ksocket.hub.web.topology import graph
@@ -192,7 +192,7 @@ def routes() -> list[Route]:
         Route("/diff", operator_page(diff), name="diff"),
         Route("/topology", operator_page(topology), name="topology"),
         Route("/discover", operator_page(discover_form), name="discover_form"),
-        Route("/discover", discover, methods=["POST"], name="discover"),
+        Route("/discover", discover, methods=["POST"], name="discover", max_body_size=MAX_FORM),
         Route("/api/progress", operator_page(progress), name="progress"),
         Route("/api/topology/{snapshot:int}", operator_page(topology_data), name="topology_data"),
     ]
