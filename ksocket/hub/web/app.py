@@ -90,6 +90,8 @@ class Web:
     secure_cookies: bool
     queue_discovery: QueueDiscovery | None
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    log_ins: threading.Lock = field(default_factory=threading.Lock)
+    """Log-ins are checked one at a time, so that parallel guesses cannot all pass the throttle at once."""
     templates: Environment = field(init=False)
     connections: Connections = field(init=False)
 
@@ -129,7 +131,7 @@ def create_app(
     from ksocket.hub.web import auth, pages
 
     path = Path(db_path)
-    state = Web(path, secure_cookies, queue_discovery, **({} if throttle is None else {"throttle": throttle}))
+    state = Web(path, secure_cookies, queue_discovery, throttle or LoginThrottle())
     Operators(path).close()  # every table exists before the first request
     InventoryStore(path).close()
     routes = [

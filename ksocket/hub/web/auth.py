@@ -92,6 +92,11 @@ def _peer(request: Request) -> str:
 
 def _log_in(state: Web, name: str, password: str, peer: str) -> Session | float | None:
     """The new session, the seconds to wait before trying again, or None for a wrong name or password."""
+    with state.log_ins:
+        return _check(state, name, password, peer)
+
+
+def _check(state: Web, name: str, password: str, peer: str) -> Session | float | None:
     keys = (("name", name), ("peer", peer))
     wait = state.throttle.wait(keys)
     if wait > 0:
