@@ -194,6 +194,20 @@ def test_topology_page_draws_the_graph(page: Page) -> None:
     page.shot("topology")
 
 
+def test_the_agents_page_and_a_refused_discovery_form(page: Page) -> None:
+    page.open("/agents")
+    assert page.texts("#agents tbody td")[:2] == ["lab", "never seen"]
+    page.shot("agents")
+    page.open("/discover")
+    page.find("#seeds").send_keys("198.18.4.0/24 somewhere")
+    page.find("#start").click()
+    page.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#error-seeds"))
+    assert page.find("#error-seeds").text.startswith("seeds: target 'somewhere'")
+    assert page.find("#seeds").get_attribute("value") == "198.18.4.0/24 somewhere"
+    page.driver.get_log("browser")  # the 400 of the refused form is logged as an error: expected
+    page.shot("discover-refused")
+
+
 def test_the_snapshots_page_follows_a_running_discovery(page: Page, db: Path) -> None:
     page.open("/discover")
     Select(page.find("#slot")).select_by_value("lab")

@@ -193,3 +193,43 @@ def test_a_failed_log_in_names_a_known_operator_but_never_what_may_be_a_password
     assert "failed log-in as 'alice' from 127.0.0.1" in text and "an unknown name" in text
     assert "s3cret" not in text and "guess" not in text and PASSWORD not in text
     assert client.cookies["ksocket_session"] not in text
+
+
+def test_agents_page_lists_the_slots(client: Client, db: Path) -> None:
+    with Store(db) as store:
+        store.add_slot("branch")
+        store.agent_connected("branch", agent="agent-7", version="2.1.1", name="<i>branch</i>", session="s1")
+        store.revoke("lab")
+    rows = client.get("/agents").body
+    assert "<td>lab</td>" in rows and '<span class="badge revoked">revoked</span>' in rows
+    assert '<span class="badge connected">connected</span>' in rows and "agent-7" in rows
+    assert "&lt;i&gt;branch&lt;/i&gt;" in rows
+    assert '<option value="branch">' in client.get("/discover").body  # a revoked slot is no choice
+    assert '<option value="lab"' not in client.get("/discover").body
+
+
+def test_a_merged_nodes_page_leads_to_the_node_it_became(tmp_path: Path) -> None:
+    from ksocket.hub.inventorystore import InventoryStore
+    from tests.test_inventory import MID_A, Feed, details, host, linux
+
+    path = tmp_path / "hub.db"
+    small_world(path)
+    feed = Feed()
+    feed.count = 10
+    with InventoryStore(path) as inventory:
+        feed.inventory = inventory.load()
+        for documents in (
+            [host("198.18.9.5", "02:00:00:00:09:05")],
+            [details("198.18.9.6", [("machine-id", MID_A)], linux("db-1"))],
+            [details("198.18.9.5", [("machine-id", MID_A), ("mac", "02:00:00:00:09:05")], linux("db-1"))],
+        ):
+            discovery = feed.discovery(slot="other")
+            inventory.apply(discovery, feed.records(discovery, documents))
+        ((kept, merged),) = inventory._db.execute("SELECT kept, merged FROM merges").fetchall()
+    assert kept == 2  # db-1, whose machine id the MAC's node turned out to hold
+    with serving(create_app(path, secure_cookies=False)) as url:
+        client = Client(url)
+        client.log_in()
+        answer = client.get(f"/nodes/{merged}")
+        assert (answer.status, answer.location) == (303, f"/nodes/{kept}")
+        assert f"<dt>Merged into it</dt><dd>{merged}</dd>" in client.get(f"/nodes/{kept}").body
