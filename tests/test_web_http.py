@@ -89,6 +89,8 @@ def test_logout_deletes_the_session(client: Client) -> None:
     assert "ksocket_session" not in client.cookies
     client.cookies["ksocket_session"] = session  # kept by a thief: dead on the server
     assert client.get("/nodes").status == 303
+    answer = client.post("/logout", {"csrf": "whatever"})  # from a page left open: the cookie is cleared
+    assert (answer.status, answer.location) == (303, "/") and "ksocket_session" not in client.cookies
 
 
 def test_pages_send_security_headers_and_no_store(client: Client) -> None:

@@ -144,9 +144,10 @@ def _log_out(state: Web, session: Session) -> None:
 
 async def logout(request: Request) -> Response:
     session, form = await form_of(request)
-    if session is None or form is None:
+    if form is None:
         return refused("not this session's form")
-    await run_in_threadpool(_log_out, web(request), session)
+    if session is not None:  # else it had already ended: only the cookie is left to clear
+        await run_in_threadpool(_log_out, web(request), session)
     response = RedirectResponse("/", status_code=303)
     response.delete_cookie(COOKIE, path="/", secure=web(request).secure_cookies, httponly=True, samesite="strict")
     return response
