@@ -6,7 +6,8 @@ name and password (:class:`~ksocket.hub.web.operators.Operators`, argon2id) unde
 cookie: ``HttpOnly``, ``SameSite=Strict``, ``Secure`` when the hub serves TLS, the random id alone
 (the database keeps only its hash). ``POST /logout`` deletes the session. Every POST must come from
 the hub's own origin and carry the session's CSRF token (:func:`form_of`). Nothing here logs a
-password or a session id; a failed log-in is logged with the name and the peer.
+password or a session id; a failed log-in is logged with the peer, and the name when it is an
+operator's (an unknown one may be a password typed in the wrong field).
 """
 
 from __future__ import annotations
