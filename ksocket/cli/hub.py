@@ -24,6 +24,10 @@
                          [--every DURATION]   queue a networks.discover now, or every DURATION (30m, 6h, 1d)
     ksocket hub schedules               the discoveries' schedules
     ksocket hub unschedule ID
+    ksocket hub operator add NAME       an operator of the web pages (the password: twice at a terminal,
+                                        or two lines of standard input)
+    ksocket hub operator remove NAME    removes the account and logs its sessions out
+    ksocket hub operator list           name, created, last log-in (never a password)
 
 ``serve`` listens on another host's reach (any address but localhost, 127.0.0.0/8 and ::1) only
 with TLS, or when ``--allow-plaintext`` says that tokens may cross the network in clear.
@@ -55,6 +59,7 @@ if TYPE_CHECKING:
     from ksocket.hub.inventory import Diff
     from ksocket.hub.inventorystore import InventoryStore, NodeRow
     from ksocket.hub.store import ResultRecord, Store
+    from ksocket.hub.web.operators import Operators
 
 DEFAULT_LISTEN = "127.0.0.1:8765"
 POLL_SECONDS = 0.1
@@ -645,6 +650,89 @@ def cmd_unschedule(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- operators of the web pages
+
+MAX_PASSWORD_LINE = 1024
+
+
+def _operators(args: argparse.Namespace) -> Operators:
+    from ksocket.hub.store import default_path
+    from ksocket.hub.web.operators import Operators
+
+    return Operators(args.db or default_path())
+
+
+def read_new_password() -> str:
+    """The new password, asked twice without echo at a terminal, else two lines of standard input."""
+    import getpass
+
+    if sys.stdin.isatty():
+        first, second = getpass.getpass("Password: "), getpass.getpass("Password again: ")
+    else:
+        first, second = (sys.stdin.readline(MAX_PASSWORD_LINE + 2).rstrip("\r\n") for _ in range(2))
+    if first != second:
+        raise HubCommandError("the two passwords differ")
+    return first
+
+
+def cmd_operator_add(args: argparse.Namespace) -> int:
+    from ksocket.hub.errors import HubError
+    from ksocket.hub.web.operators import check_name, check_password
+
+    try:
+        check_name(args.name)
+        password = check_password(read_new_password())
+        with _operators(args) as operators:
+            operators.add(args.name, password)
+    except HubError as exc:
+        raise HubCommandError(str(exc)) from None
+    print(f"operator {args.name} added", file=sys.stderr)
+    return 0
+
+
+def cmd_operator_remove(args: argparse.Namespace) -> int:
+    from ksocket.hub.errors import HubError
+
+    try:
+        with _operators(args) as operators:
+            operators.remove(args.name)
+    except HubError as exc:
+        raise HubCommandError(str(exc)) from None
+    return 0
+
+
+def cmd_operator_list(args: argparse.Namespace) -> int:
+    with _operators(args) as operators:
+        accounts = operators.accounts()
+    render.table(
+        ("NAME", "CREATED", "LAST LOG-IN"), [(a.name, _when(a.created), _when(a.last_login)) for a in accounts]
+    )
+    return 0
+
+
+def _configure_operators(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]
+) -> None:
+    operator = commands.add_parser(
+        "operator",
+        parents=parents[:1],
+        help="add, remove or list the operators of the web pages",
+        description="the operators who log in to the hub's web pages",
+    )
+    actions = operator.add_subparsers(dest="operator_command", required=True, metavar="ACTION")
+    sub = add_command(
+        actions,
+        "add",
+        cmd_operator_add,
+        "add an operator; the password is asked twice (or read as two lines of standard input)",
+        parents,
+    )
+    sub.add_argument("name")
+    sub = add_command(actions, "remove", cmd_operator_remove, "remove an operator and end its sessions", parents)
+    sub.add_argument("name")
+    add_command(actions, "list", cmd_operator_list, "list the operators (never a password)", parents)
+
+
 # --------------------------------------------------------------------------- the parser
 
 
@@ -734,6 +822,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sub.add_argument("id")
     sub.add_argument("--json", action="store_true", help="one JSON object per line: seq and record")
     _configure_inventory(commands, parents)
+    _configure_operators(commands, parents)
 
 
 def _configure_inventory(

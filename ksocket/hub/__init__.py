@@ -11,6 +11,7 @@
     schedule.py     when a discovery's schedule fires (pure: the time is given)
     schedulestore.py   the schedules' table, and the poller's step that fires them
     netbox.py       the inventory as the CSV files of NetBox's bulk import
+    web/            the operators' web interface: a Starlette app, operators and sessions (docs/web.md)
 
 It shares ``ksocket.protocol`` with the agent and nothing else of it. Its commands,
 ``ksocket hub serve|token|run|cancel|agents|operations`` and the inventory's

@@ -3,8 +3,10 @@
 :class:`InventoryStore` loads the :class:`~ksocket.hub.inventory.Inventory` core, writes what one
 :meth:`~ksocket.hub.inventory.Inventory.apply` changed (an :class:`~ksocket.hub.inventory.Applied`)
 in one transaction, and answers the ``ksocket hub nodes | node | snapshots | diff | export``
-commands with indexed queries. The tables are created on first use; their schema version is the
-row of ``inventory_schema`` (the hub's own ``user_version`` stays the hub store's).
+commands and the web pages (:meth:`InventoryStore.node_page`: the node list searched, filtered,
+sorted and paged in SQL; the running discoveries' records so far) with indexed queries. The tables
+are created on first use; their schema version is the row of ``inventory_schema`` (the hub's own
+``user_version`` stays the hub store's).
 
 Tables
 ------
@@ -150,6 +152,57 @@ class SnapshotRow:
     summary: Mapping[str, Any]
     taken: float
     nodes: int
+
+
+@dataclass(frozen=True)
+class NodeQuery:
+    """One page of the web page's node list: search, filters, order (:data:`NODE_SORTS`), where it starts."""
+
+    search: str = ""
+    """Text in a node's addresses, MACs, names, OS or vendor, or its id."""
+    kind: str = ""
+    network: str = ""
+    """Seen by a snapshot of this network."""
+    state: str = ""
+    """``present`` (in the newest snapshot of a network) or ``gone`` (in none)."""
+    sort: str = "id"
+    descending: bool = False
+    offset: int = 0
+    limit: int = 50
+
+
+NODE_SORTS: Final[Mapping[str, str]] = {
+    "id": "id",
+    "kind": "json_extract(fields, '$.kind')",
+    "name": "json_extract(fields, '$.names[0]')",
+    "address": "json_extract(fields, '$.addresses[0]')",
+    "os": "json_extract(fields, '$.os')",
+    "vendor": "json_extract(fields, '$.vendor')",
+    "first_seen": "first_seen",
+    "last_seen": "last_seen",
+}
+"""The node list's orders: name -> SQL (this module's text, never a caller's)."""
+NODE_STATES: Final = ("present", "gone")
+_IN_NEWEST: Final = (
+    "id IN (SELECT node FROM snapshot_nodes WHERE snapshot IN (SELECT max(id) FROM snapshots GROUP BY slot, network))"
+)
+_SEARCHED: Final = (
+    "(json_extract(fields, '$.addresses') || json_extract(fields, '$.macs') || json_extract(fields, '$.names')"
+    " || json_extract(fields, '$.os') || json_extract(fields, '$.vendor')) LIKE ? ESCAPE '\\'"
+)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A ``networks.discover`` operation without its result yet, and how many records it has sent so far."""
+
+    operation_id: str
+    slot: str
+    state: str
+    created: float
+    params: Mapping[str, Any]
+    records: int
+    hosts: int
 
 
 @dataclass(frozen=True)
@@ -446,6 +499,43 @@ class InventoryStore(Database):
             seen_before,
         )
 
+    def members(self, snapshot: int) -> dict[int, Fields]:
+        """The nodes a snapshot saw, with their fields as it saw them."""
+        return {node_id: _fields(fields) for node_id, fields in self._members(snapshot).items()}
+
+    # ------------------------------------------------------------------ what the web page shows
+
+    def node_page(self, query: NodeQuery) -> tuple[list[NodeRow], int]:
+        """One page of the nodes that match ``query``, and how many match in all."""
+        conditions, args = _node_conditions(query)
+        where = " AND ".join(conditions) or "1"
+        order = NODE_SORTS.get(query.sort, "id") + (" DESC" if query.descending else "")
+        (total,) = self._db.execute(f"SELECT count(*) FROM nodes WHERE {where}", args).fetchone()  # noqa: S608
+        rows = self._db.execute(
+            f"SELECT id, first_seen, last_seen, fields FROM nodes WHERE {where} ORDER BY {order}, id"  # noqa: S608
+            " LIMIT ? OFFSET ?",
+            (*args, query.limit, query.offset),
+        )
+        return [NodeRow(node_id, first, last, _fields(fields)) for node_id, first, last, fields in rows], int(total)
+
+    def networks(self) -> list[str]:
+        """Every network a snapshot looked at."""
+        return [network for (network,) in self._db.execute("SELECT DISTINCT network FROM snapshots ORDER BY network")]
+
+    def running_discoveries(self) -> list[Progress]:
+        """The ``networks.discover`` operations still waiting for their result, with their records so far."""
+        rows = self._db.execute(
+            "SELECT o.id, o.slot, o.state, o.created, o.params, count(r.seq),"
+            " count(CASE WHEN r.kind = 'host' THEN 1 END)"
+            " FROM operations o LEFT JOIN records r ON r.operation_id = o.id AND r.slot = o.slot"
+            " WHERE o.name = 'networks.discover' AND o.state IN ('pending', 'sent', 'accepted')"
+            " GROUP BY o.id ORDER BY o.created"
+        )
+        return [
+            Progress(operation_id, slot, state, created, json.loads(params), records, hosts)
+            for operation_id, slot, state, created, params, records, hosts in rows
+        ]
+
     def _members(self, snapshot: int) -> dict[int, str]:
         return dict(self._db.execute("SELECT node, fields FROM snapshot_nodes WHERE snapshot = ?", (snapshot,)))
 
@@ -596,6 +686,31 @@ def import_result(store: Store, operation_id: str) -> int | None:
             return None
         inventory.apply(discovery, records)
         return inventory.snapshot(operation_id).id
+
+
+def _node_conditions(query: NodeQuery) -> tuple[list[str], list[object]]:
+    conditions: list[str] = []
+    args: list[object] = []
+    search = query.search.strip()
+    if search.isdigit() and len(search) < 19:
+        conditions.append(f"(id = ? OR {_SEARCHED})")
+        args.append(int(search))
+    elif search:
+        conditions.append(_SEARCHED)
+    if search:
+        args.append("%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+    if query.kind:
+        conditions.append("json_extract(fields, '$.kind') = ?")
+        args.append(query.kind)
+    if query.network:
+        conditions.append(  # a few probes of (node, snapshot) per node, not every snapshot's rows
+            "EXISTS (SELECT 1 FROM snapshot_nodes n WHERE n.node = nodes.id"
+            " AND n.snapshot IN (SELECT id FROM snapshots WHERE network = ?))"
+        )
+        args.append(query.network)
+    if query.state in NODE_STATES:
+        conditions.append(_IN_NEWEST if query.state == "present" else f"NOT {_IN_NEWEST}")
+    return conditions, args
 
 
 def _snapshot_row(row: Sequence[Any]) -> SnapshotRow:
