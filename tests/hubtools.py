@@ -27,6 +27,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
+from ksocket.hub.asgi import Closed
 from ksocket.hub.server import Hub, HubObserver, _Link
 from ksocket.hub.store import Store
 from ksocket.protocol import (
@@ -212,7 +213,7 @@ class RecordingHub(Hub, HubObserver):
             self._record_issued(slot, frame)
         try:
             await link.ws.send(frame)
-        except ConnectionClosed:
+        except Closed:
             raise NotConnected(f"the connection of slot {slot!r} closed before the frame went out") from None
 
     def _record_issued(self, slot: str, frame: str) -> None:
