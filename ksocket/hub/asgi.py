@@ -9,7 +9,8 @@ web app) goes to the web app, or gets a plain 404 without one. Nothing here pars
 Two small subclasses of uvicorn's protocols keep what the hub promised under websockets' server:
 
 - ``_HTTPProtocol`` closes a connection that has not sent a whole request within the handshake
-  timeout (uvicorn only times out idle connections *between* requests), and logs requests on the
+  timeout (uvicorn only times out connections idle *between* requests, and any byte, even of a
+  request that never ends, stops that timer), and logs requests on the
   hub's ``ksocket.hub.access`` logger with their paths cut before the query string.
 - ``_AgentProtocol`` reads frames of at most ``AUTH_FRAME_LIMIT`` bytes until the hub lifts the limit
   to uvicorn's ``ws_max_size`` (an ASGI app cannot change it per connection), logs on the hub's
@@ -135,8 +136,15 @@ class _HTTPProtocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        # uvicorn's keep-alive timer, cancelled when a whole request has arrived
-        self.timeout_keep_alive_task = self.loop.call_later(self._handshake_timeout, self.timeout_keep_alive_handler)
+        self._deadline = self.loop.call_later(self._handshake_timeout, self._first_request_late)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._deadline.cancel()
+        super().connection_lost(exc)
+
+    def _first_request_late(self) -> None:
+        if self.scope is None and not self.transport.is_closing():  # uvicorn sets the scope once a request is whole
+            self.transport.close()
 
 
 class AgentSocket:
