@@ -24,6 +24,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
+from websockets.asyncio.client import connect
+from websockets.typing import Subprotocol
 
 from ksocket.hub.asgi import WIRE, AgentSocket, Closed
 from ksocket.hub.server import ENDPOINT_PATH, Hub
@@ -187,7 +189,7 @@ def test_a_connection_that_sends_no_whole_request_in_time_is_closed(db: Path) ->
 # --------------------------------------------------------------------------- logs
 
 
-def test_no_token_and_no_query_string_reach_any_log_line(db: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_no_token_cookie_or_query_string_reach_any_log_line(db: Path, caplog: pytest.LogCaptureFixture) -> None:
     token = add_slot(db)
     caplog.set_level(logging.DEBUG)
 
@@ -197,9 +199,14 @@ def test_no_token_and_no_query_string_reach_any_log_line(db: Path, caplog: pytes
             await client.heartbeat(1)
             await client.expect(HeartbeatAck)
             assert (await get(hub.port, f"/?code={token}")).status == 200
+            headers = {"Cookie": f"session={token}", "Authorization": f"Bearer {token}"}
+            async with connect(hub.url, subprotocols=[Subprotocol("ksocket.v2")], additional_headers=headers):
+                pass
 
     run(main())
-    assert token not in caplog.text
+    server_lines = [record.getMessage() for record in caplog.records if record.name != "websockets.client"]
+    assert not [line for line in server_lines if token in line]
+    assert any(line.startswith("< user-agent:") for line in server_lines)  # the handshake's other headers are
     names = {record.name for record in caplog.records}
     assert "ksocket.hub.websockets" in names  # websockets' frame log, on the hub's filtered logger
     access = [record.getMessage() for record in caplog.records if record.name == "ksocket.hub.access"]

@@ -55,14 +55,29 @@ NOT_FOUND = PlainTextResponse("ksocket hub: no web interface here; agents connec
 
 class _QuietLog(logging.Filter):
     """websockets' and uvicorn's WebSocket log lines, less those the hub already says better and any
-    line that holds a token (websockets logs every frame at DEBUG, and ``authenticate`` carries one)."""
+    line that holds a secret: websockets logs every frame at DEBUG (``authenticate`` carries a token)
+    and every header line of a handshake (a browser's would carry its cookie)."""
 
-    SAID_BETTER = frozenset({'%s - "WebSocket %s" [accepted]', '%s - "WebSocket %s" %d', '%s - "WebSocket %s" 403'})
+    SAID_BETTER = frozenset(
+        {
+            "connection open",
+            "connection closed",
+            "connection rejected (%d %s)",
+            "HTTP response sent (%d %s)",
+            '%s - "WebSocket %s" [accepted]',
+            '%s - "WebSocket %s" %d',
+            '%s - "WebSocket %s" 403',
+        }
+    )
+    SECRET_HEADERS = ("< cookie:", "< authorization:", "< proxy-authorization:")
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.msg in self.SAID_BETTER:
             return False
-        return record.levelno > logging.DEBUG or '"token"' not in record.getMessage()
+        if record.levelno > logging.DEBUG:
+            return True
+        line = record.getMessage()
+        return '"token"' not in line and not line.lower().startswith(self.SECRET_HEADERS)
 
 
 class _PathOnly(logging.Filter):
