@@ -15,6 +15,7 @@ import http.client
 import logging
 import os
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,22 @@ from starlette.routing import Route
 from websockets.asyncio.client import connect
 from websockets.typing import Subprotocol
 
+from ksocket.hub import server
 from ksocket.hub.asgi import WIRE, AgentSocket, Closed
 from ksocket.hub.server import ENDPOINT_PATH, Hub
 from ksocket.hub.startups import StartupLimit
 from ksocket.protocol import Authenticated, HeartbeatAck
-from tests.hubtools import TIMEOUT, RawClient, add_slot, authenticated, run
+from tests.hubtools import (
+    TIMEOUT,
+    NotConnected,
+    RawClient,
+    RecordingHub,
+    add_slot,
+    authenticated,
+    run,
+    self_signed,
+    until,
+)
 
 pytestmark = [pytest.mark.peer, pytest.mark.timeout(60)]
 
@@ -46,10 +58,14 @@ class Response:
 
     def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
         self.status, self.headers, self.body = status, headers, body
+        self.text = body.decode()
 
 
-def _request(port: int, path: str, headers: dict[str, str]) -> Response:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+def _request(port: int, path: str, headers: dict[str, str], tls: ssl.SSLContext | None = None) -> Response:
+    if tls is None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    else:
+        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=TIMEOUT, context=tls)
     try:
         connection.request("GET", path, headers=headers)
         answer = connection.getresponse()
@@ -58,9 +74,9 @@ def _request(port: int, path: str, headers: dict[str, str]) -> Response:
         connection.close()
 
 
-async def get(port: int, path: str = "/", **headers: str) -> Response:
-    """A GET by the standard library's HTTP client."""
-    return await asyncio.to_thread(_request, port, path, headers)
+async def get(port: int, path: str = "/", tls: ssl.SSLContext | None = None, **headers: str) -> Response:
+    """A GET by the standard library's HTTP client (HTTPS trusting ``tls``'s CAs when given)."""
+    return await asyncio.to_thread(_request, port, path, headers, tls)
 
 
 async def upgrade(port: int, subprotocols: list[str]) -> Response:
@@ -80,7 +96,7 @@ def operators_app(events: list[str]) -> Starlette:
     """A stand-in for the operators' pages: ``/`` greets, and the lifespan is noted in ``events``."""
 
     async def home(request: Request) -> PlainTextResponse:
-        return PlainTextResponse(f"hello operator ({request.url.path})")
+        return PlainTextResponse(f"hello operator ({request.url.scheme}://…{request.url.path})")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -103,13 +119,30 @@ def test_a_web_app_answers_http_on_the_port_where_an_agent_is_connected(db: Path
             assert events == ["startup"]
             client, _ = await authenticated(hub.url, token)
             page = await get(hub.port, "/")
-            assert (page.status, page.body) == (200, b"hello operator (/)")
+            assert (page.status, page.text) == (200, "hello operator (http://…/)")
             assert "date" in page.headers and "server" not in page.headers
             assert (await get(hub.port, "/nowhere")).status == 404  # the web app's own 404
             await client.heartbeat(1)
             assert await client.expect(HeartbeatAck) == HeartbeatAck(n=1)  # the agent's link is untouched
             assert hub.connected("s1")
         assert events == ["startup", "shutdown"]
+
+    run(main())
+
+
+def test_with_tls_the_web_app_is_served_over_https_beside_wss(db: Path, tmp_path: Path) -> None:
+    token = add_slot(db)
+    cert, key = self_signed(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    client_context = ssl.create_default_context(cafile=str(cert))
+
+    async def main() -> None:
+        async with Hub(db, ssl_context=server_context, web_app=operators_app([])) as hub:
+            client = await RawClient.open(hub.url, ssl_context=client_context)
+            assert isinstance(await client.authenticate(token), Authenticated)
+            page = await get(hub.port, "/", tls=client_context)
+            assert (page.status, page.text) == (200, "hello operator (https://…/)")
 
     run(main())
 
@@ -304,3 +337,35 @@ def test_the_hub_stops_while_a_web_request_and_an_agent_are_connected(db: Path) 
         keep_alive.close()
 
     run(main())
+
+
+def test_a_stop_is_not_held_for_ever_by_an_agent_that_reads_nothing(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub's writes to an agent that stopped reading wait on a full socket: after the stop's grace,
+    its connection is aborted and the stop ends."""
+    token = add_slot(db)
+    monkeypatch.setattr(server, "STOP_GRACE", 0.5)
+
+    async def main() -> None:
+        hub = RecordingHub(db)
+        await hub.start()
+        client = RawClient(await connect(hub.url, subprotocols=[Subprotocol("ksocket.v2")], max_queue=1))
+        assert isinstance(await client.authenticate(token), Authenticated)
+
+        async def flood() -> None:
+            while True:
+                await hub.send_raw("s1", "x" * 1024 * 1024)
+
+        flooding = asyncio.create_task(flood())
+        await until(lambda: _write_stalled(hub))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await asyncio.wait_for(hub.stop(), TIMEOUT)
+        assert loop.time() - start < TIMEOUT
+        with pytest.raises(NotConnected):
+            await flooding
+
+    run(main())
+
+
+def _write_stalled(hub: RecordingHub) -> bool:
+    return hub._link("s1").ws.transport.get_write_buffer_size() > 64 * 1024  # above asyncio's high-water mark

@@ -330,19 +330,25 @@ class Listener:
 
     async def stop(self, grace: float) -> None:
         """Stops accepting connections, ends idle HTTP connections, lets the running requests and WebSocket
-        handlers finish for ``grace`` seconds (then cancels them), and closes what is left."""
+        handlers finish for ``grace`` seconds, and closes what is left: gracefully when all finished in
+        time, else by cancelling them and aborting every connection (a peer that reads nothing could
+        otherwise hold a write, and the stop, for ever)."""
         self.close()
         state = self._uvicorn.server_state
         for connection in list(state.connections):
             if isinstance(connection, H11Protocol):  # a WebSocket's close is the hub's (1001)
                 connection.shutdown()
+        late: set[asyncio.Task[None]] = set()
         if state.tasks:
             _, late = await asyncio.wait(set(state.tasks), timeout=grace)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
         for connection in list(state.connections):
-            connection.shutdown()
+            if late:
+                connection.transport.abort()
+            else:
+                connection.shutdown()
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
         if self._clock is not None:
             self._clock.cancel()
             await asyncio.gather(self._clock, return_exceptions=True)

@@ -331,7 +331,7 @@ class Hub:
         if self._listener is not None:
             self._listener.close()
             for ws in [*self._unauthenticated, *(link.ws for link in self._links.values())]:
-                await ws.close(CLOSE_GOING_AWAY, "hub stopping")
+                self._spawn(ws.close(CLOSE_GOING_AWAY, "hub stopping"))  # its handler ends when it is sent
             await self._listener.stop(grace=STOP_GRACE)
             self._listener = None
         if self._tasks:
