@@ -142,8 +142,8 @@ class RecordingHub(Hub, HubObserver):
         return list(self._errors[slot])
 
     def close_codes(self, slot: str) -> list[int | None]:
-        """For each ended connection of ``slot``: the code of the agent's close frame (an echo of
-        the hub's when the hub closed first), or None when it ended without one."""
+        """For each ended connection of ``slot``: the code of the agent's close frame (the hub's
+        own when the hub closed first), or None when it ended without one."""
         return list(self._closes[slot])
 
     async def wait_connected(self, slot: str, timeout: float = TIMEOUT) -> str:

@@ -218,7 +218,7 @@ class HubObserver:
 
     def on_disconnect(self, slot: str, close_code: int | None) -> None:
         """A connection of ``slot`` ended, and no longer holds it: ``close_code`` is the code of the
-        agent's close frame (an echo of the hub's when the hub closed first), None without one."""
+        agent's close frame (the hub's own when the hub closed first), None without one."""
 
 
 def _batch_full(link: _Link) -> bool:
