@@ -30,6 +30,7 @@ from websockets.typing import Subprotocol
 
 from ksocket.hub import server
 from ksocket.hub.asgi import WIRE, AgentSocket, Closed
+from ksocket.hub.errors import HubError
 from ksocket.hub.server import ENDPOINT_PATH, Hub
 from ksocket.hub.startups import StartupLimit
 from ksocket.protocol import Authenticated, HeartbeatAck
@@ -166,7 +167,7 @@ def test_a_web_app_that_fails_to_start_stops_the_hub_from_starting(db: Path) -> 
 
     async def main() -> None:
         hub = Hub(db, web_app=Starlette(lifespan=broken))
-        with pytest.raises(Exception, match="web app failed to start"):
+        with pytest.raises(HubError, match="web app failed to start"):
             await hub.start()
         async with Hub(db) as again:  # nothing was left open
             assert again.port
