@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Self
 
+import h11
 import uvicorn
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -156,6 +157,10 @@ class _HTTPProtocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._deadline.cancel()
         super().connection_lost(exc)
+
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        self._deadline.cancel()  # the request is whole; and the timer would keep this protocol alive
+        super().handle_websocket_upgrade(event)
 
     def _first_request_late(self) -> None:
         if self.scope is None and not self.transport.is_closing():  # uvicorn sets the scope once a request is whole
