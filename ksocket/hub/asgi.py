@@ -10,12 +10,13 @@ Two small subclasses of uvicorn's protocols keep what the hub promised under web
 
 - ``_HTTPProtocol`` closes a connection that has not sent a whole request within the handshake
   timeout (uvicorn only times out connections idle *between* requests, and any byte, even of a
-  request that never ends, stops that timer), and logs requests on the
-  hub's ``ksocket.hub.access`` logger with their paths cut before the query string.
+  request that never ends, stops that timer), and logs requests on the hub's
+  ``ksocket.hub.access`` logger with their paths cut before the query string.
 - ``_AgentProtocol`` reads frames of at most ``AUTH_FRAME_LIMIT`` bytes until the hub lifts the limit
   to uvicorn's ``ws_max_size`` (an ASGI app cannot change it per connection), logs on the hub's
   filtered ``ksocket.hub.websockets`` logger (websockets logs every frame at DEBUG, and the first
-  carries a token), and hands the hub these two things in the scope's ``ksocket.wire`` extension.
+  carries a token), and hands the hub the lever on that limit, with the transport, in the scope's
+  ``ksocket.wire`` extension (a ``Wire``).
 
 ``AgentSocket`` is what the hub's connection handling needs of a WebSocket, over ASGI messages:
 ``recv`` / ``send`` / ``close`` (``Closed`` once it is closed), the offered subprotocols, ``accept`` /
@@ -31,9 +32,8 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
-import h11
 import uvicorn
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -42,6 +42,9 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.server import ServerProtocol
 
 from ksocket.hub.errors import HubError
+
+if TYPE_CHECKING:
+    import h11
 
 __all__ = ["AUTH_FRAME_LIMIT", "AgentSocket", "Closed", "Listener"]
 
