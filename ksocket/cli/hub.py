@@ -750,12 +750,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "--listen", type=parse_listen, default=parse_listen(DEFAULT_LISTEN), metavar="HOST:PORT", help=DEFAULT_LISTEN
     )
-    sub.add_argument("--tls-cert", metavar="FILE", help="serve wss with this certificate chain (PEM)")
+    sub.add_argument("--tls-cert", metavar="FILE", help="serve wss and https with this certificate chain (PEM)")
     sub.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
     sub.add_argument(
         "--allow-plaintext",
         action="store_true",
-        help="serve ws without TLS on an address other hosts reach (tokens cross the network in clear)",
+        help="serve ws and http without TLS on an address other hosts reach (tokens cross the network in clear)",
     )
     sub.add_argument("--heartbeat-interval", type=_positive, default=60.0, metavar="S", help="default 60")
     sub.add_argument(
