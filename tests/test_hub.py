@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import http.client
 import json
 import logging
 import os
@@ -851,7 +852,18 @@ def test_the_hub_serves_wss(db: Path, tmp_path: Path) -> None:
     with_hub(db, test, ssl_context=server_context)
 
 
-def test_hub_serve_runs_until_sigterm(db: Path) -> None:
+def _http_get(ws_url: str, path: str) -> tuple[int, str]:
+    host, port = re.match(r"ws://([^:/]+):(\d+)/", ws_url).groups()  # type: ignore[union-attr]
+    connection = http.client.HTTPConnection(host, int(port), timeout=20)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+def test_hub_serve_runs_until_sigterm_with_the_operators_pages_on_the_agents_address(db: Path) -> None:
     token = add_slot(db)
 
     async def main() -> None:
@@ -879,6 +891,8 @@ def test_hub_serve_runs_until_sigterm(db: Path) -> None:
                 url = match.group(1) if match else None
             client = await RawClient.open(url)
             assert isinstance(await client.authenticate(token), Authenticated)
+            status, page = await asyncio.to_thread(_http_get, url, "/")
+            assert status == 200 and 'type="password"' in page  # the operators' log-in, beside a connected agent
             process.send_signal(signal.SIGTERM)
             assert await client.closed() == 1001  # going away
             assert await asyncio.wait_for(process.wait(), 20) == 0

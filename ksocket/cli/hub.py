@@ -161,6 +161,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ksocket import log as ksocket_log
     from ksocket.hub.server import Hub
     from ksocket.hub.store import default_path
+    from ksocket.hub.web.app import create_app
     from statemachine.dial import is_loopback
 
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -186,8 +187,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        db_path = args.db or default_path()
         hub = Hub(
-            args.db or default_path(),
+            db_path,
             host=host,
             port=port,
             ssl_context=context,
@@ -196,6 +198,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             auth_timeout=args.auth_timeout,
             poll_interval=args.poll_interval,
             max_startups=args.max_startups,
+            web_app=create_app(db_path, secure_cookies=context is not None),
             **({} if args.slot_quota is None else {"slot_quota": args.slot_quota}),
         )
         async with hub:

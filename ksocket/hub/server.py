@@ -43,8 +43,9 @@ One connection, from handshake to close
    seconds → close 4408.
 
 Meanwhile one poller task reads the database every ``poll_interval`` seconds (sooner when this
-process queued something) and sends new pending operations and asked-for cancels to connected
-slots, and disconnects (4401) a slot whose token was revoked.
+process queued something), queues the discoveries whose schedule is due (``ksocket.hub.schedulestore``),
+sends new pending operations and asked-for cancels to connected slots, and disconnects (4401) a slot
+whose token was revoked.
 
 The connections and the poller use the database through a ``StoreThread``: every write is a
 transaction with an fsync, in the database's own thread, so one slot's results never hold up
