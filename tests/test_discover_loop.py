@@ -22,6 +22,7 @@ def discover(params: dict, world: World | None = None) -> tuple[dict, NullContex
 
 
 def hosts(context: NullContext) -> dict[str, dict]:
+    """Each host as it ended: its last record (an update replaces the record of the same key)."""
     return {record["address"]: record for record in context.records.documents if record["kind"] == "host"}
 
 
@@ -31,7 +32,10 @@ def test_the_loop_walks_from_the_gateway_through_routers_until_nothing_is_new() 
     assert set(found) == {"198.18.0.2", "198.18.0.6", "198.18.1.1", "198.18.1.2", "198.18.2.1", "198.18.0.5"}
     assert found["198.18.0.6"]["learnedFrom"][0] == {"source": "gateway"}
     assert found["198.18.0.6"]["evidence"] == ["icmp"]
-    assert found["198.18.0.6"]["identity"] == [{"kind": "mac", "value": "02:00:00:00:00:06"}]
+    assert found["198.18.0.6"]["identity"] == [  # its first record had the MAC key; its learn's update has more
+        {"kind": "machine-id", "value": "0123456789abcdef0123456789abcdef"},
+        {"kind": "mac", "value": "02:00:00:00:00:06"},
+    ]
     assert found["198.18.0.2"]["identity"] == []
     # the host that drops every probe, with the router's ARP table as its only evidence
     assert found["198.18.0.5"]["evidence"] == [loop.NEIGHBOUR_EVIDENCE]

@@ -24,10 +24,14 @@ pytestmark = pytest.mark.redis
 
 
 def records_of(outbox: list[Sequenced], operation_id: str) -> list[Record]:
-    """The operation's records in the journal's outbox (nothing acked them), each kind and key at most once."""
+    """The operation's records in the journal's outbox (nothing acked them), each key and version at most once."""
     records = [item for item in outbox if isinstance(item, Record) and item.id == operation_id]
-    keys = [(record.kind, record.record.get("address") or record.record.get("network")) for record in records]
+    keys = [(record.record["key"], record.record.get("version", 1)) for record in records]
     assert len(keys) == len(set(keys)), keys  # no message ran twice, no record was journalled twice
+    assert all(
+        record.record["key"].endswith(record.record.get("address") or record.record.get("network"))
+        for record in records
+    )
     return records
 
 

@@ -71,8 +71,9 @@ class LiveDrivers:
 
 
 def emit(context: Context, records: Sequence[Record]) -> None:
+    """The records on ``context``, each naming its ``key`` (a host's update has its first record's key)."""
     for record in records:
-        context.record({"kind": record.kind, **record.document}, key=record.key)
+        context.record({"kind": record.kind, "key": record.key, **record.document}, key=record.journal_key)
 
 
 def run(
