@@ -13,7 +13,8 @@ No thread waits for another message's outcome; the coordinator is the pure
                    stored atomically ──▶ record: network, details
                    the learn that completes the round sends the next step (to the agent's host queue)
                                      │
-    networks.discover … until a round adds nothing: the last step returns the summary (the result)
+    networks.discover … until a round adds nothing: the last step returns the summary (the result),
+                   and says in one line how many hosts no credential file served, per protocol
 
 Every change of the state is one optimistic transaction (WATCH, the core's event, SET), and every
 event names its round, so a step or a learn that runs twice changes nothing. A crash between
@@ -35,7 +36,7 @@ import redis
 
 from ksocket.collectors.base import Context, Document, OperationFailed
 from ksocket.collectors.discover import params as discover_params
-from ksocket.collectors.discover.drivers import Drivers, LiveDrivers, emit
+from ksocket.collectors.discover.drivers import Drivers, LiveDrivers, emit, unmatched_line
 from ksocket.collectors.discover.loop import Discovery, Record
 from ksocket.collectors.discover.params import OPERATION
 from ksocket.protocol import ErrorCode
@@ -137,7 +138,10 @@ def step(params: Document, context: Context) -> Document:
         records, state = store.apply(op_id, functools.partial(Discovery.swept, sweep=sweep, found=found))
         emit(context, records)
     if state.done:
-        return state.summary()
+        summary = state.summary()
+        if (line := unmatched_line(summary)) is not None:
+            log.warning("discover %s: %s", op_id, line)
+        return summary
     learn = current_broker().get_actor(LEARN)
     for address in state.waiting():
         learn.send(op_id, {"round": state.round, "address": address, "params": params})

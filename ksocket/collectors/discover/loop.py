@@ -14,7 +14,8 @@ networks learnt, the round, and the round's hosts still to learn from. Its drive
    candidates and networks (:func:`~ksocket.collectors.discover.learn.learn`), details and
    network records; the last one of a round opens the next round, or ends the discovery when
    nothing new is pending;
-5. :meth:`Discovery.summary` once :attr:`Discovery.done`.
+5. :meth:`Discovery.summary` once :attr:`Discovery.done` (with ``noCredential``: per protocol, the
+   hosts no credential file served, which the drivers say in one line rather than one per host).
 
 A host is recorded as soon as it is confirmed (its sweep, or the table that names it silent). What
 is learnt about it later — its identity keys from its own learn, sources and a MAC from tables read
@@ -44,6 +45,7 @@ from ksocket.collectors.base import Document
 from ksocket.collectors.discover.fence import Fence, canonical
 from ksocket.collectors.discover.learn import MAX_SOURCES, Network, expand, identity_keys, learn
 from ksocket.collectors.discover.params import Request
+from ksocket.protocol import ErrorCode
 
 MAX_CANDIDATES: Final = 262_144
 MAX_SWEEP: Final = 65_536  # the engine's most addresses in one scan
@@ -53,6 +55,7 @@ MAX_NETWORKS: Final = 16_384
 NEIGHBOUR_EVIDENCE: Final = "neighbour-table"
 NEIGHBOUR_TABLES: Final = frozenset({"neighbors", "arp"})  # learn.py's names of complete-entry tables
 LOGIN_PROTOCOLS: Final = ("ssh", "winrm", "snmp")
+NO_CREDENTIAL: Final = str(ErrorCode.NO_CREDENTIAL)
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,8 @@ class Discovery:
         if address in self.learned_now:
             return []
         self.learned_now.add(address)
+        for protocol in unmatched(inspection):
+            self._count(f"{NO_CREDENTIAL}:{protocol}", 1)
         found = learn(address, inspection, expand_limit=self.expand_limit)
         records: list[Record] = []
         for network in found.networks:
@@ -205,6 +210,11 @@ class Discovery:
             "swept": self.counts.get("swept", 0),
             "detailed": self.counts.get("detailed", 0),
             "learnedPerSource": self._per_source(),
+            "noCredential": {
+                protocol: count
+                for protocol in LOGIN_PROTOCOLS
+                if (count := self.counts.get(f"{NO_CREDENTIAL}:{protocol}"))
+            },
             "dropped": dict(sorted(self.dropped.items())),
             "notes": list(self.notes),
         }
@@ -407,6 +417,17 @@ def answered_login(inspection: Mapping[str, Any]) -> bool:
         isinstance(section := inspection.get(protocol), Mapping) and "error" not in section
         for protocol in LOGIN_PROTOCOLS
     )
+
+
+def unmatched(inspection: Mapping[str, Any]) -> list[str]:
+    """The protocols of the inspection that no credential file served."""
+    return [
+        protocol
+        for protocol in LOGIN_PROTOCOLS
+        if isinstance(section := inspection.get(protocol), Mapping)
+        and isinstance(error := section.get("error"), Mapping)
+        and error.get("code") == NO_CREDENTIAL
+    ]
 
 
 def _in_neighbour_table(entry: Mapping[str, Any]) -> bool:
