@@ -122,17 +122,17 @@ def test_two_learns_of_one_round_interleaved_in_redis_both_count(store: LoopStor
     store.create("op", swept_round(), "queue")
     calls: list[str] = []
 
-    def learn_other(discovery: Discovery) -> list[Record]:
+    def learn_other(discovery: Discovery) -> tuple[list[Record], None]:
         calls.append(OTHER)
-        return discovery.learned(0, OTHER, other_tables())
+        return discovery.learned(0, OTHER, other_tables()), None
 
-    def learn_gateway_overtaken(discovery: Discovery) -> list[Record]:
+    def learn_gateway_overtaken(discovery: Discovery) -> tuple[list[Record], None]:
         calls.append(GATEWAY)
         if calls.count(GATEWAY) == 1:
             store.apply("op", learn_other)  # commits between this one's read and its write
-        return discovery.learned(0, GATEWAY, gateway_tables())
+        return discovery.learned(0, GATEWAY, gateway_tables()), None
 
-    records, state = store.apply("op", learn_gateway_overtaken)
+    records, _, state = store.apply("op", learn_gateway_overtaken)
     assert calls == [GATEWAY, OTHER, GATEWAY]  # tried again once
     updates = hosts(records)  # the gateway's learn closed the round
     assert same(updates[GATEWAY].document["learnedFrom"], GATEWAY_SOURCES)
