@@ -251,3 +251,11 @@ def test_without_details_each_live_host_is_inspected_once_for_learning_and_nothi
     assert not [record for record in context.records.documents if record["kind"] == "details"]
     assert summary["detailed"] == 0 and with_details["detailed"] == 2
     assert hosts(context)["198.18.0.6"]["identity"][0]["kind"] == "machine-id"  # its login's keys, on the host
+
+
+def test_a_hosts_first_record_keeps_what_it_said_when_its_update_comes() -> None:
+    _, context, _ = discover({})
+    versions = [record for record in context.records.documents if record.get("key") == "host:198.18.1.1"]
+    assert [record["version"] for record in versions] == [1, 2]
+    later = {"host": "198.18.1.2", "protocol": "ssh", "table": "routes"}  # read in the round that swept it
+    assert later not in versions[0]["learnedFrom"] and later in versions[1]["learnedFrom"]

@@ -271,14 +271,14 @@ class Discovery:
 
     def _named_again(self, address: str, mac: str | None, origin: Document) -> None:
         """A table names a host recorded already: its MAC and the source join it (not a host's own table)."""
-        host = self.hosts[address]
+        host = self.hosts[address]  # its fields are replaced, never changed in place: records sent keep theirs
         if mac is not None and host["mac"] is None:
             host["mac"] = mac
             host["identity"] = [key for key in host["identity"] if key["kind"] != "mac"] + identity_keys({}, mac)
             self.changed.add(address)
         sources = host["learnedFrom"]
         if origin.get("host") != address and origin not in sources and len(sources) < MAX_SOURCES:
-            sources.append(origin)
+            host["learnedFrom"] = [*sources, origin]
             self.changed.add(address)
 
     def _identify(self, address: str, inspection: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -315,7 +315,7 @@ class Discovery:
             "version": 1,
         }
         self.hosts[address] = document
-        return Record("host", f"host:{address}", document)
+        return Record("host", f"host:{address}", dict(document))
 
     def _dropped_from_pending(self) -> None:
         """Pending addresses the fence now refuses (a subnet edge learnt after they came) are dropped."""
