@@ -10,7 +10,8 @@ Tables
                 message, progress, cancel requested / cancel sent.
 ``results``     (slot, agent id, seq) unique, operation id, ok, data or error (JSON), received.
 ``records``     (slot, agent id, seq) unique, operation id, kind, document (JSON), received: what an
-                operation reported before its result (protocol version 2), stored as it arrives.
+                operation reported before its result (protocol version 2), stored as it arrives; a
+                record's update (the same ``key``) is stored beside it and read in its place.
 
 Agents write only what answers operations issued to their slot: a result, ``accepted``,
 ``refused`` or ``progress`` for an operation that is not the slot's, or was never sent, raises
@@ -644,10 +645,15 @@ class Store(Database):
 
     def records(self, op_id: str) -> list[StoredRecord]:
         """The records of operation ``op_id`` from the slot it was sent to, in the order received (seq order:
-        an agent sends them so, and a repeated one is not stored)."""
+        an agent sends them so, and a repeated one is not stored); of the records with one ``key`` (a record
+        and its updates), the newest alone."""
         rows = self._rows(
-            "SELECT r.* FROM records r JOIN operations o ON r.operation_id = o.id AND r.slot = o.slot"
-            " WHERE o.id = ? ORDER BY r.received, r.rowid",
+            "SELECT slot, agent, seq, operation_id, kind, document, received FROM ("
+            " SELECT r.*, r.rowid AS position, ROW_NUMBER() OVER (PARTITION BY CASE"
+            "  WHEN json_type(r.document, '$.key') = 'text' THEN json_extract(r.document, '$.key') ELSE r.rowid END"
+            "  ORDER BY r.received DESC, r.rowid DESC) AS newer"
+            " FROM records r JOIN operations o ON r.operation_id = o.id AND r.slot = o.slot WHERE o.id = ?"
+            ") WHERE newer = 1 ORDER BY received, position",
             (op_id,),
         )
         return [_stored_record(row) for row in rows]

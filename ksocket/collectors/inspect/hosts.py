@@ -4,7 +4,8 @@ For each protocol asked for (``ssh``, ``winrm``, ``snmp``; all three by default)
 
 1. finds the credential files serving the address, in the manual's order (3.2.4); with none, the
    protocol's section is the error ``no-credential`` and nothing is attempted (the search logs the
-   WARNING the manual describes);
+   WARNING the manual describes, unless the inspection is told ``warn_unmatched=False``: a
+   discovery counts them and says so once);
 2. tries them in order with the protocol's :class:`~ksocket.collectors.inspect.base.Inspector`
    until one works: ``auth-failed`` (and any failure tied to that file) moves on to the next file
    and is never retried; ``unreachable`` and ``timeout`` are about the connection, so the later
@@ -185,7 +186,8 @@ class HostInspection:
     """The ``hosts.inspect`` operation in one environment; one instance serves any number of hosts.
 
     Each protocol's inspector is made once, by its factory in ``factories`` (the registry's by
-    default; a protocol without one is ``unsupported``).
+    default; a protocol without one is ``unsupported``). ``warn_unmatched=False`` leaves out the
+    WARNING of a protocol no credential file serves (its section still says ``no-credential``).
     """
 
     def __init__(
@@ -194,10 +196,12 @@ class HostInspection:
         *,
         factories: Mapping[str, registry.InspectorFactory] = registry.FACTORIES,
         protocol_timeout: float = DEFAULT_PROTOCOL_TIMEOUT,
+        warn_unmatched: bool = True,
     ) -> None:
         self.environment = environment
         self.factories = factories
         self.protocol_timeout = protocol_timeout
+        self.warn_unmatched = warn_unmatched
         self._inspectors: dict[str, Inspector] = {}
         self._lock = threading.Lock()
 
@@ -224,7 +228,9 @@ class HostInspection:
             return _error(ErrorCode.UNSUPPORTED, f"{kind} inspection is not available in this version of ksocket")
         root = self.environment.credentials_root
         try:
-            credentials: list[Credential] = await asyncio.to_thread(search.find, kind, address, root)
+            credentials: list[Credential] = await asyncio.to_thread(
+                search.find, kind, address, root, warn_unmatched=self.warn_unmatched
+            )
         except KsocketError as exc:
             return _error(ErrorCode.INTERNAL, f"cannot search the {kind} credential files: {exc}")
         if not credentials:
