@@ -1,12 +1,13 @@
 """``networks.discover`` end to end on the routed discovery lab (tests/discoverylab.py), against its ground truth.
 
-The agent knows its own segment A and a default route; R1 (SNMP) and H (SSH) reveal the rest. Both
+The agent knows its own segment A and a default route; R1 (SNMP) and H (SSH) reveal the rest. The
 tests seed A, allow 198.18.0.0/16 and deny segment D, then check every host against
 :meth:`~tests.discoverylab.DiscoveryLab.expected_addresses`: all reachable and learnable addresses
 found (100% recall), nothing else, provenance as the tables give it (every table that names a host,
 those read after its sweep through its update), each MAC, B's ARP-only hosts known by the neighbour
 table alone, R1's and H's details and identity keys, and not one frame at D's or F's fence. The first
-runs ``ksocket discover --json``; the second runs ``ksocket connect`` with one running operation
+runs ``ksocket discover --json`` (then again with ``--no-details``: the same hosts, networks and
+identity keys from logins in scope ``learn``, no details); the last runs ``ksocket connect`` with one running operation
 against a hub listening on the agent's loopback, and reads the records the hub stored (the newest
 version of each).
 """
@@ -146,6 +147,26 @@ def test_ksocket_discover_finds_every_reachable_and_learnable_host_and_nothing_a
     assert_details({address: host["identity"] for address, host in hosts.items()}, detailed)
     assert document["summary"]["rounds"] == max(ROUNDS.values()) + 1 and document["summary"]["detailed"] == 2
     assert document["summary"]["dropped"]["in-deny"] > 0 and document["summary"]["dropped"]["outside-allow"] > 0
+    assert_fences_silent(lab)
+
+
+def test_without_details_the_learn_scope_logins_find_the_same_hosts_networks_and_identity_keys(
+    discovery_lab: DiscoveryLab,  # noqa: F811
+) -> None:
+    """``--no-details``: R1 and H are inspected in scope ``learn`` (no packages, hardware or details
+    tables), which is all the loop reads: the same hosts, networks and provenance, their identity keys."""
+    lab = discovery_lab
+    command = [sys.executable, "-m", "ksocket.cli", "discover", "--json", "--no-details", "--seed", SEED]
+    command += [*(f"--allow={cidr}" for cidr in FENCE_ALLOW), *(f"--deny={cidr}" for cidr in FENCE_DENY)]
+    done = lab.run_in_scanner(command, env={**os.environ, "KSOCKET_HOME": str(lab.home)}, timeout=scaled(600))
+    assert done.returncode == 0, done.stderr[-3000:]
+    document = json.loads(done.stdout)
+    hosts = {host["address"]: host for host in document["hosts"]}
+    assert_hosts_match_the_ground_truth(lab, hosts)
+    assert_networks_match_the_ground_truth(lab, {item["network"]: item for item in document["networks"]})
+    assert all(host["details"] is None for host in hosts.values()) and document["summary"]["detailed"] == 0
+    assert any(key["kind"] == "snmp-engine-id" for key in hosts[R1_LAN]["identity"]), hosts[R1_LAN]
+    assert any(key["kind"] == "machine-id" for key in hosts[H_C]["identity"]), hosts[H_C]
     assert_fences_silent(lab)
 
 

@@ -3,11 +3,12 @@
 :class:`Drivers` is the loop's only way out: :meth:`~Drivers.view` reads the agent's own tables
 (its addresses, gateways, complete neighbour entries, connected networks), :meth:`~Drivers.sweep`
 runs the ``networks.scan`` engine on exactly the addresses given, :meth:`~Drivers.inspect` runs
-``hosts.inspect`` on one host (without the search's WARNING per host and protocol that no
-credential file serves: the loop counts them, and :func:`unmatched_line` says it once at the end).
-:class:`LiveDrivers` is the real one; tests give fakes. The
-pipeline's actors (:mod:`tasks.discover`) call the same three across messages; :func:`run` drives
-the whole loop in one thread for ``ksocket discover``.
+``hosts.inspect`` on one host: in scope ``full`` for a discovery with ``details``, ``learn``
+without (:func:`inspection_scope`; what learning reads and nothing more), and without the
+search's WARNING per host and protocol that no credential file serves (the loop counts them, and
+:func:`unmatched_line` says it once at the end). :class:`LiveDrivers` is the real one; tests give
+fakes. The pipeline's actors (:mod:`tasks.discover`) call the same three across messages;
+:func:`run` drives the whole loop in one thread for ``ksocket discover``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class Drivers(Protocol):
         ...
 
     def inspect(self, address: str, request: Request, context: Context) -> Document:
-        """``hosts.inspect``'s result for ``address`` with ``request.protocols``."""
+        """``hosts.inspect``'s result for ``address`` with ``request.protocols``, in :func:`inspection_scope`."""
         ...
 
 
@@ -73,7 +74,14 @@ class LiveDrivers:
         from ksocket.collectors.inspect import hosts
 
         inspection = hosts.HostInspection(context.environment, warn_unmatched=False)  # counted: unmatched_line
-        return inspection.collect({"address": address, "protocols": list(request.protocols)}, context)
+        params = {"address": address, "protocols": list(request.protocols), "scope": inspection_scope(request)}
+        return inspection.collect(params, context)
+
+
+def inspection_scope(request: Request) -> str:
+    """``full`` when the discovery reports each host's details, else ``learn``: its one login collects
+    what learning reads (tables, identity keys), no packages, hardware or details tables."""
+    return "full" if request.details else "learn"
 
 
 def emit(context: Context, records: Sequence[Record]) -> None:
@@ -119,4 +127,4 @@ def run(
     return summary
 
 
-__all__ = ["Drivers", "LiveDrivers", "View", "emit", "run"]
+__all__ = ["Drivers", "LiveDrivers", "View", "emit", "inspection_scope", "run"]

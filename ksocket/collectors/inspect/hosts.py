@@ -19,7 +19,9 @@ For each protocol asked for (``ssh``, ``winrm``, ``snmp``; all three by default)
    environment, jump host logins included) so that sshd's ``MaxStartups`` is never hit; a wait
    for a slot is not charged to the protocol's timeout.
 
-The protocols run concurrently. The result is ``{"address": …, "<protocol>": section, …}`` where
+Every inspector collects what the request's ``scope`` asks (:mod:`~ksocket.collectors.inspect.scope`:
+``full`` by default, ``learn`` for a discovery without details). The protocols run concurrently.
+The result is ``{"address": …, "<protocol>": section, …}`` where
 a section is what the inspector collected plus ``credential`` (the file that worked), or
 ``{"error": {"code", "message", "attempts"}}``. Inspectors come from
 :mod:`~ksocket.collectors.inspect.registry` (a protocol whose module cannot be imported has the
@@ -44,6 +46,7 @@ from ksocket.collectors.inspect import DEFAULT_PROTOCOL_TIMEOUT, registry
 from ksocket.collectors.inspect.base import Inspector, connection_route, server_text
 from ksocket.collectors.inspect.limiter import charged_to
 from ksocket.collectors.inspect.params import parse_params
+from ksocket.collectors.inspect.scope import Scope
 from ksocket.credentials import search
 from ksocket.credentials.models import Credential, SSHCredential
 from ksocket.errors import KsocketError
@@ -109,10 +112,11 @@ class Skips:
 class _Trial:
     """One protocol's credential files tried in order against one address, and what each attempt gave."""
 
-    def __init__(self, kind: str, address: str, inspector: Inspector) -> None:
+    def __init__(self, kind: str, address: str, inspector: Inspector, scope: Scope) -> None:
         self.kind = kind
         self.address = address
         self.inspector = inspector
+        self.scope = scope
         self.skips = Skips(kind)
         self.attempts: list[Document] = []
         self.current: Credential | None = None
@@ -134,7 +138,7 @@ class _Trial:
                 )
                 continue
             try:
-                data = await self.inspector.inspect(self.address, credential, context)
+                data = await self.inspector.inspect(self.address, credential, context, scope=self.scope)
             except Cancelled:
                 raise
             except OperationFailed as exc:
@@ -238,15 +242,15 @@ class HostInspection:
         return inspector, credentials
 
     async def inspect_protocol(
-        self, kind: str, address: str, context: Context, timeout: float | None = None
+        self, kind: str, address: str, context: Context, timeout: float | None = None, scope: Scope = Scope.FULL
     ) -> Document:
-        """One protocol's section: what it collected (and ``credential``), or ``{"error": …}``."""
+        """One protocol's section: what it collected in ``scope`` (and ``credential``), or ``{"error": …}``."""
         prepared = await self._prepare(kind, address)
         if isinstance(prepared, dict):
             return prepared
         inspector, credentials = prepared
         limit = timeout or self.protocol_timeout
-        trial = _Trial(kind, address, inspector)
+        trial = _Trial(kind, address, inspector, scope)
         started = time.monotonic()
         try:
             async with asyncio.timeout(limit) as deadline:
@@ -267,15 +271,23 @@ class HostInspection:
         context: Context | None = None,
         *,
         timeout: float | None = None,
+        scope: Scope = Scope.FULL,
     ) -> Document:
         """The ``hosts.inspect`` result for ``address``; raises Cancelled when ``context`` says so."""
         request = parse_params(
-            {"address": address, "protocols": list(protocols) if protocols is not None else None, "timeout": timeout}
+            {
+                "address": address,
+                "protocols": list(protocols) if protocols is not None else None,
+                "timeout": timeout,
+                "scope": scope,
+            }
         )
         context = context or NullContext(self.environment)
         context.check_cancelled()
         tasks = {
-            kind: asyncio.create_task(self.inspect_protocol(kind, request.address, context, request.timeout))
+            kind: asyncio.create_task(
+                self.inspect_protocol(kind, request.address, context, request.timeout, request.scope)
+            )
             for kind in request.protocols
         }
         await _follow(tasks, context)
@@ -313,7 +325,9 @@ class HostInspection:
     def collect(self, params: Document, context: Context) -> Document:
         """The operation body: checks ``params``, then runs the inspection on an event loop of its own."""
         request = parse_params(params)
-        return asyncio.run(self.inspect_host(request.address, request.protocols, context, timeout=request.timeout))
+        return asyncio.run(
+            self.inspect_host(request.address, request.protocols, context, timeout=request.timeout, scope=request.scope)
+        )
 
 
 async def _follow(tasks: Mapping[str, asyncio.Task[Document]], context: Context) -> None:
@@ -338,6 +352,6 @@ async def _follow(tasks: Mapping[str, asyncio.Task[Document]], context: Context)
 
 
 def collect(params: Document, context: Context) -> Document:
-    """``hosts.inspect`` for the pipeline: ``{address, protocols?}`` → one section per protocol."""
+    """``hosts.inspect`` for the pipeline: ``{address, protocols?, timeout?, scope?}`` → one section per protocol."""
     parse_params(params)  # invalid params are refused before the environment is looked at
     return HostInspection(context.environment).collect(params, context)
