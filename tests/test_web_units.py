@@ -7,6 +7,7 @@ import hashlib
 import io
 import re
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -141,8 +142,8 @@ def test_a_session_ends_at_its_lifetime_at_logout_and_with_its_operator(operator
 
 def test_the_operators_tables_are_versioned_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     Operators(tmp_path / "hub.db", hasher=FAST_HASHER).close()
-    monkeypatch.setattr(operators_module, "SCHEMA_VERSION", 0)
-    with pytest.raises(HubError, match="newer hub"):
+    monkeypatch.setattr(operators_module, "TABLES", replace(operators_module.TABLES, version=0))
+    with pytest.raises(HubError, match=r"hub\.db: operators made by a newer hub \(schema 1, this one knows 0\)"):
         Operators(tmp_path / "hub.db", hasher=FAST_HASHER)
 
 

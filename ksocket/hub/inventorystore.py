@@ -55,7 +55,7 @@ from ksocket.hub.inventory import (
     diff,
     key_order,
 )
-from ksocket.hub.store import Database, Store
+from ksocket.hub.store import Database, Schema, Store
 
 SCHEMA_VERSION: Final = 1
 BUSY_TIMEOUT: Final = 10.0
@@ -131,6 +131,8 @@ CREATE TABLE IF NOT EXISTS edges (
 );
 CREATE INDEX IF NOT EXISTS edges_by_snapshot ON edges (snapshot);
 """
+
+TABLES: Final = Schema("inventory", _SCHEMA, SCHEMA_VERSION, "inventory_schema")
 
 
 @dataclass(frozen=True)
@@ -243,20 +245,9 @@ class InventoryStore(Database):
         try:
             self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._setup()
+            self.create_tables(TABLES)
         except sqlite3.DatabaseError as exc:
             raise HubError(f"{self.path}: not a usable inventory: {exc}") from None
-
-    def _setup(self) -> None:
-        with self._write() as db:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            row = db.execute("SELECT version FROM inventory_schema").fetchone()
-            if row is None:
-                db.execute("INSERT INTO inventory_schema (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif row[0] > SCHEMA_VERSION:
-                raise HubError(f"{self.path}: inventory made by a newer hub (schema {row[0]}, this one knows 1)")
 
     # ------------------------------------------------------------------ the core in and out
 
@@ -582,8 +573,8 @@ class InventoryStore(Database):
         not this; use it inside :func:`plain_rows`."""
         inventory = cls.__new__(cls)
         inventory.path = store.path
-        inventory._db = store._db  # both are Databases of the same file
-        inventory._setup()
+        inventory._db = store.connection
+        inventory.create_tables(TABLES)
         return inventory
 
     def latest(self) -> SnapshotRow:
@@ -659,7 +650,7 @@ class Topology:
 def plain_rows(store: Store) -> Iterator[None]:
     """Rows as tuples on ``store``'s connection for a while: the inventory reads tuples, the hub's store
     ``sqlite3.Row``s."""
-    connection = store._db
+    connection = store.connection
     factory = connection.row_factory
     connection.row_factory = None
     try:
