@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ksocket.hub.inventorystore import InventoryStore
 from ksocket.hub.store import Store
 from ksocket.hub.web import create_app
 from ksocket.hub.web.throttle import FREE_FAILURES, LoginThrottle
@@ -112,6 +113,18 @@ def test_hostile_names_from_scanned_hosts_are_escaped(client: Client) -> None:
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in client.get("/nodes/4").body
     graph = json.loads(client.get("/api/topology/2").body)
     assert HOSTILE in [node["data"]["label"] for node in graph["nodes"]]  # text for the canvas, never markup
+
+
+def test_the_topology_graph_draws_what_hub_topology_prints(client: Client, db: Path) -> None:
+    with InventoryStore(db) as inventory:
+        printed = inventory.topology(inventory.snapshot(2)).as_document()
+    graph = json.loads(client.get("/api/topology/2").body)
+    drawn = {(edge["data"]["source"], edge["data"]["target"]) for edge in graph["edges"]}
+    for edge in printed["edges"]:
+        source = f"n{edge['sourceNode']}"
+        target = f"n{edge['targetNode']}" if edge["targetNode"] is not None else None
+        assert any(s == source and (target is None or t == target) for s, t in drawn), edge
+    assert json.loads(client.get("/api/topology/99").body) == {"nodes": [], "edges": [], "leftOut": 0}
 
 
 def test_a_forged_post_is_refused(client: Client, db: Path) -> None:

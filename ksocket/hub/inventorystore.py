@@ -490,10 +490,6 @@ class InventoryStore(Database):
             seen_before,
         )
 
-    def members(self, snapshot: int) -> dict[int, Fields]:
-        """The nodes a snapshot saw, with their fields as it saw them."""
-        return {node_id: _fields(fields) for node_id, fields in self._members(snapshot).items()}
-
     # ------------------------------------------------------------------ what the web page shows
 
     def node_page(self, query: NodeQuery) -> tuple[list[NodeRow], int]:
