@@ -140,6 +140,7 @@ def web_pages(path: Path, last: int) -> list[tuple[str, float]]:
             ("web: node list, first page (50)", median_ms(lambda: get("/nodes"))),
             ("web: node list, searched, filtered, sorted, page 40", median_ms(lambda: get(deep))),
             ("web: node list, sorted by last seen, page 210", median_ms(lambda: get("/nodes?sort=last_seen&page=210"))),
+            ("web: node list, sorted by address, page 210", median_ms(lambda: get("/nodes?sort=address&page=210"))),
             ("web: diff page, the last two snapshots", median_ms(lambda: get("/diff"))),
             ("web: node page", median_ms(lambda: get("/nodes/2"))),
             (f"web: topology JSON of snapshot {last}", median_ms(lambda: get(f"/api/topology/{last}"))),

@@ -147,10 +147,10 @@ def test_node_list_search_filter_sort_and_pages(page: Page) -> None:
     page.until(lambda d: page.find("#total").text == "2")
     page.find('a[data-sort="address"]').click()
     page.until(lambda d: "sort=address" in d.current_url)
-    assert [text.strip() for text in page.texts("#nodes tbody td.mono:not(.small)")] == ["198.18.5.10", "198.18.5.9"]
+    assert [text.strip() for text in page.texts("#nodes tbody td.mono:not(.small)")] == ["198.18.5.9", "198.18.5.10"]
     page.find('a[data-sort="address"]').click()
     page.until(lambda d: "order=desc" in d.current_url)
-    assert [text.strip() for text in page.texts("#nodes tbody td.mono:not(.small)")] == ["198.18.5.9", "198.18.5.10"]
+    assert [text.strip() for text in page.texts("#nodes tbody td.mono:not(.small)")] == ["198.18.5.10", "198.18.5.9"]
     page.open("/nodes?q=script")
     assert HOSTILE in page.texts("#nodes tbody td.name")  # shown as text, run as nothing
     page.shot("nodes-filtered")
