@@ -1,5 +1,6 @@
 """The operators' pages over real HTTP (uvicorn on a loopback port, a plain ``http.client``): log-in,
-cookies, sessions, the CSRF and origin checks of the one write, headers, escaping, throttling."""
+cookies, sessions, the CSRF and origin checks of the one write, headers, escaping, throttling; the one
+write through a running hub, which sends it to the connected agent at once."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from ksocket.hub.inventorystore import InventoryStore
 from ksocket.hub.store import Store
 from ksocket.hub.web import create_app
 from ksocket.hub.web.throttle import FREE_FAILURES, LoginThrottle
-from ksocket.protocol import Record
-from tests.webtools import HOSTILE, PASSWORD, Client, serving, small_world
+from ksocket.protocol import Operation, Record
+from tests.hubtools import add_slot, authenticated, until
+from tests.webtools import HOSTILE, PASSWORD, Client, hub_serving, serving, small_world
 
 pytestmark = pytest.mark.peer
 
@@ -158,6 +160,22 @@ def test_the_one_write_queues_a_discovery_as_hub_run_does(client: Client, db: Pa
     assert operation.id in client.get("/snapshots").body
 
 
+def test_a_discovery_started_on_the_page_reaches_the_connected_agent_at_once(db: Path) -> None:
+    token = add_slot(db, "edge")
+    with hub_serving(db, poll_interval=3600.0) as served:  # the poller's own look: once an hour
+        agent, _ = served.call(authenticated(served.hub.url, token))
+        served.call(until(lambda: served.hub.connected("edge")))
+        client = Client(served.base)
+        assert client.log_in().status == 303
+        answer = client.post("/discover", {"slot": "edge", "seeds": "198.18.4.0/24", "csrf": client.csrf("/discover")})
+        assert (answer.status, answer.location) == (303, "/snapshots")
+        operation = served.call(agent.expect(Operation))  # within TIMEOUT: the form woke the poller
+        assert (operation.name, operation.params) == ("networks.discover", {"seeds": ["198.18.4.0/24"]})
+        with Store(db) as store:
+            assert store.operation(operation.id).state == "sent"  # type: ignore[union-attr]
+        served.call(agent.close())
+
+
 def test_a_wrong_field_of_the_discovery_form_is_named(client: Client, db: Path) -> None:
     csrf = client.csrf("/discover")
     answer = client.post("/discover", {"slot": "lab", "seeds": "198.18.0.0/24", "allow": "nowhere", "csrf": csrf})
@@ -184,7 +202,7 @@ def test_failed_log_ins_are_throttled_per_name(db: Path) -> None:
 
 def test_node_list_pages_filters_and_an_unknown_node(client: Client) -> None:
     page = client.get("/nodes?kind=printer&sort=address&order=desc").body
-    assert page.index("198.18.5.9<") < page.index("198.18.5.10<")  # text order, descending
+    assert page.index("198.18.5.10<") < page.index("198.18.5.9<")  # address order, descending
     assert 'id="total">2<' in page
     assert client.get("/nodes/99").status == 404
     assert client.get("/nodes/99999999999999999999999").status == 404

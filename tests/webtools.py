@@ -1,32 +1,42 @@
-"""Helpers of the web interface's tests: a small inventory, the app under uvicorn on port 0, a plain HTTP client.
+"""Helpers of the web interface's tests: a small inventory, the pages served by a real hub or by uvicorn alone
+on port 0, a plain HTTP client.
 
 :func:`small_world` writes two discoveries of a routed lab (a Cisco router that revealed two networks
 and three hosts, a switch seen over LLDP, Debian hosts, one whose hostname is a ``<script>`` tag) to a
-hub database, with an operator ``alice`` (:data:`PASSWORD`) and a slot ``lab``. :func:`serving` runs an
-ASGI app under uvicorn in a thread on a loopback port of its own; :class:`Client` speaks HTTP/1.1
-with ``http.client``, keeps cookies and never follows a redirect, so that a test sees each answer.
+hub database, with an operator ``alice`` (:data:`PASSWORD`) and a slot ``lab``. :func:`hub_serving` runs
+a :class:`~ksocket.hub.server.Hub` with the pages (as ``ksocket hub serve`` does) on an event loop in a
+thread of its own, where the tests' agents (``tests.hubtools``' ``RawClient``) run too; :func:`serving`
+runs an ASGI app under uvicorn alone. :class:`Client` speaks HTTP/1.1 with ``http.client``, keeps
+cookies and never follows a redirect, so that a test sees each answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import re
+import ssl
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import uvicorn
 from argon2 import PasswordHasher
 
 from ksocket.hub.inventorystore import InventoryStore
+from ksocket.hub.server import Hub
 from ksocket.hub.store import Store
+from ksocket.hub.web import create_app, through_hub
 from ksocket.hub.web.operators import Operators
+from ksocket.hub.web.throttle import LoginThrottle
 from tests.test_inventory import MID_A, MID_B, Feed, details, host, linux
+
+T = TypeVar("T")
 
 PASSWORD = "correct horse battery staple"
 HOSTILE = "<script>alert(1)</script>"
@@ -108,6 +118,53 @@ def serving(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join()
+
+
+@dataclass
+class Served:
+    """A running hub with the operators' pages, on the event loop of a thread of its own."""
+
+    hub: Hub
+    loop: asyncio.AbstractEventLoop
+    base: str
+    """``http[s]://127.0.0.1:PORT``: the pages, on the port where ``hub.url`` takes agents."""
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+        """Runs ``coro`` on the hub's loop and returns what it returns (``timeout`` bounds a failure)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+@contextmanager
+def hub_serving(
+    db: Path,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    poll_interval: float = 0.05,
+    throttle: LoginThrottle | None = None,
+) -> Iterator[Served]:
+    """A ``Hub(db, web_app=create_app(db, …))`` on loopback port 0, wired as ``ksocket hub serve`` wires it
+    (secure cookies under TLS, the one write queued through the hub), stopped on the way out."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="hub", daemon=True)
+    thread.start()
+    hub: Hub
+    app = create_app(
+        db,
+        secure_cookies=ssl_context is not None,
+        queue_discovery=through_hub(lambda slot, name, params: hub.submit(slot, name, params), loop),
+        throttle=throttle,
+    )
+    hub = Hub(db, ssl_context=ssl_context, poll_interval=poll_interval, web_app=app)
+    served = Served(hub, loop, f"{'https' if ssl_context else 'http'}://127.0.0.1:0")
+    try:
+        served.call(hub.start())
+        served.base = served.base.removesuffix(":0") + f":{hub.port}"
+        yield served
+    finally:
+        served.call(hub.stop())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
 
 
 @dataclass
