@@ -1,10 +1,11 @@
-"""The operators' pages over real HTTP (uvicorn on a loopback port, a plain ``http.client``): log-in,
+"""The operators' pages over real HTTP (served by a hub on a loopback port, a plain ``http.client``): log-in,
 cookies, sessions, the CSRF and origin checks of the one write, headers, escaping, throttling; the one
 write through a running hub, which sends it to the connected agent at once."""
 
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,11 +13,10 @@ import pytest
 
 from ksocket.hub.inventorystore import InventoryStore
 from ksocket.hub.store import Store
-from ksocket.hub.web import create_app
 from ksocket.hub.web.throttle import FREE_FAILURES, LoginThrottle
 from ksocket.protocol import Operation, Record
-from tests.hubtools import add_slot, authenticated, until
-from tests.webtools import HOSTILE, PASSWORD, Client, hub_serving, serving, small_world
+from tests.hubtools import add_slot, authenticated, self_signed, until
+from tests.webtools import HOSTILE, PASSWORD, Client, hub_serving, small_world
 
 pytestmark = pytest.mark.peer
 
@@ -38,8 +38,8 @@ def db(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def base(db: Path) -> Iterator[str]:
-    with serving(create_app(db, secure_cookies=False)) as url:
-        yield url
+    with hub_serving(db) as served:
+        yield served.base
 
 
 @pytest.fixture
@@ -77,9 +77,12 @@ def test_a_wrong_password_is_refused_and_the_right_one_lands_on_the_nodes_with_a
     assert client.get("/nodes").status == 200
 
 
-def test_with_tls_the_cookie_is_secure_and_hsts_is_sent(db: Path) -> None:
-    with serving(create_app(db, secure_cookies=True)) as url:
-        client = Client(url)
+def test_with_tls_the_cookie_is_secure_and_hsts_is_sent(db: Path, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    with hub_serving(db, ssl_context=server_context) as served:
+        client = Client(served.base, tls=ssl.create_default_context(cafile=str(cert)))
         answer = client.log_in()
         assert "secure" in answer.headers["set-cookie"].lower().split("; ")
         assert answer.headers["strict-transport-security"] == "max-age=31536000"
@@ -190,8 +193,8 @@ def test_a_wrong_field_of_the_discovery_form_is_named(client: Client, db: Path) 
 
 def test_failed_log_ins_are_throttled_per_name(db: Path) -> None:
     clock = Clock()
-    with serving(create_app(db, secure_cookies=False, throttle=LoginThrottle(clock))) as url:
-        client = Client(url)
+    with hub_serving(db, throttle=LoginThrottle(clock)) as served:
+        client = Client(served.base)
         for _ in range(FREE_FAILURES):
             assert client.log_in(password="guess").status == 401
         refused = client.log_in()  # even the right password waits
@@ -258,10 +261,10 @@ def test_a_merged_nodes_page_leads_to_the_node_it_became(tmp_path: Path) -> None
         ):
             discovery = feed.discovery(slot="other")
             inventory.apply(discovery, feed.records(discovery, documents))
-        ((kept, merged),) = inventory._db.execute("SELECT kept, merged FROM merges").fetchall()
+        ((kept, merged),) = inventory.connection.execute("SELECT kept, merged FROM merges").fetchall()
     assert kept == 2  # db-1, whose machine id the MAC's node turned out to hold
-    with serving(create_app(path, secure_cookies=False)) as url:
-        client = Client(url)
+    with hub_serving(path) as served:
+        client = Client(served.base)
         client.log_in()
         answer = client.get(f"/nodes/{merged}")
         assert (answer.status, answer.location) == (303, f"/nodes/{kept}")

@@ -1,13 +1,13 @@
-"""Helpers of the web interface's tests: a small inventory, the pages served by a real hub or by uvicorn alone
-on port 0, a plain HTTP client.
+"""Helpers of the web interface's tests: a small inventory, the pages served by a real hub on port 0, a plain
+HTTP client.
 
 :func:`small_world` writes two discoveries of a routed lab (a Cisco router that revealed two networks
 and three hosts, a switch seen over LLDP, Debian hosts, one whose hostname is a ``<script>`` tag) to a
 hub database, with an operator ``alice`` (:data:`PASSWORD`) and a slot ``lab``. :func:`hub_serving` runs
 a :class:`~ksocket.hub.server.Hub` with the pages (as ``ksocket hub serve`` does) on an event loop in a
-thread of its own, where the tests' agents (``tests.hubtools``' ``RawClient``) run too; :func:`serving`
-runs an ASGI app under uvicorn alone. :class:`Client` speaks HTTP/1.1 with ``http.client``, keeps
-cookies and never follows a redirect, so that a test sees each answer.
+thread of its own, where the tests' agents (``tests.hubtools``' ``RawClient``) run too. :class:`Client`
+speaks HTTP/1.1 (over TLS when told) with ``http.client``, keeps cookies and never follows a redirect, so
+that a test sees each answer.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-import uvicorn
 from argon2 import PasswordHasher
 
 from ksocket.hub.inventorystore import InventoryStore
@@ -100,26 +99,6 @@ def small_world(path: Path, *, operator: bool = True, crowd: int = 0) -> None:
 # --------------------------------------------------------------------------- serving
 
 
-@contextmanager
-def serving(app: Any) -> Iterator[str]:
-    """``http://127.0.0.1:PORT`` of ``app`` under uvicorn, stopped on the way out."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    try:
-        while not server.started:  # it binds within milliseconds; the test's timeout bounds a failure
-            if not thread.is_alive():
-                raise RuntimeError("uvicorn stopped before it started")
-            thread.join(0.01)
-        (listener,) = server.servers
-        port = listener.sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join()
-
-
 @dataclass
 class Served:
     """A running hub with the operators' pages, on the event loop of a thread of its own."""
@@ -183,11 +162,16 @@ class Client:
     """Plain HTTP/1.1 with a cookie jar and no redirects followed; ``origin`` goes in every POST unless told."""
 
     base: str
+    tls: ssl.SSLContext | None = None
+    """What checks the hub's certificate when ``base`` is ``https://…``."""
     cookies: dict[str, str] = field(default_factory=dict)
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: Mapping[str, str] = {}) -> Answer:
-        host = self.base.removeprefix("http://")
-        connection = http.client.HTTPConnection(host, timeout=60)
+        connection: http.client.HTTPConnection
+        if self.base.startswith("https://"):
+            connection = http.client.HTTPSConnection(self.base.removeprefix("https://"), timeout=60, context=self.tls)
+        else:
+            connection = http.client.HTTPConnection(self.base.removeprefix("http://"), timeout=60)
         sent = dict(headers)
         if self.cookies:
             sent["Cookie"] = "; ".join(f"{name}={value}" for name, value in self.cookies.items())
