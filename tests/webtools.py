@@ -18,6 +18,7 @@ import re
 import ssl
 import threading
 from collections.abc import Coroutine, Iterator, Mapping
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
@@ -122,10 +123,14 @@ def hub_serving(
     throttle: LoginThrottle | None = None,
 ) -> Iterator[Served]:
     """A ``Hub(db, web_app=create_app(db, …))`` on loopback port 0, wired as ``ksocket hub serve`` wires it
-    (secure cookies under TLS, the one write queued through the hub), stopped on the way out."""
+    (secure cookies under TLS, the one write queued through the hub), stopped on the way out.
+
+    The hub runs inside ``run_until_complete`` as under ``asyncio.run``: that task is the one anyio keeps
+    the pages' thread pool for (with the loop merely running, each request's task was the pool's, so every
+    request had a new thread, and its new connections: 120 ms of argon2 for the operators' dummy hash)."""
     loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="hub", daemon=True)
-    thread.start()
+    stopping = asyncio.Event()
+    started: Future[None] = Future()
     hub: Hub
     app = create_app(
         db,
@@ -134,14 +139,26 @@ def hub_serving(
         throttle=throttle,
     )
     hub = Hub(db, ssl_context=ssl_context, poll_interval=poll_interval, web_app=app)
-    served = Served(hub, loop, f"{'https' if ssl_context else 'http'}://127.0.0.1:0")
+
+    async def run() -> None:
+        try:
+            await hub.start()
+        except BaseException as exc:
+            started.set_exception(exc)
+            return
+        started.set_result(None)
+        try:
+            await stopping.wait()
+        finally:
+            await hub.stop()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(run(),), name="hub", daemon=True)
+    thread.start()
     try:
-        served.call(hub.start())
-        served.base = served.base.removesuffix(":0") + f":{hub.port}"
-        yield served
+        started.result(60)
+        yield Served(hub, loop, f"{'https' if ssl_context else 'http'}://127.0.0.1:{hub.port}")
     finally:
-        served.call(hub.stop())
-        loop.call_soon_threadsafe(loop.stop)
+        loop.call_soon_threadsafe(stopping.set)
         thread.join()
         loop.close()
 
