@@ -6,7 +6,7 @@ machine id, the others are MACs alone) is applied through the core and written b
 :class:`~ksocket.hub.inventorystore.InventoryStore` into a temporary hub database. Then the
 queries the commands make are timed (the store and core calls, not the terminal): the first page
 of nodes (100), every node, and the diff of the last two snapshots, each the median of
-:data:`RUNS`, against the 300 ms goal. Then the operators' web pages, served by uvicorn on a
+:data:`RUNS`, against the 300 ms goal. Then the operators' web pages, served by a hub (uvicorn) on a
 loopback port and asked by a logged-in plain HTTP client: the node list's first page, a searched,
 filtered and sorted page deep in the list, the diff page of the last two snapshots and the
 topology's JSON; each time is the whole request (query, render, HTTP on loopback), an upper
@@ -120,15 +120,14 @@ def build(path: Path) -> tuple[float, int]:
 
 
 def web_pages(path: Path, last: int) -> list[tuple[str, float]]:
-    """The web pages' times, through uvicorn and HTTP on loopback, logged in."""
-    from ksocket.hub.web import create_app
+    """The web pages' times, served by a hub (uvicorn) over HTTP on loopback, logged in."""
     from ksocket.hub.web.operators import Operators
-    from tests.webtools import FAST_HASHER, PASSWORD, Client, serving
+    from tests.webtools import FAST_HASHER, PASSWORD, Client, hub_serving
 
     with Operators(path, hasher=FAST_HASHER) as operators:
         operators.add("bench", PASSWORD)
-    with serving(create_app(path, secure_cookies=False)) as base:
-        client = Client(base)
+    with hub_serving(path) as served:
+        client = Client(served.base)
         assert client.log_in("bench").status == 303
 
         def get(url: str) -> None:
@@ -140,6 +139,7 @@ def web_pages(path: Path, last: int) -> list[tuple[str, float]]:
             ("web: node list, first page (50)", median_ms(lambda: get("/nodes"))),
             ("web: node list, searched, filtered, sorted, page 40", median_ms(lambda: get(deep))),
             ("web: node list, sorted by last seen, page 210", median_ms(lambda: get("/nodes?sort=last_seen&page=210"))),
+            ("web: node list, sorted by address, page 210", median_ms(lambda: get("/nodes?sort=address&page=210"))),
             ("web: diff page, the last two snapshots", median_ms(lambda: get("/diff"))),
             ("web: node page", median_ms(lambda: get("/nodes/2"))),
             (f"web: topology JSON of snapshot {last}", median_ms(lambda: get(f"/api/topology/{last}"))),

@@ -1,26 +1,31 @@
 """The operators' pages in a real browser: Debian's headless Chromium, driven by selenium through Debian's
 chromedriver (the paths given, so that selenium-manager never downloads anything).
 
-Log-in, the node list (search, filter, sort, pages), a node, the diff, the topology drawn by
-cytoscape.js, the snapshots page's live progress and the start-a-discovery form. Each test saves a
-screenshot in ``build/screenshots/`` for a person to look at; the browser's console must hold no
-error (a Content-Security-Policy violation among them).
+The pages are served by a real hub (``Hub(db, web_app=create_app(db, …))`` on port 0, wired as
+``ksocket hub serve`` wires it), on the port where the tests' agents connect. Log-in, the node list
+(search, filter, sort, pages), a node, the diff, the topology drawn by cytoscape.js, the
+start-a-discovery form; a discovery started from the form, run by a scripted agent whose records the
+snapshots page counts as they arrive, and whose result the hub imports into the node list, a node's
+page and the topology; the same pages over HTTPS with a secure cookie. Each test saves a screenshot in
+``build/screenshots/`` for a person to look at; the browser's console must hold no error (a
+Content-Security-Policy violation among them).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ksocket.hub.store import Store
-from ksocket.hub.web import create_app
-from ksocket.protocol import Record
-from tests.webtools import HOSTILE, PASSWORD, Client, serving, small_world
+from ksocket.protocol import Accepted, Ack, Operation, Record, Result
+from tests.hubtools import RawClient, add_slot, authenticated, self_signed, until
+from tests.test_inventory import host
+from tests.webtools import HOSTILE, PASSWORD, Client, Served, hub_serving, small_world
 
 pytestmark = pytest.mark.peer
 
@@ -52,19 +57,25 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def base(db: Path) -> Iterator[str]:
-    with serving(create_app(db, secure_cookies=False)) as url:
-        yield url
+    with hub_serving(db) as served:
+        yield served.base
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[WebDriver]:
+def chromium(*arguments: str) -> WebDriver:
     os.environ["SE_OFFLINE"] = "true"  # selenium-manager, should anything call it, never downloads
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,900", "--lang=en"):
         options.add_argument(argument)
+    for argument in arguments:
+        options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+    return webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    driver = chromium()
     try:
         yield driver
     finally:
@@ -147,10 +158,10 @@ def test_node_list_search_filter_sort_and_pages(page: Page) -> None:
     page.until(lambda d: page.find("#total").text == "2")
     page.find('a[data-sort="address"]').click()
     page.until(lambda d: "sort=address" in d.current_url)
-    assert [text.strip() for text in page.texts("#nodes tbody td.mono:not(.small)")] == ["198.18.5.10", "198.18.5.9"]
+    assert [text.strip() for text in page.texts("#nodes tbody td.mono:not(.small)")] == ["198.18.5.9", "198.18.5.10"]
     page.find('a[data-sort="address"]').click()
     page.until(lambda d: "order=desc" in d.current_url)
-    assert [text.strip() for text in page.texts("#nodes tbody td.mono:not(.small)")] == ["198.18.5.9", "198.18.5.10"]
+    assert [text.strip() for text in page.texts("#nodes tbody td.mono:not(.small)")] == ["198.18.5.10", "198.18.5.9"]
     page.open("/nodes?q=script")
     assert HOSTILE in page.texts("#nodes tbody td.name")  # shown as text, run as nothing
     page.shot("nodes-filtered")
@@ -208,20 +219,107 @@ def test_the_agents_page_and_a_refused_discovery_form(page: Page) -> None:
     page.shot("discover-refused")
 
 
-def test_the_snapshots_page_follows_a_running_discovery(page: Page, db: Path) -> None:
+ROUTER = "198.18.6.1"
+LEARNED = [{"host": ROUTER, "protocol": "snmp", "table": "ipNetToMedia"}]
+FOUND = [
+    host(ROUTER, "02:00:00:00:06:01", ports=(161,)),
+    host("198.18.6.10", "02:00:00:00:06:10", ports=(22,), learned=LEARNED),
+    host("198.18.6.9", "02:00:00:00:06:09", ports=(22,), learned=LEARNED),
+]
+"""What the scripted agent's discovery finds: a host with SNMP whose ARP table revealed two more."""
+
+
+def _records(operation: str, first: int, last: int) -> list[Record]:
+    return [
+        Record(id=operation, seq=seq, record={"kind": kind, **document})
+        for seq, (kind, document) in enumerate(FOUND, start=1)
+        if first <= seq <= last
+    ]
+
+
+def _send(served: Served, agent: RawClient, *messages: Record | Result) -> None:
+    """Sends ``messages`` and waits for the hub's ack of the last: then they are stored."""
+
+    async def send() -> None:
+        for message in messages:
+            await agent.send(message)
+        assert (await agent.expect(Ack)).seq == messages[-1].seq
+
+    served.call(send())
+
+
+@pytest.fixture
+def live(tmp_path: Path, browser: WebDriver) -> Iterator[tuple[Served, RawClient, Page]]:
+    """A hub of its own (the small world, without the crowd) with an agent connected on slot ``probe``, and
+    the browser logged in to it."""
+    db = tmp_path / "hub.db"
+    small_world(db)
+    token = add_slot(db, "probe")
+    with hub_serving(db) as served:
+        agent, _ = served.call(authenticated(served.hub.url, token))
+        served.call(until(lambda: served.hub.connected("probe")))
+        page = Page(browser, served.base)
+        page.log_in()
+        yield served, agent, page
+        page.assert_console_clean()
+        served.call(agent.close())
+
+
+def test_a_discovery_started_in_the_browser_runs_on_the_agent_and_its_hosts_become_nodes(
+    live: tuple[Served, RawClient, Page],
+) -> None:
+    served, agent, page = live
     page.open("/discover")
-    Select(page.find("#slot")).select_by_value("lab")
-    page.find("#seeds").send_keys("198.18.4.0/24")
+    Select(page.find("#slot")).select_by_value("probe")
+    page.find("#seeds").send_keys("198.18.6.0/24")
     page.find("#start").click()
     page.until(lambda d: d.current_url.endswith("/snapshots"))
+    operation = served.call(agent.expect(Operation))  # the form's one write reached the connected agent
+    assert (operation.name, operation.params) == ("networks.discover", {"seeds": ["198.18.6.0/24"]})
     (row,) = page.driver.find_elements(By.CSS_SELECTOR, "#running tbody tr[data-operation]")
-    operation = row.get_attribute("data-operation")
-    assert page.find("#running .records").text == "0"
-    with Store(db) as store:
-        store.claim_pending(["lab"])
-        store.mark_accepted("lab", operation)
-        records = [Record(id=operation, seq=n, record={"kind": "host", "address": f"198.18.4.{n}"}) for n in (1, 2, 3)]
-        store.add_records("lab", "agent-1", records)
-    page.until(lambda d: page.find("#running .records").text == "3")
+    assert row.get_attribute("data-operation") == operation.id
+    served.call(agent.send(Accepted(id=operation.id)))
+    _send(served, agent, *_records(operation.id, 1, 1))
+    page.until(lambda d: page.find("#running .records").text == "1")  # progress.js polls /api/progress
     assert page.find("#running .state").text == "accepted"
-    page.shot("snapshots")
+    _send(served, agent, *_records(operation.id, 2, 3))
+    page.until(lambda d: page.find("#running .hosts").text == "3")
+    page.shot("live-progress")
+    _send(served, agent, Result(id=operation.id, seq=4, ok=True, data={"summary": {"hosts": 3}}))
+    page.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#running tbody tr[data-operation]"))  # reloaded
+    snapshot = page.texts("#snapshots tbody tr td.num")[0]  # the newest first: this discovery's, imported
+    assert page.find("#snapshots tbody tr").text.split()[3:6] == ["probe", "agent-1", "198.18.6.0/24"]
+    page.open("/nodes?q=198.18.6.&sort=address")
+    assert [text.strip() for text in page.texts("#nodes tbody td.mono:not(.small)")] == [
+        ROUTER, "198.18.6.9", "198.18.6.10",
+    ]  # fmt: skip
+    page.shot("live-nodes")
+    page.driver.find_element(By.CSS_SELECTOR, "#nodes tbody td.num a").click()
+    page.until(lambda d: "/nodes/" in d.current_url)
+    assert [row.split()[1] for row in page.texts("#addresses tbody tr")] == [ROUTER]
+    page.open(f"/topology?snapshot={snapshot}")
+    page.until(lambda d: page.find("#graph").get_attribute("data-ready") == "true")
+    labels = page.driver.execute_script("return window.ksocketGraph.nodes().map(n => n.data('label')).sort()")
+    assert labels == [ROUTER, "198.18.6.10", "198.18.6.9"]
+    assert page.driver.execute_script("return window.ksocketGraph.edges().length") == 2
+    page.shot("live-topology")
+
+
+def test_over_https_the_session_cookie_is_secure(tmp_path: Path, db: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    driver = chromium("--ignore-certificate-errors")  # the test's self-signed certificate, in this test only
+    try:
+        with hub_serving(db, ssl_context=context) as served:
+            assert served.base.startswith("https://")
+            page = Page(driver, served.base)
+            page.log_in()
+            page.until(lambda d: d.current_url.endswith("/nodes"))
+            assert page.find("#total").text == f"{CROWD + 6:,}"
+            cookie = driver.get_cookie("ksocket_session")
+            assert (cookie["secure"], cookie["httpOnly"], cookie["sameSite"]) == (True, True, "Strict")
+            page.shot("https-nodes")
+            page.assert_console_clean()
+    finally:
+        driver.quit()

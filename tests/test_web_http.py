@@ -1,19 +1,22 @@
-"""The operators' pages over real HTTP (uvicorn on a loopback port, a plain ``http.client``): log-in,
-cookies, sessions, the CSRF and origin checks of the one write, headers, escaping, throttling."""
+"""The operators' pages over real HTTP (served by a hub on a loopback port, a plain ``http.client``): log-in,
+cookies, sessions, the CSRF and origin checks of the one write, headers, escaping, throttling; the one
+write through a running hub, which sends it to the connected agent at once."""
 
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from ksocket.hub.inventorystore import InventoryStore
 from ksocket.hub.store import Store
-from ksocket.hub.web import create_app
 from ksocket.hub.web.throttle import FREE_FAILURES, LoginThrottle
-from ksocket.protocol import Record
-from tests.webtools import HOSTILE, PASSWORD, Client, serving, small_world
+from ksocket.protocol import Operation, Record
+from tests.hubtools import add_slot, authenticated, self_signed, until
+from tests.webtools import HOSTILE, PASSWORD, Client, hub_serving, small_world
 
 pytestmark = pytest.mark.peer
 
@@ -35,8 +38,8 @@ def db(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def base(db: Path) -> Iterator[str]:
-    with serving(create_app(db, secure_cookies=False)) as url:
-        yield url
+    with hub_serving(db) as served:
+        yield served.base
 
 
 @pytest.fixture
@@ -74,9 +77,12 @@ def test_a_wrong_password_is_refused_and_the_right_one_lands_on_the_nodes_with_a
     assert client.get("/nodes").status == 200
 
 
-def test_with_tls_the_cookie_is_secure_and_hsts_is_sent(db: Path) -> None:
-    with serving(create_app(db, secure_cookies=True)) as url:
-        client = Client(url)
+def test_with_tls_the_cookie_is_secure_and_hsts_is_sent(db: Path, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    with hub_serving(db, ssl_context=server_context) as served:
+        client = Client(served.base, tls=ssl.create_default_context(cafile=str(cert)))
         answer = client.log_in()
         assert "secure" in answer.headers["set-cookie"].lower().split("; ")
         assert answer.headers["strict-transport-security"] == "max-age=31536000"
@@ -114,6 +120,18 @@ def test_hostile_names_from_scanned_hosts_are_escaped(client: Client) -> None:
     assert HOSTILE in [node["data"]["label"] for node in graph["nodes"]]  # text for the canvas, never markup
 
 
+def test_the_topology_graph_draws_what_hub_topology_prints(client: Client, db: Path) -> None:
+    with InventoryStore(db) as inventory:
+        printed = inventory.topology(inventory.snapshot(2)).as_document()
+    graph = json.loads(client.get("/api/topology/2").body)
+    drawn = {(edge["data"]["source"], edge["data"]["target"]) for edge in graph["edges"]}
+    for edge in printed["edges"]:
+        source = f"n{edge['sourceNode']}"
+        target = f"n{edge['targetNode']}" if edge["targetNode"] is not None else None
+        assert any(s == source and (target is None or t == target) for s, t in drawn), edge
+    assert json.loads(client.get("/api/topology/99").body) == {"nodes": [], "edges": [], "leftOut": 0}
+
+
 def test_a_forged_post_is_refused(client: Client, db: Path) -> None:
     form = {"slot": "lab", "seeds": "198.18.0.0/24", "csrf": client.csrf()}
     assert client.post("/discover", {**form, "csrf": "forged"}).status == 403
@@ -145,6 +163,22 @@ def test_the_one_write_queues_a_discovery_as_hub_run_does(client: Client, db: Pa
     assert operation.id in client.get("/snapshots").body
 
 
+def test_a_discovery_started_on_the_page_reaches_the_connected_agent_at_once(db: Path) -> None:
+    token = add_slot(db, "edge")
+    with hub_serving(db, poll_interval=3600.0) as served:  # the poller's own look: once an hour
+        agent, _ = served.call(authenticated(served.hub.url, token))
+        served.call(until(lambda: served.hub.connected("edge")))
+        client = Client(served.base)
+        assert client.log_in().status == 303
+        answer = client.post("/discover", {"slot": "edge", "seeds": "198.18.4.0/24", "csrf": client.csrf("/discover")})
+        assert (answer.status, answer.location) == (303, "/snapshots")
+        operation = served.call(agent.expect(Operation))  # within TIMEOUT: the form woke the poller
+        assert (operation.name, operation.params) == ("networks.discover", {"seeds": ["198.18.4.0/24"]})
+        with Store(db) as store:
+            assert store.operation(operation.id).state == "sent"  # type: ignore[union-attr]
+        served.call(agent.close())
+
+
 def test_a_wrong_field_of_the_discovery_form_is_named(client: Client, db: Path) -> None:
     csrf = client.csrf("/discover")
     answer = client.post("/discover", {"slot": "lab", "seeds": "198.18.0.0/24", "allow": "nowhere", "csrf": csrf})
@@ -159,8 +193,8 @@ def test_a_wrong_field_of_the_discovery_form_is_named(client: Client, db: Path) 
 
 def test_failed_log_ins_are_throttled_per_name(db: Path) -> None:
     clock = Clock()
-    with serving(create_app(db, secure_cookies=False, throttle=LoginThrottle(clock))) as url:
-        client = Client(url)
+    with hub_serving(db, throttle=LoginThrottle(clock)) as served:
+        client = Client(served.base)
         for _ in range(FREE_FAILURES):
             assert client.log_in(password="guess").status == 401
         refused = client.log_in()  # even the right password waits
@@ -171,7 +205,7 @@ def test_failed_log_ins_are_throttled_per_name(db: Path) -> None:
 
 def test_node_list_pages_filters_and_an_unknown_node(client: Client) -> None:
     page = client.get("/nodes?kind=printer&sort=address&order=desc").body
-    assert page.index("198.18.5.9<") < page.index("198.18.5.10<")  # text order, descending
+    assert page.index("198.18.5.10<") < page.index("198.18.5.9<")  # address order, descending
     assert 'id="total">2<' in page
     assert client.get("/nodes/99").status == 404
     assert client.get("/nodes/99999999999999999999999").status == 404
@@ -227,10 +261,10 @@ def test_a_merged_nodes_page_leads_to_the_node_it_became(tmp_path: Path) -> None
         ):
             discovery = feed.discovery(slot="other")
             inventory.apply(discovery, feed.records(discovery, documents))
-        ((kept, merged),) = inventory._db.execute("SELECT kept, merged FROM merges").fetchall()
+        ((kept, merged),) = inventory.connection.execute("SELECT kept, merged FROM merges").fetchall()
     assert kept == 2  # db-1, whose machine id the MAC's node turned out to hold
-    with serving(create_app(path, secure_cookies=False)) as url:
-        client = Client(url)
+    with hub_serving(path) as served:
+        client = Client(served.base)
         client.log_in()
         answer = client.get(f"/nodes/{merged}")
         assert (answer.status, answer.location) == (303, f"/nodes/{kept}")

@@ -7,6 +7,7 @@ import hashlib
 import io
 import re
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from ksocket import cli
 from ksocket.hub.errors import HubError
 from ksocket.hub.inventory import Edge, Fields
-from ksocket.hub.inventorystore import InventoryStore, NodeQuery
+from ksocket.hub.inventorystore import InventoryStore, NodeQuery, address_key
 from ksocket.hub.store import Store
 from ksocket.hub.web import operators as operators_module
 from ksocket.hub.web.forms import discovery_params
@@ -141,8 +142,8 @@ def test_a_session_ends_at_its_lifetime_at_logout_and_with_its_operator(operator
 
 def test_the_operators_tables_are_versioned_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     Operators(tmp_path / "hub.db", hasher=FAST_HASHER).close()
-    monkeypatch.setattr(operators_module, "SCHEMA_VERSION", 0)
-    with pytest.raises(HubError, match="newer hub"):
+    monkeypatch.setattr(operators_module, "TABLES", replace(operators_module.TABLES, version=0))
+    with pytest.raises(HubError, match=r"hub\.db: operators made by a newer hub \(schema 1, this one knows 0\)"):
         Operators(tmp_path / "hub.db", hasher=FAST_HASHER)
 
 
@@ -254,7 +255,17 @@ def test_node_list_search_filters_sort_and_pages(world: InventoryStore) -> None:
     assert _ids(world, sort="name", descending=True, limit=3) == ([3, 2, 1], 6)  # web-1, db-1, core-rtr
     assert _ids(world, sort="kind", limit=2) == ([2, 3], 6)  # host before printer, router
     assert _ids(world, sort="id", offset=4, limit=4) == ([5, 6], 6)
+    assert _ids(world, sort="address", offset=3) == ([4, 5, 6], 6)  # .4.66, then .5.9 before .5.10
+    assert _ids(world, sort="address", descending=True, limit=2) == ([6, 5], 6)
     assert world.networks() == ["198.18.0.0/24"]
+
+
+def test_addresses_sort_as_addresses_ipv4_then_ipv6_then_other_text() -> None:
+    texts = ["fe80::1%eth0", "198.18.5.10", "::1", "not an address", "198.18.5.9", "10.0.0.1", "2001:db8::"]
+    assert sorted(texts, key=address_key) == [
+        "10.0.0.1", "198.18.5.9", "198.18.5.10", "::1", "2001:db8::", "fe80::1%eth0", "not an address",
+    ]  # fmt: skip
+    assert address_key(None) is None
 
 
 def test_running_discoveries_count_their_records_so_far(tmp_path: Path) -> None:

@@ -1,32 +1,42 @@
-"""Helpers of the web interface's tests: a small inventory, the app under uvicorn on port 0, a plain HTTP client.
+"""Helpers of the web interface's tests: a small inventory, the pages served by a real hub on port 0, a plain
+HTTP client.
 
 :func:`small_world` writes two discoveries of a routed lab (a Cisco router that revealed two networks
 and three hosts, a switch seen over LLDP, Debian hosts, one whose hostname is a ``<script>`` tag) to a
-hub database, with an operator ``alice`` (:data:`PASSWORD`) and a slot ``lab``. :func:`serving` runs an
-ASGI app under uvicorn in a thread on a loopback port of its own; :class:`Client` speaks HTTP/1.1
-with ``http.client``, keeps cookies and never follows a redirect, so that a test sees each answer.
+hub database, with an operator ``alice`` (:data:`PASSWORD`) and a slot ``lab``. :func:`hub_serving` runs
+a :class:`~ksocket.hub.server.Hub` with the pages (as ``ksocket hub serve`` does) on an event loop in a
+thread of its own, where the tests' agents (``tests.hubtools``' ``RawClient``) run too. :class:`Client`
+speaks HTTP/1.1 (over TLS when told) with ``http.client``, keeps cookies and never follows a redirect, so
+that a test sees each answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import re
+import ssl
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
-import uvicorn
 from argon2 import PasswordHasher
 
 from ksocket.hub.inventorystore import InventoryStore
+from ksocket.hub.server import Hub
 from ksocket.hub.store import Store
+from ksocket.hub.web import create_app, through_hub
 from ksocket.hub.web.operators import Operators
+from ksocket.hub.web.throttle import LoginThrottle
 from tests.test_inventory import MID_A, MID_B, Feed, details, host, linux
+
+T = TypeVar("T")
 
 PASSWORD = "correct horse battery staple"
 HOSTILE = "<script>alert(1)</script>"
@@ -90,24 +100,67 @@ def small_world(path: Path, *, operator: bool = True, crowd: int = 0) -> None:
 # --------------------------------------------------------------------------- serving
 
 
+@dataclass
+class Served:
+    """A running hub with the operators' pages, on the event loop of a thread of its own."""
+
+    hub: Hub
+    loop: asyncio.AbstractEventLoop
+    base: str
+    """``http[s]://127.0.0.1:PORT``: the pages, on the port where ``hub.url`` takes agents."""
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+        """Runs ``coro`` on the hub's loop and returns what it returns (``timeout`` bounds a failure)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
 @contextmanager
-def serving(app: Any) -> Iterator[str]:
-    """``http://127.0.0.1:PORT`` of ``app`` under uvicorn, stopped on the way out."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+def hub_serving(
+    db: Path,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    poll_interval: float = 0.05,
+    throttle: LoginThrottle | None = None,
+) -> Iterator[Served]:
+    """A ``Hub(db, web_app=create_app(db, …))`` on loopback port 0, wired as ``ksocket hub serve`` wires it
+    (secure cookies under TLS, the one write queued through the hub), stopped on the way out.
+
+    The hub runs inside ``run_until_complete`` as under ``asyncio.run``: that task is the one anyio keeps
+    the pages' thread pool for (with the loop merely running, each request's task was the pool's, so every
+    request had a new thread, and its new connections: 120 ms of argon2 for the operators' dummy hash)."""
+    loop = asyncio.new_event_loop()
+    stopping = asyncio.Event()
+    started: Future[None] = Future()
+    hub: Hub
+    app = create_app(
+        db,
+        secure_cookies=ssl_context is not None,
+        queue_discovery=through_hub(lambda slot, name, params: hub.submit(slot, name, params), loop),
+        throttle=throttle,
+    )
+    hub = Hub(db, ssl_context=ssl_context, poll_interval=poll_interval, web_app=app)
+
+    async def run() -> None:
+        try:
+            await hub.start()
+        except BaseException as exc:
+            started.set_exception(exc)
+            return
+        started.set_result(None)
+        try:
+            await stopping.wait()
+        finally:
+            await hub.stop()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(run(),), name="hub", daemon=True)
     thread.start()
     try:
-        while not server.started:  # it binds within milliseconds; the test's timeout bounds a failure
-            if not thread.is_alive():
-                raise RuntimeError("uvicorn stopped before it started")
-            thread.join(0.01)
-        (listener,) = server.servers
-        port = listener.sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
+        started.result(60)
+        yield Served(hub, loop, f"{'https' if ssl_context else 'http'}://127.0.0.1:{hub.port}")
     finally:
-        server.should_exit = True
+        loop.call_soon_threadsafe(stopping.set)
         thread.join()
+        loop.close()
 
 
 @dataclass
@@ -126,11 +179,16 @@ class Client:
     """Plain HTTP/1.1 with a cookie jar and no redirects followed; ``origin`` goes in every POST unless told."""
 
     base: str
+    tls: ssl.SSLContext | None = None
+    """What checks the hub's certificate when ``base`` is ``https://…``."""
     cookies: dict[str, str] = field(default_factory=dict)
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: Mapping[str, str] = {}) -> Answer:
-        host = self.base.removeprefix("http://")
-        connection = http.client.HTTPConnection(host, timeout=60)
+        connection: http.client.HTTPConnection
+        if self.base.startswith("https://"):
+            connection = http.client.HTTPSConnection(self.base.removeprefix("https://"), timeout=60, context=self.tls)
+        else:
+            connection = http.client.HTTPConnection(self.base.removeprefix("http://"), timeout=60)
         sent = dict(headers)
         if self.cookies:
             sent["Cookie"] = "; ".join(f"{name}={value}" for name, value in self.cookies.items())

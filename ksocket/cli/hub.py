@@ -161,7 +161,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ksocket import log as ksocket_log
     from ksocket.hub.server import Hub
     from ksocket.hub.store import default_path
-    from ksocket.hub.web.app import create_app
+    from ksocket.hub.web.app import create_app, through_hub
     from statemachine.dial import is_loopback
 
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -188,6 +188,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         db_path = args.db or default_path()
+        hub: Hub  # the pages queue through the hub they are part of (made next, running before any request)
+        web_app = create_app(
+            db_path,
+            secure_cookies=context is not None,
+            queue_discovery=through_hub(lambda slot, name, params: hub.submit(slot, name, params), loop),
+        )
         hub = Hub(
             db_path,
             host=host,
@@ -198,7 +204,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             auth_timeout=args.auth_timeout,
             poll_interval=args.poll_interval,
             max_startups=args.max_startups,
-            web_app=create_app(db_path, secure_cookies=context is not None),
+            web_app=web_app,
             **({} if args.slot_quota is None else {"slot_quota": args.slot_quota}),
         )
         async with hub:

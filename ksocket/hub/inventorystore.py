@@ -4,9 +4,10 @@
 :meth:`~ksocket.hub.inventory.Inventory.apply` changed (an :class:`~ksocket.hub.inventory.Applied`)
 in one transaction, and answers the ``ksocket hub nodes | node | snapshots | diff | export``
 commands and the web pages (:meth:`InventoryStore.node_page`: the node list searched, filtered,
-sorted and paged in SQL; the running discoveries' records so far) with indexed queries. The tables
-are created on first use; their schema version is the row of ``inventory_schema`` (the hub's own
-``user_version`` stays the hub store's).
+sorted and paged in SQL, addresses sorted as addresses by :func:`address_key`, which the store
+registers on the connection it opens; the running discoveries' records so far) with indexed queries. The
+tables are created on first use; their schema version is the row of ``inventory_schema`` (the hub's
+own ``user_version`` stays the hub store's).
 
 Tables
 ------
@@ -31,6 +32,7 @@ thread, through :meth:`InventoryStore.sharing` its one connection); :meth:`Inven
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import sqlite3
@@ -55,7 +57,7 @@ from ksocket.hub.inventory import (
     diff,
     key_order,
 )
-from ksocket.hub.store import Database, Store
+from ksocket.hub.store import Database, Schema, Store
 
 SCHEMA_VERSION: Final = 1
 BUSY_TIMEOUT: Final = 10.0
@@ -132,6 +134,8 @@ CREATE TABLE IF NOT EXISTS edges (
 CREATE INDEX IF NOT EXISTS edges_by_snapshot ON edges (snapshot);
 """
 
+TABLES: Final = Schema("inventory", _SCHEMA, SCHEMA_VERSION, "inventory_schema")
+
 
 @dataclass(frozen=True)
 class NodeRow:
@@ -175,7 +179,7 @@ NODE_SORTS: Final[Mapping[str, str]] = {
     "id": "id",
     "kind": "json_extract(fields, '$.kind')",
     "name": "json_extract(fields, '$.names[0]')",
-    "address": "json_extract(fields, '$.addresses[0]')",
+    "address": "address_key(json_extract(fields, '$.addresses[0]'))",
     "os": "json_extract(fields, '$.os')",
     "vendor": "json_extract(fields, '$.vendor')",
     "first_seen": "first_seen",
@@ -183,6 +187,8 @@ NODE_SORTS: Final[Mapping[str, str]] = {
 }
 """The node list's orders: name -> SQL (this module's text, never a caller's)."""
 NODE_STATES: Final = ("present", "gone")
+_ODD: Final = b"\x07"
+"""Before the text of an address that does not parse: after every IPv4 (version 4) and IPv6 (version 6) key."""
 _IN_NEWEST: Final = (
     "id IN (SELECT node FROM snapshot_nodes WHERE snapshot IN (SELECT max(id) FROM snapshots GROUP BY slot, network))"
 )
@@ -226,6 +232,18 @@ class NodeView:
     """The nodes that were found to be this one."""
 
 
+def address_key(text: str | None) -> bytes | None:
+    """``text``'s sort key as an address (SQL's ``address_key``, so that 198.18.5.9 comes before 198.18.5.10):
+    IPv4 by number, then IPv6 by number, then anything else as text; None stays None."""
+    if text is None:
+        return None
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return _ODD + text.encode()
+    return bytes([address.version]) + address.packed
+
+
 def _dumps(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
@@ -243,20 +261,10 @@ class InventoryStore(Database):
         try:
             self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._setup()
+            self._db.create_function("address_key", 1, address_key, deterministic=True)
+            self.create_tables(TABLES)
         except sqlite3.DatabaseError as exc:
             raise HubError(f"{self.path}: not a usable inventory: {exc}") from None
-
-    def _setup(self) -> None:
-        with self._write() as db:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            row = db.execute("SELECT version FROM inventory_schema").fetchone()
-            if row is None:
-                db.execute("INSERT INTO inventory_schema (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif row[0] > SCHEMA_VERSION:
-                raise HubError(f"{self.path}: inventory made by a newer hub (schema {row[0]}, this one knows 1)")
 
     # ------------------------------------------------------------------ the core in and out
 
@@ -499,10 +507,6 @@ class InventoryStore(Database):
             seen_before,
         )
 
-    def members(self, snapshot: int) -> dict[int, Fields]:
-        """The nodes a snapshot saw, with their fields as it saw them."""
-        return {node_id: _fields(fields) for node_id, fields in self._members(snapshot).items()}
-
     # ------------------------------------------------------------------ what the web page shows
 
     def node_page(self, query: NodeQuery) -> tuple[list[NodeRow], int]:
@@ -582,8 +586,8 @@ class InventoryStore(Database):
         not this; use it inside :func:`plain_rows`."""
         inventory = cls.__new__(cls)
         inventory.path = store.path
-        inventory._db = store._db  # both are Databases of the same file
-        inventory._setup()
+        inventory._db = store.connection
+        inventory.create_tables(TABLES)
         return inventory
 
     def latest(self) -> SnapshotRow:
@@ -659,7 +663,7 @@ class Topology:
 def plain_rows(store: Store) -> Iterator[None]:
     """Rows as tuples on ``store``'s connection for a while: the inventory reads tuples, the hub's store
     ``sqlite3.Row``s."""
-    connection = store._db
+    connection = store.connection
     factory = connection.row_factory
     connection.row_factory = None
     try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import time
 import uuid
 from collections.abc import Collection, Sequence
@@ -26,7 +25,7 @@ from typing import Any, Final
 
 from ksocket.hub.errors import HubError
 from ksocket.hub.schedule import Schedule, firings
-from ksocket.hub.store import UNRESOLVED, Store
+from ksocket.hub.store import UNRESOLVED, Schema, Store
 
 __all__ = ["DISCOVER", "SCHEMA_VERSION", "Schedules", "fire_due"]
 
@@ -46,6 +45,7 @@ CREATE TABLE IF NOT EXISTS schedules (
     last_operation TEXT
 );
 """
+TABLES: Final = Schema("schedules", _SCHEMA, SCHEMA_VERSION, "schedule_schema")
 
 
 class Schedules:
@@ -53,23 +53,11 @@ class Schedules:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._db = store._db  # (one connection: the hub's database thread writes through it)
+        self._db = store.connection  # (one connection: the hub's database thread writes through it)
 
     def _exists(self) -> bool:
         row = self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schedules'").fetchone()
         return row is not None
-
-    def _setup(self, db: sqlite3.Connection) -> None:
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                db.execute(statement)
-        row = db.execute("SELECT version FROM schedule_schema").fetchone()
-        if row is None:
-            db.execute("INSERT INTO schedule_schema (version) VALUES (?)", (SCHEMA_VERSION,))
-        elif row[0] > SCHEMA_VERSION:
-            raise HubError(
-                f"{self._store.path}: schedules made by a newer hub (schema {row[0]}, this one knows {SCHEMA_VERSION})"
-            )
 
     def add(self, slot: str, params: dict[str, Any], every: float, first_due: float) -> int:
         """A schedule of ``networks.discover`` with ``params`` (checked by the caller) on ``slot``, due first at
@@ -79,12 +67,11 @@ class Schedules:
             raise HubError(f"no slot named {slot!r} (ksocket hub token list shows them)")
         if found.revoked is not None:
             raise HubError(f"slot {slot!r} is revoked")
-        with self._store._write() as db:  # the store's own transaction, on its connection
-            self._setup(db)
-            cursor = db.execute(
-                "INSERT INTO schedules (slot, params, every, created, next_due) VALUES (?, ?, ?, ?, ?)",
-                (slot, json.dumps(params, ensure_ascii=False), every, time.time(), first_due),
-            )
+        self._store.create_tables(TABLES)
+        cursor = self._db.execute(
+            "INSERT INTO schedules (slot, params, every, created, next_due) VALUES (?, ?, ?, ?, ?)",
+            (slot, json.dumps(params, ensure_ascii=False), every, time.time(), first_due),
+        )
         return int(cursor.lastrowid or 0)
 
     def schedules(self) -> list[Schedule]:

@@ -259,11 +259,54 @@ def _clamp(value: int) -> int:
 # --------------------------------------------------------------------------- the store
 
 
+@dataclass(frozen=True)
+class Schema:
+    """The tables of one part of the hub's file and the version of their shape. ``version_table`` holds that
+    version in its one row; None: the file's ``user_version`` (the hub store's own)."""
+
+    what: str
+    """What the tables hold, as an error names it."""
+    tables: str
+    """``CREATE … IF NOT EXISTS`` statements, separated by semicolons."""
+    version: int
+    version_table: str | None = None
+
+    def found(self, db: sqlite3.Connection) -> int:
+        """The version the file holds (0: none yet)."""
+        if self.version_table is None:
+            return int(db.execute("PRAGMA user_version").fetchone()[0])
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (self.version_table,)).fetchone():
+            return 0
+        row = db.execute(f"SELECT version FROM {self.version_table}").fetchone()  # noqa: S608 (a module's name)
+        return 0 if row is None else int(row[0])
+
+    def record(self, db: sqlite3.Connection, found: int) -> None:
+        if self.version_table is None:
+            db.execute(f"PRAGMA user_version = {self.version}")
+        elif found == 0:
+            db.execute(f"INSERT INTO {self.version_table} (version) VALUES (?)", (self.version,))  # noqa: S608
+        elif found < self.version:
+            db.execute(f"UPDATE {self.version_table} SET version = ?", (self.version,))  # noqa: S608
+
+
+Upgrade = Callable[[sqlite3.Connection, int], None]
+"""Brings tables of an older version (the second argument) to the current shape, in the setup's transaction."""
+
+
 class Database:
     """An open SQLite file of the hub's (``_db``): closed by :meth:`close` or a ``with`` block, written in short
-    transactions (:meth:`_write`). :class:`Store` and the inventory's store are ones."""
+    transactions (:meth:`_write`), its tables made by :meth:`create_tables`. :class:`Store`, the inventory's
+    store, the schedules and the operators' accounts are ones."""
 
+    path: Path
     _db: sqlite3.Connection
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The open connection, for another part of the hub that works on the same file in this thread (the
+        hub's database thread writes through one connection: a second one writing the same file made lock
+        errors)."""
+        return self._db
 
     def close(self) -> None:
         self._db.close()
@@ -284,6 +327,35 @@ class Database:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    def create_tables(self, schema: Schema, upgrade: Upgrade | None = None) -> None:
+        """Creates ``schema``'s missing tables, upgrades older ones and records the version, in one write
+        transaction. Tables a newer hub made are refused (a
+        :class:`HubError` naming the file and what they hold), and nothing is written."""
+        with self._write() as db:
+            found = schema.found(db)
+            if found > schema.version:
+                raise HubError(
+                    f"{self.path}: {schema.what} made by a newer hub (schema {found}, this one knows {schema.version})"
+                )
+            for statement in schema.tables.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            if upgrade is not None and 0 < found < schema.version:
+                upgrade(db, found)
+            schema.record(db, found)
+
+
+_TABLES: Final = Schema("slots and operations", _SCHEMA, SCHEMA_VERSION)
+
+
+def _upgrade(db: sqlite3.Connection, found: int) -> None:
+    if found == 1:  # slots had no result_bytes: weigh what is stored
+        db.execute("ALTER TABLE slots ADD COLUMN result_bytes INTEGER NOT NULL DEFAULT 0")
+        db.execute(
+            "UPDATE slots SET result_bytes = (SELECT COALESCE(SUM(COALESCE(length(CAST(data AS BLOB)), 0)"
+            " + COALESCE(length(CAST(error AS BLOB)), 0)), 0) FROM results WHERE results.slot = slots.name)"
+        )
 
 
 class Store(Database):
@@ -315,20 +387,7 @@ class Store(Database):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # an acked result must survive a power cut
         self._db.execute("PRAGMA foreign_keys=ON")
-        with self._write() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise HubError(f"{self.path}: made by a newer hub (schema {version}, this one knows {SCHEMA_VERSION})")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            if version == 1:  # slots had no result_bytes: weigh what is stored
-                db.execute("ALTER TABLE slots ADD COLUMN result_bytes INTEGER NOT NULL DEFAULT 0")
-                db.execute(
-                    "UPDATE slots SET result_bytes = (SELECT COALESCE(SUM(COALESCE(length(CAST(data AS BLOB)), 0)"
-                    " + COALESCE(length(CAST(error AS BLOB)), 0)), 0) FROM results WHERE results.slot = slots.name)"
-                )
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self.create_tables(_TABLES, _upgrade)
 
     def _rows(self, sql: str, args: Iterable[object] = ()) -> list[sqlite3.Row]:
         return list(self._db.execute(sql, tuple(args)).fetchall())

@@ -10,9 +10,10 @@ event loop the agents share. The routes are :mod:`ksocket.hub.web.pages`'s, the 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +39,21 @@ STATIC: Final = HERE / "static"
 TEMPLATES: Final = HERE / "templates"
 
 QueueDiscovery = Callable[[str, JSONObject], str]
-"""(slot, params) -> the id of the ``networks.discover`` operation queued."""
+"""(slot, params) -> the id of the ``networks.discover`` operation queued; called in the thread pool."""
+Submit = Callable[[str, str, JSONObject], Coroutine[Any, Any, str]]
+"""A running hub's :meth:`~ksocket.hub.server.Hub.submit`: (slot, operation name, params) -> its id."""
+DISCOVER: Final = "networks.discover"
+
+
+def through_hub(submit: Submit, loop: asyncio.AbstractEventLoop) -> QueueDiscovery:
+    """The ``queue_discovery`` of pages served by a hub: ``submit`` run on the hub's event loop ``loop`` (the
+    pages' endpoints run in a thread pool), so that the hub's poller wakes at once, as for any operation
+    submitted to it, and a connected agent gets the discovery without waiting for the poll interval."""
+
+    def queue(slot: str, params: JSONObject) -> str:
+        return asyncio.run_coroutine_threadsafe(submit(slot, DISCOVER, params), loop).result()
+
+    return queue
 
 
 class Connections(threading.local):
@@ -107,7 +122,7 @@ class Web:
     def queue(self, slot: str, params: JSONObject) -> str:
         if self.queue_discovery is not None:
             return self.queue_discovery(slot, params)
-        return self.connections.store.add_operation(slot, "networks.discover", params)
+        return self.connections.store.add_operation(slot, DISCOVER, params)
 
 
 def web(request: Request) -> Web:
@@ -125,8 +140,9 @@ def create_app(
     """The operators' pages over the hub's database at ``db_path``.
 
     ``secure_cookies``: the hub serves TLS, so the session cookie is ``Secure`` (and HSTS is sent).
-    ``queue_discovery``: how the one write queues a ``networks.discover`` (default: the store's
-    ``add_operation``, as ``ksocket hub run`` does; the hub sends it within its poll interval).
+    ``queue_discovery``: how the one write queues a ``networks.discover``: :func:`through_hub` for pages the
+    hub serves (sent at once); by default the store's ``add_operation``, as ``ksocket hub run`` does (a
+    hub sends it within its poll interval).
     """
     from ksocket.hub.web import auth, pages
 

@@ -31,7 +31,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from ksocket.hub.errors import HubError
-from ksocket.hub.store import BUSY_TIMEOUT, Database, Store
+from ksocket.hub.store import BUSY_TIMEOUT, Database, Schema, Store
 
 SCHEMA_VERSION: Final = 1
 SESSION_LIFETIME: Final = 12 * 3600.0
@@ -58,6 +58,8 @@ CREATE TABLE IF NOT EXISTS operator_sessions (
 );
 CREATE INDEX IF NOT EXISTS operator_sessions_by_name ON operator_sessions (name);
 """
+
+TABLES: Final = Schema("operators", _SCHEMA, SCHEMA_VERSION, "operator_schema")
 
 
 @dataclass(frozen=True)
@@ -114,24 +116,11 @@ class Operators(Database):
             self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            self._setup()
+            self.create_tables(TABLES)
         except sqlite3.DatabaseError as exc:
             raise HubError(f"{self.path}: not a usable hub database: {exc}") from None
         self._dummy = self._hasher.hash(secrets.token_hex(16))
         """Verified against when a name is unknown, so that a wrong name costs as long as a wrong password."""
-
-    def _setup(self) -> None:
-        with self._write() as db:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            row = db.execute("SELECT version FROM operator_schema").fetchone()
-            if row is None:
-                db.execute("INSERT INTO operator_schema (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif row[0] > SCHEMA_VERSION:
-                raise HubError(
-                    f"{self.path}: operators made by a newer hub (schema {row[0]}, this one knows {SCHEMA_VERSION})"
-                )
 
     # ------------------------------------------------------------------ accounts
 

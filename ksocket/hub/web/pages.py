@@ -148,9 +148,14 @@ def topology(request: Request, session: Session) -> Response:
 
 
 def topology_data(request: Request, session: Session) -> Response:
+    """The graph of :meth:`InventoryStore.topology` (what ``hub topology --json`` prints); none of a snapshot
+    that is not there."""
     inventory = web(request).connections.inventory
-    snapshot = min(int(request.path_params["snapshot"]), MAX_ID)
-    return JSONResponse(graph(inventory.members(snapshot), inventory.edges(snapshot)))
+    try:
+        drawn = inventory.topology(inventory.snapshot(min(int(request.path_params["snapshot"]), MAX_ID)))
+    except HubError:
+        return JSONResponse(graph({}, []))
+    return JSONResponse(graph({node.id: node.fields for node in drawn.nodes}, drawn.edges))
 
 
 def discover_form(request: Request, session: Session) -> Response:

@@ -1,11 +1,12 @@
 """The learned topology of one snapshot as a graph for the page's cytoscape.js: a pure function.
 
-:func:`graph` takes the snapshot's members (node id -> :class:`~ksocket.hub.inventory.Fields`) and
-its :class:`~ksocket.hub.inventory.Edge` list (host A's table revealed host or network B; LLDP
-neighbours) and returns cytoscape's elements: one vertex per inventory node that reveals or is
-revealed, per network learnt, per neighbour or address that is no node; every router, switch and
-firewall of the snapshot even when alone; one arrow per (revealer, revealed) labelled with the
-protocols and tables that revealed it. Past :data:`MAX_VERTICES` the rest is left out and said.
+:func:`graph` takes what :meth:`~ksocket.hub.inventorystore.InventoryStore.topology` read (the one query
+of a snapshot's topology, also ``hub topology --json``'s): the snapshot's members (node id ->
+:class:`~ksocket.hub.inventory.Fields`) and its :class:`~ksocket.hub.inventory.Edge` list (host A's table
+revealed host or network B; LLDP neighbours) and returns cytoscape's elements: one vertex per inventory
+node that reveals or is revealed, per network learnt, per neighbour or address that is no node; every
+router, switch and firewall of the snapshot even when alone; one arrow per (revealer, revealed) labelled
+with the protocols and tables that revealed it. Past :data:`MAX_VERTICES` the rest is left out and said.
 """
 
 from __future__ import annotations
