@@ -16,6 +16,7 @@ injected clock's (seconds since the epoch).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -98,6 +99,16 @@ def check_password(password: str) -> str:
     return password
 
 
+_HASHER: Final = PasswordHasher()
+
+
+@functools.lru_cache(maxsize=4)
+def _unknown_name_hash(hasher: PasswordHasher) -> str:
+    """Verified against when a name is unknown, so that a wrong name costs as long as a wrong password; one
+    argon2 hash per hasher and process, not one per connection (each costs ~100 ms and its memory)."""
+    return hasher.hash(secrets.token_hex(16))
+
+
 class Operators(Database):
     """One connection to the hub's database for operators and sessions; used from one thread."""
 
@@ -110,7 +121,7 @@ class Operators(Database):
     ) -> None:
         self.path = Path(path)
         self._now = clock
-        self._hasher = hasher or PasswordHasher()
+        self._hasher = hasher or _HASHER
         Store(self.path).close()  # the hub's file, created private
         try:
             self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
@@ -119,8 +130,6 @@ class Operators(Database):
             self.create_tables(TABLES)
         except sqlite3.DatabaseError as exc:
             raise HubError(f"{self.path}: not a usable hub database: {exc}") from None
-        self._dummy = self._hasher.hash(secrets.token_hex(16))
-        """Verified against when a name is unknown, so that a wrong name costs as long as a wrong password."""
 
     # ------------------------------------------------------------------ accounts
 
@@ -151,8 +160,9 @@ class Operators(Database):
     def verify(self, name: str, password: str) -> bool:
         """Whether ``password`` is ``name``'s; an unknown name takes as long as a wrong password."""
         row = self._db.execute("SELECT password_hash FROM operators WHERE name = ?", (name,)).fetchone()
+        stored = _unknown_name_hash(self._hasher) if row is None else row[0]
         try:
-            self._hasher.verify(self._dummy if row is None else row[0], password[: MAX_PASSWORD + 1])
+            self._hasher.verify(stored, password[: MAX_PASSWORD + 1])
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
         if row is None:
