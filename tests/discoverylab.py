@@ -13,15 +13,18 @@ namespace, the agent in the scanner namespace; ``up``, ``down``, ``exec_in``, ``
         R2 .1 ── D 198.18.4.0/24 ── denied .10     (the fence's deny: counters)
         R2 .1 ── F 198.19.6.0/24 ── outside .10    (outside the fence's allow: counters)
 
-What the agent knows: its own segment A and a default route via R1, nothing else (no route names B..F).
+What the agent knows: its own segment A and a default route via R1, nothing else (no route names B..F);
+its neighbour table holds R1 (``up`` returns once the agent has talked to it and its interface says it
+runs, so that its view has segment A at once).
 What the tables reveal:
 
 - R1 (SNMP, the credential file ``snmp/10-discovery-r1.toml``): its ARP table holds B's hosts and R2
-  (R1 talked to each of them while the lab was built, so the entries are complete), its routing
+  (R1 talked to each of them while the lab was built, so the entries are complete; pinned, see
+  :meth:`DiscoveryLab.talk`, so that they last however long a test waits), its routing
   table has C, D and F via R2 (and a default via R2, which reaches E without naming it), its own
   addresses name A, B and the transit network;
 - H (SSH as the test account ``kstest`` with a key, ``ssh/10-discovery-h.toml``): ``ip route``
-  shows E (connected), ``ip neigh`` E's hosts (H talked to them at build time);
+  shows E (connected), ``ip neigh`` E's hosts and its gateway R2 (H talked to them at build time);
 - R2 reveals nothing (no SNMP, no login); the hosts of B drop every IP packet (an nftables input
   policy, with a counter of what they dropped) and answer ARP only.
 
@@ -87,6 +90,7 @@ FENCE_DENY = (SEGMENTS["d"],)
 SNMP_USER = ("ksdiscovery", "SHA", "disco-auth-7Rq2x", "AES", "disco-priv-9Lm4w")  # name, auth, key, priv, key
 SNMP_COMMUNITY = "v2c-is-not-what-the-agent-uses-3f9a"  # snmpd always has one; the agent's file is v3
 NEIGHBOUR_WAIT = scaled(10.0)  # seconds for the kernel to resolve a neighbour that answers ARP (it does at once)
+TALK_AGAIN = 1.0  # seconds before a datagram goes again to an address not resolved yet
 
 
 @dataclass(frozen=True)
@@ -117,11 +121,12 @@ class Node:
 
 
 R1_LAN, R1_TRANSIT, R2_TRANSIT, H_C, H_E = "198.18.0.254", "198.18.2.1", "198.18.2.2", "198.18.3.10", "198.18.5.1"
+R2_C = "198.18.3.1"
 ARP_ONLY = ("198.18.1.11", "198.18.1.12", "198.18.1.13")
 EDGE = ("198.18.5.10", "198.18.5.11")
 
 NODES = (
-    Node("s", "agent", (("lan", 1),), (f"default via {R1_LAN}",)),
+    Node("s", "agent", (("lan", 1),), (f"default via {R1_LAN}",), talks_to=(R1_LAN,)),
     Node(
         "r1",
         "snmp-router",
@@ -137,7 +142,14 @@ NODES = (
         (f"{SEGMENTS['lan']} via {R1_TRANSIT}", f"{SEGMENTS['b']} via {R1_TRANSIT}", f"{SEGMENTS['e']} via {H_C}"),
         forwards=True,
     ),
-    Node("linux", "linux", (("c", 10), ("e", 1)), ("default via 198.18.3.1",), forwards=True, talks_to=EDGE),
+    Node(
+        "linux",
+        "linux",
+        (("c", 10), ("e", 1)),
+        (f"default via {R2_C}",),
+        forwards=True,
+        talks_to=(*EDGE, R2_C),  # R2: H answers the agent through it, so H's table holds it anyway
+    ),
     *(Node(f"arp{n}", "arp-only", (("b", 10 + n),), ("default via 198.18.1.1",)) for n in (1, 2, 3)),
     *(Node(f"edge{n}", "edge", (("e", 9 + n),), (f"default via {H_E}",)) for n in (1, 2)),
     Node("denied", "denied", (("d", 10),), ("default via 198.18.4.1",)),
@@ -249,6 +261,12 @@ def _network_revealers(segment: str) -> tuple[tuple[Provenance, ...], str]:
             found.append(Provenance(host, protocol, routes))
             kinds.append("route")
     return tuple(found), (kinds[0] if kinds else "")
+
+
+def _resolved(row: dict[str, Any] | None) -> bool:
+    """A complete neighbour entry: a MAC, and a state that is not a question still open."""
+    states = set(row.get("state", ["NONE"])) if row else {"NONE"}
+    return row is not None and "lladdr" in row and not states & {"INCOMPLETE", "FAILED", "NONE"}
 
 
 def _mac(position: int, leg: int) -> str:
@@ -369,6 +387,7 @@ class DiscoveryLab(Lab):
         for item in NODES:
             if item.talks_to:
                 self.talk(self.ns(item.name), item.talks_to)
+        self.wait_until_running(self.scanner_ns)
         self._write_credentials()
         self._start_services()
 
@@ -399,25 +418,57 @@ class DiscoveryLab(Lab):
         self._parallel_batches(configs)
 
     def talk(self, netns: str, addresses: Sequence[str]) -> None:
-        """Sends a datagram from ``netns`` to each address (discard port) and waits until the kernel
-        holds a complete neighbour entry for each: what a router has after talking to a host."""
-        with in_netns(netns), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            for address in addresses:
-                sock.sendto(b"kslab", (address, 9))
+        """Sends a datagram from ``netns`` to each address (discard port), waits until the kernel holds a
+        complete neighbour entry for each (what a router has after talking to a host: the route and the
+        link work, the host answered ARP), then pins each entry as resolved (``PERMANENT``).
+
+        Pinned, because the kernel's neighbour table is one for every namespace of the machine: once it
+        holds ``gc_thresh1`` (128) entries — other labs up at the same time — its garbage collector drops
+        an entry a minute after its last use, and a table the discovery reads later would miss it."""
+        end = time.monotonic() + NEIGHBOUR_WAIT
+        pending, sent = list(addresses), float("-inf")
+        while True:
+            if time.monotonic() - sent >= TALK_AGAIN:  # a link not up yet lost the first datagrams' ARP
+                with in_netns(netns), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                    for address in pending:
+                        sock.sendto(b"kslab", (address, 9))
+                sent = time.monotonic()
+            rows = {row["dst"]: row for row in self.neighbour_rows(netns)}
+            pending = [a for a in addresses if not _resolved(rows.get(a))]
+            if not pending:
+                break
+            if time.monotonic() > end:
+                raise RuntimeError(f"{netns} did not resolve {pending}: {self.neighbours(netns)}")
+            time.sleep(0.05)
+        pins = [f"neigh replace {a} lladdr {rows[a]['lladdr']} dev {rows[a]['dev']} nud permanent" for a in addresses]
+        ip_batch(pins, netns)
+
+    def wait_until_running(self, netns: str) -> None:
+        """Waits until every interface of ``netns`` that is up says it runs (``NO-CARRIER`` gone). The
+        kernel sets that a moment after the link works (its link watch, at most once a second): until
+        then the agent's view has no on-link network, and a discovery would start without its own
+        segment."""
         end = time.monotonic() + NEIGHBOUR_WAIT
         while True:
-            states = self.neighbours(netns)
-            pending = [a for a in addresses if states.get(a, "INCOMPLETE") in ("INCOMPLETE", "FAILED", "NONE")]
-            if not pending:
+            done = subprocess.run(["ip", "-n", netns, "-j", "link", "show", "up"], capture_output=True, text=True)
+            flags = {row["ifname"]: row.get("flags", []) for row in json.loads(done.stdout or "[]")}
+            waiting = [name for name, link in flags.items() if "NO-CARRIER" in link]
+            if done.returncode == 0 and not waiting:
                 return
             if time.monotonic() > end:
-                raise RuntimeError(f"{netns} did not resolve {pending}: {states}")
+                raise RuntimeError(f"{netns}: {waiting} not running after {NEIGHBOUR_WAIT:g} s")
             time.sleep(0.05)
+
+    def neighbour_rows(self, netns: str) -> list[dict[str, Any]]:
+        """The kernel's neighbour table in ``netns`` as ``ip -j neigh`` gives it (``dst``, ``dev``, ``lladdr``,
+        ``state``)."""
+        done = subprocess.run(["ip", "-n", netns, "-j", "neigh", "show"], capture_output=True, text=True, check=True)
+        rows: list[dict[str, Any]] = json.loads(done.stdout or "[]")
+        return rows
 
     def neighbours(self, netns: str) -> dict[str, str]:
         """The kernel's neighbour table in ``netns``: address -> state (``REACHABLE``, ``FAILED`` …)."""
-        done = subprocess.run(["ip", "-n", netns, "-j", "neigh", "show"], capture_output=True, text=True, check=True)
-        return {row["dst"]: ",".join(row.get("state", ["NONE"])) for row in json.loads(done.stdout or "[]")}
+        return {row["dst"]: ",".join(row.get("state", ["NONE"])) for row in self.neighbour_rows(netns)}
 
     def _write_credentials(self) -> None:
         from tests.conftest import write_private

@@ -27,6 +27,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
+from ksocket.hub.asgi import Closed
 from ksocket.hub.server import Hub, HubObserver, _Link
 from ksocket.hub.store import Store
 from ksocket.protocol import (
@@ -141,8 +142,8 @@ class RecordingHub(Hub, HubObserver):
         return list(self._errors[slot])
 
     def close_codes(self, slot: str) -> list[int | None]:
-        """For each ended connection of ``slot``: the code of the agent's close frame (an echo of
-        the hub's when the hub closed first), or None when it ended without one."""
+        """For each ended connection of ``slot``: the code of the agent's close frame (the hub's
+        own when the hub closed first), or None when it ended without one."""
         return list(self._closes[slot])
 
     async def wait_connected(self, slot: str, timeout: float = TIMEOUT) -> str:
@@ -212,7 +213,7 @@ class RecordingHub(Hub, HubObserver):
             self._record_issued(slot, frame)
         try:
             await link.ws.send(frame)
-        except ConnectionClosed:
+        except Closed:
             raise NotConnected(f"the connection of slot {slot!r} closed before the frame went out") from None
 
     def _record_issued(self, slot: str, frame: str) -> None:

@@ -89,8 +89,10 @@ class Snmpd:
         prefix: Sequence[str] = (),
         ipv6: str | None = None,
         engine_id: str | None = None,
+        debug: Sequence[str] = (),
     ) -> None:
         self.folder = folder
+        self.debug = tuple(debug)  # snmpd's -D tokens, logged to its log (dumpv_recv: each request's varbinds)
         self.engine_id = engine_id  # snmpd.conf's engineID (text; snmpd's default is random per install)
         self.ipv6 = ipv6  # an IPv6 address to listen on as well, on the same port
         self.address = address
@@ -134,6 +136,8 @@ class Snmpd:
         self.conf.write_text(self.config_text())
         command = [*self.prefix, SNMPD, "-f", "-Lf", str(self.log), "-C", "-c", str(self.conf)]
         command += ["-p", str(self.folder / "snmpd.pid")]
+        if self.debug:
+            command.append("-D" + ",".join(self.debug))
         # no MIB files are read (the agent needs none): keeps its log free of parse noise
         env = {**os.environ, "MIBS": "", "MIBDIRS": str(self.folder / "mibs"), "SNMPCONFPATH": str(self.folder)}
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

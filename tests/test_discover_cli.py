@@ -53,9 +53,19 @@ def test_json_lists_each_host_with_its_evidence_provenance_and_details() -> None
     assert router["details"]["ssh"]["machine_id"] and router["identity"][0]["kind"] == "machine-id"
     assert hosts["198.18.0.2"]["details"] is None
     assert hosts["198.18.0.5"]["evidence"] == ["neighbour-table"]
+    # each host once as it ended: a table read after its sweep is among its sources
+    assert {"host": "198.18.1.2", "protocol": "ssh", "table": "routes"} in hosts["198.18.1.1"]["learnedFrom"]
     assert {network["network"] for network in document["networks"]} >= {"198.18.0.0/29", "10.0.0.0/8"}
     assert document["summary"]["hosts"] == 6
     assert err.getvalue() == ""  # not a terminal: no live panel
+
+
+def test_without_details_a_host_still_has_the_identity_keys_of_its_login() -> None:
+    out = io.StringIO()
+    assert run_discover(parse("--json", "--no-details"), Settings(), out=out, err=io.StringIO(), using=World()) == 0
+    hosts = {host["address"]: host for host in json.loads(out.getvalue())["hosts"]}
+    assert all(host["details"] is None for host in hosts.values())
+    assert hosts["198.18.0.6"]["identity"][0] == {"kind": "machine-id", "value": "0123456789abcdef0123456789abcdef"}
 
 
 def test_the_table_has_a_row_per_host_and_a_summary_line() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ksocket.collectors.base import InvalidParams, NullContext
@@ -22,6 +24,7 @@ def discover(params: dict, world: World | None = None) -> tuple[dict, NullContex
 
 
 def hosts(context: NullContext) -> dict[str, dict]:
+    """Each host as it ended: its last record (an update replaces the record of the same key)."""
     return {record["address"]: record for record in context.records.documents if record["kind"] == "host"}
 
 
@@ -31,7 +34,10 @@ def test_the_loop_walks_from_the_gateway_through_routers_until_nothing_is_new() 
     assert set(found) == {"198.18.0.2", "198.18.0.6", "198.18.1.1", "198.18.1.2", "198.18.2.1", "198.18.0.5"}
     assert found["198.18.0.6"]["learnedFrom"][0] == {"source": "gateway"}
     assert found["198.18.0.6"]["evidence"] == ["icmp"]
-    assert found["198.18.0.6"]["identity"] == [{"kind": "mac", "value": "02:00:00:00:00:06"}]
+    assert found["198.18.0.6"]["identity"] == [  # its first record had the MAC key; its learn's update has more
+        {"kind": "machine-id", "value": "0123456789abcdef0123456789abcdef"},
+        {"kind": "mac", "value": "02:00:00:00:00:06"},
+    ]
     assert found["198.18.0.2"]["identity"] == []
     # the host that drops every probe, with the router's ARP table as its only evidence
     assert found["198.18.0.5"]["evidence"] == [loop.NEIGHBOUR_EVIDENCE]
@@ -194,3 +200,62 @@ def test_a_candidate_that_a_later_subnet_makes_a_broadcast_address_is_never_swep
     assert "198.18.7.254" in second.addresses
     state.swept(second, [])
     assert "198.18.7.255" not in state.pending and state.dropped["network-or-broadcast"] >= 1
+
+
+def no_credential(address: str) -> dict:
+    error = {"code": "no-credential", "message": "no credential file matches"}
+    return {"address": address, "ssh": {"error": error}, "winrm": {"error": error}, "snmp": {"error": error}}
+
+
+def test_hosts_no_credential_file_serves_are_counted_per_protocol_and_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    world = World(tables={"198.18.0.6": {**no_credential("198.18.0.6"), "ssh": router()["ssh"]}})
+    world.tables |= {address: no_credential(address) for address in ("198.18.0.2", "198.18.1.1")}
+    with caplog.at_level("INFO"):
+        summary, _, _ = discover({"allow": ["198.18.0.0/24", "198.18.1.0/24"]}, world)
+    assert summary["noCredential"] == {"ssh": 2, "winrm": 3, "snmp": 3}  # the router logs in by ssh; 1.2 refuses it
+    said = [record for record in caplog.records if "no credential file" in record.getMessage()]
+    assert [(record.levelname, record.getMessage()) for record in said] == [
+        ("WARNING", "discovery: no credential file matched 2 hosts for ssh, 3 hosts for winrm, 3 hosts for snmp")
+    ]
+
+
+def test_the_live_inspection_of_a_discovery_leaves_the_unmatched_warning_to_the_count(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No credential file at all: every protocol's section says ``no-credential`` (nothing is sent), and the
+    search's WARNING per protocol, the manual's line for a single ``hosts.inspect``, stays out of the log."""
+    from ksocket.collectors.base import Environment
+    from ksocket.collectors.inspect import hosts as inspect_hosts
+    from ksocket.collectors.inspect.hostkeys import HostKeyStore
+    from ksocket.collectors.inspect.limiter import HostLimiter
+
+    environment = Environment(tmp_path, HostLimiter(), HostKeyStore(tmp_path / "known_hosts"))
+    context = NullContext(environment)
+    with caplog.at_level("INFO"):
+        found = drivers.LiveDrivers().inspect("198.18.0.5", parse_params({}), context)
+    assert loop.unmatched(found) == ["ssh", "winrm", "snmp"]
+    assert not [record for record in caplog.records if record.levelname == "WARNING"]
+    with caplog.at_level("INFO"):
+        inspect_hosts.collect({"address": "198.18.0.5"}, context)  # hosts.inspect alone: the manual's lines
+    warned = sorted(record.getMessage() for record in caplog.records if record.levelname == "WARNING")
+    assert warned == [f"no credential file matches 198.18.0.5 for {kind}" for kind in ("snmp", "ssh", "winrm")]
+
+
+def test_without_details_each_live_host_is_inspected_once_for_learning_and_nothing_more() -> None:
+    with_details, _, detailed_world = discover({})
+    summary, context, world = discover({"details": False})
+    assert sorted(world.inspected) == sorted(detailed_world.inspected)  # one login per host: learning's
+    assert len(world.inspected) == len(set(world.inspected))
+    assert not [record for record in context.records.documents if record["kind"] == "details"]
+    assert summary["detailed"] == 0 and with_details["detailed"] == 2
+    assert hosts(context)["198.18.0.6"]["identity"][0]["kind"] == "machine-id"  # its login's keys, on the host
+
+
+def test_a_hosts_first_record_keeps_what_it_said_when_its_update_comes() -> None:
+    _, context, _ = discover({})
+    versions = [record for record in context.records.documents if record.get("key") == "host:198.18.1.1"]
+    assert [record["version"] for record in versions] == [1, 2]
+    later = {"host": "198.18.1.2", "protocol": "ssh", "table": "routes"}  # read in the round that swept it
+    assert later not in versions[0]["learnedFrom"] and later in versions[1]["learnedFrom"]

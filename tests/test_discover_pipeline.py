@@ -10,6 +10,7 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -17,6 +18,7 @@ from ksocket.collectors.base import Context, Document
 from ksocket.collectors.discover.params import Request
 from ksocket.protocol import Accepted, Record, Refused, Sequenced
 from tasks import discover
+from tasks.errors import Interrupted
 from tests.discoverworld import World
 from tests.pipelinetools import collect, drained, embedded_url, kill_embedded, op, running, wait_until
 
@@ -24,10 +26,14 @@ pytestmark = pytest.mark.redis
 
 
 def records_of(outbox: list[Sequenced], operation_id: str) -> list[Record]:
-    """The operation's records in the journal's outbox (nothing acked them), each kind and key at most once."""
+    """The operation's records in the journal's outbox (nothing acked them), each key and version at most once."""
     records = [item for item in outbox if isinstance(item, Record) and item.id == operation_id]
-    keys = [(record.kind, record.record.get("address") or record.record.get("network")) for record in records]
+    keys = [(record.record["key"], record.record.get("version", 1)) for record in records]
     assert len(keys) == len(set(keys)), keys  # no message ran twice, no record was journalled twice
+    assert all(
+        record.record["key"].endswith(record.record.get("address") or record.record.get("network"))
+        for record in records
+    )
     return records
 
 
@@ -64,6 +70,42 @@ def test_a_discovery_finishes_with_one_running_operation_and_reports_every_host_
     assert {record.record["address"] for record in records if record.kind == "details"} == set(world.tables)
     assert {record.record["network"] for record in records if record.kind == "network"} >= {"198.18.1.0/30"}
     assert sorted(world.inspected) == ["198.18.0.2", "198.18.0.6", "198.18.1.1", "198.18.1.2", "198.18.2.1"]
+
+
+class DiesAfterCommitting(discover.LoopStore):
+    """A loop store whose worker goes away right after a transaction (once after a sweep's, once after a
+    learn's that made a details record), as one killed there would: the records that transaction made
+    never reached the journal from that attempt, and the message runs again."""
+
+    died: ClassVar[list[str]] = []
+
+    def apply(self, operation_id, change):  # type: ignore[no-untyped-def]
+        records, answer, state = super().apply(operation_id, change)
+        for kind in {record.kind for record in records} & {"host", "details"} - set(self.died):
+            self.died.append(kind)
+            raise Interrupted()  # as a worker stopped under it: the message runs again
+        return records, answer, state
+
+
+def test_a_worker_that_dies_between_a_transaction_and_the_journal_loses_no_record(
+    url: str, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(discover, "LoopStore", DiesAfterCommitting)
+
+    async def scenario() -> list[Record]:
+        async with running(url, max_running_operations=1) as runner:
+            await runner.submit(op("walk", "networks.discover"))
+            result = (await collect(runner, ["walk"]))["walk"]
+            assert result.ok and result.data is not None and result.data["hosts"] == 6, result
+            return records_of(await runner.unacked(), "walk")
+
+    records = asyncio.run(scenario())
+    assert sorted(DiesAfterCommitting.died) == ["details", "host"]
+    hosts = {record.record["address"] for record in records if record.kind == "host"}
+    assert hosts == {"198.18.0.2", "198.18.0.6", "198.18.1.1", "198.18.1.2", "198.18.2.1", "198.18.0.5"}
+    assert {record.record["address"] for record in records if record.kind == "details"} == set(world.tables)
+    updated = {record.record["address"] for record in records if record.record.get("version", 1) > 1}
+    assert updated == {"198.18.0.6", "198.18.1.1"}
 
 
 def test_invalid_params_are_refused_at_admission_naming_the_field(url: str, world: World) -> None:

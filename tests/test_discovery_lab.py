@@ -25,6 +25,7 @@ from tests.discoverylab import (
     EDGE,
     FENCE_DENY,
     NODES,
+    R1_LAN,
     R2_TRANSIT,
     SEGMENTS,
     SNMP_USER,
@@ -206,13 +207,34 @@ def wait_for(read: Any, done: Any, limit: float = 10.0) -> Any:
 
 
 @pytest.mark.lab
+def test_the_neighbour_entries_the_tables_reveal_outlast_the_kernels_garbage_collector(
+    discovery_lab: DiscoveryLab,  # noqa: F811
+) -> None:
+    """What the garbage collector would do to them (a minute after their last use, once the machine's
+    table holds 128 entries), flushing does at once: every entry the lab talked for stays, and the
+    agent's table holds its gateway (its on-link route worked before ``up`` returned)."""
+    lab = discovery_lab
+    talkers = [item for item in NODES if item.talks_to]
+    assert {item.name for item in talkers} == {"s", "r1", "linux"}
+    macs = {item.address: item.mac for item in lab.expected_addresses()}
+    for item in talkers:
+        netns = lab.ns(item.name)
+        lab.exec_in(netns, ["ip", "neigh", "flush", "all"], check=True)
+        rows = {row["dst"]: row for row in lab.neighbour_rows(netns)}
+        for address in item.talks_to:
+            assert rows[address]["state"] == ["PERMANENT"], (item.name, rows.get(address))
+            assert rows[address]["lladdr"] == macs[address], (item.name, rows[address])
+    assert R1_LAN in {row["dst"] for row in lab.neighbour_rows(lab.scanner_ns)}
+
+
+@pytest.mark.lab
 def test_the_arp_only_hosts_answer_arp_and_nothing_else(discovery_lab: DiscoveryLab) -> None:  # noqa: F811
     lab = discovery_lab
     r1 = lab.ns("r1")
     names = {address: lab.host(address).netns.rsplit("-", 1)[1] for address in ARP_ONLY}
     before = {address: lab.fence_counters(name)["dropped"] for address, name in names.items()}
     for address in ARP_ONLY:
-        lab.exec_in(r1, ["ip", "neigh", "flush", "to", address], check=True)
+        lab.exec_in(r1, ["ip", "neigh", "flush", "to", address, "nud", "all"], check=True)  # pinned ones too
     lab.talk(r1, ARP_ONLY)  # resolved again: each host answered ARP
     for address in ARP_ONLY:
         entry = lab.exec_in(r1, ["ip", "neigh", "show", "to", address], check=True).stdout

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import http.client
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from ksocket import cli
 from ksocket.hub.errors import HubError, UnknownSlot
 from ksocket.hub.server import Hub, HubObserver
 from ksocket.hub.store import Store
+from ksocket.hub.web.operators import Operators
 from ksocket.protocol import (
     CLOSE_AUTH_FAILED,
     CLOSE_HEARTBEAT_LOST,
@@ -65,6 +67,7 @@ from tests.hubtools import (
     self_signed,
     until,
 )
+from tests.webtools import FAST_HASHER, PASSWORD, Client
 
 pytestmark = [pytest.mark.peer, pytest.mark.timeout(60)]
 
@@ -851,8 +854,26 @@ def test_the_hub_serves_wss(db: Path, tmp_path: Path) -> None:
     with_hub(db, test, ssl_context=server_context)
 
 
-def test_hub_serve_runs_until_sigterm(db: Path) -> None:
+def _http_get(ws_url: str, path: str) -> tuple[int, str]:
+    host, port = re.match(r"ws://([^:/]+):(\d+)/", ws_url).groups()  # type: ignore[union-attr]
+    connection = http.client.HTTPConnection(host, int(port), timeout=20)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+def test_hub_serve_runs_until_sigterm_with_the_operators_pages_on_the_agents_address(db: Path) -> None:
     token = add_slot(db)
+    with Operators(db, hasher=FAST_HASHER) as operators:
+        operators.add("alice", PASSWORD)
+
+    def start_discovery(url: str) -> None:
+        web = Client(url.replace("ws://", "http://").removesuffix("/api/ksocket/connect"))
+        assert web.log_in().status == 303
+        assert web.post("/discover", {"slot": "s1", "seeds": "198.18.4.0/24", "csrf": web.csrf()}).status == 303
 
     async def main() -> None:
         process = await asyncio.create_subprocess_exec(
@@ -865,6 +886,8 @@ def test_hub_serve_runs_until_sigterm(db: Path) -> None:
             "127.0.0.1:0",
             "--db",
             str(db),
+            "--poll-interval",
+            "3600",
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env={**os.environ, "KSOCKET_HOME": str(db.parent)},
@@ -879,6 +902,11 @@ def test_hub_serve_runs_until_sigterm(db: Path) -> None:
                 url = match.group(1) if match else None
             client = await RawClient.open(url)
             assert isinstance(await client.authenticate(token), Authenticated)
+            status, page = await asyncio.to_thread(_http_get, url, "/")
+            assert status == 200 and 'type="password"' in page  # the operators' log-in, beside a connected agent
+            await asyncio.to_thread(start_discovery, url)
+            operation = await client.expect(Operation)  # at once, not at the poller's next look in an hour
+            assert (operation.name, operation.params) == ("networks.discover", {"seeds": ["198.18.4.0/24"]})
             process.send_signal(signal.SIGTERM)
             assert await client.closed() == 1001  # going away
             assert await asyncio.wait_for(process.wait(), 20) == 0

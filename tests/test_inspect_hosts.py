@@ -28,6 +28,7 @@ from ksocket.collectors.inspect import PROTOCOLS, hosts, registry
 from ksocket.collectors.inspect.hostkeys import HostKeyStore
 from ksocket.collectors.inspect.limiter import HostLimiter
 from ksocket.collectors.inspect.params import Request, parse_params
+from ksocket.collectors.inspect.scope import Scope
 from ksocket.credentials.models import Credential
 from tests.conftest import write_private
 from tests.sshdtools import credential_file
@@ -43,10 +44,14 @@ class Fake:
     def __init__(self, kind: str, behaviour: Behaviour | None = None) -> None:
         self.kind = kind
         self.calls: list[str] = []
+        self.scopes: list[Scope] = []
         self.behaviour = behaviour
 
-    async def inspect(self, address: str, credential: Credential, context: Context) -> Document:
+    async def inspect(
+        self, address: str, credential: Credential, context: Context, *, scope: Scope = Scope.FULL
+    ) -> Document:
         self.calls.append(credential.path.name)
+        self.scopes.append(scope)
         if self.behaviour is None:
             return {"collected": credential.path.name}
         return await self.behaviour(address, credential)
@@ -113,6 +118,8 @@ def run(inspection: hosts.HostInspection, protocols: list[str] | None = None, **
         ({"address": ADDRESS, "protocols": ["ssh", "telnet"]}, "unknown protocol 'telnet'"),
         ({"address": ADDRESS, "timeout": 0}, "timeout"),
         ({"address": ADDRESS, "timeout": True}, "timeout"),
+        ({"address": ADDRESS, "scope": "details"}, "scope must be one of full, learn"),
+        ({"address": ADDRESS, "scope": ["learn"]}, "scope must be one of full, learn"),
     ],
 )
 def test_invalid_params_are_refused_before_anything(params: Document, message: str, tmp_path: Path) -> None:
@@ -127,8 +134,23 @@ def test_invalid_params_are_refused_before_anything(params: Document, message: s
 
 def test_params_are_normalised() -> None:
     request = parse_params({"address": " 2001:DB8::1 ", "protocols": ["snmp", "ssh", "snmp"], "timeout": 5})
-    assert request == Request("2001:db8::1", ("snmp", "ssh"), 5.0)
+    assert request == Request("2001:db8::1", ("snmp", "ssh"), 5.0, Scope.FULL)
     assert parse_params({"address": ADDRESS}).protocols == ("ssh", "winrm", "snmp")
+    assert parse_params({"address": ADDRESS}).scope is Scope.FULL  # hosts.inspect's own: the manual's whole report
+    assert parse_params({"address": ADDRESS, "scope": "learn"}).scope is Scope.LEARN
+
+
+def test_the_scope_param_reaches_every_inspector_and_full_is_the_default(tmp_path: Path) -> None:
+    for kind in ("ssh", "snmp"):
+        write_files(tmp_path, kind, "00.toml")
+    fakes = {"ssh": Fake("ssh"), "snmp": Fake("snmp")}
+    inspection = inspection_at(tmp_path, inspectors=fakes)
+    inspection.collect({"address": ADDRESS, "protocols": ["ssh", "snmp"]}, NullContext())
+    inspection.collect({"address": ADDRESS, "protocols": ["ssh", "snmp"], "scope": "learn"}, NullContext())
+    assert {kind: fake.scopes for kind, fake in fakes.items()} == {
+        "ssh": [Scope.FULL, Scope.LEARN],
+        "snmp": [Scope.FULL, Scope.LEARN],
+    }
 
 
 # --- credential files --------------------------------------------------------------------------

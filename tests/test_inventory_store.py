@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from ksocket.hub.errors import HubError
 from ksocket.hub.inventory import Change, Edge, Inventory
 from ksocket.hub.inventorystore import InventoryStore
-from ksocket.hub.store import Store
+from ksocket.hub.store import Schema, Store
 from ksocket.protocol import Record, Result
 from tests.test_inventory import MID_A, MID_B, UUID_A, Feed, details, host, linux
 
@@ -225,3 +226,24 @@ def test_reloading_between_discoveries_gives_what_the_core_kept_in_memory(tmp_pa
             assert store.node_keys() == {1: [("machine-id", MID_A)], 4: [("machine-id", MID_B), ("mac", mac)]}
             assert [row.id for row in store.nodes()] == [1, 2, 4]  # 2: 198.18.2.1, known by its address alone
     assert dumps[0] == dumps[1]
+
+
+def test_a_schema_is_created_upgraded_and_a_newer_one_refused_with_nothing_written(tmp_path: Path) -> None:
+    widgets = Schema(
+        "widgets",
+        "CREATE TABLE IF NOT EXISTS widget_schema (version INTEGER NOT NULL); CREATE TABLE IF NOT EXISTS w (a)",
+        2,
+        "widget_schema",
+    )
+    upgrades: list[int] = []
+    with Store(tmp_path / "hub.db") as store:
+        store.create_tables(replace(widgets, version=1), lambda db, found: upgrades.append(found))
+        assert upgrades == []  # a new file has nothing to upgrade
+        store.create_tables(widgets, lambda db, found: upgrades.append(found))
+        store.create_tables(widgets, lambda db, found: upgrades.append(found))
+        assert upgrades == [1]
+        assert [tuple(row) for row in store.connection.execute("SELECT version FROM widget_schema")] == [(2,)]
+        older = replace(widgets, version=1, tables=widgets.tables + "; CREATE TABLE IF NOT EXISTS extra (b)")
+        with pytest.raises(HubError, match=r"hub\.db: widgets made by a newer hub \(schema 2, this one knows 1\)"):
+            store.create_tables(older)
+        assert store.connection.execute("SELECT name FROM sqlite_master WHERE name = 'extra'").fetchall() == []

@@ -4,8 +4,9 @@
 and the inspectors in this process (:func:`ksocket.collectors.discover.drivers.run`). At a terminal,
 a live panel on standard error (round, candidates, live hosts, hosts per source, hosts detailed);
 then a table of the hosts, or with ``--json`` ``{"hosts": [{address, mac, evidence, learnedFrom,
-details}], "networks": [...], "summary": {...}}``. Like ``ksocket scan``, it is the operator's own
-command: the settings' ``operations.allow``/``deny`` do not bound it, its ``--allow``/``--deny`` do.
+identity, details}], "networks": [...], "summary": {...}}``, each host once as it ended (its last
+update). Like ``ksocket scan``, it is the operator's own command: the settings'
+``operations.allow``/``deny`` do not bound it, its ``--allow``/``--deny`` do.
 """
 
 from __future__ import annotations
@@ -103,8 +104,16 @@ def run(args: argparse.Namespace) -> int:
     return run_discover(args, load_settings(args))
 
 
+def latest(records: list[Document]) -> list[Document]:
+    """Each record's newest version (the last given with its ``key``), where its first one stood."""
+    newest = {record.get("key") or id(record): record for record in records}
+    return [newest[record.get("key") or id(record)] for record in records if record.get("version", 1) == 1]
+
+
 def result_document(records: list[Document], summary: Document) -> Document:
-    """The ``--json`` document: each host with its details (or null), the networks, the summary."""
+    """The ``--json`` document: each host once, as it ended, with its details (or null); the networks;
+    the summary."""
+    records = latest(records)
     details = {record["address"]: record for record in records if record["kind"] == "details"}
     hosts = []
     for record in records:
@@ -117,11 +126,15 @@ def result_document(records: list[Document], summary: Document) -> Document:
                 "mac": record["mac"],
                 "evidence": record["evidence"],
                 "learnedFrom": record["learnedFrom"],
-                "identity": detail["identity"] if detail else [],
+                "identity": record["identity"],
                 "details": detail["inspection"] if detail else None,
             }
         )
-    networks = [{k: v for k, v in record.items() if k != "kind"} for record in records if record["kind"] == "network"]
+    networks = [
+        {k: v for k, v in record.items() if k not in ("kind", "key")}
+        for record in records
+        if record["kind"] == "network"
+    ]
     return {"hosts": hosts, "networks": networks, "summary": summary}
 
 

@@ -17,6 +17,17 @@
     ksocket hub snapshots               every discovery's snapshot
     ksocket hub diff [A B] [--json]     new, gone, back and changed nodes (default: the last two of a network)
     ksocket hub export --format json|csv   one row per node (the JSON is docs/inventory.md's schema)
+    ksocket hub export --format netbox --out DIR [--site S] [--role R] [--manufacturer M] [--device-type T]
+                                        the CSV files of NetBox's bulk import
+    ksocket hub topology [SNAPSHOT] [--json]   a snapshot's learned edges and LLDP neighbours
+    ksocket hub discover SLOT [--seed …] [--allow …] [--deny …] [--expand-limit N] [--no-details]
+                         [--every DURATION]   queue a networks.discover now, or every DURATION (30m, 6h, 1d)
+    ksocket hub schedules               the discoveries' schedules
+    ksocket hub unschedule ID
+    ksocket hub operator add NAME       an operator of the web pages (the password: twice at a terminal,
+                                        or two lines of standard input)
+    ksocket hub operator remove NAME    removes the account and logs its sessions out
+    ksocket hub operator list           name, created, last log-in (never a password)
 
 ``serve`` listens on another host's reach (any address but localhost, 127.0.0.0/8 and ::1) only
 with TLS, or when ``--allow-plaintext`` says that tokens may cross the network in clear.
@@ -48,6 +59,7 @@ if TYPE_CHECKING:
     from ksocket.hub.inventory import Diff
     from ksocket.hub.inventorystore import InventoryStore, NodeRow
     from ksocket.hub.store import ResultRecord, Store
+    from ksocket.hub.web.operators import Operators
 
 DEFAULT_LISTEN = "127.0.0.1:8765"
 POLL_SECONDS = 0.1
@@ -149,6 +161,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ksocket import log as ksocket_log
     from ksocket.hub.server import Hub
     from ksocket.hub.store import default_path
+    from ksocket.hub.web.app import create_app, through_hub
     from statemachine.dial import is_loopback
 
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -174,8 +187,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        db_path = args.db or default_path()
+        hub: Hub  # the pages queue through the hub they are part of (made next, running before any request)
+        web_app = create_app(
+            db_path,
+            secure_cookies=context is not None,
+            queue_discovery=through_hub(lambda slot, name, params: hub.submit(slot, name, params), loop),
+        )
         hub = Hub(
-            args.db or default_path(),
+            db_path,
             host=host,
             port=port,
             ssl_context=context,
@@ -184,6 +204,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             auth_timeout=args.auth_timeout,
             poll_interval=args.poll_interval,
             max_startups=args.max_startups,
+            web_app=web_app,
             **({} if args.slot_quota is None else {"slot_quota": args.slot_quota}),
         )
         async with hub:
@@ -493,6 +514,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     with _inventory(args) as inventory:
         rows = inventory.nodes()
         keys = inventory.node_keys()
+    if args.format == "netbox":
+        return _export_netbox(args, rows, keys)
     documents = [node_document(row, keys.get(row.id, [])) for row in rows]
     if args.format == "json":
         json.dump({"schema": INVENTORY_SCHEMA, "nodes": documents}, sys.stdout, ensure_ascii=False, indent=1)
@@ -505,6 +528,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_netbox(args: argparse.Namespace, rows: list[NodeRow], keys: dict[int, list[tuple[str, str]]]) -> int:
+    from ksocket.hub import netbox
+
+    if args.out is None:
+        raise HubCommandError("--format netbox writes files: give --out DIR")
+    options = netbox.Options(
+        site=args.site, role=args.role, manufacturer=args.manufacturer, device_type=args.device_type
+    )
+    try:
+        written = netbox.write(args.out, netbox.tables(rows, keys, options))
+    except OSError as exc:
+        raise HubCommandError(f"{args.out}: cannot write the NetBox files: {exc.strerror or exc}") from None
+    for path in written:
+        print(path)
+    return 0
+
+
 def _csv_cell(value: object) -> str:
     """Lists are joined by spaces, keys written ``kind=value``."""
     if isinstance(value, list):
@@ -512,6 +552,194 @@ def _csv_cell(value: object) -> str:
     if isinstance(value, dict):
         return f"{value['kind']}={value['value']}"
     return str(value)
+
+
+def cmd_topology(args: argparse.Namespace) -> int:
+    from ksocket.hub.errors import HubError
+
+    with _inventory(args) as inventory:
+        try:
+            snapshot = inventory.snapshot(args.snapshot) if args.snapshot else inventory.latest()
+        except HubError as exc:
+            raise HubCommandError(str(exc)) from None
+        topology = inventory.topology(snapshot)
+    if args.json:
+        print(json.dumps(topology.as_document(), ensure_ascii=False))
+        return 0
+    node_of = topology.node_of()
+
+    def named(address: str) -> str:
+        return f"{address} (node {node_of[address]})" if address in node_of else address
+
+    print(f"snapshot {snapshot.id} ({snapshot.slot} {snapshot.network}, {_when(snapshot.taken)})")
+    render.table(
+        ("SOURCE", "REVEALED", "KIND", "PROTOCOL", "TABLE"),
+        [(named(e.source), named(e.target), e.kind, e.protocol or "-", e.table or "-") for e in topology.edges],
+    )
+    return 0
+
+
+# --------------------------------------------------------------------------- discoveries and their schedules
+
+
+def _duration(text: str) -> float:
+    from ksocket.hub.schedule import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def discover_params(args: argparse.Namespace) -> dict[str, object]:
+    """``networks.discover``'s params from ``hub discover``'s options, checked by the agent's own parser."""
+    from ksocket.collectors.base import InvalidParams
+    from ksocket.collectors.discover.params import parse_params
+
+    params: dict[str, object] = {
+        name: value
+        for name, value in (("seeds", args.seed), ("allow", args.allow), ("deny", args.deny))
+        if value is not None
+    }
+    if args.expand_limit is not None:
+        params["expandLimit"] = args.expand_limit
+    if args.no_details:
+        params["details"] = False
+    try:
+        parse_params(params)
+    except InvalidParams as exc:
+        raise HubCommandError(f"invalid discovery: {exc}") from None
+    return params
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    from ksocket.hub.schedule import format_duration
+    from ksocket.hub.schedulestore import DISCOVER, Schedules
+
+    params = discover_params(args)
+    with _open(args) as store:
+        if args.every is None:
+            print(store.add_operation(args.slot, DISCOVER, params))
+            return 0
+        now = time.time()
+        schedule = Schedules(store).add(args.slot, params, args.every, first_due=now)
+    print(f"schedule {schedule}: {DISCOVER} on {args.slot} every {format_duration(args.every)}, first at {_when(now)}")
+    return 0
+
+
+def cmd_schedules(args: argparse.Namespace) -> int:
+    from ksocket.hub.schedule import format_duration
+    from ksocket.hub.schedulestore import Schedules
+
+    with _open(args) as store:
+        schedules = Schedules(store).schedules()
+    render.table(
+        ("ID", "SLOT", "EVERY", "NEXT DUE", "LAST OPERATION", "PARAMS"),
+        [
+            (
+                str(s.id),
+                s.slot,
+                format_duration(s.every),
+                _when(s.next_due),
+                s.last_operation or "-",
+                json.dumps(s.params, ensure_ascii=False),
+            )
+            for s in schedules
+        ],
+    )
+    return 0
+
+
+def cmd_unschedule(args: argparse.Namespace) -> int:
+    from ksocket.hub.schedulestore import Schedules
+
+    with _open(args) as store:
+        if not Schedules(store).remove(args.id):
+            raise HubCommandError(f"no schedule {args.id}")
+    return 0
+
+
+# --------------------------------------------------------------------------- operators of the web pages
+
+MAX_PASSWORD_LINE = 1024
+
+
+def _operators(args: argparse.Namespace) -> Operators:
+    from ksocket.hub.store import default_path
+    from ksocket.hub.web.operators import Operators
+
+    return Operators(args.db or default_path())
+
+
+def read_new_password() -> str:
+    """The new password, asked twice without echo at a terminal, else two lines of standard input."""
+    import getpass
+
+    if sys.stdin.isatty():
+        first, second = getpass.getpass("Password: "), getpass.getpass("Password again: ")
+    else:
+        first, second = (sys.stdin.readline(MAX_PASSWORD_LINE + 2).rstrip("\r\n") for _ in range(2))
+    if first != second:
+        raise HubCommandError("the two passwords differ")
+    return first
+
+
+def cmd_operator_add(args: argparse.Namespace) -> int:
+    from ksocket.hub.errors import HubError
+    from ksocket.hub.web.operators import check_name, check_password
+
+    try:
+        check_name(args.name)
+        password = check_password(read_new_password())
+        with _operators(args) as operators:
+            operators.add(args.name, password)
+    except HubError as exc:
+        raise HubCommandError(str(exc)) from None
+    print(f"operator {args.name} added", file=sys.stderr)
+    return 0
+
+
+def cmd_operator_remove(args: argparse.Namespace) -> int:
+    from ksocket.hub.errors import HubError
+
+    try:
+        with _operators(args) as operators:
+            operators.remove(args.name)
+    except HubError as exc:
+        raise HubCommandError(str(exc)) from None
+    return 0
+
+
+def cmd_operator_list(args: argparse.Namespace) -> int:
+    with _operators(args) as operators:
+        accounts = operators.accounts()
+    render.table(
+        ("NAME", "CREATED", "LAST LOG-IN"), [(a.name, _when(a.created), _when(a.last_login)) for a in accounts]
+    )
+    return 0
+
+
+def _configure_operators(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]
+) -> None:
+    operator = commands.add_parser(
+        "operator",
+        parents=parents[:1],
+        help="add, remove or list the operators of the web pages",
+        description="the operators who log in to the hub's web pages",
+    )
+    actions = operator.add_subparsers(dest="operator_command", required=True, metavar="ACTION")
+    sub = add_command(
+        actions,
+        "add",
+        cmd_operator_add,
+        "add an operator; the password is asked twice (or read as two lines of standard input)",
+        parents,
+    )
+    sub.add_argument("name")
+    sub = add_command(actions, "remove", cmd_operator_remove, "remove an operator and end its sessions", parents)
+    sub.add_argument("name")
+    add_command(actions, "list", cmd_operator_list, "list the operators (never a password)", parents)
 
 
 # --------------------------------------------------------------------------- the parser
@@ -531,12 +759,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "--listen", type=parse_listen, default=parse_listen(DEFAULT_LISTEN), metavar="HOST:PORT", help=DEFAULT_LISTEN
     )
-    sub.add_argument("--tls-cert", metavar="FILE", help="serve wss with this certificate chain (PEM)")
+    sub.add_argument("--tls-cert", metavar="FILE", help="serve wss and https with this certificate chain (PEM)")
     sub.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
     sub.add_argument(
         "--allow-plaintext",
         action="store_true",
-        help="serve ws without TLS on an address other hosts reach (tokens cross the network in clear)",
+        help="serve ws and http without TLS on an address other hosts reach (tokens cross the network in clear)",
     )
     sub.add_argument("--heartbeat-interval", type=_positive, default=60.0, metavar="S", help="default 60")
     sub.add_argument(
@@ -603,6 +831,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     sub.add_argument("id")
     sub.add_argument("--json", action="store_true", help="one JSON object per line: seq and record")
     _configure_inventory(commands, parents)
+    _configure_operators(commands, parents)
 
 
 def _configure_inventory(
@@ -636,4 +865,36 @@ def _configure_inventory(
     sub.add_argument("--json", action="store_true")
 
     sub = add_command(commands, "export", cmd_export, "every node, one row each", parents)
-    sub.add_argument("--format", choices=("json", "csv"), default="json")
+    sub.add_argument("--format", choices=("json", "csv", "netbox"), default="json")
+    netbox = sub.add_argument_group("--format netbox (docs/inventory.md; the objects named must exist in NetBox)")
+    netbox.add_argument("--out", type=Path, metavar="DIR", help="the folder of the CSV files")
+    netbox.add_argument("--site", default="ksocket", help="the devices' site (default ksocket)")
+    netbox.add_argument("--role", default="{kind}", help="the devices' role (default {kind}: the node's kind)")
+    netbox.add_argument("--manufacturer", default="Generic", help="of the device type (default Generic)")
+    netbox.add_argument(
+        "--device-type", default="Discovered device", help="the device type's model (default 'Discovered device')"
+    )
+
+    sub = add_command(commands, "topology", cmd_topology, "a snapshot's learned edges and LLDP neighbours", parents)
+    sub.add_argument("snapshot", nargs="?", metavar="SNAPSHOT", help="id or operation id (default: the newest)")
+    sub.add_argument("--json", action="store_true", help="the documented JSON (docs/inventory.md)")
+    _configure_schedules(commands, parents)
+
+
+def _configure_schedules(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]
+) -> None:
+    sub = add_command(
+        commands, "discover", cmd_discover, "queue a networks.discover for a slot, now or on a schedule", parents
+    )
+    sub.add_argument("slot")
+    sub.add_argument("--seed", action="append", metavar="ADDRESS|CIDR|RANGE", help="where to start (repeatable)")
+    sub.add_argument("--allow", action="append", metavar="SPEC", help="what the loop may reach (repeatable)")
+    sub.add_argument("--deny", action="append", metavar="SPEC", help="what it may never reach (repeatable)")
+    sub.add_argument("--expand-limit", type=int, metavar="N", help="probe learned networks of at most N addresses")
+    sub.add_argument("--no-details", action="store_true", help="no hosts.inspect of the hosts found")
+    sub.add_argument("--every", type=_duration, metavar="DURATION", help="store a schedule: 30m, 6h, 1d (at least 1m)")
+
+    add_command(commands, "schedules", cmd_schedules, "list the discoveries' schedules", parents)
+    sub = add_command(commands, "unschedule", cmd_unschedule, "remove a schedule", parents)
+    sub.add_argument("id", type=int)

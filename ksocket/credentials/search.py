@@ -120,22 +120,42 @@ def explain(kind: str, address: object, root: Path | str, *, key_path: Path | No
 
 @overload
 def find(
-    kind: Literal["ssh"], address: object, root: Path | str, *, key_path: Path | None = None
+    kind: Literal["ssh"],
+    address: object,
+    root: Path | str,
+    *,
+    key_path: Path | None = None,
+    warn_unmatched: bool = True,
 ) -> list[SSHCredential]: ...
 @overload
 def find(
-    kind: Literal["winrm"], address: object, root: Path | str, *, key_path: Path | None = None
+    kind: Literal["winrm"],
+    address: object,
+    root: Path | str,
+    *,
+    key_path: Path | None = None,
+    warn_unmatched: bool = True,
 ) -> list[WinRMCredential]: ...
 @overload
 def find(
-    kind: Literal["snmp"], address: object, root: Path | str, *, key_path: Path | None = None
+    kind: Literal["snmp"],
+    address: object,
+    root: Path | str,
+    *,
+    key_path: Path | None = None,
+    warn_unmatched: bool = True,
 ) -> list[SNMPCredential]: ...
 @overload
-def find(kind: str, address: object, root: Path | str, *, key_path: Path | None = None) -> list[Credential]: ...
-def find(kind: str, address: object, root: Path | str, *, key_path: Path | None = None) -> list[Any]:
+def find(
+    kind: str, address: object, root: Path | str, *, key_path: Path | None = None, warn_unmatched: bool = True
+) -> list[Credential]: ...
+def find(
+    kind: str, address: object, root: Path | str, *, key_path: Path | None = None, warn_unmatched: bool = True
+) -> list[Any]:
     """The credentials serving ``address``, in the order to try them (manual 3.2.4).
 
-    Each match is logged at INFO, an invalid file at ERROR (and skipped), no match at WARNING.
+    Each match is logged at INFO, an invalid file at ERROR (and skipped), no match at WARNING (unless
+    ``warn_unmatched`` is false: a caller that counts them and says so once, as a discovery does).
     """
     found: list[Credential] = []
     for item in _consider(kind, address, root, key_path):
@@ -144,6 +164,6 @@ def find(kind: str, address: object, root: Path | str, *, key_path: Path | None 
         elif item.verdict == "match" and item.credential is not None:
             logger.info("%s credential file %s matches %s", kind, item.path, address)
             found.append(item.credential)
-    if not found:
+    if not found and warn_unmatched:
         logger.warning("no credential file matches %s for %s", address, kind)
     return found

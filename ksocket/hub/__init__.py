@@ -7,9 +7,14 @@
     server.py       ``Hub``: the WebSocket server, its database poller and its observer hooks
     errors.py       ``HubError`` and its kin, under ``KsocketError``
     inventory.py    the inventory's pure core: nodes across discoveries, snapshots, diffs, topology
-    inventorystore.py  its tables in the same SQLite file (docs/inventory.md)
+    inventorystore.py  its tables in the same SQLite file (docs/inventory.md); the import of a result
+    schedule.py     when a discovery's schedule fires (pure: the time is given)
+    schedulestore.py   the schedules' table, and the poller's step that fires them
+    netbox.py       the inventory as the CSV files of NetBox's bulk import
+    web/            the operators' web interface: a Starlette app, operators and sessions (docs/web.md)
 
 It shares ``ksocket.protocol`` with the agent and nothing else of it. Its commands,
 ``ksocket hub serve|token|run|cancel|agents|operations`` and the inventory's
-``inventory import|nodes|node|snapshots|diff|export``, are :mod:`ksocket.cli.hub`.
+``inventory import|nodes|node|snapshots|diff|export|topology`` and the schedules'
+``discover|schedules|unschedule``, are :mod:`ksocket.cli.hub`.
 """

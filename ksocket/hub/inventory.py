@@ -23,8 +23,10 @@ Snapshots
     not in it) and changed (field, old, new). The topology the discovery learnt is its edges
     (:class:`Edge`: host A's table revealed host or network B; LLDP neighbours).
 Idempotence
-    Records are taken once per (slot, agent, seq); applying a discovery again, or after a resumed
-    agent re-sent records, gives the same fields, hence no change, no merge and the same snapshot.
+    Records are taken once per (slot, agent, seq), and a record updated under its ``key`` (a host whose
+    learn or a later table added keys or sources) in its newest version alone; applying a discovery
+    again, or after a resumed agent re-sent records, gives the same fields, hence no change, no merge
+    and the same snapshot.
 """
 
 from __future__ import annotations
@@ -249,11 +251,16 @@ def sightings(records: Iterable[ScanRecord]) -> list[Sighting]:
 
 
 def unique(records: Iterable[ScanRecord]) -> list[ScanRecord]:
-    """``records`` taken once per (slot, agent, seq), in seq order: a resumed agent sends some again."""
+    """``records`` taken once per (slot, agent, seq), in seq order: a resumed agent sends some again. Of the
+    records of one operation with one ``key`` (a host's record and its updates), the newest alone."""
     seen: dict[tuple[str, str, int], ScanRecord] = {}
     for record in records:
         seen.setdefault((record.slot, record.agent, record.seq), record)
-    return sorted(seen.values(), key=lambda record: (record.slot, record.agent, record.seq))
+    newest: dict[tuple[object, ...], ScanRecord] = {}
+    for position, record in sorted(seen.items(), key=lambda item: item[0]):
+        key = record.document.get("key")
+        newest[(record.operation_id, key) if isinstance(key, str) else position] = record
+    return sorted(newest.values(), key=lambda record: (record.slot, record.agent, record.seq))
 
 
 # --------------------------------------------------------------------------- topology

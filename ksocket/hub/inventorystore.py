@@ -3,8 +3,11 @@
 :class:`InventoryStore` loads the :class:`~ksocket.hub.inventory.Inventory` core, writes what one
 :meth:`~ksocket.hub.inventory.Inventory.apply` changed (an :class:`~ksocket.hub.inventory.Applied`)
 in one transaction, and answers the ``ksocket hub nodes | node | snapshots | diff | export``
-commands with indexed queries. The tables are created on first use; their schema version is the
-row of ``inventory_schema`` (the hub's own ``user_version`` stays the hub store's).
+commands and the web pages (:meth:`InventoryStore.node_page`: the node list searched, filtered,
+sorted and paged in SQL, addresses sorted as addresses by :func:`address_key`, which the store
+registers on the connection it opens; the running discoveries' records so far) with indexed queries. The
+tables are created on first use; their schema version is the row of ``inventory_schema`` (the hub's
+own ``user_version`` stays the hub store's).
 
 Tables
 ------
@@ -21,15 +24,22 @@ Tables
 
 A merge rewrites the merged node's history (snapshots, changes, addresses) to the kept id, so that
 diffs see one machine; ``hub node`` of a merged id names the node it became.
+
+The running hub imports a discovery as its result is stored (:func:`import_result`, in its database
+thread, through :meth:`InventoryStore.sharing` its one connection); :meth:`InventoryStore.topology` is what
+``hub topology`` and the web page draw.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -47,7 +57,7 @@ from ksocket.hub.inventory import (
     diff,
     key_order,
 )
-from ksocket.hub.store import Database, Store
+from ksocket.hub.store import Database, Schema, Store
 
 SCHEMA_VERSION: Final = 1
 BUSY_TIMEOUT: Final = 10.0
@@ -124,6 +134,8 @@ CREATE TABLE IF NOT EXISTS edges (
 CREATE INDEX IF NOT EXISTS edges_by_snapshot ON edges (snapshot);
 """
 
+TABLES: Final = Schema("inventory", _SCHEMA, SCHEMA_VERSION, "inventory_schema")
+
 
 @dataclass(frozen=True)
 class NodeRow:
@@ -147,6 +159,59 @@ class SnapshotRow:
 
 
 @dataclass(frozen=True)
+class NodeQuery:
+    """One page of the web page's node list: search, filters, order (:data:`NODE_SORTS`), where it starts."""
+
+    search: str = ""
+    """Text in a node's addresses, MACs, names, OS or vendor, or its id."""
+    kind: str = ""
+    network: str = ""
+    """Seen by a snapshot of this network."""
+    state: str = ""
+    """``present`` (in the newest snapshot of a network) or ``gone`` (in none)."""
+    sort: str = "id"
+    descending: bool = False
+    offset: int = 0
+    limit: int = 50
+
+
+NODE_SORTS: Final[Mapping[str, str]] = {
+    "id": "id",
+    "kind": "json_extract(fields, '$.kind')",
+    "name": "json_extract(fields, '$.names[0]')",
+    "address": "address_key(json_extract(fields, '$.addresses[0]'))",
+    "os": "json_extract(fields, '$.os')",
+    "vendor": "json_extract(fields, '$.vendor')",
+    "first_seen": "first_seen",
+    "last_seen": "last_seen",
+}
+"""The node list's orders: name -> SQL (this module's text, never a caller's)."""
+NODE_STATES: Final = ("present", "gone")
+_ODD: Final = b"\x07"
+"""Before the text of an address that does not parse: after every IPv4 (version 4) and IPv6 (version 6) key."""
+_IN_NEWEST: Final = (
+    "id IN (SELECT node FROM snapshot_nodes WHERE snapshot IN (SELECT max(id) FROM snapshots GROUP BY slot, network))"
+)
+_SEARCHED: Final = (
+    "(json_extract(fields, '$.addresses') || json_extract(fields, '$.macs') || json_extract(fields, '$.names')"
+    " || json_extract(fields, '$.os') || json_extract(fields, '$.vendor')) LIKE ? ESCAPE '\\'"
+)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A ``networks.discover`` operation without its result yet, and how many records it has sent so far."""
+
+    operation_id: str
+    slot: str
+    state: str
+    created: float
+    params: Mapping[str, Any]
+    records: int
+    hosts: int
+
+
+@dataclass(frozen=True)
 class HistoryEntry:
     snapshot: int
     change: Change
@@ -167,6 +232,18 @@ class NodeView:
     """The nodes that were found to be this one."""
 
 
+def address_key(text: str | None) -> bytes | None:
+    """``text``'s sort key as an address (SQL's ``address_key``, so that 198.18.5.9 comes before 198.18.5.10):
+    IPv4 by number, then IPv6 by number, then anything else as text; None stays None."""
+    if text is None:
+        return None
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return _ODD + text.encode()
+    return bytes([address.version]) + address.packed
+
+
 def _dumps(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
@@ -184,20 +261,10 @@ class InventoryStore(Database):
         try:
             self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._setup()
+            self._db.create_function("address_key", 1, address_key, deterministic=True)
+            self.create_tables(TABLES)
         except sqlite3.DatabaseError as exc:
             raise HubError(f"{self.path}: not a usable inventory: {exc}") from None
-
-    def _setup(self) -> None:
-        with self._write() as db:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            row = db.execute("SELECT version FROM inventory_schema").fetchone()
-            if row is None:
-                db.execute("INSERT INTO inventory_schema (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif row[0] > SCHEMA_VERSION:
-                raise HubError(f"{self.path}: inventory made by a newer hub (schema {row[0]}, this one knows 1)")
 
     # ------------------------------------------------------------------ the core in and out
 
@@ -440,6 +507,39 @@ class InventoryStore(Database):
             seen_before,
         )
 
+    # ------------------------------------------------------------------ what the web page shows
+
+    def node_page(self, query: NodeQuery) -> tuple[list[NodeRow], int]:
+        """One page of the nodes that match ``query``, and how many match in all."""
+        conditions, args = _node_conditions(query)
+        where = " AND ".join(conditions) or "1"
+        order = NODE_SORTS.get(query.sort, "id") + (" DESC" if query.descending else "")
+        (total,) = self._db.execute(f"SELECT count(*) FROM nodes WHERE {where}", args).fetchone()  # noqa: S608
+        rows = self._db.execute(
+            f"SELECT id, first_seen, last_seen, fields FROM nodes WHERE {where} ORDER BY {order}, id"  # noqa: S608
+            " LIMIT ? OFFSET ?",
+            (*args, query.limit, query.offset),
+        )
+        return [NodeRow(node_id, first, last, _fields(fields)) for node_id, first, last, fields in rows], int(total)
+
+    def networks(self) -> list[str]:
+        """Every network a snapshot looked at."""
+        return [network for (network,) in self._db.execute("SELECT DISTINCT network FROM snapshots ORDER BY network")]
+
+    def running_discoveries(self) -> list[Progress]:
+        """The ``networks.discover`` operations still waiting for their result, with their records so far."""
+        rows = self._db.execute(
+            "SELECT o.id, o.slot, o.state, o.created, o.params, count(r.seq),"
+            " count(CASE WHEN r.kind = 'host' THEN 1 END)"
+            " FROM operations o LEFT JOIN records r ON r.operation_id = o.id AND r.slot = o.slot"
+            " WHERE o.name = 'networks.discover' AND o.state IN ('pending', 'sent', 'accepted')"
+            " GROUP BY o.id ORDER BY o.created"
+        )
+        return [
+            Progress(operation_id, slot, state, created, json.loads(params), records, hosts)
+            for operation_id, slot, state, created, params, records, hosts in rows
+        ]
+
     def _members(self, snapshot: int) -> dict[int, str]:
         return dict(self._db.execute("SELECT node, fields FROM snapshot_nodes WHERE snapshot = ?", (snapshot,)))
 
@@ -476,6 +576,145 @@ class InventoryStore(Database):
             ScanRecord(operation_id, slot, agent, seq, received, kind, json.loads(document))
             for operation_id, slot, agent, seq, received, kind, document in rows
         ]
+
+    # ------------------------------------------------------------------ the hub's own use: its import, topology
+
+    @classmethod
+    def sharing(cls, store: Store) -> InventoryStore:
+        """The inventory on ``store``'s connection, in ``store``'s thread: the hub's database thread writes
+        through one connection (a second one writing the same file is what made lock errors). Close ``store``,
+        not this; use it inside :func:`plain_rows`."""
+        inventory = cls.__new__(cls)
+        inventory.path = store.path
+        inventory._db = store.connection
+        inventory.create_tables(TABLES)
+        return inventory
+
+    def latest(self) -> SnapshotRow:
+        """The newest snapshot."""
+        newest = self._snapshots("1 ORDER BY id DESC LIMIT 1")
+        if not newest:
+            raise HubError("no snapshot yet")
+        return newest[0]
+
+    def topology(self, snapshot: SnapshotRow) -> Topology:
+        """What ``hub topology`` and the web page draw: the snapshot's edges and the nodes they touch."""
+        members = {node_id: _fields(fields) for node_id, fields in self._members(snapshot.id).items()}
+        return Topology(
+            snapshot=snapshot,
+            nodes=[TopologyNode(node_id, members[node_id]) for node_id in sorted(members)],
+            edges=self.edges(snapshot.id),
+        )
+
+
+@dataclass(frozen=True)
+class TopologyNode:
+    id: int
+    fields: Fields
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A snapshot's learned topology: who revealed whom (``Edge``), and the snapshot's nodes, so that an
+    edge's address can be named by its node (:meth:`node_of`)."""
+
+    snapshot: SnapshotRow
+    nodes: list[TopologyNode]
+    edges: list[Edge]
+
+    def node_of(self) -> dict[str, int]:
+        """Address -> the node that held it in this snapshot."""
+        return {address: node.id for node in self.nodes for address in node.fields.addresses}
+
+    def as_document(self) -> dict[str, Any]:
+        """The JSON of ``hub topology --json`` (docs/inventory.md)."""
+        node_of = self.node_of()
+        return {
+            "snapshot": self.snapshot.id,
+            "operation": self.snapshot.operation_id,
+            "slot": self.snapshot.slot,
+            "network": self.snapshot.network,
+            "taken": datetime.fromtimestamp(self.snapshot.taken, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "nodes": [
+                {
+                    "id": node.id,
+                    "kind": node.fields.kind,
+                    "addresses": list(node.fields.addresses),
+                    "names": list(node.fields.names),
+                }
+                for node in self.nodes
+            ],
+            "edges": [
+                {
+                    "source": edge.source,
+                    "sourceNode": node_of.get(edge.source),
+                    "target": edge.target,
+                    "targetNode": node_of.get(edge.target),
+                    "kind": edge.kind,
+                    "protocol": edge.protocol,
+                    "table": edge.table,
+                }
+                for edge in self.edges
+            ],
+        }
+
+
+@contextmanager
+def plain_rows(store: Store) -> Iterator[None]:
+    """Rows as tuples on ``store``'s connection for a while: the inventory reads tuples, the hub's store
+    ``sqlite3.Row``s."""
+    connection = store.connection
+    factory = connection.row_factory
+    connection.row_factory = None
+    try:
+        yield
+    finally:
+        connection.row_factory = factory
+
+
+def import_result(store: Store, operation_id: str) -> int | None:
+    """Imports operation ``operation_id``'s discovery into the inventory, on ``store``'s connection, when it
+    is a ``networks.discover`` whose result is a success: returns its snapshot's id, else None. Idempotent,
+    as ``hub inventory import`` (which does the same on a connection of its own)."""
+    operation = store.operation(operation_id)  # its name first: another operation's result is never read
+    if operation is None or operation.name != "networks.discover":
+        return None
+    with plain_rows(store):
+        inventory = InventoryStore.sharing(store)
+        try:
+            discovery = inventory.discovery(operation_id)
+        except HubError:  # a failure: nothing to import
+            return None
+        records = inventory.records(operation_id)
+        if not records:
+            return None
+        inventory.apply(discovery, records)
+        return inventory.snapshot(operation_id).id
+
+
+def _node_conditions(query: NodeQuery) -> tuple[list[str], list[object]]:
+    conditions: list[str] = []
+    args: list[object] = []
+    search = query.search.strip()
+    if search.isdigit() and len(search) < 19:
+        conditions.append(f"(id = ? OR {_SEARCHED})")
+        args.append(int(search))
+    elif search:
+        conditions.append(_SEARCHED)
+    if search:
+        args.append("%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+    if query.kind:
+        conditions.append("json_extract(fields, '$.kind') = ?")
+        args.append(query.kind)
+    if query.network:
+        conditions.append(  # a few probes of (node, snapshot) per node, not every snapshot's rows
+            "EXISTS (SELECT 1 FROM snapshot_nodes n WHERE n.node = nodes.id"
+            " AND n.snapshot IN (SELECT id FROM snapshots WHERE network = ?))"
+        )
+        args.append(query.network)
+    if query.state in NODE_STATES:
+        conditions.append(_IN_NEWEST if query.state == "present" else f"NOT {_IN_NEWEST}")
+    return conditions, args
 
 
 def _snapshot_row(row: Sequence[Any]) -> SnapshotRow:

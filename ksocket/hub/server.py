@@ -5,12 +5,18 @@ run one in-process on port 0 (``async with Hub(db_path) as hub:``). Every frame 
 ``ksocket.protocol``; the database (``ksocket.hub.store``) is the only state that outlives a
 connection, and the only channel by which other processes (``ksocket hub run``) give it work.
 
+It listens with uvicorn (``ksocket.hub.asgi``): one address serves agents and people. Every
+WebSocket handshake, on any path (agents use ``ENDPOINT_PATH``), is an agent's, handled here; every
+HTTP request goes to the ASGI ``web_app`` given to the hub (the operators' pages), or gets a plain
+404 without one. Stopping the hub closes every agent's connection with 1001.
+
 One connection, from handshake to close
 ---------------------------------------
-1. While ``max_startups`` (``Startups``) says the hub has too many unauthenticated connections,
-   a newcomer's handshake is refused with HTTP 503. The handshake must take less than
-   ``auth_timeout`` seconds and select the subprotocol ``ksocket.v2`` when offered, else ``ksocket.v1``;
-   a client that offers neither gets HTTP 400.
+1. A new connection must send its whole handshake request within ``auth_timeout`` seconds.
+   While ``max_startups`` (``Startups``) says the hub has too many unauthenticated connections,
+   a newcomer's handshake is refused with HTTP 503 (the ASGI WebSocket Denial Response). The
+   hub selects the subprotocol ``ksocket.v2`` when offered, else ``ksocket.v1``; a client that
+   offers neither gets HTTP 400.
 2. The first frame must be ``authenticate``, at most ``AUTH_FRAME_LIMIT`` bytes (a larger one
    closes the connection with 1009), within ``auth_timeout`` seconds, else close 4400
    (a bad or other first frame gets an ``error`` frame first). Then, in this order:
@@ -37,8 +43,9 @@ One connection, from handshake to close
    seconds → close 4408.
 
 Meanwhile one poller task reads the database every ``poll_interval`` seconds (sooner when this
-process queued something) and sends new pending operations and asked-for cancels to connected
-slots, and disconnects (4401) a slot whose token was revoked.
+process queued something), queues the discoveries whose schedule is due (``ksocket.hub.schedulestore``),
+sends new pending operations and asked-for cancels to connected slots, and disconnects (4401) a slot
+whose token was revoked.
 
 The connections and the poller use the database through a ``StoreThread``: every write is a
 transaction with an fsync, in the database's own thread, so one slot's results never hold up
@@ -49,19 +56,25 @@ use a second connection, on the loop.
 
 What a connection holds
 -----------------------
-Before it authenticates, a connection holds at most one first frame of ``AUTH_FRAME_LIMIT``
-bytes, for at most ``auth_timeout`` seconds twice (handshake, then first frame), and there are
-at most ``max_startups.full`` such connections. The loop's "out of system resource" (no
+Before it authenticates, a connection holds a request head of at most 16 KiB (h11's limit), then
+at most one first frame of ``AUTH_FRAME_LIMIT`` bytes (websockets' parser refuses a larger one from
+its header, before its payload is read), and the rest of one socket read, for at most
+``auth_timeout`` seconds twice (handshake, then first frame); there are at most
+``max_startups.full`` such connections past their handshake request. The frame limit is set per
+connection below ASGI (``ksocket.hub.asgi``); uvicorn's ``ws_max_size``, which an ASGI app cannot
+change, is ``MAX_FRAME``, the limit once authenticated. The loop's "out of system resource" (no
 descriptor left for ``accept``) is logged at ERROR by this module, not by asyncio's logger.
 Nothing of what an agent sent outlives its handling: results go to the database, and the hub
 keeps no history; records wait for their batch, at most ``RECORD_BATCH`` of them and
 ``RECORD_BATCH_BYTES`` of their frames, then go to the database too. The socket is read on only
-once the frame read ahead has been taken (``max_queue=0``) and frames are never compressed (one
+once the frame read ahead has been taken (uvicorn pauses reading while a frame waits for the hub)
+and frames are never compressed (one
 compressed read of 256 KiB could inflate to hundreds of MiB), so a connection holds the frame
 being handled, one more, the rest of one socket read and the records of one batch: at most about
 three frames of ``MAX_FRAME`` bytes and ``RECORD_BATCH_BYTES``, however many its agent sends.
 (websockets' parser keeps the last frame read until the next one arrives: an idle agent's next
-heartbeat.) What the hub sends waits behind websockets' 32 KiB write limit.
+heartbeat.) What the hub sends waits while the socket's write buffer holds more than asyncio's
+64 KiB high-water mark. uvicorn sends no WebSocket pings: liveness is the protocol's heartbeat.
 
 Watching a hub
 --------------
@@ -81,17 +94,16 @@ import logging
 import os
 import resource
 import ssl
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed, NegotiationError
-from websockets.http11 import Request, Response
-from websockets.typing import Subprotocol
+from starlette.types import ASGIApp
 
+from ksocket.hub.asgi import AUTH_FRAME_LIMIT, AgentSocket, Closed, Listener
 from ksocket.hub.errors import HubError, UnknownOperation
+from ksocket.hub.schedulestore import fire_due
 from ksocket.hub.startups import DEFAULT_MAX_STARTUPS, StartupLimit, Startups
 from ksocket.hub.store import MAX_SEQ, OperationRecord, Store
 from ksocket.hub.storethread import StoreThread
@@ -129,7 +141,7 @@ from ksocket.protocol import (
     version_of,
 )
 
-__all__ = ["ENDPOINT_PATH", "Hub", "HubObserver"]
+__all__ = ["AUTH_FRAME_LIMIT", "ENDPOINT_PATH", "Hub", "HubObserver"]
 
 logger = logging.getLogger(__name__)
 
@@ -149,10 +161,13 @@ PARSED_ON_LOOP = 64 * 1024
 """Frames larger than this many bytes are parsed in a worker thread: 16 MiB of JSON takes the loop
 tens of milliseconds, and every other slot's heartbeats with it."""
 
-AUTH_FRAME_LIMIT = 4096
-"""Largest first frame, in bytes: an ``authenticate`` is a few hundred."""
-
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+CLOSE_GOING_AWAY = 1001
+"""The close code of every connection when the hub stops (RFC 6455)."""
+
+STOP_GRACE = 10.0
+"""Seconds a stopping hub gives its connections' handlers and the web app's requests to finish."""
 
 RECORD_BATCH = 500
 """Records stored in one transaction (one fsync) at most."""
@@ -169,7 +184,7 @@ class _Link:
     slot: str
     agent: str
     session: str
-    ws: ServerConnection
+    ws: AgentSocket
     peer: str
     version: int
     released: bool = False
@@ -205,37 +220,11 @@ class HubObserver:
 
     def on_disconnect(self, slot: str, close_code: int | None) -> None:
         """A connection of ``slot`` ended, and no longer holds it: ``close_code`` is the code of the
-        agent's close frame (an echo of the hub's when the hub closed first), None without one."""
-
-
-class _WebsocketsLog(logging.Filter):
-    """websockets' own log lines, less those the hub already says better and any frame that
-    holds a token (websockets logs every frame at DEBUG, and ``authenticate`` carries one)."""
-
-    SAID_BETTER = frozenset(
-        {"connection open", "connection closed", "server listening on %s", "server closing", "server closed"}
-    )
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg in self.SAID_BETTER:
-            return False
-        return record.levelno > logging.DEBUG or '"token"' not in record.getMessage()
-
-
-_websockets_logger = logging.getLogger("ksocket.hub.websockets")
-_websockets_logger.addFilter(_WebsocketsLog())
+        agent's close frame (the hub's own when the hub closed first), None without one."""
 
 
 def _batch_full(link: _Link) -> bool:
     return len(link.records) >= RECORD_BATCH or link.record_bytes >= RECORD_BATCH_BYTES
-
-
-def _peer(ws: ServerConnection) -> str:
-    address = ws.remote_address
-    if isinstance(address, tuple) and len(address) >= 2:
-        host = f"[{address[0]}]" if ":" in str(address[0]) else str(address[0])
-        return f"{host}:{address[1]}"
-    return str(address)
 
 
 def _decode(frame: str | bytes) -> Message:
@@ -259,6 +248,8 @@ class Hub:
     resolves to several addresses, ``port`` reports the first socket's). ``ssl_context`` makes
     it ``wss``. Times are in seconds. ``observer`` hears what happens (``HubObserver``).
     ``max_startups`` bounds the unauthenticated connections (``ksocket.hub.startups``).
+    ``web_app`` (an ASGI app, e.g. Starlette's) answers every HTTP request on the same address,
+    and gets the lifespan protocol: started before the hub listens, shut down after it stops.
     """
 
     def __init__(
@@ -274,6 +265,7 @@ class Hub:
         observer: HubObserver | None = None,
         max_startups: StartupLimit = DEFAULT_MAX_STARTUPS,
         slot_quota: int | None = DEFAULT_SLOT_QUOTA,
+        web_app: ASGIApp | None = None,
     ) -> None:
         self.db_path = db_path
         self.host = host
@@ -286,13 +278,14 @@ class Hub:
         self.slot_quota = slot_quota
         self._observer = observer or HubObserver()
         self._startups = Startups(max_startups)
-        self._unauthenticated: set[ServerConnection] = set()
+        self._unauthenticated: set[AgentSocket] = set()
         self._refused_startups = 0
         self._loop_handler: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None = None
         self._links: dict[str, _Link] = {}
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._server: Server | None = None
+        self._web_app = web_app
+        self._listener: Listener | None = None
         self._poller: asyncio.Task[None] | None = None
         self._store: Store | None = None
         self._db: StoreThread | None = None
@@ -315,30 +308,20 @@ class Hub:
         loop = asyncio.get_running_loop()
         self._loop_handler = loop.get_exception_handler()
         loop.set_exception_handler(self._on_loop_exception)
+        listener = Listener(self._handle, self._web_app, max_frame=MAX_FRAME, handshake_timeout=self.auth_timeout)
         try:
-            self._server = await serve(
-                self._handle,
-                self.host,
-                self.port,
-                ssl=self.ssl_context,
-                subprotocols=[Subprotocol(name) for name in SUBPROTOCOLS],
-                select_subprotocol=self._select_subprotocol,
-                process_request=self._process_request,
-                open_timeout=self.auth_timeout,
-                ping_interval=None,  # liveness is the protocol's heartbeat, not WebSocket pings
-                max_size=AUTH_FRAME_LIMIT,  # until authenticated: then MAX_FRAME
-                max_queue=0,  # read on only once the frame read ahead is taken: memory bounded in bytes
-                compression=None,  # agents never offer it, and one compressed read could inflate 1000-fold
-                logger=_websockets_logger,
-            )
-        except OSError as exc:
+            sockets = await listener.start(self.host, self.port, self.ssl_context)
+        except (OSError, HubError) as exc:
             await self._db.close()
             self._db = None
             self._store.close()
             self._store = None
             loop.set_exception_handler(self._loop_handler)
+            if isinstance(exc, HubError):
+                raise
             raise HubError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
-        self.port = self._server.sockets[0].getsockname()[1]
+        self._listener = listener
+        self.port = sockets[0].getsockname()[1]
         self._poller = asyncio.create_task(self._poll(), name="ksocket-hub-poller")
         logger.info("hub listening on %s (database %s)", self.url, self.db_path)
 
@@ -347,10 +330,12 @@ class Hub:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
             self._poller = None
-        if self._server is not None:
-            self._server.close()  # closes every connection with 1001 and waits for the handlers
-            await self._server.wait_closed()
-            self._server = None
+        if self._listener is not None:
+            self._listener.close()
+            for ws in [*self._unauthenticated, *(link.ws for link in self._links.values())]:
+                self._spawn(ws.close(CLOSE_GOING_AWAY, "hub stopping"))  # its handler ends when it is sent
+            await self._listener.stop(grace=STOP_GRACE)
+            self._listener = None
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._db is not None:
@@ -405,8 +390,8 @@ class Hub:
 
     # ------------------------------------------------------------------ one connection
 
-    def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
-        """Counts the newcomer as unauthenticated, or refuses it with 503 when there are too many."""
+    def _begin_startup(self, ws: AgentSocket) -> bool:
+        """Counts the newcomer as unauthenticated; False when there are too many."""
         if not self._startups.begin():
             if self._refused_startups == 0:
                 logger.warning(
@@ -415,48 +400,57 @@ class Hub:
                     self._startups.limit,
                 )
             self._refused_startups += 1
-            return ws.respond(503, "too many connections waiting to authenticate; try again later\n")
+            return False
         if self._refused_startups:
             logger.info("accepting connections again (%d refused)", self._refused_startups)
             self._refused_startups = 0
         self._unauthenticated.add(ws)
-        ws.connection_lost_waiter.add_done_callback(lambda _: self._end_startup(ws))
-        return None
+        return True
 
-    def _end_startup(self, ws: ServerConnection) -> None:
+    def _end_startup(self, ws: AgentSocket) -> None:
         """The connection no longer counts as unauthenticated: it authenticated or closed (idempotent)."""
         if ws in self._unauthenticated:
             self._unauthenticated.discard(ws)
             self._startups.end()
 
-    def _select_subprotocol(self, ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol:
-        """The newest ksocket subprotocol offered, or HTTP 400 for a client that offers none."""
+    def _select_subprotocol(self, ws: AgentSocket) -> str | None:
+        """The newest ksocket subprotocol offered, or None (and a log line) for a client that offers none."""
         for name in SUBPROTOCOLS:
-            if name in offered:
-                return Subprotocol(name)
-        known = " or ".join(SUBPROTOCOLS)
+            if name in ws.offered:
+                return name
         logger.info(
             "connection from %s refused: it does not offer subprotocol %s (offered: %s)",
-            _peer(ws),
-            known,
-            ", ".join(offered) or "none",
+            ws.peer,
+            " or ".join(SUBPROTOCOLS),
+            ", ".join(ws.offered) or "none",
         )
-        raise NegotiationError(f"the hub speaks subprotocol {known} only")
+        return None
 
-    async def _handle(self, ws: ServerConnection) -> None:
-        peer = _peer(ws)
-        if version_of(ws.subprotocol) is None:  # websockets refuses such handshakes already; be sure anyway
-            await ws.close(CLOSE_PROTOCOL_ERROR, f"subprotocol {' or '.join(SUBPROTOCOLS)} required")
+    async def _handle(self, ws: AgentSocket) -> None:
+        """One WebSocket connection, from its handshake to its end."""
+        if not self._begin_startup(ws):
+            await ws.refuse(503, "too many connections waiting to authenticate; try again later\n")
             return
-        auth = await self._first_frame(ws, peer)
-        if auth is None:
-            return
-        admitted = await self._admit(ws, peer, auth)
+        try:
+            subprotocol = self._select_subprotocol(ws)
+            if subprotocol is None:
+                await ws.refuse(400, f"the hub speaks subprotocol {' or '.join(SUBPROTOCOLS)} only\n")
+                return
+            await ws.accept(subprotocol)
+            auth = await self._first_frame(ws)
+            if auth is not None:
+                await self._serve(ws, auth)
+        finally:
+            self._end_startup(ws)
+
+    async def _serve(self, ws: AgentSocket, auth: Authenticate) -> None:
+        """An agent's connection from its ``authenticate`` on."""
+        admitted = await self._admit(ws, auth)
         if admitted is None:
             return
         link, resumed, backlog = admitted
         self._end_startup(ws)
-        ws.protocol.max_message_size = MAX_FRAME  # read only when the next frame begins: none has yet
+        ws.lift_frame_limit()  # read only when the next frame begins: none has yet
         try:
             await ws.send(serialize(Authenticated(session=link.session, resumed=resumed)))
             for op in backlog:
@@ -468,23 +462,23 @@ class Hub:
             link.ready = True
             self._observer.on_connect(link.slot, link.session)
             await self._converse(link)
-        except ConnectionClosed as exc:
+        except Closed as exc:
             self._closed(link, exc)
         finally:
             if self._db is not None and link.records:  # kept; the agent sends them again, as they are unacked
                 self.db.post(Store.add_records, link.slot, link.agent, link.records, quota=self.slot_quota)
             self._release(link)
-            close = ws.protocol.close_rcvd
-            self._observer.on_disconnect(link.slot, close.code if close is not None else None)
+            self._observer.on_disconnect(link.slot, ws.close_code)
 
-    async def _first_frame(self, ws: ServerConnection, peer: str) -> Authenticate | None:
+    async def _first_frame(self, ws: AgentSocket) -> Authenticate | None:
+        peer = ws.peer
         try:
             frame = await asyncio.wait_for(ws.recv(), self.auth_timeout)
         except TimeoutError:
             logger.info("connection from %s closed: no authenticate within %g s", peer, self.auth_timeout)
             await ws.close(CLOSE_PROTOCOL_ERROR, "no authenticate in time")
             return None
-        except ConnectionClosed:
+        except Closed:
             logger.info("connection from %s closed before it authenticated", peer)
             return None
         try:
@@ -496,23 +490,21 @@ class Hub:
             logger.info("connection from %s closed: bad first frame: %s", peer, safe)
             try:
                 await ws.send(serialize(error_reply(safe)))
-            except ConnectionClosed:
+            except Closed:
                 return None
             await ws.close(CLOSE_PROTOCOL_ERROR, "the first frame must be authenticate")
             return None
         return message
 
-    async def _reject(self, ws: ServerConnection, peer: str, reason: RejectReason, text: str, code: int) -> None:
-        logger.info("connection from %s rejected: %s (%s)", peer, reason, text)
+    async def _reject(self, ws: AgentSocket, reason: RejectReason, text: str, code: int) -> None:
+        logger.info("connection from %s rejected: %s (%s)", ws.peer, reason, text)
         try:
             await ws.send(serialize(Rejected(reason=reason, message=text)))
-        except ConnectionClosed:
+        except Closed:
             return
         await ws.close(code, reason)
 
-    async def _admit(
-        self, ws: ServerConnection, peer: str, auth: Authenticate
-    ) -> tuple[_Link, bool, list[OperationRecord]] | None:
+    async def _admit(self, ws: AgentSocket, auth: Authenticate) -> tuple[_Link, bool, list[OperationRecord]] | None:
         """Checks the authenticate frame; on success the link holds its slot when this returns.
 
         The database is read first; from the check of the slot's holder to taking the slot
@@ -523,12 +515,12 @@ class Hub:
         version = version_of(ws.subprotocol)
         if auth.protocol != version:
             text = f"this link speaks protocol version {version} (subprotocol {ws.subprotocol}), not {auth.protocol}"
-            await self._reject(ws, peer, ErrorCode.UNSUPPORTED_PROTOCOL, text, CLOSE_PROTOCOL_ERROR)
+            await self._reject(ws, ErrorCode.UNSUPPORTED_PROTOCOL, text, CLOSE_PROTOCOL_ERROR)
             return None
         db = self.db
         slot = await db.call(Store.slot_for_token, auth.token)
         if slot is None:
-            await self._reject(ws, peer, ErrorCode.INVALID_TOKEN, "unknown or revoked token", CLOSE_AUTH_FAILED)
+            await self._reject(ws, ErrorCode.INVALID_TOKEN, "unknown or revoked token", CLOSE_AUTH_FAILED)
             return None
         last = await db.call(Store.agent, slot)
         self._observer.on_message(slot, auth)
@@ -536,9 +528,11 @@ class Hub:
         if holder is not None:
             if auth.session != holder.session or auth.agent != holder.agent:
                 text = f"slot {slot} is held by a connected agent ({holder.agent})"
-                await self._reject(ws, peer, ErrorCode.SLOT_IN_USE, text, CLOSE_SLOT_IN_USE)
+                await self._reject(ws, ErrorCode.SLOT_IN_USE, text, CLOSE_SLOT_IN_USE)
                 return None
-            logger.info("slot %s: session %s resumed from %s; closing its old connection", slot, holder.session, peer)
+            logger.info(
+                "slot %s: session %s resumed from %s; closing its old connection", slot, holder.session, ws.peer
+            )
             self._release(holder)
             self._spawn(holder.ws.close(CLOSE_SLOT_IN_USE, "replaced by a resumed connection"))
             session, resumed = holder.session, True
@@ -546,7 +540,7 @@ class Hub:
             resumable = None if last is None else (last.session, last.agent)
             resumed = auth.session is not None and resumable == (auth.session, auth.agent)
             session = auth.session if resumed and auth.session is not None else new_session()
-        link = _Link(slot=slot, agent=auth.agent, session=session, ws=ws, peer=peer, version=auth.protocol)
+        link = _Link(slot=slot, agent=auth.agent, session=session, ws=ws, peer=ws.peer, version=auth.protocol)
         self._links[slot] = link
         db.post(Store.agent_connected, slot, agent=auth.agent, version=auth.version, name=auth.name, session=session)
         backlog = await db.call(Store.claim_backlog, slot)
@@ -556,7 +550,7 @@ class Hub:
             auth.agent,
             auth.name,
             auth.version,
-            peer,
+            ws.peer,
             session,
             "resumed" if resumed else "new",
         )
@@ -586,8 +580,8 @@ class Hub:
             await self._on_frame(link, frame)
             del frame  # an idle connection keeps nothing of its last frame (up to MAX_FRAME)
 
-    def _closed(self, link: _Link, exc: ConnectionClosed) -> None:
-        code = exc.rcvd.code if exc.rcvd is not None else None
+    def _closed(self, link: _Link, exc: Closed) -> None:
+        code = exc.code
         if self._links.get(link.slot) is link:
             how = f"close code {code}" if code is not None else "without a close frame"
             logger.info("slot %s: agent %s disconnected (%s)", link.slot, link.agent, how)
@@ -605,7 +599,7 @@ class Hub:
     async def _send(self, link: _Link, message: Message) -> bool:
         try:
             await link.ws.send(serialize(message))
-        except ConnectionClosed:
+        except Closed:
             return False
         return True
 
@@ -749,6 +743,7 @@ class Hub:
             logger.info("slot %s: token revoked; disconnecting agent %s", slot, link.agent)
             self._release(link)
             self._spawn(link.ws.close(CLOSE_AUTH_FAILED, "token revoked"))
+        await db.call(fire_due, slots)
         for op in await db.call(Store.claim_pending, slots):
             link_or_none = self._links.get(op.slot)
             if link_or_none is not None and await self._send(link_or_none, op.to_message()):

@@ -10,7 +10,8 @@ Tables
                 message, progress, cancel requested / cancel sent.
 ``results``     (slot, agent id, seq) unique, operation id, ok, data or error (JSON), received.
 ``records``     (slot, agent id, seq) unique, operation id, kind, document (JSON), received: what an
-                operation reported before its result (protocol version 2), stored as it arrives.
+                operation reported before its result (protocol version 2), stored as it arrives; a
+                record's update (the same ``key``) is stored beside it and read in its place.
 
 Agents write only what answers operations issued to their slot: a result, ``accepted``,
 ``refused`` or ``progress`` for an operation that is not the slot's, or was never sent, raises
@@ -22,6 +23,10 @@ of these three to ``done`` (a result arrived; ``cancelled`` when its error code 
 ``cancelled``) or ``refused``; a pending operation cancelled before it was sent becomes
 ``cancelled`` at once. Pending, sent and accepted operations have no result yet: the hub
 sends them again, same id, whenever their slot's agent connects.
+
+A ``Store`` may be given an ``on_result`` hook: called with the store, the slot and the operation's id
+after each new result is committed, on the store's own connection and thread (the hub's database thread
+imports a discovery's result into the inventory so).
 
 Concurrency: the server and short-lived commands (``hub run``, ``hub token add``) open the
 same file; WAL mode lets readers run beside the writer, every write is one short
@@ -254,11 +259,54 @@ def _clamp(value: int) -> int:
 # --------------------------------------------------------------------------- the store
 
 
+@dataclass(frozen=True)
+class Schema:
+    """The tables of one part of the hub's file and the version of their shape. ``version_table`` holds that
+    version in its one row; None: the file's ``user_version`` (the hub store's own)."""
+
+    what: str
+    """What the tables hold, as an error names it."""
+    tables: str
+    """``CREATE … IF NOT EXISTS`` statements, separated by semicolons."""
+    version: int
+    version_table: str | None = None
+
+    def found(self, db: sqlite3.Connection) -> int:
+        """The version the file holds (0: none yet)."""
+        if self.version_table is None:
+            return int(db.execute("PRAGMA user_version").fetchone()[0])
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (self.version_table,)).fetchone():
+            return 0
+        row = db.execute(f"SELECT version FROM {self.version_table}").fetchone()  # noqa: S608 (a module's name)
+        return 0 if row is None else int(row[0])
+
+    def record(self, db: sqlite3.Connection, found: int) -> None:
+        if self.version_table is None:
+            db.execute(f"PRAGMA user_version = {self.version}")
+        elif found == 0:
+            db.execute(f"INSERT INTO {self.version_table} (version) VALUES (?)", (self.version,))  # noqa: S608
+        elif found < self.version:
+            db.execute(f"UPDATE {self.version_table} SET version = ?", (self.version,))  # noqa: S608
+
+
+Upgrade = Callable[[sqlite3.Connection, int], None]
+"""Brings tables of an older version (the second argument) to the current shape, in the setup's transaction."""
+
+
 class Database:
     """An open SQLite file of the hub's (``_db``): closed by :meth:`close` or a ``with`` block, written in short
-    transactions (:meth:`_write`). :class:`Store` and the inventory's store are ones."""
+    transactions (:meth:`_write`), its tables made by :meth:`create_tables`. :class:`Store`, the inventory's
+    store, the schedules and the operators' accounts are ones."""
 
+    path: Path
     _db: sqlite3.Connection
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The open connection, for another part of the hub that works on the same file in this thread (the
+        hub's database thread writes through one connection: a second one writing the same file made lock
+        errors)."""
+        return self._db
 
     def close(self) -> None:
         self._db.close()
@@ -298,13 +346,49 @@ class Database:
         with self._write():
             yield
 
+    def create_tables(self, schema: Schema, upgrade: Upgrade | None = None) -> None:
+        """Creates ``schema``'s missing tables, upgrades older ones and records the version, in one write
+        transaction. Tables a newer hub made are refused (a
+        :class:`HubError` naming the file and what they hold), and nothing is written."""
+        with self._write() as db:
+            found = schema.found(db)
+            if found > schema.version:
+                raise HubError(
+                    f"{self.path}: {schema.what} made by a newer hub (schema {found}, this one knows {schema.version})"
+                )
+            for statement in schema.tables.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            if upgrade is not None and 0 < found < schema.version:
+                upgrade(db, found)
+            schema.record(db, found)
+
+
+_TABLES: Final = Schema("slots and operations", _SCHEMA, SCHEMA_VERSION)
+
+
+def _upgrade(db: sqlite3.Connection, found: int) -> None:
+    if found == 1:  # slots had no result_bytes: weigh what is stored
+        db.execute("ALTER TABLE slots ADD COLUMN result_bytes INTEGER NOT NULL DEFAULT 0")
+        db.execute(
+            "UPDATE slots SET result_bytes = (SELECT COALESCE(SUM(COALESCE(length(CAST(data AS BLOB)), 0)"
+            " + COALESCE(length(CAST(error AS BLOB)), 0)), 0) FROM results WHERE results.slot = slots.name)"
+        )
+
 
 class Store(Database):
     """One open connection to the hub's database; see the module docstring."""
 
-    def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        on_result: Callable[[Store, str, str], None] | None = None,
+    ) -> None:
         self.path = Path(path)
         self._now = clock
+        self._on_result = on_result
         _create_private(self.path)
         try:
             self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
@@ -321,20 +405,7 @@ class Store(Database):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # an acked result must survive a power cut
         self._db.execute("PRAGMA foreign_keys=ON")
-        with self._write() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise HubError(f"{self.path}: made by a newer hub (schema {version}, this one knows {SCHEMA_VERSION})")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            if version == 1:  # slots had no result_bytes: weigh what is stored
-                db.execute("ALTER TABLE slots ADD COLUMN result_bytes INTEGER NOT NULL DEFAULT 0")
-                db.execute(
-                    "UPDATE slots SET result_bytes = (SELECT COALESCE(SUM(COALESCE(length(CAST(data AS BLOB)), 0)"
-                    " + COALESCE(length(CAST(error AS BLOB)), 0)), 0) FROM results WHERE results.slot = slots.name)"
-                )
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self.create_tables(_TABLES, _upgrade)
 
     def _rows(self, sql: str, args: Iterable[object] = ()) -> list[sqlite3.Row]:
         return list(self._db.execute(sql, tuple(args)).fetchall())
@@ -615,6 +686,8 @@ class Store(Database):
                 " WHERE id = ? AND slot = ? AND state NOT IN ('done', 'cancelled')",
                 (state, now, result.id, slot),
             )
+        if self._on_result is not None:
+            self._on_result(self, slot, result.id)
         return True
 
     def add_records(
@@ -649,10 +722,15 @@ class Store(Database):
 
     def records(self, op_id: str) -> list[StoredRecord]:
         """The records of operation ``op_id`` from the slot it was sent to, in the order received (seq order:
-        an agent sends them so, and a repeated one is not stored)."""
+        an agent sends them so, and a repeated one is not stored); of the records with one ``key`` (a record
+        and its updates), the newest alone."""
         rows = self._rows(
-            "SELECT r.* FROM records r JOIN operations o ON r.operation_id = o.id AND r.slot = o.slot"
-            " WHERE o.id = ? ORDER BY r.received, r.rowid",
+            "SELECT slot, agent, seq, operation_id, kind, document, received FROM ("
+            " SELECT r.*, r.rowid AS position, ROW_NUMBER() OVER (PARTITION BY CASE"
+            "  WHEN json_type(r.document, '$.key') = 'text' THEN json_extract(r.document, '$.key') ELSE r.rowid END"
+            "  ORDER BY r.received DESC, r.rowid DESC) AS newer"
+            " FROM records r JOIN operations o ON r.operation_id = o.id AND r.slot = o.slot WHERE o.id = ?"
+            ") WHERE newer = 1 ORDER BY received, position",
             (op_id,),
         )
         return [_stored_record(row) for row in rows]

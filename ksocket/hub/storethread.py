@@ -14,6 +14,12 @@ undoes its own writes only. One fsync then makes them all durable, and no call i
 it: a call's answer always means its writes are on disk. A call that finds the thread idle runs in
 its own transaction, as before. A job that a call queues for after its commit (:meth:`StoreThread.then`)
 runs alone, before every call made after it.
+
+A ``networks.discover`` result, once committed, is imported into the inventory in the same thread, on the
+same connection, as such a job (:func:`~ksocket.hub.inventorystore.import_result`): the result is acked
+without waiting for it, and any call made once the result is acked runs after it. A failing import is
+logged on one line naming the operation; the result stays stored, and ``ksocket hub inventory import`` can
+take it again.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 from ksocket.hub.errors import HubError
+from ksocket.hub.inventorystore import import_result
 from ksocket.hub.store import Store
 
 __all__ = ["GROUP_LIMIT", "StoreThread"]
@@ -46,16 +53,18 @@ _Call = tuple[Callable[[], Any], "Future[Any]", bool]  # the job, its answer, wh
 class StoreThread:
     """``await StoreThread.open(path)``, then ``await db.call(Store.method, args…)``; ``await db.close()``."""
 
-    def __init__(self, executor: ThreadPoolExecutor, store: Store) -> None:
+    _store: Store  # set by ``open`` once the database is open
+
+    def __init__(self, executor: ThreadPoolExecutor) -> None:
         self._executor = executor
-        self._store = store
         self._waiting: deque[_Call] = deque()  # appended on the loop, taken in the database's thread
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str]) -> StoreThread:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ksocket-hub-db")
+        opening = functools.partial(Store, path, on_result=functools.partial(_import_next, executor))
         try:
-            store = await asyncio.get_running_loop().run_in_executor(executor, Store, path)
+            store = await asyncio.get_running_loop().run_in_executor(executor, opening)
         except HubError:
             executor.shutdown()
             raise
@@ -84,6 +93,10 @@ class StoreThread:
         self._queue(functools.partial(method, self._store), grouped=False).add_done_callback(
             functools.partial(_log_failure, getattr(method, "__name__", "a job"))
         )
+
+    def _import_next(self, store: Store, slot: str, operation_id: str) -> None:
+        """``Store``'s ``on_result`` hook: the import runs once the result is committed (so it is acked first)."""
+        self.then(functools.partial(_import, operation_id=operation_id))
 
     def _queue(self, job: Callable[[], Any], *, grouped: bool = True) -> Future[Any]:
         future: Future[Any] = Future()
@@ -136,3 +149,30 @@ def _log_failure(name: str, future: Future[object]) -> None:
     exc = future.exception()
     if exc is not None:
         logger.error("hub database: %s failed: %s", name, exc)
+
+
+def _import_next(executor: ThreadPoolExecutor, store: Store, slot: str, operation_id: str) -> None:
+    """``Store``'s ``on_result`` hook: the import is the thread's next job, so that the result is acked first."""
+    executor.submit(_import, store, operation_id)
+
+
+def _import(store: Store, operation_id: str) -> None:
+    try:
+        snapshot = import_result(store, operation_id)
+    except Exception as exc:  # whatever it is, the result is stored and the link goes on
+        why = " ".join(f"{type(exc).__name__}: {exc}".split())
+        logger.error("hub: inventory import of operation %s failed: %s", operation_id, why)
+        return
+    if snapshot is not None:
+        logger.info("hub: operation %s imported into the inventory as snapshot %d", operation_id, snapshot)
+
+
+def _import(store: Store, operation_id: str) -> None:
+    try:
+        snapshot = import_result(store, operation_id)
+    except Exception as exc:  # whatever it is, the result is stored and the link goes on
+        why = " ".join(f"{type(exc).__name__}: {exc}".split())
+        logger.error("hub: inventory import of operation %s failed: %s", operation_id, why)
+        return
+    if snapshot is not None:
+        logger.info("hub: operation %s imported into the inventory as snapshot %d", operation_id, snapshot)

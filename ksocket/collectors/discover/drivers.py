@@ -3,13 +3,17 @@
 :class:`Drivers` is the loop's only way out: :meth:`~Drivers.view` reads the agent's own tables
 (its addresses, gateways, complete neighbour entries, connected networks), :meth:`~Drivers.sweep`
 runs the ``networks.scan`` engine on exactly the addresses given, :meth:`~Drivers.inspect` runs
-``hosts.inspect`` on one host. :class:`LiveDrivers` is the real one; tests give fakes. The
-pipeline's actors (:mod:`tasks.discover`) call the same three across messages; :func:`run` drives
-the whole loop in one thread for ``ksocket discover``.
+``hosts.inspect`` on one host: in scope ``full`` for a discovery with ``details``, ``learn``
+without (:func:`inspection_scope`; what learning reads and nothing more), and without the
+search's WARNING per host and protocol that no credential file serves (the loop counts them, and
+:func:`unmatched_line` says it once at the end). :class:`LiveDrivers` is the real one; tests give
+fakes. The pipeline's actors (:mod:`tasks.discover`) call the same three across messages;
+:func:`run` drives the whole loop in one thread for ``ksocket discover``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,6 +24,8 @@ from ksocket.collectors.discover.loop import Discovery, Origin, Record
 from ksocket.collectors.discover.params import Request
 from ksocket.collectors.discovery.targets import to_str
 from ksocket.collectors.discovery.vendor import format_mac
+
+log = logging.getLogger("ksocket.discover")
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,7 @@ class Drivers(Protocol):
         ...
 
     def inspect(self, address: str, request: Request, context: Context) -> Document:
-        """``hosts.inspect``'s result for ``address`` with ``request.protocols``."""
+        """``hosts.inspect``'s result for ``address`` with ``request.protocols``, in :func:`inspection_scope`."""
         ...
 
 
@@ -67,12 +73,29 @@ class LiveDrivers:
     def inspect(self, address: str, request: Request, context: Context) -> Document:
         from ksocket.collectors.inspect import hosts
 
-        return hosts.collect({"address": address, "protocols": list(request.protocols)}, context)
+        inspection = hosts.HostInspection(context.environment, warn_unmatched=False)  # counted: unmatched_line
+        params = {"address": address, "protocols": list(request.protocols), "scope": inspection_scope(request)}
+        return inspection.collect(params, context)
+
+
+def inspection_scope(request: Request) -> str:
+    """``full`` when the discovery reports each host's details, else ``learn``: its one login collects
+    what learning reads (tables, identity keys), no packages, hardware or details tables."""
+    return "full" if request.details else "learn"
 
 
 def emit(context: Context, records: Sequence[Record]) -> None:
+    """The records on ``context``, each naming its ``key`` (a host's update has its first record's key)."""
     for record in records:
-        context.record({"kind": record.kind, **record.document}, key=record.key)
+        context.record({"kind": record.kind, "key": record.key, **record.document}, key=record.journal_key)
+
+
+def unmatched_line(summary: Document) -> str | None:
+    """The discovery's one line for the hosts no credential file served (each protocol's count), or None."""
+    counts = summary.get("noCredential") or {}
+    if not counts:
+        return None
+    return "no credential file matched " + ", ".join(f"{n} hosts for {kind}" for kind, n in counts.items())
 
 
 def run(
@@ -98,7 +121,10 @@ def run(
             watch(state)
             emit(context, state.learned(state.round, address, drivers.inspect(address, request, context)))
     watch(state)
-    return state.summary()
+    summary = state.summary()
+    if (line := unmatched_line(summary)) is not None:
+        log.warning("discovery: %s", line)
+    return summary
 
 
-__all__ = ["Drivers", "LiveDrivers", "View", "emit", "run"]
+__all__ = ["Drivers", "LiveDrivers", "View", "emit", "inspection_scope", "run"]

@@ -14,7 +14,14 @@ networks learnt, the round, and the round's hosts still to learn from. Its drive
    candidates and networks (:func:`~ksocket.collectors.discover.learn.learn`), details and
    network records; the last one of a round opens the next round, or ends the discovery when
    nothing new is pending;
-5. :meth:`Discovery.summary` once :attr:`Discovery.done`.
+5. :meth:`Discovery.summary` once :attr:`Discovery.done` (with ``noCredential``: per protocol, the
+   hosts no credential file served, which the drivers say in one line rather than one per host).
+
+A host is recorded as soon as it is confirmed (its sweep, or the table that names it silent). What
+is learnt about it later — its identity keys from its own learn, sources and a MAC from tables read
+after its sweep (another host's table naming it; a host's own tables never count as its source) —
+goes out as an *update*: the same key, the full current host, its ``version`` one higher. Updates
+are made when a round closes, for the hosts that changed in it: at most one per host and round.
 
 Every event names its round and is idempotent: a sweep or a learn applied twice (a message
 redelivered after a crash) changes nothing. Every candidate passes the one fence
@@ -38,6 +45,7 @@ from ksocket.collectors.base import Document
 from ksocket.collectors.discover.fence import Fence, canonical
 from ksocket.collectors.discover.learn import MAX_SOURCES, Network, expand, identity_keys, learn
 from ksocket.collectors.discover.params import Request
+from ksocket.protocol import ErrorCode
 
 MAX_CANDIDATES: Final = 262_144
 MAX_SWEEP: Final = 65_536  # the engine's most addresses in one scan
@@ -47,6 +55,7 @@ MAX_NETWORKS: Final = 16_384
 NEIGHBOUR_EVIDENCE: Final = "neighbour-table"
 NEIGHBOUR_TABLES: Final = frozenset({"neighbors", "arp"})  # learn.py's names of complete-entry tables
 LOGIN_PROTOCOLS: Final = ("ssh", "winrm", "snmp")
+NO_CREDENTIAL: Final = str(ErrorCode.NO_CREDENTIAL)
 
 
 @dataclass(frozen=True)
@@ -61,11 +70,18 @@ class Origin:
 
 @dataclass(frozen=True)
 class Record:
-    """One record for the hub: ``kind`` ``host``, ``network`` or ``details``; ``key`` unique per discovery."""
+    """One record for the hub: ``kind`` ``host``, ``network`` or ``details``; ``key`` names what it is
+    about (unique per discovery); ``version`` counts a host's updates (1: its first record)."""
 
     kind: str
     key: str
     document: Document
+    version: int = 1
+
+    @property
+    def journal_key(self) -> str:
+        """The key the operation records it under: each version of a key once."""
+        return self.key if self.version == 1 else f"{self.key}#{self.version}"
 
 
 @dataclass(frozen=True)
@@ -93,6 +109,8 @@ class Discovery:
     dropped: dict[str, int] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    changed: set[str] = field(default_factory=set)
+    """Hosts recorded already whose document changed since: updated when the round closes."""
 
     # --- events -------------------------------------------------------------------------------
 
@@ -144,8 +162,7 @@ class Discovery:
         self.phase = "learn"
         self.learning = [record.document["address"] for record in records if record.document["address"] in answered]
         self.learned_now = set()
-        self._advance_when_learnt()
-        return records
+        return records + self._advance_when_learnt()
 
     def learned(self, round: int, address: str, inspection: Mapping[str, Any]) -> list[Record]:
         """What host ``address`` revealed (its ``hosts.inspect`` result) in ``round``: network and
@@ -155,6 +172,8 @@ class Discovery:
         if address in self.learned_now:
             return []
         self.learned_now.add(address)
+        for protocol in unmatched(inspection):
+            self._count(f"{NO_CREDENTIAL}:{protocol}", 1)
         found = learn(address, inspection, expand_limit=self.expand_limit)
         records: list[Record] = []
         for network in found.networks:
@@ -162,16 +181,14 @@ class Discovery:
         for candidate in found.candidates:
             for source in candidate.sources:
                 records.extend(self._candidate(candidate.address, candidate.mac, source.as_document()))
-        if self.details and answered_login(inspection):
-            self._count("detailed", 1)
-            host = self.hosts.get(address, {})
-            keys = identity_keys(inspection, host.get("mac"))
-            host["identity"] = keys
-            document = {"address": address, "identity": keys, "inspection": dict(inspection)}
-            records.append(Record("details", f"details:{address}", document))
+        if answered_login(inspection):
+            keys = self._identify(address, inspection)
+            if self.details:
+                self._count("detailed", 1)
+                document = {"address": address, "identity": keys, "inspection": dict(inspection)}
+                records.append(Record("details", f"details:{address}", document))
         self.notes.extend(note for note in found.notes if note not in self.notes)
-        self._advance_when_learnt()
-        return records
+        return records + self._advance_when_learnt()
 
     # --- reading it ---------------------------------------------------------------------------
 
@@ -193,6 +210,11 @@ class Discovery:
             "swept": self.counts.get("swept", 0),
             "detailed": self.counts.get("detailed", 0),
             "learnedPerSource": self._per_source(),
+            "noCredential": {
+                protocol: count
+                for protocol in LOGIN_PROTOCOLS
+                if (count := self.counts.get(f"{NO_CREDENTIAL}:{protocol}"))
+            },
             "dropped": dict(sorted(self.dropped.items())),
             "notes": list(self.notes),
         }
@@ -210,6 +232,7 @@ class Discovery:
                 entry["learnedFrom"].append(origin)
             return []
         if text is not None and text in self.hosts:
+            self._named_again(text, mac, origin)
             return []
         reason = self.fence.refusal(address, self.handled)
         entry = {"mac": mac, "learnedFrom": [origin]}
@@ -246,6 +269,37 @@ class Discovery:
     def _learnt_network(network: Network) -> Document:
         return {"type": network.kind, "learnedFrom": [source.as_document() for source in network.sources]}
 
+    def _named_again(self, address: str, mac: str | None, origin: Document) -> None:
+        """A table names a host recorded already: its MAC and the source join it (not a host's own table)."""
+        host = self.hosts[address]  # its fields are replaced, never changed in place: records sent keep theirs
+        if mac is not None and host["mac"] is None:
+            host["mac"] = mac
+            host["identity"] = [key for key in host["identity"] if key["kind"] != "mac"] + identity_keys({}, mac)
+            self.changed.add(address)
+        sources = host["learnedFrom"]
+        if origin.get("host") != address and origin not in sources and len(sources) < MAX_SOURCES:
+            host["learnedFrom"] = [*sources, origin]
+            self.changed.add(address)
+
+    def _identify(self, address: str, inspection: Mapping[str, Any]) -> list[dict[str, str]]:
+        """The identity keys a host's login revealed, now on its host document too."""
+        host = self.hosts.get(address, {})
+        keys = identity_keys(inspection, host.get("mac"))
+        if address in self.hosts and host["identity"] != keys:
+            host["identity"] = keys
+            self.changed.add(address)
+        return keys
+
+    def _updates(self) -> list[Record]:
+        """The changed hosts' documents as they are now, each one version higher."""
+        records = []
+        for address in sorted(self.changed):
+            host = self.hosts[address]
+            host["version"] = host.get("version", 1) + 1
+            records.append(Record("host", f"host:{address}", dict(host), host["version"]))
+        self.changed = set()
+        return records
+
     def _host(self, address: str, entry: Document, host: Mapping[str, Any] | None) -> Record | None:
         if len(self.hosts) >= MAX_HOSTS:
             self._note(f"more than {MAX_HOSTS} live hosts: the others are not reported")
@@ -256,11 +310,12 @@ class Discovery:
             "mac": mac,
             "evidence": list((host or {}).get("evidence") or [NEIGHBOUR_EVIDENCE]),
             "learnedFrom": entry["learnedFrom"],
-            "identity": identity_keys({}, mac),  # the details record has the stronger ones
+            "identity": identity_keys({}, mac),  # the stronger ones come with its learn, as an update
             "round": self.round,
+            "version": 1,
         }
         self.hosts[address] = document
-        return Record("host", f"host:{address}", document)
+        return Record("host", f"host:{address}", dict(document))
 
     def _dropped_from_pending(self) -> None:
         """Pending addresses the fence now refuses (a subnet edge learnt after they came) are dropped."""
@@ -271,9 +326,10 @@ class Discovery:
                 self.handled.add(address)
                 self._drop(reason)
 
-    def _advance_when_learnt(self) -> None:
+    def _advance_when_learnt(self) -> list[Record]:
+        """Closes the round once every host of it was learnt from: the round's host updates."""
         if self.waiting():
-            return
+            return []
         if not self.pending:
             self.phase = "done"
         elif self.round + 1 >= MAX_ROUNDS:
@@ -283,6 +339,7 @@ class Discovery:
             self.round += 1
             self.phase = "sweep"
         self.learning, self.learned_now = [], set()
+        return self._updates()
 
     def _per_source(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -326,6 +383,7 @@ class Discovery:
                 "dropped": self.dropped,
                 "counts": self.counts,
                 "notes": self.notes,
+                "changed": sorted(self.changed),
             },
             separators=(",", ":"),
         )
@@ -349,6 +407,7 @@ class Discovery:
             state["dropped"],
             state["counts"],
             state["notes"],
+            set(state.get("changed", ())),  # a state stored by a version without updates has none
         )
 
 
@@ -358,6 +417,17 @@ def answered_login(inspection: Mapping[str, Any]) -> bool:
         isinstance(section := inspection.get(protocol), Mapping) and "error" not in section
         for protocol in LOGIN_PROTOCOLS
     )
+
+
+def unmatched(inspection: Mapping[str, Any]) -> list[str]:
+    """The protocols of the inspection that no credential file served."""
+    return [
+        protocol
+        for protocol in LOGIN_PROTOCOLS
+        if isinstance(section := inspection.get(protocol), Mapping)
+        and isinstance(error := section.get("error"), Mapping)
+        and error.get("code") == NO_CREDENTIAL
+    ]
 
 
 def _in_neighbour_table(entry: Mapping[str, Any]) -> bool:

@@ -1,10 +1,10 @@
 """The interface of one inspection protocol, and the failures the hub sees for it.
 
 An :class:`Inspector` tries ONE credential file against one address and returns what it
-collected, or raises :class:`~ksocket.collectors.base.OperationFailed` with an
-:class:`~ksocket.protocol.ErrorCode`. Choosing credential files, trying them in order, limits
-and timeouts are the orchestrator's job (``ksocket.collectors.inspect.hosts``), not the
-inspector's.
+collected (as much as its :class:`~ksocket.collectors.inspect.scope.Scope` asks), or raises
+:class:`~ksocket.collectors.base.OperationFailed` with an :class:`~ksocket.protocol.ErrorCode`.
+Choosing credential files, trying them in order, limits and timeouts are the orchestrator's job
+(``ksocket.collectors.inspect.hosts``), not the inspector's.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Protocol
 from ksocket import redact
 from ksocket.collectors.base import Context, Document
 from ksocket.collectors.inspect import parsers
+from ksocket.collectors.inspect.scope import Scope
 from ksocket.credentials.models import Credential
 
 
@@ -22,7 +23,9 @@ class Inspector(Protocol):
     kind: str
     """``ssh``, ``winrm`` or ``snmp``: also the credentials folder it reads."""
 
-    async def inspect(self, address: str, credential: Credential, context: Context) -> Document: ...
+    async def inspect(
+        self, address: str, credential: Credential, context: Context, *, scope: Scope = Scope.FULL
+    ) -> Document: ...
 
 
 def server_text(text: str, limit: int = 512) -> str:

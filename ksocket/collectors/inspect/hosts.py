@@ -4,7 +4,8 @@ For each protocol asked for (``ssh``, ``winrm``, ``snmp``; all three by default)
 
 1. finds the credential files serving the address, in the manual's order (3.2.4); with none, the
    protocol's section is the error ``no-credential`` and nothing is attempted (the search logs the
-   WARNING the manual describes);
+   WARNING the manual describes, unless the inspection is told ``warn_unmatched=False``: a
+   discovery counts them and says so once);
 2. tries them in order with the protocol's :class:`~ksocket.collectors.inspect.base.Inspector`
    until one works: ``auth-failed`` (and any failure tied to that file) moves on to the next file
    and is never retried; ``unreachable`` and ``timeout`` are about the connection, so the later
@@ -18,7 +19,9 @@ For each protocol asked for (``ssh``, ``winrm``, ``snmp``; all three by default)
    environment, jump host logins included) so that sshd's ``MaxStartups`` is never hit; a wait
    for a slot is not charged to the protocol's timeout.
 
-The protocols run concurrently. The result is ``{"address": …, "<protocol>": section, …}`` where
+Every inspector collects what the request's ``scope`` asks (:mod:`~ksocket.collectors.inspect.scope`:
+``full`` by default, ``learn`` for a discovery without details). The protocols run concurrently.
+The result is ``{"address": …, "<protocol>": section, …}`` where
 a section is what the inspector collected plus ``credential`` (the file that worked), or
 ``{"error": {"code", "message", "attempts"}}``. Inspectors come from
 :mod:`~ksocket.collectors.inspect.registry` (a protocol whose module cannot be imported has the
@@ -43,6 +46,7 @@ from ksocket.collectors.inspect import DEFAULT_PROTOCOL_TIMEOUT, registry
 from ksocket.collectors.inspect.base import Inspector, connection_route, server_text
 from ksocket.collectors.inspect.limiter import charged_to
 from ksocket.collectors.inspect.params import parse_params
+from ksocket.collectors.inspect.scope import Scope
 from ksocket.credentials import search
 from ksocket.credentials.models import Credential, SSHCredential
 from ksocket.errors import KsocketError
@@ -108,10 +112,11 @@ class Skips:
 class _Trial:
     """One protocol's credential files tried in order against one address, and what each attempt gave."""
 
-    def __init__(self, kind: str, address: str, inspector: Inspector) -> None:
+    def __init__(self, kind: str, address: str, inspector: Inspector, scope: Scope) -> None:
         self.kind = kind
         self.address = address
         self.inspector = inspector
+        self.scope = scope
         self.skips = Skips(kind)
         self.attempts: list[Document] = []
         self.current: Credential | None = None
@@ -133,7 +138,7 @@ class _Trial:
                 )
                 continue
             try:
-                data = await self.inspector.inspect(self.address, credential, context)
+                data = await self.inspector.inspect(self.address, credential, context, scope=self.scope)
             except Cancelled:
                 raise
             except OperationFailed as exc:
@@ -185,7 +190,8 @@ class HostInspection:
     """The ``hosts.inspect`` operation in one environment; one instance serves any number of hosts.
 
     Each protocol's inspector is made once, by its factory in ``factories`` (the registry's by
-    default; a protocol without one is ``unsupported``).
+    default; a protocol without one is ``unsupported``). ``warn_unmatched=False`` leaves out the
+    WARNING of a protocol no credential file serves (its section still says ``no-credential``).
     """
 
     def __init__(
@@ -194,10 +200,12 @@ class HostInspection:
         *,
         factories: Mapping[str, registry.InspectorFactory] = registry.FACTORIES,
         protocol_timeout: float = DEFAULT_PROTOCOL_TIMEOUT,
+        warn_unmatched: bool = True,
     ) -> None:
         self.environment = environment
         self.factories = factories
         self.protocol_timeout = protocol_timeout
+        self.warn_unmatched = warn_unmatched
         self._inspectors: dict[str, Inspector] = {}
         self._lock = threading.Lock()
 
@@ -224,7 +232,9 @@ class HostInspection:
             return _error(ErrorCode.UNSUPPORTED, f"{kind} inspection is not available in this version of ksocket")
         root = self.environment.credentials_root
         try:
-            credentials: list[Credential] = await asyncio.to_thread(search.find, kind, address, root)
+            credentials: list[Credential] = await asyncio.to_thread(
+                search.find, kind, address, root, warn_unmatched=self.warn_unmatched
+            )
         except KsocketError as exc:
             return _error(ErrorCode.INTERNAL, f"cannot search the {kind} credential files: {exc}")
         if not credentials:
@@ -232,15 +242,15 @@ class HostInspection:
         return inspector, credentials
 
     async def inspect_protocol(
-        self, kind: str, address: str, context: Context, timeout: float | None = None
+        self, kind: str, address: str, context: Context, timeout: float | None = None, scope: Scope = Scope.FULL
     ) -> Document:
-        """One protocol's section: what it collected (and ``credential``), or ``{"error": …}``."""
+        """One protocol's section: what it collected in ``scope`` (and ``credential``), or ``{"error": …}``."""
         prepared = await self._prepare(kind, address)
         if isinstance(prepared, dict):
             return prepared
         inspector, credentials = prepared
         limit = timeout or self.protocol_timeout
-        trial = _Trial(kind, address, inspector)
+        trial = _Trial(kind, address, inspector, scope)
         started = time.monotonic()
         try:
             async with asyncio.timeout(limit) as deadline:
@@ -261,15 +271,23 @@ class HostInspection:
         context: Context | None = None,
         *,
         timeout: float | None = None,
+        scope: Scope = Scope.FULL,
     ) -> Document:
         """The ``hosts.inspect`` result for ``address``; raises Cancelled when ``context`` says so."""
         request = parse_params(
-            {"address": address, "protocols": list(protocols) if protocols is not None else None, "timeout": timeout}
+            {
+                "address": address,
+                "protocols": list(protocols) if protocols is not None else None,
+                "timeout": timeout,
+                "scope": scope,
+            }
         )
         context = context or NullContext(self.environment)
         context.check_cancelled()
         tasks = {
-            kind: asyncio.create_task(self.inspect_protocol(kind, request.address, context, request.timeout))
+            kind: asyncio.create_task(
+                self.inspect_protocol(kind, request.address, context, request.timeout, request.scope)
+            )
             for kind in request.protocols
         }
         await _follow(tasks, context)
@@ -307,7 +325,9 @@ class HostInspection:
     def collect(self, params: Document, context: Context) -> Document:
         """The operation body: checks ``params``, then runs the inspection on an event loop of its own."""
         request = parse_params(params)
-        return asyncio.run(self.inspect_host(request.address, request.protocols, context, timeout=request.timeout))
+        return asyncio.run(
+            self.inspect_host(request.address, request.protocols, context, timeout=request.timeout, scope=request.scope)
+        )
 
 
 async def _follow(tasks: Mapping[str, asyncio.Task[Document]], context: Context) -> None:
@@ -332,6 +352,6 @@ async def _follow(tasks: Mapping[str, asyncio.Task[Document]], context: Context)
 
 
 def collect(params: Document, context: Context) -> Document:
-    """``hosts.inspect`` for the pipeline: ``{address, protocols?}`` → one section per protocol."""
+    """``hosts.inspect`` for the pipeline: ``{address, protocols?, timeout?, scope?}`` → one section per protocol."""
     parse_params(params)  # invalid params are refused before the environment is looked at
     return HostInspection(context.environment).collect(params, context)

@@ -1,4 +1,4 @@
-"""``hosts.inspect``'s params: ``{address, protocols?, timeout?}`` checked before any network use."""
+"""``hosts.inspect``'s params: ``{address, protocols?, timeout?, scope?}`` checked before any network use."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from ksocket.addresses import fold_mapped
 from ksocket.collectors.base import Document, Environment, InvalidParams
 from ksocket.collectors.inspect import MAX_PROTOCOL_TIMEOUT, PROTOCOLS
+from ksocket.collectors.inspect.scope import SCOPES, Scope
 
 OPERATION = "hosts.inspect"
 
@@ -18,6 +19,7 @@ class Request:
     address: str
     protocols: tuple[str, ...]
     timeout: float | None = None
+    scope: Scope = Scope.FULL
 
 
 def _address(params: Mapping[str, object]) -> str:
@@ -53,11 +55,20 @@ def _timeout(params: Mapping[str, object]) -> float | None:
     return float(timeout)
 
 
+def _scope(params: Mapping[str, object]) -> Scope:
+    scope = params.get("scope")
+    if scope is None:
+        return Scope.FULL
+    if not isinstance(scope, str) or scope not in SCOPES:
+        raise InvalidParams(f"{OPERATION}: scope must be one of {', '.join(SCOPES)}")
+    return Scope(scope)
+
+
 def parse_params(params: object) -> Request:
-    """``{address, protocols?, timeout?}`` checked, or InvalidParams (before any network use)."""
+    """``{address, protocols?, timeout?, scope?}`` checked, or InvalidParams (before any network use)."""
     if not isinstance(params, Mapping):
         raise InvalidParams(f"{OPERATION}: params must be an object")
-    return Request(_address(params), _protocols(params), _timeout(params))
+    return Request(_address(params), _protocols(params), _timeout(params), _scope(params))
 
 
 def validate(params: Document, environment: Environment | None = None) -> None:

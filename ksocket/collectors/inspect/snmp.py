@@ -47,6 +47,11 @@ The document (keys are stable; a section whose table the agent lacks is an empty
       "errors": [{"section", "message"}]                                   # what was cut or failed
     }
 
+In scope ``learn`` (:mod:`~ksocket.collectors.inspect.scope`) the keys are the same but only what the
+discovery reads is walked: the interfaces' MACs (``ifPhysAddress``), the address, ARP and route tables,
+LLDP's management addresses (its neighbours carry those alone), the entities' class and serial number,
+snmpEngineID; the other columns are null.
+
 The route tables are asked for newest first and an older one only when the newer is empty (an agent
 that has inetCidrRouteTable usually serves the same routes in the deprecated ones too).
 """
@@ -66,6 +71,7 @@ from pysnmp.proto import errind, rfc1902, rfc1905
 from pysnmp.proto.rfc1902 import univ
 
 from ksocket.collectors.base import Context, Document, OperationFailed
+from ksocket.collectors.inspect.scope import Scope
 from ksocket.credentials.models import NO_AUTH, NO_PRIV, Credential, SNMPCredential
 from ksocket.protocol import ErrorCode
 
@@ -157,6 +163,8 @@ ENTITY_COLUMNS = {
     "manufacturer": 12,
     "model": 13,
 }
+
+IDENTITY_ENTITY_COLUMNS = ("class", "serialNumber")  # what names the chassis serial (scope learn)
 
 IF_STATUS = {1: "up", 2: "down", 3: "testing", 4: "unknown", 5: "dormant", 6: "notPresent", 7: "lowerLayerDown"}
 NEIGHBOUR_TYPES = {1: "other", 2: "invalid", 3: "dynamic", 4: "static", 5: "local"}
@@ -492,14 +500,16 @@ class SNMPInspector:
         self.max_total_rows = max_total_rows
         self.max_repetitions = max_repetitions
 
-    async def inspect(self, address: str, credential: Credential, context: Context) -> Document:
+    async def inspect(
+        self, address: str, credential: Credential, context: Context, *, scope: Scope = Scope.FULL
+    ) -> Document:
         if not isinstance(credential, SNMPCredential):
             raise TypeError(f"SNMPInspector needs an SNMPCredential, not {type(credential).__name__}")
         address = str(ipaddress.ip_address(str(address).strip()))
         engine = hlapi.SnmpEngine()
         try:
             agent = await self._agent(engine, address, credential, context)
-            return await self._collect(agent, address, credential)
+            return await self._collect(agent, address, credential, scope)
         finally:
             try:
                 engine.close_dispatcher()
@@ -516,7 +526,7 @@ class SNMPInspector:
         deadline = time.monotonic() + self.budget
         return _Agent(engine, auth, target, credential, deadline, context, self.max_total_rows)
 
-    async def _collect(self, agent: _Agent, address: str, credential: SNMPCredential) -> Document:
+    async def _collect(self, agent: _Agent, address: str, credential: SNMPCredential, scope: Scope) -> Document:
         """The system group, then each table; progress is the orchestrator's to report (per protocol)."""
         where = f"SNMP {credential.auth_data.version} {_endpoint(address, credential.port)}"
         try:
@@ -544,7 +554,7 @@ class SNMPInspector:
             "snmpEngineId": None,
             "errors": [],
         }
-        sections: list[tuple[str, Callable[[_Agent, list[str]], Any]]] = [
+        sections: list[tuple[str, Callable[[_Agent, list[str], Scope], Any]]] = [
             ("interfaces", self._interfaces),
             ("ipAddresses", self._ip_addresses),
             ("arp", self._arp),
@@ -556,7 +566,7 @@ class SNMPInspector:
         for section, collect in sections:
             notes: list[str] = []
             try:
-                document[section] = await collect(agent, notes)
+                document[section] = await collect(agent, notes, scope)
             except _OutOfTime:
                 notes.append(f"the time budget of {self.budget:g} s was used up; later sections were skipped")
                 document["errors"].extend({"section": section, "message": note} for note in notes)
@@ -608,11 +618,16 @@ class SNMPInspector:
             reason = "no answer within " + waited + " (wrong community or host down)"
         return OperationFailed(ErrorCode.TIMEOUT, f"{where}: {reason}", transient=True)
 
-    async def _interfaces(self, agent: _Agent, notes: list[str]) -> list[Document]:
+    async def _interfaces(self, agent: _Agent, notes: list[str], scope: Scope) -> list[Document]:
         columns = [IF_DESCR, IF_TYPE, IF_MTU, IF_SPEED, IF_PHYS, IF_ADMIN, IF_OPER]
-        rows = await agent.walk(columns, self.max_rows, self.max_repetitions, notes)
-        extra = await agent.walk([IF_NAME, IF_HIGH_SPEED, IF_ALIAS], self.max_rows, self.max_repetitions, notes)
-        rows.update(extra)
+        extended = [IF_NAME, IF_HIGH_SPEED, IF_ALIAS]
+        rows: dict[OID, Row]
+        if scope is Scope.LEARN:  # the MACs alone: what learning and the MAC identity key read
+            rows = {column: {} for column in columns + extended}
+            rows.update(await agent.walk([IF_PHYS], self.max_rows, self.max_repetitions, notes))
+        else:
+            rows = await agent.walk(columns, self.max_rows, self.max_repetitions, notes)
+            rows.update(await agent.walk(extended, self.max_rows, self.max_repetitions, notes))
         indexes = sorted({index for column in rows.values() for index in column if len(index) == 1})
         interfaces: list[Document] = []
         for index in indexes:
@@ -637,7 +652,7 @@ class SNMPInspector:
             )
         return interfaces
 
-    async def _ip_addresses(self, agent: _Agent, notes: list[str]) -> list[Document]:
+    async def _ip_addresses(self, agent: _Agent, notes: list[str], scope: Scope) -> list[Document]:
         found: dict[str, Document] = {}
         legacy = await agent.walk([IP_ADDR_IFINDEX, IP_ADDR_NETMASK], self.max_rows, self.max_repetitions, notes)
         for index, value in legacy[IP_ADDR_IFINDEX].items():
@@ -664,7 +679,7 @@ class SNMPInspector:
                 entry["prefixLength"] = prefix
         return list(found.values())
 
-    async def _arp(self, agent: _Agent, notes: list[str]) -> list[Document]:
+    async def _arp(self, agent: _Agent, notes: list[str], scope: Scope) -> list[Document]:
         found: dict[tuple[int, str], Document] = {}
         modern = await agent.walk([NET_TO_PHYS_PHYS, NET_TO_PHYS_TYPE], self.max_rows, self.max_repetitions, notes)
         for index, value in modern[NET_TO_PHYS_PHYS].items():
@@ -684,7 +699,7 @@ class SNMPInspector:
             found[(index[0], address)] = {"ifIndex": index[0], "ipAddress": address, "mac": _mac(value), "type": kind}
         return [entry for entry in found.values() if entry["type"] != "invalid"]
 
-    async def _routes(self, agent: _Agent, notes: list[str]) -> list[Document]:
+    async def _routes(self, agent: _Agent, notes: list[str], scope: Scope) -> list[Document]:
         """The routing table from the newest of the three route tables the agent fills."""
         walk = agent.walk
         limits = (self.max_rows, self.max_repetitions, notes)
@@ -700,7 +715,7 @@ class SNMPInspector:
             routes = _ip_routes(oldest)
         return routes
 
-    async def _engine_id(self, agent: _Agent, notes: list[str]) -> str | None:
+    async def _engine_id(self, agent: _Agent, notes: list[str], scope: Scope) -> str | None:
         """snmpEngineID.0 in hex (SNMP-FRAMEWORK-MIB: every v2c/v3 agent has one, stable across restarts)."""
         if not agent.has_room:
             return None
@@ -708,7 +723,7 @@ class SNMPInspector:
         value = _octets(dict(pairs).get(SNMP_ENGINE_ID))
         return value.hex() if value else None
 
-    async def _lldp(self, agent: _Agent, notes: list[str]) -> list[Document]:
+    async def _lldp(self, agent: _Agent, notes: list[str], scope: Scope) -> list[Document]:
         columns = [
             LLDP_CHASSIS_SUBTYPE,
             LLDP_CHASSIS_ID,
@@ -718,17 +733,18 @@ class SNMPInspector:
             LLDP_SYS_NAME,
             LLDP_SYS_DESC,
         ]
-        rows = await agent.walk(columns, self.max_rows, self.max_repetitions, notes)
-        indexes = sorted({index for column in rows.values() for index in column if len(index) == 3})
-        if not indexes:
-            return []
-        local = await agent.walk([LLDP_LOC_PORT_ID, LLDP_LOC_PORT_DESC], self.max_rows, self.max_repetitions, notes)
-        managed = await agent.walk([LLDP_MAN_ADDR_IF_SUBTYPE], self.max_rows, self.max_repetitions, notes)
-        addresses: dict[OID, list[str]] = {}
-        for index in managed[LLDP_MAN_ADDR_IF_SUBTYPE]:
-            address, _ = _inet_index(index[3:])  # IANA address family 1 = IPv4, 2 = IPv6: as InetAddressType
-            if address is not None:
-                addresses.setdefault(index[:3], []).append(address)
+        if scope is Scope.LEARN:  # a neighbour is its management addresses: the rest is not walked
+            addresses = await self._lldp_addresses(agent, notes)
+            rows: dict[OID, Row] = {column: {} for column in columns}
+            local: dict[OID, Row] = {LLDP_LOC_PORT_ID: {}, LLDP_LOC_PORT_DESC: {}}
+            indexes = sorted(addresses)
+        else:
+            rows = await agent.walk(columns, self.max_rows, self.max_repetitions, notes)
+            indexes = sorted({index for column in rows.values() for index in column if len(index) == 3})
+            if not indexes:
+                return []
+            local = await agent.walk([LLDP_LOC_PORT_ID, LLDP_LOC_PORT_DESC], self.max_rows, self.max_repetitions, notes)
+            addresses = await self._lldp_addresses(agent, notes)
         neighbours: list[Document] = []
         for index in indexes:
             port = (index[1],)
@@ -747,9 +763,21 @@ class SNMPInspector:
             )
         return neighbours
 
-    async def _entities(self, agent: _Agent, notes: list[str]) -> list[Document]:
+    async def _lldp_addresses(self, agent: _Agent, notes: list[str]) -> dict[OID, list[str]]:
+        """The remote management addresses of each LLDP neighbour (index: time mark, port, neighbour)."""
+        managed = await agent.walk([LLDP_MAN_ADDR_IF_SUBTYPE], self.max_rows, self.max_repetitions, notes)
+        addresses: dict[OID, list[str]] = {}
+        for index in managed[LLDP_MAN_ADDR_IF_SUBTYPE]:
+            address, _ = _inet_index(index[3:])  # IANA address family 1 = IPv4, 2 = IPv6: as InetAddressType
+            if address is not None:
+                addresses.setdefault(index[:3], []).append(address)
+        return addresses
+
+    async def _entities(self, agent: _Agent, notes: list[str], scope: Scope) -> list[Document]:
         columns = {name: _oid(f"{ENT_ENTRY}.{number}") for name, number in ENTITY_COLUMNS.items()}
-        rows = await agent.walk(list(columns.values()), self.max_rows, self.max_repetitions, notes)
+        walked = columns if scope is Scope.FULL else {name: columns[name] for name in IDENTITY_ENTITY_COLUMNS}
+        rows: dict[OID, Row] = {column: {} for column in columns.values()}
+        rows.update(await agent.walk(list(walked.values()), self.max_rows, self.max_repetitions, notes))
         indexes = sorted({index for column in rows.values() for index in column if len(index) == 1})
         entities: list[Document] = []
         for index in indexes:

@@ -13,7 +13,8 @@ Logging in
     (:class:`~ksocket.collectors.inspect.limiter.HostLimiter`) while sshd counts it as starting up.
 
 Collecting
-    One channel runs ``env LC_ALL=C LANG=C sh -s`` and gets :data:`SCRIPT` on its standard input:
+    One channel runs ``env LC_ALL=C LANG=C sh -s`` and gets :data:`SCRIPT` on its standard input
+    (:data:`LEARN_SCRIPT` in scope ``learn``: no hardware, packages or uptime, of DMI the UUID alone):
     fixed commands, each section after a marker line carrying a nonce of this run (the only text
     put into the script, and ours), every slow command under ``timeout``. Nothing the host sends
     is ever put into a command. Output is read as bytes up to :data:`MAX_OUTPUT` and until
@@ -58,6 +59,7 @@ from ksocket.collectors.inspect import parsers
 from ksocket.collectors.inspect.base import server_text
 from ksocket.collectors.inspect.hostkeys import HostKey, HostKeyStore, HostKeyStoreError, Verdict
 from ksocket.collectors.inspect.limiter import HostLimiter
+from ksocket.collectors.inspect.scope import Scope
 from ksocket.credentials import search
 from ksocket.credentials.models import ClientKey, Credential, SSHCredential
 from ksocket.protocol import ErrorCode
@@ -69,17 +71,17 @@ MAX_OUTPUT = 8 * 1024 * 1024  # two sections at parsers.MAX_SECTION; a big host'
 DEFAULT_COMMAND_TIMEOUT = 60.0
 SLOW_COMMAND_SECONDS = 20  # `timeout` for each command that may hang (df on a dead NFS mount, rpm)
 
-_DMI_PATHS = " ".join(f"/sys/class/dmi/id/{name}" for name in parsers.DMI_FIELDS)
-_DMI_PRIVATE_PATHS = " ".join(f"/sys/class/dmi/id/{name}" for name in parsers.DMI_PRIVATE)
+IDENTITY_DMI = ("product_uuid",)  # the DMI field that is an identity key (root reads it, or sudo)
 
 # Fixed text: the only substitutions are the marker's nonce (hex, ours) and the constants above.
-SCRIPT = r"""{
+_HEAD = r"""{
 PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin:/usr/local/bin:/usr/bin:/bin"
 export PATH
 M='@MARKER@'
 s() { printf '\n%s%s\n' "$M" "$1"; }
 if command -v timeout >/dev/null 2>&1; then t() { timeout @SLOW@ "$@"; }; else t() { "$@"; }; fi
-s id; id -u; id -un
+"""
+_SYSTEM = r"""s id; id -u; id -un
 s hostname; hostname 2>/dev/null || uname -n
 s uname; uname -s; uname -r; uname -m; uname -v
 s os-release; cat /etc/os-release 2>/dev/null || cat /usr/lib/os-release
@@ -87,12 +89,14 @@ s release-files
 for f in /etc/redhat-release /etc/debian_version /etc/alpine-release /etc/SuSE-release; do
   if [ -r "$f" ]; then printf '%s\t' "$f"; head -n 1 "$f"; fi
 done
-s cpuinfo; cat /proc/cpuinfo
+"""
+_HARDWARE = r"""s cpuinfo; cat /proc/cpuinfo
 s nproc; nproc 2>/dev/null || getconf _NPROCESSORS_ONLN
 s meminfo; cat /proc/meminfo
 s lsblk; t lsblk -P -b -o NAME,KNAME,TYPE,SIZE,MODEL,SERIAL,FSTYPE,MOUNTPOINT,PKNAME
 s df; if t df -P -k -T / >/dev/null 2>&1; then t df -P -k -T; else t df -P -k; fi
-I=; if ip -o link show lo >/dev/null 2>&1; then I=1; fi
+"""
+_NETWORK = r"""I=; if ip -o link show lo >/dev/null 2>&1; then I=1; fi
 J=; if [ -n "$I" ] && ip -j link show lo >/dev/null 2>&1; then J=1; fi
 s ip-addr; if [ -n "$J" ]; then ip -j addr show; elif [ -n "$I" ]; then ip -o addr show; fi
 s ip-link; if [ -z "$J" ] && [ -n "$I" ]; then ip -o link show; fi
@@ -107,7 +111,8 @@ s route6; if [ -n "$J" ]; then ip -j -6 route show; elif [ -n "$I" ]; then ip -6
 s netstat
 if [ -z "$I" ]; then t netstat -rn; if [ "$(uname -s)" = Linux ]; then t netstat -rn -A inet6; fi; fi
 s machine-id; cat /etc/machine-id 2>/dev/null || cat /var/lib/dbus/machine-id
-s dpkg
+"""
+_PACKAGES = r"""s dpkg
 if command -v dpkg-query >/dev/null 2>&1; then
   t dpkg-query -W -f='${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n'
 fi
@@ -116,12 +121,19 @@ if command -v rpm >/dev/null 2>&1; then
   t rpm -qa --qf '%{NAME}\t%{EPOCH}:%{VERSION}-%{RELEASE}\t%{ARCH}\n'
 fi
 s apk; if [ -r /lib/apk/db/installed ]; then grep -E '^[PVA]:' /lib/apk/db/installed; fi
-s dmi; grep -s -H . @DMI@
+"""
+_DMI = r"""s dmi; grep -s -H . @DMI@
 @SUDO@
-s uptime; cat /proc/uptime
-s end
+"""
+_UPTIME = r"""s uptime; cat /proc/uptime
+"""
+_TAIL = r"""s end
 } </dev/null 2>/dev/null
 """
+SCRIPT = _HEAD + _SYSTEM + _HARDWARE + _NETWORK + _PACKAGES + _DMI + _UPTIME + _TAIL
+"""Scope ``full``: everything the report has."""
+LEARN_SCRIPT = _HEAD + _SYSTEM + _NETWORK + _DMI + _TAIL
+"""Scope ``learn``: who the host is and its tables; of the DMI fields the SMBIOS UUID alone (an identity key)."""
 
 SUDO_DMI = r"""s dmi-sudo
 if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then
@@ -131,16 +143,24 @@ if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then
 fi"""
 
 
-def script(nonce: str, *, sudo: bool = True) -> str:
-    """The script for one run; ``nonce`` is hex of our own making."""
+def _dmi_paths(names: Sequence[str]) -> str:
+    return " ".join(f"/sys/class/dmi/id/{name}" for name in names)
+
+
+def script(nonce: str, *, sudo: bool = True, scope: Scope = Scope.FULL) -> str:
+    """The script for one run in ``scope``; ``nonce`` is hex of our own making."""
     if not nonce.isalnum():
         raise ValueError("the nonce must be alphanumeric")
+    full = scope is Scope.FULL
+    dmi = parsers.DMI_FIELDS if full else IDENTITY_DMI
+    private = parsers.DMI_PRIVATE if full else IDENTITY_DMI
     return (
-        SCRIPT.replace("@SUDO@", SUDO_DMI if sudo else "")
+        (SCRIPT if full else LEARN_SCRIPT)
+        .replace("@SUDO@", SUDO_DMI if sudo else "")
         .replace("@MARKER@", parsers.marker(nonce))
         .replace("@SLOW@", str(SLOW_COMMAND_SECONDS))
-        .replace("@DMI_PRIVATE@", _DMI_PRIVATE_PATHS)
-        .replace("@DMI@", _DMI_PATHS)
+        .replace("@DMI_PRIVATE@", _dmi_paths(private))
+        .replace("@DMI@", _dmi_paths(dmi))
     )
 
 
@@ -402,7 +422,9 @@ class SSHInspector:
         self.max_output = max_output
         self.sudo = sudo
 
-    async def inspect(self, address: str, credential: Credential, context: Context | None = None) -> Document:
+    async def inspect(
+        self, address: str, credential: Credential, context: Context | None = None, *, scope: Scope = Scope.FULL
+    ) -> Document:
         if not isinstance(credential, SSHCredential):
             raise OperationFailed(ErrorCode.INTERNAL, f"the ssh inspector got a {credential.kind} credential")
         context = context or NullContext()
@@ -419,7 +441,7 @@ class SSHInspector:
             try:
                 context.check_cancelled()
                 nonce = secrets.token_hex(8)
-                output, problems = await self._run(process, script(nonce, sudo=self.sudo))
+                output, problems = await self._run(process, script(nonce, sudo=self.sudo, scope=scope))
                 server_version = str(conn.get_extra_info("server_version") or "")
                 host_key = conn.get_server_host_key()
             finally:

@@ -22,7 +22,8 @@ returns the document below, or raises :class:`~ksocket.collectors.base.Operation
   port forwarded over the whole chain (see :class:`WinRMInspector` for which chain code is used).
 
 pywinrm is synchronous: one worker thread runs the session (one shell, one PowerShell process per
-group of sections, see :mod:`ksocket.collectors.inspect.wmi`) while the event loop keeps the SSH
+group of sections, see :mod:`ksocket.collectors.inspect.wmi`; in scope ``learn`` only the groups a
+discovery reads) while the event loop keeps the SSH
 tunnel and cancellation going. A section that fails or whose output is unreadable is
 left empty with an entry in ``errors``; a failure to connect or to log in is the whole
 inspection's.
@@ -85,6 +86,7 @@ from ksocket.addresses import fold_mapped
 from ksocket.collectors.base import Context, Document, OperationFailed
 from ksocket.collectors.inspect import ssh, wmi
 from ksocket.collectors.inspect.base import default_route, server_text
+from ksocket.collectors.inspect.scope import Scope
 from ksocket.credentials.models import HTTPS_PORT, Credential, SSHCredential, WinRMCredential
 from ksocket.protocol import ErrorCode
 
@@ -186,7 +188,9 @@ class WinRMInspector:
         self.https_ports = frozenset(https_ports)
         self.budget = budget
 
-    async def inspect(self, address: str, credential: Credential, context: Context) -> Document:
+    async def inspect(
+        self, address: str, credential: Credential, context: Context, *, scope: Scope = Scope.FULL
+    ) -> Document:
         if not isinstance(credential, WinRMCredential):
             raise TypeError(f"WinRMInspector needs a WinRMCredential, not {type(credential).__name__}")
         address = fold_mapped(str(ipaddress.ip_address(str(address).strip())))
@@ -195,7 +199,12 @@ class WinRMInspector:
         endpoint = _url(scheme, address, credential.port)
         async with self._route(address, credential) as (host, port):
             session = _Session(
-                _url(scheme, host, port), endpoint, credential, self.ca_bundle, time.monotonic() + self.budget
+                _url(scheme, host, port),
+                endpoint,
+                credential,
+                self.ca_bundle,
+                time.monotonic() + self.budget,
+                wmi.groups(scope),
             )
             document = await _run(session, context)
         document["sshTunnels"] = list(credential.ssh_tunnels)
@@ -302,9 +311,16 @@ class _Session:
     """One WinRM session, run in a worker thread: a shell, the groups' commands, the shell closed."""
 
     def __init__(
-        self, url: str, endpoint: str, credential: WinRMCredential, ca_bundle: str | None, deadline: float
+        self,
+        url: str,
+        endpoint: str,
+        credential: WinRMCredential,
+        ca_bundle: str | None,
+        deadline: float,
+        groups: Sequence[Sequence[str]],
     ) -> None:
         self.url = url
+        self.groups = groups
         self.endpoint = endpoint
         self.credential = credential
         self.ca_bundle = ca_bundle
@@ -361,11 +377,11 @@ class _Session:
             protocol.transport.close_session()
             raise self._failure(exc) from None
         try:
-            for position, group in enumerate(wmi.GROUPS):
+            for position, group in enumerate(self.groups):
                 if self.stop.is_set():
                     raise _Stopped
                 if time.monotonic() >= self.deadline:
-                    for section in (name for later in wmi.GROUPS[position:] for name in later):
+                    for section in (name for later in self.groups[position:] for name in later):
                         errors.append({"section": section, "message": "the time budget was used up"})
                     break
                 try:
@@ -376,7 +392,7 @@ class _Session:
                     message = server_text(_reply_problem(exc))
                     errors.extend({"section": section, "message": message} for section in group)
                     if isinstance(exc, requests.exceptions.ConnectionError | ReplyTooLarge):
-                        later = [name for rest in wmi.GROUPS[position + 1 :] for name in rest]
+                        later = [name for rest in self.groups[position + 1 :] for name in rest]
                         errors.extend(
                             {"section": name, "message": "not asked: the connection was lost"} for name in later
                         )

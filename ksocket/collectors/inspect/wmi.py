@@ -14,6 +14,9 @@ Server 2012 and later; older hosts answer with an error for those sections). The
 read, never written: ``MachineGuid`` under ``HKLM\\SOFTWARE\\Microsoft\\Cryptography`` and the
 SMBIOS UUID of ``Win32_ComputerSystemProduct``.
 
+In scope ``learn`` (:mod:`~ksocket.collectors.inspect.scope`) only :data:`LEARN_GROUPS` run: the
+network tables and adapters and the two identity keys, in two PowerShell processes instead of four.
+
 Installed software is read from the Uninstall registry keys (64- and 32-bit views, without system
 components and updates), not from Win32_Product, which is slow and makes MSI re-check every
 package it lists.
@@ -36,6 +39,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ksocket.collectors.inspect.base import server_text
+from ksocket.collectors.inspect.scope import Scope
 
 Document = dict[str, Any]
 
@@ -89,12 +93,22 @@ GROUPS: tuple[tuple[str, ...], ...] = (
     ("neighbors", "ipAddresses", "routes"),
     ("software", "updates"),
 )
+LEARN_GROUPS: tuple[tuple[str, ...], ...] = (
+    ("computerSystemProduct", "cryptography", "networkAdapters"),
+    ("neighbors", "ipAddresses", "routes"),
+)
+"""Scope ``learn``: the identity keys and the tables a discovery reads; no Win32 inventory class, no software."""
 SECTIONS: tuple[str, ...] = tuple(name for group in GROUPS for name in group)
 LIST_SECTIONS = frozenset(
     {"processors", "memory", "disks", "networkAdapters", "neighbors", "ipAddresses", "routes", "software", "updates"}
 )
 POWERSHELL_ARGS = ("-NoLogo", "-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass", "-EncodedCommand")
 MAX_COMMAND_LINE = 8191  # cmd.exe's limit on a command line
+
+
+def groups(scope: Scope) -> tuple[tuple[str, ...], ...]:
+    """The PowerShell runs of an inspection in ``scope``, each a group of sections."""
+    return GROUPS if scope is Scope.FULL else LEARN_GROUPS
 
 
 def script(sections: Iterable[str]) -> str:
