@@ -62,13 +62,14 @@ class StoreThread:
     @classmethod
     async def open(cls, path: str | os.PathLike[str]) -> StoreThread:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ksocket-hub-db")
-        opening = functools.partial(Store, path, on_result=functools.partial(_import_next, executor))
+        thread = cls(executor)
+        opening = functools.partial(Store, path, on_result=thread._import_next)
         try:
-            store = await asyncio.get_running_loop().run_in_executor(executor, opening)
+            thread._store = await asyncio.get_running_loop().run_in_executor(executor, opening)
         except HubError:
             executor.shutdown()
             raise
-        return cls(executor, store)
+        return thread
 
     async def call(self, method: Callable[Concatenate[Store, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``method(store, *args, **kwargs)`` in the database's thread, after every call made before it; answered
@@ -149,22 +150,6 @@ def _log_failure(name: str, future: Future[object]) -> None:
     exc = future.exception()
     if exc is not None:
         logger.error("hub database: %s failed: %s", name, exc)
-
-
-def _import_next(executor: ThreadPoolExecutor, store: Store, slot: str, operation_id: str) -> None:
-    """``Store``'s ``on_result`` hook: the import is the thread's next job, so that the result is acked first."""
-    executor.submit(_import, store, operation_id)
-
-
-def _import(store: Store, operation_id: str) -> None:
-    try:
-        snapshot = import_result(store, operation_id)
-    except Exception as exc:  # whatever it is, the result is stored and the link goes on
-        why = " ".join(f"{type(exc).__name__}: {exc}".split())
-        logger.error("hub: inventory import of operation %s failed: %s", operation_id, why)
-        return
-    if snapshot is not None:
-        logger.info("hub: operation %s imported into the inventory as snapshot %d", operation_id, snapshot)
 
 
 def _import(store: Store, operation_id: str) -> None:
