@@ -30,7 +30,7 @@ from ksocket import __version__, protocol
 from ksocket.config import Settings
 from ksocket.errors import KsocketError, LinkError
 from ksocket.identity import Identity
-from ksocket.protocol import Ack, Authenticate, Authenticated, Cancel, Message, ProtocolError, Rejected
+from ksocket.protocol import Ack, Authenticate, Authenticated, Message, ProtocolError, Rejected
 from statemachine import dial, table
 from statemachine.policy import Clock, resume_delay
 from statemachine.runner import OperationRunner
@@ -271,7 +271,7 @@ class _Connection:
     """Drives one connected WebSocket through its :class:`Session`: five tasks, each moving one kind of I/O.
 
     The reader hands every frame to the session as it comes (while the inbound queue has room);
-    the hand-over gives the queued operations and cancels to the runner one at a time; the timer
+    the hand-over gives the queued operations to the runner in batches, and cancels one at a time; the timer
     sleeps until the session's next deadline and polls it; the result sender writes the runner's
     unacked results and records, then its progress, new records and new results; the trimmer hands
     the latest ack to the runner. Whatever the session answers is written at once. The first task to
@@ -325,16 +325,20 @@ class _Connection:
         raise LinkLost(f"hub closed the connection ({websocket.close_code} {websocket.close_reason or ''})".strip())
 
     async def _hand_over(self) -> None:
-        """Hands operations and cancels to the runner one at a time, in the order the hub sent them."""
+        """Hands operations and cancels to the runner in the order the hub sent them: the operations waiting
+        together in one batch, a cancel alone."""
         while True:
             await _until(lambda: self.session.has_inbound, self._arrived)
-            message = self.session.take_inbound()
-            self._room.set()
-            if isinstance(message, Cancel):
-                await self.runner.cancel(message.id)
+            operations = self.session.take_operations()
+            if not operations:
+                cancel = self.session.take_inbound()
+                self._room.set()
+                await self.runner.cancel(cancel.id)
                 continue
-            answer = await self.runner.submit(message)
-            await self._send_tracked(self.session.admitted(answer, self.clock.monotonic()))
+            self._room.set()
+            answers = await self.runner.submit_many(operations)
+            now = self.clock.monotonic()
+            await self._send_tracked([sent for answer in answers for sent in self.session.admitted(answer, now)])
 
     async def _trim(self) -> None:
         """Has the runner forget what the hub acked: the latest ack only, as acks are cumulative, so that a hub

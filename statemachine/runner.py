@@ -1,15 +1,16 @@
 """The boundary between the link and whatever runs operations.
 
-The link hands every ``operation`` to an :class:`OperationRunner` and sends what it gives
-back; it never runs an operation itself. The Dramatiq pipeline (``tasks``) is the real runner;
-:class:`InlineRunner` runs ``system.info`` (the same collector as the pipeline's) in-process and
-keeps its journal in memory, for tests of the link and for ``ksocket diagnostics``.
+The link hands every ``operation`` to an :class:`OperationRunner` (those that arrived together in
+one ``submit_many``) and sends what it gives back; it never runs an operation itself. The
+Dramatiq pipeline (``tasks``) is the real runner; :class:`InlineRunner` runs ``system.info`` (the
+same collector as the pipeline's) in-process and keeps its journal in memory, for tests of the link
+and for ``ksocket diagnostics``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from ksocket import protocol
@@ -21,6 +22,11 @@ from ksocket.protocol import Accepted, Admission, ErrorCode, Operation, Progress
 class OperationRunner(Protocol):
     async def submit(self, operation: Operation) -> Admission:
         """Admits an operation: Accepted (queued or running), Refused, or the stored Result of a done id."""
+        ...
+
+    async def submit_many(self, operations: Sequence[Operation]) -> list[Admission]:
+        """Admits operations that arrived together, in their order, as ``submit`` would one by one (a runner
+        may do it in one step); the answers in the same order."""
         ...
 
     async def cancel(self, operation_id: str) -> None: ...
@@ -68,6 +74,9 @@ class InlineRunner:
         self._done[operation.id] = self._journal[seq] = result
         self._events.put_nowait(result)
         return Accepted(id=operation.id)
+
+    async def submit_many(self, operations: Sequence[Operation]) -> list[Admission]:
+        return [await self.submit(operation) for operation in operations]
 
     async def cancel(self, operation_id: str) -> None:
         return None  # everything it runs is already done

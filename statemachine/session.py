@@ -53,6 +53,8 @@ log = logging.getLogger("ksocket.link")
 
 INBOUND_BACKLOG = 1000
 """Operations and cancels read from the hub but not yet handed to the runner."""
+ADMISSION_BATCH = 100
+"""Operations handed to the runner together, at most: admitted in one step, answered in one burst."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,15 @@ class Session:
     def take_inbound(self) -> Operation | Cancel:
         """The oldest operation or cancel, for the runner."""
         return self._inbound.popleft()
+
+    def take_operations(self, limit: int = ADMISSION_BATCH) -> list[Operation]:
+        """The oldest operations, up to ``limit`` and the first cancel, for the runner to admit together (none
+        when a cancel is the oldest: :meth:`take_inbound` takes it)."""
+        taken: list[Operation] = []
+        while self._inbound and len(taken) < limit and isinstance(operation := self._inbound[0], Operation):
+            taken.append(operation)
+            self._inbound.popleft()
+        return taken
 
     # --- from the runner ----------------------------------------------------------------------
 

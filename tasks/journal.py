@@ -18,7 +18,9 @@ Redis. Keys, under ``<ns>:journal:``:
 ``epoch``     STRING  when the agent first opened this journal: without it, an agent that has sent
                       results before knows its journal (and seq count) was lost
 
-An operation's life: :meth:`Journal.admit` puts it in ``held``; :meth:`Journal.start` marks it
+An operation's life: :meth:`Journal.admit_many` puts it in ``held`` and enqueues its message in
+the same step, for a batch of operations that arrived together (so no agent is ever killed between
+the two, and a burst costs one round trip); :meth:`Journal.start` marks it
 running under a lease (or says to skip it: it already has a result, or it was cancelled, or another
 attempt holds a lease that has not ended); the worker running it renews the lease (:meth:`Journal.renew`)
 until :meth:`Journal.finish` gives it the next seq, stores its result and releases it, all at once,
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -130,22 +133,30 @@ end
 
 _SCRIPTS: Final = {
     "admit": """
-local id, operation, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local outcome = redis.call('hget', results_key, id)
-if outcome then
-  return {'done', outcome, redis.call('zscore', unacked_key, id)}
+-- ARGV: the quota, then per operation: its id, its document, and its message's list, hash, id and body
+-- (an empty list: held without a message)
+local limit, answers = tonumber(ARGV[1]), {}
+for i = 2, #ARGV, 6 do
+  local id = ARGV[i]
+  local outcome = redis.call('hget', results_key, id)
+  if outcome then
+    table.insert(answers, {'done', outcome, redis.call('zscore', unacked_key, id)})
+  elseif redis.call('zscore', done_key, id) then
+    table.insert(answers, {'acked'})
+  elseif redis.call('hexists', held_key, id) == 1 then
+    table.insert(answers, {'held'})
+  elseif redis.call('hlen', held_key) >= limit then
+    table.insert(answers, {'quota'})
+  else
+    redis.call('hset', held_key, id, ARGV[i + 1])
+    if ARGV[i + 2] ~= '' then
+      redis.call('hset', ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
+      redis.call('rpush', ARGV[i + 2], ARGV[i + 4])
+    end
+    table.insert(answers, {'admitted'})
+  end
 end
-if redis.call('zscore', done_key, id) then
-  return {'acked'}
-end
-if redis.call('hexists', held_key, id) == 1 then
-  return {'held'}
-end
-if redis.call('hlen', held_key) >= limit then
-  return {'quota'}
-end
-redis.call('hset', held_key, id, operation)
-return {'admitted'}
+return answers
 """,
     "start": _FINISH
     + """
@@ -200,15 +211,6 @@ if redis.call('hexists', running_key, id) == 1 then
 end
 finish(id, CANCELLED)
 return 'cancelled'
-""",
-    "release": _LEASE
-    + """
-local id = ARGV[1]
-redis.call('hdel', held_key, id)
-release(id)
-redis.call('del', recorded_key(id))
-redis.call('srem', cancel_key, id)
-return 1
 """,
     "renew": _LEASE
     + """
@@ -274,6 +276,27 @@ CancelState = Literal["cancelled", "signalled", "done", "unknown"]
 
 
 @dataclass(frozen=True)
+class QueuedMessage:
+    """A message to enqueue as the queue's broker does: ``data`` set under ``id`` in the hash ``messages``, and
+    ``id`` pushed on the list ``queue`` (:func:`tasks.compat.queued_message` builds Dramatiq's)."""
+
+    queue: str
+    messages: str
+    id: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Admit:
+    """An operation to admit, and the message that runs it (None: held without one, for tests and tools)."""
+
+    id: str
+    name: str
+    params: JSONObject
+    message: QueuedMessage | None = None
+
+
+@dataclass(frozen=True)
 class Held:
     """An operation held by the pipeline (queued or running), as admitted."""
 
@@ -298,6 +321,14 @@ def _result(operation_id: str, seq: int, outcome: str) -> Result:
         return Result.success(id=operation_id, seq=seq, data=document["data"])
     error = document["error"]
     return Result(id=operation_id, seq=seq, ok=False, error=ErrorInfo(code=error["code"], message=error["message"]))
+
+
+def _admission(operation_id: str, answer: list[Any]) -> Admission | Result:
+    state = _text(answer[0])
+    if state == "done":
+        return _result(operation_id, int(float(answer[2])), _text(answer[1]))
+    assert state in ("admitted", "held", "acked", "quota"), state
+    return state  # type: ignore[return-value]
 
 
 def encode_record(operation_id: str, record: str) -> str:
@@ -338,18 +369,20 @@ class Journal:
     # --- admission ----------------------------------------------------------------------------
 
     def admit(self, operation_id: str, name: str, params: JSONObject, limit: int) -> Admission | Result:
-        """Holds the operation unless it has a result (returned), is held already or acked, or the quota is full."""
-        operation = json.dumps({"name": name, "params": params, "admitted": time.time()}, separators=(",", ":"))
-        answer = self._run("admit", operation_id, operation, limit)
-        state = _text(answer[0])
-        if state == "done":
-            return _result(operation_id, int(float(answer[2])), _text(answer[1]))
-        assert state in ("admitted", "held", "acked", "quota"), state
-        return state  # type: ignore[return-value]
+        """Holds the operation (without a message) unless it has a result (returned), is held already or acked,
+        or the quota is full."""
+        return self.admit_many([Admit(operation_id, name, params)], limit)[0]
 
-    def release(self, operation_id: str) -> None:
-        """Forgets a held operation without a result (its message could not be enqueued)."""
-        self._run("release", operation_id)
+    def admit_many(self, operations: Sequence[Admit], limit: int) -> list[Admission | Result]:
+        """Admits each operation in turn as :meth:`admit` does, and enqueues the message of each one held now,
+        all in one atomic step (one round trip, one fsync); the answers in the same order."""
+        now = time.time()
+        args: list[Any] = [limit]
+        for op in operations:
+            document = json.dumps({"name": op.name, "params": op.params, "admitted": now}, separators=(",", ":"))
+            message = op.message or QueuedMessage("", "", "", b"")
+            args += [op.id, document, message.queue, message.messages, message.id, message.data]
+        return [_admission(op.id, answer) for op, answer in zip(operations, self._run("admit", *args), strict=True)]
 
     def lookup(self, operation_id: str) -> Result | Literal["held"] | None:
         """The stored result of an id, or "held" while it is queued or running, or None."""

@@ -10,11 +10,9 @@ can take them. :func:`add_policy` and :func:`start_worker` do the same for any D
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,11 +23,11 @@ from dramatiq.message import Message
 from dramatiq.middleware import Retries, TimeLimit
 
 from ksocket.collectors.base import Environment, default_environment
-from ksocket.protocol import JSONObject
+from ksocket.protocol import JSONObject, Operation, Result
 from tasks import broker as brokers
 from tasks import compat
 from tasks.errors import PipelineError
-from tasks.journal import Held, Journal
+from tasks.journal import Admission, Admit, Held, Journal
 from tasks.middleware import Lifecycle
 from tasks.operations import REGISTRY, Registry
 
@@ -44,7 +42,8 @@ class Timings:
     """A worker silent this long counts as dead: the messages it held go back on the queue. Also the
     lease of a running operation (on Redis's clock): another attempt may start it once that ends."""
     requeue_interval: float = brokers.DEFAULT_REQUEUE_INTERVAL
-    """How often each consumer thread looks for dead workers' messages to requeue."""
+    """How often each consumer thread looks for dead workers' messages to requeue, and for the messages a lost
+    fetch reply left in its own worker's ack set (:meth:`tasks.compat.MaintainedRedisBroker.reclaim`)."""
     worker_timeout: float = 1.0
     """Longest idle poll of a consumer (also how often an idle worker heartbeats)."""
     time_limit_interval: float = 1.0
@@ -119,8 +118,6 @@ class Pipeline:
             raise
         self.worker: Worker | None = None
         self._booted = False
-        self._admitting: set[str] = set()
-        self._admitting_lock = threading.Lock()
 
     # --- the in-process worker ----------------------------------------------------------------
 
@@ -152,16 +149,23 @@ class Pipeline:
         self.broker.get_actor(name).send(operation_id, params)
         compat.enqueued()
 
-    @contextlib.contextmanager
-    def admitting(self, operation_id: str) -> Iterator[None]:
-        """Marks an operation as between admission and enqueueing, so that recovery leaves it alone."""
-        with self._admitting_lock:
-            self._admitting.add(operation_id)
-        try:
-            yield
-        finally:
-            with self._admitting_lock:
-                self._admitting.discard(operation_id)
+    def admit(self, operations: Sequence[Operation], limit: int) -> list[Admission | Result]:
+        """Admits operations that arrived together (the ``limit`` of held ones, dedupe by id) and enqueues the
+        message of each one admitted, in one atomic step (:meth:`Journal.admit_many`); the answers in order."""
+        prepared = [
+            compat.queued_message(self.broker, self.broker.get_actor(op.name).message(op.id, op.params))
+            for op in operations
+        ]
+        admits = [
+            Admit(op.id, op.name, op.params, queued) for op, (_, queued) in zip(operations, prepared, strict=True)
+        ]
+        answers = self.journal.admit_many(admits, limit)
+        for (message, _), answer in zip(prepared, answers, strict=True):
+            if answer == "admitted":
+                compat.after_enqueue(self.broker, message)
+        if "admitted" in answers:
+            compat.enqueued()
+        return answers
 
     def queued_ids(self) -> set[str]:
         """Operation ids of every message Dramatiq still holds (queued, delayed, or fetched and unacked)."""
@@ -184,14 +188,13 @@ class Pipeline:
 
     def orphans(self, age: float | None = None) -> list[Held]:
         """Held operations, admitted at least ``age`` seconds ago, that have no message left anywhere."""
-        with self._admitting_lock:
-            admitting = set(self._admitting)
-        queued = self.queued_ids() | admitting
+        queued = self.queued_ids()
         limit = time.time() - (self.timings.orphan_age if age is None else age)
         return [held for held in self.journal.held() if held.id not in queued and held.admitted <= limit]
 
     def recover(self, age: float | None = None) -> list[str]:
-        """Re-enqueues every orphan (an agent killed between admitting and enqueueing, a lost message)."""
+        """Re-enqueues every orphan (a message lost: a Redis that lost its queues but kept the journal, a message
+        another program removed)."""
         recovered = []
         for held in self.orphans(age):
             if self.registry.get(held.name) is None or held.name not in self.broker.actors:

@@ -2,23 +2,25 @@
 
 :class:`PipelineRunner` is what the link talks to. ``submit`` admits an operation (dedupe by id,
 unknown names and invalid params refused, params narrowed to the operator's fence or refused beyond
-it (:mod:`ksocket.fence`), the ``connect.maxOperations`` quota) and enqueues it;
-a Dramatiq worker in this process (``connect.maxRunningOperations`` threads) and any worker
-started with ``ksocket worker`` against the same Redis run it; its result lands in the journal.
+it (:mod:`ksocket.fence`), the ``connect.maxOperations`` quota) and enqueues it; ``submit_many``
+does the same for the operations that arrived together, held and enqueued in one step (one Redis
+call, one fsync, however many there are: :meth:`tasks.pipeline.Pipeline.admit`). A Dramatiq
+worker in this process (``connect.maxRunningOperations`` threads) and any worker started with
+``ksocket worker`` against the same Redis run it; its result lands in the journal.
 ``next_event`` hands out progress, new records and new results as they appear in the journal,
 whichever process produced them, records and results in seq order; ``unacked`` and ``acknowledge``
 read and trim the journal.
 
 Blocking Redis calls run in threads (``asyncio.to_thread``). A background task follows the
-journal's event stream (and, as a safety net, the journal itself) and fills a small buffer that
-``next_event`` drains: progress reports of one operation coalesce to the latest, and no more than
-:data:`BUFFERED` results and records wait there; the rest stay in Redis until there is room (and
-are read without waiting for another event once there is).
+journal's event stream, reads the journal's new results and records in the same thread hop, and
+fills a small buffer that ``next_event`` drains: progress reports of one operation coalesce to the
+latest, and no more than :data:`BUFFERED` results and records wait there; the rest stay in Redis
+until there is room (and are read without waiting for another event once there is).
 
 After a restart on the same broker, every operation still held finishes: its message is still
 queued, or Dramatiq requeues it once the dead worker's heartbeat is ``heartbeat_timeout`` old, or
-the runner finds it has no message at all (killed between admitting and enqueueing) and enqueues
-it again (``recover_interval``, ``orphan_age``).
+the runner finds it has no message at all (a message lost) and enqueues it again
+(``recover_interval``, ``orphan_age``).
 
 The seq count lives in Redis, the agent id in a file (:class:`~ksocket.identity.Identity`). If the
 Redis lost its data (no append-only file, broker.db deleted), seq would start again at 1 under the
@@ -35,7 +37,7 @@ import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -52,7 +54,8 @@ from ksocket.protocol import Accepted, Admission, ErrorCode, Operation, Progress
 from ksocket.redact import described
 from tasks.broker import NAMESPACE, warn_unless_append_only
 from tasks.errors import BrokerError, InvalidParams, OperationFailed
-from tasks.journal import Held
+from tasks.journal import Admission as JournalAdmission
+from tasks.journal import Held, Journal
 from tasks.operations import REGISTRY, Registry
 from tasks.pipeline import Pipeline, Timings
 
@@ -114,6 +117,16 @@ class _Events:
                     return progress
             self._ready.clear()
             await self._ready.wait()
+
+
+def _read_journal(
+    journal: Journal, last_event: str, block: float, after: int, room: int
+) -> tuple[list[tuple[str, dict[str, str]]], list[Sequenced]]:
+    """In one thread hop: the journal's events after ``last_event`` (waiting up to ``block`` for the first), then
+    up to ``room`` results and records above seq ``after``. These come from the journal itself, not from the
+    events, so a trimmed stream or a missed event loses none."""
+    events = journal.read_events(last_event, block)
+    return events, journal.outbox(after, room) if room else []
 
 
 def _own_networks() -> list[str]:
@@ -238,17 +251,25 @@ class PipelineRunner:
             raise BrokerError(f"the broker's Redis cannot be reached: {exc}") from None
 
     async def submit(self, operation: Operation) -> Admission:
-        # in a thread, validation too: it may parse thousands of targets or import a cloud SDK
-        return await self._redis(self._submit, self.pipeline, operation)
+        return (await self.submit_many([operation]))[0]
 
-    def _submit(self, pipeline: Pipeline, operation: Operation) -> Admission:
-        checked = self._check(pipeline, operation)
-        if isinstance(checked, Refused):
-            known = pipeline.journal.lookup(operation.id)
-            if isinstance(known, Result):
-                return known
-            return Accepted(id=operation.id) if known == "held" else checked
-        return self._admit(pipeline, checked)
+    async def submit_many(self, operations: Sequence[Operation]) -> list[Admission]:
+        # in a thread, validation too: it may parse thousands of targets or import a cloud SDK
+        return await self._redis(self._submit, self.pipeline, operations)
+
+    def _submit(self, pipeline: Pipeline, operations: Sequence[Operation]) -> list[Admission]:
+        """The answers in order: those refused before admission, then the others admitted in one step."""
+        checked = [self._check(pipeline, operation) for operation in operations]
+        admitted = iter(self._admit(pipeline, [op for op in checked if isinstance(op, Operation)]))
+        return [self._refused(pipeline, op) if isinstance(op, Refused) else next(admitted) for op in checked]
+
+    @staticmethod
+    def _refused(pipeline: Pipeline, refused: Refused) -> Admission:
+        """A refusal, unless the id is known already: its stored result, or Accepted while it is held."""
+        known = pipeline.journal.lookup(refused.id)
+        if isinstance(known, Result):
+            return known
+        return Accepted(id=refused.id) if known == "held" else refused
 
     def _check(self, pipeline: Pipeline, operation: Operation) -> Operation | Refused:
         """The operation as the fence narrows it, or why it is refused (its params, then the fence)."""
@@ -266,32 +287,27 @@ class PipelineRunner:
             return Refused(id=operation.id, reason=ErrorCode.INVALID_PARAMS, message=f"{exc.code}: {exc}")
         return dataclasses.replace(operation, params=params)
 
-    def _admit(self, pipeline: Pipeline, operation: Operation) -> Admission:
-        with pipeline.admitting(operation.id):
-            return self._admit_and_enqueue(pipeline, operation)
+    def _admit(self, pipeline: Pipeline, operations: list[Operation]) -> list[Admission]:
+        if not operations:
+            return []
+        return [
+            self._answer(op.id, answer)
+            for op, answer in zip(operations, pipeline.admit(operations, self.max_operations), strict=True)
+        ]
 
-    def _admit_and_enqueue(self, pipeline: Pipeline, operation: Operation) -> Admission:
-        answer = pipeline.journal.admit(operation.id, operation.name, operation.params, self.max_operations)
+    def _answer(self, operation_id: str, answer: Result | JournalAdmission) -> Admission:
         if isinstance(answer, Result):
             return answer
-        if answer == "held":
-            return Accepted(id=operation.id)
         if answer == "acked":
             # The hub acked its result, so it has it: never run it again, and nothing more will come.
-            log.info("operation %s was sent again after its result was acked: not run again", operation.id)
-            return Accepted(id=operation.id)
+            log.info("operation %s was sent again after its result was acked: not run again", operation_id)
         if answer == "quota":
             return Refused(
-                id=operation.id,
+                id=operation_id,
                 reason=ErrorCode.QUOTA,
                 message=f"{self.max_operations} operations are queued or running (connect.maxOperations)",
             )
-        try:
-            pipeline.enqueue(operation.id, operation.name, operation.params)
-        except BaseException:
-            pipeline.journal.release(operation.id)
-            raise
-        return Accepted(id=operation.id)
+        return Accepted(id=operation_id)
 
     async def cancel(self, operation_id: str) -> None:
         state = await self._redis(self.pipeline.journal.cancel, operation_id)
@@ -326,23 +342,20 @@ class PipelineRunner:
         more = False  # the last read of the journal filled the outbox: more may wait there
         while True:
             try:
-                events = await asyncio.to_thread(journal.read_events, last_event, 0.0 if more else wait)
+                room = self._events.room
+                events, found = await asyncio.to_thread(
+                    _read_journal, journal, last_event, 0.0 if more else wait, self._last_seq, room
+                )
                 for event_id, fields in events:
                     last_event = event_id
                     if fields.get("kind") == "progress":
                         self._events.put(
                             Progress(id=fields["id"], done=int(fields["done"]), total=int(fields["total"]))
                         )
-                # Results and records come from the journal itself, so a trimmed stream or a missed event
-                # loses none.
-                room = self._events.room
-                more = False
-                if room:
-                    found = await asyncio.to_thread(journal.outbox, self._last_seq, room)
-                    more = len(found) == room
-                    for item in found:
-                        self._last_seq = item.seq
-                        self._events.put(item)
+                more = bool(room) and len(found) == room
+                for item in found:
+                    self._last_seq = item.seq
+                    self._events.put(item)
                 if time.monotonic() >= next_recovery:
                     next_recovery = time.monotonic() + self.timings.recover_interval
                     await asyncio.to_thread(pipeline.recover)

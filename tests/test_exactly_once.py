@@ -19,7 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +238,9 @@ class HeldBackRunner:
 
     async def submit(self, operation: Operation) -> Admission:
         return next(result for result in self.results if result.id == operation.id)
+
+    async def submit_many(self, operations: Sequence[Operation]) -> list[Admission]:
+        return [await self.submit(operation) for operation in operations]
 
     async def cancel(self, operation_id: str) -> None:
         return None

@@ -546,11 +546,41 @@ def test_stop_interrupts_a_running_operation_and_the_next_runner_finishes_it(url
 def test_an_operation_held_without_a_message_is_enqueued_again(url: str) -> None:
     async def scenario() -> None:
         async with running(url) as runner:
-            # what an agent killed between admitting and enqueueing leaves behind
+            # a held operation whose message was lost (admission holds and enqueues in one step)
             journal = runner.pipeline.journal
             assert await asyncio.to_thread(journal.admit, "orphan", "test.echo", {"x": 1}, 10) == "admitted"
             result = (await collect(runner, ["orphan"], timeout=FAST.recover_interval + FAST.orphan_age + 5))["orphan"]
             assert result.ok and result.data == {"x": 1}
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("lost_as", ["an error", "a retry"])
+def test_an_operation_whose_fetch_lost_its_reply_still_runs_once(url: str, lost_as: str) -> None:
+    # Issue 13's lost operation: Redis ran a consumer's fetch (the message went into this live worker's ack set)
+    # and the reply never came back (a Redis restart, a broken socket): the consumer gets the error, or redis-py
+    # retries the command and the consumer gets the reply of a second fetch. The worker keeps heartbeating, so
+    # Dramatiq's maintenance never gives the message back, and the journal counts it as queued.
+    async def scenario() -> None:
+        async with running(url, max_running_operations=1) as runner:
+            broker = runner.pipeline.broker
+            fetch = broker.do_fetch
+            lost: list[bytes] = []
+
+            def fetch_losing_the_first_reply(queue: str, count: int) -> list[bytes]:
+                fetched: list[bytes] = fetch(queue, count)
+                if fetched and not lost:
+                    lost.extend(fetched)
+                    if lost_as == "an error":
+                        raise redis.ConnectionError("the reply of a fetch, lost")
+                    return list(fetch(queue, count))
+                return fetched
+
+            broker.do_fetch = fetch_losing_the_first_reply  # type: ignore[attr-defined]
+            assert await runner.submit(op("lost", name="test.counted")) == Accepted(id="lost")
+            result = (await collect(runner, ["lost"], timeout=FAST.heartbeat_timeout + 5))["lost"]
+            assert lost and result.ok
+            assert runs(broker.redis) == {"lost": 1}
 
     asyncio.run(scenario())
 
@@ -588,6 +618,24 @@ def test_finishing_is_at_most_once_per_id(url: str) -> None:
         assert journal.results() == [Result.success(id="a", seq=1, data={"first": True})]
         assert journal.finish("never-admitted", encode_success({})) is None
         assert journal.last_seq() == 1
+    finally:
+        pipeline.close()
+
+
+def test_a_batch_is_admitted_in_order_with_its_messages_and_the_quota_counts_the_batch(url: str) -> None:
+    pipeline = Pipeline(url, timings=FAST, namespace="unit")
+    try:
+        journal = pipeline.journal
+        assert journal.admit("done", "test.echo", {}, 5) == "admitted"
+        journal.start("done", "w/1", lease=10)
+        journal.finish("done", encode_success({"x": 1}))
+        batch = [op(name, "test.echo", n=n) for n, name in enumerate(["a", "b", "a", "done", "c", "d"])]
+        answers = pipeline.admit(batch, 3)
+        assert answers == ["admitted", "admitted", "held", Result.success(id="done", seq=1, data={"x": 1}), "admitted",
+                           "quota"]  # fmt: skip
+        assert pipeline.queued_ids() == {"a", "b", "c"}  # each admitted one's message, in the same step
+        assert {held.id: held.params for held in journal.held()} == {"a": {"n": 0}, "b": {"n": 1}, "c": {"n": 4}}
+        assert pipeline.orphans(age=0) == []
     finally:
         pipeline.close()
 

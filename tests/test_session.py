@@ -206,3 +206,16 @@ def test_bad_frames_and_misdirected_messages_are_answered() -> None:
     ]
     [answer] = session.receive(Authenticated(session="s", resumed=False), 0.0)
     assert isinstance(answer, ErrorMessage) and answer.code == "bad-message"
+
+
+def test_the_operations_that_arrived_together_are_taken_together_up_to_a_cancel_and_the_limit() -> None:
+    session = Session(QUIET, now=0.0)
+    ops = [Operation(id=f"op-{n}", name="system.info") for n in range(5)]
+    for message in [*ops[:3], Cancel(id="op-0"), *ops[3:]]:
+        session.receive(message, 1.0)
+    assert session.take_operations(limit=2) == ops[:2]
+    assert session.take_operations() == ops[2:3]
+    assert session.take_operations() == []  # a cancel is the oldest: it goes alone, in its turn
+    assert session.take_inbound() == Cancel(id="op-0")
+    assert session.take_operations() == ops[3:]
+    assert not session.has_inbound

@@ -319,7 +319,18 @@ class Database:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One short write transaction, taken at once so that it never waits half-way."""
+        """One short write transaction, taken at once so that it never waits half-way; inside a :meth:`group`,
+        a savepoint of the group's transaction instead (undone alone if it fails)."""
+        if self._db.in_transaction:
+            self._db.execute("SAVEPOINT write")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK TO write")
+                self._db.execute("RELEASE write")
+                raise
+            self._db.execute("RELEASE write")
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -327,6 +338,13 @@ class Database:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    @contextmanager
+    def group(self) -> Iterator[None]:
+        """One transaction for every write made inside (a group commit): what they wrote is durable only once
+        the block has ended; an exception out of the block undoes them all."""
+        with self._write():
+            yield
 
     def create_tables(self, schema: Schema, upgrade: Upgrade | None = None) -> None:
         """Creates ``schema``'s missing tables, upgrades older ones and records the version, in one write
