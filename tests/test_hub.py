@@ -600,6 +600,87 @@ def test_operations_queued_by_another_process_are_sent_and_sent_again_after_a_re
     with_hub(db, test)
 
 
+class CountedPolls(RecordingHub):
+    """A hub whose poller looks once an hour unless woken, counting its looks."""
+
+    def __init__(self, db_path: Path) -> None:
+        super().__init__(db_path, poll_interval=3600.0)
+        self.polls = 0
+
+    async def _poll_once(self) -> None:
+        self.polls += 1
+        await super()._poll_once()
+
+
+def test_an_operation_submitted_to_a_connected_slot_is_sent_without_the_poller(db: Path) -> None:
+    token = add_slot(db)
+
+    async def main() -> None:
+        async with CountedPolls(db) as hub:
+            client, _ = await authenticated(hub.url, token)
+            polls = hub.polls
+            op_id = await hub.submit("s1", "system.info", {"n": 1})
+            assert await client.expect(Operation) == Operation(id=op_id, name="system.info", params={"n": 1})
+            assert hub.operation(op_id).state == "sent" and hub.polls == polls and not hub._wake.is_set()
+
+            ids = await asyncio.gather(*(hub.submit("s1", "system.info", {"n": n}) for n in range(20)))
+            assert [(await client.expect(Operation)).id for _ in ids] == ids  # in the order submitted
+            assert hub.polls == polls
+
+    run(main())
+
+
+def test_an_operation_submitted_behind_pending_ones_is_sent_after_them(db: Path) -> None:
+    token = add_slot(db)
+
+    async def main() -> None:
+        async with CountedPolls(db) as hub:
+            client, _ = await authenticated(hub.url, token)
+            polls = hub.polls
+            queued = hub.store.add_operation("s1", "system.info", None, "queued")  # as `hub run` does, unheard
+            assert (await hub.db.call(Store.issue_operation, "s1", "x", None, "claimed")).state == "pending"
+            assert await hub.submit("s1", "system.info", None, "last") == "last"
+            assert [(await client.expect(Operation)).id for _ in range(3)] == [queued, "claimed", "last"]
+            assert hub.polls > polls  # woken: the poller sent all three, in order
+            assert {hub.operation(op).state for op in ("queued", "claimed", "last")} == {"sent"}
+
+    run(main())
+
+
+def test_an_operation_claimed_as_its_connection_ends_is_in_the_next_ones_backlog(db: Path) -> None:
+    token = add_slot(db)
+
+    async def main() -> None:
+        async with CountedPolls(db) as hub:
+            _, session = await authenticated(hub.url, token)
+            submitted = asyncio.ensure_future(hub.submit("s1", "system.info", None, "op"))
+            await asyncio.sleep(0)  # claimed for this connection, in the database's thread
+            await hub.drop("s1")
+            assert await submitted == "op"
+            client, _ = await authenticated(hub.url, token, session=session)
+            assert await client.expect(Operation) == Operation(id="op", name="system.info", params={})
+            await client.nothing()  # once
+
+    run(main())
+
+
+def test_store_issue_operation_claims_unless_the_slot_has_pending_operations(db: Path) -> None:
+    with Store(db) as store:
+        store.add_slot("s1")
+        store.add_slot("s2")
+        first = store.issue_operation("s1", "system.info", {"a": 1})
+        assert (first.state, first.params) == ("sent", {"a": 1}) and store.operation(first.id) == first
+        store.add_operation("s2", "system.info", None, "waiting")
+        assert store.issue_operation("s2", "system.info").state == "pending"
+        assert [op.id for op in store.claim_pending(["s2"])] == ["waiting", store.operations("s2")[1].id]
+        assert store.issue_operation("s2", "system.info").state == "sent"
+        store.revoke("s1")
+        with pytest.raises(HubError, match="revoked"):
+            store.issue_operation("s1", "system.info")
+        with pytest.raises(HubError, match="already exists"):
+            store.issue_operation("s2", "system.info", None, first.id)
+
+
 def test_hub_run_wait_prints_the_result(db: Path) -> None:
     token = add_slot(db)
 

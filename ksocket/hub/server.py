@@ -45,14 +45,19 @@ One connection, from handshake to close
 Meanwhile one poller task reads the database every ``poll_interval`` seconds (sooner when this
 process queued something), queues the discoveries whose schedule is due (``ksocket.hub.schedulestore``),
 sends new pending operations and asked-for cancels to connected slots, and disconnects (4401) a slot
-whose token was revoked.
+whose token was revoked. An operation ``submit`` queues for a connected slot skips it: stored already
+claimed (``Store.issue_operation``, one commit), it is sent at once, unless the slot has pending
+operations queued before it (then the poller, woken, sends them all in order). A connection's
+operations and cancels leave in the order they were claimed, whoever claimed them; one claimed for a
+connection that has ended since goes out in its successor's backlog.
 
 The connections and the poller use the database through a ``StoreThread``: every write is a
 transaction with an fsync, in the database's own thread, so one slot's results never hold up
 another's heartbeats; a result is acked once committed. Frames over ``PARSED_ON_LOOP`` bytes
 are parsed in a worker thread for the same reason. The last heartbeat time and disconnections
-are written without waiting for them. Callers in this process (``submit``, ``results``, ``store``)
-use a second connection, on the loop.
+are written without waiting for them. ``submit`` and ``cancel`` write through the database thread
+too; the reads of callers in this process (``results``, ``operation``, ``store``) use a second
+connection, on the loop.
 
 What a connection holds
 -----------------------
@@ -94,10 +99,11 @@ import logging
 import os
 import resource
 import ssl
-from collections.abc import Callable, Coroutine
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from starlette.types import ASGIApp
 
@@ -105,7 +111,7 @@ from ksocket.hub.asgi import AUTH_FRAME_LIMIT, AgentSocket, Closed, Listener
 from ksocket.hub.errors import HubError, UnknownOperation
 from ksocket.hub.schedulestore import fire_due
 from ksocket.hub.startups import DEFAULT_MAX_STARTUPS, StartupLimit, Startups
-from ksocket.hub.store import MAX_SEQ, OperationRecord, Store
+from ksocket.hub.store import MAX_SEQ, PENDING, OperationRecord, Store
 from ksocket.hub.storethread import StoreThread
 from ksocket.hub.tokens import new_session
 from ksocket.protocol import (
@@ -128,6 +134,7 @@ from ksocket.protocol import (
     HeartbeatAck,
     JSONObject,
     Message,
+    Operation,
     Progress,
     ProtocolError,
     Record,
@@ -142,6 +149,8 @@ from ksocket.protocol import (
 )
 
 __all__ = ["AUTH_FRAME_LIMIT", "ENDPOINT_PATH", "Hub", "HubObserver"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +200,10 @@ class _Link:
     ready: bool = False
     """``authenticated`` and its backlog are sent: it is connected, and the poller may send it new operations."""
     heartbeat_saved: float = float("-inf")
+    outgoing: deque[Operation | Cancel] = field(default_factory=deque)
+    """Operations and cancels claimed for this connection, in the order claimed, not yet sent."""
+    sender: asyncio.Task[None] | None = None
+    """The task sending ``outgoing``, while there is one."""
     records: list[Record] = field(default_factory=list)
     """Records received and not yet stored (nor acked)."""
     record_bytes: int = 0
@@ -367,10 +380,11 @@ class Hub:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{'wss' if self.ssl_context else 'ws'}://{host}:{self.port}{ENDPOINT_PATH}"
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """The loop's own errors: running out of descriptors is the hub's to say, at ERROR; the rest as before."""
@@ -744,14 +758,44 @@ class Hub:
             self._release(link)
             self._spawn(link.ws.close(CLOSE_AUTH_FAILED, "token revoked"))
         await db.call(fire_due, slots)
-        for op in await db.call(Store.claim_pending, slots):
-            link_or_none = self._links.get(op.slot)
-            if link_or_none is not None and await self._send(link_or_none, op.to_message()):
-                logger.info("slot %s: sent operation %s (%s)", op.slot, op.id, op.name)
-        for op in await db.call(Store.claim_cancels, slots):
-            link_or_none = self._links.get(op.slot)
-            if link_or_none is not None and await self._send(link_or_none, Cancel(id=op.id)):
-                logger.info("slot %s: sent cancel of operation %s", op.slot, op.id)
+        await self._claim(Store.claim_pending, OperationRecord.to_message)
+        await self._claim(Store.claim_cancels, lambda op: Cancel(id=op.id))
+
+    async def _claim(
+        self,
+        claim: Callable[[Store, list[str]], list[OperationRecord]],
+        frame: Callable[[OperationRecord], Operation | Cancel],
+    ) -> None:
+        """Claims for the connected slots (their links taken in the step that queues the claim) and sends."""
+        links = {slot: link for slot, link in self._links.items() if link.ready}
+        if links:
+            for op in await self.db.call(claim, list(links)):
+                self._send_in_order(links[op.slot], [frame(op)])
+
+    def _send_in_order(self, link: _Link, messages: Iterable[Operation | Cancel]) -> None:
+        """Sends what was just claimed for ``link`` after what was claimed for it before.
+
+        Called as soon as the claim's answer is back, with no await in between: answers come back in the order
+        of the claims, so frames leave in that order too, whoever claimed them (the poller, ``submit``). If the
+        link no longer holds its slot, its successor's backlog (claimed after) holds what was claimed for it."""
+        if self._links.get(link.slot) is not link:
+            return
+        link.outgoing.extend(messages)
+        if link.sender is None:
+            link.sender = self._spawn(self._send_outgoing(link))
+
+    async def _send_outgoing(self, link: _Link) -> None:
+        try:
+            while link.outgoing:
+                message = link.outgoing.popleft()
+                if not await self._send(link, message):
+                    continue
+                if isinstance(message, Operation):
+                    logger.info("slot %s: sent operation %s (%s)", link.slot, message.id, message.name)
+                else:
+                    logger.info("slot %s: sent cancel of operation %s", link.slot, message.id)
+        finally:
+            link.sender = None
 
     # ------------------------------------------------------------------ the API for callers
 
@@ -767,16 +811,26 @@ class Hub:
     async def submit(self, slot: str, name: str, params: JSONObject | None = None, id: str | None = None) -> str:
         """Queues operation ``name`` for ``slot`` in the database, as ``ksocket hub run`` does; returns its id.
 
-        It is sent at once if an agent holds the slot, else when one connects.
+        It is sent at once if an agent holds the slot, else when one connects. With the slot's agent connected,
+        the operation is stored already claimed and sent straight away, unless operations queued before it are
+        still pending: then the poller, woken, sends them and it in order.
         """
-        op_id = self.store.add_operation(slot, name, params, id)
-        self._wake.set()
-        return op_id
+        link = self._links.get(slot)
+        if link is None or not link.ready:
+            op_id = await self.db.call(Store.add_operation, slot, name, params, id)
+            self._wake.set()
+            return op_id
+        op = await self.db.call(Store.issue_operation, slot, name, params, id)
+        if op.state == PENDING:
+            self._wake.set()
+        else:
+            self._send_in_order(link, [op.to_message()])
+        return op.id
 
     async def cancel(self, op_id: str) -> str:
         """Asks for operation ``op_id`` to be cancelled; returns its state afterwards
         (``cancelled`` if it had not been sent yet; else a ``cancel`` frame goes out)."""
-        state = self.store.request_cancel(op_id)
+        state = await self.db.call(Store.request_cancel, op_id)
         self._wake.set()
         return state
 
