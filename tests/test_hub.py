@@ -19,6 +19,7 @@ import signal
 import ssl
 import stat
 import sys
+import threading
 import tracemalloc
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ from websockets.exceptions import InvalidStatus
 
 from ksocket import cli
 from ksocket.hub.errors import HubError, UnknownSlot
-from ksocket.hub.server import Hub, HubObserver
+from ksocket.hub.server import UNANSWERED_FRAMES, Hub, HubObserver
 from ksocket.hub.store import Store
 from ksocket.hub.web.operators import Operators
 from ksocket.protocol import (
@@ -56,6 +57,7 @@ from ksocket.protocol import (
     serialize,
 )
 from tests.hubtools import (
+    QUIET,
     NotConnected,
     RawClient,
     RecordingHub,
@@ -497,6 +499,86 @@ def test_records_sent_back_to_back_are_stored_before_the_result_that_follows_and
             acks.append((await client.expect(Ack)).seq)
         assert acks == sorted(set(acks)), "acks only grow"
         assert hub.records(op_id) == records and hub.operation(op_id).state == "done"
+
+    with_hub(db, test)
+
+
+async def hold(hub: Hub) -> threading.Event:
+    """Holds the hub's database thread with a call until the event returned is set (calls made meanwhile wait)."""
+    busy, release = threading.Event(), threading.Event()
+    hub.db.post(lambda store: (busy.set(), release.wait()))
+    await asyncio.to_thread(busy.wait)
+    return release
+
+
+def test_a_results_ack_follows_its_commit_and_frames_back_to_back_share_one(db: Path) -> None:
+    """The hub takes an agent's frames while their writes wait for the database, so that the writes of frames
+    sent back to back are committed together; each ack still follows the commit of what it acks."""
+    token = add_slot(db)
+
+    async def test(hub: RecordingHub) -> None:
+        ops = [await hub.submit("s1", "system.info") for _ in range(3)]
+        client, _ = await authenticated(hub.url, token)
+        for _ in ops:
+            await client.expect(Operation)
+        statements: list[str] = []
+        await hub.db.call(lambda store: store._db.set_trace_callback(statements.append))
+        release = await hold(hub)
+        for seq, op_id in enumerate(ops, 1):
+            await client.send(Accepted(id=op_id))
+            await client.send(Result.success(id=op_id, seq=seq, data={"n": seq}))
+        await until(lambda: hub._link("s1").unanswered == 2 * len(ops))  # all taken, none written
+        await client.nothing()  # no ack before the commit
+        assert hub.results("s1") == [] and hub.received("s1")[1:] == []
+        release.set()
+        for seq in range(1, len(ops) + 1):
+            assert await client.expect(Ack) == Ack(seq=seq)
+            with Store(db) as other:  # on disk, as another process sees it
+                assert [result.seq for result in other.results("s1")][:seq] == list(range(1, seq + 1))
+        inserts = [n for n, statement in enumerate(statements) if statement.startswith("INSERT INTO results")]
+        assert len(inserts) == len(ops) and statements.index("COMMIT") > inserts[-1]  # the six writes: one commit
+        assert [type(m) for m in hub.received("s1")[1:]] == [Accepted, Result] * len(ops)  # in order, each written
+        assert {hub.operation(op_id).state for op_id in ops} == {"done"}
+
+    with_hub(db, test)
+
+
+def test_an_unknown_operations_accepted_gets_its_error_in_turn(db: Path) -> None:
+    token = add_slot(db)
+
+    async def test(hub: RecordingHub) -> None:
+        client, _ = await authenticated(hub.url, token)
+        release = await hold(hub)
+        await client.send(Accepted(id="invented"))
+        await client.send(Heartbeat(n=7))
+        await until(lambda: hub._link("s1").unanswered == 2)
+        release.set()
+        error = await client.expect(ErrorMessage)
+        assert error.code == "unknown-operation" and "accepted" in error.message and "invented" in error.message
+        assert await client.expect(HeartbeatAck) == HeartbeatAck(n=7)  # answers in the order of the frames
+
+    with_hub(db, test)
+
+
+def test_a_hub_whose_database_is_busy_takes_a_bounded_count_of_frames(db: Path) -> None:
+    token = add_slot(db)
+
+    async def test(hub: RecordingHub) -> None:
+        op_id = await hub.submit("s1", "system.info")
+        client, _ = await authenticated(hub.url, token)
+        await client.expect(Operation)
+        release = await hold(hub)
+        count = UNANSWERED_FRAMES + 50
+        for done in range(count):
+            await client.send(Progress(id=op_id, done=done, total=count))
+        link = hub._link("s1")
+        await until(lambda: link.unanswered == UNANSWERED_FRAMES)
+        await asyncio.sleep(QUIET)
+        assert link.unanswered == UNANSWERED_FRAMES  # the rest wait in the kernel and the agent
+        release.set()
+        await client.heartbeat(1)
+        await client.expect(HeartbeatAck)
+        assert hub.operation(op_id).done == count - 1
 
     with_hub(db, test)
 
