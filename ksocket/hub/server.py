@@ -59,8 +59,9 @@ connection that has ended since goes out in its successor's backlog.
 
 The connections and the poller use the database through a ``StoreThread``: every write is a
 transaction with an fsync, in the database's own thread, so one slot's results never hold up
-another's heartbeats; a result is acked once committed (and the hub reads on meanwhile: 5.). Frames over ``PARSED_ON_LOOP`` bytes
-are parsed in a worker thread for the same reason. The last heartbeat time and disconnections
+another's heartbeats; a result is acked once committed, the connection's later frames taken
+meanwhile (step 5 above). Frames over ``PARSED_ON_LOOP`` bytes are parsed in a worker thread for
+the same reason. The last heartbeat time and disconnections
 are written without waiting for them. ``submit`` and ``cancel`` write through the database thread
 too; the reads of callers in this process (``results``, ``operation``, ``store``) use a second
 connection, on the loop.
