@@ -746,6 +746,40 @@ def test_an_operation_claimed_as_its_connection_ends_is_in_the_next_ones_backlog
     run(main())
 
 
+class GatedSends(RecordingHub):
+    """A hub whose next operation frame waits for ``gate`` before it is written (as a full socket's would)."""
+
+    def __init__(self, db_path: Path) -> None:
+        super().__init__(db_path)
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def _send(self, link: Any, message: Message) -> bool:
+        if isinstance(message, Operation) and not self.gate.is_set():
+            self.waiting.set()
+            await self.gate.wait()
+        return await super()._send(link, message)
+
+
+def test_a_submit_cancelled_while_it_sends_leaves_its_frames_to_another_sender(db: Path) -> None:
+    token = add_slot(db)
+
+    async def main() -> None:
+        async with GatedSends(db) as hub:
+            client, _ = await authenticated(hub.url, token)
+            first = asyncio.ensure_future(hub.submit("s1", "system.info", None, "first"))
+            await hub.waiting.wait()  # its submit is sending it
+            assert await hub.submit("s1", "system.info", None, "second") == "second"  # queued behind it
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            hub.gate.set()
+            assert [(await client.expect(Operation)).id for _ in range(2)] == ["first", "second"]
+            await client.nothing()  # each once
+
+    run(main())
+
+
 def test_store_issue_operation_claims_unless_the_slot_has_pending_operations(db: Path) -> None:
     with Store(db) as store:
         store.add_slot("s1")

@@ -225,8 +225,8 @@ class _Link:
     heartbeat_saved: float = float("-inf")
     outgoing: deque[Operation | Cancel] = field(default_factory=deque)
     """Operations and cancels claimed for this connection, in the order claimed, not yet sent."""
-    sender: asyncio.Task[None] | None = None
-    """The task sending ``outgoing``, while there is one."""
+    sending: bool = False
+    """Whether a task is sending ``outgoing`` (one at a time)."""
     turns: asyncio.Queue[tuple[Coroutine[Any, Any, None], int] | None] = field(default_factory=asyncio.Queue)
     """What answers each frame taken (and the bytes it holds meanwhile), in the frames' order; None: no more."""
     unanswered: int = 0
@@ -865,32 +865,42 @@ class Hub:
         links = {slot: link for slot, link in self._links.items() if link.ready}
         if links:
             for op in await self.db.call(claim, list(links)):
-                self._send_in_order(links[op.slot], [frame(op)])
+                if self._queue_frames(links[op.slot], [frame(op)]):
+                    self._spawn(self._send_queued(links[op.slot]))
 
-    def _send_in_order(self, link: _Link, messages: Iterable[Operation | Cancel]) -> None:
-        """Sends what was just claimed for ``link`` after what was claimed for it before.
+    def _queue_frames(self, link: _Link, messages: Iterable[Operation | Cancel]) -> bool:
+        """Queues what was just claimed for ``link`` after what was claimed for it before; True when the caller
+        is to send them (:meth:`_send_queued`), no one else being at it.
 
         Called as soon as the claim's answer is back, with no await in between: answers come back in the order
         of the claims, so frames leave in that order too, whoever claimed them (the poller, ``submit``). If the
         link no longer holds its slot, its successor's backlog (claimed after) holds what was claimed for it."""
         if self._links.get(link.slot) is not link:
-            return
+            return False
         link.outgoing.extend(messages)
-        if link.sender is None:
-            link.sender = self._spawn(self._send_outgoing(link))
+        if link.sending:
+            return False
+        link.sending = True
+        return True
 
-    async def _send_outgoing(self, link: _Link) -> None:
+    async def _send_queued(self, link: _Link) -> None:
+        """Sends the link's queued frames until none is left (the one sender of them at a time)."""
         try:
             while link.outgoing:
-                message = link.outgoing.popleft()
-                if not await self._send(link, message):
+                message = link.outgoing[0]
+                sent = await self._send(link, message)  # cancelled, it has written nothing: it waits before it writes
+                link.outgoing.popleft()
+                if not sent:
                     continue
                 if isinstance(message, Operation):
                     logger.info("slot %s: sent operation %s (%s)", link.slot, message.id, message.name)
                 else:
                     logger.info("slot %s: sent cancel of operation %s", link.slot, message.id)
         finally:
-            link.sender = None
+            if link.outgoing:  # its sender was cancelled half-way: another one takes over
+                self._spawn(self._send_queued(link))
+            else:
+                link.sending = False
 
     # ------------------------------------------------------------------ the API for callers
 
@@ -907,8 +917,9 @@ class Hub:
         """Queues operation ``name`` for ``slot`` in the database, as ``ksocket hub run`` does; returns its id.
 
         It is sent at once if an agent holds the slot, else when one connects. With the slot's agent connected,
-        the operation is stored already claimed and sent straight away, unless operations queued before it are
-        still pending: then the poller, woken, sends them and it in order.
+        the operation is stored already claimed and sent straight away (by this call, unless frames claimed
+        before it are being sent: it then leaves after them), unless operations queued before it are still
+        pending: then the poller, woken, sends them and it in order.
         """
         link = self._links.get(slot)
         if link is None or not link.ready:
@@ -918,8 +929,8 @@ class Hub:
         op = await self.db.call(Store.issue_operation, slot, name, params, id)
         if op.state == PENDING:
             self._wake.set()
-        else:
-            self._send_in_order(link, [op.to_message()])
+        elif self._queue_frames(link, [op.to_message()]):
+            await self._send_queued(link)
         return op.id
 
     async def cancel(self, op_id: str) -> str:
