@@ -560,6 +560,27 @@ def test_an_unknown_operations_accepted_gets_its_error_in_turn(db: Path) -> None
     with_hub(db, test)
 
 
+def test_a_write_that_fails_unexpectedly_ends_its_connection(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = add_slot(db)
+
+    def broken(store: Store, *args: Any, **kwargs: Any) -> bool:
+        raise OSError("disk I/O error")
+
+    async def test(hub: RecordingHub) -> None:
+        op_id = await hub.submit("s1", "system.info")
+        client, _ = await authenticated(hub.url, token)
+        await client.expect(Operation)
+        monkeypatch.setattr(Store, "add_result", broken)
+        await client.send(Result.success(id=op_id, seq=1, data={}))
+        assert await client.closed() is None  # not acked: the connection ends, as on any error of the hub's
+        await hub.wait_disconnected("s1")
+        monkeypatch.undo()
+        client, _ = await authenticated(hub.url, token)  # the hub serves on
+        assert (await client.expect(Operation)).id == op_id
+
+    with_hub(db, test)
+
+
 def test_a_hub_whose_database_is_busy_takes_a_bounded_count_of_frames(db: Path) -> None:
     token = add_slot(db)
 

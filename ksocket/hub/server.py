@@ -111,7 +111,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 from starlette.types import ASGIApp
 
@@ -158,8 +158,6 @@ from ksocket.protocol import (
 
 __all__ = ["AUTH_FRAME_LIMIT", "ENDPOINT_PATH", "Hub", "HubObserver"]
 
-T = TypeVar("T")
-
 logger = logging.getLogger(__name__)
 
 ENDPOINT_PATH = "/api/ksocket/connect"
@@ -198,9 +196,6 @@ UNANSWERED_FRAMES = 256
 """Frames of a connection taken and not yet answered, at most (then the hub reads no more until one is)."""
 UNANSWERED_BYTES = 1024 * 1024
 """Bytes of such frames, at most (one larger frame waits alone for its answer)."""
-
-CLOSE_INTERNAL_ERROR = 1011
-"""The close code of a connection whose handling failed (RFC 6455)."""
 
 
 def _set_event() -> asyncio.Event:
@@ -411,11 +406,10 @@ class Hub:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{'wss' if self.ssl_context else 'ws'}://{host}:{self.port}{ENDPOINT_PATH}"
 
-    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return task
 
     def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """The loop's own errors: running out of descriptors is the hub's to say, at ERROR; the rest as before."""
@@ -637,8 +631,8 @@ class Hub:
             del frame  # an idle connection keeps nothing of its last frame (up to MAX_FRAME)
 
     async def _answer(self, link: _Link) -> None:
-        """Runs the link's turns in the order of its frames until told to stop (None); a failure closes the
-        connection (1011), as one out of the handler would."""
+        """Runs the link's turns in the order of its frames until told to stop (None); a failure ends the
+        connection without a close frame, as one out of the handler does (uvicorn closes the socket)."""
         try:
             while (turn := await link.turns.get()) is not None:
                 reply, weight = turn
@@ -649,7 +643,7 @@ class Hub:
                     link.room.set()
         except Exception:
             link.room.set()
-            self._spawn(link.ws.close(CLOSE_INTERNAL_ERROR, "hub error"))
+            link.ws.transport.close()  # the frames' reading ends, and the handler with this error
             raise
         finally:
             while not link.turns.empty():  # a stopping hub's: never to be run
