@@ -878,7 +878,9 @@ class Hub:
         return True
 
     async def _send_queued(self, link: _Link) -> None:
-        """Sends the link's queued frames until none is left (the one sender of them at a time)."""
+        """Sends the link's queued frames until none is left (the one sender of them at a time); cancelled
+        half-way (a ``submit``'s caller gave up), it hands what is left to a task of its own."""
+        handed_over = False
         try:
             while link.outgoing:
                 message = link.outgoing[0]
@@ -890,10 +892,13 @@ class Hub:
                     logger.info("slot %s: sent operation %s (%s)", link.slot, message.id, message.name)
                 else:
                     logger.info("slot %s: sent cancel of operation %s", link.slot, message.id)
-        finally:
-            if link.outgoing:  # its sender was cancelled half-way: another one takes over
+        except asyncio.CancelledError:
+            handed_over = bool(link.outgoing)
+            if handed_over:
                 self._spawn(self._send_queued(link))
-            else:
+            raise
+        finally:
+            if not handed_over:
                 link.sending = False
 
     # ------------------------------------------------------------------ the API for callers
