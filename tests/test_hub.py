@@ -19,6 +19,7 @@ import signal
 import ssl
 import stat
 import sys
+import threading
 import tracemalloc
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ from websockets.exceptions import InvalidStatus
 
 from ksocket import cli
 from ksocket.hub.errors import HubError, UnknownSlot
-from ksocket.hub.server import Hub, HubObserver
+from ksocket.hub.server import UNANSWERED_FRAMES, Hub, HubObserver
 from ksocket.hub.store import Store
 from ksocket.hub.web.operators import Operators
 from ksocket.protocol import (
@@ -56,6 +57,7 @@ from ksocket.protocol import (
     serialize,
 )
 from tests.hubtools import (
+    QUIET,
     NotConnected,
     RawClient,
     RecordingHub,
@@ -501,6 +503,108 @@ def test_records_sent_back_to_back_are_stored_before_the_result_that_follows_and
     with_hub(db, test)
 
 
+async def hold(hub: Hub) -> threading.Event:
+    """Holds the hub's database thread with a call until the event returned is set (calls made meanwhile wait)."""
+    busy, release = threading.Event(), threading.Event()
+    hub.db.post(lambda store: (busy.set(), release.wait()))
+    await asyncio.to_thread(busy.wait)
+    return release
+
+
+def test_a_results_ack_follows_its_commit_and_frames_back_to_back_share_one(db: Path) -> None:
+    """The hub takes an agent's frames while their writes wait for the database, so that the writes of frames
+    sent back to back are committed together; each ack still follows the commit of what it acks."""
+    token = add_slot(db)
+
+    async def test(hub: RecordingHub) -> None:
+        ops = [await hub.submit("s1", "system.info") for _ in range(3)]
+        client, _ = await authenticated(hub.url, token)
+        for _ in ops:
+            await client.expect(Operation)
+        statements: list[str] = []
+        await hub.db.call(lambda store: store._db.set_trace_callback(statements.append))
+        release = await hold(hub)
+        for seq, op_id in enumerate(ops, 1):
+            await client.send(Accepted(id=op_id))
+            await client.send(Result.success(id=op_id, seq=seq, data={"n": seq}))
+        await until(lambda: hub._link("s1").unanswered == 2 * len(ops))  # all taken, none written
+        await client.nothing()  # no ack before the commit
+        assert hub.results("s1") == [] and hub.received("s1")[1:] == []
+        release.set()
+        for seq in range(1, len(ops) + 1):
+            assert await client.expect(Ack) == Ack(seq=seq)
+            with Store(db) as other:  # on disk, as another process sees it
+                assert [result.seq for result in other.results("s1")][:seq] == list(range(1, seq + 1))
+        inserts = [n for n, statement in enumerate(statements) if statement.startswith("INSERT INTO results")]
+        commits = [n for n, statement in enumerate(statements) if statement == "COMMIT"]
+        assert len(inserts) == len(ops) and not any(inserts[0] < n < inserts[-1] for n in commits)  # one commit
+        assert [type(m) for m in hub.received("s1")[1:]] == [Accepted, Result] * len(ops)  # in order, each written
+        assert {hub.operation(op_id).state for op_id in ops} == {"done"}
+
+    with_hub(db, test)
+
+
+def test_an_unknown_operations_accepted_gets_its_error_in_turn(db: Path) -> None:
+    token = add_slot(db)
+
+    async def test(hub: RecordingHub) -> None:
+        client, _ = await authenticated(hub.url, token)
+        release = await hold(hub)
+        await client.send(Accepted(id="invented"))
+        await client.send(Heartbeat(n=7))
+        await until(lambda: hub._link("s1").unanswered == 2)
+        release.set()
+        error = await client.expect(ErrorMessage)
+        assert error.code == "unknown-operation" and "accepted" in error.message and "invented" in error.message
+        assert await client.expect(HeartbeatAck) == HeartbeatAck(n=7)  # answers in the order of the frames
+
+    with_hub(db, test)
+
+
+def test_a_write_that_fails_unexpectedly_ends_its_connection(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = add_slot(db)
+
+    def broken(store: Store, *args: Any, **kwargs: Any) -> bool:
+        raise OSError("disk I/O error")
+
+    async def test(hub: RecordingHub) -> None:
+        op_id = await hub.submit("s1", "system.info")
+        client, _ = await authenticated(hub.url, token)
+        await client.expect(Operation)
+        monkeypatch.setattr(Store, "add_result", broken)
+        await client.send(Result.success(id=op_id, seq=1, data={}))
+        assert await client.closed() is None  # not acked: the connection ends, as on any error of the hub's
+        await hub.wait_disconnected("s1")
+        monkeypatch.undo()
+        client, _ = await authenticated(hub.url, token)  # the hub serves on
+        assert (await client.expect(Operation)).id == op_id
+
+    with_hub(db, test)
+
+
+def test_a_hub_whose_database_is_busy_takes_a_bounded_count_of_frames(db: Path) -> None:
+    token = add_slot(db)
+
+    async def test(hub: RecordingHub) -> None:
+        op_id = await hub.submit("s1", "system.info")
+        client, _ = await authenticated(hub.url, token)
+        await client.expect(Operation)
+        release = await hold(hub)
+        count = UNANSWERED_FRAMES + 50
+        for done in range(count):
+            await client.send(Progress(id=op_id, done=done, total=count))
+        link = hub._link("s1")
+        await until(lambda: link.unanswered == UNANSWERED_FRAMES)
+        await asyncio.sleep(QUIET)
+        assert link.unanswered == UNANSWERED_FRAMES  # the rest wait in the kernel and the agent
+        release.set()
+        await client.heartbeat(1)
+        await client.expect(HeartbeatAck)
+        assert hub.operation(op_id).done == count - 1
+
+    with_hub(db, test)
+
+
 def test_a_version_1_link_is_selected_for_a_v1_agent_and_carries_no_records(db: Path) -> None:
     token = add_slot(db)
 
@@ -598,6 +702,121 @@ def test_operations_queued_by_another_process_are_sent_and_sent_again_after_a_re
         await client.nothing()
 
     with_hub(db, test)
+
+
+class CountedPolls(RecordingHub):
+    """A hub whose poller looks once an hour unless woken, counting its looks."""
+
+    def __init__(self, db_path: Path) -> None:
+        super().__init__(db_path, poll_interval=3600.0)
+        self.polls = 0
+
+    async def _poll_once(self) -> None:
+        self.polls += 1
+        await super()._poll_once()
+
+
+def test_an_operation_submitted_to_a_connected_slot_is_sent_without_the_poller(db: Path) -> None:
+    token = add_slot(db)
+
+    async def main() -> None:
+        async with CountedPolls(db) as hub:
+            client, _ = await authenticated(hub.url, token)
+            polls = hub.polls
+            op_id = await hub.submit("s1", "system.info", {"n": 1})
+            assert await client.expect(Operation) == Operation(id=op_id, name="system.info", params={"n": 1})
+            assert hub.operation(op_id).state == "sent" and hub.polls == polls and not hub._wake.is_set()
+
+            ids = await asyncio.gather(*(hub.submit("s1", "system.info", {"n": n}) for n in range(20)))
+            assert [(await client.expect(Operation)).id for _ in ids] == ids  # in the order submitted
+            assert hub.polls == polls
+
+    run(main())
+
+
+def test_an_operation_submitted_behind_pending_ones_is_sent_after_them(db: Path) -> None:
+    token = add_slot(db)
+
+    async def main() -> None:
+        async with CountedPolls(db) as hub:
+            client, _ = await authenticated(hub.url, token)
+            polls = hub.polls
+            queued = hub.store.add_operation("s1", "system.info", None, "queued")  # as `hub run` does, unheard
+            assert (await hub.db.call(Store.issue_operation, "s1", "x", None, "claimed")).state == "pending"
+            assert await hub.submit("s1", "system.info", None, "last") == "last"
+            assert [(await client.expect(Operation)).id for _ in range(3)] == [queued, "claimed", "last"]
+            assert hub.polls > polls  # woken: the poller sent all three, in order
+            assert {hub.operation(op).state for op in ("queued", "claimed", "last")} == {"sent"}
+
+    run(main())
+
+
+def test_an_operation_claimed_as_its_connection_ends_is_in_the_next_ones_backlog(db: Path) -> None:
+    token = add_slot(db)
+
+    async def main() -> None:
+        async with CountedPolls(db) as hub:
+            _, session = await authenticated(hub.url, token)
+            submitted = asyncio.ensure_future(hub.submit("s1", "system.info", None, "op"))
+            await asyncio.sleep(0)  # claimed for this connection, in the database's thread
+            await hub.drop("s1")
+            assert await submitted == "op"
+            client, _ = await authenticated(hub.url, token, session=session)
+            assert await client.expect(Operation) == Operation(id="op", name="system.info", params={})
+            await client.nothing()  # once
+
+    run(main())
+
+
+class GatedSends(RecordingHub):
+    """A hub whose next operation frame waits for ``gate`` before it is written (as a full socket's would)."""
+
+    def __init__(self, db_path: Path) -> None:
+        super().__init__(db_path)
+        self.gate = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def _send(self, link: Any, message: Message) -> bool:
+        if isinstance(message, Operation) and not self.gate.is_set():
+            self.waiting.set()
+            await self.gate.wait()
+        return await super()._send(link, message)
+
+
+def test_a_submit_cancelled_while_it_sends_leaves_its_frames_to_another_sender(db: Path) -> None:
+    token = add_slot(db)
+
+    async def main() -> None:
+        async with GatedSends(db) as hub:
+            client, _ = await authenticated(hub.url, token)
+            first = asyncio.ensure_future(hub.submit("s1", "system.info", None, "first"))
+            await hub.waiting.wait()  # its submit is sending it
+            assert await hub.submit("s1", "system.info", None, "second") == "second"  # queued behind it
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            hub.gate.set()
+            assert [(await client.expect(Operation)).id for _ in range(2)] == ["first", "second"]
+            await client.nothing()  # each once
+
+    run(main())
+
+
+def test_store_issue_operation_claims_unless_the_slot_has_pending_operations(db: Path) -> None:
+    with Store(db) as store:
+        store.add_slot("s1")
+        store.add_slot("s2")
+        first = store.issue_operation("s1", "system.info", {"a": 1})
+        assert (first.state, first.params) == ("sent", {"a": 1}) and store.operation(first.id) == first
+        store.add_operation("s2", "system.info", None, "waiting")
+        assert store.issue_operation("s2", "system.info").state == "pending"
+        assert [op.id for op in store.claim_pending(["s2"])] == ["waiting", store.operations("s2")[1].id]
+        assert store.issue_operation("s2", "system.info").state == "sent"
+        store.revoke("s1")
+        with pytest.raises(HubError, match="revoked"):
+            store.issue_operation("s1", "system.info")
+        with pytest.raises(HubError, match="already exists"):
+            store.issue_operation("s2", "system.info", None, first.id)
 
 
 def test_hub_run_wait_prints_the_result(db: Path) -> None:

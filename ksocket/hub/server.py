@@ -35,24 +35,36 @@ One connection, from handshake to close
    ``record`` (version 2 only) → stored likewise, by the same (agent, seq)
    count, in batches: records that come one right after another (within ``RECORD_LINGER``, up to
    ``RECORD_BATCH``) are stored in one transaction, then one ``ack`` for the highest seq answers them
-   all (before any other frame is handled, so a result is stored after its records);
-   ``accepted`` / ``refused`` / ``progress`` → the operation's row. A result or record for an
-   operation never sent to the slot → ``error`` with code ``unknown-operation``, nothing
-   stored (a result is acked all the same, so that its agent lets go of it). A bad frame →
-   ``error`` (the link stays). Nothing heard for ``heartbeat_interval + heartbeat_timeout``
-   seconds → close 4408.
+   all (stored before any later frame's write, so a result is stored after its records);
+   ``accepted`` / ``refused`` / ``progress`` → the operation's row. A result, record, ``accepted``,
+   ``refused`` or ``progress`` for an operation never sent to the slot → ``error`` with code
+   ``unknown-operation``, nothing stored (a result is acked all the same, so that its agent lets go
+   of it). A bad frame → ``error`` (the link stays). Nothing heard for
+   ``heartbeat_interval + heartbeat_timeout`` seconds → close 4408.
+5. A connection's frames are answered in their order, each once what it asked is written: its write
+   is queued in the database's thread (in the frames' order) as the frame is taken, and the next frame
+   is taken without waiting for that write, up to ``UNANSWERED_FRAMES`` frames and ``UNANSWERED_BYTES``
+   bytes not yet answered. So the writes of frames sent back to back share a group commit, and an
+   ``accepted``'s write does not hold up the result behind it; an ``ack`` still only ever follows the
+   commit of what it acks.
 
 Meanwhile one poller task reads the database every ``poll_interval`` seconds (sooner when this
 process queued something), queues the discoveries whose schedule is due (``ksocket.hub.schedulestore``),
 sends new pending operations and asked-for cancels to connected slots, and disconnects (4401) a slot
-whose token was revoked.
+whose token was revoked. An operation ``submit`` queues for a connected slot skips it: stored already
+claimed (``Store.issue_operation``, one commit), it is sent at once, unless the slot has pending
+operations queued before it (then the poller, woken, sends them all in order). A connection's
+operations and cancels leave in the order they were claimed, whoever claimed them; one claimed for a
+connection that has ended since goes out in its successor's backlog.
 
 The connections and the poller use the database through a ``StoreThread``: every write is a
 transaction with an fsync, in the database's own thread, so one slot's results never hold up
-another's heartbeats; a result is acked once committed. Frames over ``PARSED_ON_LOOP`` bytes
-are parsed in a worker thread for the same reason. The last heartbeat time and disconnections
-are written without waiting for them. Callers in this process (``submit``, ``results``, ``store``)
-use a second connection, on the loop.
+another's heartbeats; a result is acked once committed, the connection's later frames taken
+meanwhile (step 5 above). Frames over ``PARSED_ON_LOOP`` bytes are parsed in a worker thread for
+the same reason. The last heartbeat time and disconnections
+are written without waiting for them. ``submit`` and ``cancel`` write through the database thread
+too; the reads of callers in this process (``results``, ``operation``, ``store``) use a second
+connection, on the loop.
 
 What a connection holds
 -----------------------
@@ -69,9 +81,10 @@ keeps no history; records wait for their batch, at most ``RECORD_BATCH`` of them
 ``RECORD_BATCH_BYTES`` of their frames, then go to the database too. The socket is read on only
 once the frame read ahead has been taken (uvicorn pauses reading while a frame waits for the hub)
 and frames are never compressed (one
-compressed read of 256 KiB could inflate to hundreds of MiB), so a connection holds the frame
-being handled, one more, the rest of one socket read and the records of one batch: at most about
-three frames of ``MAX_FRAME`` bytes and ``RECORD_BATCH_BYTES``, however many its agent sends.
+compressed read of 256 KiB could inflate to hundreds of MiB), so a connection holds the frames
+taken and not yet answered (less than ``UNANSWERED_BYTES``, then one more of any size), one more,
+the rest of one socket read and the records of one batch: at most about three frames of
+``MAX_FRAME`` bytes, ``UNANSWERED_BYTES`` and ``RECORD_BATCH_BYTES``, however many its agent sends.
 (websockets' parser keeps the last frame read until the next one arrives: an idle agent's next
 heartbeat.) What the hub sends waits while the socket's write buffer holds more than asyncio's
 64 KiB high-water mark. uvicorn sends no WebSocket pings: liveness is the protocol's heartbeat.
@@ -94,7 +107,8 @@ import logging
 import os
 import resource
 import ssl
-from collections.abc import Callable, Coroutine
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -105,7 +119,7 @@ from ksocket.hub.asgi import AUTH_FRAME_LIMIT, AgentSocket, Closed, Listener
 from ksocket.hub.errors import HubError, UnknownOperation
 from ksocket.hub.schedulestore import fire_due
 from ksocket.hub.startups import DEFAULT_MAX_STARTUPS, StartupLimit, Startups
-from ksocket.hub.store import MAX_SEQ, OperationRecord, Store
+from ksocket.hub.store import MAX_SEQ, PENDING, OperationRecord, Store
 from ksocket.hub.storethread import StoreThread
 from ksocket.hub.tokens import new_session
 from ksocket.protocol import (
@@ -128,6 +142,7 @@ from ksocket.protocol import (
     HeartbeatAck,
     JSONObject,
     Message,
+    Operation,
     Progress,
     ProtocolError,
     Record,
@@ -177,6 +192,18 @@ RECORD_LINGER = 0.002
 """Seconds the hub waits for another record before it stores (and acks) those it holds."""
 
 
+UNANSWERED_FRAMES = 256
+"""Frames of a connection taken and not yet answered, at most (then the hub reads no more until one is)."""
+UNANSWERED_BYTES = 1024 * 1024
+"""Bytes of such frames, at most (one larger frame waits alone for its answer)."""
+
+
+def _set_event() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
 @dataclass(eq=False)
 class _Link:
     """One authenticated connection: the slot it holds and the session it carries."""
@@ -191,6 +218,18 @@ class _Link:
     ready: bool = False
     """``authenticated`` and its backlog are sent: it is connected, and the poller may send it new operations."""
     heartbeat_saved: float = float("-inf")
+    outgoing: deque[Operation | Cancel] = field(default_factory=deque)
+    """Operations and cancels claimed for this connection, in the order claimed, not yet sent."""
+    sending: bool = False
+    """Whether a task is sending ``outgoing`` (one at a time)."""
+    turns: asyncio.Queue[tuple[Coroutine[Any, Any, None], int] | None] = field(default_factory=asyncio.Queue)
+    """What answers each frame taken (and the bytes it holds meanwhile), in the frames' order; None: no more."""
+    unanswered: int = 0
+    """Turns queued and not yet run."""
+    unanswered_bytes: int = 0
+    """The bytes they hold."""
+    room: asyncio.Event = field(default_factory=_set_event)
+    """Set while the unanswered frames and bytes are under ``UNANSWERED_FRAMES`` and ``UNANSWERED_BYTES``."""
     records: list[Record] = field(default_factory=list)
     """Records received and not yet stored (nor acked)."""
     record_bytes: int = 0
@@ -557,11 +596,22 @@ class Hub:
         return link, resumed, backlog
 
     async def _converse(self, link: _Link) -> None:
-        """Reads the link's frames until it closes or goes quiet for too long."""
+        """Takes the link's frames until it closes or goes quiet for too long, while a task of its own sends
+        their answers, in order, each once what it answers is written (:meth:`_answer`); then lets that task
+        answer every frame taken, the connection closed or not (the observer hears of each)."""
+        answering = asyncio.create_task(self._answer(link))
+        try:
+            await self._take_frames(link)
+        finally:
+            link.turns.put_nowait(None)
+            await answering
+
+    async def _take_frames(self, link: _Link) -> None:
         loop = asyncio.get_running_loop()
         limit = self.heartbeat_interval + self.heartbeat_timeout
         heard = loop.time()
         while True:
+            await link.room.wait()  # bounds what the answers still to send hold
             remaining = heard + limit - loop.time()
             if remaining <= 0:
                 logger.info("slot %s: nothing heard from agent %s for %g s; dropping it", link.slot, link.agent, limit)
@@ -574,11 +624,41 @@ class Hub:
                     link.ws.recv(), min(remaining, RECORD_LINGER) if link.records else remaining
                 )
             except TimeoutError:
-                await self._flush_records(link)
+                self._flush_records(link)
                 continue
             heard = loop.time()
             await self._on_frame(link, frame)
             del frame  # an idle connection keeps nothing of its last frame (up to MAX_FRAME)
+
+    async def _answer(self, link: _Link) -> None:
+        """Runs the link's turns in the order of its frames until told to stop (None); a failure ends the
+        connection without a close frame, as one out of the handler does (uvicorn closes the socket)."""
+        try:
+            while (turn := await link.turns.get()) is not None:
+                reply, weight = turn
+                await reply
+                link.unanswered -= 1
+                link.unanswered_bytes -= weight
+                if link.unanswered < UNANSWERED_FRAMES and link.unanswered_bytes < UNANSWERED_BYTES:
+                    link.room.set()
+        except Exception:
+            link.room.set()
+            link.ws.transport.close()  # the frames' reading ends, and the handler with this error
+            raise
+        finally:
+            while not link.turns.empty():  # a stopping hub's: never to be run
+                left = link.turns.get_nowait()
+                if left is not None:
+                    left[0].close()
+
+    def _take_turn(self, link: _Link, reply: Coroutine[Any, Any, None], weight: int) -> None:
+        """Queues ``reply`` to run once the answers to every frame taken before are sent; ``weight``: the bytes
+        it holds meanwhile."""
+        link.unanswered += 1
+        link.unanswered_bytes += weight
+        if link.unanswered >= UNANSWERED_FRAMES or link.unanswered_bytes >= UNANSWERED_BYTES:
+            link.room.clear()
+        link.turns.put_nowait((reply, weight))
 
     def _closed(self, link: _Link, exc: Closed) -> None:
         code = exc.code
@@ -604,33 +684,41 @@ class Hub:
         return True
 
     async def _on_frame(self, link: _Link, frame: str | bytes) -> None:
+        """Does what the frame asks (its write queued in the database's thread) and queues its turn to answer."""
         try:
             message = await asyncio.to_thread(_decode, frame) if len(frame) > PARSED_ON_LOOP else _decode(frame)
             if not isinstance(message, Record) or _batch_full(link):
-                await self._flush_records(link)
+                self._flush_records(link)
             link.record_bytes += len(frame) if isinstance(message, Record) else 0
-            answer = await self._act(link, message)
+            reply = self._act(link, message)
         except ProtocolError as exc:
-            self._observer.on_bad_frame(link.slot, frame, exc)
-            safe = _safe(exc)
-            logger.info("slot %s: bad frame from agent %s: %s", link.slot, link.agent, safe)
-            await self._send(link, error_reply(safe))
-            return
+            reply = self._refuse_frame(link, frame, exc)
+        self._take_turn(link, reply, len(frame))
+
+    async def _refuse_frame(self, link: _Link, frame: str | bytes, exc: ProtocolError) -> None:
+        self._observer.on_bad_frame(link.slot, frame, exc)
+        safe = _safe(exc)
+        logger.info("slot %s: bad frame from agent %s: %s", link.slot, link.agent, safe)
+        await self._send(link, error_reply(safe))
+
+    async def _reply(self, link: _Link, message: Message, *answers: Message) -> None:
+        """The observer hears ``message`` (acted on), then the answers go out."""
         self._observer.on_message(link.slot, message)
-        if answer is not None:
+        for answer in answers:
             await self._send(link, answer)
 
-    async def _act(self, link: _Link, message: Message) -> Message | None:
-        """Does what ``message`` asks of the hub; returns the answer to send, if any.
-        BadMessage for a message an agent has no business sending now."""
+    def _act(self, link: _Link, message: Message) -> Coroutine[Any, Any, None]:
+        """Does what ``message`` asks of the hub (a write is queued in the database's thread); returns its turn:
+        what answers it once written. BadMessage for a message an agent has no business sending now."""
         if isinstance(message, Heartbeat):
-            return self._on_heartbeat(link, message)
+            return self._reply(link, message, self._on_heartbeat(link, message))
         if isinstance(message, Result):
-            return await self._on_result(link, message)
+            stored = self.db.queue(Store.add_result, link.slot, link.agent, message, quota=self.slot_quota)
+            return self._answer_result(link, message, stored)
         if isinstance(message, Record) and link.version >= 2:
-            return self._on_record(link, message)
+            return self._reply(link, message, *self._on_record(link, message))
         if isinstance(message, Accepted | Refused | Progress):
-            return await self._on_operation_state(link, message)
+            return self._answer_operation_state(link, message, self._write_operation_state(link, message))
         if isinstance(message, ErrorMessage):
             logger.warning("slot %s: agent %s reports %s: %s", link.slot, link.agent, message.code, message.message)
         elif isinstance(message, Authenticate):
@@ -640,7 +728,7 @@ class Hub:
         else:
             assert not isinstance(message, FROM_AGENT)
             raise BadMessage(f'{BadMessage.code}: "{message.TYPE}" is a message of the hub, not of an agent')
-        return None
+        return self._reply(link, message)
 
     def _on_heartbeat(self, link: _Link, heartbeat: Heartbeat) -> HeartbeatAck:
         now = asyncio.get_running_loop().time()
@@ -649,60 +737,75 @@ class Hub:
             self.db.post(Store.agent_heartbeat, link.slot, link.session)
         return HeartbeatAck(n=heartbeat.n)
 
-    async def _on_operation_state(self, link: _Link, message: Accepted | Refused | Progress) -> ErrorMessage | None:
-        """Records the operation's new state; an ``unknown-operation`` error if it was never sent to this slot."""
-        db = self.db
+    def _write_operation_state(self, link: _Link, message: Accepted | Refused | Progress) -> asyncio.Future[bool]:
+        """Queues the write of the operation's new state (UnknownOperation if it was never sent to this slot)."""
+        if isinstance(message, Accepted):
+            return self.db.queue(Store.mark_accepted, link.slot, message.id)
+        if isinstance(message, Refused):
+            return self.db.queue(Store.mark_refused, link.slot, message.id, message.reason, message.message)
+        return self.db.queue(Store.mark_progress, link.slot, message.id, message.done, message.total)
+
+    async def _answer_operation_state(
+        self, link: _Link, message: Accepted | Refused | Progress, written: asyncio.Future[bool]
+    ) -> None:
+        """Nothing to answer once the new state is written; an ``unknown-operation`` error if the operation was
+        never sent to this slot."""
         try:
-            if isinstance(message, Accepted):
-                if not await db.call(Store.mark_accepted, link.slot, message.id):
-                    logger.debug("slot %s: accepted for operation %s, which is not waiting", link.slot, message.id)
-            elif isinstance(message, Refused):
-                if await db.call(Store.mark_refused, link.slot, message.id, message.reason, message.message):
-                    logger.info(
-                        "slot %s: operation %s refused: %s: %s", link.slot, message.id, message.reason, message.message
-                    )
-            else:
-                await db.call(Store.mark_progress, link.slot, message.id, message.done, message.total)
+            changed = await written
         except UnknownOperation as exc:
-            return self._unknown(link, message, exc)
-        return None
+            await self._reply(link, message, self._unknown(link, message, exc))
+            return
+        if isinstance(message, Accepted) and not changed:
+            logger.debug("slot %s: accepted for operation %s, which is not waiting", link.slot, message.id)
+        elif isinstance(message, Refused) and changed:
+            logger.info("slot %s: operation %s refused: %s: %s", link.slot, message.id, message.reason, message.message)
+        await self._reply(link, message)
 
     def _unknown(self, link: _Link, message: Message, exc: UnknownOperation) -> ErrorMessage:
         logger.info("slot %s: %s from agent %s refused: %s", link.slot, message.TYPE, link.agent, exc)
         return ErrorMessage(code=UNKNOWN_OPERATION, message=f"{message.TYPE} not taken: {exc}")
 
-    async def _on_result(self, link: _Link, result: Result) -> Ack | ErrorMessage:
+    async def _answer_result(self, link: _Link, result: Result, stored: asyncio.Future[bool]) -> None:
+        """The ``ack``, once the result is committed."""
         try:
-            new = await self.db.call(Store.add_result, link.slot, link.agent, result, quota=self.slot_quota)
-        except UnknownOperation as exc:
-            await self._send(link, self._unknown(link, result, exc))
-            return Ack(seq=result.seq)  # not stored, and never will be: the agent need not send it again
+            new = await stored
+        except UnknownOperation as exc:  # not stored, and never will be: the agent need not send it again
+            await self._reply(link, result, self._unknown(link, result, exc), Ack(seq=result.seq))
+            return
         except HubError as exc:
-            return ErrorMessage(code=BadMessage.code, message=str(exc))
+            await self._reply(link, result, ErrorMessage(code=BadMessage.code, message=str(exc)))
+            return
         if new:
             outcome = "ok" if result.ok else f"failed: {result.error.code if result.error else '?'}"
             logger.info("slot %s: result seq %d for operation %s (%s)", link.slot, result.seq, result.id, outcome)
         else:
             logger.debug("slot %s: result seq %d already received; acking it again", link.slot, result.seq)
-        return Ack(seq=result.seq)
+        await self._reply(link, result, Ack(seq=result.seq))
 
-    def _on_record(self, link: _Link, record: Record) -> ErrorMessage | None:
+    def _on_record(self, link: _Link, record: Record) -> list[ErrorMessage]:
         """Holds the record for the next batch (see :meth:`_flush_records`)."""
         if record.seq > MAX_SEQ:
-            return ErrorMessage(code=BadMessage.code, message=f"seq {record.seq} is larger than the hub can store")
+            return [ErrorMessage(code=BadMessage.code, message=f"seq {record.seq} is larger than the hub can store")]
         link.records.append(record)
-        return None
+        return []
 
-    async def _flush_records(self, link: _Link) -> None:
-        """Stores the records the link holds in one transaction (in the database's thread), then acks them
-        with one ack (acks are cumulative); records of an operation never sent to the slot are not stored,
-        each such operation answered ``unknown-operation``, and acked all the same, as such a result is."""
+    def _flush_records(self, link: _Link) -> None:
+        """Queues the records the link holds for one transaction (in the database's thread), and the turn that
+        acks them once committed (:meth:`_answer_records`)."""
         records, link.records = link.records, []
-        link.record_bytes = 0
-        if not records:
-            return
+        weight, link.record_bytes = link.record_bytes, 0
+        if records:
+            stored = self.db.queue(Store.add_records, link.slot, link.agent, records, quota=self.slot_quota)
+            self._take_turn(link, self._answer_records(link, records, stored), weight)
+
+    async def _answer_records(
+        self, link: _Link, records: list[Record], stored: asyncio.Future[tuple[int, set[str]]]
+    ) -> None:
+        """One ack for the records stored together (acks are cumulative); records of an operation never sent
+        to the slot are not stored, each such operation answered ``unknown-operation``, and acked all the same,
+        as such a result is."""
         try:
-            new, unknown = await self.db.call(Store.add_records, link.slot, link.agent, records, quota=self.slot_quota)
+            new, unknown = await stored
         except HubError as exc:
             await self._send(link, ErrorMessage(code=BadMessage.code, message=str(exc)))
             return
@@ -744,14 +847,59 @@ class Hub:
             self._release(link)
             self._spawn(link.ws.close(CLOSE_AUTH_FAILED, "token revoked"))
         await db.call(fire_due, slots)
-        for op in await db.call(Store.claim_pending, slots):
-            link_or_none = self._links.get(op.slot)
-            if link_or_none is not None and await self._send(link_or_none, op.to_message()):
-                logger.info("slot %s: sent operation %s (%s)", op.slot, op.id, op.name)
-        for op in await db.call(Store.claim_cancels, slots):
-            link_or_none = self._links.get(op.slot)
-            if link_or_none is not None and await self._send(link_or_none, Cancel(id=op.id)):
-                logger.info("slot %s: sent cancel of operation %s", op.slot, op.id)
+        await self._claim(Store.claim_pending, OperationRecord.to_message)
+        await self._claim(Store.claim_cancels, lambda op: Cancel(id=op.id))
+
+    async def _claim(
+        self,
+        claim: Callable[[Store, list[str]], list[OperationRecord]],
+        frame: Callable[[OperationRecord], Operation | Cancel],
+    ) -> None:
+        """Claims for the connected slots (their links taken in the step that queues the claim) and sends."""
+        links = {slot: link for slot, link in self._links.items() if link.ready}
+        if links:
+            for op in await self.db.call(claim, list(links)):
+                if self._queue_frames(links[op.slot], [frame(op)]):
+                    self._spawn(self._send_queued(links[op.slot]))
+
+    def _queue_frames(self, link: _Link, messages: Iterable[Operation | Cancel]) -> bool:
+        """Queues what was just claimed for ``link`` after what was claimed for it before; True when the caller
+        is to send them (:meth:`_send_queued`), no one else being at it.
+
+        Called as soon as the claim's answer is back, with no await in between: answers come back in the order
+        of the claims, so frames leave in that order too, whoever claimed them (the poller, ``submit``). If the
+        link no longer holds its slot, its successor's backlog (claimed after) holds what was claimed for it."""
+        if self._links.get(link.slot) is not link:
+            return False
+        link.outgoing.extend(messages)
+        if link.sending:
+            return False
+        link.sending = True
+        return True
+
+    async def _send_queued(self, link: _Link) -> None:
+        """Sends the link's queued frames until none is left (the one sender of them at a time); cancelled
+        half-way (a ``submit``'s caller gave up), it hands what is left to a task of its own."""
+        handed_over = False
+        try:
+            while link.outgoing:
+                message = link.outgoing[0]
+                sent = await self._send(link, message)  # cancelled, it has written nothing: it waits before it writes
+                link.outgoing.popleft()
+                if not sent:
+                    continue
+                if isinstance(message, Operation):
+                    logger.info("slot %s: sent operation %s (%s)", link.slot, message.id, message.name)
+                else:
+                    logger.info("slot %s: sent cancel of operation %s", link.slot, message.id)
+        except asyncio.CancelledError:
+            handed_over = bool(link.outgoing)
+            if handed_over:
+                self._spawn(self._send_queued(link))
+            raise
+        finally:
+            if not handed_over:
+                link.sending = False
 
     # ------------------------------------------------------------------ the API for callers
 
@@ -767,16 +915,27 @@ class Hub:
     async def submit(self, slot: str, name: str, params: JSONObject | None = None, id: str | None = None) -> str:
         """Queues operation ``name`` for ``slot`` in the database, as ``ksocket hub run`` does; returns its id.
 
-        It is sent at once if an agent holds the slot, else when one connects.
+        It is sent at once if an agent holds the slot, else when one connects. With the slot's agent connected,
+        the operation is stored already claimed and sent straight away (by this call, unless frames claimed
+        before it are being sent: it then leaves after them), unless operations queued before it are still
+        pending: then the poller, woken, sends them and it in order.
         """
-        op_id = self.store.add_operation(slot, name, params, id)
-        self._wake.set()
-        return op_id
+        link = self._links.get(slot)
+        if link is None or not link.ready:
+            op_id = await self.db.call(Store.add_operation, slot, name, params, id)
+            self._wake.set()
+            return op_id
+        op = await self.db.call(Store.issue_operation, slot, name, params, id)
+        if op.state == PENDING:
+            self._wake.set()
+        elif self._queue_frames(link, [op.to_message()]):
+            await self._send_queued(link)
+        return op.id
 
     async def cancel(self, op_id: str) -> str:
         """Asks for operation ``op_id`` to be cancelled; returns its state afterwards
         (``cancelled`` if it had not been sent yet; else a ``cancel`` frame goes out)."""
-        state = self.store.request_cancel(op_id)
+        state = await self.db.call(Store.request_cancel, op_id)
         self._wake.set()
         return state
 

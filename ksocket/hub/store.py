@@ -22,7 +22,9 @@ An operation moves ``pending`` (queued, not yet sent) → ``sent`` → ``accepte
 of these three to ``done`` (a result arrived; ``cancelled`` when its error code is
 ``cancelled``) or ``refused``; a pending operation cancelled before it was sent becomes
 ``cancelled`` at once. Pending, sent and accepted operations have no result yet: the hub
-sends them again, same id, whenever their slot's agent connects.
+sends them again, same id, whenever their slot's agent connects. ``issue_operation`` stores an
+operation already sent (for the hub to send at once to the slot's connected agent), unless the
+slot has pending operations, which go first.
 
 A ``Store`` may be given an ``on_result`` hook: called with the store, the slot and the operation's id
 after each new result is committed, on the store's own connection and thread (the hub's database thread
@@ -515,6 +517,19 @@ class Store(Database):
 
     def add_operation(self, slot: str, name: str, params: JSONObject | None = None, op_id: str | None = None) -> str:
         """Queues operation ``name`` for ``slot`` (state pending) and returns its id."""
+        return self._insert_operation(slot, name, params, op_id, claim=False).id
+
+    def issue_operation(
+        self, slot: str, name: str, params: JSONObject | None = None, op_id: str | None = None
+    ) -> OperationRecord:
+        """Queues operation ``name`` for ``slot`` as :meth:`add_operation` does and, in the same transaction,
+        claims it (state sent) for its caller to send, unless operations of the slot are still pending (they
+        were queued first, so they go first: it stays pending behind them); its row, whose state says which."""
+        return self._insert_operation(slot, name, params, op_id, claim=True)
+
+    def _insert_operation(
+        self, slot: str, name: str, params: JSONObject | None, op_id: str | None, *, claim: bool
+    ) -> OperationRecord:
         op_id = str(uuid.uuid4()) if op_id is None else op_id
         params = {} if params is None else params
         if not op_id or not name:
@@ -530,12 +545,27 @@ class Store(Database):
             self._live_slot(db, slot)
             if db.execute("SELECT 1 FROM operations WHERE id = ?", (op_id,)).fetchone():
                 raise HubError(f"an operation with id {op_id!r} already exists")
+            behind = db.execute("SELECT 1 FROM operations WHERE slot = ? AND state = 'pending'", (slot,)).fetchone()
+            state = SENT if claim and behind is None else PENDING
             db.execute(
-                "INSERT INTO operations (id, slot, name, params, created, state, updated)"
-                " VALUES (?, ?, ?, ?, ?, 'pending', ?)",
-                (op_id, slot, name, params_json, now, now),
+                "INSERT INTO operations (id, slot, name, params, created, state, updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (op_id, slot, name, params_json, now, state, now),
             )
-        return op_id
+        return OperationRecord(
+            id=op_id,
+            slot=slot,
+            name=name,
+            params=params,
+            created=now,
+            state=state,
+            reason=None,
+            message=None,
+            done=None,
+            total=None,
+            cancel_requested=None,
+            cancel_sent=None,
+            updated=now,
+        )
 
     def operation(self, op_id: str) -> OperationRecord | None:
         rows = self._rows("SELECT * FROM operations WHERE id = ?", (op_id,))

@@ -4,8 +4,10 @@ Each write of the store is a transaction with a full fsync (an acked result must
 power cut), and a result may be 16 MiB of JSON: made on the event loop, one slot's results
 would hold up every other slot's heartbeats. ``StoreThread`` opens its ``Store`` in one worker
 thread and runs every call there, one after the other, in the order they were made: ``call``
-awaits the answer (the hub acks a result only once ``add_result`` has committed it), ``post``
-does not (a heartbeat's time, a disconnection: nobody waits for them, and a failure is logged).
+awaits the answer (the hub acks a result only once ``add_result`` has committed it), ``queue``
+returns it to await later (a connection's frames' writes, queued in their order, answered in
+turn), ``post`` drops it (a heartbeat's time, a disconnection: nobody waits for them, and a
+failure is logged).
 
 Group commit: the calls made while the thread is busy (other agents' results and records, the
 poller's claims, heartbeats) wait for it together, and it runs them, up to ``GROUP_LIMIT``, in one
@@ -74,8 +76,12 @@ class StoreThread:
     async def call(self, method: Callable[Concatenate[Store, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``method(store, *args, **kwargs)`` in the database's thread, after every call made before it; answered
         once what it wrote is committed."""
-        answer: T = await asyncio.wrap_future(self._queue(functools.partial(method, self._store, *args, **kwargs)))
-        return answer
+        return await self.queue(method, *args, **kwargs)
+
+    def queue(self, method: Callable[Concatenate[Store, P], T], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[T]:
+        """Like ``call``, queued now: its answer, to await later (a caller's writes queued one after another run
+        in that order, without waiting for each other's answers)."""
+        return asyncio.wrap_future(self._queue(functools.partial(method, self._store, *args, **kwargs)))
 
     def post(self, method: Callable[Concatenate[Store, P], object], *args: P.args, **kwargs: P.kwargs) -> None:
         """Like ``call``, without waiting for it; an error is logged."""

@@ -47,8 +47,8 @@ DISCOVER: Final = "networks.discover"
 
 def through_hub(submit: Submit, loop: asyncio.AbstractEventLoop) -> QueueDiscovery:
     """The ``queue_discovery`` of pages served by a hub: ``submit`` run on the hub's event loop ``loop`` (the
-    pages' endpoints run in a thread pool), so that the hub's poller wakes at once, as for any operation
-    submitted to it, and a connected agent gets the discovery without waiting for the poll interval."""
+    pages' endpoints run in a thread pool), so that the hub sends it at once, as any operation submitted to it,
+    and a connected agent gets the discovery without waiting for the poll interval."""
 
     def queue(slot: str, params: JSONObject) -> str:
         return asyncio.run_coroutine_threadsafe(submit(slot, DISCOVER, params), loop).result()
