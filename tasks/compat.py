@@ -18,6 +18,12 @@ Dramatiq
         ``ack``, ``nack`` and ``requeue`` end a message it handed out, ``close`` ends the consumer (Dramatiq's
         consumer thread builds a new one after any error). :class:`MaintainedRedisBroker` builds a subclass
         that counts the messages handed out (:class:`Holdings`) and gives back the lost ones (``reclaim``).
+        The consumer counts the messages it handed out and has not ended in ``queued_message_ids`` (by
+        Dramatiq message id; its ``ack`` discards one there), fetching again only below its prefetch.
+    ``MessageProxy``
+        takes attributes of its own (as ``failed``); a worker thread acks or nacks through the consumer the
+        very proxy it ran. :func:`acked_with_outcome` marks one whose ack a script of ours did already
+        (:func:`delivery`): its consumer's ``ack`` then sends nothing.
     the ack sets of ``dispatch.lua``
         a fetch moves message ids from the queue's list into the set ``<ns>:__acks__.<broker id>.<queue>``
         (:func:`ack_set`), which an ack or a requeue empties; maintenance empties those of dead workers only.
@@ -38,8 +44,9 @@ Dramatiq
         attribute before ``start()`` (:func:`limit_prefetch`).
     the ``time`` module of ``dramatiq.brokers.redis``
         whose ``sleep`` a Redis consumer calls to wait between two polls of an empty queue
-        (up to the worker's timeout); :func:`wake_consumers_on_enqueue` puts a stand-in there whose
-        sleep ends as soon as this process enqueues (:func:`enqueued`).
+        (up to the worker's timeout), and also while it holds as many unacked messages as its
+        prefetch allows; :func:`wake_consumers_on_enqueue` puts a stand-in there whose sleep ends
+        as soon as this process enqueues (:func:`enqueued`) or acks a message (:func:`slot_freed`).
     the ``process_boot`` event
         what Dramatiq's command line emits in each worker process (TimeLimit starts its timer
         thread then); a worker started in-process must emit it itself (:func:`boot_process`).
@@ -74,7 +81,7 @@ from dramatiq.common import dq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 
-from tasks.journal import QueuedMessage
+from tasks.journal import Delivery, QueuedMessage
 
 log = logging.getLogger("ksocket.tasks.broker")
 
@@ -147,6 +154,10 @@ def _redis_id(message: MessageProxy) -> str:
     return str(message.options["redis_message_id"])
 
 
+_ACKED_WITH_OUTCOME: Final = "ksocket_acked_with_outcome"
+"""The attribute :func:`acked_with_outcome` sets on a MessageProxy."""
+
+
 class _ReclaimingConsumer(_RedisConsumer):
     """Dramatiq's Redis consumer, keeping its broker's :class:`Holdings`, that reclaims its queue's lost messages
     (:meth:`MaintainedRedisBroker.reclaim`) before its first fetch and then every ``reclaim_interval`` seconds of
@@ -192,7 +203,10 @@ class _ReclaimingConsumer(_RedisConsumer):
         return message
 
     def ack(self, message: MessageProxy) -> None:
-        super().ack(message)  # type: ignore[no-untyped-call]
+        if getattr(message, _ACKED_WITH_OUTCOME, False):
+            self.queued_message_ids.discard(message.message_id)
+        else:
+            super().ack(message)  # type: ignore[no-untyped-call]
         self.broker.holdings.discard([_redis_id(message)])
 
     def nack(self, message: MessageProxy) -> None:
@@ -236,6 +250,22 @@ def queued_message(broker: RedisBroker, message: Message[Any]) -> tuple[Message[
     return message, QueuedMessage(queue, messages, message.options["redis_message_id"], message.encode())
 
 
+def delivery(broker: Broker, message: MessageProxy) -> Delivery | None:
+    """What acks ``message``, which a worker of ``broker`` fetched from its queue, in a script of ours (None for a
+    broker that is not a :class:`MaintainedRedisBroker`); once that script ran, mark the message
+    (:func:`acked_with_outcome`)."""
+    if not isinstance(broker, MaintainedRedisBroker):
+        return None
+    messages, _ = message_hashes(broker.namespace, message.queue_name)
+    return Delivery(ack_set(broker, message.queue_name), messages, _redis_id(message))
+
+
+def acked_with_outcome(message: MessageProxy) -> None:
+    """The script that recorded ``message``'s outcome acked it (:func:`delivery`): its consumer's ack sends
+    nothing (and still stops counting it as held)."""
+    setattr(message, _ACKED_WITH_OUTCOME, True)
+
+
 def after_enqueue(broker: Broker, message: Message[Any]) -> None:
     """The ``after_enqueue`` hooks of a message :func:`queued_message` prepared, once it is in Redis."""
     broker.emit_after("enqueue", message, None)
@@ -276,6 +306,12 @@ def wake_consumers_on_enqueue() -> None:
 
 def enqueued() -> None:
     """This process enqueued a message: its idle consumers look for it now."""
+    _DOORBELL.ring()
+
+
+def slot_freed() -> None:
+    """A worker thread of this process acked or nacked its message: a consumer that had fetched all its prefetch
+    allows, and so sleeps as if its queue were empty, fetches the next one now rather than after its backoff."""
     _DOORBELL.ring()
 
 
@@ -347,9 +383,11 @@ __all__ = [
     "Holdings",
     "MaintainedRedisBroker",
     "ack_set",
+    "acked_with_outcome",
     "after_enqueue",
     "boot_process",
     "broker_id",
+    "delivery",
     "disown",
     "is_server_folder",
     "limit_prefetch",
@@ -361,4 +399,5 @@ __all__ = [
     "server_folder",
     "server_pid",
     "server_socket",
+    "slot_freed",
 ]

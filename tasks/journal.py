@@ -180,8 +180,12 @@ return 'run'
 """,
     "finish": _FINISH
     + """
-local id, outcome = ARGV[1], ARGV[2]
-return finish(id, outcome)
+-- ARGV: the id, the outcome, then the delivery to ack with it: its set of fetched ids, its hash, its id
+local answer = finish(ARGV[1], ARGV[2])
+if ARGV[3] ~= '' and redis.call('srem', ARGV[3], ARGV[5]) == 1 then
+  redis.call('hdel', ARGV[4], ARGV[5])
+end
+return answer
 """,
     "requeued": _FINISH
     + """
@@ -284,6 +288,16 @@ class QueuedMessage:
     messages: str
     id: str
     data: bytes
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A message a worker fetched and runs: ``id`` in the worker's set ``fetched`` and in the hash ``messages``
+    until acked, which removes it from both (:func:`tasks.compat.delivery` names Dramatiq's)."""
+
+    fetched: str
+    messages: str
+    id: str
 
 
 @dataclass(frozen=True)
@@ -423,9 +437,11 @@ class Journal:
         pairs = [value for item in attempts.items() for value in item]
         return int(self._run("renew", _ms(lease), *pairs)) if pairs else 0
 
-    def finish(self, operation_id: str, outcome: str) -> int | None:
-        """Records the outcome under the next seq and releases the operation; None if it was dropped."""
-        recorded, seq = self._run("finish", operation_id, outcome)
+    def finish(self, operation_id: str, outcome: str, delivery: Delivery | None = None) -> int | None:
+        """Records the outcome under the next seq and releases the operation; None if it was dropped. With a
+        ``delivery``, acks that message in the same step."""
+        ack = (delivery.fetched, delivery.messages, delivery.id) if delivery is not None else ("", "", "")
+        recorded, seq = self._run("finish", operation_id, outcome, *ack)
         return int(seq) if recorded else None
 
     def requeued(self, operation_id: str, attempt: str = "") -> RequeueState:

@@ -19,6 +19,10 @@ so that every record has a lower seq than its operation's result.
 ``before_process_message`` asks the journal whether to run the message at all: not if the operation
 already has a result (a message redelivered after its worker died between the result and the ack)
 or is no longer held, nor if it was cancelled while it waited; those messages are skipped (acked).
+A message fetched while the worker stops is put back on its queue and skipped, for the next worker.
+A successful outcome acks its message in the journal's script that records it (Dramatiq's own ack
+then sends nothing), and every ack or nack wakes the consumers at once: one Redis call fewer per
+operation, and no consumer waiting out a poll backoff while its prefetch was full.
 Dramatiq delivers at least once: a worker that only looks dead (a clock that disagrees, Redis out of
 reach longer than the heartbeat timeout) has its message handed to another while it still runs it.
 So each attempt runs under a lease in the journal, on Redis's clock, which this middleware renews
@@ -54,7 +58,7 @@ from ksocket.protocol import ErrorCode
 from tasks import compat
 from tasks.context import OperationContext
 from tasks.errors import OperationFailed, classify
-from tasks.journal import Journal, encode_failure, encode_success
+from tasks.journal import Delivery, Journal, encode_failure, encode_success
 
 log = logging.getLogger("ksocket.tasks")
 
@@ -155,6 +159,9 @@ class Lifecycle(Middleware):
         op_id = operation_id(message)
         if op_id is None:
             return
+        if self.stopping.is_set():  # fetched as the worker stops (its consumers wake at once): left for the next
+            broker.enqueue(message.copy())
+            raise SkipMessage("the worker is stopping")
         if is_continuation(broker, message):
             self._continue(broker, message, op_id)
             return
@@ -211,18 +218,19 @@ class Lifecycle(Middleware):
             state = self._until_recorded(op_id, lambda: self.journal.requeued(op_id, attempt))
             log.info("operation %s (%s) continues in later messages: %s", op_id, message.actor_name, state)
             return
-        if exception is None:
-            outcome = self._success(op_id, message.actor_name, context)
+        if exception is None:  # acked with its outcome: one Redis call fewer (Dramatiq's ack then sends nothing)
+            delivery = compat.delivery(broker, message)
+            self._record(op_id, message.actor_name, self._success(op_id, message.actor_name, context), delivery)
+            if delivery is not None:
+                compat.acked_with_outcome(message)
         elif getattr(message, "failed", False):
-            outcome = self._failure(broker, message, exception)
+            self._record(op_id, message.actor_name, self._failure(broker, message, exception))
         else:
             self._until_recorded(op_id, lambda: self.journal.requeued(op_id, attempt))
             log.info("operation %s (%s) waits for another attempt: %s", op_id, message.actor_name, exception)
-            return
-        self._record(op_id, message.actor_name, outcome)
 
-    def _record(self, op_id: str, name: str, outcome: str) -> None:
-        seq = self._until_recorded(op_id, lambda: self.journal.finish(op_id, outcome))
+    def _record(self, op_id: str, name: str, outcome: str, delivery: Delivery | None = None) -> None:
+        seq = self._until_recorded(op_id, lambda: self.journal.finish(op_id, outcome, delivery))
         if seq is None:
             log.info("operation %s (%s) already had its result: this outcome is dropped", op_id, name)
         else:
@@ -267,7 +275,11 @@ class Lifecycle(Middleware):
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         _current.context = _current.broker = None
 
+    def after_ack(self, broker: Broker, message: MessageProxy) -> None:
+        compat.slot_freed()
+
     def after_nack(self, broker: Broker, message: MessageProxy) -> None:
+        compat.slot_freed()
         op_id = operation_id(message)
         if op_id is None:
             return

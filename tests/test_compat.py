@@ -122,6 +122,32 @@ def test_a_message_queued_message_prepares_is_written_as_enqueue_writes_it_and_a
     consumer.close()
 
 
+def test_a_fetched_message_is_in_the_set_delivery_names_and_a_consumer_sends_no_ack_for_one_acked_already(
+    broker: KsocketBroker,
+) -> None:
+    broker.declare_queue("q")
+    for body in ("acked by a script", "acked by dramatiq"):
+        broker.enqueue(_message("q", body))
+    consumer = broker.consume("q", prefetch=2, timeout=1000)
+    first, second = next(consumer), next(consumer)
+    assert first is not None and second is not None
+    delivery = compat.delivery(broker, first)
+    assert delivery is not None and delivery.id == first.options["redis_message_id"]
+    assert broker.redis.sismember(delivery.fetched, delivery.id) and broker.redis.hexists(
+        delivery.messages, delivery.id
+    )
+    compat.acked_with_outcome(first)  # a script of ours acked it (here: not, to see that nothing is sent)
+    assert consumer.outstanding_message_count == 2
+    consumer.ack(first)
+    assert broker.redis.hexists(delivery.messages, delivery.id)  # the consumer's ack sent nothing
+    assert consumer.outstanding_message_count == 1  # but the consumer has room for one more fetched message
+    assert delivery.id not in broker.holdings.snapshot()  # and the broker no longer counts it as held
+    consumer.ack(second)
+    assert _bodies(broker, delivery.messages) == ["acked by a script"]  # any other ack goes out as before
+    consumer.close()
+    assert compat.delivery(StubBroker(), first) is None
+
+
 def test_a_redis_broker_has_an_id_and_a_stub_broker_gets_a_stand_in(broker: KsocketBroker) -> None:
     assert compat.broker_id(broker) == broker.broker_id and len(broker.broker_id) >= 32
     assert compat.broker_id(StubBroker()) == "worker"

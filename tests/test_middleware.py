@@ -26,7 +26,7 @@ class OutageJournal:
             self.outage -= 1
             raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
-    def finish(self, op_id: str, outcome: str) -> int:
+    def finish(self, op_id: str, outcome: str, delivery: object = None) -> int:
         self._write()
         self.finished.append((op_id, outcome))
         return len(self.finished)

@@ -31,6 +31,7 @@ from tasks.journal import (
     _SCRIPTS,
     EVENTS_MAXLEN,
     KEY_NAMES,
+    Delivery,
     Journal,
     _lua_string,
     encode_failure,
@@ -636,6 +637,22 @@ def test_a_batch_is_admitted_in_order_with_its_messages_and_the_quota_counts_the
         assert pipeline.queued_ids() == {"a", "b", "c"}  # each admitted one's message, in the same step
         assert {held.id: held.params for held in journal.held()} == {"a": {"n": 0}, "b": {"n": 1}, "c": {"n": 4}}
         assert pipeline.orphans(age=0) == []
+    finally:
+        pipeline.close()
+
+
+def test_a_finish_with_its_delivery_acks_that_message_in_the_same_step(url: str) -> None:
+    pipeline = Pipeline(url, timings=FAST, namespace="unit")
+    try:
+        journal, redis = pipeline.journal, pipeline.broker.redis
+        assert pipeline.admit([op("a")], 5) == ["admitted"]
+        redis.sadd("unit:fetched", "m1")
+        redis.hset("unit:messages", "m1", "body")
+        assert journal.finish("a", encode_success({}), Delivery("unit:fetched", "unit:messages", "m1")) == 1
+        assert redis.smembers("unit:fetched") == set() and redis.hgetall("unit:messages") == {}
+        redis.hset("unit:messages", "m2", "body")  # not fetched by that worker (requeued meanwhile): left alone
+        assert journal.finish("a", encode_success({}), Delivery("unit:fetched", "unit:messages", "m2")) is None
+        assert redis.hgetall("unit:messages") == {b"m2": b"body"}
     finally:
         pipeline.close()
 
