@@ -126,7 +126,7 @@ local function finish(id, outcome)
   redis.call('del', recorded_key(id))
   redis.call('srem', cancel_key, id)
   redis.call('xadd', events_key, 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'kind', 'result', 'id', id, 'seq', seq)
-  return {1, seq}
+  return {1, seq, outcome}
 end
 """
 )
@@ -329,7 +329,8 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _result(operation_id: str, seq: int, outcome: str) -> Result:
+def decode_result(operation_id: str, seq: int, outcome: str) -> Result:
+    """The result an outcome (:func:`encode_success`, :func:`encode_failure`) recorded under ``seq`` stands for."""
     document = json.loads(outcome)
     if document["ok"]:
         return Result.success(id=operation_id, seq=seq, data=document["data"])
@@ -340,7 +341,7 @@ def _result(operation_id: str, seq: int, outcome: str) -> Result:
 def _admission(operation_id: str, answer: list[Any]) -> Admission | Result:
     state = _text(answer[0])
     if state == "done":
-        return _result(operation_id, int(float(answer[2])), _text(answer[1]))
+        return decode_result(operation_id, int(float(answer[2])), _text(answer[1]))
     assert state in ("admitted", "held", "acked", "quota"), state
     return state  # type: ignore[return-value]
 
@@ -406,7 +407,7 @@ class Journal:
             pipe.hexists(self.held_key, operation_id)
             outcome, seq, held = pipe.execute()
         if outcome is not None and seq is not None:
-            return _result(operation_id, int(seq), _text(outcome))
+            return decode_result(operation_id, int(seq), _text(outcome))
         return "held" if held else None
 
     def held(self) -> list[Held]:
@@ -437,12 +438,13 @@ class Journal:
         pairs = [value for item in attempts.items() for value in item]
         return int(self._run("renew", _ms(lease), *pairs)) if pairs else 0
 
-    def finish(self, operation_id: str, outcome: str, delivery: Delivery | None = None) -> int | None:
-        """Records the outcome under the next seq and releases the operation; None if it was dropped. With a
-        ``delivery``, acks that message in the same step."""
+    def finish(self, operation_id: str, outcome: str, delivery: Delivery | None = None) -> Result | None:
+        """Records the outcome under the next seq and releases the operation; returns the result as recorded (a
+        cancel flagged meanwhile makes it ``cancelled``), or None if it was dropped. With a ``delivery``, acks
+        that message in the same step."""
         ack = (delivery.fetched, delivery.messages, delivery.id) if delivery is not None else ("", "", "")
-        recorded, seq = self._run("finish", operation_id, outcome, *ack)
-        return int(seq) if recorded else None
+        recorded, seq, *outcome = self._run("finish", operation_id, outcome, *ack)
+        return decode_result(operation_id, int(seq), _text(outcome[0])) if recorded else None
 
     def requeued(self, operation_id: str, attempt: str = "") -> RequeueState:
         """The operation waits for another attempt (a retry, a worker that stopped); "cancelled" ends it now;
@@ -483,7 +485,7 @@ class Journal:
         """Unacked results and records with a seq above ``after``, in seq order, at most ``limit``."""
         flat, members = self._run("outbox", f"({after}", limit)
         found: list[Sequenced] = [
-            _result(_text(flat[i]), int(float(flat[i + 1])), _text(flat[i + 2]))
+            decode_result(_text(flat[i]), int(float(flat[i + 1])), _text(flat[i + 2]))
             for i in range(0, len(flat), 3)
             if flat[i + 2]
         ]

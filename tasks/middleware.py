@@ -22,7 +22,8 @@ or is no longer held, nor if it was cancelled while it waited; those messages ar
 A message fetched while the worker stops is put back on its queue and skipped, for the next worker.
 A successful outcome acks its message in the journal's script that records it (Dramatiq's own ack
 then sends nothing), and every ack or nack wakes the consumers at once: one Redis call fewer per
-operation, and no consumer waiting out a poll backoff while its prefetch was full.
+operation, and no consumer waiting out a poll backoff while its prefetch was full. Each result
+recorded here is also told to ``on_result`` (the agent's runner), once the journal holds it.
 Dramatiq delivers at least once: a worker that only looks dead (a clock that disagrees, Redis out of
 reach longer than the heartbeat timeout) has its message handed to another while it still runs it.
 So each attempt runs under a lease in the journal, on Redis's clock, which this middleware renews
@@ -54,7 +55,7 @@ from dramatiq.message import Message
 from dramatiq.middleware import Middleware, SkipMessage, TimeLimitExceeded
 
 from ksocket.collectors.base import Environment
-from ksocket.protocol import ErrorCode
+from ksocket.protocol import ErrorCode, Result
 from tasks import compat
 from tasks.context import OperationContext
 from tasks.errors import OperationFailed, classify
@@ -121,6 +122,9 @@ class Lifecycle(Middleware):
         self.cancel_interval = cancel_interval
         self.stopping = threading.Event()
         """Set when the worker stops: running bodies get Interrupted at their next check."""
+        self.on_result: Callable[[Result], None] | None = None
+        """Told, in the worker thread, each result this process's worker records once the journal holds it
+        (the agent's runner hands it out without waiting for the journal's event)."""
         self._attempts: dict[str, str] = {}
         """Operation id -> attempt, for the operations this process runs now (their leases to renew)."""
         self._attempts_lock = threading.Lock()
@@ -230,11 +234,13 @@ class Lifecycle(Middleware):
             log.info("operation %s (%s) waits for another attempt: %s", op_id, message.actor_name, exception)
 
     def _record(self, op_id: str, name: str, outcome: str, delivery: Delivery | None = None) -> None:
-        seq = self._until_recorded(op_id, lambda: self.journal.finish(op_id, outcome, delivery))
-        if seq is None:
+        result = self._until_recorded(op_id, lambda: self.journal.finish(op_id, outcome, delivery))
+        if result is None:
             log.info("operation %s (%s) already had its result: this outcome is dropped", op_id, name)
         else:
-            log.info("operation %s (%s) finished: result seq %d", op_id, name, seq)
+            log.info("operation %s (%s) finished: result seq %d", op_id, name, result.seq)
+            if self.on_result is not None:
+                self.on_result(result)
 
     def _until_recorded(self, op_id: str, record: Callable[[], T]) -> T:
         """Runs ``record`` (a journal write) until the broker's Redis takes it. Dramatiq acks the message

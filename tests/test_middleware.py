@@ -10,6 +10,8 @@ import pytest
 import redis
 
 from ksocket.collectors.base import default_environment
+from ksocket.protocol import Result
+from tasks.journal import decode_result
 from tasks.middleware import Lifecycle
 
 
@@ -26,10 +28,10 @@ class OutageJournal:
             self.outage -= 1
             raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
-    def finish(self, op_id: str, outcome: str, delivery: object = None) -> int:
+    def finish(self, op_id: str, outcome: str, delivery: object = None) -> Result:
         self._write()
         self.finished.append((op_id, outcome))
-        return len(self.finished)
+        return decode_result(op_id, len(self.finished), outcome)
 
     def requeued(self, op_id: str, attempt: str) -> None:
         self._write()

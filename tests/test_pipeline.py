@@ -40,7 +40,7 @@ from tasks.journal import (
 )
 from tasks.operations import QUEUE
 from tasks.pipeline import Pipeline
-from tasks.runner import PipelineRunner
+from tasks.runner import BUFFERED, PipelineRunner
 from tests.pipelinetools import (
     FAST,
     KILLABLE,
@@ -393,7 +393,7 @@ def test_records_of_an_operation_without_its_hold_are_dropped(url: str) -> None:
         assert journal.record("a", [("", record)]) is None  # never admitted
         journal.admit("a", "test.echo", {}, 5)
         assert journal.record("a", [("k1", record), ("k1", record), ("", record)]) == 2
-        assert journal.finish("a", encode_success({})) == 3
+        assert journal.finish("a", encode_success({})) == Result.success(id="a", seq=3, data={})
         assert journal.record("a", [("k2", record)]) is None  # it has its result
         assert [item.seq for item in journal.outbox()] == [1, 2, 3]
         assert journal.outbox(after=1, limit=1) == [Record(id="a", seq=2, record={"kind": "host"})]
@@ -512,6 +512,49 @@ def test_a_progress_report_read_after_its_result_is_dropped(url: str) -> None:
     asyncio.run(scenario())
 
 
+def test_the_worker_hands_over_a_result_only_as_the_next_seq_and_the_follower_skips_what_it_handed_over() -> None:
+    async def scenario() -> None:
+        runner = PipelineRunner(Settings())
+        runner._last_seq = 4
+        hand_over = runner._shortcut(asyncio.get_running_loop())
+        done = [Result.success(id=f"op{seq}", seq=seq, data={}) for seq in range(5, 9)]
+        hand_over(done[1])  # seq 6 while 5 (a record, another worker's result) is not in the outbox: left alone
+        hand_over(done[0])  # seq 5, the next: straight into the outbox
+        await asyncio.sleep(0)  # the loop runs what the worker threads scheduled
+        assert runner._last_seq == 5 and await runner.next_event() == done[0]
+        for item in [done[0], done[1], done[2]]:  # the follower's read of the journal, started before seq 5 came
+            runner._put_sequenced(item)
+        hand_over(done[2])  # seq 7 again: the outbox has it
+        hand_over(done[3])
+        await asyncio.sleep(0)
+        assert [await runner.next_event() for _ in range(3)] == done[1:]
+        assert runner._events.room == BUFFERED
+        for seq in range(9, 9 + BUFFERED):  # a full outbox takes nothing more from the worker
+            runner._put_sequenced(Record(id="r", seq=seq, record={"kind": "host"}))
+        hand_over(Result.success(id="late", seq=9 + BUFFERED, data={}))
+        await asyncio.sleep(0)
+        assert runner._last_seq == 8 + BUFFERED
+
+    asyncio.run(scenario())
+
+
+def test_a_result_of_the_in_process_worker_is_handed_over_without_the_journal_s_event(url: str) -> None:
+    async def scenario() -> None:
+        async with running(url) as runner:
+            told: list[Result] = []
+            shortcut = runner.pipeline.lifecycle.on_result
+            assert shortcut is not None
+            runner.pipeline.lifecycle.on_result = lambda result: (told.append(result), shortcut(result))[1]
+            await runner.submit(op("direct"))
+            found = (await collect(runner, ["direct"]))["direct"]
+            assert found == told[0] == Result.success(id="direct", seq=1, data={})
+            assert await runner.unacked() == told  # held in the journal, as any result, until acked
+            pipeline = runner.pipeline
+        assert pipeline.lifecycle.on_result is None  # a stopped runner is told nothing more
+
+    asyncio.run(scenario())
+
+
 def test_a_body_returning_what_json_cannot_carry_fails_with_internal(url: str) -> None:
     async def scenario() -> None:
         async with running(url) as runner:
@@ -612,7 +655,9 @@ def test_finishing_is_at_most_once_per_id(url: str) -> None:
         assert journal.admit("a", "test.echo", {}, 5) == "admitted"
         assert journal.admit("a", "test.echo", {}, 5) == "held"
         assert journal.start("a", "w1/1", lease=10) == "run"
-        assert journal.finish("a", encode_success({"first": True})) == 1
+        assert journal.finish("a", encode_success({"first": True})) == Result.success(
+            id="a", seq=1, data={"first": True}
+        )
         assert journal.finish("a", encode_success({"second": True})) is None  # a redelivered message's outcome
         assert journal.start("a", "w2/1", lease=10) == "done"
         assert journal.last_seq() == 1
@@ -648,7 +693,8 @@ def test_a_finish_with_its_delivery_acks_that_message_in_the_same_step(url: str)
         assert pipeline.admit([op("a")], 5) == ["admitted"]
         redis.sadd("unit:fetched", "m1")
         redis.hset("unit:messages", "m1", "body")
-        assert journal.finish("a", encode_success({}), Delivery("unit:fetched", "unit:messages", "m1")) == 1
+        finished = journal.finish("a", encode_success({}), Delivery("unit:fetched", "unit:messages", "m1"))
+        assert finished is not None and finished.seq == 1
         assert redis.smembers("unit:fetched") == set() and redis.hgetall("unit:messages") == {}
         redis.hset("unit:messages", "m2", "body")  # not fetched by that worker (requeued meanwhile): left alone
         assert journal.finish("a", encode_success({}), Delivery("unit:fetched", "unit:messages", "m2")) is None
@@ -774,7 +820,7 @@ def test_an_embedded_server_killed_with_its_agent_comes_back_with_its_data(tmp_p
     client = first.start()
     journal = Journal(client, "ksocket")
     journal.admit("x", "test.echo", {}, 5)
-    assert journal.finish("x", encode_success({"kept": True})) == 1
+    assert journal.finish("x", encode_success({"kept": True})) == Result.success(id="x", seq=1, data={"kept": True})
     os.kill(first.pid, signal.SIGKILL)  # a power cut for the server: only the append-only file is left
     client.connection_pool.disconnect()
     second = EmbeddedRedis(db)
@@ -801,7 +847,9 @@ def test_journal_keys_are_what_the_module_says(url: str) -> None:
         assert client.hget("ns:journal:running", "a") == b"w/1"
         assert (client.zscore("ns:journal:lease", "a") or 0) > 1000 * client.time()[0]
         assert journal.cancel("a") == "signalled" and client.sismember("ns:journal:cancel", "a")
-        assert journal.finish("a", encode_success({"ignored": True})) == 1
+        finished = journal.finish("a", encode_success({"ignored": True}))  # the result recorded is the cancel
+        assert finished is not None and finished.seq == 1 and finished.error is not None
+        assert finished.error.code == "cancelled"
         assert json.loads(client.hget("ns:journal:results", "a") or b"{}")["error"]["code"] == "cancelled"
         assert client.zscore("ns:journal:unacked", "a") == 1.0
         assert not client.exists("ns:journal:held", "ns:journal:running", "ns:journal:cancel", "ns:journal:lease")
