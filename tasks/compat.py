@@ -39,6 +39,11 @@ Dramatiq
         ``after_enqueue`` hooks. The journal's admission enqueues in its own script, in the same
         atomic step as it holds the operation: :func:`queued_message` and :func:`after_enqueue` do
         the rest of what ``enqueue`` does around it.
+    ``Worker.workers``, ``Worker.consumers``, ``Worker.work_queue`` and ``_WorkQueueItem``
+        a worker's threads, its consumer thread of each queue, and the priority queue of
+        ``_WorkQueueItem(actor priority, MessageProxy)`` through which a consumer thread gives its messages
+        to the worker threads; a worker thread acks or nacks a message through the consumer of its queue, and
+        ``Worker.stop`` requeues through it those left in the work queue (:func:`hand_to_worker`).
     ``Worker.queue_prefetch``
         how many messages a worker fetches ahead; set only by an environment variable or this
         attribute before ``start()`` (:func:`limit_prefetch`).
@@ -80,6 +85,7 @@ from dramatiq.brokers.redis import MAINTENANCE_COMMAND_BLACKLIST, RedisBroker, _
 from dramatiq.common import dq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
+from dramatiq.worker import _WorkQueueItem
 
 from tasks.journal import Delivery, QueuedMessage
 
@@ -126,24 +132,56 @@ class MaintainedRedisBroker(RedisBroker):
 
 
 class Holdings:
-    """The Redis ids of the messages a broker's consumers handed out and that are not yet acked, nacked or
-    requeued: the messages this process holds in memory (thread-safe)."""
+    """The Redis ids of the messages a broker's consumers handed out, or that were handed to its worker directly
+    (:func:`hand_to_worker`), and that are not yet acked, nacked or requeued: the messages this process holds in
+    memory; and those a script of ours may be putting in the broker's ack sets right now (reserved). Thread-safe.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._ids: set[str] = set()
+        self._reserved: set[str] = set()
+        self._direct: dict[str, set[str]] = {}
 
     def add(self, message_id: str) -> None:
         with self._lock:
             self._ids.add(message_id)
 
+    def add_direct(self, queue: str, message_id: str) -> None:
+        """A message of ``queue`` handed to the worker without its consumer (which counts it against its prefetch)."""
+        with self._lock:
+            self._ids.add(message_id)
+            self._direct.setdefault(queue, set()).add(message_id)
+
     def discard(self, message_ids: Iterable[str]) -> None:
         with self._lock:
-            self._ids.difference_update(message_ids)
+            ended = set(message_ids)
+            self._ids -= ended
+            for direct in self._direct.values():
+                direct -= ended
+
+    def reserve(self, message_ids: Iterable[str]) -> None:
+        """Messages a script may put in an ack set: held until :meth:`release`, so that no reclaim takes them."""
+        with self._lock:
+            self._reserved.update(message_ids)
+
+    def release(self, message_ids: Iterable[str]) -> None:
+        with self._lock:
+            self._reserved.difference_update(message_ids)
 
     def snapshot(self) -> frozenset[str]:
         with self._lock:
-            return frozenset(self._ids)
+            return frozenset(self._ids | self._reserved)
+
+    def held(self) -> int:
+        """How many messages this process holds (reserved ones left out)."""
+        with self._lock:
+            return len(self._ids)
+
+    def direct(self, queue: str) -> int:
+        """How many messages of ``queue`` were handed to the worker directly and are still held."""
+        with self._lock:
+            return len(self._direct.get(queue, ()))
 
 
 def _text(value: bytes | str) -> str:
@@ -171,6 +209,12 @@ class _ReclaimingConsumer(_RedisConsumer):
     as held, so that the next consumer reclaims them."""
 
     broker: MaintainedRedisBroker
+
+    @property
+    def outstanding_message_count(self) -> int:
+        """What counts against the prefetch: also the messages of its queue handed to the worker directly."""
+        count: int = super().outstanding_message_count
+        return count + self.broker.holdings.direct(self.queue_name)
 
     def __init__(self, broker: MaintainedRedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
         super().__init__(broker, queue_name, prefetch, timeout)  # type: ignore[no-untyped-call]
@@ -264,6 +308,30 @@ def acked_with_outcome(message: MessageProxy) -> None:
     """The script that recorded ``message``'s outcome acked it (:func:`delivery`): its consumer's ack sends
     nothing (and still stops counting it as held)."""
     setattr(message, _ACKED_WITH_OUTCOME, True)
+
+
+def free_threads(worker: Worker) -> int:
+    """How many of a worker's threads no message held by its broker's consumers waits for (at least 0)."""
+    broker = worker.broker
+    held = broker.holdings.held() if isinstance(broker, MaintainedRedisBroker) else len(worker.workers)
+    return max(0, len(worker.workers) - held)
+
+
+def consumes(worker: Worker, queue: str) -> bool:
+    """Whether ``worker`` has a consumer thread for ``queue``, to which :func:`hand_to_worker` may give messages."""
+    return queue in worker.consumers
+
+
+def hand_to_worker(worker: Worker, message: Message[Any]) -> None:
+    """Gives a message of ours (:func:`queued_message`), which a script put in the worker's ack set of its queue
+    (:func:`ack_set`) as a fetch would, to the worker's threads, as its consumer thread gives those it fetched;
+    from then on it is the consumer's to ack, nack or requeue. The caller reserved it in the broker's
+    :class:`Holdings` before that script ran."""
+    broker = worker.broker
+    assert isinstance(broker, MaintainedRedisBroker)
+    proxy = MessageProxy(message)
+    broker.holdings.add_direct(message.queue_name, _redis_id(proxy))
+    worker.work_queue.put(_WorkQueueItem(broker.get_actor(message.actor_name).priority, proxy))
 
 
 def after_enqueue(broker: Broker, message: Message[Any]) -> None:
@@ -387,8 +455,11 @@ __all__ = [
     "after_enqueue",
     "boot_process",
     "broker_id",
+    "consumes",
     "delivery",
     "disown",
+    "free_threads",
+    "hand_to_worker",
     "is_server_folder",
     "limit_prefetch",
     "message_hashes",

@@ -20,7 +20,9 @@ Redis. Keys, under ``<ns>:journal:``:
 
 An operation's life: :meth:`Journal.admit_many` puts it in ``held`` and enqueues its message in
 the same step, for a batch of operations that arrived together (so no agent is ever killed between
-the two, and a burst costs one round trip); :meth:`Journal.start` marks it
+the two, and a burst costs one round trip), or puts the message straight among the messages a worker
+of this process has fetched when that worker has a thread free and nothing waits in the queue (it is
+then handed to that worker in memory, with no fetch); :meth:`Journal.start` marks it
 running under a lease (or says to skip it: it already has a result, or it was cancelled, or another
 attempt holds a lease that has not ended); the worker running it renews the lease (:meth:`Journal.renew`)
 until :meth:`Journal.finish` gives it the next seq, stores its result and releases it, all at once,
@@ -133,10 +135,11 @@ end
 
 _SCRIPTS: Final = {
     "admit": """
--- ARGV: the quota, then per operation: its id, its document, and its message's list, hash, id and body
--- (an empty list: held without a message)
-local limit, answers = tonumber(ARGV[1]), {}
-for i = 2, #ARGV, 6 do
+-- ARGV: the quota, the slots of the worker to dispatch to, then per operation: its id, its document, and its
+-- message's list, hash, id, body and the worker's set of fetched messages (an empty list: held without a
+-- message; an empty set: never dispatched)
+local limit, slots, answers = tonumber(ARGV[1]), tonumber(ARGV[2]), {}
+for i = 3, #ARGV, 7 do
   local id = ARGV[i]
   local outcome = redis.call('hget', results_key, id)
   if outcome then
@@ -149,11 +152,18 @@ for i = 2, #ARGV, 6 do
     table.insert(answers, {'quota'})
   else
     redis.call('hset', held_key, id, ARGV[i + 1])
+    local answer = 'admitted'
     if ARGV[i + 2] ~= '' then
       redis.call('hset', ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
-      redis.call('rpush', ARGV[i + 2], ARGV[i + 4])
+      if slots > 0 and ARGV[i + 6] ~= '' and redis.call('llen', ARGV[i + 2]) == 0 then
+        redis.call('sadd', ARGV[i + 6], ARGV[i + 4])  -- as the worker's fetch would: it holds the message now
+        slots = slots - 1
+        answer = 'dispatched'
+      else
+        redis.call('rpush', ARGV[i + 2], ARGV[i + 4])
+      end
     end
-    table.insert(answers, {'admitted'})
+    table.insert(answers, {answer})
   end
 end
 return answers
@@ -273,7 +283,7 @@ return {results, redis.call('zrangebyscore', records_key, after, '+inf', 'LIMIT'
 """,
 }
 
-Admission = Literal["admitted", "held", "acked", "quota"]
+Admission = Literal["admitted", "dispatched", "held", "acked", "quota"]
 StartState = Literal["run", "done", "gone", "cancelled", "busy"]
 RequeueState = Literal["queued", "cancelled", "running"]
 CancelState = Literal["cancelled", "signalled", "done", "unknown"]
@@ -282,12 +292,15 @@ CancelState = Literal["cancelled", "signalled", "done", "unknown"]
 @dataclass(frozen=True)
 class QueuedMessage:
     """A message to enqueue as the queue's broker does: ``data`` set under ``id`` in the hash ``messages``, and
-    ``id`` pushed on the list ``queue`` (:func:`tasks.compat.queued_message` builds Dramatiq's)."""
+    ``id`` pushed on the list ``queue`` (:func:`tasks.compat.queued_message` builds Dramatiq's). With a set
+    ``fetched`` (a worker's fetched messages of that queue), an admission may put ``id`` there instead, as that
+    worker's fetch would, to hand the message to it in memory (:meth:`Journal.admit_many`)."""
 
     queue: str
     messages: str
     id: str
     data: bytes
+    fetched: str = ""
 
 
 @dataclass(frozen=True)
@@ -342,7 +355,7 @@ def _admission(operation_id: str, answer: list[Any]) -> Admission | Result:
     state = _text(answer[0])
     if state == "done":
         return decode_result(operation_id, int(float(answer[2])), _text(answer[1]))
-    assert state in ("admitted", "held", "acked", "quota"), state
+    assert state in ("admitted", "dispatched", "held", "acked", "quota"), state
     return state  # type: ignore[return-value]
 
 
@@ -388,15 +401,17 @@ class Journal:
         or the quota is full."""
         return self.admit_many([Admit(operation_id, name, params)], limit)[0]
 
-    def admit_many(self, operations: Sequence[Admit], limit: int) -> list[Admission | Result]:
+    def admit_many(self, operations: Sequence[Admit], limit: int, slots: int = 0) -> list[Admission | Result]:
         """Admits each operation in turn as :meth:`admit` does, and enqueues the message of each one held now,
-        all in one atomic step (one round trip, one fsync); the answers in the same order."""
+        all in one atomic step (one round trip, one fsync); the answers in the same order. Up to ``slots`` of
+        those messages that name a worker's ``fetched`` set go there rather than on their queue, each while its
+        queue is empty (nothing waits ahead of it): "dispatched", for the caller to hand to that worker."""
         now = time.time()
-        args: list[Any] = [limit]
+        args: list[Any] = [limit, slots]
         for op in operations:
             document = json.dumps({"name": op.name, "params": op.params, "admitted": now}, separators=(",", ":"))
             message = op.message or QueuedMessage("", "", "", b"")
-            args += [op.id, document, message.queue, message.messages, message.id, message.data]
+            args += [op.id, document, message.queue, message.messages, message.id, message.data, message.fetched]
         return [_admission(op.id, answer) for op, answer in zip(operations, self._run("admit", *args), strict=True)]
 
     def lookup(self, operation_id: str) -> Result | Literal["held"] | None:

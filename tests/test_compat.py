@@ -219,6 +219,27 @@ def test_a_fetch_puts_the_ids_in_the_ack_set_compat_names_and_a_consumer_reclaim
     again.close()
 
 
+def test_a_reserved_message_is_never_reclaimed_and_one_handed_directly_counts_against_the_prefetch(
+    broker: KsocketBroker,
+) -> None:
+    broker.declare_queue("q")
+    ids = []
+    for body in ("reserved", "direct"):
+        broker.enqueue(_message("q", body))
+        ids.append(broker.redis.lindex("compat:q", -1).decode())  # type: ignore[union-attr]
+    assert broker.do_fetch("q", 2)  # as an admission that dispatches puts them in the ack set
+    broker.holdings.reserve(ids)
+    assert broker.reclaim("q") == [] and broker.holdings.held() == 0
+    broker.holdings.add_direct("q", ids[1])
+    broker.holdings.release(ids)
+    assert broker.reclaim("q") == [ids[0]]  # released, and no one held it: back on the queue
+    consumer = broker.consume("q", prefetch=1, timeout=1000)
+    assert consumer.outstanding_message_count == 1 and broker.holdings.direct("q") == 1  # the direct one's slot
+    broker.holdings.discard([ids[1]])
+    assert consumer.outstanding_message_count == 0 and broker.holdings.direct("q") == 0
+    consumer.close()
+
+
 def test_a_live_consumer_reclaims_between_its_fetches_and_never_what_it_fetched_and_holds_in_its_cache(
     broker: KsocketBroker,
 ) -> None:

@@ -31,8 +31,10 @@ from tasks.journal import (
     _SCRIPTS,
     EVENTS_MAXLEN,
     KEY_NAMES,
+    Admit,
     Delivery,
     Journal,
+    QueuedMessage,
     _lua_string,
     encode_failure,
     encode_record,
@@ -621,6 +623,8 @@ def test_an_operation_whose_fetch_lost_its_reply_still_runs_once(url: str, lost_
                 return fetched
 
             broker.do_fetch = fetch_losing_the_first_reply  # type: ignore[attr-defined]
+            # the worker's one thread busy: "lost" waits in the queue for a fetch (not handed over at admission)
+            assert await runner.submit(op("busy", name="test.sleep", seconds=1, steps=1)) == Accepted(id="busy")
             assert await runner.submit(op("lost", name="test.counted")) == Accepted(id="lost")
             result = (await collect(runner, ["lost"], timeout=FAST.heartbeat_timeout + 5))["lost"]
             assert lost and result.ok
@@ -684,6 +688,58 @@ def test_a_batch_is_admitted_in_order_with_its_messages_and_the_quota_counts_the
         assert pipeline.orphans(age=0) == []
     finally:
         pipeline.close()
+
+
+def test_an_admission_puts_messages_among_a_worker_s_fetched_ones_while_slots_remain_and_the_queue_is_empty(
+    url: str,
+) -> None:
+    pipeline = Pipeline(url, timings=FAST, namespace="unit")
+    try:
+        journal, client = pipeline.journal, pipeline.broker.redis
+
+        def admit(names: list[str], slots: int, queue: str = "unit:q") -> list[object]:
+            messages = [QueuedMessage(queue, "unit:q.msgs", f"m-{name}", b"body", "unit:fetched") for name in names]
+            admits = [Admit(name, "test.echo", {}, message) for name, message in zip(names, messages, strict=True)]
+            return list(journal.admit_many(admits, 10, slots))
+
+        assert admit(["a", "b", "c"], 2) == ["dispatched", "dispatched", "admitted"]  # c: no slot left
+        assert client.smembers("unit:fetched") == {b"m-a", b"m-b"} and client.lrange("unit:q", 0, -1) == [b"m-c"]
+        assert admit(["d"], 1) == ["admitted"]  # c waits in the queue: d goes behind it, not ahead
+        assert admit(["e"], 1, queue="unit:other") == ["dispatched"]  # nothing waits in e's queue
+        assert admit(["a", "f"], 0) == ["held", "admitted"]
+        assert client.lrange("unit:q", 0, -1) == [b"m-c", b"m-d", b"m-f"]
+        assert client.smembers("unit:fetched") == {b"m-a", b"m-b", b"m-e"}
+        assert client.hlen("unit:q.msgs") == 6  # every message's body, wherever its id went
+    finally:
+        pipeline.close()
+
+
+def test_the_runner_hands_an_operation_to_its_idle_worker_at_admission_and_queues_it_when_no_thread_is_free(
+    url: str,
+) -> None:
+    async def scenario() -> None:
+        async with running(url, max_running_operations=1) as runner:
+            pipeline = runner.pipeline
+            fetches: list[str] = []
+            fetch = pipeline.broker.do_fetch
+
+            def counted_fetch(queue: str, count: int) -> list[bytes]:
+                fetched: list[bytes] = fetch(queue, count)
+                fetches.extend(Message.decode(data).args[0] for data in fetched)
+                return fetched
+
+            pipeline.broker.do_fetch = counted_fetch  # type: ignore[attr-defined]
+            answers = await runner.submit_many([op("first", name="test.sleep", seconds=1, steps=1), op("second")])
+            assert answers == [Accepted(id="first"), Accepted(id="second")]
+            found = await collect(runner, ["first", "second"])
+            assert found["first"].ok and found["second"].ok
+            assert fetches == ["second"]  # first went to the idle worker in memory; second waited for the fetch
+            assert pipeline.broker.holdings.snapshot() == frozenset()
+            assert pipeline.queued_ids() == set()  # both messages acked
+            await runner.submit(op("third"))  # the worker is idle again
+            assert (await collect(runner, ["third"]))["third"].ok and fetches == ["second"]
+
+    asyncio.run(scenario())
 
 
 def test_a_finish_with_its_delivery_acks_that_message_in_the_same_step(url: str) -> None:
