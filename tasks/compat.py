@@ -322,16 +322,15 @@ def consumes(worker: Worker, queue: str) -> bool:
     return queue in worker.consumers
 
 
-def hand_to_worker(worker: Worker, message: Message[Any]) -> None:
+def hand_to_worker(worker: Worker, message: MessageProxy) -> None:
     """Gives a message of ours (:func:`queued_message`), which a script put in the worker's ack set of its queue
     (:func:`ack_set`) as a fetch would, to the worker's threads, as its consumer thread gives those it fetched;
     from then on it is the consumer's to ack, nack or requeue. The caller reserved it in the broker's
     :class:`Holdings` before that script ran."""
     broker = worker.broker
     assert isinstance(broker, MaintainedRedisBroker)
-    proxy = MessageProxy(message)
-    broker.holdings.add_direct(message.queue_name, _redis_id(proxy))
-    worker.work_queue.put(_WorkQueueItem(broker.get_actor(message.actor_name).priority, proxy))
+    broker.holdings.add_direct(message.queue_name, _redis_id(message))
+    worker.work_queue.put(_WorkQueueItem(broker.get_actor(message.actor_name).priority, message))
 
 
 def after_enqueue(broker: Broker, message: Message[Any]) -> None:

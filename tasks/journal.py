@@ -22,7 +22,7 @@ An operation's life: :meth:`Journal.admit_many` puts it in ``held`` and enqueues
 the same step, for a batch of operations that arrived together (so no agent is ever killed between
 the two, and a burst costs one round trip), or puts the message straight among the messages a worker
 of this process has fetched when that worker has a thread free and nothing waits in the queue (it is
-then handed to that worker in memory, with no fetch); :meth:`Journal.start` marks it
+then handed to that worker in memory, with no fetch, and runs as if started); :meth:`Journal.start` marks it
 running under a lease (or says to skip it: it already has a result, or it was cancelled, or another
 attempt holds a lease that has not ended); the worker running it renews the lease (:meth:`Journal.renew`)
 until :meth:`Journal.finish` gives it the next seq, stores its result and releases it, all at once,
@@ -134,12 +134,13 @@ end
 )
 
 _SCRIPTS: Final = {
-    "admit": """
--- ARGV: the quota, the slots of the worker to dispatch to, then per operation: its id, its document, and its
--- message's list, hash, id, body and the worker's set of fetched messages (an empty list: held without a
--- message; an empty set: never dispatched)
-local limit, slots, answers = tonumber(ARGV[1]), tonumber(ARGV[2]), {}
-for i = 3, #ARGV, 7 do
+    "admit": _LEASE
+    + """
+-- ARGV: the quota, the slots of the worker to dispatch to, that worker's id and lease, then per operation: its
+-- id, its document, and its message's list, hash, id, body and the worker's set of fetched messages (an empty
+-- list: held without a message; an empty set: never dispatched)
+local limit, slots, worker, lease_ms, answers = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), {}
+for i = 5, #ARGV, 7 do
   local id = ARGV[i]
   local outcome = redis.call('hget', results_key, id)
   if outcome then
@@ -157,6 +158,8 @@ for i = 3, #ARGV, 7 do
       redis.call('hset', ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
       if slots > 0 and ARGV[i + 6] ~= '' and redis.call('llen', ARGV[i + 2]) == 0 then
         redis.call('sadd', ARGV[i + 6], ARGV[i + 4])  -- as the worker's fetch would: it holds the message now
+        redis.call('hset', running_key, id, worker .. '/' .. ARGV[i + 4])  -- and as start would: it runs it now
+        redis.call('zadd', lease_key, now_ms() + lease_ms, id)
         slots = slots - 1
         answer = 'dispatched'
       else
@@ -314,6 +317,21 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class Dispatch:
+    """How many of an admission's messages may go straight to the worker ``worker`` (its Dramatiq broker id),
+    and the lease of the attempts that start them."""
+
+    slots: int
+    worker: str
+    lease: float
+
+
+def dispatched_attempt(worker: str, message: QueuedMessage) -> str:
+    """The attempt under which an admission that dispatched ``message`` to ``worker`` marked its operation running."""
+    return f"{worker}/{message.id}"
+
+
+@dataclass(frozen=True)
 class Admit:
     """An operation to admit, and the message that runs it (None: held without one, for tests and tools)."""
 
@@ -401,13 +419,18 @@ class Journal:
         or the quota is full."""
         return self.admit_many([Admit(operation_id, name, params)], limit)[0]
 
-    def admit_many(self, operations: Sequence[Admit], limit: int, slots: int = 0) -> list[Admission | Result]:
+    def admit_many(
+        self, operations: Sequence[Admit], limit: int, dispatch: Dispatch | None = None
+    ) -> list[Admission | Result]:
         """Admits each operation in turn as :meth:`admit` does, and enqueues the message of each one held now,
-        all in one atomic step (one round trip, one fsync); the answers in the same order. Up to ``slots`` of
-        those messages that name a worker's ``fetched`` set go there rather than on their queue, each while its
-        queue is empty (nothing waits ahead of it): "dispatched", for the caller to hand to that worker."""
+        all in one atomic step (one round trip, one fsync); the answers in the same order. With a ``dispatch``,
+        up to its ``slots`` of those messages that name a worker's ``fetched`` set go there rather than on their
+        queue, each while its queue is empty (nothing waits ahead of it), and their operations are marked
+        running as :meth:`start` would, under the attempt :func:`dispatched_attempt`: "dispatched", for the
+        caller to hand to that worker, which runs them without a start of its own."""
         now = time.time()
-        args: list[Any] = [limit, slots]
+        dispatch = dispatch or Dispatch(0, "", 0)
+        args: list[Any] = [limit, dispatch.slots, dispatch.worker, _ms(dispatch.lease)]
         for op in operations:
             document = json.dumps({"name": op.name, "params": op.params, "admitted": now}, separators=(",", ":"))
             message = op.message or QueuedMessage("", "", "", b"")

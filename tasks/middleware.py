@@ -24,6 +24,9 @@ A successful outcome acks its message in the journal's script that records it (D
 then sends nothing), and every ack or nack wakes the consumers at once: one Redis call fewer per
 operation, and no consumer waiting out a poll backoff while its prefetch was full. Each result
 recorded here is also told to ``on_result`` (the agent's runner), once the journal holds it.
+A message that an admission dispatched to this process's worker (:meth:`tasks.pipeline.Pipeline.admit`)
+comes with its operation marked running already, under the attempt that admission started: it runs
+without a start of its own.
 Dramatiq delivers at least once: a worker that only looks dead (a clock that disagrees, Redis out of
 reach longer than the heartbeat timeout) has its message handed to another while it still runs it.
 So each attempt runs under a lease in the journal, on Redis's clock, which this middleware renews
@@ -47,7 +50,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import redis
 from dramatiq.broker import Broker, MessageProxy
@@ -99,6 +102,10 @@ def operation_id(message: Message[Any] | MessageProxy) -> str | None:
     if message.args and isinstance(message.args[0], str):
         return message.args[0]
     return None
+
+
+_STARTED_AS: Final = "ksocket_started_as"
+"""The attribute of a MessageProxy naming the attempt its admission started (:meth:`Lifecycle.started_at_admission`)."""
 
 
 class Lifecycle(Middleware):
@@ -163,12 +170,23 @@ class Lifecycle(Middleware):
         op_id = operation_id(message)
         if op_id is None:
             return
+        attempt: str | None = getattr(message, _STARTED_AS, None)
         if self.stopping.is_set():  # fetched as the worker stops (its consumers wake at once): left for the next
-            broker.enqueue(message.copy())
-            raise SkipMessage("the worker is stopping")
+            self._put_back(broker, message, op_id, attempt)
         if is_continuation(broker, message):
             self._continue(broker, message, op_id)
             return
+        with self._attempts_lock:
+            self._attempts[op_id] = attempt or self._start(broker, message, op_id)
+        self._prepare(broker, op_id)
+
+    def started_at_admission(self, message: MessageProxy, attempt: str) -> None:
+        """The admission that dispatched ``message`` to this process's worker marked its operation running under
+        ``attempt`` (:meth:`tasks.journal.Journal.admit_many`): the worker runs it without a start of its own."""
+        setattr(message, _STARTED_AS, attempt)
+
+    def _start(self, broker: Broker, message: MessageProxy, op_id: str) -> str:
+        """Marks the operation running under a new attempt (returned), or raises SkipMessage saying why not."""
         attempt = f"{compat.broker_id(broker)}/{uuid.uuid4().hex[:12]}"
         state = self.journal.start(op_id, attempt, self.lease)
         if state == "busy":
@@ -177,9 +195,18 @@ class Lifecycle(Middleware):
         if state != "run":
             log.info("operation %s (%s) not run: %s", op_id, message.actor_name, state)
             raise SkipMessage(state)
-        with self._attempts_lock:
-            self._attempts[op_id] = attempt
-        self._prepare(broker, op_id)
+        return attempt
+
+    def _put_back(self, broker: Broker, message: MessageProxy, op_id: str, attempt: str | None) -> None:
+        """Enqueues the message again for the next worker and skips it here; an operation its admission marked
+        running is released first (else the next worker would wait out its lease)."""
+        if attempt is not None:
+            try:
+                self.journal.requeued(op_id, attempt)
+            except redis.RedisError as exc:  # the lease then ends on its own
+                log.warning("operation %s: cannot release its attempt as the worker stops (%s)", op_id, exc)
+        broker.enqueue(message.copy())
+        raise SkipMessage("the worker is stopping")
 
     def _continue(self, broker: Broker, message: MessageProxy, op_id: str) -> None:
         if self.journal.lookup(op_id) != "held" or self.journal.is_cancelled(op_id):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dramatiq import Worker
-from dramatiq.broker import Broker
+from dramatiq.broker import Broker, MessageProxy
 from dramatiq.errors import DecodeError
 from dramatiq.message import Message
 from dramatiq.middleware import Retries, TimeLimit
@@ -29,7 +29,7 @@ from ksocket.protocol import JSONObject, Operation, Result
 from tasks import broker as brokers
 from tasks import compat
 from tasks.errors import PipelineError
-from tasks.journal import Admission, Admit, Held, Journal, QueuedMessage
+from tasks.journal import Admission, Admit, Dispatch, Held, Journal, QueuedMessage, dispatched_attempt
 from tasks.middleware import Lifecycle
 from tasks.operations import REGISTRY, Registry
 
@@ -157,9 +157,10 @@ class Pipeline:
         """Admits operations that arrived together (the ``limit`` of held ones, dedupe by id) and enqueues the
         message of each one admitted, in one atomic step (:meth:`Journal.admit_many`); the answers in order.
         While the in-process worker has threads free and nothing waits in the queue, that step puts the messages
-        among the worker's fetched ones instead ("dispatched"), and they go to its threads in memory: no fetch,
-        no consumer to wake. Until the step has answered, they count as held (``Holdings.reserve``), so that no
-        consumer reclaims them; a lost answer leaves them to that reclaim."""
+        among the worker's fetched ones instead and marks their operations running ("dispatched"), and they go
+        to its threads in memory: no fetch, no consumer to wake, no start. Until the step has answered, they
+        count as held (``Holdings.reserve``), so that no consumer reclaims them; a lost answer leaves them to
+        that reclaim (and their operations to the end of the lease the step may have started)."""
         prepared = [
             compat.queued_message(self.broker, self.broker.get_actor(op.name).message(op.id, op.params))
             for op in operations
@@ -175,10 +176,13 @@ class Pipeline:
             reserved = [queued.id for _, queued in prepared if queued.fetched]
             self.broker.holdings.reserve(reserved)
             try:
-                answers = self.journal.admit_many(admits, limit, slots)
-                for (message, _), answer in zip(prepared, answers, strict=True):
+                worker_id = compat.broker_id(self.broker)
+                answers = self.journal.admit_many(admits, limit, Dispatch(slots, worker_id, self.lifecycle.lease))
+                for (message, queued), answer in zip(prepared, answers, strict=True):
                     if answer == "dispatched" and worker is not None:
-                        compat.hand_to_worker(worker, message)
+                        proxy = MessageProxy(message)
+                        self.lifecycle.started_at_admission(proxy, dispatched_attempt(worker_id, queued))
+                        compat.hand_to_worker(worker, proxy)
             finally:
                 self.broker.holdings.release(reserved)
         for (message, _), answer in zip(prepared, answers, strict=True):

@@ -33,6 +33,7 @@ from tasks.journal import (
     KEY_NAMES,
     Admit,
     Delivery,
+    Dispatch,
     Journal,
     QueuedMessage,
     _lua_string,
@@ -700,7 +701,7 @@ def test_an_admission_puts_messages_among_a_worker_s_fetched_ones_while_slots_re
         def admit(names: list[str], slots: int, queue: str = "unit:q") -> list[object]:
             messages = [QueuedMessage(queue, "unit:q.msgs", f"m-{name}", b"body", "unit:fetched") for name in names]
             admits = [Admit(name, "test.echo", {}, message) for name, message in zip(names, messages, strict=True)]
-            return list(journal.admit_many(admits, 10, slots))
+            return list(journal.admit_many(admits, 10, Dispatch(slots, "w", lease=10)))
 
         assert admit(["a", "b", "c"], 2) == ["dispatched", "dispatched", "admitted"]  # c: no slot left
         assert client.smembers("unit:fetched") == {b"m-a", b"m-b"} and client.lrange("unit:q", 0, -1) == [b"m-c"]
@@ -710,6 +711,9 @@ def test_an_admission_puts_messages_among_a_worker_s_fetched_ones_while_slots_re
         assert client.lrange("unit:q", 0, -1) == [b"m-c", b"m-d", b"m-f"]
         assert client.smembers("unit:fetched") == {b"m-a", b"m-b", b"m-e"}
         assert client.hlen("unit:q.msgs") == 6  # every message's body, wherever its id went
+        assert journal.running() == {"a": "w/m-a", "b": "w/m-b", "e": "w/m-e"}  # each dispatched one runs, leased
+        assert journal.start("a", "w2/1", lease=10) == "busy"
+        assert journal.start("c", "w2/1", lease=10) == "run"  # one from the queue starts as ever
     finally:
         pipeline.close()
 
@@ -734,8 +738,8 @@ def test_the_runner_hands_an_operation_to_its_idle_worker_at_admission_and_queue
             found = await collect(runner, ["first", "second"])
             assert found["first"].ok and found["second"].ok
             assert fetches == ["second"]  # first went to the idle worker in memory; second waited for the fetch
-            assert pipeline.broker.holdings.snapshot() == frozenset()
-            assert pipeline.queued_ids() == set()  # both messages acked
+            await wait_until(lambda: pipeline.broker.holdings.snapshot() == frozenset())  # acked after the result
+            assert pipeline.queued_ids() == set() and pipeline.journal.running() == {}
             await runner.submit(op("third"))  # the worker is idle again
             assert (await collect(runner, ["third"]))["third"].ok and fetches == ["second"]
 
