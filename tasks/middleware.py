@@ -176,8 +176,9 @@ class Lifecycle(Middleware):
         if is_continuation(broker, message):
             self._continue(broker, message, op_id)
             return
+        attempt = attempt or self._start(broker, message, op_id)
         with self._attempts_lock:
-            self._attempts[op_id] = attempt or self._start(broker, message, op_id)
+            self._attempts[op_id] = attempt
         self._prepare(broker, op_id)
 
     def started_at_admission(self, message: MessageProxy, attempt: str) -> None:
