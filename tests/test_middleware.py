@@ -8,8 +8,11 @@ from typing import Any
 
 import pytest
 import redis
+from dramatiq.middleware import SkipMessage
 
 from ksocket.collectors.base import default_environment
+from ksocket.protocol import Result
+from tasks.journal import decode_result
 from tasks.middleware import Lifecycle
 
 
@@ -26,10 +29,10 @@ class OutageJournal:
             self.outage -= 1
             raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
-    def finish(self, op_id: str, outcome: str) -> int:
+    def finish(self, op_id: str, outcome: str, delivery: object = None) -> Result:
         self._write()
         self.finished.append((op_id, outcome))
-        return len(self.finished)
+        return decode_result(op_id, len(self.finished), outcome)
 
     def requeued(self, op_id: str, attempt: str) -> None:
         self._write()
@@ -66,3 +69,23 @@ def test_a_stopping_worker_gives_up_and_leaves_the_message_to_run_again() -> Non
     with pytest.raises(redis.ConnectionError):
         lifecycle.after_process_message(BROKER, message(failed=True), exception=RuntimeError("failed for good"))  # type: ignore[arg-type]
     assert journal.finished == []
+
+
+def test_a_message_its_admission_started_runs_without_a_start_and_is_released_if_the_worker_stops() -> None:
+    journal = OutageJournal(outage=0)  # it has no start(): calling one fails the test
+    lifecycle = Lifecycle(journal, default_environment())  # type: ignore[arg-type]
+    started = message()
+    lifecycle.started_at_admission(started, "worker/m-1")
+    lifecycle.before_process_message(BROKER, started)
+    assert lifecycle._attempts == {"op-1": "worker/m-1"}  # renewed, and ended, as any attempt
+    lifecycle._forget_attempt("op-1")  # as its outcome would
+    enqueued: list[str] = []
+    broker: Any = SimpleNamespace(actors={}, enqueue=enqueued.append)
+    lifecycle.stopping.set()
+    stopped = message()
+    stopped.copy = lambda: "a copy for the next worker"
+    lifecycle.started_at_admission(stopped, "worker/m-2")
+    with pytest.raises(SkipMessage):
+        lifecycle.before_process_message(broker, stopped)
+    assert journal.requeues == ["op-1"]  # released first: the next worker need not wait out its lease
+    assert enqueued == ["a copy for the next worker"] and lifecycle._attempts == {}

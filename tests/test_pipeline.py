@@ -31,7 +31,11 @@ from tasks.journal import (
     _SCRIPTS,
     EVENTS_MAXLEN,
     KEY_NAMES,
+    Admit,
+    Delivery,
+    Dispatch,
     Journal,
+    QueuedMessage,
     _lua_string,
     encode_failure,
     encode_record,
@@ -39,7 +43,7 @@ from tasks.journal import (
 )
 from tasks.operations import QUEUE
 from tasks.pipeline import Pipeline
-from tasks.runner import PipelineRunner
+from tasks.runner import BUFFERED, PipelineRunner
 from tests.pipelinetools import (
     FAST,
     KILLABLE,
@@ -392,7 +396,7 @@ def test_records_of_an_operation_without_its_hold_are_dropped(url: str) -> None:
         assert journal.record("a", [("", record)]) is None  # never admitted
         journal.admit("a", "test.echo", {}, 5)
         assert journal.record("a", [("k1", record), ("k1", record), ("", record)]) == 2
-        assert journal.finish("a", encode_success({})) == 3
+        assert journal.finish("a", encode_success({})) == Result.success(id="a", seq=3, data={})
         assert journal.record("a", [("k2", record)]) is None  # it has its result
         assert [item.seq for item in journal.outbox()] == [1, 2, 3]
         assert journal.outbox(after=1, limit=1) == [Record(id="a", seq=2, record={"kind": "host"})]
@@ -511,6 +515,49 @@ def test_a_progress_report_read_after_its_result_is_dropped(url: str) -> None:
     asyncio.run(scenario())
 
 
+def test_the_worker_hands_over_a_result_only_as_the_next_seq_and_the_follower_skips_what_it_handed_over() -> None:
+    async def scenario() -> None:
+        runner = PipelineRunner(Settings())
+        runner._last_seq = 4
+        hand_over = runner._shortcut(asyncio.get_running_loop())
+        done = [Result.success(id=f"op{seq}", seq=seq, data={}) for seq in range(5, 9)]
+        hand_over(done[1])  # seq 6 while 5 (a record, another worker's result) is not in the outbox: left alone
+        hand_over(done[0])  # seq 5, the next: straight into the outbox
+        await asyncio.sleep(0)  # the loop runs what the worker threads scheduled
+        assert runner._last_seq == 5 and await runner.next_event() == done[0]
+        for item in [done[0], done[1], done[2]]:  # the follower's read of the journal, started before seq 5 came
+            runner._put_sequenced(item)
+        hand_over(done[2])  # seq 7 again: the outbox has it
+        hand_over(done[3])
+        await asyncio.sleep(0)
+        assert [await runner.next_event() for _ in range(3)] == done[1:]
+        assert runner._events.room == BUFFERED
+        for seq in range(9, 9 + BUFFERED):  # a full outbox takes nothing more from the worker
+            runner._put_sequenced(Record(id="r", seq=seq, record={"kind": "host"}))
+        hand_over(Result.success(id="late", seq=9 + BUFFERED, data={}))
+        await asyncio.sleep(0)
+        assert runner._last_seq == 8 + BUFFERED
+
+    asyncio.run(scenario())
+
+
+def test_a_result_of_the_in_process_worker_is_handed_over_without_the_journal_s_event(url: str) -> None:
+    async def scenario() -> None:
+        async with running(url) as runner:
+            told: list[Result] = []
+            shortcut = runner.pipeline.lifecycle.on_result
+            assert shortcut is not None
+            runner.pipeline.lifecycle.on_result = lambda result: (told.append(result), shortcut(result))[1]
+            await runner.submit(op("direct"))
+            found = (await collect(runner, ["direct"]))["direct"]
+            assert found == told[0] == Result.success(id="direct", seq=1, data={})
+            assert await runner.unacked() == told  # held in the journal, as any result, until acked
+            pipeline = runner.pipeline
+        assert pipeline.lifecycle.on_result is None  # a stopped runner is told nothing more
+
+    asyncio.run(scenario())
+
+
 def test_a_body_returning_what_json_cannot_carry_fails_with_internal(url: str) -> None:
     async def scenario() -> None:
         async with running(url) as runner:
@@ -577,6 +624,8 @@ def test_an_operation_whose_fetch_lost_its_reply_still_runs_once(url: str, lost_
                 return fetched
 
             broker.do_fetch = fetch_losing_the_first_reply  # type: ignore[attr-defined]
+            # the worker's one thread busy: "lost" waits in the queue for a fetch (not handed over at admission)
+            assert await runner.submit(op("busy", name="test.sleep", seconds=1, steps=1)) == Accepted(id="busy")
             assert await runner.submit(op("lost", name="test.counted")) == Accepted(id="lost")
             result = (await collect(runner, ["lost"], timeout=FAST.heartbeat_timeout + 5))["lost"]
             assert lost and result.ok
@@ -611,7 +660,9 @@ def test_finishing_is_at_most_once_per_id(url: str) -> None:
         assert journal.admit("a", "test.echo", {}, 5) == "admitted"
         assert journal.admit("a", "test.echo", {}, 5) == "held"
         assert journal.start("a", "w1/1", lease=10) == "run"
-        assert journal.finish("a", encode_success({"first": True})) == 1
+        assert journal.finish("a", encode_success({"first": True})) == Result.success(
+            id="a", seq=1, data={"first": True}
+        )
         assert journal.finish("a", encode_success({"second": True})) is None  # a redelivered message's outcome
         assert journal.start("a", "w2/1", lease=10) == "done"
         assert journal.last_seq() == 1
@@ -636,6 +687,78 @@ def test_a_batch_is_admitted_in_order_with_its_messages_and_the_quota_counts_the
         assert pipeline.queued_ids() == {"a", "b", "c"}  # each admitted one's message, in the same step
         assert {held.id: held.params for held in journal.held()} == {"a": {"n": 0}, "b": {"n": 1}, "c": {"n": 4}}
         assert pipeline.orphans(age=0) == []
+    finally:
+        pipeline.close()
+
+
+def test_an_admission_puts_messages_among_a_worker_s_fetched_ones_while_slots_remain_and_the_queue_is_empty(
+    url: str,
+) -> None:
+    pipeline = Pipeline(url, timings=FAST, namespace="unit")
+    try:
+        journal, client = pipeline.journal, pipeline.broker.redis
+
+        def admit(names: list[str], slots: int, queue: str = "unit:q") -> list[object]:
+            messages = [QueuedMessage(queue, "unit:q.msgs", f"m-{name}", b"body", "unit:fetched") for name in names]
+            admits = [Admit(name, "test.echo", {}, message) for name, message in zip(names, messages, strict=True)]
+            return list(journal.admit_many(admits, 10, Dispatch(slots, "w", lease=10)))
+
+        assert admit(["a", "b", "c"], 2) == ["dispatched", "dispatched", "admitted"]  # c: no slot left
+        assert client.smembers("unit:fetched") == {b"m-a", b"m-b"} and client.lrange("unit:q", 0, -1) == [b"m-c"]
+        assert admit(["d"], 1) == ["admitted"]  # c waits in the queue: d goes behind it, not ahead
+        assert admit(["e"], 1, queue="unit:other") == ["dispatched"]  # nothing waits in e's queue
+        assert admit(["a", "f"], 0) == ["held", "admitted"]
+        assert client.lrange("unit:q", 0, -1) == [b"m-c", b"m-d", b"m-f"]
+        assert client.smembers("unit:fetched") == {b"m-a", b"m-b", b"m-e"}
+        assert client.hlen("unit:q.msgs") == 6  # every message's body, wherever its id went
+        assert journal.running() == {"a": "w/m-a", "b": "w/m-b", "e": "w/m-e"}  # each dispatched one runs, leased
+        assert journal.start("a", "w2/1", lease=10) == "busy"
+        assert journal.start("c", "w2/1", lease=10) == "run"  # one from the queue starts as ever
+    finally:
+        pipeline.close()
+
+
+def test_the_runner_hands_an_operation_to_its_idle_worker_at_admission_and_queues_it_when_no_thread_is_free(
+    url: str,
+) -> None:
+    async def scenario() -> None:
+        async with running(url, max_running_operations=1) as runner:
+            pipeline = runner.pipeline
+            fetches: list[str] = []
+            fetch = pipeline.broker.do_fetch
+
+            def counted_fetch(queue: str, count: int) -> list[bytes]:
+                fetched: list[bytes] = fetch(queue, count)
+                fetches.extend(Message.decode(data).args[0] for data in fetched)
+                return fetched
+
+            pipeline.broker.do_fetch = counted_fetch  # type: ignore[attr-defined]
+            answers = await runner.submit_many([op("first", name="test.sleep", seconds=1, steps=1), op("second")])
+            assert answers == [Accepted(id="first"), Accepted(id="second")]
+            found = await collect(runner, ["first", "second"])
+            assert found["first"].ok and found["second"].ok
+            assert fetches == ["second"]  # first went to the idle worker in memory; second waited for the fetch
+            await wait_until(lambda: pipeline.broker.holdings.snapshot() == frozenset())  # acked after the result
+            assert pipeline.queued_ids() == set() and pipeline.journal.running() == {}
+            await runner.submit(op("third"))  # the worker is idle again
+            assert (await collect(runner, ["third"]))["third"].ok and fetches == ["second"]
+
+    asyncio.run(scenario())
+
+
+def test_a_finish_with_its_delivery_acks_that_message_in_the_same_step(url: str) -> None:
+    pipeline = Pipeline(url, timings=FAST, namespace="unit")
+    try:
+        journal, redis = pipeline.journal, pipeline.broker.redis
+        assert pipeline.admit([op("a")], 5) == ["admitted"]
+        redis.sadd("unit:fetched", "m1")
+        redis.hset("unit:messages", "m1", "body")
+        finished = journal.finish("a", encode_success({}), Delivery("unit:fetched", "unit:messages", "m1"))
+        assert finished is not None and finished.seq == 1
+        assert redis.smembers("unit:fetched") == set() and redis.hgetall("unit:messages") == {}
+        redis.hset("unit:messages", "m2", "body")  # not fetched by that worker (requeued meanwhile): left alone
+        assert journal.finish("a", encode_success({}), Delivery("unit:fetched", "unit:messages", "m2")) is None
+        assert redis.hgetall("unit:messages") == {b"m2": b"body"}
     finally:
         pipeline.close()
 
@@ -757,7 +880,7 @@ def test_an_embedded_server_killed_with_its_agent_comes_back_with_its_data(tmp_p
     client = first.start()
     journal = Journal(client, "ksocket")
     journal.admit("x", "test.echo", {}, 5)
-    assert journal.finish("x", encode_success({"kept": True})) == 1
+    assert journal.finish("x", encode_success({"kept": True})) == Result.success(id="x", seq=1, data={"kept": True})
     os.kill(first.pid, signal.SIGKILL)  # a power cut for the server: only the append-only file is left
     client.connection_pool.disconnect()
     second = EmbeddedRedis(db)
@@ -784,7 +907,9 @@ def test_journal_keys_are_what_the_module_says(url: str) -> None:
         assert client.hget("ns:journal:running", "a") == b"w/1"
         assert (client.zscore("ns:journal:lease", "a") or 0) > 1000 * client.time()[0]
         assert journal.cancel("a") == "signalled" and client.sismember("ns:journal:cancel", "a")
-        assert journal.finish("a", encode_success({"ignored": True})) == 1
+        finished = journal.finish("a", encode_success({"ignored": True}))  # the result recorded is the cancel
+        assert finished is not None and finished.seq == 1 and finished.error is not None
+        assert finished.error.code == "cancelled"
         assert json.loads(client.hget("ns:journal:results", "a") or b"{}")["error"]["code"] == "cancelled"
         assert client.zscore("ns:journal:unacked", "a") == 1.0
         assert not client.exists("ns:journal:held", "ns:journal:running", "ns:journal:cancel", "ns:journal:lease")
