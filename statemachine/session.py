@@ -137,9 +137,14 @@ class Session:
         """The oldest operation or cancel, for the runner."""
         return self._inbound.popleft()
 
-    def take_operations(self, limit: int = ADMISSION_BATCH) -> list[Operation]:
+    def take_operations(self, limit: int | None = None) -> list[Operation]:
         """The oldest operations, up to ``limit`` and the first cancel, for the runner to admit together (none
-        when a cancel is the oldest: :meth:`take_inbound` takes it)."""
+        when a cancel is the oldest: :meth:`take_inbound` takes it). By default at most ADMISSION_BATCH and a
+        quarter of the backlog: while the runner admits a batch, the driver reads only until the backlog is full
+        again, and a heartbeat-ack behind those frames waits for the batch; a small backlog keeps that wait to
+        a few operations' admission."""
+        if limit is None:
+            limit = min(ADMISSION_BATCH, max(1, self.backlog // 4))
         taken: list[Operation] = []
         while self._inbound and len(taken) < limit and isinstance(operation := self._inbound[0], Operation):
             taken.append(operation)

@@ -22,7 +22,7 @@ from ksocket.protocol import (
     Result,
     UnknownType,
 )
-from statemachine.session import Lost, Session
+from statemachine.session import ADMISSION_BATCH, INBOUND_BACKLOG, Lost, Session
 
 # heartbeat every 10 s, 5 s to answer it; a result is sent again after 20 s, twice at most
 SETTINGS = Settings(heartbeat_interval=10.0, heartbeat_timeout=5.0, request_timeout=20.0, request_retries=2)
@@ -219,3 +219,11 @@ def test_the_operations_that_arrived_together_are_taken_together_up_to_a_cancel_
     assert session.take_inbound() == Cancel(id="op-0")
     assert session.take_operations() == ops[3:]
     assert not session.has_inbound
+
+
+def test_a_batch_takes_at_most_a_quarter_of_the_backlog_so_the_reader_can_read_on_while_it_is_admitted() -> None:
+    for backlog, batch in [(5, 1), (40, 10), (INBOUND_BACKLOG, ADMISSION_BATCH)]:
+        session = Session(QUIET, now=0.0, backlog=backlog)
+        for n in range(backlog):
+            session.receive(Operation(id=f"op-{n}", name="system.info"), 1.0)
+        assert len(session.take_operations()) == batch
