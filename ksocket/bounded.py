@@ -17,6 +17,8 @@ import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from ksocket.nesting import deep_parse
+
 MAX_FILE_SIZE = 1024 * 1024  # bytes; a settings or credential file is a few hundred
 MAX_DEPTH = 64  # levels of tables and lists; the manual's files have four at most
 
@@ -95,7 +97,8 @@ def depth_exceeds(document: object, limit: int = MAX_DEPTH) -> bool:
 def json_object(text: str, what: str, error: ErrorFactory) -> dict[str, object]:
     """The JSON object ``text`` (``what`` names it in messages), nested at most :data:`MAX_DEPTH` levels."""
     try:
-        value = json.loads(text)
+        with deep_parse():
+            value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise error(f"{what} is not JSON: {exc.msg} at column {exc.colno}") from None
     except RecursionError:

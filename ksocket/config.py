@@ -29,6 +29,7 @@ from urllib.parse import unquote, urlsplit
 from ksocket import bounded, paths, redact
 from ksocket.addresses import fold_mapped
 from ksocket.errors import ConfigError
+from ksocket.nesting import deep_parse
 from ksocket.redact import described
 
 if TYPE_CHECKING:
@@ -406,7 +407,8 @@ def parse_document(path: Path, text: str) -> dict[str, Any]:
 
 def _parse_toml(path: Path, text: str) -> dict[str, Any]:
     try:
-        return tomllib.loads(text)
+        with deep_parse():
+            return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not TOML: {exc}") from None
     except RecursionError:

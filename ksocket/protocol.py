@@ -46,6 +46,7 @@ from enum import StrEnum
 from typing import Any, ClassVar, Final, Literal, NamedTuple, TypeAlias, get_args
 
 from ksocket.errors import KsocketError
+from ksocket.nesting import deep_parse
 
 __all__ = [
     "CLOSE_AUTH_FAILED",
@@ -697,7 +698,8 @@ def _load(text: str) -> object:
         return value if math.isfinite(value) else reject(literal)
 
     try:
-        obj = json.loads(text, parse_constant=reject, parse_float=parse_float)
+        with deep_parse():
+            obj = json.loads(text, parse_constant=reject, parse_float=parse_float)
     except json.JSONDecodeError as exc:
         raise _bad(f"frame is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     except RecursionError:

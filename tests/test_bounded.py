@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
+import inspect
+import json
 import os
+import sys
+import weakref
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
 from ksocket import bounded, cli
+from ksocket.nesting import deep_parse
 
 
 def refused(message: str) -> ValueError:
@@ -83,3 +92,43 @@ def test_hub_run_refuses_deep_params_with_one_line(tmp_path: Path, capsys: pytes
     assert caught.value.code == 2
     err = capsys.readouterr().err
     assert "--params is nested more than 64 levels deep" in err and "Traceback" not in err
+
+
+def _finalizer_runs_after_a_deep_parse(guard: Callable[[], AbstractContextManager[None]]) -> list[int]:
+    """A garbage cycle with a finalizer that needs a few frames, then a hostile document nested past the recursion
+    limit parsed under ``guard``, with the next collection due when the parser is a few levels from that limit
+    (it makes a list per level); what the finalizer managed (empty: it failed)."""
+    ran: list[int] = []
+
+    def needs_frames(depth: int) -> int:
+        return depth if depth == 0 else needs_frames(depth - 1) + 1
+
+    class Cycle:
+        me: object
+
+    frames = len(inspect.stack(0))
+    gc.collect()
+    cycle = Cycle()
+    cycle.me = cycle
+    weakref.finalize(cycle, lambda: ran.append(needs_frames(50)))
+    del cycle
+    threshold = gc.get_threshold()
+    gc.set_threshold(sys.getrecursionlimit() - frames - 20)
+    try:
+        with contextlib.suppress(RecursionError), guard():
+            json.loads("[" * 100_000 + "]" * 100_000)
+    finally:
+        gc.set_threshold(*threshold)
+    gc.collect()
+    return ran
+
+
+def test_no_collection_runs_finalizers_at_the_depth_of_a_hostile_document() -> None:
+    assert _finalizer_runs_after_a_deep_parse(deep_parse) == [50]
+    assert gc.isenabled()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the failure it shows
+def test_without_the_guard_the_finalizer_fails_at_that_depth() -> None:
+    """What the guard is for: the same parse unguarded runs the finalizer deep in the parser, where it fails."""
+    assert _finalizer_runs_after_a_deep_parse(contextlib.nullcontext) == []

@@ -23,6 +23,8 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from ksocket.nesting import deep_parse
+
 MAX_STRING = 256  # characters in any one value
 MAX_SECTION = 4 * 1024 * 1024  # characters of one section's text that are looked at
 MAX_LINE = 4096  # characters of one line that are looked at
@@ -118,7 +120,8 @@ def _json(text: str) -> Any:
     if not text or text[0] not in "[{" or len(text) > MAX_SECTION:
         return None
     try:
-        return json.loads(text)
+        with deep_parse():
+            return json.loads(text)
     except (ValueError, RecursionError):
         return None
 

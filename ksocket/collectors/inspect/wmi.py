@@ -40,6 +40,7 @@ from typing import Any
 
 from ksocket.collectors.inspect.base import server_text
 from ksocket.collectors.inspect.scope import Scope
+from ksocket.nesting import deep_parse
 
 Document = dict[str, Any]
 
@@ -142,7 +143,8 @@ def parse_output(stdout: bytes, sections: Sequence[str]) -> tuple[dict[str, list
         if name not in sections or name in found:
             continue
         try:
-            parsed = json.loads(base64.b64decode(payload.strip(), validate=True).decode("utf-8"))
+            with deep_parse():
+                parsed = json.loads(base64.b64decode(payload.strip(), validate=True).decode("utf-8"))
         except (binascii.Error, UnicodeDecodeError, ValueError, RecursionError) as exc:  # deep JSON: RecursionError
             errors.append({"section": name, "message": f"unreadable output: {type(exc).__name__}"})
             found[name] = []
