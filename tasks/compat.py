@@ -147,7 +147,7 @@ class MaintainedRedisBroker(RedisBroker):
         if not candidates:
             return []
         messages, _ = message_hashes(self.namespace, queue)
-        keys = [ack_set(self, queue), messages, f"{self.namespace}:{queue}"]
+        keys = [ack_set(self, queue), messages, queue_list(self.namespace, queue)]
         return [_text(moved) for moved in self._requeue_lost(keys=keys, args=candidates)]
 
     @functools.cached_property
@@ -307,6 +307,11 @@ def broker_id(broker: Broker) -> str:
     return str(getattr(broker, "broker_id", "worker"))
 
 
+def queue_list(namespace: str, queue: str) -> str:
+    """The Redis list of the ids of the messages waiting on ``queue``, oldest first."""
+    return f"{namespace}:{queue}"
+
+
 def message_hashes(namespace: str, queue: str) -> tuple[str, str]:
     """The Redis hashes holding the messages of ``queue``: queued (or fetched, unacked) and delayed."""
     return f"{namespace}:{queue}.msgs", f"{namespace}:{dq_name(queue)}.msgs"
@@ -317,7 +322,7 @@ def queued_message(broker: RedisBroker, message: Message[Any]) -> tuple[Message[
     the copy to hand to :func:`after_enqueue` once a script wrote it, and what that script writes."""
     message = message.copy(options={"redis_message_id": str(uuid.uuid4())})
     broker.emit_before("enqueue", message, None)
-    queue = f"{broker.namespace}:{message.queue_name}"
+    queue = queue_list(broker.namespace, message.queue_name)
     messages, _ = message_hashes(broker.namespace, message.queue_name)
     return message, QueuedMessage(queue, messages, message.options["redis_message_id"], message.encode())
 
@@ -521,6 +526,7 @@ __all__ = [
     "is_server_folder",
     "limit_prefetch",
     "message_hashes",
+    "queue_list",
     "queued_message",
     "registered_pid",
     "registered_socket",

@@ -21,8 +21,8 @@ already has a result (a message redelivered after its worker died between the re
 or is no longer held, nor if it was cancelled while it waited; those messages are skipped (acked).
 A message fetched while the worker stops is put back on its queue and skipped, for the next worker.
 A successful outcome acks its message in the journal's script that records it (Dramatiq's own ack
-then sends nothing), and every ack or nack wakes the consumers at once: one Redis call fewer per
-operation, and no consumer waiting out a poll backoff while its prefetch was full. Each result
+then sends nothing), and an ack or nack wakes a consumer that waits with its prefetch full: one Redis
+call fewer per operation, and no consumer waiting out a poll backoff for the slot just freed. Each result
 recorded here is also told to ``on_result`` (the agent's runner), once the journal holds it.
 A message that an admission dispatched to this process's worker (:meth:`tasks.pipeline.Pipeline.admit`)
 comes with its operation marked running already, under the attempt that admission started: it runs

@@ -545,8 +545,7 @@ class Store(Database):
             self._live_slot(db, slot)
             if db.execute("SELECT 1 FROM operations WHERE id = ?", (op_id,)).fetchone():
                 raise HubError(f"an operation with id {op_id!r} already exists")
-            behind = db.execute("SELECT 1 FROM operations WHERE slot = ? AND state = 'pending'", (slot,)).fetchone()
-            state = SENT if claim and behind is None else PENDING
+            state = SENT if claim and not self._has_pending(db, slot) else PENDING
             db.execute(
                 "INSERT INTO operations (id, slot, name, params, created, state, updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (op_id, slot, name, params_json, now, state, now),
@@ -565,6 +564,12 @@ class Store(Database):
             cancel_requested=None,
             cancel_sent=None,
             updated=now,
+        )
+
+    @staticmethod
+    def _has_pending(db: sqlite3.Connection, slot: str) -> bool:
+        return (
+            db.execute("SELECT 1 FROM operations WHERE slot = ? AND state = 'pending'", (slot,)).fetchone() is not None
         )
 
     def operation(self, op_id: str) -> OperationRecord | None:
